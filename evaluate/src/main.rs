@@ -1,0 +1,201 @@
+//! `evaluate`: measures models. `evaluate ppl` computes perplexity on a text
+//! file or on the token windows of a samples artifact.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
+use clap::{Args, Parser, Subcommand};
+use evaluate::{make_windows, perplexity, window_nlls, WindowSpec};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use model::{load_model, select_device, DeviceChoice};
+
+/// Measures what a (pruned) model keeps: perplexity now, task suites later.
+#[derive(Parser)]
+#[command(name = "evaluate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Perplexity as Wanda defines it: non-overlapping windows, each predicted
+    /// from its own start; prints `perplexity: <value>` as the last line.
+    Ppl(PplArgs),
+}
+
+#[derive(Args)]
+struct PplArgs {
+    /// Model: a Hugging Face checkpoint directory or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Plain text file, tokenized once without special tokens and cut into windows.
+    #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
+    text: Option<PathBuf>,
+    /// Samples artifact (Parquet, `tokens` column of list<u32>): its rows are the windows, used as stored.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Tokens per window (with --bos: BOS plus seqlen-1 text tokens). Required with --text; with --samples, checks every window has this length.
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Evaluate only the first K windows.
+    #[arg(long)]
+    max_windows: Option<usize>,
+    /// Start every window with the model's BOS token (only with --text).
+    #[arg(long, conflicts_with = "samples")]
+    bos: bool,
+    /// Windows per forward pass (a throughput knob; results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Results artifact to write (Parquet).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write the windows evaluated as a samples artifact, so another implementation can be fed exactly the same tokens.
+    #[arg(long)]
+    save_windows: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed} elapsed, eta {eta})").expect("valid template"));
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn created_by() -> String {
+    format!("subprune-evaluate {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn run_ppl(args: PplArgs) -> Result<()> {
+    let started = Instant::now();
+    let loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    eprintln!("loaded {} ({} layers) in {:.2} s", args.model.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+
+    let (windows, input_name, input_path) = match (&args.text, &args.samples) {
+        (Some(text_path), None) => {
+            let seqlen = args.seqlen.context("--seqlen is required with --text")?;
+            let text = std::fs::read_to_string(text_path).with_context(|| format!("reading text file {}", text_path.display()))?;
+            let tokenizer = loaded.tokenizer()?;
+            let tokens = tokenizer.encode(&text, false)?;
+            let bos = if args.bos {
+                Some(tokenizer.bos_id().with_context(|| format!("--bos given but the model {} has no BOS token", args.model.display()))?)
+            } else {
+                None
+            };
+            let windows = make_windows(&tokens, &WindowSpec { seqlen, max_windows: args.max_windows, bos })
+                .with_context(|| format!("cutting {} into windows", text_path.display()))?;
+            (windows, "text", text_path.clone())
+        }
+        (None, Some(samples_path)) => {
+            let (provenance, _info, samples) = artifacts::read_samples(samples_path)?;
+            if provenance.model != loaded.fingerprint {
+                bail!(
+                    "{} was made for model {} but {} is model {}: samples must be tokenized for the model evaluated",
+                    samples_path.display(),
+                    provenance.model,
+                    args.model.display(),
+                    loaded.fingerprint
+                );
+            }
+            let mut windows: Vec<Vec<u32>> = samples.into_iter().map(|s| s.tokens).collect();
+            if let Some(k) = args.max_windows {
+                windows.truncate(k);
+            }
+            if let Some(seqlen) = args.seqlen {
+                if let Some((i, w)) = windows.iter().enumerate().find(|(_, w)| w.len() != seqlen) {
+                    bail!("{}: window {i} has {} tokens, expected --seqlen {seqlen}", samples_path.display(), w.len());
+                }
+            }
+            if windows.is_empty() {
+                bail!("{}: no windows to evaluate", samples_path.display());
+            }
+            (windows, "samples", samples_path.clone())
+        }
+        _ => bail!("give exactly one of --text FILE or --samples samples.parquet"),
+    };
+
+    let input_hash = artifacts::content_hash(&input_path)?;
+    let params = serde_json::json!({
+        "task": "perplexity",
+        "seqlen": args.seqlen,
+        "max_windows": args.max_windows,
+        "bos": args.bos,
+        "windows": windows.len(),
+    });
+    if let Some(path) = &args.save_windows {
+        save_windows(path, &windows, &loaded, input_name, &input_hash, &params)?;
+    }
+
+    let model = loaded.build(&selected.device)?;
+    let bar = progress(windows.len(), args.quiet, "perplexity");
+    let compute_started = Instant::now();
+    let nlls = window_nlls(&model, &windows, args.batch, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    let ppl = perplexity(&nlls);
+    let predicted: usize = nlls.iter().map(|w| w.tokens).sum();
+    let seconds = compute_started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} windows, {predicted} predicted tokens, {:.1} tokens/s",
+        windows.len(),
+        windows.iter().map(Vec::len).sum::<usize>() as f64 / seconds
+    );
+
+    if let Some(out) = &args.out {
+        let provenance =
+            Provenance::new(ArtifactKind::Results, loaded.fingerprint.clone(), params, created_by()).with_input(input_name, &input_hash);
+        let row = ResultRow {
+            model: args.model.display().to_string(),
+            mask: None,
+            task: "perplexity".into(),
+            metric: "perplexity".into(),
+            value: ppl,
+            n: predicted as u64,
+            stderr: None,
+            ci_low: None,
+            ci_high: None,
+        };
+        artifacts::write_results(out, &[row], &provenance).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    println!("perplexity: {ppl:.6}");
+    Ok(())
+}
+
+fn save_windows(
+    path: &Path,
+    windows: &[Vec<u32>],
+    loaded: &model::LoadedModel,
+    input_name: &str,
+    input_hash: &str,
+    params: &serde_json::Value,
+) -> Result<()> {
+    let tokenizer_hash = loaded.tokenizer.as_ref().map(|t| t.fingerprint()).unwrap_or_default();
+    let info = SamplesInfo { tokenizer_hash, seqlen: windows.iter().map(Vec::len).max().unwrap_or(0), seed: None };
+    let samples: Vec<Sample> =
+        windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: "eval".into(), tokens: w.clone() }).collect();
+    let provenance =
+        Provenance::new(ArtifactKind::Samples, loaded.fingerprint.clone(), params.clone(), created_by()).with_input(input_name, input_hash);
+    artifacts::write_samples(path, &samples, &info, &provenance).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote the {} windows to {}", windows.len(), path.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Ppl(args) => run_ppl(args),
+    }
+}

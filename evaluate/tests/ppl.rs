@@ -1,0 +1,113 @@
+//! Perplexity: windowing by hand, the metric against a naive f64 reference on
+//! a tiny model, and the `evaluate ppl` binary end to end.
+
+use std::process::Command;
+
+use artifacts::{ArtifactKind, Provenance, Sample, SamplesInfo};
+use evaluate::{make_windows, perplexity, window_nlls, WindowSpec};
+use model::safetensors::StoredDtype;
+use model::testing::*;
+use model::{load_model, select_device, DeviceChoice};
+
+#[test]
+fn windows_are_non_overlapping_and_drop_the_tail() {
+    let tokens: Vec<u32> = (0..10).collect();
+    let plain = make_windows(&tokens, &WindowSpec { seqlen: 4, max_windows: None, bos: None }).unwrap();
+    assert_eq!(plain, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+    let with_bos = make_windows(&tokens, &WindowSpec { seqlen: 4, max_windows: None, bos: Some(99) }).unwrap();
+    assert_eq!(with_bos, vec![vec![99, 0, 1, 2], vec![99, 3, 4, 5], vec![99, 6, 7, 8]]);
+    let first = make_windows(&tokens, &WindowSpec { seqlen: 4, max_windows: Some(1), bos: None }).unwrap();
+    assert_eq!(first, vec![vec![0, 1, 2, 3]]);
+    assert!(make_windows(&tokens, &WindowSpec { seqlen: 11, max_windows: None, bos: None }).is_err());
+    assert!(make_windows(&tokens, &WindowSpec { seqlen: 1, max_windows: None, bos: None }).is_err());
+}
+
+fn reference_nll(weights: &std::collections::BTreeMap<String, model::HostTensor>, window: &[u32]) -> f64 {
+    let logits = reference_forward(&TINY, weights, window);
+    (0..window.len() - 1)
+        .map(|i| {
+            let row = &logits[i];
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            lse - row[window[i + 1] as usize]
+        })
+        .sum()
+}
+
+fn tiny_windows() -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(11);
+    (0..3).map(|_| (0..8).map(|_| ((rng.next_f32() + 1.0) * 47.9) as u32).collect()).collect()
+}
+
+#[test]
+fn perplexity_matches_reference_and_ignores_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 21);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let model = loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
+    let windows = tiny_windows();
+    let one = window_nlls(&model, &windows, 1, |_| {}).unwrap();
+    let three = window_nlls(&model, &windows, 3, |_| {}).unwrap();
+    let expected_total: f64 = windows.iter().map(|w| reference_nll(&weights, w)).sum();
+    let expected_ppl = (expected_total / (3.0 * 7.0)).exp();
+    for (w, nll) in windows.iter().zip(&one) {
+        assert_eq!(nll.tokens, 7);
+        assert!((nll.nll_sum - reference_nll(&weights, w)).abs() < 1e-3, "{} vs {}", nll.nll_sum, reference_nll(&weights, w));
+    }
+    assert!((perplexity(&one) / expected_ppl - 1.0).abs() < 1e-5, "{} vs {expected_ppl}", perplexity(&one));
+    assert!((perplexity(&three) / perplexity(&one) - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn evaluate_ppl_binary_reads_samples_and_writes_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let weights = tiny_weights(&TINY, 22);
+    write_hf_dir(&model_dir, &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(&model_dir).unwrap();
+    let windows = tiny_windows();
+    let samples: Vec<Sample> =
+        windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: "test".into(), tokens: w.clone() }).collect();
+    let info = SamplesInfo { tokenizer_hash: String::new(), seqlen: 8, seed: Some(0) };
+    let samples_path = dir.path().join("samples.parquet");
+    let provenance = Provenance::new(ArtifactKind::Samples, loaded.fingerprint.clone(), serde_json::json!({}), "test");
+    artifacts::write_samples(&samples_path, &samples, &info, &provenance).unwrap();
+
+    let out = dir.path().join("results.parquet");
+    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["ppl", "--device", "cpu", "--seqlen", "8", "--model"])
+        .arg(&model_dir)
+        .arg("--samples")
+        .arg(&samples_path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let printed: f64 = last.strip_prefix("perplexity: ").expect("last line is the perplexity").parse().unwrap();
+    let expected_total: f64 = windows.iter().map(|w| reference_nll(&weights, w)).sum();
+    let expected = (expected_total / 21.0).exp();
+    assert!((printed / expected - 1.0).abs() < 1e-5, "{printed} vs {expected}");
+    let (prov, rows) = artifacts::read_results(&out).unwrap();
+    assert_eq!(prov.model, loaded.fingerprint);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].n, 21);
+    assert!((rows[0].value / expected - 1.0).abs() < 1e-5);
+
+    // Samples made for another model are refused.
+    let other = Provenance::new(ArtifactKind::Samples, "sha256:other", serde_json::json!({}), "test");
+    artifacts::write_samples(&samples_path, &samples, &info, &other).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["ppl", "--device", "cpu", "--model"])
+        .arg(&model_dir)
+        .arg("--samples")
+        .arg(&samples_path)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("sha256:other") && stderr.contains("samples.parquet"), "{stderr}");
+}

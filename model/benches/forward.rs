@@ -1,0 +1,75 @@
+//! Forward-pass benchmark on SmolLM2-135M: model load time, forward tokens/s
+//! on 512-token windows, peak RSS. Prints figures; asserts nothing about time.
+//!
+//! Run through `cargo xtask bench forward`, which fetches the model and sets
+//! `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`): `--device cpu|wgpu|auto`
+//! (default cpu), `--windows N` (default 4), `--seqlen N` (default 512).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use model::{load_model, select_device, DeviceChoice};
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() {
+    let Some(path) = std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from) else {
+        eprintln!("SUBPRUNE_SMOLLM2_GGUF is not set: run this benchmark through `cargo xtask bench forward`");
+        std::process::exit(2);
+    };
+    let device_choice: DeviceChoice = arg("--device", DeviceChoice::Cpu);
+    let windows: usize = arg("--windows", 4);
+    let seqlen: usize = arg("--seqlen", 512);
+
+    let started = Instant::now();
+    let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let load_s = started.elapsed().as_secs_f64();
+    let parameters: usize = loaded.weights.iter().map(|(_, t)| t.len()).sum();
+
+    let selected = select_device(device_choice).expect("device");
+    let started = Instant::now();
+    let network = loaded.build(&selected.device).expect("build");
+    let build_s = started.elapsed().as_secs_f64();
+
+    let vocab = loaded.config.vocab_size() as u64;
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut token = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % vocab) as u32
+    };
+    let batches: Vec<Vec<u32>> = (0..windows).map(|_| (0..seqlen).map(|_| token()).collect()).collect();
+
+    // One warm-up window (kernel compilation on wgpu, allocator warm-up on cpu).
+    let _ = network.forward(&batches[..1]).expect("forward").into_data();
+    let started = Instant::now();
+    for window in &batches {
+        let _ = network.forward(std::slice::from_ref(window)).expect("forward").into_data();
+    }
+    let forward_s = started.elapsed().as_secs_f64();
+
+    println!("model: {} ({:.1} M parameters)", path.display(), parameters as f64 / 1e6);
+    println!("device: {}", selected.description);
+    println!("load (read + dequantize to f32): {load_s:.3} s");
+    println!("build on device: {build_s:.3} s");
+    println!(
+        "forward: {windows} windows x {seqlen} tokens in {forward_s:.3} s = {:.1} tokens/s ({:.3} s per window)",
+        (windows * seqlen) as f64 / forward_s,
+        forward_s / windows as f64
+    );
+    match peak_rss_mib() {
+        Some(mib) => println!("peak RSS: {mib:.0} MiB"),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
+}

@@ -1,0 +1,144 @@
+//! Choice of the compute device: `cpu` (burn's ndarray backend with
+//! OpenBLAS), `wgpu` (Vulkan/Metal/DX12 on a GPU, or lavapipe on the CPU) or
+//! `auto` (a hardware wgpu adapter if there is one, else cpu).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::wgpu::wgpu;
+use burn::tensor::{Device, DeviceKind};
+
+use crate::error::ModelError;
+
+/// The device a user asks for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// burn's ndarray backend with OpenBLAS.
+    Cpu,
+    /// burn's wgpu backend: a hardware adapter if present, else a software Vulkan driver.
+    Wgpu,
+    /// A hardware wgpu adapter if present, else `cpu`.
+    #[default]
+    Auto,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "wgpu" => Ok(DeviceChoice::Wgpu),
+            "auto" => Ok(DeviceChoice::Auto),
+            other => Err(format!("unknown device `{other}`; expected cpu, wgpu or auto")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Wgpu => "wgpu",
+            DeviceChoice::Auto => "auto",
+        })
+    }
+}
+
+/// A device ready for tensors, with a line saying what was picked and why.
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    /// The burn device.
+    pub device: Device,
+    /// `cpu` or `wgpu`: what `auto` resolved to.
+    pub resolved: DeviceChoice,
+    /// Human-readable description, e.g. "wgpu: llvmpipe (Vulkan, CPU adapter)".
+    pub description: String,
+}
+
+/// A wgpu adapter found on this machine.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    /// Adapter name.
+    pub name: String,
+    /// Graphics API (Vulkan, Metal, Dx12, Gl).
+    pub backend: String,
+    /// Whether it is a real GPU (discrete, integrated or virtual) rather than a software rasteriser.
+    pub hardware: bool,
+    device_kind: DeviceKind,
+}
+
+/// Lists the wgpu adapters of this machine, in wgpu's order.
+pub fn wgpu_adapters() -> Vec<AdapterSummary> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let (mut discrete, mut integrated, mut virt) = (0usize, 0usize, 0usize);
+    adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            let (hardware, device_kind) = match info.device_type {
+                wgpu::DeviceType::DiscreteGpu => {
+                    discrete += 1;
+                    (true, DeviceKind::DiscreteGpu(discrete - 1))
+                }
+                wgpu::DeviceType::IntegratedGpu => {
+                    integrated += 1;
+                    (true, DeviceKind::IntegratedGpu(integrated - 1))
+                }
+                wgpu::DeviceType::VirtualGpu => {
+                    virt += 1;
+                    (true, DeviceKind::VirtualGpu(virt - 1))
+                }
+                _ => (false, DeviceKind::Cpu),
+            };
+            AdapterSummary { name: info.name.clone(), backend: format!("{:?}", info.backend), hardware, device_kind }
+        })
+        .collect()
+}
+
+#[allow(deprecated)]
+fn cpu_device() -> SelectedDevice {
+    SelectedDevice { device: Device::ndarray(), resolved: DeviceChoice::Cpu, description: "cpu: burn ndarray backend with OpenBLAS".into() }
+}
+
+/// Resolves a `--device` choice to a burn device.
+pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, ModelError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(cpu_device()),
+        DeviceChoice::Wgpu => {
+            let adapters = wgpu_adapters();
+            let pick = adapters.iter().find(|a| a.hardware).or_else(|| adapters.first()).ok_or_else(|| {
+                ModelError::Device(
+                    "no wgpu adapter found: install a GPU driver with Vulkan support, or the software driver lavapipe (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1)"
+                        .into(),
+                )
+            })?;
+            Ok(SelectedDevice {
+                device: Device::wgpu(pick.device_kind.clone()),
+                resolved: DeviceChoice::Wgpu,
+                description: format!(
+                    "wgpu: {} ({}, {})",
+                    pick.name,
+                    pick.backend,
+                    if pick.hardware { "hardware adapter" } else { "software adapter" }
+                ),
+            })
+        }
+        DeviceChoice::Auto => {
+            let adapters = wgpu_adapters();
+            match adapters.iter().find(|a| a.hardware) {
+                Some(pick) => Ok(SelectedDevice {
+                    device: Device::wgpu(pick.device_kind.clone()),
+                    resolved: DeviceChoice::Wgpu,
+                    description: format!("auto picked wgpu: {} ({}, hardware adapter)", pick.name, pick.backend),
+                }),
+                None => {
+                    let mut cpu = cpu_device();
+                    cpu.description = format!("auto picked {} (no hardware wgpu adapter found)", cpu.description);
+                    Ok(cpu)
+                }
+            }
+        }
+    }
+}

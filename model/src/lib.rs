@@ -1,0 +1,21 @@
+//! Decoder LLMs for subprune: burn modules, loaders for Hugging Face safetensors
+//! directories and GGUF files, and their tokenizers.
+//!
+//! Every loader yields weights in Hugging Face layout and naming
+//! (`model.layers.L.self_attn.q_proj.weight`, rows in HF order), whatever the
+//! file format, so that all artifacts of subprune name modules the same way.
+
+pub mod device;
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod loader;
+pub mod safetensors;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+pub use device::{select_device, DeviceChoice, SelectedDevice};
+pub use error::ModelError;
+pub use loader::{load_model, LoadedModel, Model, ModelConfig, ModelFormat};
+pub use weights::{HostTensor, WeightMap};

@@ -1,0 +1,349 @@
+//! Pruning kernels shared by the `calibrate`, `score` and `mask` stages:
+//! importance metrics (magnitude, Wanda), the selection of the weights to
+//! prune (per output row, per layer, or N:M), and the bit packing of masks.
+//!
+//! Everything here is plain host code on row-major `[out, in]` matrices in
+//! Hugging Face layout, so that sequential calibration (which prunes as it
+//! goes) and the later `score` + `mask` stages produce bit-identical masks.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+/// Errors of pruning parameters and shapes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SparsityError {
+    /// A sparsity ratio outside [0, 1).
+    #[error("sparsity must be in [0, 1); found {0}")]
+    Ratio(String),
+    /// An N:M pattern that is not 0 < N < M.
+    #[error("N:M pattern must satisfy 0 < N < M (e.g. 2:4); found {0}")]
+    Pattern(String),
+    /// Data whose length does not match the stated shape.
+    #[error("{what}: expected {expected} values, found {found}")]
+    Shape {
+        /// Which array.
+        what: String,
+        /// Length implied by the shape.
+        expected: usize,
+        /// Actual length.
+        found: usize,
+    },
+    /// A row length that is not a multiple of M for an N:M pattern.
+    #[error("N:M pattern {n}:{m} needs in_features divisible by {m}; found {cols}")]
+    Divisibility {
+        /// Weights pruned per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+        /// Row length.
+        cols: usize,
+    },
+}
+
+/// Importance metric of a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// |W_ij|.
+    Magnitude,
+    /// |W_ij| * sqrt(stat_j), stat_j the mean squared norm of input column j (Wanda).
+    Wanda,
+}
+
+impl Method {
+    /// Name used on the command line and in artifact metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Wanda => "wanda",
+        }
+    }
+}
+
+impl FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "magnitude" => Ok(Method::Magnitude),
+            "wanda" => Ok(Method::Wanda),
+            other => Err(format!("unknown method `{other}`; expected wanda or magnitude")),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which weights are pruned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pattern {
+    /// A fraction of the weights of each comparison group, lowest scores first.
+    Unstructured {
+        /// Fraction pruned, in [0, 1).
+        sparsity: f64,
+    },
+    /// In every group of `m` consecutive inputs of a row, the `n` lowest.
+    NM {
+        /// Pruned per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+}
+
+impl Pattern {
+    /// Unstructured pattern, checking the ratio.
+    pub fn unstructured(sparsity: f64) -> Result<Self, SparsityError> {
+        if !(0.0..1.0).contains(&sparsity) {
+            return Err(SparsityError::Ratio(sparsity.to_string()));
+        }
+        Ok(Pattern::Unstructured { sparsity })
+    }
+
+    /// Parses "N:M", e.g. "2:4".
+    pub fn parse_nm(text: &str) -> Result<Self, SparsityError> {
+        let bad = || SparsityError::Pattern(text.to_string());
+        let (n, m) = text.split_once(':').ok_or_else(bad)?;
+        let (n, m): (usize, usize) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+        if n == 0 || n >= m {
+            return Err(bad());
+        }
+        Ok(Pattern::NM { n, m })
+    }
+
+    /// "unstructured-0.5" or "2:4", for metadata and file names.
+    pub fn label(&self) -> String {
+        match self {
+            Pattern::Unstructured { sparsity } => format!("unstructured-{sparsity}"),
+            Pattern::NM { n, m } => format!("{n}:{m}"),
+        }
+    }
+
+    /// Fraction of weights this pattern prunes in a row of `cols` inputs.
+    pub fn pruned_per_row(&self, cols: usize) -> usize {
+        match self {
+            Pattern::Unstructured { sparsity } => (cols as f64 * sparsity) as usize,
+            Pattern::NM { n, m } => cols / m * n,
+        }
+    }
+}
+
+/// Over which weights scores are compared for unstructured pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Group {
+    /// Each output row separately (Wanda's default).
+    #[default]
+    Row,
+    /// The whole matrix.
+    Layer,
+}
+
+impl FromStr for Group {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "row" => Ok(Group::Row),
+            "layer" => Ok(Group::Layer),
+            other => Err(format!("unknown group `{other}`; expected row or layer")),
+        }
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Group::Row => "row",
+            Group::Layer => "layer",
+        })
+    }
+}
+
+fn check_len(what: &str, expected: usize, found: usize) -> Result<(), SparsityError> {
+    if expected != found {
+        return Err(SparsityError::Shape { what: what.to_string(), expected, found });
+    }
+    Ok(())
+}
+
+/// Scores of a `[rows, cols]` weight matrix. For Wanda, `column_stat[j]` is
+/// the mean squared L2 norm of input column j; scores are computed in f32
+/// as `|W_ij| * sqrt(stat_j)`, the operations and rounding of the reference.
+pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_stat: Option<&[f32]>) -> Result<Vec<f32>, SparsityError> {
+    check_len("weight", rows * cols, weight.len())?;
+    match method {
+        Method::Magnitude => Ok(weight.iter().map(|w| w.abs()).collect()),
+        Method::Wanda => {
+            let stat = column_stat.ok_or(SparsityError::Shape { what: "wanda column statistics".into(), expected: cols, found: 0 })?;
+            check_len("column statistics", cols, stat.len())?;
+            let roots: Vec<f32> = stat.iter().map(|s| s.sqrt()).collect();
+            Ok(weight.chunks_exact(cols.max(1)).flat_map(|row| row.iter().zip(&roots).map(|(w, r)| w.abs() * r)).collect())
+        }
+    }
+}
+
+/// Ascending order of scores with ties in index order (a stable sort); NaN sorts last.
+fn ascending(a: &f32, b: &f32) -> Ordering {
+    a.partial_cmp(b).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
+}
+
+/// Indices of `values` sorted ascending, ties by index: PyTorch's
+/// `torch.sort(..., stable=True)`.
+pub fn stable_argsort(values: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&i, &j| ascending(&values[i], &values[j]));
+    idx
+}
+
+/// The keep-mask (true = kept) of a `[rows, cols]` score matrix under `pattern`.
+///
+/// - Unstructured, [`Group::Row`]: in every row exactly `floor(cols * s)`
+///   weights pruned, lowest scores first, ties to the lower column index.
+/// - Unstructured, [`Group::Layer`]: `floor(rows * cols * s)` pruned over
+///   the whole matrix, ties to the lower flat index.
+/// - N:M: in every group of M consecutive inputs of a row, the N lowest
+///   pruned, ties to the lower index.
+pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, group: Group) -> Result<Vec<bool>, SparsityError> {
+    check_len("scores", rows * cols, scores.len())?;
+    let mut keep = vec![true; scores.len()];
+    match pattern {
+        Pattern::Unstructured { sparsity } => {
+            Pattern::unstructured(sparsity)?;
+            match group {
+                Group::Row => {
+                    let pruned = pattern.pruned_per_row(cols);
+                    for r in 0..rows {
+                        let row = &scores[r * cols..(r + 1) * cols];
+                        for &c in stable_argsort(row).iter().take(pruned) {
+                            keep[r * cols + c] = false;
+                        }
+                    }
+                }
+                Group::Layer => {
+                    let pruned = (scores.len() as f64 * sparsity) as usize;
+                    for &i in stable_argsort(scores).iter().take(pruned) {
+                        keep[i] = false;
+                    }
+                }
+            }
+        }
+        Pattern::NM { n, m } => {
+            if n == 0 || n >= m {
+                return Err(SparsityError::Pattern(format!("{n}:{m}")));
+            }
+            if cols % m != 0 {
+                return Err(SparsityError::Divisibility { n, m, cols });
+            }
+            for r in 0..rows {
+                for g in (0..cols).step_by(m) {
+                    let start = r * cols + g;
+                    for &k in stable_argsort(&scores[start..start + m]).iter().take(n) {
+                        keep[start + k] = false;
+                    }
+                }
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// Packs a row of keep flags into bytes, least significant bit first, the
+/// last byte zero-padded.
+pub fn pack_bits(keep: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; keep.len().div_ceil(8)];
+    for (i, &k) in keep.iter().enumerate() {
+        if k {
+            out[i / 8] |= 1 << (i % 8);
+        }
+    }
+    out
+}
+
+/// Unpacks `len` keep flags packed by [`pack_bits`]; `None` if `bytes` is
+/// not exactly `ceil(len / 8)` long or padding bits are set.
+pub fn unpack_bits(bytes: &[u8], len: usize) -> Option<Vec<bool>> {
+    if bytes.len() != len.div_ceil(8) {
+        return None;
+    }
+    if len % 8 != 0 && bytes[bytes.len() - 1] >> (len % 8) != 0 {
+        return None;
+    }
+    Some((0..len).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect())
+}
+
+/// Zeroes the weights whose keep flag is false.
+pub fn apply_mask(weight: &mut [f32], keep: &[bool]) -> Result<(), SparsityError> {
+    check_len("mask", weight.len(), keep.len())?;
+    for (w, &k) in weight.iter_mut().zip(keep) {
+        if !k {
+            *w = 0.0;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanda_scores_scale_magnitudes_by_root_column_statistic() {
+        // |W| = [[1, 2], [3, 4]] (signs dropped), stats [4, 9] -> roots [2, 3].
+        let s = scores(Method::Wanda, &[-1.0, 2.0, 3.0, -4.0], 2, 2, Some(&[4.0, 9.0])).unwrap();
+        assert_eq!(s, vec![2.0, 6.0, 6.0, 12.0]);
+        let m = scores(Method::Magnitude, &[-1.0, 2.0, 3.0, -4.0], 2, 2, None).unwrap();
+        assert_eq!(m, vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(scores(Method::Wanda, &[1.0, 2.0], 1, 2, Some(&[1.0])).is_err());
+    }
+
+    #[test]
+    fn row_pruning_removes_exactly_floor_cols_times_s_per_row() {
+        let s = [5.0, 1.0, 4.0, 2.0, 3.0, /* row 2 */ 0.5, 0.4, 0.3, 0.2, 0.1];
+        let keep = keep_mask(&s, 2, 5, Pattern::unstructured(0.5).unwrap(), Group::Row).unwrap();
+        // floor(5 * 0.5) = 2 per row: row 1 drops 1.0 and 2.0, row 2 drops 0.1 and 0.2.
+        assert_eq!(keep, vec![true, false, true, false, true, true, true, true, false, false]);
+    }
+
+    #[test]
+    fn ties_prune_the_lower_column_first() {
+        let keep = keep_mask(&[1.0, 1.0, 1.0, 1.0], 1, 4, Pattern::unstructured(0.5).unwrap(), Group::Row).unwrap();
+        assert_eq!(keep, vec![false, false, true, true]);
+        let keep = keep_mask(&[2.0, 1.0, 1.0, 1.0], 1, 4, Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap();
+        assert_eq!(keep, vec![true, false, false, true]);
+    }
+
+    #[test]
+    fn layer_group_compares_across_rows() {
+        let keep = keep_mask(&[1.0, 2.0, 3.0, 4.0, 0.1, 0.2], 3, 2, Pattern::unstructured(0.5).unwrap(), Group::Layer).unwrap();
+        assert_eq!(keep, vec![false, true, true, true, false, false]);
+    }
+
+    #[test]
+    fn n_m_prunes_n_in_every_group_of_m() {
+        let s = [4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0];
+        let keep = keep_mask(&s, 1, 8, Pattern::parse_nm("2:4").unwrap(), Group::Row).unwrap();
+        assert_eq!(keep, vec![true, true, false, false, false, false, true, true]);
+        assert!(keep_mask(&s, 1, 8, Pattern::NM { n: 2, m: 3 }, Group::Row).is_err());
+        assert!(Pattern::parse_nm("4:4").is_err() && Pattern::parse_nm("x").is_err());
+    }
+
+    #[test]
+    fn bits_pack_lsb_first_with_zero_padding() {
+        let keep = [true, false, false, false, false, false, false, false, false, true];
+        assert_eq!(pack_bits(&keep), vec![0b0000_0001, 0b0000_0010]);
+        assert_eq!(unpack_bits(&[0b0000_0001, 0b0000_0010], 10).unwrap(), keep.to_vec());
+        assert_eq!(unpack_bits(&[0b0000_0001, 0b0000_0110], 10), None, "padding bit set");
+        assert_eq!(unpack_bits(&[0b0000_0001], 10), None, "too short");
+    }
+
+    #[test]
+    fn sparsity_outside_unit_interval_is_refused() {
+        assert!(Pattern::unstructured(1.0).is_err());
+        assert!(Pattern::unstructured(-0.1).is_err());
+        assert!(Pattern::unstructured(0.0).is_ok());
+    }
+}

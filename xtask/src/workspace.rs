@@ -1,0 +1,82 @@
+//! The cargo workspace xtask belongs to: its root, cargo itself, its targets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (the parent of the xtask crate).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace")
+}
+
+/// A `cargo` command (the cargo that runs xtask when there is one) run in the workspace root.
+pub fn cargo() -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Whether `cargo metadata` JSON lists a target of `kind` named `name` in `package`.
+fn has_target(metadata: &serde_json::Value, package: &str, kind: &str, name: &str) -> bool {
+    let Some(packages) = metadata["packages"].as_array() else {
+        return false;
+    };
+    packages
+        .iter()
+        .filter(|p| p["name"] == package)
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .any(|t| t["name"] == name && t["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == kind)))
+}
+
+/// Fails with a clear message unless `package` has a target of `kind` (bin, bench, ...) named `name`.
+pub fn require_target(package: &str, kind: &str, name: &str) -> Result<()> {
+    let output =
+        cargo().args(["metadata", "--no-deps", "--format-version", "1", "--offline"]).output().context("could not run `cargo metadata`")?;
+    if !output.status.success() {
+        bail!("`cargo metadata` failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing `cargo metadata` output")?;
+    if !has_target(&metadata, package, kind, name) {
+        bail!(
+            "this workspace has no {kind} target `{name}` in package `{package}` yet \
+             (looked in {}); it is needed for this command",
+            root().join(package).join("Cargo.toml").display()
+        );
+    }
+    Ok(())
+}
+
+/// Makes `path` absolute against the current directory (children run in the workspace root).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_targets_in_metadata() {
+        let metadata = serde_json::json!({
+            "packages": [
+                {"name": "model", "targets": [
+                    {"name": "model", "kind": ["lib"]},
+                    {"name": "forward", "kind": ["bench"]}
+                ]},
+                {"name": "evaluate", "targets": [{"name": "evaluate", "kind": ["lib"]}]}
+            ]
+        });
+        assert!(has_target(&metadata, "model", "bench", "forward"));
+        assert!(!has_target(&metadata, "model", "bin", "forward"));
+        assert!(!has_target(&metadata, "evaluate", "bin", "evaluate"));
+        assert!(!has_target(&metadata, "artifacts", "lib", "artifacts"));
+    }
+
+    #[test]
+    fn root_holds_the_workspace_manifest() {
+        assert!(root().join("Cargo.toml").is_file());
+        assert!(root().join("xtask").is_dir());
+    }
+}
