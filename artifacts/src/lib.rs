@@ -7,11 +7,15 @@
 //! expected and what was found.
 
 mod columns;
+mod documents;
 mod error;
 mod kind;
+mod mask;
 mod provenance;
 mod results;
 mod samples;
+mod scores;
+mod stats;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -27,11 +31,15 @@ use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
+pub use documents::{documents_content_hash, documents_schema, read_documents, write_documents, Document, Split, EXTRA_CONTENT_HASH};
 pub use error::ArtifactError;
 pub use kind::{ArtifactKind, UnknownKindError};
+pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskRow};
 pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION};
 pub use results::{read_results, results_schema, write_results, ResultRow};
 pub use samples::{read_samples, samples_schema, write_samples, Sample, SamplesInfo};
+pub use scores::{read_scores, scores_schema, write_scores, ScoreRow};
+pub use stats::{read_stats, stats_schema, write_stats, ModuleStats};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;

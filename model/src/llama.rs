@@ -567,7 +567,9 @@ fn observe(observer: &mut Option<&mut dyn LinearObserver>, prefix: &str, name: &
 }
 
 impl DecoderLayer {
-    fn from_weights(config: &LlamaConfig, weights: &WeightMap, layer: usize, device: &Device) -> Result<Self, ModelError> {
+    /// Builds decoder layer `layer` on `device` from Hugging Face-named host
+    /// weights (used by sequential calibration to rebuild a layer after pruning).
+    pub fn from_weights(config: &LlamaConfig, weights: &WeightMap, layer: usize, device: &Device) -> Result<Self, ModelError> {
         let p = format!("model.layers.{layer}");
         let (h, q, kv, i) = (
             config.hidden_size,
@@ -686,6 +688,11 @@ impl LlamaModel {
     /// The device the model lives on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Replaces decoder layer `index` (e.g. by its pruned version).
+    pub fn replace_layer(&mut self, index: usize, layer: DecoderLayer) {
+        self.layers[index] = layer;
     }
 
     /// Context for a forward pass over `batch` sequences of `seq` tokens.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::{bf16, f16};
 use serde_json::Value;
@@ -210,26 +210,27 @@ pub fn write_file(path: &Path, tensors: &[TensorToWrite<'_>], metadata: &BTreeMa
     while header_bytes.len() % 8 != 0 {
         header_bytes.push(b' ');
     }
-    let tmp = temp_path(path);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let result = (|| -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut out = std::io::BufWriter::new(tmp);
         out.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
         out.write_all(&header_bytes)?;
         for t in &order {
             out.write_all(&t.dtype.encode(&t.tensor.data))?;
         }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let tmp = out.into_inner().map_err(|e| e.into_error())?;
+        tmp.as_file().sync_all()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
     })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
-    })
-}
-
-/// A sibling temporary path for atomic writes of `path`.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    result.map_err(|e| ModelError::io(path, e))
 }

@@ -136,9 +136,9 @@ fn perplexity(demo: &mut Demo) -> Result<()> {
     let model = demo.model.clone().ok_or_else(|| anyhow!("no model fetched"))?;
     let corpus = demo.corpus.clone().ok_or_else(|| anyhow!("no corpus written"))?;
     let results = demo.out.join("ppl-python.parquet");
-    process::run_checked(workspace::cargo().args(["build", "--release", "-p", "evaluate"]))?;
-    let mut cmd = workspace::cargo();
-    cmd.args(["run", "--release", "--quiet", "-p", "evaluate", "--", "ppl", "--model"])
+    let bin = workspace::build_binaries()?;
+    let mut cmd = std::process::Command::new(bin.join("evaluate"));
+    cmd.args(["ppl", "--model"])
         .arg(&model)
         .arg("--text")
         .arg(&corpus.path)

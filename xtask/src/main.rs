@@ -74,12 +74,12 @@ struct TestArgs {
     cargo_args: Vec<String>,
 }
 
-/// The benchmarks; each one is a `cargo bench` target of the workspace.
+/// The benchmarks; each one is a binary of the workspace that prints figures.
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Model load time, forward tokens/s on 512-token windows and peak RSS on SmolLM2-135M.
     ///
-    /// Runs `cargo bench -p model --bench forward` with SUBPRUNE_SMOLLM2_GGUF set.
+    /// Runs the `bench-forward` binary of the model crate with SUBPRUNE_SMOLLM2_GGUF set.
     /// The benchmark takes `--device cpu|wgpu|auto`, `--windows N` and `--seqlen N`
     /// after `--`.
     Forward(BenchArgs),
@@ -155,20 +155,20 @@ fn cargo_test_args(extra: &[String]) -> Vec<String> {
     args
 }
 
-/// `cargo xtask bench forward`: prerequisites, the real model, then `cargo bench`.
+/// `cargo xtask bench forward`: prerequisites, the real model, then the
+/// `bench-forward` binary of the model crate (built with the workspace, so it
+/// shares the tests' build).
 fn bench_forward(args: BenchArgs) -> Result<ExitCode> {
-    workspace::require_target("model", "bench", "forward")?;
+    workspace::require_target("model", "bin", "bench-forward")?;
     args.prereqs.ensure()?;
     let model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
-    let mut cmd = workspace::cargo();
-    cmd.args(["bench", "-p", "model", "--bench", "forward"]);
-    if !args.bench_args.is_empty() {
-        cmd.arg("--").args(&args.bench_args);
-    }
+    let bin = workspace::build_binaries()?;
+    let mut cmd = std::process::Command::new(bin.join("bench-forward"));
+    cmd.args(&args.bench_args);
     cmd.env(models::SMOLLM2_ENV, &model);
     let status = process::run_status(&mut cmd)?;
     if !status.success() {
-        eprintln!("cargo bench failed ({status})");
+        eprintln!("bench-forward failed ({status})");
     }
     Ok(process::exit_code(status))
 }

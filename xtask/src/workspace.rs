@@ -48,6 +48,22 @@ pub fn require_target(package: &str, kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Builds every binary of the workspace in release mode and returns the
+/// directory holding them. `cargo build --release --workspace` resolves the
+/// same features as `cargo test --release --workspace`, so the demo, the
+/// benches and the tests share one build of the dependencies.
+pub fn build_binaries() -> Result<PathBuf> {
+    crate::process::run_checked(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    let output =
+        cargo().args(["metadata", "--no-deps", "--format-version", "1", "--offline"]).output().context("could not run `cargo metadata`")?;
+    if !output.status.success() {
+        bail!("`cargo metadata` failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing `cargo metadata` output")?;
+    let target = metadata["target_directory"].as_str().context("`cargo metadata` gave no target_directory")?;
+    Ok(PathBuf::from(target).join("release"))
+}
+
 /// Makes `path` absolute against the current directory (children run in the workspace root).
 pub fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))

@@ -1,7 +1,7 @@
 //! Forward-pass benchmark on SmolLM2-135M: model load time, forward tokens/s
 //! on 512-token windows, peak RSS. Prints figures; asserts nothing about time.
 //!
-//! Run through `cargo xtask bench forward`, which fetches the model and sets
+//! Run through `cargo xtask bench forward`, which builds the workspace, fetches the model and sets
 //! `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`): `--device cpu|wgpu|auto`
 //! (default cpu), `--windows N` (default 4), `--seqlen N` (default 512).
 

@@ -1,0 +1,212 @@
+//! The `mask` artifact: which weights a pruning keeps, one row per output row of
+//! a linear module, as packed bits (1 = kept, least significant bit first, the
+//! last byte zero-padded).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::columns::{check_field, Accept};
+use crate::scores::{open_streamed, text_column, u32_column, write_parquet_streamed, ROWS_PER_BATCH};
+use crate::{ArtifactError, ArtifactKind, Provenance};
+
+/// Extra key (under `subprune.mask.`) of the scoring method.
+const EXTRA_METHOD: &str = "method";
+/// Extra key (under `subprune.mask.`) of the overall pruned fraction.
+const EXTRA_SPARSITY: &str = "sparsity";
+/// Extra key (under `subprune.mask.`) of the pattern label.
+const EXTRA_PATTERN: &str = "pattern";
+/// Extra key (under `subprune.mask.`) of the comparison group.
+const EXTRA_GROUP: &str = "group";
+
+/// The keep bits of one output row of a linear module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskRow {
+    /// Hugging Face parameter name without `.weight`, e.g. `model.layers.3.mlp.down_proj`.
+    pub module: String,
+    /// Output row index, in Hugging Face row order.
+    pub row: u32,
+    /// Number of input columns (bits) of the row.
+    pub in_features: u32,
+    /// Keep flags packed LSB first, `ceil(in_features / 8)` bytes, padding bits zero.
+    pub keep: Vec<u8>,
+}
+
+/// File-level facts about a mask, stored as `subprune.mask.*` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskInfo {
+    /// Scoring method, e.g. `wanda` (`subprune.mask.method`).
+    pub method: String,
+    /// Fraction of the masked weights pruned overall (`subprune.mask.sparsity`).
+    pub sparsity: f64,
+    /// Pattern label, `unstructured-0.5` or `2:4` (`subprune.mask.pattern`).
+    pub pattern: String,
+    /// Comparison group, `row` or `layer` (`subprune.mask.group`).
+    pub group: String,
+}
+
+/// The Arrow schema of a mask artifact: module Utf8, row UInt32, in_features UInt32, keep Binary.
+pub fn mask_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("module", DataType::Utf8, false),
+        Field::new("row", DataType::UInt32, false),
+        Field::new("in_features", DataType::UInt32, false),
+        Field::new("keep", DataType::Binary, false),
+    ]))
+}
+
+/// Checks that `keep` is `ceil(in_features / 8)` bytes with zero padding bits.
+fn check_bits(path: &Path, row: usize, in_features: u32, keep: &[u8]) -> Result<(), ArtifactError> {
+    let len = in_features as usize;
+    let bad = |found: String| ArtifactError::BadValue {
+        path: path.to_path_buf(),
+        column: "keep".to_string(),
+        row,
+        expected: format!("{} bytes of packed bits for in_features {in_features}, padding bits zero", len.div_ceil(8)),
+        found,
+    };
+    if keep.len() != len.div_ceil(8) {
+        return Err(bad(format!("{} bytes", keep.len())));
+    }
+    if len % 8 != 0 && keep[keep.len() - 1] >> (len % 8) != 0 {
+        return Err(bad(format!("last byte {:#010b} with padding bits set", keep[keep.len() - 1])));
+    }
+    Ok(())
+}
+
+fn mask_batch(path: &Path, chunk: &[MaskRow]) -> Result<RecordBatch, ArtifactError> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.module.as_str()))),
+        Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.row))),
+        Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.in_features))),
+        Arc::new(BinaryArray::from_iter_values(chunk.iter().map(|r| r.keep.as_slice()))),
+    ];
+    RecordBatch::try_new(mask_schema(), columns).map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
+}
+
+/// Writes a mask artifact atomically; returns its content hash.
+///
+/// `provenance` must be of kind `mask`; `info` is added to it as
+/// `subprune.mask.*` extras. Every row's bits must be well formed (see [`MaskRow::keep`]).
+pub fn write_mask(path: &Path, rows: &[MaskRow], info: &MaskInfo, provenance: &Provenance) -> Result<String, ArtifactError> {
+    if provenance.kind != ArtifactKind::Mask {
+        return Err(ArtifactError::ProvenanceKind { path: path.to_path_buf(), expected: ArtifactKind::Mask, found: provenance.kind });
+    }
+    for (i, r) in rows.iter().enumerate() {
+        check_bits(path, i, r.in_features, &r.keep)?;
+    }
+    let provenance = provenance
+        .clone()
+        .with_extra(EXTRA_METHOD, info.method.clone())
+        .with_extra(EXTRA_SPARSITY, info.sparsity.to_string())
+        .with_extra(EXTRA_PATTERN, info.pattern.clone())
+        .with_extra(EXTRA_GROUP, info.group.clone());
+    let chunks: Vec<&[MaskRow]> = if rows.is_empty() { vec![rows] } else { rows.chunks(ROWS_PER_BATCH).collect() };
+    let batches = chunks.into_iter().map(|chunk| mask_batch(path, chunk));
+    write_parquet_streamed(path, mask_schema(), batches, &provenance)
+}
+
+fn mask_info(path: &Path, p: &Provenance) -> Result<MaskInfo, ArtifactError> {
+    let get = |k: &str, what: &str| {
+        p.extra.get(k).cloned().ok_or_else(|| ArtifactError::MissingMetadata {
+            path: path.to_path_buf(),
+            key: format!("subprune.mask.{k}"),
+            expected: what.to_string(),
+        })
+    };
+    let sparsity_str = get(EXTRA_SPARSITY, "the fraction of weights pruned, a number")?;
+    let sparsity = sparsity_str.trim().parse().map_err(|_| ArtifactError::BadMetadata {
+        path: path.to_path_buf(),
+        key: format!("subprune.mask.{EXTRA_SPARSITY}"),
+        expected: "a number".to_string(),
+        found: sparsity_str.clone(),
+    })?;
+    Ok(MaskInfo {
+        method: get(EXTRA_METHOD, "the scoring method, e.g. wanda")?,
+        sparsity,
+        pattern: get(EXTRA_PATTERN, "the pattern, e.g. unstructured-0.5 or 2:4")?,
+        group: get(EXTRA_GROUP, "the comparison group, row or layer")?,
+    })
+}
+
+/// Reads a binary column (Binary, LargeBinary, BinaryView or FixedSizeBinary) as byte vectors.
+fn binary_column(path: &Path, name: &str, batch: &RecordBatch, first_row: usize) -> Result<Vec<Vec<u8>>, ArtifactError> {
+    let idx = binary_field(path, batch.schema_ref(), name)?;
+    let array = batch.column(idx);
+    let values: Vec<Option<Vec<u8>>> = match array.data_type() {
+        DataType::Binary => array.as_binary::<i32>().iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
+        DataType::LargeBinary => array.as_binary::<i64>().iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
+        DataType::BinaryView => array.as_binary_view().iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
+        DataType::FixedSizeBinary(_) => {
+            let a = array.as_fixed_size_binary();
+            (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i).to_vec())).collect()
+        }
+        other => unreachable!("binary_column() called on {other}"),
+    };
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.ok_or_else(|| ArtifactError::BadValue {
+                path: path.to_path_buf(),
+                column: name.to_string(),
+                row: first_row + i,
+                expected: "packed keep bits (the column is not nullable)".to_string(),
+                found: "null".to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Checks that `schema` has a binary column `name`; returns its index.
+fn binary_field(path: &Path, schema: &Schema, name: &str) -> Result<usize, ArtifactError> {
+    const EXPECTED: &str = "a binary type (Binary)";
+    let idx = schema.index_of(name).map_err(|_| ArtifactError::MissingColumn {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        expected: EXPECTED.to_string(),
+        found: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+    })?;
+    let t = schema.field(idx).data_type();
+    if !matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_)) {
+        return Err(ArtifactError::WrongColumnType {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            expected: EXPECTED.to_string(),
+            found: t.to_string(),
+        });
+    }
+    Ok(idx)
+}
+
+/// Reads a mask artifact: provenance, file-level info and rows in file order.
+///
+/// Accepts module as any string type, row and in_features as any integer type in
+/// `u32` range, and keep as any binary type; refuses nulls and keep bits whose
+/// length does not match in_features or whose padding bits are set.
+pub fn read_mask(path: &Path) -> Result<(Provenance, MaskInfo, Vec<MaskRow>), ArtifactError> {
+    let (provenance, schema, reader) = open_streamed(path, ArtifactKind::Mask)?;
+    let info = mask_info(path, &provenance)?;
+    check_field(path, &schema, "module", Accept::Str)?;
+    check_field(path, &schema, "row", Accept::Int)?;
+    check_field(path, &schema, "in_features", Accept::Int)?;
+    binary_field(path, &schema, "keep")?;
+    let mut out = Vec::new();
+    let mut first = 0;
+    for batch in reader {
+        let batch = batch.map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })?;
+        let modules = text_column(path, "module", &batch, first)?;
+        let rows = u32_column(path, "row", &batch, first)?;
+        let in_features = u32_column(path, "in_features", &batch, first)?;
+        let keeps = binary_column(path, "keep", &batch, first)?;
+        for (i, (((module, row), in_features), keep)) in modules.into_iter().zip(rows).zip(in_features).zip(keeps).enumerate() {
+            check_bits(path, first + i, in_features, &keep)?;
+            out.push(MaskRow { module, row, in_features, keep });
+        }
+        first += batch.num_rows();
+    }
+    Ok((provenance, info, out))
+}

@@ -1,0 +1,556 @@
+//! The `mask` stage of subprune: the keep-mask of every prunable linear module
+//! from a scores artifact ([`make_mask`]), and the pruned model written as a
+//! Hugging Face checkpoint directory ([`apply`]).
+//!
+//! Selection is [`sparsity::keep_mask`], the same code sequential calibration
+//! prunes with, so a mask made from the scores of calibration's statistics with
+//! calibration's options equals the mask calibration applied, bit for bit.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use artifacts::{ArtifactError, ArtifactKind, MaskInfo, MaskRow, Provenance, ScoreRow};
+use indicatif::ProgressBar;
+use model::safetensors::{StoredDtype, TensorToWrite};
+use model::{LoadedModel, ModelError};
+use serde_json::Value;
+use sparsity::{Group, Pattern, SparsityError};
+
+/// Everything that can go wrong while making or applying a mask.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// Reading or writing an artifact failed, or an artifact is of the wrong kind or version.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// Loading the model or writing its weights failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(String),
+    /// The selection kernel refused a module's scores.
+    #[error("{}: module `{module}`: {source}", .path.display())]
+    Kernel {
+        /// The scores or mask file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// The kernel's error.
+        #[source]
+        source: SparsityError,
+    },
+    /// The rows of a module in a scores or mask file are not one row per output row.
+    #[error("{}: module `{module}`: expected {expected}, found {found}", .path.display())]
+    Rows {
+        /// The scores or mask file.
+        path: PathBuf,
+        /// The module.
+        module: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// The mask was made for another model.
+    #[error(
+        "model mismatch: the mask {} was made for model `{mask_model}` (metadata subprune.model), \
+         but the model {} has fingerprint `{model}`; apply a mask to the model it was made for",
+        .mask_path.display(),
+        .model_path.display()
+    )]
+    ModelMismatch {
+        /// The mask file.
+        mask_path: PathBuf,
+        /// The fingerprint recorded in the mask.
+        mask_model: String,
+        /// The model file or directory.
+        model_path: PathBuf,
+        /// The model's fingerprint.
+        model: String,
+    },
+    /// A masked module does not exist in the model or has another shape.
+    #[error("{}: module `{module}`: expected weight `{module}.weight` of shape [{rows}, {cols}] in the model {}, found {found}", .mask_path.display(), .model_path.display())]
+    Shape {
+        /// The mask file.
+        mask_path: PathBuf,
+        /// The module.
+        module: String,
+        /// Rows the mask has.
+        rows: usize,
+        /// Columns the mask has.
+        cols: usize,
+        /// The model file or directory.
+        model_path: PathBuf,
+        /// What the model has.
+        found: String,
+    },
+    /// The output directory exists and is not empty.
+    #[error("output directory {} exists and is not empty; pass --force to replace it", .0.display())]
+    OutputExists(PathBuf),
+    /// A file-system operation on the output failed.
+    #[error("I/O error on {}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MaskError + '_ {
+    move |source| MaskError::Io { path: path.to_path_buf(), source }
+}
+
+/// The `subprune.created_by` value of this stage.
+pub fn created_by() -> String {
+    format!("subprune-mask {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The decoder layer of a module named `model.layers.<L>.…`, if any.
+pub fn layer_of(module: &str) -> Option<u32> {
+    module.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+}
+
+/// The scores of one linear module as a row-major `[rows, cols]` matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleScores {
+    /// Hugging Face parameter name without `.weight`.
+    pub module: String,
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns.
+    pub cols: usize,
+    /// `rows * cols` scores, row-major.
+    pub scores: Vec<f32>,
+}
+
+/// Groups score rows by module, in order of first appearance, checking that
+/// every module has rows `0..n` exactly once, all of the same length.
+pub fn group_scores(path: &Path, rows: Vec<ScoreRow>) -> Result<Vec<ModuleScores>, MaskError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_module: BTreeMap<String, Vec<ScoreRow>> = BTreeMap::new();
+    for r in rows {
+        if !by_module.contains_key(&r.module) {
+            order.push(r.module.clone());
+        }
+        by_module.entry(r.module.clone()).or_default().push(r);
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for module in order {
+        let mut rows = by_module.remove(&module).expect("grouped above");
+        rows.sort_by_key(|r| r.row);
+        let cols = rows[0].score.len();
+        let err = |expected: String, found: String| MaskError::Rows { path: path.to_path_buf(), module: module.clone(), expected, found };
+        if let Some((i, r)) = rows.iter().enumerate().find(|(i, r)| r.row as usize != *i) {
+            let what = if i > 0 && rows[i - 1].row == r.row { format!("row {} twice", r.row) } else { format!("row {} missing", i) };
+            return Err(err(format!("one row for each output row 0..{}", rows.len()), what));
+        }
+        if let Some(r) = rows.iter().find(|r| r.score.len() != cols) {
+            return Err(err(format!("{cols} scores in every row (as in row 0)"), format!("{} in row {}", r.score.len(), r.row)));
+        }
+        let n = rows.len();
+        let mut scores = Vec::with_capacity(n * cols);
+        for r in rows {
+            scores.extend_from_slice(&r.score);
+        }
+        out.push(ModuleScores { module, rows: n, cols, scores });
+    }
+    Ok(out)
+}
+
+/// How many weights of one module a mask prunes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSummary {
+    /// The module.
+    pub module: String,
+    /// Its decoder layer, if the name has one.
+    pub layer: Option<u32>,
+    /// Weights in the module.
+    pub total: u64,
+    /// Weights pruned.
+    pub pruned: u64,
+}
+
+/// Pruned fraction per decoder layer, in layer order (modules without a layer under `None`).
+pub fn per_layer(summary: &[ModuleSummary]) -> Vec<(Option<u32>, u64, u64)> {
+    let mut layers: BTreeMap<Option<u32>, (u64, u64)> = BTreeMap::new();
+    for m in summary {
+        let e = layers.entry(m.layer).or_default();
+        e.0 += m.pruned;
+        e.1 += m.total;
+    }
+    layers.into_iter().map(|(l, (p, t))| (l, p, t)).collect()
+}
+
+/// Overall pruned fraction of a summary (0 when empty).
+pub fn overall(summary: &[ModuleSummary]) -> f64 {
+    let (p, t) = summary.iter().fold((0u64, 0u64), |(p, t), m| (p + m.pruned, t + m.total));
+    if t == 0 {
+        0.0
+    } else {
+        p as f64 / t as f64
+    }
+}
+
+/// The keep-masks of every module under `pattern` and `group` (via
+/// [`sparsity::keep_mask`]), as mask rows, plus a per-module summary.
+/// `progress` advances by one per module; `path` names the scores in errors.
+pub fn build_mask(
+    path: &Path,
+    modules: &[ModuleScores],
+    pattern: Pattern,
+    group: Group,
+    progress: &ProgressBar,
+) -> Result<(Vec<MaskRow>, Vec<ModuleSummary>), MaskError> {
+    progress.set_length(modules.len() as u64);
+    let mut rows = Vec::with_capacity(modules.iter().map(|m| m.rows).sum());
+    let mut summary = Vec::with_capacity(modules.len());
+    for m in modules {
+        let keep = sparsity::keep_mask(&m.scores, m.rows, m.cols, pattern, group).map_err(|source| MaskError::Kernel {
+            path: path.to_path_buf(),
+            module: m.module.clone(),
+            source,
+        })?;
+        let pruned = keep.iter().filter(|k| !**k).count() as u64;
+        for (r, row) in keep.chunks_exact(m.cols.max(1)).take(m.rows).enumerate() {
+            rows.push(MaskRow { module: m.module.clone(), row: r as u32, in_features: m.cols as u32, keep: sparsity::pack_bits(row) });
+        }
+        summary.push(ModuleSummary { module: m.module.clone(), layer: layer_of(&m.module), total: keep.len() as u64, pruned });
+        progress.inc(1);
+    }
+    Ok((rows, summary))
+}
+
+/// Parses a pattern label as [`Pattern::label`] writes it ("unstructured-0.5", "2:4").
+pub fn parse_pattern_label(label: &str) -> Option<Pattern> {
+    match label.strip_prefix("unstructured-") {
+        Some(s) => Pattern::unstructured(s.parse().ok()?).ok(),
+        None => Pattern::parse_nm(label).ok(),
+    }
+}
+
+/// A warning when the scores come from the statistics of a sequential
+/// `calibrate` run whose method, pattern or group differ from this mask's:
+/// calibration then pruned layers differently while gathering the statistics
+/// of later layers, so this mask will not equal the one calibration applied.
+pub fn calibration_mismatch(scores_path: &Path, scores: &Provenance, pattern: Pattern, group: Group) -> Option<String> {
+    let stats = scores.params.get("stats_params")?.as_object()?;
+    if stats.get("oneshot").and_then(Value::as_bool) != Some(false) {
+        return None;
+    }
+    let method = scores.params.get("method").and_then(Value::as_str).unwrap_or("");
+    let cal_method = stats.get("method").and_then(Value::as_str).unwrap_or("");
+    let cal_pattern_label = stats.get("pattern").and_then(Value::as_str).unwrap_or("");
+    let cal_group = stats.get("group").and_then(Value::as_str).unwrap_or("row");
+    let cal_pattern = parse_pattern_label(cal_pattern_label);
+    let same_group = matches!(pattern, Pattern::NM { .. }) || cal_group == group.to_string();
+    if cal_method == method && cal_pattern == Some(pattern) && same_group {
+        return None;
+    }
+    Some(format!(
+        "warning: {} was scored ({method}) from the statistics of a sequential calibrate run with method {cal_method}, \
+         pattern {cal_pattern_label}, group {cal_group}; this mask uses method {method}, pattern {}, group {group}, so it will \
+         not equal the mask calibrate applied while gathering the statistics (use --oneshot calibration, or the same options)",
+        scores_path.display(),
+        pattern.label()
+    ))
+}
+
+/// What [`make_mask`] did.
+#[derive(Debug, Clone)]
+pub struct MakeSummary {
+    /// Per-module pruned counts.
+    pub modules: Vec<ModuleSummary>,
+    /// Overall pruned fraction.
+    pub sparsity: f64,
+    /// Content hash of the written mask.
+    pub hash: String,
+    /// The calibration mismatch warning, if any (see [`calibration_mismatch`]).
+    pub warning: Option<String>,
+}
+
+/// Reads a scores artifact, selects the weights to prune and writes the mask artifact to `out`.
+pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path, progress: &ProgressBar) -> Result<MakeSummary, MaskError> {
+    if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
+        return Err(MaskError::Options(format!(
+            "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
+            pattern.label()
+        )));
+    }
+    let (provenance, rows) = artifacts::read_scores(scores_path)?;
+    let hash = artifacts::content_hash(scores_path)?;
+    let warning = calibration_mismatch(scores_path, &provenance, pattern, group);
+    let modules = group_scores(scores_path, rows)?;
+    let (mask_rows, summary) = build_mask(scores_path, &modules, pattern, group, progress)?;
+    drop(modules);
+    let method = provenance.params.get("method").and_then(Value::as_str).unwrap_or("unknown").to_string();
+    let sparsity = overall(&summary);
+    let info = MaskInfo { method: method.clone(), sparsity, pattern: pattern.label(), group: group.to_string() };
+    let (ratio, nm) = match pattern {
+        Pattern::Unstructured { sparsity } => (Value::from(sparsity), Value::Null),
+        Pattern::NM { .. } => (Value::Null, Value::from(pattern.label())),
+    };
+    let params = serde_json::json!({
+        "method": method,
+        "pattern": pattern.label(),
+        "sparsity": ratio,
+        "nm": nm,
+        "group": group.to_string(),
+        "scores_params": provenance.params,
+    });
+    let mask_provenance = Provenance::new(ArtifactKind::Mask, provenance.model.clone(), params, created_by()).with_input("scores", hash);
+    let written = artifacts::write_mask(out, &mask_rows, &info, &mask_provenance)?;
+    Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
+}
+
+/// Storage type of the weights `mask apply` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputDtype {
+    /// float32: the weights exactly as loaded (GGUF weights dequantized).
+    F32,
+    /// float16, rounded to nearest even.
+    F16,
+    /// bfloat16, rounded to nearest even.
+    Bf16,
+}
+
+impl OutputDtype {
+    /// The safetensors storage type.
+    pub fn stored(self) -> StoredDtype {
+        match self {
+            OutputDtype::F32 => StoredDtype::F32,
+            OutputDtype::F16 => StoredDtype::F16,
+            OutputDtype::Bf16 => StoredDtype::BF16,
+        }
+    }
+
+    /// The `torch_dtype` name in config.json.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            OutputDtype::F32 => "float32",
+            OutputDtype::F16 => "float16",
+            OutputDtype::Bf16 => "bfloat16",
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone)]
+pub struct ApplySummary {
+    /// Modules the mask covered.
+    pub modules: usize,
+    /// Weights in the masked modules.
+    pub total: u64,
+    /// Weights the mask prunes.
+    pub masked: u64,
+    /// Weights of the masked modules that are zero after masking (pruned ones
+    /// plus any that were zero already), counted in f32.
+    pub zeros: u64,
+}
+
+/// Checks a mask against a loaded model and zeroes the pruned weights in place.
+///
+/// Refuses a mask of another model fingerprint, and masked modules that the
+/// model lacks, whose shape differs, or whose rows are not exactly `0..out`.
+pub fn apply_in_memory(
+    model: &mut LoadedModel,
+    mask_path: &Path,
+    provenance: &Provenance,
+    rows: Vec<MaskRow>,
+    progress: &ProgressBar,
+) -> Result<ApplySummary, MaskError> {
+    if provenance.model != model.fingerprint {
+        return Err(MaskError::ModelMismatch {
+            mask_path: mask_path.to_path_buf(),
+            mask_model: provenance.model.clone(),
+            model_path: model.path.clone(),
+            model: model.fingerprint.clone(),
+        });
+    }
+    let mut by_module: BTreeMap<String, Vec<MaskRow>> = BTreeMap::new();
+    for r in rows {
+        by_module.entry(r.module.clone()).or_default().push(r);
+    }
+    progress.set_length(by_module.len() as u64);
+    let mut summary = ApplySummary { modules: by_module.len(), total: 0, masked: 0, zeros: 0 };
+    for (module, mut rows) in by_module {
+        rows.sort_by_key(|r| r.row);
+        let cols = rows[0].in_features as usize;
+        let shape_err = |found: String| MaskError::Shape {
+            mask_path: mask_path.to_path_buf(),
+            module: module.clone(),
+            rows: rows.len(),
+            cols,
+            model_path: model.path.clone(),
+            found,
+        };
+        let weight_name = format!("{module}.weight");
+        let weight = match model.weights.get(&weight_name) {
+            None => return Err(shape_err("no such tensor".to_string())),
+            Some(w) if w.shape != [rows.len(), cols] => return Err(shape_err(format!("shape {:?}", w.shape))),
+            Some(_) => model.weights.get_mut(&weight_name).expect("present"),
+        };
+        let rows_err =
+            |expected: String, found: String| MaskError::Rows { path: mask_path.to_path_buf(), module: module.clone(), expected, found };
+        for (i, r) in rows.iter().enumerate() {
+            if r.row as usize != i {
+                return Err(rows_err(format!("one row for each output row 0..{}", rows.len()), format!("row {} at position {i}", r.row)));
+            }
+            if r.in_features as usize != cols {
+                return Err(rows_err(format!("in_features {cols} in every row"), format!("{} in row {}", r.in_features, r.row)));
+            }
+            let keep = sparsity::unpack_bits(&r.keep, cols).ok_or_else(|| {
+                rows_err(format!("{} bytes of packed bits", cols.div_ceil(8)), format!("{} bytes in row {}", r.keep.len(), r.row))
+            })?;
+            let w = &mut weight.data[i * cols..(i + 1) * cols];
+            sparsity::apply_mask(w, &keep).map_err(|source| MaskError::Kernel {
+                path: mask_path.to_path_buf(),
+                module: module.clone(),
+                source,
+            })?;
+            summary.masked += keep.iter().filter(|k| !**k).count() as u64;
+            summary.zeros += w.iter().filter(|v| **v == 0.0).count() as u64;
+            summary.total += cols as u64;
+        }
+        progress.inc(1);
+    }
+    Ok(summary)
+}
+
+/// Writes `model` as a Hugging Face checkpoint directory in `dir` (which must
+/// exist): config.json (torch_dtype = `dtype`), generation_config.json,
+/// model.safetensors with every weight, and, when the model has a tokenizer,
+/// tokenizer.json and tokenizer_config.json.
+pub fn write_hf_dir(model: &LoadedModel, dir: &Path, dtype: OutputDtype) -> Result<(), MaskError> {
+    let write_json = |name: &str, value: &Value| -> Result<(), MaskError> {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+        fs::write(&path, text + "\n").map_err(io_err(&path))
+    };
+    let mut config = model.config.to_hf_json();
+    config["torch_dtype"] = Value::from(dtype.torch_name());
+    let mut generation = serde_json::Map::new();
+    let tokenizer = model.tokenizer.as_ref();
+    let bos = tokenizer.and_then(|t| t.bos_id()).map(Value::from).or_else(|| config.get("bos_token_id").filter(|v| !v.is_null()).cloned());
+    let eos = tokenizer.and_then(|t| t.eos_id()).map(Value::from).or_else(|| config.get("eos_token_id").filter(|v| !v.is_null()).cloned());
+    if let Some(b) = bos {
+        generation.insert("bos_token_id".into(), b);
+    }
+    if let Some(e) = eos {
+        generation.insert("eos_token_id".into(), e);
+    }
+    write_json("config.json", &config)?;
+    write_json("generation_config.json", &Value::Object(generation))?;
+    if let Some(t) = tokenizer {
+        let path = dir.join("tokenizer.json");
+        let json = t.to_tokenizer_json().map_err(|e| ModelError::from(e))?;
+        fs::write(&path, json).map_err(io_err(&path))?;
+        let token = |id: Option<u32>| id.and_then(|i| t.inner().id_to_token(i)).map_or(Value::Null, Value::from);
+        let tokenizer_config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(t.bos_id()),
+            "eos_token": token(t.eos_id()),
+            "add_bos_token": t.add_bos(),
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": config.get("max_position_embeddings").cloned().unwrap_or(Value::Null),
+        });
+        write_json("tokenizer_config.json", &tokenizer_config)?;
+    }
+    let tensors: Vec<TensorToWrite<'_>> =
+        model.weights.iter().map(|(name, tensor)| TensorToWrite { name: name.as_str(), dtype: dtype.stored(), tensor }).collect();
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    model::safetensors::write_file(&dir.join("model.safetensors"), &tensors, &metadata)?;
+    Ok(())
+}
+
+/// Removes a directory tree when dropped, unless disarmed.
+struct DirGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Whether `dir` exists and holds something (a file that is not a directory counts).
+fn occupied(dir: &Path) -> Result<bool, MaskError> {
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(dir)(e)),
+        Ok(m) if !m.is_dir() => Ok(true),
+        Ok(_) => Ok(fs::read_dir(dir).map_err(io_err(dir))?.next().is_some()),
+    }
+}
+
+/// Options of [`apply`].
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// The model: Hugging Face directory or GGUF file.
+    pub model: PathBuf,
+    /// The mask artifact.
+    pub mask: PathBuf,
+    /// The output directory.
+    pub out: PathBuf,
+    /// Storage type of the written weights.
+    pub dtype: OutputDtype,
+    /// Replace a non-empty output directory.
+    pub force: bool,
+}
+
+/// Loads the model and the mask, zeroes the pruned weights and writes the
+/// pruned model as a Hugging Face directory at `opts.out`.
+///
+/// The directory is written under a temp name next to `opts.out` and renamed
+/// into place at the end, so a failure leaves no half-written output. A
+/// non-empty `opts.out` is refused unless `opts.force`.
+pub fn apply(opts: &ApplyOptions, progress: &ProgressBar) -> Result<ApplySummary, MaskError> {
+    if occupied(&opts.out)? && !opts.force {
+        return Err(MaskError::OutputExists(opts.out.clone()));
+    }
+    let (provenance, _info, rows) = artifacts::read_mask(&opts.mask)?;
+    let mut loaded = model::load_model(&opts.model)?;
+    let summary = apply_in_memory(&mut loaded, &opts.mask, &provenance, rows, progress)?;
+
+    let name =
+        opts.out.file_name().ok_or_else(|| MaskError::Options(format!("--out {} does not end in a directory name", opts.out.display())))?;
+    let name = name.to_string_lossy();
+    let parent = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    let mut guard = DirGuard { path: tmp.clone(), armed: true };
+    write_hf_dir(&loaded, &tmp, opts.dtype)?;
+
+    match fs::metadata(&opts.out) {
+        Ok(m) if m.is_dir() => {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            fs::rename(&opts.out, &old).map_err(io_err(&opts.out))?;
+            if let Err(e) = fs::rename(&tmp, &opts.out) {
+                let _ = fs::rename(&old, &opts.out);
+                return Err(io_err(&opts.out)(e));
+            }
+            fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        }
+        Ok(_) => {
+            fs::remove_file(&opts.out).map_err(io_err(&opts.out))?;
+            fs::rename(&tmp, &opts.out).map_err(io_err(&opts.out))?;
+        }
+        Err(_) => fs::rename(&tmp, &opts.out).map_err(io_err(&opts.out))?,
+    }
+    guard.armed = false;
+    Ok(summary)
+}

@@ -1,0 +1,154 @@
+//! `mask`: the keep-mask of every prunable linear module from a scores
+//! artifact; `mask apply` writes the pruned model as a Hugging Face directory.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mask::{ApplyOptions, OutputDtype};
+use sparsity::{Group, Pattern};
+
+/// Selects the weights to prune from a scores artifact and writes a mask
+/// artifact; `mask apply` zeroes them in a model and writes it out.
+#[derive(Parser)]
+#[command(name = "mask", version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    make: MakeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Zero the weights a mask prunes and write the model as a Hugging Face
+    /// directory (config.json, tokenizer.json, model.safetensors) that
+    /// transformers loads.
+    Apply(ApplyArgs),
+}
+
+#[derive(Args)]
+struct MakeArgs {
+    /// Scores artifact written by `score`.
+    #[arg(long, required = true)]
+    scores: Option<PathBuf>,
+    /// Unstructured pruning: the fraction of weights pruned in every comparison group, in [0, 1).
+    #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
+    sparsity: Option<f64>,
+    /// N:M pruning, e.g. 2:4: in every group of M consecutive inputs of a row, the N lowest scores pruned.
+    #[arg(long)]
+    nm: Option<String>,
+    /// Over which weights scores are compared for unstructured pruning: row (each output row, Wanda's default) or layer (the whole matrix).
+    #[arg(long, default_value = "row")]
+    group: Group,
+    /// Mask artifact to write (Parquet).
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// No progress bar and no per-layer summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    /// float32: the weights exactly as loaded.
+    F32,
+    /// float16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// Model the mask was made for: a Hugging Face checkpoint directory or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Mask artifact written by `mask`.
+    #[arg(long)]
+    mask: PathBuf,
+    /// Output directory (Hugging Face layout); must not exist or be empty unless --force.
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn progress(quiet: bool, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} modules ({elapsed})").expect("valid template"));
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn run_make(args: MakeArgs) -> Result<()> {
+    let scores = args.scores.context("--scores is required")?;
+    let out = args.out.context("--out is required")?;
+    let pattern = match (args.sparsity, &args.nm) {
+        (Some(s), None) => Pattern::unstructured(s)?,
+        (None, Some(nm)) => Pattern::parse_nm(nm)?,
+        _ => anyhow::bail!("give exactly one of --sparsity S or --nm N:M"),
+    };
+    let started = Instant::now();
+    let bar = progress(args.quiet, "masking");
+    let summary = mask::make_mask(&scores, pattern, args.group, &out, &bar)
+        .with_context(|| format!("making a {} mask from {}", pattern.label(), scores.display()))?;
+    bar.finish_and_clear();
+    if let Some(w) = &summary.warning {
+        eprintln!("{w}");
+    }
+    if !args.quiet {
+        for (layer, pruned, total) in mask::per_layer(&summary.modules) {
+            let name = layer.map_or_else(|| "other".to_string(), |l| format!("layer {l}"));
+            eprintln!("{name:>9}: pruned {:.4} ({pruned} of {total})", pruned as f64 / total.max(1) as f64);
+        }
+    }
+    eprintln!("wrote {} ({}) in {:.2} s", out.display(), summary.hash, started.elapsed().as_secs_f64());
+    println!("sparsity: {:.6}", summary.sparsity);
+    Ok(())
+}
+
+fn run_apply(args: ApplyArgs) -> Result<()> {
+    let started = Instant::now();
+    let dtype = match args.dtype {
+        DtypeArg::F32 => OutputDtype::F32,
+        DtypeArg::F16 => OutputDtype::F16,
+        DtypeArg::Bf16 => OutputDtype::Bf16,
+    };
+    let opts = ApplyOptions { model: args.model.clone(), mask: args.mask.clone(), out: args.out.clone(), dtype, force: args.force };
+    let bar = progress(args.quiet, "applying");
+    let summary = mask::apply(&opts, &bar)
+        .with_context(|| format!("applying {} to {} into {}", args.mask.display(), args.model.display(), args.out.display()))?;
+    bar.finish_and_clear();
+    eprintln!("wrote {} ({}) in {:.2} s", args.out.display(), dtype.torch_name(), started.elapsed().as_secs_f64());
+    println!(
+        "pruned linear layers: {} modules, {} of {} weights zero, sparsity {:.6} (mask prunes {:.6})",
+        summary.modules,
+        summary.zeros,
+        summary.total,
+        summary.zeros as f64 / summary.total.max(1) as f64,
+        summary.masked as f64 / summary.total.max(1) as f64
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Apply(args)) => run_apply(args),
+        None => run_make(cli.make),
+    }
+}

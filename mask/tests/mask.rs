@@ -1,0 +1,384 @@
+//! Tests of the `mask` stage and `mask apply` on tiny random Llama models and
+//! hand-made scores written to a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use artifacts::{ArtifactKind, Provenance, ScoreRow};
+use indicatif::ProgressBar;
+use mask::{ApplyOptions, MaskError, OutputDtype};
+use model::gguf::GgmlType;
+use model::safetensors::StoredDtype;
+use model::testing::{tiny_weights, write_gguf, write_hf_dir, TinyConfig, TINY};
+use serde_json::json;
+use sparsity::{Group, Method, Pattern};
+
+fn hidden() -> ProgressBar {
+    ProgressBar::hidden()
+}
+
+/// A tiny f32 HF model in `dir/name`.
+fn tiny_model(dir: &Path, name: &str, cfg: &TinyConfig, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    write_hf_dir(&path, cfg, &tiny_weights(cfg, seed), StoredDtype::F32);
+    path
+}
+
+/// Magnitude scores of every linear module of a model, written as a scores artifact.
+fn magnitude_scores(model_path: &Path, out: &Path, stats_params: serde_json::Value) {
+    let loaded = model::load_model(model_path).unwrap();
+    let mut rows = Vec::new();
+    for layer in 0..loaded.config.num_layers() {
+        for (module, r, c) in loaded.config.linear_modules(layer) {
+            let w = loaded.weights.get(&format!("{module}.weight")).unwrap();
+            let s = sparsity::scores(Method::Magnitude, &w.data, r, c, None).unwrap();
+            rows.extend(s.chunks(c).enumerate().map(|(i, s)| ScoreRow { module: module.clone(), row: i as u32, score: s.to_vec() }));
+        }
+    }
+    let p = Provenance::new(ArtifactKind::Scores, loaded.fingerprint, json!({"method": "magnitude", "stats_params": stats_params}), "test")
+        .with_input("stats", "sha256:00");
+    artifacts::write_scores(out, &rows, &p).unwrap();
+}
+
+fn unpacked(row: &artifacts::MaskRow) -> Vec<bool> {
+    sparsity::unpack_bits(&row.keep, row.in_features as usize).unwrap()
+}
+
+#[test]
+fn row_pruning_removes_exactly_floor_in_times_s_in_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 1);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &scores, serde_json::Value::Null);
+    let scores_hash = artifacts::content_hash(&scores).unwrap();
+    for s in [0.5, 0.3, 0.77] {
+        let out = dir.path().join(format!("mask-{s}.parquet"));
+        let summary = mask::make_mask(&scores, Pattern::unstructured(s).unwrap(), Group::Row, &out, &hidden()).unwrap();
+        assert!(summary.warning.is_none());
+        let (prov, info, rows) = artifacts::read_mask(&out).unwrap();
+        assert_eq!(rows.len(), 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64));
+        let mut pruned_total = 0usize;
+        for row in &rows {
+            let pruned = unpacked(row).iter().filter(|k| !**k).count();
+            assert_eq!(pruned, (row.in_features as f64 * s).floor() as usize, "{} row {} at {s}", row.module, row.row);
+            pruned_total += pruned;
+        }
+        let total: usize = rows.iter().map(|r| r.in_features as usize).sum();
+        assert_eq!(info.sparsity, pruned_total as f64 / total as f64);
+        assert!((summary.sparsity - info.sparsity).abs() < 1e-15);
+        assert_eq!((info.method.as_str(), info.group.as_str()), ("magnitude", "row"));
+        assert_eq!(info.pattern, format!("unstructured-{s}"));
+        assert_eq!(prov.model, model::load_model(&model_path).unwrap().fingerprint);
+        assert_eq!(prov.inputs.get("scores"), Some(&scores_hash));
+        assert_eq!(prov.params["sparsity"], s);
+    }
+}
+
+#[test]
+fn two_four_prunes_two_of_every_four_and_layer_group_prunes_floor_of_the_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 4);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &scores, serde_json::Value::Null);
+
+    let out = dir.path().join("mask-24.parquet");
+    let summary = mask::make_mask(&scores, Pattern::parse_nm("2:4").unwrap(), Group::Row, &out, &hidden()).unwrap();
+    assert_eq!(summary.sparsity, 0.5);
+    let (_, info, rows) = artifacts::read_mask(&out).unwrap();
+    assert_eq!(info.pattern, "2:4");
+    let (_, score_rows) = artifacts::read_scores(&scores).unwrap();
+    for (row, srow) in rows.iter().zip(&score_rows) {
+        assert_eq!((&row.module, row.row), (&srow.module, srow.row));
+        let keep = unpacked(row);
+        for (g, group) in keep.chunks(4).enumerate() {
+            assert_eq!(group.iter().filter(|k| !**k).count(), 2, "{} row {} group {g}", row.module, row.row);
+            let s = &srow.score[g * 4..g * 4 + 4];
+            let max_pruned = (0..4).filter(|&i| !group[i]).map(|i| s[i]).fold(f32::MIN, f32::max);
+            let min_kept = (0..4).filter(|&i| group[i]).map(|i| s[i]).fold(f32::MAX, f32::min);
+            assert!(max_pruned <= min_kept, "pruned a higher score than one kept");
+        }
+    }
+
+    let out = dir.path().join("mask-layer.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Layer, &out, &hidden()).unwrap();
+    let (_, info, rows) = artifacts::read_mask(&out).unwrap();
+    assert_eq!(info.group, "layer");
+    let mut per_module = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    for row in &rows {
+        let e = per_module.entry(row.module.clone()).or_default();
+        e.0 += unpacked(row).iter().filter(|k| !**k).count();
+        e.1 += row.in_features as usize;
+    }
+    for (module, (pruned, total)) in per_module {
+        assert_eq!(pruned, total / 2, "{module}");
+    }
+
+    let err = mask::make_mask(&scores, Pattern::parse_nm("2:4").unwrap(), Group::Layer, &out, &hidden()).unwrap_err();
+    assert!(matches!(err, MaskError::Options(_)), "{err}");
+}
+
+#[test]
+fn ties_prune_the_lower_column_first_on_a_hand_made_scores_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let scores = dir.path().join("scores.parquet");
+    let module = "model.layers.0.mlp.down_proj".to_string();
+    let rows = vec![
+        // Row order in the file does not matter; rows are matched by index.
+        ScoreRow { module: module.clone(), row: 1, score: vec![2.0, 3.0, 2.0, 2.0, 1.0, 5.0, 2.0, 5.0, 2.0, 9.0] },
+        ScoreRow { module: module.clone(), row: 0, score: vec![1.0; 10] },
+    ];
+    let p = Provenance::new(ArtifactKind::Scores, "fp", json!({"method": "wanda"}), "test");
+    artifacts::write_scores(&scores, &rows, &p).unwrap();
+    let out = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &out, &hidden()).unwrap();
+    let (prov, info, rows) = artifacts::read_mask(&out).unwrap();
+    assert_eq!(prov.model, "fp");
+    assert_eq!(info.method, "wanda");
+    assert_eq!((rows[0].row, rows[1].row), (0, 1));
+    // Row 0: all equal, the five lowest columns go.
+    assert_eq!(unpacked(&rows[0]), [false, false, false, false, false, true, true, true, true, true]);
+    assert_eq!(rows[0].keep, vec![0b1110_0000, 0b0000_0011]);
+    // Row 1: 1.0 (col 4), then four of the five 2.0s in column order (0, 2, 3, 6); col 8 kept.
+    assert_eq!(unpacked(&rows[1]), [false, true, false, false, false, true, false, true, true, true]);
+
+    let out = dir.path().join("mask-25.parquet");
+    mask::make_mask(&scores, Pattern::parse_nm("2:5").unwrap(), Group::Row, &out, &hidden()).unwrap();
+    let (_, _, rows) = artifacts::read_mask(&out).unwrap();
+    assert_eq!(unpacked(&rows[0]), [false, false, true, true, true, false, false, true, true, true]);
+    assert_eq!(unpacked(&rows[1]), [false, true, true, true, false, true, false, true, false, true]);
+}
+
+#[test]
+fn scores_with_gaps_or_of_the_wrong_kind_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let scores = dir.path().join("gappy.parquet");
+    let module = "model.layers.0.mlp.up_proj".to_string();
+    let rows = vec![ScoreRow { module: module.clone(), row: 0, score: vec![1.0; 4] }, ScoreRow { module, row: 2, score: vec![1.0; 4] }];
+    artifacts::write_scores(&scores, &rows, &Provenance::new(ArtifactKind::Scores, "fp", json!({}), "test")).unwrap();
+    let out = dir.path().join("mask.parquet");
+    let msg = mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &out, &hidden()).unwrap_err().to_string();
+    assert!(msg.contains("gappy.parquet") && msg.contains("row 1 missing"), "{msg}");
+
+    let mask_path = dir.path().join("a-mask.parquet");
+    let model_path = tiny_model(dir.path(), "m", &TINY, 1);
+    let good = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &good, serde_json::Value::Null);
+    mask::make_mask(&good, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let msg = mask::make_mask(&mask_path, Pattern::unstructured(0.5).unwrap(), Group::Row, &out, &hidden()).unwrap_err().to_string();
+    assert!(msg.contains("a-mask.parquet") && msg.contains("expected a `scores` artifact, found a `mask` artifact"), "{msg}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn masks_differing_from_sequential_calibration_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 1);
+    let scores = dir.path().join("scores.parquet");
+    let seq = json!({"method": "magnitude", "pattern": "unstructured-0.5", "sparsity": 0.5, "nm": null, "group": "row", "oneshot": false});
+    magnitude_scores(&model_path, &scores, seq);
+    let out = dir.path().join("mask.parquet");
+    let same = mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &out, &hidden()).unwrap();
+    assert!(same.warning.is_none(), "{:?}", same.warning);
+    let other = mask::make_mask(&scores, Pattern::parse_nm("2:4").unwrap(), Group::Row, &out, &hidden()).unwrap();
+    let w = other.warning.expect("a warning for another pattern");
+    assert!(w.contains("unstructured-0.5") && w.contains("2:4") && w.contains("scores.parquet"), "{w}");
+    let layer = mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Layer, &out, &hidden()).unwrap();
+    assert!(layer.warning.is_some());
+
+    let oneshot = json!({"method": "magnitude", "pattern": "unstructured-0.5", "group": "row", "oneshot": true});
+    magnitude_scores(&model_path, &scores, oneshot);
+    let ok = mask::make_mask(&scores, Pattern::parse_nm("2:4").unwrap(), Group::Row, &out, &hidden()).unwrap();
+    assert!(ok.warning.is_none());
+}
+
+fn apply_opts(model: &Path, mask: &Path, out: &Path, dtype: OutputDtype, force: bool) -> ApplyOptions {
+    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype, force }
+}
+
+/// Names in `dir` starting with a dot: leftovers of an atomic write.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect()
+}
+
+#[test]
+fn apply_writes_a_hf_dir_with_exact_zeros_and_untouched_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 5);
+    let input = model::load_model(&model_path).unwrap();
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let (_, _, rows) = artifacts::read_mask(&mask_path).unwrap();
+
+    let out = dir.path().join("pruned");
+    let summary = mask::apply(&apply_opts(&model_path, &mask_path, &out, OutputDtype::F32, false), &hidden()).unwrap();
+    assert_eq!(summary.modules, 14);
+    assert_eq!(summary.total, 73728);
+    assert_eq!(summary.masked, 73728 / 2);
+    assert_eq!(summary.zeros, 73728 / 2);
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "float32");
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+
+    let output = model::load_model(&out).unwrap();
+    assert_eq!(output.fingerprint, input.fingerprint);
+    let mut masked = std::collections::BTreeSet::new();
+    for row in &rows {
+        let name = format!("{}.weight", row.module);
+        masked.insert(name.clone());
+        let cols = row.in_features as usize;
+        let r = row.row as usize;
+        let a = &input.weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
+        let b = &output.weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
+        for (c, keep) in unpacked(row).into_iter().enumerate() {
+            if keep {
+                assert_eq!(a[c].to_bits(), b[c].to_bits(), "{name}[{r}, {c}] changed");
+            } else {
+                assert_eq!(b[c].to_bits(), 0, "{name}[{r}, {c}] not +0.0");
+            }
+        }
+    }
+    for (name, t) in input.weights.iter() {
+        let o = output.weights.get(name).unwrap();
+        assert_eq!(o.shape, t.shape);
+        if !masked.contains(name) {
+            assert!(o.data.iter().zip(&t.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed");
+        }
+    }
+    assert_eq!(output.weights.len(), input.weights.len());
+
+    for (dtype, name) in [(OutputDtype::F16, "float16"), (OutputDtype::Bf16, "bfloat16")] {
+        let out = dir.path().join(format!("pruned-{name}"));
+        mask::apply(&apply_opts(&model_path, &mask_path, &out, dtype, false), &hidden()).unwrap();
+        let loaded = model::load_model(&out).unwrap();
+        assert_eq!(loaded.fingerprint, input.fingerprint);
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["torch_dtype"], name);
+        for row in &rows {
+            let w = &loaded.weights.get(&format!("{}.weight", row.module)).unwrap().data;
+            let cols = row.in_features as usize;
+            for (c, keep) in unpacked(row).into_iter().enumerate() {
+                if !keep {
+                    assert_eq!(w[row.row as usize * cols + c], 0.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn apply_reads_gguf_and_writes_hf_names_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 6);
+    let gguf = dir.path().join("tiny.gguf");
+    write_gguf(&gguf, &TINY, &weights, GgmlType::F32);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&gguf, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::parse_nm("2:4").unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let out = dir.path().join("pruned");
+    mask::apply(&apply_opts(&gguf, &mask_path, &out, OutputDtype::F32, false), &hidden()).unwrap();
+    let input = model::load_model(&gguf).unwrap();
+    let output = model::load_model(&out).unwrap();
+    assert_eq!(output.fingerprint, input.fingerprint);
+    // q_proj rows are in HF order: kept values equal the original HF weights.
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    let (orig, pruned) = (&weights[q].data, &output.weights.get(q).unwrap().data);
+    assert!(orig.iter().zip(pruned.iter()).all(|(a, b)| *b == 0.0 || a.to_bits() == b.to_bits()));
+    assert_eq!(pruned.iter().filter(|v| **v == 0.0).count(), orig.len() / 2);
+}
+
+#[test]
+fn apply_refuses_a_foreign_mask_a_wrong_kind_and_a_non_empty_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_a = tiny_model(dir.path(), "a", &TINY, 1);
+    let model_b = tiny_model(dir.path(), "b", &TinyConfig { layers: 3, ..TINY }, 1);
+    let scores_b = dir.path().join("scores-b.parquet");
+    magnitude_scores(&model_b, &scores_b, serde_json::Value::Null);
+    let mask_b = dir.path().join("mask-b.parquet");
+    mask::make_mask(&scores_b, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_b, &hidden()).unwrap();
+    let out = dir.path().join("pruned");
+
+    let err = mask::apply(&apply_opts(&model_a, &mask_b, &out, OutputDtype::F32, false), &hidden()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, MaskError::ModelMismatch { .. }), "{msg}");
+    let fp_a = model::load_model(&model_a).unwrap().fingerprint;
+    let fp_b = model::load_model(&model_b).unwrap().fingerprint;
+    for needle in [mask_b.display().to_string(), model_a.display().to_string(), fp_a, fp_b] {
+        assert!(msg.contains(&needle), "`{needle}` missing from: {msg}");
+    }
+    assert!(!out.exists());
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+
+    let msg = mask::apply(&apply_opts(&model_b, &scores_b, &out, OutputDtype::F32, false), &hidden()).unwrap_err().to_string();
+    assert!(msg.contains("scores-b.parquet") && msg.contains("expected a `mask` artifact, found a `scores` artifact"), "{msg}");
+
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep-me.txt"), "x").unwrap();
+    let err = mask::apply(&apply_opts(&model_b, &mask_b, &out, OutputDtype::F32, false), &hidden()).unwrap_err();
+    assert!(matches!(err, MaskError::OutputExists(_)) && err.to_string().contains("--force"), "{err}");
+    assert!(out.join("keep-me.txt").exists());
+    mask::apply(&apply_opts(&model_b, &mask_b, &out, OutputDtype::F32, true), &hidden()).unwrap();
+    assert!(!out.join("keep-me.txt").exists());
+    assert!(model::load_model(&out).is_ok());
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+
+    // An empty existing directory is fine without --force.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    mask::apply(&apply_opts(&model_b, &mask_b, &empty, OutputDtype::F32, false), &hidden()).unwrap();
+}
+
+#[test]
+fn the_binary_makes_and_applies_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 8);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    let bin = env!("CARGO_BIN_EXE_mask");
+    let run = Command::new(bin).arg("--scores").arg(&scores).args(["--sparsity", "0.5", "--out"]).arg(&mask_path).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "sparsity: 0.500000");
+    assert!(stderr.contains("layer 0: pruned 0.5000") && stderr.contains("layer 1: pruned 0.5000"), "{stderr}");
+
+    let out = dir.path().join("pruned");
+    let run = Command::new(bin)
+        .args(["apply", "--model"])
+        .arg(&model_path)
+        .arg("--mask")
+        .arg(&mask_path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("36864 of 73728 weights zero, sparsity 0.500000"),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+
+    let none = Command::new(bin).arg("--scores").arg(&scores).arg("--out").arg(&mask_path).output().unwrap();
+    assert!(!none.status.success());
+    let both = Command::new(bin)
+        .arg("--scores")
+        .arg(&scores)
+        .args(["--sparsity", "0.5", "--nm", "2:4", "--out"])
+        .arg(&mask_path)
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    for args in [vec!["--help"], vec!["apply", "--help"]] {
+        let help = Command::new(bin).args(&args).output().unwrap();
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.contains("--out") && text.contains("--quiet"), "{text}");
+    }
+}
