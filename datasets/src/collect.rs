@@ -180,7 +180,7 @@ impl Collector<'_> {
         };
         self.seen.insert(digest, self.docs.len());
         self.docs.push(Document { domain: self.opts.domain.clone(), source: source.to_string(), id, text: text.to_string(), split });
-        if self.docs.len() % 64 == 0 {
+        if self.docs.len().is_multiple_of(64) {
             self.spinner.set_message(format!("{} documents", self.docs.len()));
         }
     }

@@ -138,11 +138,11 @@ pub fn sample_wanda(
     for _ in 0..nsamples {
         let doc = loop {
             let i = rng.randint(0, n - 1);
-            if !cache.contains_key(&i) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(i) {
                 let toks = fetch(i)?;
                 longest = longest.max(toks.len());
                 any_long |= toks.len() > seqlen;
-                cache.insert(i, toks);
+                slot.insert(toks);
             }
             if cache[&i].len() > seqlen {
                 break i;

@@ -169,10 +169,10 @@ fn walk_dir(dir: &Path, lang: &Language, include_vendored: bool, out: &mut Walk)
                 continue;
             }
             walk_dir(&path, lang, include_vendored, out)?;
-        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-            if lang.matches_extension(&path) || (path.extension().is_none() && (!lang.shebangs.is_empty() || lang.cxx_headers)) {
-                out.files.push(path);
-            }
+        } else if (ft.is_file() || (ft.is_symlink() && path.is_file()))
+            && (lang.matches_extension(&path) || (path.extension().is_none() && (!lang.shebangs.is_empty() || lang.cxx_headers)))
+        {
+            out.files.push(path);
         }
     }
     Ok(())
