@@ -104,49 +104,54 @@ fn format_hash(digest: &[u8]) -> String {
 /// written file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch], provenance: &Provenance) -> Result<String, ArtifactError> {
     let schema = batches.first().map(|b| b.schema()).ok_or_else(|| ArtifactError::NoBatches { path: path.to_path_buf() })?;
+    write_parquet_streamed(path, schema, batches.iter().cloned().map(Ok), provenance)
+}
+
+/// Writes record batches produced one at a time as a Parquet artifact, atomically.
+///
+/// Like [`write_parquet`] (temp file in the target's directory, fsync,
+/// rename, temp removed on error), but each batch is built only when it is
+/// written, so a large artifact is never held twice in memory. Returns the
+/// content hash (`sha256:<hex>`) of the written file.
+pub(crate) fn write_parquet_streamed<I>(
+    path: &Path,
+    schema: SchemaRef,
+    batches: I,
+    provenance: &Provenance,
+) -> Result<String, ArtifactError>
+where
+    I: IntoIterator<Item = Result<RecordBatch, ArtifactError>>,
+{
     let file_name = path.file_name().ok_or_else(|| ArtifactError::NoFileName { path: path.to_path_buf() })?.to_string_lossy().into_owned();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp_path = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
     let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path).map_err(io_err(&tmp_path))?;
     let mut guard = TempGuard { path: tmp_path.clone(), armed: true };
 
-    let hash = write_batches(path, file, schema, batches, provenance)?;
-    fs::rename(&tmp_path, path).map_err(io_err(path))?;
-    guard.armed = false;
-    // Make the rename durable; some file systems refuse to sync a directory, which
-    // does not make the write itself wrong.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(hash)
-}
-
-/// Writes the batches to `file` and syncs it; returns its content hash.
-fn write_batches(
-    path: &Path,
-    file: File,
-    schema: SchemaRef,
-    batches: &[RecordBatch],
-    provenance: &Provenance,
-) -> Result<String, ArtifactError> {
     let kv = provenance.to_metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
     let props =
         WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv)).build();
     let sink = HashingWriter { file, hasher: Sha256::new() };
     let mut writer = ArrowWriter::try_new(sink, schema, Some(props)).map_err(pq_err(path))?;
     for batch in batches {
-        writer.write(batch).map_err(pq_err(path))?;
+        writer.write(&batch?).map_err(pq_err(path))?;
     }
     let mut sink = writer.into_inner().map_err(pq_err(path))?;
     sink.flush().map_err(io_err(path))?;
     sink.file.sync_all().map_err(io_err(path))?;
-    Ok(format_hash(&sink.hasher.finalize()))
+    let hash = format_hash(&sink.hasher.finalize());
+
+    fs::rename(&tmp_path, path).map_err(io_err(path))?;
+    guard.armed = false;
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(hash)
 }
 
 /// Opens `path` and checks the Parquet magic at both ends.

@@ -2,10 +2,7 @@
 //! row of a linear module. Also the streamed Parquet writing and reading shared
 //! by the large per-row artifacts (stats, scores, mask).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -14,17 +11,9 @@ use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringA
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
-use sha2::{Digest, Sha256};
 
 use crate::columns::{check_field, column, string_column, u64_column, Accept};
-use crate::{
-    check_version, format_hash, io_err, kv_pairs, open_parquet, pq_err, ArtifactError, ArtifactKind, HashingWriter, Provenance, TempGuard,
-    TEMP_COUNTER,
-};
+use crate::{check_version, kv_pairs, open_parquet, pq_err, write_parquet_streamed, ArtifactError, ArtifactKind, Provenance};
 
 /// Rows per record batch of the per-row artifacts: a few thousand rows keep a
 /// batch of SmolLM2-sized rows (up to 1536 floats) within tens of megabytes.
@@ -78,53 +67,6 @@ pub(crate) fn f32_list_array<'a>(
     let item = Arc::new(Field::new_list_field(DataType::Float32, false));
     ListArray::try_new(item, OffsetBuffer::new(ScalarBuffer::from(offsets)), Arc::new(Float32Array::from(values)), None)
         .map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
-}
-
-/// Writes record batches produced one at a time as a Parquet artifact, atomically.
-///
-/// Like [`crate::write_parquet`] (temp file in the target's directory, fsync,
-/// rename, temp removed on error), but each batch is built only when it is
-/// written, so a large artifact is never held twice in memory. Returns the
-/// content hash (`sha256:<hex>`) of the written file.
-pub(crate) fn write_parquet_streamed<I>(
-    path: &Path,
-    schema: SchemaRef,
-    batches: I,
-    provenance: &Provenance,
-) -> Result<String, ArtifactError>
-where
-    I: IntoIterator<Item = Result<RecordBatch, ArtifactError>>,
-{
-    let file_name = path.file_name().ok_or_else(|| ArtifactError::NoFileName { path: path.to_path_buf() })?.to_string_lossy().into_owned();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_path = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
-    let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path).map_err(io_err(&tmp_path))?;
-    let mut guard = TempGuard { path: tmp_path.clone(), armed: true };
-
-    let kv = provenance.to_metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-    let props =
-        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv)).build();
-    let sink = HashingWriter { file, hasher: Sha256::new() };
-    let mut writer = ArrowWriter::try_new(sink, schema, Some(props)).map_err(pq_err(path))?;
-    for batch in batches {
-        writer.write(&batch?).map_err(pq_err(path))?;
-    }
-    let mut sink = writer.into_inner().map_err(pq_err(path))?;
-    sink.flush().map_err(io_err(path))?;
-    sink.file.sync_all().map_err(io_err(path))?;
-    let hash = format_hash(&sink.hasher.finalize());
-
-    fs::rename(&tmp_path, path).map_err(io_err(path))?;
-    guard.armed = false;
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(hash)
 }
 
 /// Opens an artifact of kind `expected` for reading batch by batch.
