@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
@@ -200,6 +200,19 @@ fn check_version(path: &Path, p: &Provenance) -> Result<(), ArtifactError> {
 ///
 /// Refuses a file of another kind or schema version, and one without subprune metadata.
 pub(crate) fn read_with_schema(path: &Path, expected: ArtifactKind) -> Result<(Provenance, SchemaRef, Vec<RecordBatch>), ArtifactError> {
+    let (provenance, schema, reader) = open_streamed(path, expected)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })?;
+    Ok((provenance, schema, batches))
+}
+
+/// Opens an artifact of kind `expected` for reading batch by batch.
+///
+/// Refuses, as [`crate::read_parquet`] does, a file that is not Parquet, has no
+/// subprune metadata, or is of another kind or schema version.
+pub(crate) fn open_streamed(
+    path: &Path,
+    expected: ArtifactKind,
+) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader), ArtifactError> {
     let file = open_parquet(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
     let pairs = kv_pairs(builder.metadata().file_metadata().key_value_metadata());
@@ -207,8 +220,7 @@ pub(crate) fn read_with_schema(path: &Path, expected: ArtifactKind) -> Result<(P
     check_version(path, &provenance)?;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(pq_err(path))?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })?;
-    Ok((provenance, schema, batches))
+    Ok((provenance, schema, reader))
 }
 
 /// Reads an artifact of kind `expected`: its provenance and all record batches.

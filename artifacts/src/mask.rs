@@ -10,7 +10,8 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt32
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::columns::{check_field, Accept};
-use crate::scores::{open_streamed, text_column, u32_column, ROWS_PER_BATCH};
+use crate::open_streamed;
+use crate::scores::{text_column, u32_column, ROWS_PER_BATCH};
 use crate::write_parquet_streamed;
 use crate::{ArtifactError, ArtifactKind, Provenance};
 

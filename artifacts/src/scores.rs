@@ -10,10 +10,9 @@ use arrow_array::types::{Float32Type, Float64Type};
 use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::columns::{check_field, column, string_column, u64_column, Accept};
-use crate::{check_version, kv_pairs, open_parquet, pq_err, write_parquet_streamed, ArtifactError, ArtifactKind, Provenance};
+use crate::{open_streamed, write_parquet_streamed, ArtifactError, ArtifactKind, Provenance};
 
 /// Rows per record batch of the per-row artifacts: a few thousand rows keep a
 /// batch of SmolLM2-sized rows (up to 1536 floats) within tens of megabytes.
@@ -67,24 +66,6 @@ pub(crate) fn f32_list_array<'a>(
     let item = Arc::new(Field::new_list_field(DataType::Float32, false));
     ListArray::try_new(item, OffsetBuffer::new(ScalarBuffer::from(offsets)), Arc::new(Float32Array::from(values)), None)
         .map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
-}
-
-/// Opens an artifact of kind `expected` for reading batch by batch.
-///
-/// Refuses, as [`crate::read_parquet`] does, a file that is not Parquet, has no
-/// subprune metadata, or is of another kind or schema version.
-pub(crate) fn open_streamed(
-    path: &Path,
-    expected: ArtifactKind,
-) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader), ArtifactError> {
-    let file = open_parquet(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
-    let pairs = kv_pairs(builder.metadata().file_metadata().key_value_metadata());
-    let provenance = Provenance::from_metadata(path, &pairs, Some(expected))?;
-    check_version(path, &provenance)?;
-    let schema = builder.schema().clone();
-    let reader = builder.build().map_err(pq_err(path))?;
-    Ok((provenance, schema, reader))
 }
 
 /// Checks that `schema` has a list-of-floats column `name`; returns its index.

@@ -8,8 +8,8 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::columns::{check_field, column, u64_column, Accept};
-use crate::scores::{check_float_list, f32_list_array, f32_list_column, open_streamed, text_column, u32_column, ROWS_PER_BATCH};
-use crate::write_parquet_streamed;
+use crate::scores::{check_float_list, f32_list_array, f32_list_column, text_column, u32_column, ROWS_PER_BATCH};
+use crate::{open_streamed, write_parquet_streamed};
 use crate::{ArtifactError, ArtifactKind, Provenance};
 
 /// Input statistics of one linear module.

@@ -8,19 +8,9 @@ use datasets::sample::{SampleMode, SampleOptions};
 use datasets::{collect, sample, write_collection, CollectOptions, TextSpec};
 use serde_json::json;
 
-fn smollm2_path() -> PathBuf {
-    match std::env::var_os("SUBPRUNE_SMOLLM2_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "SUBPRUNE_SMOLLM2_GGUF is not set: run these tests through `cargo xtask test`, \
-             which fetches SmolLM2-135M-Instruct.Q4_1.gguf and sets it"
-        ),
-    }
-}
-
 #[test]
 fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
-    let gguf = smollm2_path();
+    let gguf = model::testing::smollm2_gguf();
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mbpp/mbpp.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let docs_path = dir.path().join("documents.parquet");

@@ -300,3 +300,16 @@ pub fn max_abs_diff(logits: &[f32], reference: &[Vec<f64>]) -> f64 {
         .map(|(k, r)| (f64::from(logits[k]) - r).abs())
         .fold(0.0, f64::max)
 }
+
+/// Path of the real SmolLM2-135M-Instruct GGUF for tests that need it, from
+/// `SUBPRUNE_SMOLLM2_GGUF` (set by `cargo xtask test`, which fetches the model).
+/// Panics with that instruction when unset: such tests never pass silently.
+pub fn smollm2_gguf() -> std::path::PathBuf {
+    match std::env::var_os("SUBPRUNE_SMOLLM2_GGUF") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => panic!(
+            "SUBPRUNE_SMOLLM2_GGUF is not set: run these tests through `cargo xtask test`, \
+             which fetches SmolLM2-135M-Instruct.Q4_1.gguf and sets it"
+        ),
+    }
+}

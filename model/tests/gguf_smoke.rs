@@ -2,19 +2,11 @@
 //! `SUBPRUNE_SMOLLM2_GGUF`), dequantizes every tensor and loads it as a
 //! model: shapes match the configuration and every value is finite.
 
-use std::path::PathBuf;
-
 use model::gguf::GgufFile;
-
-fn smollm2() -> PathBuf {
-    std::env::var_os("SUBPRUNE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .expect("SUBPRUNE_SMOLLM2_GGUF is not set: run the tests through `cargo xtask test`, which fetches the model")
-}
 
 #[test]
 fn real_model_opens_and_dequantizes() {
-    let path = smollm2();
+    let path = model::testing::smollm2_gguf();
     let f = GgufFile::open(&path).unwrap();
     let mut n = 0u64;
     for t in f.tensors() {

@@ -3,26 +3,16 @@
 //! small GGUF files written here.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use model::gguf::GgufFile;
 use model::tokenizer::{Tokenizer, TokenizerError};
 
-fn smollm2_path() -> PathBuf {
-    match std::env::var_os("SUBPRUNE_SMOLLM2_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "SUBPRUNE_SMOLLM2_GGUF is not set: run these tests through `cargo xtask test`, \
-             which fetches SmolLM2-135M-Instruct.Q4_1.gguf and sets it"
-        ),
-    }
-}
-
 fn smollm2() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = smollm2_path();
+        let path = model::testing::smollm2_gguf();
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e:?}", path.display()));
         Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{e}"))
     })
@@ -114,7 +104,7 @@ fn special_tokens_and_settings() {
 #[test]
 fn fingerprint_is_stable() {
     let a = smollm2().fingerprint();
-    let file = GgufFile::open(&smollm2_path()).unwrap();
+    let file = GgufFile::open(&model::testing::smollm2_gguf()).unwrap();
     let b = Tokenizer::from_gguf(&file).unwrap().fingerprint();
     assert_eq!(a, b);
     assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");
