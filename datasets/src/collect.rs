@@ -46,6 +46,9 @@ pub struct CollectOptions {
     pub extensions: Vec<String>,
     /// Also walk vendored directories (`node_modules`, `vendor`, ...) below a root.
     pub include_vendored: bool,
+    /// Keep only shard `i` of `n` (`--shard i/n`), chosen by a hash of each text
+    /// independent of its split, so disjoint sources can be cut from one corpus.
+    pub shard: Option<(u64, u64)>,
     /// Show a spinner on stderr.
     pub progress: bool,
 }
@@ -75,6 +78,8 @@ pub struct CollectReport {
     pub duplicates: usize,
     /// Documents held out because they come from an evaluation-only folder.
     pub forced_heldout: usize,
+    /// Documents left out because they belong to another shard (`--shard`).
+    pub other_shard: usize,
     /// Notes for the user (e.g. a `--split` that could not filter).
     pub notes: Vec<String>,
 }
@@ -109,6 +114,20 @@ pub fn split_of(text: &str, heldout_fraction: f64) -> Split {
     } else {
         Split::Calib
     }
+}
+
+/// The shard in `0..n` a text belongs to: bytes 8..16 of sha256(text), big-endian,
+/// modulo `n` (bytes 0..8 decide the split, so shards and splits are independent).
+pub fn shard_of(text: &str, n: u64) -> u64 {
+    let digest = Sha256::digest(text.as_bytes());
+    u64::from_be_bytes(digest[8..16].try_into().expect("8 bytes")) % n.max(1)
+}
+
+/// Parses a shard `i/n` with `i < n`.
+pub fn parse_shard(text: &str) -> Option<(u64, u64)> {
+    let (i, n) = text.split_once('/')?;
+    let (i, n): (u64, u64) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
+    (i < n).then_some((i, n))
 }
 
 /// Cuts `text` into parts of at most about `max` bytes at line boundaries (a
@@ -163,7 +182,7 @@ impl Collector<'_> {
         let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if let Some(&i) = self.seen.get(&digest) {
             self.report.duplicates += 1;
-            if forced && self.docs[i].split != Split::Heldout {
+            if forced && i != usize::MAX && self.docs[i].split != Split::Heldout {
                 self.docs[i].split = Split::Heldout;
                 self.report.forced_heldout += 1;
             }
@@ -171,6 +190,13 @@ impl Collector<'_> {
         }
         if self.full() {
             return;
+        }
+        if let Some((i, n)) = self.opts.shard {
+            if shard_of(text, n) != i {
+                self.seen.insert(digest, usize::MAX);
+                self.report.other_shard += 1;
+                return;
+            }
         }
         let split = if forced {
             self.report.forced_heldout += 1;

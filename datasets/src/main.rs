@@ -63,6 +63,9 @@ struct CollectArgs {
     /// Also walk vendored directories (node_modules, vendor, third_party, ...) below the given roots.
     #[arg(long)]
     include_vendored: bool,
+    /// Keep only shard I of N (e.g. 0/2), by a hash of each document's text: disjoint sources from one corpus.
+    #[arg(long, value_parser = parse_shard_arg)]
+    shard: Option<(u64, u64)>,
     /// Output documents artifact.
     #[arg(long)]
     out: PathBuf,
@@ -146,6 +149,7 @@ fn run_collect(a: CollectArgs) -> Result<()> {
         max_docs: a.max_docs,
         extensions: a.ext.clone(),
         include_vendored: a.include_vendored,
+        shard: a.shard,
         progress: !a.quiet && std::io::stderr().is_terminal(),
     };
     let collection = collect(&opts)?;
@@ -162,6 +166,7 @@ fn run_collect(a: CollectArgs) -> Result<()> {
         "max_docs": a.max_docs,
         "ext": a.ext,
         "include_vendored": a.include_vendored,
+        "shard": a.shard.map(|(i, n)| format!("{i}/{n}")),
     });
     write_collection(&a.out, &collection, params).with_context(|| format!("writing {}", a.out.display()))?;
     let r = &collection.report;
@@ -241,4 +246,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses `--shard I/N`.
+fn parse_shard_arg(text: &str) -> Result<(u64, u64), String> {
+    datasets::collect::parse_shard(text).ok_or_else(|| format!("expected I/N with 0 <= I < N (e.g. 0/2), found `{text}`"))
 }

@@ -24,6 +24,7 @@ fn opts(domain: &str, from: &[&Path]) -> CollectOptions {
         max_docs: None,
         extensions: vec![],
         include_vendored: false,
+        shard: None,
         progress: false,
     }
 }
@@ -350,4 +351,33 @@ fn multipl_e_is_always_held_out() {
     assert!(!c.documents.is_empty());
     assert_eq!(c.count(Split::Calib), 0);
     assert!(c.report.notes.iter().any(|n| n.contains("evaluation-only")));
+}
+
+#[test]
+fn shards_partition_the_documents_and_keep_their_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        write(dir.path(), &format!("pkg/m{i}.py"), format!("def f{i}():\n    return {i}\n"));
+    }
+    let whole = collect(&opts("python", &[dir.path()])).unwrap();
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let mut o = opts("python", &[dir.path()]);
+        o.shard = Some((i, 2));
+        let c = collect(&o).unwrap();
+        assert_eq!(c.report.other_shard + c.documents.len(), whole.documents.len());
+        for d in &c.documents {
+            assert_eq!(datasets::collect::shard_of(&d.text, 2), i);
+        }
+        parts.push(c.documents);
+    }
+    // Disjoint, together the whole corpus, each document in the same split as without shards.
+    assert!(!parts[0].is_empty() && !parts[1].is_empty());
+    let mut joined: Vec<_> = parts.concat().into_iter().map(|d| (d.id, d.split)).collect();
+    let mut expected: Vec<_> = whole.documents.into_iter().map(|d| (d.id, d.split)).collect();
+    joined.sort();
+    expected.sort();
+    assert_eq!(joined, expected);
+    assert_eq!(datasets::collect::parse_shard("1/2"), Some((1, 2)));
+    assert_eq!(datasets::collect::parse_shard("2/2"), None);
 }

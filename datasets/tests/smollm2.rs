@@ -23,6 +23,7 @@ fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
         max_docs: None,
         extensions: vec![],
         include_vendored: false,
+        shard: None,
         progress: false,
     };
     write_collection(&docs_path, &collect(&opts).unwrap(), json!({})).unwrap();

@@ -3,9 +3,13 @@
 //! windows, each window predicted from its own start, and
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use artifacts::{ArtifactError, MaskRow};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use model::{Model, ModelError};
+use model::{LoadedModel, Model, ModelError};
 
 /// How to cut a token stream into perplexity windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,19 @@ pub enum EvalError {
     /// Inputs that cannot give a perplexity.
     #[error("{0}")]
     Input(String),
+    /// An artifact could not be read.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// A mask that does not fit the model.
+    #[error("mask {path} does not fit model {model}: {what}")]
+    Mask {
+        /// The mask file.
+        path: std::path::PathBuf,
+        /// The model file.
+        model: std::path::PathBuf,
+        /// What does not match.
+        what: String,
+    },
 }
 
 /// Cuts `tokens` into non-overlapping windows as `spec` says. A tail shorter
@@ -109,4 +126,84 @@ pub fn perplexity(nlls: &[WindowNll]) -> f64 {
     let total: f64 = nlls.iter().map(|w| w.nll_sum).sum();
     let count: usize = nlls.iter().map(|w| w.tokens).sum();
     (total / count as f64).exp()
+}
+
+/// What [`apply_mask_file`] pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskedCounts {
+    /// Modules the mask covers.
+    pub modules: usize,
+    /// Weights in those modules.
+    pub total: u64,
+    /// Weights the mask prunes.
+    pub masked: u64,
+}
+
+/// Reads a mask artifact and zeroes the weights it prunes in `loaded`, so the
+/// model is evaluated as the sub-model the mask defines.
+///
+/// Refuses a mask of another model fingerprint, modules the model lacks or has
+/// in another shape, and rows that do not cover a module exactly.
+pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<MaskedCounts, EvalError> {
+    let (provenance, _info, rows) = artifacts::read_mask(mask_path)?;
+    let mismatch = |what: String| EvalError::Mask { path: mask_path.to_path_buf(), model: loaded.path.clone(), what };
+    if provenance.model != loaded.fingerprint {
+        return Err(mismatch(format!("the mask was made for model {}, this model is {}", provenance.model, loaded.fingerprint)));
+    }
+    let mut by_module: BTreeMap<String, Vec<MaskRow>> = BTreeMap::new();
+    for r in rows {
+        by_module.entry(r.module.clone()).or_default().push(r);
+    }
+    let mut counts = MaskedCounts { modules: by_module.len(), total: 0, masked: 0 };
+    for (module, rows) in &by_module {
+        let cols = rows[0].in_features as usize;
+        let name = format!("{module}.weight");
+        let Some(weight) = loaded.weights.get_mut(&name) else {
+            return Err(mismatch(format!("the model has no tensor {name}")));
+        };
+        if weight.shape != [rows.len(), cols] {
+            return Err(mismatch(format!("{name} has shape {:?}, the mask has {} rows of {cols}", weight.shape, rows.len())));
+        }
+        let packed: Vec<sparsity::PackedRow> =
+            rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
+        let applied = sparsity::apply_packed_rows(&mut weight.data, rows.len(), cols, &packed)
+            .map_err(|e| mismatch(format!("module {module}: {e}")))?;
+        counts.total += applied.total;
+        counts.masked += applied.masked;
+    }
+    Ok(counts)
+}
+
+/// A 95% percentile-bootstrap confidence interval of the perplexity, resampling
+/// whole windows with replacement `resamples` times; deterministic for a seed.
+///
+/// Returns `None` for fewer than two windows, where no interval is meaningful.
+pub fn bootstrap_ci(nlls: &[WindowNll], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    if nlls.len() < 2 || resamples == 0 {
+        return None;
+    }
+    let mut state = seed;
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let n = nlls.len() as u64;
+    let mut values: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let (mut sum, mut count) = (0.0, 0usize);
+            for _ in 0..nlls.len() {
+                let w = &nlls[(next() % n) as usize];
+                sum += w.nll_sum;
+                count += w.tokens;
+            }
+            (sum / count as f64).exp()
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    Some((at(0.025), at(0.975)))
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
 use clap::{Args, Parser, Subcommand};
-use evaluate::{make_windows, perplexity, window_nlls, WindowSpec};
+use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{load_model, select_device, DeviceChoice};
 
@@ -47,6 +47,18 @@ struct PplArgs {
     /// Start every window with the model's BOS token (only with --text).
     #[arg(long, conflicts_with = "samples")]
     bos: bool,
+    /// Mask artifact to apply before evaluating (the sub-model it defines), made for this model.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Domain of the text, recorded as the task `perplexity/<domain>` in the results.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Bootstrap resamples of the windows for the 95% confidence interval (0: none).
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Windows per forward pass (a throughput knob; results do not depend on it).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -80,8 +92,23 @@ fn created_by() -> String {
 
 fn run_ppl(args: PplArgs) -> Result<()> {
     let started = Instant::now();
-    let loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let mut loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
     eprintln!("loaded {} ({} layers) in {:.2} s", args.model.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
+    let mask = match &args.mask {
+        Some(path) => {
+            let counts = apply_mask_file(&mut loaded, path).with_context(|| format!("applying mask {}", path.display()))?;
+            eprintln!(
+                "applied {}: {} of {} weights pruned ({:.2}%) in {} modules",
+                path.display(),
+                counts.masked,
+                counts.total,
+                100.0 * counts.masked as f64 / counts.total.max(1) as f64,
+                counts.modules
+            );
+            Some((mask_name(path), artifacts::content_hash(path)?))
+        }
+        None => None,
+    };
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
 
@@ -135,6 +162,10 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         "max_windows": args.max_windows,
         "bos": args.bos,
         "windows": windows.len(),
+        "mask": mask.as_ref().map(|(name, _)| name),
+        "domain": args.domain,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
     });
     if let Some(path) = &args.save_windows {
         save_windows(path, &windows, &loaded, input_name, &input_hash, &params)?;
@@ -154,25 +185,37 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         windows.iter().map(Vec::len).sum::<usize>() as f64 / seconds
     );
 
+    let ci = bootstrap_ci(&nlls, args.bootstrap, args.seed);
+    if let Some((lo, hi)) = ci {
+        eprintln!("95% bootstrap interval over {} windows: [{lo:.4}, {hi:.4}]", nlls.len());
+    }
     if let Some(out) = &args.out {
-        let provenance =
+        let mut provenance =
             Provenance::new(ArtifactKind::Results, loaded.fingerprint.clone(), params, created_by()).with_input(input_name, &input_hash);
+        if let Some((_, hash)) = &mask {
+            provenance = provenance.with_input("mask", hash);
+        }
         let row = ResultRow {
             model: args.model.display().to_string(),
-            mask: None,
-            task: "perplexity".into(),
+            mask: mask.as_ref().map(|(name, _)| name.clone()),
+            task: args.domain.as_ref().map_or_else(|| "perplexity".to_string(), |d| format!("perplexity/{d}")),
             metric: "perplexity".into(),
             value: ppl,
             n: predicted as u64,
             stderr: None,
-            ci_low: None,
-            ci_high: None,
+            ci_low: ci.map(|c| c.0),
+            ci_high: ci.map(|c| c.1),
         };
         artifacts::write_results(out, &[row], &provenance).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
     println!("perplexity: {ppl:.6}");
     Ok(())
+}
+
+/// The name a mask is known by in results: its file stem.
+fn mask_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 fn save_windows(

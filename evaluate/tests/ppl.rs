@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use artifacts::{ArtifactKind, Provenance, Sample, SamplesInfo};
-use evaluate::{make_windows, perplexity, window_nlls, WindowSpec};
+use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, WindowNll, WindowSpec};
 use model::safetensors::StoredDtype;
 use model::testing::*;
 use model::{load_model, select_device, DeviceChoice};
@@ -110,4 +110,66 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("sha256:other") && stderr.contains("samples.parquet"), "{stderr}");
+}
+
+#[test]
+fn bootstrap_interval_brackets_the_perplexity_and_is_deterministic() {
+    // Equal windows: every resample has the same mean, so the interval collapses to exp(2.0).
+    let same = vec![WindowNll { nll_sum: 20.0, tokens: 10 }; 5];
+    let (lo, hi) = bootstrap_ci(&same, 200, 0).unwrap();
+    assert!((lo - 2f64.exp()).abs() < 1e-12 && (hi - 2f64.exp()).abs() < 1e-12, "{lo} {hi}");
+    // Unequal windows: the interval lies within the extremes of single-window perplexities
+    // (exp(1) and exp(3)) and contains the overall perplexity.
+    let mixed: Vec<WindowNll> = [1.0, 1.5, 2.0, 2.5, 3.0].iter().map(|m| WindowNll { nll_sum: m * 10.0, tokens: 10 }).collect();
+    let ppl = perplexity(&mixed);
+    let (lo, hi) = bootstrap_ci(&mixed, 1000, 7).unwrap();
+    assert!(1f64.exp() <= lo && lo < ppl && ppl < hi && hi <= 3f64.exp(), "{lo} {ppl} {hi}");
+    assert_eq!(bootstrap_ci(&mixed, 1000, 7), Some((lo, hi)));
+    assert_eq!(bootstrap_ci(&mixed[..1], 1000, 7), None);
+}
+
+fn write_tiny_mask(path: &std::path::Path, fingerprint: &str, weights: &std::collections::BTreeMap<String, model::HostTensor>) {
+    // Prune column 0 of every row of every q_proj; keep everything else.
+    let rows: Vec<artifacts::MaskRow> = weights
+        .iter()
+        .filter(|(name, _)| name.ends_with("self_attn.q_proj.weight"))
+        .flat_map(|(name, t)| {
+            let (out, cols) = (t.shape[0], t.shape[1]);
+            let module = name.trim_end_matches(".weight").to_string();
+            (0..out).map(move |row| {
+                let keep: Vec<bool> = (0..cols).map(|c| c != 0).collect();
+                artifacts::MaskRow { module: module.clone(), row: row as u32, in_features: cols as u32, keep: sparsity::pack_bits(&keep) }
+            })
+        })
+        .collect();
+    let info = artifacts::MaskInfo { method: "test".into(), sparsity: 0.0, pattern: "test".into(), group: "row".into() };
+    let provenance = Provenance::new(ArtifactKind::Mask, fingerprint, serde_json::json!({}), "test");
+    artifacts::write_mask(path, &rows, &info, &provenance).unwrap();
+}
+
+#[test]
+fn mask_file_zeroes_exactly_its_pruned_weights_and_refuses_other_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 5);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let mut loaded = load_model(dir.path()).unwrap();
+    let mask = dir.path().join("mask.parquet");
+    write_tiny_mask(&mask, &loaded.fingerprint, &weights);
+    let counts = apply_mask_file(&mut loaded, &mask).unwrap();
+    assert_eq!(counts.modules, TINY.layers);
+    for (name, original) in &weights {
+        let now = loaded.weights.get(name).unwrap();
+        let cols = original.shape.last().copied().unwrap_or(1);
+        for (i, (a, b)) in original.data.iter().zip(&now.data).enumerate() {
+            let pruned = name.ends_with("self_attn.q_proj.weight") && i % cols == 0;
+            assert_eq!(*b, if pruned { 0.0 } else { *a }, "{name}[{i}]");
+        }
+    }
+    let rows_per_module = TINY.hidden as u64;
+    assert_eq!(counts.masked, rows_per_module * TINY.layers as u64);
+
+    let other = dir.path().join("other.parquet");
+    write_tiny_mask(&other, "another-model", &weights);
+    let err = apply_mask_file(&mut load_model(dir.path()).unwrap(), &other).unwrap_err().to_string();
+    assert!(err.contains("another-model") && err.contains("other.parquet"), "{err}");
 }

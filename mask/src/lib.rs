@@ -375,8 +375,7 @@ pub fn apply_in_memory(
     }
     progress.set_length(by_module.len() as u64);
     let mut summary = ApplySummary { modules: by_module.len(), total: 0, masked: 0, zeros: 0 };
-    for (module, mut rows) in by_module {
-        rows.sort_by_key(|r| r.row);
+    for (module, rows) in by_module {
         let cols = rows[0].in_features as usize;
         let shape_err = |found: String| MaskError::Shape {
             mask_path: mask_path.to_path_buf(),
@@ -392,28 +391,17 @@ pub fn apply_in_memory(
             Some(w) if w.shape != [rows.len(), cols] => return Err(shape_err(format!("shape {:?}", w.shape))),
             Some(_) => model.weights.get_mut(&weight_name).expect("present"),
         };
-        let rows_err =
-            |expected: String, found: String| MaskError::Rows { path: mask_path.to_path_buf(), module: module.clone(), expected, found };
-        for (i, r) in rows.iter().enumerate() {
-            if r.row as usize != i {
-                return Err(rows_err(format!("one row for each output row 0..{}", rows.len()), format!("row {} at position {i}", r.row)));
+        let packed: Vec<sparsity::PackedRow> =
+            rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
+        let counts = sparsity::apply_packed_rows(&mut weight.data, packed.len(), cols, &packed).map_err(|source| match source {
+            sparsity::SparsityError::MaskRows { expected, found } => {
+                MaskError::Rows { path: mask_path.to_path_buf(), module: module.clone(), expected, found }
             }
-            if r.in_features as usize != cols {
-                return Err(rows_err(format!("in_features {cols} in every row"), format!("{} in row {}", r.in_features, r.row)));
-            }
-            let keep = sparsity::unpack_bits(&r.keep, cols).ok_or_else(|| {
-                rows_err(format!("{} bytes of packed bits", cols.div_ceil(8)), format!("{} bytes in row {}", r.keep.len(), r.row))
-            })?;
-            let w = &mut weight.data[i * cols..(i + 1) * cols];
-            sparsity::apply_mask(w, &keep).map_err(|source| MaskError::Kernel {
-                path: mask_path.to_path_buf(),
-                module: module.clone(),
-                source,
-            })?;
-            summary.masked += keep.iter().filter(|k| !**k).count() as u64;
-            summary.zeros += w.iter().filter(|v| **v == 0.0).count() as u64;
-            summary.total += cols as u64;
-        }
+            source => MaskError::Kernel { path: mask_path.to_path_buf(), module: module.clone(), source },
+        })?;
+        summary.masked += counts.masked;
+        summary.zeros += counts.zeros;
+        summary.total += counts.total;
         progress.inc(1);
     }
     Ok(summary)

@@ -39,6 +39,14 @@ pub enum SparsityError {
         /// Row length.
         cols: usize,
     },
+    /// Packed mask rows that do not cover a matrix row for row.
+    #[error("mask rows: expected {expected}; found {found}")]
+    MaskRows {
+        /// What the matrix needs.
+        expected: String,
+        /// What the rows hold.
+        found: String,
+    },
 }
 
 /// Importance metric of a weight.
@@ -286,6 +294,64 @@ pub fn apply_mask(weight: &mut [f32], keep: &[bool]) -> Result<(), SparsityError
     Ok(())
 }
 
+/// One output row of a mask as a mask artifact stores it: packed keep bits.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedRow<'a> {
+    /// Output row index.
+    pub row: u32,
+    /// Number of input columns (bits).
+    pub in_features: u32,
+    /// Keep flags packed by [`pack_bits`].
+    pub keep: &'a [u8],
+}
+
+/// What [`apply_packed_rows`] did to a matrix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    /// Weights in the matrix.
+    pub total: u64,
+    /// Weights the mask prunes.
+    pub masked: u64,
+    /// Weights that are zero afterwards (pruned ones plus any zero already).
+    pub zeros: u64,
+}
+
+/// Zeroes the pruned weights of a row-major `[rows, cols]` matrix from its
+/// packed mask rows, given in any order.
+///
+/// The rows must be exactly `0..rows`, each with `cols` bits; anything else is
+/// refused before a weight is touched.
+pub fn apply_packed_rows(weight: &mut [f32], rows: usize, cols: usize, packed: &[PackedRow]) -> Result<AppliedCounts, SparsityError> {
+    check_len("weight", rows * cols, weight.len())?;
+    let bad = |expected: String, found: String| SparsityError::MaskRows { expected, found };
+    if packed.len() != rows {
+        return Err(bad(format!("{rows} rows"), format!("{} rows", packed.len())));
+    }
+    let mut order: Vec<&PackedRow> = packed.iter().collect();
+    order.sort_by_key(|r| r.row);
+    let mut unpacked = Vec::with_capacity(rows);
+    for (i, r) in order.iter().enumerate() {
+        if r.row as usize != i {
+            return Err(bad(format!("one row for each output row 0..{rows}"), format!("row {} at position {i}", r.row)));
+        }
+        if r.in_features as usize != cols {
+            return Err(bad(format!("in_features {cols} in every row"), format!("{} in row {}", r.in_features, r.row)));
+        }
+        let keep = unpack_bits(r.keep, cols).ok_or_else(|| {
+            bad(format!("{} bytes of packed bits, padding zero", cols.div_ceil(8)), format!("{} bytes in row {}", r.keep.len(), r.row))
+        })?;
+        unpacked.push(keep);
+    }
+    let mut counts = AppliedCounts { total: (rows * cols) as u64, ..AppliedCounts::default() };
+    for (i, keep) in unpacked.iter().enumerate() {
+        let w = &mut weight[i * cols..(i + 1) * cols];
+        apply_mask(w, keep)?;
+        counts.masked += keep.iter().filter(|k| !**k).count() as u64;
+        counts.zeros += w.iter().filter(|v| **v == 0.0).count() as u64;
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +411,28 @@ mod tests {
         assert!(Pattern::unstructured(1.0).is_err());
         assert!(Pattern::unstructured(-0.1).is_err());
         assert!(Pattern::unstructured(0.0).is_ok());
+    }
+
+    #[test]
+    fn packed_rows_zero_exactly_the_pruned_weights() {
+        // 2x3 matrix, row 1 listed first; keep row0 = [1,0,1] -> 0b101, row1 = [0,1,1] -> 0b110.
+        let mut w = vec![1.0, 2.0, 3.0, 4.0, 0.0, 6.0];
+        let rows = [PackedRow { row: 1, in_features: 3, keep: &[0b110] }, PackedRow { row: 0, in_features: 3, keep: &[0b101] }];
+        let counts = apply_packed_rows(&mut w, 2, 3, &rows).unwrap();
+        assert_eq!(w, vec![1.0, 0.0, 3.0, 0.0, 0.0, 6.0]);
+        // masked: one per row; zeros: the two pruned plus the 0.0 already there.
+        assert_eq!(counts, AppliedCounts { total: 6, masked: 2, zeros: 3 });
+    }
+
+    #[test]
+    fn packed_rows_refuse_gaps_and_wrong_widths_untouched() {
+        let mut w = vec![1.0; 6];
+        let gap = [PackedRow { row: 0, in_features: 3, keep: &[0] }, PackedRow { row: 2, in_features: 3, keep: &[0] }];
+        assert!(matches!(apply_packed_rows(&mut w, 2, 3, &gap), Err(SparsityError::MaskRows { .. })));
+        let wide = [PackedRow { row: 0, in_features: 4, keep: &[0] }, PackedRow { row: 1, in_features: 3, keep: &[0] }];
+        assert!(matches!(apply_packed_rows(&mut w, 2, 3, &wide), Err(SparsityError::MaskRows { .. })));
+        let padded = [PackedRow { row: 0, in_features: 3, keep: &[0b1000] }, PackedRow { row: 1, in_features: 3, keep: &[0] }];
+        assert!(matches!(apply_packed_rows(&mut w, 2, 3, &padded), Err(SparsityError::MaskRows { .. })));
+        assert_eq!(w, vec![1.0; 6]);
     }
 }

@@ -20,19 +20,6 @@ pub struct Source {
     pub text: String,
 }
 
-/// What was written by [`write_corpus`].
-#[derive(Debug, Clone)]
-pub struct CorpusSummary {
-    /// The corpus text file.
-    pub path: PathBuf,
-    /// The file listing the included sources.
-    pub manifest: PathBuf,
-    /// Number of source files included.
-    pub files: usize,
-    /// Size of the corpus in bytes.
-    pub bytes: usize,
-}
-
 /// Where python3's standard library is (`sysconfig.get_paths()["stdlib"]`).
 pub fn python_stdlib_dir() -> Result<PathBuf> {
     let output = Command::new("python3")
@@ -49,9 +36,9 @@ pub fn python_stdlib_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// All `.py` files under `root` (relative paths with `/`), skipping [`SKIPPED_DIRS`]
-/// and symbolic links, sorted.
-fn python_files(root: &Path) -> Result<Vec<String>> {
+/// All files under `root` whose name `accept` takes (relative paths with `/`),
+/// skipping [`SKIPPED_DIRS`] and symbolic links, sorted.
+fn files_under(root: &Path, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
@@ -67,7 +54,7 @@ fn python_files(root: &Path) -> Result<Vec<String>> {
                 if !SKIPPED_DIRS.contains(&name) {
                     stack.push(rel);
                 }
-            } else if file_type.is_file() && name.ends_with(".py") {
+            } else if file_type.is_file() && accept(name) {
                 let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
                 found.push(parts.join("/"));
             }
@@ -83,13 +70,13 @@ fn is_generated(rel: &str) -> bool {
     rel.rsplit('/').next().is_some_and(|name| name.starts_with("_sysconfigdata"))
 }
 
-/// A deterministic selection of Python sources under `root`: files in sorted path
-/// order, each taken whole if it is UTF-8, at most `max_file` bytes, and still
-/// fits in `budget` bytes; generated files are left out.
-pub fn select_python_sources(root: &Path, budget: usize, max_file: usize) -> Result<Vec<Source>> {
+/// A deterministic selection of the files under `root` that `accept` takes by
+/// name: sorted path order, each whole if UTF-8, at most `max_file` bytes and
+/// still within `budget` bytes; generated files are left out.
+pub fn select_sources(root: &Path, accept: &dyn Fn(&str) -> bool, budget: usize, max_file: usize) -> Result<Vec<Source>> {
     let mut total = 0usize;
     let mut chosen = Vec::new();
-    for rel in python_files(root)? {
+    for rel in files_under(root, accept)? {
         if is_generated(&rel) {
             continue;
         }
@@ -111,29 +98,145 @@ pub fn select_python_sources(root: &Path, budget: usize, max_file: usize) -> Res
     Ok(chosen)
 }
 
-/// Writes `sources` joined by blank lines to `path` (atomically), and their list to
-/// `<path>.files` (one relative path a line, after a `# root: ...` line).
-pub fn write_corpus(root: &Path, sources: &[Source], path: &Path) -> Result<CorpusSummary> {
-    if sources.is_empty() {
-        bail!("no Python source files found under {}", root.display());
-    }
-    let mut text = String::new();
-    for s in sources {
-        if !text.is_empty() {
-            text.push_str("\n\n");
+/// Bytes taken from each built-in corpus.
+const BUILTIN_BUDGET: usize = 800_000;
+/// Largest file taken into a built-in corpus, in bytes.
+const BUILTIN_MAX_FILE: usize = 40_000;
+
+/// The corpora `@name` can name in an experiment file, with what each is made of.
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("python-stdlib", "Python: python3's standard library (no tests, no site-packages)"),
+    ("cpp-libstdc++", "C++: the libstdc++ headers under /usr/include/c++/<newest>"),
+    ("js-npm", "JavaScript: the npm package bundled with node (/usr/lib/node_modules/npm or /usr/share/nodejs/npm)"),
+    ("java-jdk-src", "Java: java.base sources from a JDK's lib/src.zip (JAVA_HOME or /usr/lib/jvm/*)"),
+    ("english-licenses", "English prose: /usr/share/common-licenses and /usr/share/doc/*/copyright"),
+];
+
+/// The files of built-in corpus `name`, a deterministic selection of about
+/// [`BUILTIN_BUDGET`] bytes, or `None` when this machine does not have it.
+/// Java sources are extracted from `src.zip` into `scratch`.
+pub fn builtin(name: &str, scratch: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let pick = |root: &Path, accept: &dyn Fn(&str) -> bool, budget: usize| -> Result<Option<Vec<PathBuf>>> {
+        let chosen = select_sources(root, accept, budget, BUILTIN_MAX_FILE)?;
+        Ok((!chosen.is_empty()).then(|| chosen.into_iter().map(|s| root.join(s.rel)).collect()))
+    };
+    match name {
+        "python-stdlib" => match python_stdlib_dir() {
+            Ok(dir) => pick(&dir, &|n| n.ends_with(".py"), 2 * BUILTIN_BUDGET),
+            Err(_) => Ok(None),
+        },
+        "cpp-libstdc++" => {
+            let Some(dir) = newest_subdir(Path::new("/usr/include/c++"))? else { return Ok(None) };
+            pick(&dir, &|n| !n.contains('.') || [".h", ".hpp", ".tcc", ".cc"].iter().any(|e| n.ends_with(e)), BUILTIN_BUDGET)
         }
-        text.push_str(s.text.trim_end());
-        text.push('\n');
+        "js-npm" => {
+            for root in ["/usr/lib/node_modules/npm", "/usr/share/nodejs/npm", "/usr/local/lib/node_modules/npm"] {
+                let root = Path::new(root);
+                if root.is_dir() {
+                    return pick(root, &|n| n.ends_with(".js") && !n.ends_with(".min.js"), BUILTIN_BUDGET);
+                }
+            }
+            Ok(None)
+        }
+        "java-jdk-src" => match jdk_src_zip() {
+            Some(zip) => extract_java(&zip, &scratch.join("java-jdk-src")).map(Some),
+            None => Ok(None),
+        },
+        "english-licenses" => {
+            let mut files = Vec::new();
+            let licenses = Path::new("/usr/share/common-licenses");
+            if licenses.is_dir() {
+                files.extend(files_under(licenses, &|_| true)?.into_iter().map(|rel| licenses.join(rel)));
+            }
+            if let Ok(entries) = fs::read_dir("/usr/share/doc") {
+                let mut docs: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok()).map(|e| e.path().join("copyright")).filter(|p| p.is_file()).collect();
+                docs.sort();
+                files.extend(docs);
+            }
+            let mut total = 0;
+            let mut chosen = Vec::new();
+            for f in files {
+                let len = fs::metadata(&f).map(|m| m.len() as usize).unwrap_or(0);
+                if len == 0 || len > BUILTIN_MAX_FILE || total + len > BUILTIN_BUDGET || fs::read_to_string(&f).is_err() {
+                    continue;
+                }
+                total += len;
+                chosen.push(f);
+            }
+            Ok((!chosen.is_empty()).then_some(chosen))
+        }
+        other => bail!(
+            "unknown built-in corpus @{other}; known: {}",
+            BUILTINS.iter().map(|(n, _)| format!("@{n}")).collect::<Vec<_>>().join(", ")
+        ),
     }
-    let mut manifest = format!("# root: {}\n", root.display());
-    for s in sources {
-        manifest.push_str(&s.rel);
-        manifest.push('\n');
+}
+
+/// The subdirectory of `dir` with the highest version-like name (`12` > `9`).
+fn newest_subdir(dir: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(None) };
+    let mut best: Option<(Vec<u64>, PathBuf)> = None;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version: Vec<u64> = name.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        if best.as_ref().is_none_or(|(v, _)| version > *v) {
+            best = Some((version, path));
+        }
     }
-    let manifest_path = PathBuf::from(format!("{}.files", path.display()));
-    write_atomic(path, text.as_bytes())?;
-    write_atomic(&manifest_path, manifest.as_bytes())?;
-    Ok(CorpusSummary { path: path.to_path_buf(), manifest: manifest_path, files: sources.len(), bytes: text.len() })
+    Ok(best.map(|(_, p)| p))
+}
+
+/// A JDK's `lib/src.zip`: under JAVA_HOME, else the first in /usr/lib/jvm in name order.
+fn jdk_src_zip() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("JAVA_HOME") {
+        let zip = PathBuf::from(home).join("lib/src.zip");
+        if zip.is_file() {
+            return Some(zip);
+        }
+    }
+    let mut found: Vec<PathBuf> =
+        fs::read_dir("/usr/lib/jvm").ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("lib/src.zip")).filter(|p| p.is_file()).collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Extracts a deterministic selection of `java.base/java/**.java` from `zip` into
+/// `dir` (files already there with the right size are kept) and returns their paths.
+fn extract_java(zip: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    use std::io::Read;
+    let file = fs::File::open(zip).with_context(|| format!("opening {}", zip.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a readable zip file", zip.display()))?;
+    let mut names: Vec<(String, u64)> = (0..archive.len())
+        .filter_map(|i| archive.by_index(i).ok().map(|e| (e.name().to_string(), e.size())))
+        .filter(|(n, size)| {
+            n.starts_with("java.base/java/") && n.ends_with(".java") && !n.contains("..") && *size > 0 && *size as usize <= BUILTIN_MAX_FILE
+        })
+        .collect();
+    names.sort();
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (name, size) in names {
+        if total + size as usize > BUILTIN_BUDGET {
+            continue;
+        }
+        total += size as usize;
+        let dest = dir.join(&name);
+        if fs::metadata(&dest).map(|m| m.len()).ok() != Some(size) {
+            let mut text = Vec::with_capacity(size as usize);
+            archive.by_name(&name)?.read_to_end(&mut text).with_context(|| format!("reading {name} from {}", zip.display()))?;
+            write_atomic(&dest, &text)?;
+        }
+        out.push(dest);
+    }
+    if out.is_empty() {
+        bail!("{} holds no java.base/java/**.java sources", zip.display());
+    }
+    Ok(out)
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory and a rename.
@@ -182,10 +285,10 @@ mod tests {
         put(root, "_sysconfigdata__linux_x86_64-linux-gnu.py", "build_time_vars = {}\n");
         fs::write(root.join("latin1.py"), b"x = '\xe9'\n").unwrap();
 
-        let chosen = select_python_sources(root, 1 << 20, 1 << 20).unwrap();
+        let chosen = select_sources(root, &|n| n.ends_with(".py"), 1 << 20, 1 << 20).unwrap();
         let rels: Vec<&str> = chosen.iter().map(|s| s.rel.as_str()).collect();
         assert_eq!(rels, ["abc.py", "json/__init__.py", "json/decoder.py", "unittest/case.py", "zlib_helper.py"]);
-        assert_eq!(chosen, select_python_sources(root, 1 << 20, 1 << 20).unwrap());
+        assert_eq!(chosen, select_sources(root, &|n| n.ends_with(".py"), 1 << 20, 1 << 20).unwrap());
     }
 
     #[test]
@@ -197,26 +300,9 @@ mod tests {
         put(root, "c.py", &"c".repeat(50));
         put(root, "d.py", &"d".repeat(5));
         let select = |budget, max_file| -> Vec<String> {
-            select_python_sources(root, budget, max_file).unwrap().into_iter().map(|s| s.rel).collect()
+            select_sources(root, &|n| n.ends_with(".py"), budget, max_file).unwrap().into_iter().map(|s| s.rel).collect()
         };
         assert_eq!(select(95, 1000), ["a.py", "c.py", "d.py"]);
         assert_eq!(select(1000, 45), ["a.py", "d.py"]);
-    }
-
-    #[test]
-    fn corpus_and_manifest_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("lib");
-        put(&root, "a.py", "a = 1\n\n");
-        put(&root, "b/c.py", "c = 2\n");
-        let sources = select_python_sources(&root, 1000, 1000).unwrap();
-        let out = dir.path().join("out/corpus.txt");
-        let summary = write_corpus(&root, &sources, &out).unwrap();
-        assert_eq!(fs::read_to_string(&out).unwrap(), "a = 1\n\n\nc = 2\n");
-        assert_eq!(summary.files, 2);
-        assert_eq!(summary.bytes, 14);
-        let manifest = fs::read_to_string(summary.manifest).unwrap();
-        assert!(manifest.ends_with("a.py\nb/c.py\n"), "{manifest}");
-        assert!(write_corpus(&root, &[], &out).is_err());
     }
 }

@@ -4,8 +4,11 @@
 //! fetches or installs what is missing where it can, and then runs the
 //! project's own binaries through cargo, printing every command it runs.
 
+mod bench;
 mod corpus;
 mod demo;
+mod experiment;
+mod graph;
 mod models;
 mod prereqs;
 mod process;
@@ -46,11 +49,23 @@ enum Command {
     /// arguments, only those packages are tested. The exit status of cargo test
     /// is forwarded.
     Test(TestArgs),
-    /// The main job: perplexity of SmolLM2-135M on Python source found on this machine.
+    /// The main job: one Wanda sub-model of SmolLM2-135M per domain found on this machine, evaluated and compared.
     ///
-    /// Checks the prerequisites, fetches the model, builds a Python corpus from
-    /// python3's standard library and runs `evaluate ppl` on it.
+    /// Runs experiments/demo.toml: builds corpora from what the machine has
+    /// (Python stdlib, libstdc++ headers, npm, a JDK's src.zip, license texts),
+    /// prunes at 50% with each domain's calibration data plus a magnitude
+    /// baseline, measures held-out perplexity of every model on every domain,
+    /// compares the masks (Jaccard) and writes report.md and figures to out/demo.
+    /// A rerun reuses every artifact whose inputs and options are unchanged.
     Demo(demo::DemoArgs),
+    /// Run an experiment file (TOML): sources x methods x patterns x evaluations, with artifact reuse.
+    Experiment(demo::ExperimentArgs),
+    /// Derive one domain's sub-model: collect, sample, calibrate, score, mask, apply (with artifact reuse).
+    ///
+    /// Also measures held-out perplexity of the dense and the pruned model
+    /// (--eval-windows, 0 to skip). Rerunning with the same options reuses
+    /// every artifact; a changed option redoes only the stages it affects.
+    Prune(demo::PruneArgs),
     /// Run a benchmark of the workspace.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -83,6 +98,10 @@ enum BenchCommand {
     /// The benchmark takes `--device cpu|wgpu|auto`, `--windows N` and `--seqlen N`
     /// after `--`.
     Forward(BenchArgs),
+    /// Wall time and peak RSS of calibrate, score and mask on SmolLM2-135M (32 windows of 512 tokens of Python, 50%).
+    ///
+    /// Takes `--device cpu|wgpu|auto`, `--nsamples N` and `--seqlen N` after `--`.
+    Prune(BenchArgs),
 }
 
 /// Arguments shared by the benchmarks.
@@ -122,8 +141,14 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test(args) => test(args),
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => demo::demo(&args),
+        Command::Experiment(args) => demo::run_file(&args),
+        Command::Prune(args) => demo::prune(&args),
         Command::Bench(BenchCommand::Forward(args)) => bench_forward(args),
+        Command::Bench(BenchCommand::Prune(args)) => {
+            args.prereqs.ensure()?;
+            bench::prune(&args.bench_args)
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! Running child processes: print what runs, forward exit statuses, stream output.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
@@ -49,24 +48,6 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs the command with its stdout copied to `echo` line by line as it comes, and
-/// returns its status with the lines it printed; stderr is inherited.
-pub fn run_streaming(cmd: &mut Command, echo: &mut dyn Write) -> Result<(ExitStatus, Vec<String>)> {
-    let shown = display(cmd);
-    eprintln!("running: {shown}");
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.with_context(|| format!("reading the output of `{shown}`"))?;
-        writeln!(echo, "{line}")?;
-        echo.flush()?;
-        lines.push(line);
-    }
-    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
-    Ok((status, lines))
-}
-
 /// Whether `program args...` can be started and exits successfully (output discarded).
 pub fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
@@ -96,16 +77,5 @@ mod tests {
         let mut cmd = Command::new("tool");
         cmd.args(["run", "two words", "it's"]).env("KEY", "/a b/c");
         assert_eq!(display(&cmd), r"KEY='/a b/c' tool run 'two words' 'it'\''s'");
-    }
-
-    #[test]
-    fn streaming_collects_lines() {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo one; echo 'perplexity: 1.5'"]);
-        let mut echoed = Vec::new();
-        let (status, lines) = run_streaming(&mut cmd, &mut echoed).unwrap();
-        assert!(status.success());
-        assert_eq!(lines, ["one", "perplexity: 1.5"]);
-        assert_eq!(echoed, b"one\nperplexity: 1.5\n");
     }
 }

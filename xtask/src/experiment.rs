@@ -1,0 +1,634 @@
+//! Experiment files (TOML): models x domains (their sources) x methods x
+//! patterns x evaluations, planned as a [`graph`](crate::graph) of stage runs.
+//!
+//! `experiments/demo.toml` is the demo's; a user copies it and points the
+//! sources at their own data. A source's `from` entries are paths, or
+//! `@name` for a corpus found on this machine (see [`crate::corpus::builtin`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::graph::Step;
+
+/// An experiment file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Title shown in the report.
+    pub title: String,
+    /// A model id of `cargo xtask fetch-model`, or a path to a GGUF file or Hugging Face directory.
+    pub model: String,
+    /// How calibration sequences are drawn.
+    #[serde(default)]
+    pub calibration: Calibration,
+    /// How held-out perplexity is measured.
+    #[serde(default)]
+    pub evaluation: Evaluation,
+    /// The corpora, each of one domain.
+    pub sources: Vec<Source>,
+    /// The sub-models to make.
+    pub prune: Vec<Prune>,
+    /// Masks to write as pruned Hugging Face directories.
+    #[serde(default)]
+    pub apply: Apply,
+}
+
+/// Calibration options (`datasets sample` and `calibrate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Calibration {
+    /// Sequences per source.
+    pub nsamples: usize,
+    /// Tokens per sequence.
+    pub seqlen: usize,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Fraction of each source's documents held out from calibration.
+    pub heldout_fraction: f64,
+    /// Statistics of every layer from the dense model (instead of sequential).
+    pub oneshot: bool,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration { nsamples: 128, seqlen: 2048, seed: 0, heldout_fraction: 0.1, oneshot: false }
+    }
+}
+
+/// Held-out perplexity options (`datasets sample --windows` and `evaluate ppl`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Evaluation {
+    /// Tokens per window.
+    pub seqlen: usize,
+    /// Windows per domain (the first ones of its held-out documents, in order); 0 skips evaluation and the report.
+    pub max_windows: usize,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation { seqlen: 512, max_windows: 16 }
+    }
+}
+
+/// One corpus of one domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Unique name, used in file names (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Its domain; the first source of a domain supplies the domain's held-out windows.
+    pub domain: String,
+    /// Paths (trees, JSONL/Parquet, text files) or `@name` built-in corpora.
+    pub from: Vec<String>,
+    /// Record field holding the text (data files).
+    pub field: Option<String>,
+    /// Template joining record fields (data files).
+    pub template: Option<String>,
+    /// Keep only records of this split (data files).
+    pub split: Option<String>,
+    /// A `datasets presets` name.
+    pub preset: Option<String>,
+    /// File extensions of trees, for domains without built-in rules.
+    pub ext: Option<Vec<String>>,
+    /// Keep only shard `i/n` of the documents.
+    pub shard: Option<String>,
+    /// At most this many documents.
+    pub max_docs: Option<usize>,
+    /// Join short documents before sampling (`datasets sample --concat`).
+    #[serde(default)]
+    pub concat: bool,
+}
+
+/// A set of sub-models: sources x methods x patterns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    /// Source names, or `["*"]` for all (ignored by magnitude, which needs no data).
+    #[serde(default = "all_sources")]
+    pub sources: Vec<String>,
+    /// `wanda` and/or `magnitude`.
+    pub methods: Vec<String>,
+    /// `unstructured-<s>` (e.g. `unstructured-0.5`) and/or `N:M` (e.g. `2:4`).
+    pub patterns: Vec<String>,
+}
+
+fn all_sources() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// Which masks to write as pruned models.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apply {
+    /// Mask names (as in the report, e.g. `python-a-wanda-u0.5`).
+    #[serde(default)]
+    pub masks: Vec<String>,
+    /// Stored dtype: f32, f16 or bf16.
+    pub dtype: Option<String>,
+}
+
+/// A pruning pattern as the stage binaries take it.
+#[derive(Debug, Clone, PartialEq)]
+enum Pattern {
+    Unstructured(String),
+    NofM(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Self> {
+        if let Some(s) = text.strip_prefix("unstructured-") {
+            let v: f64 = s.parse().with_context(|| format!("pattern `{text}`: `{s}` is not a number"))?;
+            if !(0.0..1.0).contains(&v) {
+                bail!("pattern `{text}`: the sparsity must be in [0, 1)");
+            }
+            return Ok(Pattern::Unstructured(s.to_string()));
+        }
+        if let Some((n, m)) = text.split_once(':') {
+            if n.parse::<u32>().is_ok() && m.parse::<u32>().is_ok() {
+                return Ok(Pattern::NofM(text.to_string()));
+            }
+        }
+        bail!("unknown pattern `{text}`: expected unstructured-<sparsity> (e.g. unstructured-0.5) or N:M (e.g. 2:4)")
+    }
+
+    /// The flags of calibrate and mask.
+    fn flags(&self) -> Vec<String> {
+        match self {
+            Pattern::Unstructured(s) => vec!["--sparsity".into(), s.clone()],
+            Pattern::NofM(nm) => vec!["--nm".into(), nm.clone()],
+        }
+    }
+
+    /// The short label in file names: `u0.5` or `2of4`.
+    fn tag(&self) -> String {
+        match self {
+            Pattern::Unstructured(s) => format!("u{s}"),
+            Pattern::NofM(nm) => nm.replace(':', "of"),
+        }
+    }
+
+    /// The label stored in masks: `unstructured-0.5` or `2:4`.
+    fn label(&self) -> String {
+        match self {
+            Pattern::Unstructured(s) => format!("unstructured-{s}"),
+            Pattern::NofM(nm) => nm.clone(),
+        }
+    }
+}
+
+/// The run manifest (`run.json`) that `analyze report` reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// The experiment's title.
+    pub title: String,
+    /// The model.
+    pub model: ManifestModel,
+    /// Every mask made.
+    pub masks: Vec<ManifestMask>,
+    /// Every perplexity result.
+    pub results: Vec<ManifestResult>,
+    /// The Jaccard artifact, when there are two masks or more.
+    pub jaccard: Option<String>,
+    /// Pairs of masks from two sources of the same domain, method and pattern.
+    pub same_domain_pairs: Vec<(String, String)>,
+    /// Where the report's figures go.
+    pub figures_dir: String,
+}
+
+/// The model of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestModel {
+    /// Its name in the experiment file.
+    pub name: String,
+    /// Its file or directory.
+    pub path: String,
+}
+
+/// A mask of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestMask {
+    /// The mask's name (its file stem).
+    pub name: String,
+    /// The calibration domain (`none` for magnitude).
+    pub domain: String,
+    /// The calibration source (`none` for magnitude).
+    pub source: String,
+    /// The scoring method.
+    pub method: String,
+    /// The pattern label.
+    pub pattern: String,
+    /// The mask artifact, relative to the run directory.
+    pub path: String,
+}
+
+/// A perplexity result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestResult {
+    /// The mask evaluated, `None` for the dense model.
+    pub mask: Option<String>,
+    /// The evaluation domain.
+    pub domain: String,
+    /// The results artifact, relative to the run directory.
+    pub path: String,
+}
+
+/// The steps of an experiment and its manifest.
+#[derive(Debug)]
+pub struct Plan {
+    /// The stage runs in dependency order.
+    pub steps: Vec<Step>,
+    /// What `analyze report` reads.
+    pub manifest: Manifest,
+    /// Sources left out (a built-in corpus absent from this machine), with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Reads and checks an experiment file.
+pub fn load(path: &Path) -> Result<Experiment> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment file {}", path.display()))?;
+    let exp: Experiment = toml::from_str(&text).with_context(|| format!("{} is not a valid experiment file", path.display()))?;
+    check(&exp).with_context(|| format!("in experiment file {}", path.display()))?;
+    Ok(exp)
+}
+
+/// Checks names, methods, patterns and source references of an experiment.
+pub fn check(exp: &Experiment) -> Result<()> {
+    let mut names = std::collections::BTreeSet::new();
+    for s in &exp.sources {
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("source name `{}`: use letters, digits, `-` and `_`", s.name);
+        }
+        if !names.insert(s.name.as_str()) {
+            bail!("two sources are named `{}`", s.name);
+        }
+        if s.from.is_empty() {
+            bail!("source `{}` has an empty `from`", s.name);
+        }
+    }
+    for p in &exp.prune {
+        for m in &p.methods {
+            if m != "wanda" && m != "magnitude" {
+                bail!("unknown method `{m}`: expected wanda or magnitude");
+            }
+        }
+        for pat in &p.patterns {
+            Pattern::parse(pat)?;
+        }
+        for s in &p.sources {
+            if s != "*" && !names.contains(s.as_str()) {
+                bail!("prune names source `{s}`, which is not among the sources");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Strings of a slice of `&str`.
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Plans the experiment in `run_dir` for the model at `model_path`.
+///
+/// `resolve` turns `@name` entries into paths, or `None` when that corpus is not
+/// on this machine (the source is then skipped with a note); `device` is passed
+/// to the compute stages.
+pub fn plan(
+    exp: &Experiment,
+    model_path: &Path,
+    run_dir: &Path,
+    device: &str,
+    resolve: &mut dyn FnMut(&str) -> Result<Option<Vec<PathBuf>>>,
+) -> Result<Plan> {
+    let model = path_arg(model_path);
+    let at = |rel: &str| run_dir.join(rel);
+    let mut steps = Vec::new();
+    let mut skipped = Vec::new();
+    let mut sources: Vec<&Source> = Vec::new();
+    let mut from_paths: BTreeMap<&str, Vec<PathBuf>> = BTreeMap::new();
+    'sources: for source in &exp.sources {
+        let mut paths = Vec::new();
+        for entry in &source.from {
+            match entry.strip_prefix('@') {
+                Some(name) => match resolve(name)? {
+                    Some(found) => paths.extend(found),
+                    None => {
+                        skipped.push(format!("source `{}` ({}): the corpus @{name} is not on this machine", source.name, source.domain));
+                        continue 'sources;
+                    }
+                },
+                None => paths.push(PathBuf::from(entry)),
+            }
+        }
+        from_paths.insert(source.name.as_str(), paths);
+        sources.push(source);
+    }
+    if sources.is_empty() {
+        bail!("none of the experiment's sources is available: {}", skipped.join("; "));
+    }
+
+    // Documents and calibration samples of every source.
+    for s in &sources {
+        let docs = at(&format!("documents/{}.parquet", s.name));
+        let mut args = strings(&["collect", "--domain", &s.domain, "--heldout-fraction", &exp.calibration.heldout_fraction.to_string()]);
+        args.push("--from".into());
+        args.extend(from_paths[s.name.as_str()].iter().map(|p| path_arg(p)));
+        for (flag, value) in
+            [("--field", &s.field), ("--template", &s.template), ("--split", &s.split), ("--preset", &s.preset), ("--shard", &s.shard)]
+        {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.clone()]);
+            }
+        }
+        if let Some(ext) = &s.ext {
+            args.extend(["--ext".to_string(), ext.join(",")]);
+        }
+        if let Some(n) = s.max_docs {
+            args.extend(["--max-docs".to_string(), n.to_string()]);
+        }
+        args.extend(["--out".to_string(), path_arg(&docs)]);
+        steps.push(Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()]));
+
+        let calib = at(&format!("samples/{}-calib.parquet", s.name));
+        let c = &exp.calibration;
+        let mut args = strings(&["sample", "--documents", &path_arg(&docs), "--model", &model]);
+        args.extend(strings(&["--nsamples", &c.nsamples.to_string(), "--seqlen", &c.seqlen.to_string(), "--seed", &c.seed.to_string()]));
+        if s.concat {
+            args.push("--concat".into());
+        }
+        args.extend(["--out".to_string(), path_arg(&calib)]);
+        steps.push(Step::new(format!("calibration samples {}", s.name), "datasets", args, vec![docs, model_path.into()], vec![calib]));
+    }
+
+    // Held-out windows of every domain, from its first source.
+    let mut domains: Vec<(&str, &str)> = Vec::new();
+    for s in &sources {
+        if !domains.iter().any(|(d, _)| *d == s.domain) {
+            domains.push((s.domain.as_str(), s.name.as_str()));
+        }
+    }
+    let evaluate = exp.evaluation.max_windows > 0;
+    for (domain, source) in domains.iter().filter(|_| evaluate) {
+        let docs = at(&format!("documents/{source}.parquet"));
+        let out = at(&format!("samples/{domain}-heldout.parquet"));
+        let e = &exp.evaluation;
+        let mut args = strings(&["sample", "--documents", &path_arg(&docs), "--model", &model, "--split", "heldout", "--windows"]);
+        args.extend(strings(&["--seqlen", &e.seqlen.to_string(), "--max-windows", &e.max_windows.to_string(), "--out", &path_arg(&out)]));
+        steps.push(Step::new(format!("held-out windows {domain}"), "datasets", args, vec![docs, model_path.into()], vec![out]));
+    }
+
+    // Statistics, scores and masks.
+    let mut masks: Vec<ManifestMask> = Vec::new();
+    let mut made = std::collections::BTreeSet::new();
+    for p in &exp.prune {
+        for pattern_text in &p.patterns {
+            let pattern = Pattern::parse(pattern_text)?;
+            for method in &p.methods {
+                let chosen: Vec<&&Source> = if method == "magnitude" {
+                    Vec::new()
+                } else {
+                    sources.iter().filter(|s| p.sources.iter().any(|n| n == "*" || *n == s.name)).collect()
+                };
+                if method == "magnitude" {
+                    let name = format!("magnitude-{}", pattern.tag());
+                    if !made.insert(name.clone()) {
+                        continue;
+                    }
+                    let scores = at("scores/magnitude.parquet");
+                    if !steps.iter().any(|s: &Step| s.outputs.contains(&scores)) {
+                        let args = strings(&["--model", &model, "--method", "magnitude", "--out", &path_arg(&scores)]);
+                        steps.push(Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()]));
+                    }
+                    push_mask(&mut steps, &mut masks, run_dir, &name, &scores, &pattern, ("none", "none", "magnitude"));
+                    continue;
+                }
+                for s in chosen {
+                    let name = format!("{}-{method}-{}", s.name, pattern.tag());
+                    if !made.insert(name.clone()) {
+                        continue;
+                    }
+                    let calib = at(&format!("samples/{}-calib.parquet", s.name));
+                    let stats = at(&format!("stats/{}-{}.parquet", s.name, pattern.tag()));
+                    if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
+                        let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
+                        args.extend(pattern.flags());
+                        if exp.calibration.oneshot {
+                            args.push("--oneshot".into());
+                        }
+                        args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
+                        let name = format!("calibrate {} {}", s.name, pattern.label());
+                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]));
+                    }
+                    let scores = at(&format!("scores/{name}.parquet"));
+                    let args = strings(&["--model", &model, "--stats", &path_arg(&stats), "--method", method, "--out", &path_arg(&scores)]);
+                    steps.push(Step::new(format!("score {name}"), "score", args, vec![model_path.into(), stats], vec![scores.clone()]));
+                    push_mask(&mut steps, &mut masks, run_dir, &name, &scores, &pattern, (&s.domain, &s.name, method));
+                }
+            }
+        }
+    }
+
+    // Pruned model directories.
+    for name in &exp.apply.masks {
+        if !masks.iter().any(|m| &m.name == name) {
+            bail!("apply names mask `{name}`, which the experiment does not make (masks: {})", mask_names(&masks));
+        }
+        let mask = at(&format!("masks/{name}.parquet"));
+        let out = at(&format!("models/{name}"));
+        let mut args = strings(&["apply", "--model", &model, "--mask", &path_arg(&mask), "--out", &path_arg(&out), "--force"]);
+        if let Some(dtype) = &exp.apply.dtype {
+            args.extend(["--dtype".to_string(), dtype.clone()]);
+        }
+        steps.push(Step::new(format!("apply {name}"), "mask", args, vec![model_path.into(), mask], vec![out]));
+    }
+
+    // Perplexity of the dense model and every sub-model on every domain.
+    let mut results = Vec::new();
+    let evaluated: Vec<Option<&ManifestMask>> = std::iter::once(None).chain(masks.iter().map(Some)).collect();
+    for mask in evaluated.into_iter().filter(|_| evaluate) {
+        for (domain, _) in &domains {
+            let label = mask.map_or("dense", |m| m.name.as_str());
+            let rel = format!("results/{label}--{domain}.parquet");
+            let windows = at(&format!("samples/{domain}-heldout.parquet"));
+            let mut args = strings(&["ppl", "--model", &model, "--samples", &path_arg(&windows), "--domain", domain]);
+            let mut inputs = vec![model_path.to_path_buf(), windows];
+            if let Some(m) = mask {
+                args.extend(["--mask".to_string(), path_arg(&run_dir.join(&m.path))]);
+                inputs.push(run_dir.join(&m.path));
+            }
+            args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
+            steps.push(Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]));
+            results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
+        }
+    }
+
+    // Jaccard distances between all masks, then the report.
+    let jaccard = (masks.len() >= 2).then(|| "jaccard.parquet".to_string());
+    if let Some(rel) = &jaccard {
+        let mut args = vec!["jaccard".to_string(), "--masks".to_string()];
+        args.extend(masks.iter().map(|m| path_arg(&run_dir.join(&m.path))));
+        args.extend(["--out".to_string(), path_arg(&at(rel))]);
+        let inputs = masks.iter().map(|m| run_dir.join(&m.path)).collect();
+        steps.push(Step::new("jaccard distances", "analyze", args, inputs, vec![at(rel)]));
+    }
+    let mut same_domain_pairs = Vec::new();
+    for (i, a) in masks.iter().enumerate() {
+        for b in &masks[i + 1..] {
+            if a.domain == b.domain && a.domain != "none" && a.source != b.source && a.method == b.method && a.pattern == b.pattern {
+                same_domain_pairs.push((a.name.clone(), b.name.clone()));
+            }
+        }
+    }
+    let manifest = Manifest {
+        title: exp.title.clone(),
+        model: ManifestModel { name: exp.model.clone(), path: model.clone() },
+        masks,
+        results,
+        jaccard,
+        same_domain_pairs,
+        figures_dir: "figures".to_string(),
+    };
+    let mut report_inputs: Vec<PathBuf> = manifest.results.iter().map(|r| run_dir.join(&r.path)).collect();
+    report_inputs.extend(manifest.jaccard.iter().map(|j| run_dir.join(j)));
+    if evaluate {
+        let report = at("report.md");
+        let args = strings(&["report", "--run", &path_arg(run_dir), "--out", &path_arg(&report)]);
+        steps.push(Step::new("report", "analyze", args, report_inputs, vec![report]).always().with_stdout());
+    }
+    Ok(Plan { steps, manifest, skipped })
+}
+
+fn mask_names(masks: &[ManifestMask]) -> String {
+    masks.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Adds the `mask` step of `name` from `scores` and records the mask.
+fn push_mask(
+    steps: &mut Vec<Step>,
+    masks: &mut Vec<ManifestMask>,
+    run_dir: &Path,
+    name: &str,
+    scores: &Path,
+    pattern: &Pattern,
+    (domain, source, method): (&str, &str, &str),
+) {
+    let rel = format!("masks/{name}.parquet");
+    let mut args = strings(&["--scores", &path_arg(scores)]);
+    args.extend(pattern.flags());
+    args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
+    steps.push(Step::new(format!("mask {name}"), "mask", args, vec![scores.to_path_buf()], vec![run_dir.join(&rel)]));
+    masks.push(ManifestMask {
+        name: name.to_string(),
+        domain: domain.to_string(),
+        source: source.to_string(),
+        method: method.to_string(),
+        pattern: pattern.label(),
+        path: rel,
+    });
+}
+
+/// Writes the manifest as `run.json` in the run directory (atomically).
+pub fn write_manifest(run_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let path = run_dir.join("run.json");
+    let tmp = run_dir.join("run.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(manifest)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+title = "t"
+model = "smollm2-135m"
+[calibration]
+nsamples = 4
+seqlen = 64
+[evaluation]
+max_windows = 2
+[[sources]]
+name = "py-a"
+domain = "python"
+from = ["@py"]
+shard = "0/2"
+[[sources]]
+name = "py-b"
+domain = "python"
+from = ["@py"]
+shard = "1/2"
+[[sources]]
+name = "java"
+domain = "java"
+from = ["@jdk"]
+[[sources]]
+name = "text"
+domain = "prose"
+from = ["/some/file.txt"]
+[[prune]]
+methods = ["wanda", "magnitude"]
+patterns = ["unstructured-0.5", "2:4"]
+[apply]
+masks = ["py-a-wanda-u0.5"]
+dtype = "bf16"
+"#;
+
+    fn planned() -> Plan {
+        let exp: Experiment = toml::from_str(EXAMPLE).unwrap();
+        check(&exp).unwrap();
+        let mut resolve = |name: &str| Ok((name == "py").then(|| vec![PathBuf::from("/usr/lib/python3")]));
+        plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", &mut resolve).unwrap()
+    }
+
+    #[test]
+    fn plans_every_stage_once_and_skips_absent_corpora() {
+        let plan = planned();
+        assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
+        assert!(plan.skipped[0].contains("@jdk"));
+        let count = |program: &str, first: &str| plan.steps.iter().filter(|s| s.program == program && s.args[0] == first).count();
+        // 3 sources: collect + calib samples each; 2 domains with held-out windows.
+        assert_eq!(count("datasets", "collect"), 3);
+        assert_eq!(count("datasets", "sample"), 3 + 2);
+        // One calibration per (source, pattern); wanda scores/masks per (source, pattern); magnitude: one score, a mask per pattern.
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "calibrate").count(), 3 * 2);
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "score").count(), 3 * 2 + 1);
+        assert_eq!(plan.manifest.masks.len(), 3 * 2 + 2);
+        // Dense + 8 masks on 2 domains.
+        assert_eq!(plan.manifest.results.len(), 9 * 2);
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "evaluate").count(), 18);
+        assert_eq!(count("mask", "apply"), 1);
+        assert_eq!(
+            plan.manifest.same_domain_pairs,
+            [
+                ("py-a-wanda-u0.5".to_string(), "py-b-wanda-u0.5".to_string()),
+                ("py-a-wanda-2of4".to_string(), "py-b-wanda-2of4".to_string())
+            ]
+        );
+        assert_eq!(plan.steps.last().unwrap().name, "report");
+        // Every input is made by an earlier step or is outside the run directory.
+        for (i, step) in plan.steps.iter().enumerate() {
+            for input in step.inputs.iter().filter(|p| p.starts_with("/run")) {
+                assert!(plan.steps[..i].iter().any(|s| s.outputs.contains(input)), "{} needs {}", step.name, input.display());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let bad_method = EXAMPLE.replace("\"wanda\", \"magnitude\"", "\"sparsegpt\"");
+        let exp: Experiment = toml::from_str(&bad_method).unwrap();
+        assert!(check(&exp).unwrap_err().to_string().contains("sparsegpt"));
+        let bad_pattern = EXAMPLE.replace("\"2:4\"", "\"half\"");
+        let exp: Experiment = toml::from_str(&bad_pattern).unwrap();
+        assert!(check(&exp).unwrap_err().to_string().contains("half"));
+        assert!(toml::from_str::<Experiment>(&EXAMPLE.replace("max_windows", "max_windowz")).is_err());
+    }
+}

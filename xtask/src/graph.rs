@@ -1,0 +1,419 @@
+//! A Makefile-style graph of stage runs with artifact reuse.
+//!
+//! Each [`Step`] is one run of a stage binary: its arguments, the files it
+//! reads and the files (or directories) it writes. A step's *recipe* is a hash
+//! of its program, its arguments (less the ones that only change speed or
+//! display, see [`NEUTRAL_FLAGS`]) and the content hashes of its inputs. The
+//! run directory's ledger records, for every step that succeeded, its recipe
+//! and the content hashes of its outputs. A step is reused when its recipe is
+//! unchanged and its outputs are still there with the recorded content;
+//! otherwise it runs. Outputs are compared by content, so a step whose inputs
+//! were rebuilt to the same bytes is not rerun.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Flags whose value changes only speed or display, not results; left out of recipes.
+pub const NEUTRAL_FLAGS: &[(&str, bool)] = &[("--device", true), ("--batch", true), ("--quiet", false), ("--force", false)];
+
+/// One run of a stage binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// A unique, human-readable name, e.g. `calibrate python-a`.
+    pub name: String,
+    /// The stage binary, e.g. `calibrate`.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Files or directories it reads.
+    pub inputs: Vec<PathBuf>,
+    /// Files or directories it writes.
+    pub outputs: Vec<PathBuf>,
+    /// Run every time (cheap steps that read many files, such as the report).
+    pub always: bool,
+    /// Pass the stage's stdout through (a summary for the user) instead of discarding it.
+    pub show_stdout: bool,
+}
+
+impl Step {
+    /// A step of `program` with `args`, reading `inputs` and writing `outputs`.
+    pub fn new(name: impl Into<String>, program: &str, args: Vec<String>, inputs: Vec<PathBuf>, outputs: Vec<PathBuf>) -> Self {
+        Step { name: name.into(), program: program.to_string(), args, inputs, outputs, always: false, show_stdout: false }
+    }
+
+    /// The same step, run every time.
+    pub fn always(mut self) -> Self {
+        self.always = true;
+        self
+    }
+
+    /// The same step, its stdout shown to the user.
+    pub fn with_stdout(mut self) -> Self {
+        self.show_stdout = true;
+        self
+    }
+
+    /// The arguments that determine the results: all but [`NEUTRAL_FLAGS`].
+    pub fn result_args(&self) -> Vec<&str> {
+        let mut kept = Vec::with_capacity(self.args.len());
+        let mut skip_value = false;
+        for arg in &self.args {
+            if skip_value {
+                skip_value = false;
+                continue;
+            }
+            if let Some((_, takes_value)) = NEUTRAL_FLAGS.iter().find(|(flag, _)| arg == flag) {
+                skip_value = *takes_value;
+                continue;
+            }
+            if NEUTRAL_FLAGS.iter().any(|(flag, takes)| *takes && arg.starts_with(&format!("{flag}="))) {
+                continue;
+            }
+            kept.push(arg.as_str());
+        }
+        kept
+    }
+}
+
+/// How a step is carried out (the real runner starts the stage binary; tests fake it).
+pub trait Runner {
+    /// Runs `step`; an error stops the graph.
+    fn run(&mut self, step: &Step) -> Result<()>;
+}
+
+/// What one execution of a graph did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Names of the steps that ran, in order.
+    pub ran: Vec<String>,
+    /// Names of the steps whose outputs were reused.
+    pub reused: Vec<String>,
+}
+
+/// A ledger entry: the recipe a step's outputs were made with and their content hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    recipe: String,
+    outputs: BTreeMap<String, String>,
+}
+
+/// A content hash remembered for a file of a given size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KnownHash {
+    size: u64,
+    mtime_ns: u128,
+    hash: String,
+}
+
+/// The ledger file of a run directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    /// Step name to entry.
+    steps: BTreeMap<String, Entry>,
+    /// File path to its last computed content hash (skips rehashing unchanged big files).
+    hashes: BTreeMap<String, KnownHash>,
+}
+
+/// The graph's state between steps: the ledger and where it is kept.
+pub struct Graph {
+    ledger_path: PathBuf,
+    ledger: Ledger,
+}
+
+impl Graph {
+    /// Opens (or starts) the ledger `ledger.json` of run directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+        let ledger_path = dir.join("ledger.json");
+        let ledger = match fs::read(&ledger_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not a subprune ledger (JSON of steps and hashes); delete it to rebuild everything", ledger_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", ledger_path.display())),
+        };
+        Ok(Graph { ledger_path, ledger })
+    }
+
+    /// Runs the steps in order, reusing every step whose recipe and outputs are unchanged.
+    ///
+    /// Steps must be given in dependency order (every input made by an earlier
+    /// step or already present). The ledger is saved after every step that runs,
+    /// so an interrupted run keeps what finished.
+    pub fn execute(&mut self, steps: &[Step], runner: &mut dyn Runner) -> Result<Outcome> {
+        let mut names = std::collections::BTreeSet::new();
+        for step in steps {
+            if !names.insert(&step.name) {
+                bail!("two steps are named `{}`; step names must be unique", step.name);
+            }
+        }
+        let mut outcome = Outcome::default();
+        for (i, step) in steps.iter().enumerate() {
+            let recipe = self.recipe(step)?;
+            let fresh = !step.always && self.is_fresh(step, &recipe)?;
+            let label = format!("[{}/{}] {}", i + 1, steps.len(), step.name);
+            if fresh {
+                eprintln!("{label}: reused (inputs and options unchanged)");
+                outcome.reused.push(step.name.clone());
+                continue;
+            }
+            eprintln!("{label}: running");
+            let started = Instant::now();
+            self.ledger.steps.remove(&step.name);
+            runner.run(step).with_context(|| format!("step `{}` failed", step.name))?;
+            let mut outputs = BTreeMap::new();
+            for output in &step.outputs {
+                if !output.exists() {
+                    bail!("step `{}` finished but did not write {}", step.name, output.display());
+                }
+                outputs.insert(output.display().to_string(), self.hash(output)?);
+            }
+            self.ledger.steps.insert(step.name.clone(), Entry { recipe, outputs });
+            self.save()?;
+            eprintln!("{label}: done in {:.1} s", started.elapsed().as_secs_f64());
+            outcome.ran.push(step.name.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// The recipe of a step: program, result-determining arguments, input content hashes.
+    fn recipe(&mut self, step: &Step) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(step.program.as_bytes());
+        for arg in step.result_args() {
+            h.update([0]);
+            h.update(arg.as_bytes());
+        }
+        for input in &step.inputs {
+            if !input.exists() {
+                bail!("step `{}` needs {}, which does not exist (and no earlier step makes it)", step.name, input.display());
+            }
+            h.update([1]);
+            h.update(self.hash(input)?.as_bytes());
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Whether the ledger holds this recipe for the step and its outputs are unchanged.
+    fn is_fresh(&mut self, step: &Step, recipe: &str) -> Result<bool> {
+        let Some(entry) = self.ledger.steps.get(&step.name).cloned() else {
+            return Ok(false);
+        };
+        if entry.recipe != recipe || entry.outputs.len() != step.outputs.len() {
+            return Ok(false);
+        }
+        for output in &step.outputs {
+            let Some(recorded) = entry.outputs.get(&output.display().to_string()) else {
+                return Ok(false);
+            };
+            if !output.exists() || &self.hash(output)? != recorded {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Content hash of a file, or of a directory (its relative paths and file hashes).
+    fn hash(&mut self, path: &Path) -> Result<String> {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            list_files(path, path, &mut files)?;
+            files.sort();
+            let mut h = Sha256::new();
+            for rel in files {
+                let hash = self.hash(&path.join(&rel))?;
+                h.update(rel.as_bytes());
+                h.update([0]);
+                h.update(hash.as_bytes());
+            }
+            return Ok(format!("dir-sha256:{}", hex::encode(h.finalize())));
+        }
+        let meta = fs::metadata(path).with_context(|| format!("reading the metadata of {}", path.display()))?;
+        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let key = path.display().to_string();
+        if let Some(known) = self.ledger.hashes.get(&key) {
+            if known.size == meta.len() && known.mtime_ns == mtime_ns && mtime_ns != 0 {
+                return Ok(known.hash.clone());
+            }
+        }
+        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let hash = format!("sha256:{}", crate::models::sha256_reader(file).with_context(|| format!("hashing {}", path.display()))?);
+        self.ledger.hashes.insert(key, KnownHash { size: meta.len(), mtime_ns, hash: hash.clone() });
+        Ok(hash)
+    }
+
+    /// Writes the ledger atomically.
+    fn save(&self) -> Result<()> {
+        let tmp = self.ledger_path.with_extension("json.tmp");
+        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(&self.ledger)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &self.ledger_path).with_context(|| format!("replacing {}", self.ledger_path.display()))
+    }
+}
+
+/// Every file below `dir`, as paths relative to `root` with `/` separators.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).expect("below root");
+            out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs steps as the workspace's stage binaries found in one directory.
+pub struct BinaryRunner {
+    /// Directory of the release binaries.
+    pub bin_dir: PathBuf,
+}
+
+impl Runner for BinaryRunner {
+    fn run(&mut self, step: &Step) -> Result<()> {
+        for output in &step.outputs {
+            if let Some(parent) = output.parent() {
+                fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+        }
+        let mut cmd = std::process::Command::new(self.bin_dir.join(&step.program));
+        cmd.args(&step.args);
+        if !step.show_stdout {
+            cmd.stdout(std::process::Stdio::null());
+        }
+        crate::process::run_checked(&mut cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake stage: writes to each output the hash of its program, arguments
+    /// and inputs' bytes, and counts its runs.
+    #[derive(Default)]
+    struct FakeRunner {
+        runs: Vec<String>,
+    }
+
+    impl Runner for FakeRunner {
+        fn run(&mut self, step: &Step) -> Result<()> {
+            let mut h = Sha256::new();
+            for arg in step.result_args() {
+                h.update(arg.as_bytes());
+            }
+            for input in &step.inputs {
+                h.update(fs::read(input)?);
+            }
+            for output in &step.outputs {
+                fs::write(output, hex::encode(h.clone().finalize()))?;
+            }
+            self.runs.push(step.name.clone());
+            Ok(())
+        }
+    }
+
+    /// corpus -> samples -> stats -> {scores-wanda -> mask-wanda, scores-mag -> mask-mag}; options vary per test.
+    fn pipeline(dir: &Path, seed: &str, method_b: &str, device: &str) -> Vec<Step> {
+        let p = |name: &str| dir.join(name);
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        vec![
+            Step::new("sample", "datasets", s(&["sample", "--seed", seed]), vec![p("corpus.txt")], vec![p("samples")]),
+            Step::new("calibrate", "calibrate", s(&["--device", device, "--sparsity", "0.5"]), vec![p("samples")], vec![p("stats")]),
+            Step::new("score a", "score", s(&["--method", "wanda"]), vec![p("stats")], vec![p("scores-a")]),
+            Step::new("mask a", "mask", s(&["--sparsity", "0.5"]), vec![p("scores-a")], vec![p("mask-a")]),
+            Step::new("score b", "score", s(&["--method", method_b]), vec![p("stats")], vec![p("scores-b")]),
+            Step::new("mask b", "mask", s(&["--sparsity", "0.5"]), vec![p("scores-b")], vec![p("mask-b")]),
+            Step::new("report", "analyze", s(&["report"]), vec![p("mask-a"), p("mask-b")], vec![p("report")]).always(),
+        ]
+    }
+
+    fn run(dir: &Path, steps: &[Step]) -> Vec<String> {
+        let mut runner = FakeRunner::default();
+        let outcome = Graph::open(dir).unwrap().execute(steps, &mut runner).unwrap();
+        assert_eq!(outcome.ran, runner.runs);
+        assert_eq!(outcome.ran.len() + outcome.reused.len(), steps.len());
+        runner.runs
+    }
+
+    #[test]
+    fn a_changed_option_reruns_exactly_the_affected_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("corpus.txt"), "def f(): pass\n").unwrap();
+        let all = ["sample", "calibrate", "score a", "mask a", "score b", "mask b", "report"];
+        assert_eq!(run(dir, &pipeline(dir, "0", "magnitude", "cpu")), all);
+        // Nothing changed: only the always-run report.
+        assert_eq!(run(dir, &pipeline(dir, "0", "magnitude", "cpu")), ["report"]);
+        // A neutral flag (device) changes nothing either.
+        assert_eq!(run(dir, &pipeline(dir, "0", "magnitude", "wgpu")), ["report"]);
+        // Branch b's method: score b and mask b, not branch a or the upstream stages.
+        assert_eq!(run(dir, &pipeline(dir, "0", "wanda-b", "cpu")), ["score b", "mask b", "report"]);
+        // The seed: everything downstream of sampling.
+        assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), all);
+        // An edited input file reruns from its consumer on.
+        fs::write(dir.join("corpus.txt"), "def g(): pass\n").unwrap();
+        assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), all);
+        // A deleted or modified output is rebuilt, and only what depends on its content follows.
+        fs::remove_file(dir.join("mask-a")).unwrap();
+        assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), ["mask a", "report"]);
+        fs::write(dir.join("stats"), "tampered").unwrap();
+        assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), ["calibrate", "report"]);
+    }
+
+    #[test]
+    fn neutral_flags_are_left_out_of_the_recipe() {
+        let step = Step::new(
+            "x",
+            "evaluate",
+            ["ppl", "--device", "wgpu", "--batch=4", "--quiet", "--seqlen", "512"].iter().map(|s| s.to_string()).collect(),
+            vec![],
+            vec![],
+        );
+        assert_eq!(step.result_args(), ["ppl", "--seqlen", "512"]);
+    }
+
+    #[test]
+    fn missing_inputs_and_duplicate_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let missing = vec![Step::new("a", "mask", vec![], vec![dir.join("nope")], vec![dir.join("out")])];
+        let err = Graph::open(dir).unwrap().execute(&missing, &mut FakeRunner::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
+        let twice =
+            vec![Step::new("a", "mask", vec![], vec![], vec![dir.join("x")]), Step::new("a", "mask", vec![], vec![], vec![dir.join("y")])];
+        assert!(Graph::open(dir).unwrap().execute(&twice, &mut FakeRunner::default()).is_err());
+    }
+
+    #[test]
+    fn a_failed_step_keeps_what_finished() {
+        struct FailOn(&'static str, FakeRunner);
+        impl Runner for FailOn {
+            fn run(&mut self, step: &Step) -> Result<()> {
+                if step.name == self.0 {
+                    bail!("boom");
+                }
+                self.1.run(step)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("corpus.txt"), "x").unwrap();
+        let steps = pipeline(dir, "0", "magnitude", "cpu");
+        let mut failing = FailOn("score a", FakeRunner::default());
+        assert!(Graph::open(dir).unwrap().execute(&steps, &mut failing).is_err());
+        assert_eq!(failing.1.runs, ["sample", "calibrate"]);
+        assert_eq!(run(dir, &steps), ["score a", "mask a", "score b", "mask b", "report"]);
+    }
+}
