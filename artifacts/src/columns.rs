@@ -119,6 +119,52 @@ pub(crate) fn ints<O: TryFrom<i128>>(array: &dyn Array) -> Result<Vec<O>, IntPro
     }
 }
 
+fn convert_opt<T, O>(array: &dyn Array) -> Result<Vec<Option<O>>, IntProblem>
+where
+    T: ArrowPrimitiveType,
+    T::Native: Into<i128>,
+    O: TryFrom<i128>,
+{
+    array
+        .as_primitive::<T>()
+        .iter()
+        .enumerate()
+        .map(|(index, v)| match v.map(Into::into) {
+            None => Ok(None),
+            Some(x) => O::try_from(x).map(Some).map_err(|_| IntProblem { index, value: Some(x) }),
+        })
+        .collect()
+}
+
+/// Converts an integer array of any width to optional `O`, nulls to `None`; fails on
+/// values out of range.
+///
+/// The caller must have checked that the array's type is an integer type.
+pub(crate) fn opt_ints<O: TryFrom<i128>>(array: &dyn Array) -> Result<Vec<Option<O>>, IntProblem> {
+    match array.data_type() {
+        DataType::Int8 => convert_opt::<Int8Type, O>(array),
+        DataType::Int16 => convert_opt::<Int16Type, O>(array),
+        DataType::Int32 => convert_opt::<Int32Type, O>(array),
+        DataType::Int64 => convert_opt::<Int64Type, O>(array),
+        DataType::UInt8 => convert_opt::<UInt8Type, O>(array),
+        DataType::UInt16 => convert_opt::<UInt16Type, O>(array),
+        DataType::UInt32 => convert_opt::<UInt32Type, O>(array),
+        DataType::UInt64 => convert_opt::<UInt64Type, O>(array),
+        other => unreachable!("opt_ints() called on non-integer type {other}"),
+    }
+}
+
+/// Reads a nullable integer column as optional `u32`; `first_row` is the file row of the batch's first row.
+pub(crate) fn opt_u32_column(path: &Path, name: &str, array: &dyn Array, first_row: usize) -> Result<Vec<Option<u32>>, ArtifactError> {
+    opt_ints::<u32>(array).map_err(|p| ArtifactError::BadValue {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        row: first_row + p.index,
+        expected: format!("null or an integer in 0..={}", u32::MAX),
+        found: describe_value(p.value),
+    })
+}
+
 fn describe_value(v: Option<i128>) -> String {
     v.map_or_else(|| "null".to_string(), |x| x.to_string())
 }

@@ -9,6 +9,7 @@
 mod columns;
 mod documents;
 mod error;
+mod jaccard;
 mod kind;
 mod mask;
 mod provenance;
@@ -33,8 +34,9 @@ use sha2::{Digest, Sha256};
 
 pub use documents::{documents_content_hash, documents_schema, read_documents, write_documents, Document, Split, EXTRA_CONTENT_HASH};
 pub use error::ArtifactError;
+pub use jaccard::{jaccard_schema, read_jaccard, write_jaccard, JaccardRow};
 pub use kind::{ArtifactKind, UnknownKindError};
-pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskRow};
+pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskReader, MaskRow};
 pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION};
 pub use results::{read_results, results_schema, write_results, ResultRow};
 pub use samples::{read_samples, samples_schema, write_samples, Sample, SamplesInfo};
@@ -213,14 +215,24 @@ pub(crate) fn open_streamed(
     path: &Path,
     expected: ArtifactKind,
 ) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader), ArtifactError> {
+    let (provenance, schema, reader, _) = open_streamed_counted(path, expected)?;
+    Ok((provenance, schema, reader))
+}
+
+/// Like [`open_streamed`], and also returns the number of rows the footer declares.
+pub(crate) fn open_streamed_counted(
+    path: &Path,
+    expected: ArtifactKind,
+) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader, u64), ArtifactError> {
     let file = open_parquet(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
     let pairs = kv_pairs(builder.metadata().file_metadata().key_value_metadata());
     let provenance = Provenance::from_metadata(path, &pairs, Some(expected))?;
     check_version(path, &provenance)?;
+    let num_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(pq_err(path))?;
-    Ok((provenance, schema, reader))
+    Ok((provenance, schema, reader, num_rows))
 }
 
 /// Reads an artifact of kind `expected`: its provenance and all record batches.

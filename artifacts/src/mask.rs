@@ -2,15 +2,16 @@
 //! a linear module, as packed bits (1 = kept, least significant bit first, the
 //! last byte zero-padded).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columns::{check_field, Accept};
-use crate::open_streamed;
+use crate::open_streamed_counted;
 use crate::scores::{text_column, u32_column, ROWS_PER_BATCH};
 use crate::write_parquet_streamed;
 use crate::{ArtifactError, ArtifactKind, Provenance};
@@ -184,31 +185,122 @@ fn binary_field(path: &Path, schema: &Schema, name: &str) -> Result<usize, Artif
     Ok(idx)
 }
 
+/// A mask artifact opened for reading row by row, one record batch in memory at a time.
+///
+/// Opening checks the kind, schema version, `subprune.mask.*` metadata and column
+/// types; each row is checked as it is read (see [`read_mask`]). Iterating yields
+/// the rows in file order; after the first error the iterator ends.
+pub struct MaskReader {
+    path: PathBuf,
+    provenance: Provenance,
+    info: MaskInfo,
+    num_rows: u64,
+    reader: ParquetRecordBatchReader,
+    pending: std::vec::IntoIter<MaskRow>,
+    first: usize,
+    done: bool,
+}
+
+impl MaskReader {
+    /// Opens the mask artifact at `path`.
+    pub fn open(path: &Path) -> Result<MaskReader, ArtifactError> {
+        let (provenance, schema, reader, num_rows) = open_streamed_counted(path, ArtifactKind::Mask)?;
+        let info = mask_info(path, &provenance)?;
+        check_field(path, &schema, "module", Accept::Str)?;
+        check_field(path, &schema, "row", Accept::Int)?;
+        check_field(path, &schema, "in_features", Accept::Int)?;
+        binary_field(path, &schema, "keep")?;
+        Ok(MaskReader {
+            path: path.to_path_buf(),
+            provenance,
+            info,
+            num_rows,
+            reader,
+            pending: Vec::new().into_iter(),
+            first: 0,
+            done: false,
+        })
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The provenance of the mask.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// The file-level facts of the mask (method, sparsity, pattern, group).
+    pub fn info(&self) -> &MaskInfo {
+        &self.info
+    }
+
+    /// The number of rows the file declares.
+    pub fn num_rows(&self) -> u64 {
+        self.num_rows
+    }
+
+    /// Reads and checks the next record batch; `None` at the end of the file.
+    fn next_batch(&mut self) -> Option<Result<Vec<MaskRow>, ArtifactError>> {
+        let path = self.path.as_path();
+        let batch = match self.reader.next()? {
+            Ok(b) => b,
+            Err(source) => return Some(Err(ArtifactError::Arrow { path: path.to_path_buf(), source })),
+        };
+        let first = self.first;
+        let rows = (|| {
+            let modules = text_column(path, "module", &batch, first)?;
+            let rows = u32_column(path, "row", &batch, first)?;
+            let in_features = u32_column(path, "in_features", &batch, first)?;
+            let keeps = binary_column(path, "keep", &batch, first)?;
+            let mut out = Vec::with_capacity(batch.num_rows());
+            for (i, (((module, row), in_features), keep)) in modules.into_iter().zip(rows).zip(in_features).zip(keeps).enumerate() {
+                check_bits(path, first + i, in_features, &keep)?;
+                out.push(MaskRow { module, row, in_features, keep });
+            }
+            Ok(out)
+        })();
+        self.first += batch.num_rows();
+        Some(rows)
+    }
+}
+
+impl Iterator for MaskReader {
+    type Item = Result<MaskRow, ArtifactError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.pending.next() {
+                return Some(Ok(row));
+            }
+            if self.done {
+                return None;
+            }
+            match self.next_batch() {
+                None => self.done = true,
+                Some(Ok(rows)) => self.pending = rows.into_iter(),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 /// Reads a mask artifact: provenance, file-level info and rows in file order.
 ///
 /// Accepts module as any string type, row and in_features as any integer type in
 /// `u32` range, and keep as any binary type; refuses nulls and keep bits whose
-/// length does not match in_features or whose padding bits are set.
+/// length does not match in_features or whose padding bits are set. To read a
+/// large mask without holding it whole, use [`MaskReader`].
 pub fn read_mask(path: &Path) -> Result<(Provenance, MaskInfo, Vec<MaskRow>), ArtifactError> {
-    let (provenance, schema, reader) = open_streamed(path, ArtifactKind::Mask)?;
-    let info = mask_info(path, &provenance)?;
-    check_field(path, &schema, "module", Accept::Str)?;
-    check_field(path, &schema, "row", Accept::Int)?;
-    check_field(path, &schema, "in_features", Accept::Int)?;
-    binary_field(path, &schema, "keep")?;
-    let mut out = Vec::new();
-    let mut first = 0;
-    for batch in reader {
-        let batch = batch.map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })?;
-        let modules = text_column(path, "module", &batch, first)?;
-        let rows = u32_column(path, "row", &batch, first)?;
-        let in_features = u32_column(path, "in_features", &batch, first)?;
-        let keeps = binary_column(path, "keep", &batch, first)?;
-        for (i, (((module, row), in_features), keep)) in modules.into_iter().zip(rows).zip(in_features).zip(keeps).enumerate() {
-            check_bits(path, first + i, in_features, &keep)?;
-            out.push(MaskRow { module, row, in_features, keep });
-        }
-        first += batch.num_rows();
+    let mut reader = MaskReader::open(path)?;
+    let mut out = Vec::with_capacity(usize::try_from(reader.num_rows).unwrap_or(0));
+    while let Some(batch) = reader.next_batch() {
+        out.extend(batch?);
     }
-    Ok((provenance, info, out))
+    Ok((reader.provenance, reader.info, out))
 }
