@@ -375,11 +375,12 @@ pub fn collect(opts: &CollectOptions) -> Result<Collection, DatasetsError> {
                 EVAL_ONLY_DIRS.join(", ")
             ));
         }
-        let before = c.docs.len() + c.report.duplicates;
+        let seen = |c: &Collector| c.docs.len() + c.report.duplicates + c.report.other_shard;
+        let before = seen(&c);
         if path.is_dir() {
             let lang = lang.as_ref().ok_or_else(|| DatasetsError::NoExtensions { path: path.clone(), domain: opts.domain.clone() })?;
             c.tree(path, lang, forced)?;
-            if c.docs.len() + c.report.duplicates == before && !c.full() {
+            if seen(&c) == before && !c.full() {
                 return Err(DatasetsError::NoDocuments { path: path.clone(), domain: opts.domain.clone(), looked_for: lang.describe() });
             }
             continue;
@@ -396,7 +397,7 @@ pub fn collect(opts: &CollectOptions) -> Result<Collection, DatasetsError> {
         } else {
             c.text_file(path, forced)?;
         }
-        if c.docs.len() + c.report.duplicates == before && !c.full() {
+        if seen(&c) == before && !c.full() {
             return Err(DatasetsError::NoDocuments {
                 path: path.clone(),
                 domain: opts.domain.clone(),

@@ -378,6 +378,11 @@ fn shards_partition_the_documents_and_keep_their_splits() {
     joined.sort();
     expected.sort();
     assert_eq!(joined, expected);
+    // Files named one by one: a file whose only document is in the other shard is not an error.
+    let files: Vec<std::path::PathBuf> = (0..40).map(|i| dir.path().join(format!("pkg/m{i}.py"))).collect();
+    let mut o = opts("python", &files.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    o.shard = Some((0, 2));
+    assert_eq!(collect(&o).unwrap().documents.len(), parts[0].len());
     assert_eq!(datasets::collect::parse_shard("1/2"), Some((1, 2)));
     assert_eq!(datasets::collect::parse_shard("2/2"), None);
 }

@@ -34,9 +34,21 @@ pub fn display(cmd: &Command) -> String {
     words.join(" ")
 }
 
+/// [`display`], with a long argument list cut to its first and last arguments.
+pub fn display_short(cmd: &Command) -> String {
+    const KEEP: usize = 16;
+    let args: Vec<&OsStr> = cmd.get_args().collect();
+    if args.len() <= 2 * KEEP {
+        return display(cmd);
+    }
+    let mut short = Command::new(cmd.get_program());
+    short.args(&args[..KEEP]).arg(format!("...({} more arguments)...", args.len() - 2 * KEEP)).args(&args[args.len() - KEEP..]);
+    display(&short)
+}
+
 /// Prints the command to stderr, runs it with inherited stdio and returns its status.
 pub fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
-    let shown = display(cmd);
+    let shown = display_short(cmd);
     eprintln!("running: {shown}");
     cmd.status().with_context(|| format!("could not start `{shown}`"))
 }
@@ -44,7 +56,7 @@ pub fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
 /// Runs the command, fails unless it exits successfully.
 pub fn run_checked(cmd: &mut Command) -> Result<()> {
     let status = run_status(cmd)?;
-    anyhow::ensure!(status.success(), "`{}` failed ({status})", display(cmd));
+    anyhow::ensure!(status.success(), "`{}` failed ({status})", display_short(cmd));
     Ok(())
 }
 
@@ -77,5 +89,17 @@ mod tests {
         let mut cmd = Command::new("tool");
         cmd.args(["run", "two words", "it's"]).env("KEY", "/a b/c");
         assert_eq!(display(&cmd), r"KEY='/a b/c' tool run 'two words' 'it'\''s'");
+    }
+
+    #[test]
+    fn long_commands_are_shown_cut() {
+        let mut cmd = Command::new("tool");
+        cmd.args((0..40).map(|i| i.to_string()));
+        let shown = display_short(&cmd);
+        assert!(shown.starts_with("tool 0 1 2 ") && shown.ends_with(" 38 39"), "{shown}");
+        assert!(shown.contains("...(8 more arguments)..."), "{shown}");
+        let mut short = Command::new("tool");
+        short.args(["a", "b"]);
+        assert_eq!(display_short(&short), "tool a b");
     }
 }
