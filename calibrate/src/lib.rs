@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use artifacts::ModuleStats;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use model::llama::{DecoderLayer, LinearObserver};
 use model::{LoadedModel, Model, ModelConfig, ModelError};
 use sparsity::{Group, Method, Pattern, SparsityError};
@@ -94,15 +94,22 @@ struct StatsObserver<'a> {
 }
 
 impl LinearObserver for StatsObserver<'_> {
-    fn observe(&mut self, module: &str, input: &Tensor<2>) {
+    fn observe(&mut self, modules: &[String], input: &Tensor<2>) {
         let [_, in_features] = input.dims();
         let per_sample = input.clone().reshape([self.batch, self.seq, in_features]).powi_scalar(2).sum_dim(1);
         let values: Vec<f32> = per_sample.into_data().try_into_vec().expect("f32 statistics from the device");
-        let acc = self.accumulators.entry(module.to_string()).or_insert_with(|| Accumulator::new(in_features));
-        for sample in values.chunks_exact(in_features) {
-            acc.add_sample(sample, self.seq);
+        for module in modules {
+            let acc = self.accumulators.entry(module.clone()).or_insert_with(|| Accumulator::new(in_features));
+            for sample in values.chunks_exact(in_features) {
+                acc.add_sample(sample, self.seq);
+            }
         }
     }
+}
+
+/// The values of a hidden-state tensor.
+fn host_values(tensor: Tensor<2>) -> Vec<f32> {
+    tensor.into_data().try_into_vec().expect("f32 hidden states from the device")
 }
 
 /// Groups consecutive samples of equal length into batches of at most `batch`.
@@ -138,7 +145,15 @@ pub fn calibrate(
     };
     let mut weights = loaded.weights.clone();
     let groups = batches(samples, options.batch);
-    let mut hidden: Vec<Tensor<2>> = groups.iter().map(|g| network.embed(&samples[g.clone()])).collect::<Result<_, _>>()?;
+    // Hidden states between layers are kept as host values, and each pass gets
+    // a tensor of its own: on the CPU backend a layer then reads its input
+    // without a copy, and re-running the pruned layer needs the input again.
+    let width = config.hidden_size;
+    let mut hidden: Vec<Vec<f32>> = groups.iter().map(|g| network.embed(&samples[g.clone()]).map(host_values)).collect::<Result<_, _>>()?;
+    let tensor = |values: Vec<f32>| {
+        let rows = values.len() / width;
+        Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
+    };
     let mut contexts = HashMap::new();
     for g in &groups {
         let key = (g.len(), samples[g.start].len());
@@ -151,12 +166,18 @@ pub fn calibrate(
         let prefix = format!("model.layers.{layer}");
         let mut accumulators = HashMap::new();
         let mut outputs = Vec::with_capacity(hidden.len());
-        for (g, x) in groups.iter().zip(&hidden) {
-            let key = (g.len(), samples[g.start].len());
-            let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
-            let out = network.layers[layer].forward(x.clone(), &contexts[&key], &prefix, Some(&mut observer));
-            if options.oneshot {
-                outputs.push(out);
+        if options.oneshot {
+            for (g, x) in groups.iter().zip(hidden.drain(..)) {
+                let key = (g.len(), samples[g.start].len());
+                let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
+                outputs.push(host_values(network.layers[layer].forward(tensor(x), &contexts[&key], &prefix, Some(&mut observer))));
+            }
+        } else {
+            for (g, x) in groups.iter().zip(&hidden) {
+                let key = (g.len(), samples[g.start].len());
+                let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
+                // The dense layer's output is not needed: the pruned layer is run for the next one.
+                network.layers[layer].observe_inputs(tensor(x.clone()), &contexts[&key], &prefix, &mut observer);
             }
         }
         for (module, out_features, in_features) in config.linear_modules(layer) {
@@ -179,11 +200,12 @@ pub fn calibrate(
                 scaler_row: acc.scaler_row,
             });
         }
-        if !options.oneshot {
+        // The last layer's pruned output feeds nothing that calibration measures.
+        if !options.oneshot && layer + 1 < config.num_hidden_layers {
             network.replace_layer(layer, DecoderLayer::from_weights(config, &weights, layer, device)?);
-            for (g, x) in groups.iter().zip(&hidden) {
+            for (g, x) in groups.iter().zip(hidden.drain(..)) {
                 let key = (g.len(), samples[g.start].len());
-                outputs.push(network.layers[layer].forward(x.clone(), &contexts[&key], &prefix, None));
+                outputs.push(host_values(network.layers[layer].forward(tensor(x), &contexts[&key], &prefix, None)));
             }
         }
         hidden = outputs;

@@ -142,3 +142,11 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, ModelError>
         }
     }
 }
+
+/// Whether tensors on `device` live in host memory (burn's ndarray
+/// backend), so that their values convert to and from vectors without copies.
+pub fn is_host_memory(device: &Device) -> bool {
+    #[allow(deprecated)]
+    let ndarray = Device::ndarray();
+    *device == ndarray
+}

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod loader;
 pub mod safetensors;

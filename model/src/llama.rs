@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
+use crate::kernels::{self, AttentionShape};
 use crate::weights::{HostTensor, WeightMap};
 
 /// Rotary-embedding frequency scaling, as in Hugging Face's `rope_scaling`.
@@ -391,6 +392,7 @@ impl LlamaConfig {
 }
 
 /// A linear layer `y = x W^T + b`, its weight kept transposed ([in, out]) for the matmul.
+/// It may hold several linear modules reading the same input, their outputs side by side.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight_t: Tensor<2>,
@@ -417,12 +419,36 @@ fn upload(tensor: &HostTensor, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(tensor.data.clone(), [tensor.data.len()]), device)
 }
 
+/// The f32 values of a tensor; without a copy when it lives in host memory and nothing else holds it.
+fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().try_into_vec::<f32>().expect("f32 activations")
+}
+
+/// A tensor of `shape` holding `values`.
+fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
 impl Linear {
     /// Builds the layer from a Hugging Face weight [out, in] and optional bias [out].
     pub fn from_host(weight: &HostTensor, bias: Option<&HostTensor>, device: &Device) -> Self {
-        let (out_f, in_f) = (weight.shape[0], weight.shape[1]);
-        let weight_t = Tensor::from_data(TensorData::new(transpose_host(&weight.data, out_f, in_f), [in_f, out_f]), device);
-        Linear { weight_t, bias: bias.map(|b| upload(b, device)) }
+        Self::concat_from_host(&[(weight, bias)], device)
+    }
+
+    /// Builds one layer computing several linear modules of the same input,
+    /// their outputs concatenated in the order given: Hugging Face weights
+    /// [out_i, in] and biases [out_i] (all present or all absent). One wide
+    /// matmul instead of several narrow ones.
+    pub fn concat_from_host(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device) -> Self {
+        let in_f = parts[0].0.shape[1];
+        let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
+        let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
+        let weight_t = Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device);
+        let bias = parts.iter().map(|(_, b)| b.map(|b| b.data.iter().copied())).collect::<Option<Vec<_>>>().map(|parts| {
+            let values: Vec<f32> = parts.into_iter().flatten().collect();
+            Tensor::from_data(TensorData::new(values, [out_f]), device)
+        });
+        Linear { weight_t, bias }
     }
 
     /// Applies the layer to rows of `x` ([n, in] -> [n, out]).
@@ -439,13 +465,14 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor<1>,
+    weight_host: Vec<f32>,
     eps: f64,
 }
 
 impl RmsNorm {
     /// Builds the norm from its weight.
     pub fn from_host(weight: &HostTensor, eps: f64, device: &Device) -> Self {
-        RmsNorm { weight: upload(weight, device), eps }
+        RmsNorm { weight: upload(weight, device), weight_host: weight.data.clone(), eps }
     }
 
     /// Normalises each row of `x` ([n, hidden]).
@@ -454,12 +481,41 @@ impl RmsNorm {
         let inv = (mean_sq + self.eps).sqrt().recip();
         x * inv * self.weight.clone().unsqueeze::<2>()
     }
+
+    /// `(x, norm(x))`.
+    fn forward_keep(&self, x: Tensor<2>, kernels: Kernels) -> (Tensor<2>, Tensor<2>) {
+        match kernels {
+            Kernels::Host => {
+                let (dims, device) = (x.dims(), x.device());
+                let values = host_values(x);
+                let normed = kernels::rms_norm(&values, &self.weight_host, self.eps as f32);
+                (from_values(values, dims, &device), from_values(normed, dims, &device))
+            }
+            Kernels::Tensor => (x.clone(), self.forward(x)),
+        }
+    }
+
+    /// The residual add and this norm: `(x + o, norm(x + o))`.
+    fn add_forward(&self, x: Tensor<2>, o: Tensor<2>, kernels: Kernels) -> (Tensor<2>, Tensor<2>) {
+        match kernels {
+            Kernels::Host => {
+                let (dims, device) = (x.dims(), x.device());
+                let (mut sum, mut normed) = (host_values(x), host_values(o));
+                kernels::add_rms_norm(&mut sum, &mut normed, &self.weight_host, self.eps as f32);
+                (from_values(sum, dims, &device), from_values(normed, dims, &device))
+            }
+            Kernels::Tensor => {
+                let h = x + o;
+                (h.clone(), self.forward(h))
+            }
+        }
+    }
 }
 
-/// Cosine and sine tables of the rotary embedding for positions 0..len,
-/// each [len, head_dim] with the frequencies repeated as in Hugging Face's
-/// `rotate_half` layout.
-pub fn rope_tables(inv_freq: &[f64], len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+/// Cosine and sine values of the rotary embedding for positions 0..len,
+/// each [len, head_dim] row-major with the frequencies repeated as in
+/// Hugging Face's `rotate_half` layout.
+pub fn rope_values(inv_freq: &[f64], len: usize) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(len * half * 2);
     let mut sin = Vec::with_capacity(len * half * 2);
@@ -472,7 +528,14 @@ pub fn rope_tables(inv_freq: &[f64], len: usize, device: &Device) -> (Tensor<2>,
             }
         }
     }
-    (Tensor::from_data(TensorData::new(cos, [len, 2 * half]), device), Tensor::from_data(TensorData::new(sin, [len, 2 * half]), device))
+    (cos, sin)
+}
+
+/// [`rope_values`] as tensors [len, head_dim] on `device`.
+pub fn rope_tables(inv_freq: &[f64], len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let (cos, sin) = rope_values(inv_freq, len);
+    let shape = [len, 2 * inv_freq.len()];
+    (from_values(cos, shape, device), from_values(sin, shape, device))
 }
 
 /// Applies the rotary embedding to x [batch, heads, seq, head_dim].
@@ -503,15 +566,34 @@ pub fn causal_mask(seq: usize, device: &Device) -> Tensor<2, Bool> {
     Tensor::from_data(TensorData::new(values, [seq, seq]), device)
 }
 
+/// How the element-wise parts of a forward pass (norms, rotary embedding,
+/// softmax, gating) are computed; matmuls are burn's either way, and so are
+/// the results, up to float rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused kernels of [`crate::kernels`] on the tensors' values: for
+    /// devices whose tensors live in host memory, where that costs no copy.
+    Host,
+    /// Composed burn tensor ops: for every device.
+    Tensor,
+}
+
+impl Kernels {
+    /// [`Kernels::Host`] for devices whose tensors live in host memory, else [`Kernels::Tensor`].
+    pub fn for_device(device: &Device) -> Self {
+        if crate::device::is_host_memory(device) {
+            Kernels::Host
+        } else {
+            Kernels::Tensor
+        }
+    }
+}
+
 /// Self-attention with grouped-query heads and rotary embeddings.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    /// Query projection.
-    pub q_proj: Linear,
-    /// Key projection.
-    pub k_proj: Linear,
-    /// Value projection.
-    pub v_proj: Linear,
+    /// Query, key and value projections as one layer: outputs `[q, k, v]` side by side.
+    pub qkv_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
     heads: usize,
@@ -519,15 +601,64 @@ pub struct Attention {
     head_dim: usize,
 }
 
+impl Attention {
+    /// Attention context [batch * seq, heads * head_dim] of the fused
+    /// projection `qkv` [batch * seq, (heads + 2 * kv_heads) * head_dim].
+    fn attend(&self, qkv: Tensor<2>, ctx: &ForwardContext) -> Tensor<2> {
+        let (b, s, d) = (ctx.batch, ctx.seq, self.head_dim);
+        let scale = 1.0 / (d as f64).sqrt();
+        match &ctx.tables {
+            Tables::Host { cos, sin } => {
+                let device = qkv.device();
+                let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
+                let split = kernels::split_heads(&host_values(qkv), shape, cos, sin);
+                let matmul = |lhs: Vec<f32>, lhs_shape: [usize; 3], rhs: Vec<f32>, rhs_shape: [usize; 3]| {
+                    host_values(from_values(lhs, lhs_shape, &device).matmul(from_values(rhs, rhs_shape, &device)))
+                };
+                let context = kernels::causal_attention(&split, shape, scale as f32, matmul);
+                from_values(context, [b * s, self.heads * d], &device)
+            }
+            Tables::Tensor { cos, sin, mask } => {
+                let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
+                let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+                let q = apply_rope(heads(qkv.clone().narrow(1, 0, q_width), self.heads), cos, sin);
+                let k = apply_rope(heads(qkv.clone().narrow(1, q_width, kv_width), self.kv_heads), cos, sin);
+                let v = heads(qkv.narrow(1, q_width + kv_width, kv_width), self.kv_heads);
+                let n_rep = self.heads / self.kv_heads;
+                let k = repeat_kv(k, n_rep);
+                let v = repeat_kv(v, n_rep);
+                let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+                let mask = mask.clone().unsqueeze::<4>().expand([b, self.heads, s, s]);
+                let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+                probs.matmul(v).swap_dims(1, 2).reshape([b * s, self.heads * d])
+            }
+        }
+    }
+}
+
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    /// Gate projection.
-    pub gate_proj: Linear,
-    /// Up projection.
-    pub up_proj: Linear,
+    /// Gate and up projections as one layer: outputs `[gate, up]` side by side.
+    pub gate_up_proj: Linear,
     /// Down projection.
     pub down_proj: Linear,
+    intermediate: usize,
+}
+
+impl Mlp {
+    /// `silu(gate(x)) * up(x)` [n, intermediate], the input of the down projection.
+    fn gate(&self, x: Tensor<2>, kernels: Kernels) -> Tensor<2> {
+        let gate_up = self.gate_up_proj.forward(x);
+        let i = self.intermediate;
+        match kernels {
+            Kernels::Host => {
+                let (device, [n, _]) = (gate_up.device(), gate_up.dims());
+                from_values(kernels::silu_mul(&host_values(gate_up), i), [n, i], &device)
+            }
+            Kernels::Tensor => silu(gate_up.clone().narrow(1, 0, i)) * gate_up.narrow(1, i, i),
+        }
+    }
 }
 
 /// One decoder layer: pre-norm attention and pre-norm MLP with residuals.
@@ -543,26 +674,42 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
-/// Per-forward context shared by all layers: rotary tables and causal mask.
+/// What the kernels of a forward pass need of its positions.
+enum Tables {
+    /// Rotary tables as values [seq, head_dim], for [`Kernels::Host`].
+    Host { cos: Vec<f32>, sin: Vec<f32> },
+    /// Rotary tables and causal mask as tensors, for [`Kernels::Tensor`].
+    Tensor { cos: Tensor<2>, sin: Tensor<2>, mask: Tensor<2, Bool> },
+}
+
+/// Per-forward context shared by all layers: shape, kernels, rotary tables and causal mask.
 pub struct ForwardContext {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
-    mask: Tensor<2, Bool>,
+    tables: Tables,
+    kernels: Kernels,
     batch: usize,
     seq: usize,
 }
 
-/// Receives the input of every linear module during a forward pass, e.g. to
-/// accumulate calibration statistics. `module` is the Hugging Face name
-/// without `.weight`; `input` is [tokens, in_features].
-pub trait LinearObserver {
-    /// Called with the input rows of `module`.
-    fn observe(&mut self, module: &str, input: &Tensor<2>);
+impl ForwardContext {
+    /// The kernels this context runs with.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
 }
 
-fn observe(observer: &mut Option<&mut dyn LinearObserver>, prefix: &str, name: &str, x: &Tensor<2>) {
+/// Receives the input of every linear module during a forward pass, e.g. to
+/// accumulate calibration statistics.
+pub trait LinearObserver {
+    /// Called with `input` [tokens, in_features], the input rows shared by
+    /// the linear `modules` (Hugging Face names without `.weight`; q, k and v
+    /// share one input, as do gate and up).
+    fn observe(&mut self, modules: &[String], input: &Tensor<2>);
+}
+
+fn observe(observer: &mut Option<&mut dyn LinearObserver>, prefix: &str, names: &[&str], x: &Tensor<2>) {
     if let Some(obs) = observer.as_deref_mut() {
-        obs.observe(&format!("{prefix}.{name}"), x);
+        let modules: Vec<String> = names.iter().map(|name| format!("{prefix}.{name}")).collect();
+        obs.observe(&modules, x);
     }
 }
 
@@ -578,13 +725,17 @@ impl DecoderLayer {
             config.intermediate_size,
         );
         let arch = &config.model_type;
-        let linear = |name: &str, out_f: usize, in_f: usize, has_bias: bool| -> Result<Linear, ModelError> {
+        let part = |name: &str, out_f: usize, in_f: usize, has_bias: bool| -> Result<(&HostTensor, Option<&HostTensor>), ModelError> {
             let w = weights.require(&format!("{p}.{name}.weight"), &[out_f, in_f], arch)?;
             let b = if has_bias { Some(weights.require(&format!("{p}.{name}.bias"), &[out_f], arch)?) } else { None };
-            Ok(Linear::from_host(w, b, device))
+            Ok((w, b))
         };
         let ab = config.attention_bias;
         let mb = config.mlp_bias;
+        let qkv = [part("self_attn.q_proj", q, h, ab)?, part("self_attn.k_proj", kv, h, ab)?, part("self_attn.v_proj", kv, h, ab)?];
+        let gate_up = [part("mlp.gate_proj", i, h, mb)?, part("mlp.up_proj", i, h, mb)?];
+        let (o, o_bias) = part("self_attn.o_proj", h, q, false)?;
+        let (down, down_bias) = part("mlp.down_proj", h, i, mb)?;
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::from_host(
                 weights.require(&format!("{p}.input_layernorm.weight"), &[h], arch)?,
@@ -592,10 +743,8 @@ impl DecoderLayer {
                 device,
             ),
             self_attn: Attention {
-                q_proj: linear("self_attn.q_proj", q, h, ab)?,
-                k_proj: linear("self_attn.k_proj", kv, h, ab)?,
-                v_proj: linear("self_attn.v_proj", kv, h, ab)?,
-                o_proj: linear("self_attn.o_proj", h, q, false)?,
+                qkv_proj: Linear::concat_from_host(&qkv, device),
+                o_proj: Linear::from_host(o, o_bias, device),
                 heads: config.num_attention_heads,
                 kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
@@ -606,42 +755,43 @@ impl DecoderLayer {
                 device,
             ),
             mlp: Mlp {
-                gate_proj: linear("mlp.gate_proj", i, h, mb)?,
-                up_proj: linear("mlp.up_proj", i, h, mb)?,
-                down_proj: linear("mlp.down_proj", h, i, mb)?,
+                gate_up_proj: Linear::concat_from_host(&gate_up, device),
+                down_proj: Linear::from_host(down, down_bias, device),
+                intermediate: i,
             },
         })
     }
 
     /// Runs the layer on hidden states [batch * seq, hidden]; reports every
     /// linear input to `observer` under the prefix `model.layers.L`.
-    pub fn forward(&self, x: Tensor<2>, ctx: &ForwardContext, prefix: &str, mut observer: Option<&mut dyn LinearObserver>) -> Tensor<2> {
-        let (b, s) = (ctx.batch, ctx.seq);
-        let attn = &self.self_attn;
-        let normed = self.input_layernorm.forward(x.clone());
-        observe(&mut observer, prefix, "self_attn.q_proj", &normed);
-        observe(&mut observer, prefix, "self_attn.k_proj", &normed);
-        observe(&mut observer, prefix, "self_attn.v_proj", &normed);
-        let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, attn.head_dim]).swap_dims(1, 2);
-        let q = apply_rope(heads(attn.q_proj.forward(normed.clone()), attn.heads), &ctx.cos, &ctx.sin);
-        let k = apply_rope(heads(attn.k_proj.forward(normed.clone()), attn.kv_heads), &ctx.cos, &ctx.sin);
-        let v = heads(attn.v_proj.forward(normed), attn.kv_heads);
-        let n_rep = attn.heads / attn.kv_heads;
-        let k = repeat_kv(k, n_rep);
-        let v = repeat_kv(v, n_rep);
-        let scale = 1.0 / (attn.head_dim as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let mask = ctx.mask.clone().unsqueeze::<4>().expand([b, attn.heads, s, s]);
-        let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-        let context = probs.matmul(v).swap_dims(1, 2).reshape([b * s, attn.heads * attn.head_dim]);
-        observe(&mut observer, prefix, "self_attn.o_proj", &context);
-        let h = x + attn.o_proj.forward(context);
-        let normed = self.post_attention_layernorm.forward(h.clone());
-        observe(&mut observer, prefix, "mlp.gate_proj", &normed);
-        observe(&mut observer, prefix, "mlp.up_proj", &normed);
-        let gated = silu(self.mlp.gate_proj.forward(normed.clone())) * self.mlp.up_proj.forward(normed);
-        observe(&mut observer, prefix, "mlp.down_proj", &gated);
-        h + self.mlp.down_proj.forward(gated)
+    pub fn forward(&self, x: Tensor<2>, ctx: &ForwardContext, prefix: &str, observer: Option<&mut dyn LinearObserver>) -> Tensor<2> {
+        self.run(x, ctx, prefix, observer, true).expect("the layer output was asked for")
+    }
+
+    /// Reports every linear input of the layer on hidden states [batch * seq,
+    /// hidden] to `observer`, without computing the layer's output: the run
+    /// stops at the input of the down projection.
+    pub fn observe_inputs(&self, x: Tensor<2>, ctx: &ForwardContext, prefix: &str, observer: &mut dyn LinearObserver) {
+        self.run(x, ctx, prefix, Some(observer), false);
+    }
+
+    fn run(
+        &self,
+        x: Tensor<2>,
+        ctx: &ForwardContext,
+        prefix: &str,
+        mut observer: Option<&mut dyn LinearObserver>,
+        output: bool,
+    ) -> Option<Tensor<2>> {
+        let (x, normed) = self.input_layernorm.forward_keep(x, ctx.kernels);
+        observe(&mut observer, prefix, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], &normed);
+        let context = self.self_attn.attend(self.self_attn.qkv_proj.forward(normed), ctx);
+        observe(&mut observer, prefix, &["self_attn.o_proj"], &context);
+        let (h, normed) = self.post_attention_layernorm.add_forward(x, self.self_attn.o_proj.forward(context), ctx.kernels);
+        observe(&mut observer, prefix, &["mlp.gate_proj", "mlp.up_proj"], &normed);
+        let gated = self.mlp.gate(normed, ctx.kernels);
+        observe(&mut observer, prefix, &["mlp.down_proj"], &gated);
+        output.then(|| h + self.mlp.down_proj.forward(gated))
     }
 }
 
@@ -695,10 +845,25 @@ impl LlamaModel {
         self.layers[index] = layer;
     }
 
-    /// Context for a forward pass over `batch` sequences of `seq` tokens.
+    /// Context for a forward pass over `batch` sequences of `seq` tokens,
+    /// with the kernels that suit the model's device.
     pub fn context(&self, batch: usize, seq: usize) -> ForwardContext {
-        let (cos, sin) = rope_tables(&self.inv_freq, seq, &self.device);
-        ForwardContext { cos, sin, mask: causal_mask(seq, &self.device), batch, seq }
+        self.context_with(batch, seq, Kernels::for_device(&self.device))
+    }
+
+    /// Context for a forward pass over `batch` sequences of `seq` tokens with the given kernels.
+    pub fn context_with(&self, batch: usize, seq: usize, kernels: Kernels) -> ForwardContext {
+        let tables = match kernels {
+            Kernels::Host => {
+                let (cos, sin) = rope_values(&self.inv_freq, seq);
+                Tables::Host { cos, sin }
+            }
+            Kernels::Tensor => {
+                let (cos, sin) = rope_tables(&self.inv_freq, seq, &self.device);
+                Tables::Tensor { cos, sin, mask: causal_mask(seq, &self.device) }
+            }
+        };
+        ForwardContext { tables, kernels, batch, seq }
     }
 
     /// Token embeddings [batch * seq, hidden] of equal-length sequences.
@@ -716,8 +881,13 @@ impl LlamaModel {
 
     /// Logits [batch, seq, vocab] of equal-length token sequences.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor<3>, ModelError> {
+        self.forward_with(tokens, Kernels::for_device(&self.device))
+    }
+
+    /// [`LlamaModel::forward`] with the given kernels.
+    pub fn forward_with(&self, tokens: &[Vec<u32>], kernels: Kernels) -> Result<Tensor<3>, ModelError> {
         let (batch, seq) = batch_shape(tokens)?;
-        let ctx = self.context(batch, seq);
+        let ctx = self.context_with(batch, seq, kernels);
         let mut hidden = self.embed(tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(hidden, &ctx, &format!("model.layers.{l}"), None);

@@ -3,6 +3,7 @@
 //! with a naive f64 forward.
 
 use model::gguf::GgmlType;
+use model::llama::Kernels;
 use model::safetensors::StoredDtype;
 use model::testing::*;
 use model::{load_model, select_device, DeviceChoice};
@@ -111,4 +112,24 @@ fn cpu_and_wgpu_logits_agree() {
     let gpu = logits_of(dir.path(), DeviceChoice::Wgpu);
     let diff = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-3, "max |cpu - wgpu| = {diff} on {:?}", adapters.iter().map(|a| &a.name).collect::<Vec<_>>());
+}
+
+#[test]
+fn host_and_tensor_kernels_agree_with_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 7);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let model::Model::Llama(model) = loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
+    let other: Vec<u32> = TOKENS.iter().rev().copied().collect();
+    let tokens = [TOKENS.to_vec(), other.clone()];
+    let logits = |kernels| model.forward_with(&tokens, kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    let (host, tensor) = (logits(Kernels::Host), logits(Kernels::Tensor));
+    let between = host.iter().zip(&tensor).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(between < 1e-5, "max |host - tensor| = {between}");
+    let n = TOKENS.len() * TINY.vocab;
+    for (k, seq) in tokens.iter().enumerate() {
+        let diff = max_abs_diff(&host[k * n..(k + 1) * n], &reference_forward(&TINY, &weights, seq));
+        assert!(diff < 1e-4, "sequence {k}: max |host kernels - reference| = {diff}");
+    }
 }

@@ -3,12 +3,15 @@
 //!
 //! Run through `cargo xtask bench forward`, which builds the workspace, fetches the model and sets
 //! `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`): `--device cpu|wgpu|auto`
-//! (default cpu), `--windows N` (default 4), `--seqlen N` (default 512).
+//! (default cpu), `--windows N` (default 4), `--seqlen N` (default 512),
+//! `--kernels host|tensor` (default: what suits the device; see
+//! `model::llama::Kernels`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use model::{load_model, select_device, DeviceChoice};
+use model::llama::Kernels;
+use model::{load_model, select_device, DeviceChoice, Model};
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
@@ -30,6 +33,7 @@ fn main() {
     let device_choice: DeviceChoice = arg("--device", DeviceChoice::Cpu);
     let windows: usize = arg("--windows", 4);
     let seqlen: usize = arg("--seqlen", 512);
+    let kernels: String = arg("--kernels", String::new());
 
     let started = Instant::now();
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
@@ -38,8 +42,17 @@ fn main() {
 
     let selected = select_device(device_choice).expect("device");
     let started = Instant::now();
-    let network = loaded.build(&selected.device).expect("build");
+    let Model::Llama(network) = loaded.build(&selected.device).expect("build");
     let build_s = started.elapsed().as_secs_f64();
+    let kernels = match kernels.as_str() {
+        "host" => Kernels::Host,
+        "tensor" => Kernels::Tensor,
+        "" => Kernels::for_device(&selected.device),
+        other => {
+            eprintln!("unknown --kernels `{other}`; expected host or tensor");
+            std::process::exit(2);
+        }
+    };
 
     let vocab = loaded.config.vocab_size() as u64;
     let mut state = 0x2545F4914F6CDD1Du64;
@@ -52,15 +65,15 @@ fn main() {
     let batches: Vec<Vec<u32>> = (0..windows).map(|_| (0..seqlen).map(|_| token()).collect()).collect();
 
     // One warm-up window (kernel compilation on wgpu, allocator warm-up on cpu).
-    let _ = network.forward(&batches[..1]).expect("forward").into_data();
+    let _ = network.forward_with(&batches[..1], kernels).expect("forward").into_data();
     let started = Instant::now();
     for window in &batches {
-        let _ = network.forward(std::slice::from_ref(window)).expect("forward").into_data();
+        let _ = network.forward_with(std::slice::from_ref(window), kernels).expect("forward").into_data();
     }
     let forward_s = started.elapsed().as_secs_f64();
 
     println!("model: {} ({:.1} M parameters)", path.display(), parameters as f64 / 1e6);
-    println!("device: {}", selected.description);
+    println!("device: {} ({kernels:?} kernels)", selected.description);
     println!("load (read + dequantize to f32): {load_s:.3} s");
     println!("build on device: {build_s:.3} s");
     println!(
