@@ -85,38 +85,12 @@ pub(crate) struct IntProblem {
     pub value: Option<i128>,
 }
 
-fn convert<T, O>(array: &dyn Array) -> Result<Vec<O>, IntProblem>
-where
-    T: ArrowPrimitiveType,
-    T::Native: Into<i128>,
-    O: TryFrom<i128>,
-{
-    array
-        .as_primitive::<T>()
-        .iter()
-        .enumerate()
-        .map(|(index, v)| {
-            let v: Option<i128> = v.map(Into::into);
-            v.and_then(|x| O::try_from(x).ok()).ok_or(IntProblem { index, value: v })
-        })
-        .collect()
-}
 
 /// Converts an integer array of any width to `O`, failing on nulls and values out of range.
 ///
 /// The caller must have checked that the array's type is an integer type.
 pub(crate) fn ints<O: TryFrom<i128>>(array: &dyn Array) -> Result<Vec<O>, IntProblem> {
-    match array.data_type() {
-        DataType::Int8 => convert::<Int8Type, O>(array),
-        DataType::Int16 => convert::<Int16Type, O>(array),
-        DataType::Int32 => convert::<Int32Type, O>(array),
-        DataType::Int64 => convert::<Int64Type, O>(array),
-        DataType::UInt8 => convert::<UInt8Type, O>(array),
-        DataType::UInt16 => convert::<UInt16Type, O>(array),
-        DataType::UInt32 => convert::<UInt32Type, O>(array),
-        DataType::UInt64 => convert::<UInt64Type, O>(array),
-        other => unreachable!("ints() called on non-integer type {other}"),
-    }
+    opt_ints::<O>(array)?.into_iter().enumerate().map(|(index, v)| v.ok_or(IntProblem { index, value: None })).collect()
 }
 
 fn convert_opt<T, O>(array: &dyn Array) -> Result<Vec<Option<O>>, IntProblem>
