@@ -26,6 +26,10 @@ pub(crate) enum Accept {
     Float,
     /// List, LargeList or FixedSizeList of any integer type.
     IntList,
+    /// Boolean.
+    Bool,
+    /// List, LargeList or FixedSizeList of Float32 or Float64.
+    FloatList,
 }
 
 impl Accept {
@@ -35,6 +39,8 @@ impl Accept {
             Accept::Str => "a string type (Utf8)",
             Accept::Float => "a float type (Float64)",
             Accept::IntList => "a list of integers (List<UInt32> preferred)",
+            Accept::Bool => "a boolean",
+            Accept::FloatList => "a list of floats (List<Float64> preferred)",
         }
     }
 
@@ -45,6 +51,13 @@ impl Accept {
             Accept::Float => matches!(t, DataType::Float32 | DataType::Float64),
             Accept::IntList => match t {
                 DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().is_integer(),
+                _ => false,
+            },
+            Accept::Bool => matches!(t, DataType::Boolean),
+            Accept::FloatList => match t {
+                DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                    matches!(f.data_type(), DataType::Float32 | DataType::Float64)
+                }
                 _ => false,
             },
         }
@@ -84,7 +97,6 @@ pub(crate) struct IntProblem {
     /// The value, or `None` for a null.
     pub value: Option<i128>,
 }
-
 
 /// Converts an integer array of any width to `O`, failing on nulls and values out of range.
 ///
@@ -227,6 +239,36 @@ pub(crate) fn u32_list_column(path: &Path, name: &str, array: &dyn Array, first_
                 expected: format!("token ids in 0..={} with no nulls", u32::MAX),
                 found: format!("{} at position {}", describe_value(p.value), p.index),
             })
+        })
+        .collect()
+}
+
+/// Reads a nullable boolean column.
+pub(crate) fn opt_bool_column(array: &dyn Array) -> Vec<Option<bool>> {
+    array.as_boolean().iter().collect()
+}
+
+/// Reads a nullable list-of-floats column as optional lists of `f64`, refusing
+/// null elements inside a list.
+pub(crate) fn opt_f64_list_column(
+    path: &Path,
+    name: &str,
+    array: &dyn Array,
+    first_row: usize,
+) -> Result<Vec<Option<Vec<f64>>>, ArtifactError> {
+    let rows: Vec<Option<ArrayRef>> = match array.data_type() {
+        DataType::List(_) => array.as_list::<i32>().iter().collect(),
+        DataType::LargeList(_) => array.as_list::<i64>().iter().collect(),
+        DataType::FixedSizeList(_, _) => array.as_fixed_size_list().iter().collect(),
+        other => unreachable!("opt_f64_list_column() called on {other}"),
+    };
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let Some(row) = row else { return Ok(None) };
+            let values = f64_column(path, name, row.as_ref(), first_row + i, false)
+                .map_err(|_| null_error(path, name, first_row + i, "a list of numbers without nulls"))?;
+            Ok(Some(values.into_iter().map(Option::unwrap_or_default).collect()))
         })
         .collect()
 }

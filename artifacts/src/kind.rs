@@ -20,11 +20,14 @@ pub enum ArtifactKind {
     Results,
     /// One row per (mask A, mask B, module) (`jaccard`).
     Jaccard,
+    /// One row per evaluated item (and sample) of a task: the per-item details
+    /// beside a results artifact (`items`).
+    Items,
 }
 
 impl ArtifactKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [ArtifactKind; 7] = [
+    pub const ALL: [ArtifactKind; 8] = [
         ArtifactKind::Documents,
         ArtifactKind::Samples,
         ArtifactKind::Stats,
@@ -32,6 +35,7 @@ impl ArtifactKind {
         ArtifactKind::Mask,
         ArtifactKind::Results,
         ArtifactKind::Jaccard,
+        ArtifactKind::Items,
     ];
 
     /// The lowercase name stored in `subprune.kind`.
@@ -44,6 +48,7 @@ impl ArtifactKind {
             ArtifactKind::Mask => "mask",
             ArtifactKind::Results => "results",
             ArtifactKind::Jaccard => "jaccard",
+            ArtifactKind::Items => "items",
         }
     }
 

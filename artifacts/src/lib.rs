@@ -9,10 +9,12 @@
 mod columns;
 mod documents;
 mod error;
+mod items;
 mod jaccard;
 mod kind;
 mod mask;
 mod provenance;
+pub mod records;
 mod results;
 mod samples;
 mod scores;
@@ -34,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 pub use documents::{documents_content_hash, documents_schema, read_documents, write_documents, Document, Split, EXTRA_CONTENT_HASH};
 pub use error::ArtifactError;
+pub use items::{items_path_for, items_schema, read_items, write_items, ItemRow};
 pub use jaccard::{jaccard_schema, read_jaccard, write_jaccard, JaccardRow};
 pub use kind::{ArtifactKind, UnknownKindError};
 pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskReader, MaskRow};

@@ -13,10 +13,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::io_err;
-use crate::records::{for_each_record, parquet_columns, DataFormat};
 use crate::text::{FieldProblem, TextSpec};
 use crate::tree::{judge, walk, Language, Skip};
 use crate::{progress_spinner, DatasetsError, CREATED_BY};
+use artifacts::records::{for_each_record, parquet_columns, DataFormat};
 
 /// Largest document cut from one file: longer files are split at line
 /// boundaries into parts of about this many bytes, so hash-based splits and

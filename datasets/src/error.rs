@@ -36,17 +36,6 @@ pub enum DatasetsError {
         hint: String,
     },
 
-    /// A line of a JSON lines file (or a JSON file) is not valid JSON.
-    #[error("{}:{line}: invalid JSON: {message}", .path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The 1-based line number (1 for a whole-file JSON document).
-        line: usize,
-        /// What the parser said.
-        message: String,
-    },
-
     /// A record is not a JSON object.
     #[error("{}: {record}: expected a JSON object per record, found {found}", .path.display())]
     NotAnObject {
@@ -84,17 +73,6 @@ pub enum DatasetsError {
         /// The field.
         field: String,
         /// A description of the value found.
-        found: String,
-    },
-
-    /// A Parquet data column has a type the reader does not convert.
-    #[error("{}: column `{column}` has type {found}, which cannot be read as text (expected strings, numbers, booleans, lists or structs of them)", .path.display())]
-    UnsupportedColumn {
-        /// The file.
-        path: PathBuf,
-        /// The column.
-        column: String,
-        /// Its Arrow type.
         found: String,
     },
 
@@ -222,25 +200,9 @@ pub enum DatasetsError {
         seqlen: usize,
     },
 
-    /// A Parquet data file cannot be read.
-    #[error("Parquet error on {}: {source}", .path.display())]
-    Parquet {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: parquet::errors::ParquetError,
-    },
-
-    /// Reading Parquet data into Arrow failed.
-    #[error("Arrow error on {}: {source}", .path.display())]
-    Arrow {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: arrow_schema::ArrowError,
-    },
+    /// Reading a data file's records failed.
+    #[error(transparent)]
+    Records(#[from] artifacts::records::RecordsError),
 
     /// Reading or writing an artifact failed.
     #[error(transparent)]

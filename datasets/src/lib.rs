@@ -15,7 +15,6 @@
 pub mod collect;
 mod error;
 pub mod presets;
-pub mod records;
 pub mod rng;
 pub mod sample;
 pub mod text;

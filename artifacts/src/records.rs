@@ -1,10 +1,14 @@
 //! Records of Hugging Face style data files: JSON lines (`.jsonl`, `.ndjson`,
 //! optionally gzip-compressed), JSON arrays (`.json`) and Parquet (`.parquet`),
-//! each record handed over as a JSON object.
+//! each record handed over as a JSON value.
+//!
+//! These are the files users download from the Hugging Face hub; the
+//! `datasets` stage collects documents from them and `evaluate` reads its
+//! task sets from them.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -16,8 +20,72 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde_json::{Map, Value};
 
-use crate::error::io_err;
-use crate::DatasetsError;
+/// What can go wrong while reading a data file; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// An operating-system I/O error on the file.
+    #[error("I/O error on {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A line of a JSON lines file (or a JSON file) is not valid JSON.
+    #[error("{}:{line}: invalid JSON: {message}", .path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number (1 for a whole-file JSON document).
+        line: usize,
+        /// What the parser said.
+        message: String,
+    },
+
+    /// A Parquet column has a type that cannot be turned into JSON.
+    #[error("{}: column `{column}` has type {found}, which cannot be read as text (expected strings, numbers, booleans, lists or structs of them)", .path.display())]
+    UnsupportedColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Its Arrow type.
+        found: String,
+    },
+
+    /// The file's name does not say which data format it is.
+    #[error("{}: not a data file (expected a name ending in .jsonl, .jsonl.gz, .ndjson, .json or .parquet)", .path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A Parquet data file cannot be read.
+    #[error("Parquet error on {}: {source}", .path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// Reading Parquet data into Arrow failed.
+    #[error("Arrow error on {}: {source}", .path.display())]
+    Arrow {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordsError + '_ {
+    move |source| RecordsError::Io { path: path.to_path_buf(), source }
+}
 
 /// The layout of a data file, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +120,19 @@ impl DataFormat {
 
 /// A callback over records: the record's label (`line N`, `item N`, `row N`) and
 /// the record. Returns `false` to stop reading.
-pub type RecordFn<'a> = dyn FnMut(String, Value) -> Result<bool, DatasetsError> + 'a;
+pub type RecordFn<'a, E> = dyn FnMut(String, Value) -> Result<bool, E> + 'a;
 
 /// Reads every record of `path` in file order and hands it to `f`.
 ///
 /// For Parquet only the top-level columns in `columns` are read (those absent
 /// from the file are left out of the records, so the caller's field check
 /// reports them); JSON records are handed over whole.
-pub fn for_each_record(path: &Path, format: DataFormat, columns: &[String], f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
+pub fn for_each_record<E: From<RecordsError>>(
+    path: &Path,
+    format: DataFormat,
+    columns: &[String],
+    f: &mut RecordFn<'_, E>,
+) -> Result<(), E> {
     match format {
         DataFormat::JsonLines => {
             let file = File::open(path).map_err(io_err(path))?;
@@ -74,14 +147,14 @@ pub fn for_each_record(path: &Path, format: DataFormat, columns: &[String], f: &
     }
 }
 
-fn json_lines(path: &Path, reader: impl BufRead, f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
+fn json_lines<E: From<RecordsError>>(path: &Path, reader: impl BufRead, f: &mut RecordFn<'_, E>) -> Result<(), E> {
     for (i, line) in reader.lines().enumerate() {
         let line_no = i + 1;
-        let line = line.map_err(|e| DatasetsError::Json { path: path.to_path_buf(), line: line_no, message: e.to_string() })?;
+        let line = line.map_err(|e| RecordsError::Json { path: path.to_path_buf(), line: line_no, message: e.to_string() })?;
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line).map_err(|e| DatasetsError::Json {
+        let value: Value = serde_json::from_str(&line).map_err(|e| RecordsError::Json {
             path: path.to_path_buf(),
             line: line_no,
             message: e.to_string(),
@@ -93,9 +166,9 @@ fn json_lines(path: &Path, reader: impl BufRead, f: &mut RecordFn<'_>) -> Result
     Ok(())
 }
 
-fn json_file(path: &Path, f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
+fn json_file<E: From<RecordsError>>(path: &Path, f: &mut RecordFn<'_, E>) -> Result<(), E> {
     let mut text = String::new();
-    File::open(path).map_err(io_err(path))?.read_to_string(&mut text).map_err(|e| DatasetsError::Json {
+    File::open(path).map_err(io_err(path))?.read_to_string(&mut text).map_err(|e| RecordsError::Json {
         path: path.to_path_buf(),
         line: 1,
         message: e.to_string(),
@@ -103,11 +176,8 @@ fn json_file(path: &Path, f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
     if !text.trim_start().starts_with('[') {
         return json_lines(path, BufReader::new(text.as_bytes()), f);
     }
-    let value: Value = serde_json::from_str(&text).map_err(|e| DatasetsError::Json {
-        path: path.to_path_buf(),
-        line: e.line(),
-        message: e.to_string(),
-    })?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| RecordsError::Json { path: path.to_path_buf(), line: e.line(), message: e.to_string() })?;
     let Value::Array(items) = value else { unreachable!("a JSON text starting with `[` is an array") };
     for (i, item) in items.into_iter().enumerate() {
         if !f(format!("item {i}"), item)? {
@@ -117,8 +187,8 @@ fn json_file(path: &Path, f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
     Ok(())
 }
 
-fn parquet_rows(path: &Path, columns: &[String], f: &mut RecordFn<'_>) -> Result<(), DatasetsError> {
-    let pq = |source| DatasetsError::Parquet { path: path.to_path_buf(), source };
+fn parquet_rows<E: From<RecordsError>>(path: &Path, columns: &[String], f: &mut RecordFn<'_, E>) -> Result<(), E> {
+    let pq = |source| RecordsError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
     let schema = builder.schema().clone();
@@ -127,10 +197,10 @@ fn parquet_rows(path: &Path, columns: &[String], f: &mut RecordFn<'_>) -> Result
     let reader = builder.with_projection(mask).with_batch_size(1024).build().map_err(pq)?;
     let mut row = 0usize;
     for batch in reader {
-        let batch = batch.map_err(|source| DatasetsError::Arrow { path: path.to_path_buf(), source })?;
+        let batch = batch.map_err(|source| RecordsError::Arrow { path: path.to_path_buf(), source })?;
         let names: Vec<String> = batch.schema().fields().iter().map(|fl| fl.name().clone()).collect();
         for (name, col) in names.iter().zip(batch.columns()) {
-            check_convertible(col.data_type()).map_err(|found| DatasetsError::UnsupportedColumn {
+            check_convertible(col.data_type()).map_err(|found| RecordsError::UnsupportedColumn {
                 path: path.to_path_buf(),
                 column: name.clone(),
                 found,
@@ -150,11 +220,24 @@ fn parquet_rows(path: &Path, columns: &[String], f: &mut RecordFn<'_>) -> Result
     Ok(())
 }
 
+/// Every record of the data file `path` in file order, its format from its
+/// name; for Parquet all top-level columns are read.
+pub fn read_records(path: &Path) -> Result<Vec<Value>, RecordsError> {
+    let format = DataFormat::of(path).ok_or_else(|| RecordsError::UnknownFormat { path: path.to_path_buf() })?;
+    let columns = if format == DataFormat::Parquet { parquet_columns(path)? } else { Vec::new() };
+    let mut records = Vec::new();
+    for_each_record::<RecordsError>(path, format, &columns, &mut |_, value| {
+        records.push(value);
+        Ok(true)
+    })?;
+    Ok(records)
+}
+
 /// The top-level column names of a Parquet file (for error messages).
-pub fn parquet_columns(path: &Path) -> Result<Vec<String>, DatasetsError> {
+pub fn parquet_columns(path: &Path) -> Result<Vec<String>, RecordsError> {
     let file = File::open(path).map_err(io_err(path))?;
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DatasetsError::Parquet { path: path.to_path_buf(), source })?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
     Ok(builder.schema().fields().iter().map(|fl| fl.name().clone()).collect())
 }
 
