@@ -12,6 +12,8 @@ use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_n
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{load_model, select_device, DeviceChoice};
 
+mod task_cli;
+
 /// Measures what a (pruned) model keeps: perplexity now, task suites later.
 #[derive(Parser)]
 #[command(name = "evaluate", version, about)]
@@ -86,7 +88,8 @@ fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
-fn created_by() -> String {
+/// The `subprune.created_by` of every artifact this binary writes.
+pub(crate) fn created_by() -> String {
     format!("subprune-evaluate {}", env!("CARGO_PKG_VERSION"))
 }
 
@@ -214,7 +217,7 @@ fn run_ppl(args: PplArgs) -> Result<()> {
 }
 
 /// The name a mask is known by in results: its file stem.
-fn mask_name(path: &Path) -> String {
+pub(crate) fn mask_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 

@@ -1,0 +1,143 @@
+//! What every `evaluate TASK` subcommand shares: its common options, loading
+//! the (masked) model, and writing the results and items artifacts.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use artifacts::{ArtifactKind, ItemRow, Provenance, ResultRow};
+use clap::Args;
+use evaluate::apply_mask_file;
+use model::{load_model, select_device, DeviceChoice, LoadedModel, Model};
+
+/// Options shared by every task: `evaluate TASK --model M [--data PATH] [--limit N] [--device D] --out results.parquet`.
+#[derive(Args, Debug, Clone)]
+pub struct TaskArgs {
+    /// Model: a Hugging Face checkpoint directory or a GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The task's data: a file (JSONL, JSONL.gz, JSON or Parquet in Hugging Face layout) or a directory holding it.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first N items (in the data file's order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Mask artifact to apply before evaluating (the sub-model it defines), made for this model.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Sequences per forward pass (a throughput knob; results do not depend on it).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Results artifact to write (Parquet); the per-item outputs go beside it as `<name>.items.parquet`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A model ready for a task: the loaded files, the model on its device, and
+/// the mask applied to it (name and content hash).
+pub struct TaskModel {
+    /// The loaded checkpoint (configuration, tokenizer, fingerprint), mask applied.
+    pub loaded: LoadedModel,
+    /// The model built on the selected device.
+    pub model: Model,
+    /// The applied mask's name (file stem) and content hash.
+    pub mask: Option<(String, String)>,
+}
+
+/// Loads `args.model`, applies `args.mask` and builds the model on the chosen device.
+pub fn load_task_model(args: &TaskArgs) -> Result<TaskModel> {
+    let started = Instant::now();
+    let mut loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    eprintln!("loaded {} ({} layers) in {:.2} s", args.model.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
+    let mask = match &args.mask {
+        Some(path) => {
+            let counts = apply_mask_file(&mut loaded, path).with_context(|| format!("applying mask {}", path.display()))?;
+            eprintln!(
+                "applied {}: {} of {} weights pruned ({:.2}%)",
+                path.display(),
+                counts.masked,
+                counts.total,
+                100.0 * counts.masked as f64 / counts.total.max(1) as f64
+            );
+            Some((crate::mask_name(path), artifacts::content_hash(path)?))
+        }
+        None => None,
+    };
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let model = loaded.build(&selected.device)?;
+    Ok(TaskModel { loaded, model, mask })
+}
+
+/// One metric of a task run, e.g. `acc` with its standard error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Metric name as printed (`acc`, `acc_norm`, `pass@1`, `exact_match`, `meteor`).
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+    /// Number of items it is computed over.
+    pub n: u64,
+    /// Standard error, if known.
+    pub stderr: Option<f64>,
+    /// 95% confidence interval, if known.
+    pub ci: Option<(f64, f64)>,
+}
+
+/// Writes the results artifact (one row per metric) and, beside it, the items
+/// artifact, when `args.out` is given; then prints `<metric>: <value>` lines
+/// as the last lines of stdout.
+///
+/// `data` is the data file read (its content hash goes into the provenance);
+/// `params` the task's options as JSON.
+pub fn finish_task(
+    args: &TaskArgs,
+    task: &TaskModel,
+    task_name: &str,
+    data: &Path,
+    params: serde_json::Value,
+    metrics: &[Metric],
+    items: &[ItemRow],
+) -> Result<()> {
+    if let Some(out) = &args.out {
+        let data_hash = artifacts::content_hash(data)?;
+        let provenance = |kind| {
+            let mut p =
+                Provenance::new(kind, task.loaded.fingerprint.clone(), params.clone(), crate::created_by()).with_input("data", &data_hash);
+            if let Some((_, hash)) = &task.mask {
+                p = p.with_input("mask", hash);
+            }
+            p
+        };
+        let items_path = artifacts::items_path_for(out);
+        let items_hash = artifacts::write_items(&items_path, items, &provenance(ArtifactKind::Items))
+            .with_context(|| format!("writing {}", items_path.display()))?;
+        let rows: Vec<ResultRow> = metrics
+            .iter()
+            .map(|m| ResultRow {
+                model: args.model.display().to_string(),
+                mask: task.mask.as_ref().map(|(name, _)| name.clone()),
+                task: task_name.to_string(),
+                metric: m.name.clone(),
+                value: m.value,
+                n: m.n,
+                stderr: m.stderr,
+                ci_low: m.ci.map(|c| c.0),
+                ci_high: m.ci.map(|c| c.1),
+            })
+            .collect();
+        artifacts::write_results(out, &rows, &provenance(ArtifactKind::Results).with_input("items", &items_hash))
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {} and {}", out.display(), items_path.display());
+    }
+    for m in metrics {
+        println!("{}: {:.4}", m.name, m.value);
+    }
+    Ok(())
+}
