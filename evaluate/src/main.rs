@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
 use clap::{Args, Parser, Subcommand};
-use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
+use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use model::{load_model, select_device, DeviceChoice};
+use model::{select_device, DeviceChoice};
 
 mod task_cli;
 
@@ -94,24 +94,7 @@ pub(crate) fn created_by() -> String {
 }
 
 fn run_ppl(args: PplArgs) -> Result<()> {
-    let started = Instant::now();
-    let mut loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
-    eprintln!("loaded {} ({} layers) in {:.2} s", args.model.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
-    let mask = match &args.mask {
-        Some(path) => {
-            let counts = apply_mask_file(&mut loaded, path).with_context(|| format!("applying mask {}", path.display()))?;
-            eprintln!(
-                "applied {}: {} of {} weights pruned ({:.2}%) in {} modules",
-                path.display(),
-                counts.masked,
-                counts.total,
-                100.0 * counts.masked as f64 / counts.total.max(1) as f64,
-                counts.modules
-            );
-            Some((mask_name(path), artifacts::content_hash(path)?))
-        }
-        None => None,
-    };
+    let (loaded, mask) = task_cli::load_masked(&args.model, args.mask.as_deref())?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
 

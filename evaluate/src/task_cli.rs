@@ -52,27 +52,35 @@ pub struct TaskModel {
 
 /// Loads `args.model`, applies `args.mask` and builds the model on the chosen device.
 pub fn load_task_model(args: &TaskArgs) -> Result<TaskModel> {
+    let (loaded, mask) = load_masked(&args.model, args.mask.as_deref())?;
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let model = loaded.build(&selected.device)?;
+    Ok(TaskModel { loaded, model, mask })
+}
+
+/// Loads the model at `model_path` and applies the mask artifact at
+/// `mask_path`, if any; returns the model and the mask's name and content hash.
+pub fn load_masked(model_path: &Path, mask_path: Option<&Path>) -> Result<(LoadedModel, Option<(String, String)>)> {
     let started = Instant::now();
-    let mut loaded = load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
-    eprintln!("loaded {} ({} layers) in {:.2} s", args.model.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
-    let mask = match &args.mask {
+    let mut loaded = load_model(model_path).with_context(|| format!("loading model {}", model_path.display()))?;
+    eprintln!("loaded {} ({} layers) in {:.2} s", model_path.display(), loaded.config.num_layers(), started.elapsed().as_secs_f64());
+    let mask = match mask_path {
         Some(path) => {
             let counts = apply_mask_file(&mut loaded, path).with_context(|| format!("applying mask {}", path.display()))?;
             eprintln!(
-                "applied {}: {} of {} weights pruned ({:.2}%)",
+                "applied {}: {} of {} weights pruned ({:.2}%) in {} modules",
                 path.display(),
                 counts.masked,
                 counts.total,
-                100.0 * counts.masked as f64 / counts.total.max(1) as f64
+                100.0 * counts.masked as f64 / counts.total.max(1) as f64,
+                counts.modules
             );
             Some((crate::mask_name(path), artifacts::content_hash(path)?))
         }
         None => None,
     };
-    let selected = select_device(args.device)?;
-    eprintln!("device: {}", selected.description);
-    let model = loaded.build(&selected.device)?;
-    Ok(TaskModel { loaded, model, mask })
+    Ok((loaded, mask))
 }
 
 /// One metric of a task run, e.g. `acc` with its standard error.
