@@ -3,6 +3,9 @@
 //! windows, each window predicted from its own start, and
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
+pub mod chat;
+pub mod generate;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! `evaluate`: measures models. `evaluate ppl` computes perplexity on a text
-//! file or on the token windows of a samples artifact.
+//! file or on the token windows of a samples artifact; `evaluate generate`
+//! prints what a model writes after prompts.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
 use clap::{Args, Parser, Subcommand};
+use evaluate::chat::{render_model_chat, ChatMessage};
+use evaluate::generate::{generate, GenerationConfig};
 use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{select_device, DeviceChoice};
@@ -27,6 +30,55 @@ enum Command {
     /// Perplexity as Wanda defines it: non-overlapping windows, each predicted
     /// from its own start; prints `perplexity: <value>` as the last line.
     Ppl(PplArgs),
+    /// Generates continuations of prompts and prints them (a quick look at
+    /// what a model, or a sub-model with --mask, writes).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Model: a Hugging Face checkpoint directory or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// A file of prompts: a JSON array of strings, or else one prompt per line.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Wrap each prompt as a user message in the model's chat template (with the generation prompt).
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens generated per prompt.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling threshold in (0, 1]; 1 samples from all tokens.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Seed of the sampling (each prompt draws from its own stream derived from it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop string (repeatable): generation of a prompt ends when its text contains one, cut before it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Prompts decoded together (a throughput knob; results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Recompute the whole sequence at every step instead of using the key/value cache (slow; for comparison).
+    #[arg(long)]
+    no_cache: bool,
+    /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Mask artifact to apply before generating (the sub-model it defines), made for this model.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -199,6 +251,65 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prompts of `evaluate generate`: `--prompt`, or the file `--prompts` (a
+/// JSON array of strings, else one prompt per non-empty line).
+fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    if let Some(p) = &args.prompt {
+        return Ok(vec![p.clone()]);
+    }
+    let path = args.prompts.as_ref().context("give --prompt TEXT or --prompts FILE")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts file {}", path.display()))?;
+    let prompts: Vec<String> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).with_context(|| {
+            format!("{}: starts with `[` but is not a JSON array of strings (expected [\"prompt\", ...])", path.display())
+        })?
+    } else {
+        text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+    };
+    if prompts.is_empty() {
+        bail!("{}: expected at least one prompt (a JSON array of strings or one prompt per line); found none", path.display());
+    }
+    Ok(prompts)
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let prompts = read_prompts(&args)?;
+    let (loaded, _mask) = task_cli::load_masked(&args.model, args.mask.as_deref())?;
+    let prompts: Vec<String> = if args.chat {
+        prompts.iter().map(|p| render_model_chat(&loaded, &[ChatMessage::user(p.clone())], true)).collect::<Result<_, _>>()?
+    } else {
+        prompts
+    };
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let model = loaded.build(&selected.device)?;
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        use_cache: !args.no_cache,
+        // A rendered chat template holds its own special tokens.
+        add_special_tokens: !args.chat,
+    };
+    let bar = progress(prompts.len(), args.quiet, "generate");
+    let compute_started = Instant::now();
+    let generations = generate(&model, loaded.tokenizer()?, &prompts, &config, args.batch, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+    eprintln!("{tokens} tokens generated in {:.2} s", compute_started.elapsed().as_secs_f64());
+    for (i, (prompt, g)) in prompts.iter().zip(&generations).enumerate() {
+        println!(
+            "=== prompt {i} ===\n{prompt}\n=== generation {i} ({} tokens, finish: {}) ===\n{}",
+            g.tokens.len(),
+            g.finish.as_str(),
+            g.text
+        );
+    }
+    Ok(())
+}
+
 /// The name a mask is known by in results: its file stem.
 pub(crate) fn mask_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
@@ -226,5 +337,6 @@ fn save_windows(
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ppl(args) => run_ppl(args),
+        Command::Generate(args) => run_generate(args),
     }
 }

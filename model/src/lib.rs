@@ -5,6 +5,7 @@
 //! (`model.layers.L.self_attn.q_proj.weight`, rows in HF order), whatever the
 //! file format, so that all artifacts of subprune name modules the same way.
 
+pub mod cache;
 pub mod device;
 pub mod error;
 pub mod gguf;
@@ -16,6 +17,7 @@ pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
+pub use cache::{KvCache, LayerKv};
 pub use device::{select_device, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use loader::{load_model, LoadedModel, Model, ModelConfig, ModelFormat};

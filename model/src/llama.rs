@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cache::{KvCache, LayerKv};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::kernels::{self, AttentionShape};
@@ -550,6 +551,35 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
     x * cos + rotated * sin
 }
 
+/// Applies the rotary embedding to x [batch, heads, seq, head_dim] with
+/// per-row tables `cos` and `sin` [batch, 1, seq, head_dim].
+pub fn apply_rope_rows(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let head_dim = x.dims()[3];
+    let half = head_dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Cosine and sine tables [batch, 1, seq, head_dim] of the rotary embedding
+/// at the given positions ([batch][seq]), in Hugging Face's `rotate_half` layout.
+pub fn rope_tables_at(inv_freq: &[f64], positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let (batch, seq, d) = (positions.len(), positions.first().map_or(0, Vec::len), 2 * inv_freq.len());
+    let mut cos = Vec::with_capacity(batch * seq * d);
+    let mut sin = Vec::with_capacity(batch * seq * d);
+    for &pos in positions.iter().flatten() {
+        for _ in 0..2 {
+            for f in inv_freq {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    (from_values(cos, [batch, 1, seq, d], device), from_values(sin, [batch, 1, seq, d], device))
+}
+
 /// Repeats each of the `kv_heads` heads of x [batch, kv_heads, seq, d]
 /// `n_rep` times, so that query head h reads key/value head h / n_rep.
 pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
@@ -634,6 +664,40 @@ impl Attention {
             }
         }
     }
+}
+
+impl Attention {
+    /// Attention context [batch * new, heads * head_dim] of the fused
+    /// projection `qkv` [batch * new, ...] of new positions, over the keys and
+    /// values in `kv` and the new ones, which are appended to `kv`.
+    fn attend_cached(&self, qkv: Tensor<2>, step: &CachedStep, kv: &mut LayerKv) -> Tensor<2> {
+        let (b, s, d) = (step.batch, step.seq, self.head_dim);
+        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
+        let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+        let q = apply_rope_rows(heads(qkv.clone().narrow(1, 0, q_width), self.heads), &step.cos, &step.sin);
+        let k = apply_rope_rows(heads(qkv.clone().narrow(1, q_width, kv_width), self.kv_heads), &step.cos, &step.sin);
+        let v = heads(qkv.narrow(1, q_width + kv_width, kv_width), self.kv_heads);
+        let (k, v) = kv.append(k, v);
+        let total = k.dims()[2];
+        let group = self.heads / self.kv_heads;
+        // Query head g * group + r at new slot i is row r * s + i of key/value head g.
+        let q = q.reshape([b, self.kv_heads, group * s, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+        let mask = step.mask.clone().expand([b, self.kv_heads, group * s, total]);
+        let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+        probs.matmul(v).reshape([b, self.heads, s, d]).swap_dims(1, 2).reshape([b * s, self.heads * d])
+    }
+}
+
+/// What every layer of one cached forward step shares: shape, kernels, the
+/// rotary tables of the new positions and the attention mask.
+pub struct CachedStep {
+    kernels: Kernels,
+    batch: usize,
+    seq: usize,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: Tensor<4, Bool>,
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -775,6 +839,16 @@ impl DecoderLayer {
         self.run(x, ctx, prefix, Some(observer), false);
     }
 
+    /// Runs the layer on hidden states [batch * new, hidden] of new
+    /// positions, attending over the cached keys and values of this layer,
+    /// to which the new ones are appended.
+    pub fn forward_cached(&self, x: Tensor<2>, step: &CachedStep, kv: &mut LayerKv) -> Tensor<2> {
+        let (x, normed) = self.input_layernorm.forward_keep(x, step.kernels);
+        let context = self.self_attn.attend_cached(self.self_attn.qkv_proj.forward(normed), step, kv);
+        let (h, normed) = self.post_attention_layernorm.add_forward(x, self.self_attn.o_proj.forward(context), step.kernels);
+        h + self.mlp.down_proj.forward(self.mlp.gate(normed, step.kernels))
+    }
+
     fn run(
         &self,
         x: Tensor<2>,
@@ -882,6 +956,48 @@ impl LlamaModel {
     /// Logits [batch, seq, vocab] of equal-length token sequences.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor<3>, ModelError> {
         self.forward_with(tokens, Kernels::for_device(&self.device))
+    }
+
+    /// An empty key/value cache for rows with the given left padding.
+    pub fn new_cache(&self, padding: Vec<usize>) -> KvCache {
+        KvCache::new(self.layers.len(), padding)
+    }
+
+    /// Runs equal-length rows of new tokens after what `cache` holds,
+    /// appending their keys and values to it; returns the hidden states
+    /// [batch * new, hidden] after the last layer, before the final norm.
+    pub fn forward_cached_hidden(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<2>, ModelError> {
+        let (batch, seq) = batch_shape(tokens)?;
+        cache.check_step(batch, seq)?;
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
+        }
+        let (cos, sin) = rope_tables_at(&self.inv_freq, &cache.positions(seq), &self.device);
+        let group = self.config.num_attention_heads / self.config.num_key_value_heads;
+        let step = CachedStep { kernels, batch, seq, cos, sin, mask: cache.mask(seq, group, None, &self.device) };
+        let mut hidden = self.embed(tokens)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            hidden = layer.forward_cached(hidden, &step, kv);
+        }
+        cache.advance(seq);
+        Ok(hidden)
+    }
+
+    /// Logits [batch, new, vocab] of new tokens after what `cache` holds (see
+    /// [`LlamaModel::forward_cached_hidden`]).
+    pub fn forward_cached_with(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache, kernels)?;
+        let (batch, seq) = (tokens.len(), tokens[0].len());
+        Ok(self.head(hidden).reshape([batch, seq, self.config.vocab_size]))
+    }
+
+    /// Logits [batch, vocab] of the last new token of each row only (the LM
+    /// head runs on those rows alone).
+    pub fn forward_cached_last_with(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<2>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache, kernels)?;
+        let (batch, seq) = (tokens.len(), tokens[0].len());
+        let last = hidden.reshape([batch, seq, self.config.hidden_size]).narrow(1, seq - 1, 1).reshape([batch, self.config.hidden_size]);
+        Ok(self.head(last))
     }
 
     /// [`LlamaModel::forward`] with the given kernels.

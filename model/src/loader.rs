@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::cache::KvCache;
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::llama::{LlamaConfig, LlamaModel};
+use crate::llama::{Kernels, LlamaConfig, LlamaModel};
 use crate::safetensors;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, WeightMap};
@@ -93,6 +94,10 @@ pub struct LoadedModel {
     pub weights: WeightMap,
     /// The tokenizer, when the checkpoint has one.
     pub tokenizer: Option<Tokenizer>,
+    /// The Jinja chat template, when the checkpoint has one (GGUF
+    /// `tokenizer.chat_template`; `chat_template` of `tokenizer_config.json`
+    /// or a `chat_template.jinja` file in a Hugging Face directory).
+    pub chat_template: Option<String>,
     /// Fingerprint of the configuration and of the tensor names and shapes:
     /// the same model gives the same fingerprint from GGUF or safetensors.
     pub fingerprint: String,
@@ -126,6 +131,54 @@ impl Model {
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<burn::tensor::Tensor<3>, ModelError> {
         match self {
             Model::Llama(m) => m.forward(tokens),
+        }
+    }
+
+    /// The kernels a forward pass on this model's device uses by default.
+    pub fn kernels(&self) -> Kernels {
+        match self {
+            Model::Llama(m) => Kernels::for_device(m.device()),
+        }
+    }
+
+    /// An empty key/value cache for `batch` unpadded rows.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        self.new_padded_cache(vec![0; batch])
+    }
+
+    /// An empty key/value cache for rows left-padded by the given numbers of
+    /// slots: the first forward over it passes each row's padding slots
+    /// (any valid token id) followed by its real tokens.
+    pub fn new_padded_cache(&self, padding: Vec<usize>) -> KvCache {
+        match self {
+            Model::Llama(m) => m.new_cache(padding),
+        }
+    }
+
+    /// Logits [batch, new, vocab] of equal-length rows of new tokens that
+    /// follow what `cache` holds; their keys and values are appended to it.
+    pub fn forward_cached(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<burn::tensor::Tensor<3>, ModelError> {
+        self.forward_cached_with(tokens, cache, self.kernels())
+    }
+
+    /// [`Model::forward_cached`] with the given kernels.
+    pub fn forward_cached_with(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCache,
+        kernels: Kernels,
+    ) -> Result<burn::tensor::Tensor<3>, ModelError> {
+        match self {
+            Model::Llama(m) => m.forward_cached_with(tokens, cache, kernels),
+        }
+    }
+
+    /// Logits [batch, vocab] of the last new token of each row, as
+    /// [`Model::forward_cached`] would give them, without computing the
+    /// others' (what each decoding step needs).
+    pub fn forward_cached_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<burn::tensor::Tensor<2>, ModelError> {
+        match self {
+            Model::Llama(m) => m.forward_cached_last_with(tokens, cache, self.kernels()),
         }
     }
 }
@@ -173,7 +226,44 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ModelError> {
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
     let fingerprint = fingerprint(&config, &weights);
-    Ok(LoadedModel { path: dir.to_path_buf(), format: ModelFormat::HuggingFace, config, weights, tokenizer, fingerprint })
+    let chat_template = hf_chat_template(dir)?;
+    Ok(LoadedModel { path: dir.to_path_buf(), format: ModelFormat::HuggingFace, config, weights, tokenizer, chat_template, fingerprint })
+}
+
+/// The chat template of a Hugging Face directory: `chat_template` of
+/// `tokenizer_config.json` (a string, or a list of named templates of which
+/// `default` is taken), else the file `chat_template.jinja`.
+fn hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
+    let config_path = dir.join("tokenizer_config.json");
+    if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::config(&config_path, format!("not valid JSON: {e}")))?;
+        match json.get("chat_template") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) => return Ok(Some(t.clone())),
+            Some(Value::Array(named)) => {
+                let default = named.iter().find(|t| t.get("name").and_then(Value::as_str) == Some("default"));
+                return match default.and_then(|t| t.get("template")).and_then(Value::as_str) {
+                    Some(t) => Ok(Some(t.to_string())),
+                    None => Err(ModelError::config(
+                        &config_path,
+                        "expected `chat_template` to be a string or a list of {name, template} with one named `default`; found no `default`",
+                    )),
+                };
+            }
+            Some(other) => {
+                return Err(ModelError::config(
+                    &config_path,
+                    format!("expected `chat_template` to be a string or a list of {{name, template}}; found {other}"),
+                ))
+            }
+        }
+    }
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return Ok(Some(std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?));
+    }
+    Ok(None)
 }
 
 /// Checks that every tensor the configuration needs is present with the
@@ -274,7 +364,8 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
     check_tensors(&config, &weights)?;
     let tokenizer = if file.get("tokenizer.ggml.tokens").is_some() { Some(Tokenizer::from_gguf(&file)?) } else { None };
     let fingerprint = fingerprint(&config, &weights);
-    Ok(LoadedModel { path: path.to_path_buf(), format: ModelFormat::Gguf, config, weights, tokenizer, fingerprint })
+    let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+    Ok(LoadedModel { path: path.to_path_buf(), format: ModelFormat::Gguf, config, weights, tokenizer, chat_template, fingerprint })
 }
 
 /// Dequantizes the listed tensors on all cores, largest first.

@@ -102,6 +102,12 @@ enum BenchCommand {
     ///
     /// Takes `--device cpu|wgpu|auto`, `--nsamples N` and `--seqlen N` after `--`.
     Prune(BenchArgs),
+    /// Tokens/s of greedy decoding on SmolLM2-135M with and without the key/value cache.
+    ///
+    /// Runs the `bench-generate` binary of the evaluate crate with SUBPRUNE_SMOLLM2_GGUF set.
+    /// The benchmark takes `--device cpu|wgpu|auto`, `--new-tokens N`, `--prompts N`
+    /// and `--batch N` after `--`.
+    Generate(BenchArgs),
 }
 
 /// Arguments shared by the benchmarks.
@@ -144,7 +150,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::demo(&args),
         Command::Experiment(args) => demo::run_file(&args),
         Command::Prune(args) => demo::prune(&args),
-        Command::Bench(BenchCommand::Forward(args)) => bench_forward(args),
+        Command::Bench(BenchCommand::Forward(args)) => bench_binary("model", "bench-forward", args),
+        Command::Bench(BenchCommand::Generate(args)) => bench_binary("evaluate", "bench-generate", args),
         Command::Bench(BenchCommand::Prune(args)) => {
             args.prereqs.ensure()?;
             bench::prune(&args.bench_args)
@@ -180,20 +187,20 @@ fn cargo_test_args(extra: &[String]) -> Vec<String> {
     args
 }
 
-/// `cargo xtask bench forward`: prerequisites, the real model, then the
-/// `bench-forward` binary of the model crate (built with the workspace, so it
+/// `cargo xtask bench forward|generate`: prerequisites, the real model, then
+/// the benchmark binary `bin` of `package` (built with the workspace, so it
 /// shares the tests' build).
-fn bench_forward(args: BenchArgs) -> Result<ExitCode> {
-    workspace::require_target("model", "bin", "bench-forward")?;
+fn bench_binary(package: &str, bin_name: &str, args: BenchArgs) -> Result<ExitCode> {
+    workspace::require_target(package, "bin", bin_name)?;
     args.prereqs.ensure()?;
     let model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
     let bin = workspace::build_binaries()?;
-    let mut cmd = std::process::Command::new(bin.join("bench-forward"));
+    let mut cmd = std::process::Command::new(bin.join(bin_name));
     cmd.args(&args.bench_args);
     cmd.env(models::SMOLLM2_ENV, &model);
     let status = process::run_status(&mut cmd)?;
     if !status.success() {
-        eprintln!("bench-forward failed ({status})");
+        eprintln!("{bin_name} failed ({status})");
     }
     Ok(process::exit_code(status))
 }

@@ -1,0 +1,80 @@
+//! Generation benchmark on SmolLM2-135M: tokens/s of greedy decoding with
+//! and without the key/value cache. Prints figures; asserts nothing about time.
+//!
+//! Run through `cargo xtask bench generate`, which builds the workspace,
+//! fetches the model and sets `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`):
+//! `--device cpu|wgpu|auto` (default cpu), `--new-tokens N` (default 64),
+//! `--prompts N` (default 4), `--batch N` (default 1; also run batched when above 1).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use evaluate::generate::{generate, GenerationConfig};
+use model::{load_model, select_device, DeviceChoice};
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+const PROMPTS: [&str; 8] = [
+    "def quicksort(items):",
+    "The history of the Roman Empire began",
+    "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether?\nAnswer:",
+    "public static int gcd(int a, int b) {",
+    "Once upon a time, in a small village,",
+    "#include <vector>\n\nint sum(const std::vector<int>& v) {",
+    "The three laws of thermodynamics are",
+    "function debounce(fn, ms) {",
+];
+
+fn main() {
+    let Some(path) = std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from) else {
+        eprintln!("SUBPRUNE_SMOLLM2_GGUF is not set: run this benchmark through `cargo xtask bench generate`");
+        std::process::exit(2);
+    };
+    let device_choice: DeviceChoice = arg("--device", DeviceChoice::Cpu);
+    let new_tokens: usize = arg("--new-tokens", 64);
+    let n_prompts: usize = arg("--prompts", 4).clamp(1, PROMPTS.len());
+    let batch: usize = arg("--batch", 1).max(1);
+
+    let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let selected = select_device(device_choice).expect("device");
+    let model = loaded.build(&selected.device).expect("build");
+    let tokenizer = loaded.tokenizer().expect("tokenizer");
+    let prompts: Vec<String> = PROMPTS[..n_prompts].iter().map(|p| p.to_string()).collect();
+    let prompt_tokens: usize = prompts.iter().map(|p| tokenizer.encode(p, true).expect("encode").len()).sum();
+
+    // Warm-up (kernel compilation on wgpu, allocator warm-up on cpu).
+    let warm = GenerationConfig { max_new_tokens: 2, ..GenerationConfig::default() };
+    generate(&model, tokenizer, &prompts[..1], &warm, 1, |_| {}).expect("generate");
+
+    println!("model: {}", path.display());
+    println!("device: {} ({:?} kernels)", selected.description, model.kernels());
+    println!("greedy decoding of {n_prompts} prompts ({prompt_tokens} prompt tokens), at most {new_tokens} new tokens each");
+    let mut runs = vec![(true, 1), (false, 1)];
+    if batch > 1 {
+        runs.extend([(true, batch), (false, batch)]);
+    }
+    let mut cached_tokens = None;
+    for (use_cache, batch) in runs {
+        let config = GenerationConfig { max_new_tokens: new_tokens, use_cache, ..GenerationConfig::default() };
+        let started = Instant::now();
+        let generations = generate(&model, tokenizer, &prompts, &config, batch, |_| {}).expect("generate");
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens: Vec<Vec<u32>> = generations.into_iter().map(|g| g.tokens).collect();
+        let total: usize = tokens.iter().map(Vec::len).sum();
+        let same = match &cached_tokens {
+            None => {
+                cached_tokens = Some(tokens);
+                String::new()
+            }
+            Some(reference) => format!(", same tokens as the first run: {}", reference == &tokens),
+        };
+        println!(
+            "{:<9} batch {batch}: {total} tokens in {seconds:.2} s = {:.1} tokens/s{same}",
+            if use_cache { "cache" } else { "no cache" },
+            total as f64 / seconds
+        );
+    }
+}

@@ -1,0 +1,448 @@
+//! Text generation: greedy and sampled decoding (temperature, top-p, seeded
+//! per sequence), stop sequences, EOS and a token budget, over batches of
+//! left-padded prompts, with or without the model's key/value cache.
+//!
+//! Results do not depend on batching: a padded row computes what its prompt
+//! alone would, and every sequence draws from its own random stream, seeded
+//! from (seed, prompt index, sample index).
+
+use model::tokenizer::Tokenizer;
+use model::{KvCache, Model, ModelError};
+
+use crate::EvalError;
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Most tokens generated per sequence (EOS not counted).
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 means greedy (argmax, lowest id on ties).
+    pub temperature: f64,
+    /// Nucleus sampling: sample among the most probable tokens whose
+    /// probabilities first reach this total (1 = all tokens). Ignored when greedy.
+    pub top_p: f64,
+    /// Seed of the sampling; each sequence gets its own stream from (seed, prompt index, sample index).
+    pub seed: u64,
+    /// Stop strings: a sequence ends as soon as its text contains one, and its text is cut before it.
+    pub stop: Vec<String>,
+    /// Reuse keys and values of past positions (true), or recompute the whole sequence at every step (false).
+    pub use_cache: bool,
+    /// Encode prompts with the tokenizer's special tokens (BOS where the
+    /// model adds one). Set false for prompts rendered by a chat template
+    /// that already holds them.
+    pub add_special_tokens: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            use_cache: true,
+            add_special_tokens: true,
+        }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    /// The text reached one of the stop strings.
+    Stop,
+    /// `max_new_tokens` tokens were generated.
+    Length,
+}
+
+impl FinishReason {
+    /// Lower-case name: eos, stop or length.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// One generated continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The decoded continuation, cut before the first stop string.
+    pub text: String,
+    /// The generated token ids (EOS excluded; with a stop string, up to the
+    /// token that completed it).
+    pub tokens: Vec<u32>,
+    /// Why generation ended.
+    pub finish: FinishReason,
+}
+
+/// Generates one continuation per prompt (sample index 0 of each), in the
+/// prompts' order. `batch` rows run together (a throughput knob; results do
+/// not depend on it); `progress` is called with the number of continuations
+/// finished each time some finish.
+pub fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    config: &GenerationConfig,
+    batch: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Generation>, EvalError> {
+    let mut out = generate_n(model, tokenizer, prompts, 1, config, batch, progress)?;
+    Ok(out.iter_mut().map(|samples| samples.remove(0)).collect())
+}
+
+/// Generates `n` continuations per prompt (e.g. n = 10 for pass@10):
+/// result `[p][j]` is sample j of prompt p, drawn from the stream seeded by
+/// (config.seed, p, j). Greedy decoding gives n equal continuations.
+pub fn generate_n(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    n: usize,
+    config: &GenerationConfig,
+    batch: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Vec<Generation>>, EvalError> {
+    let mut encoded = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let tokens = tokenizer.encode(prompt, config.add_special_tokens).map_err(ModelError::from)?;
+        if tokens.is_empty() {
+            return Err(EvalError::Input(format!("prompt {i} encodes to no tokens: generation needs at least one prompt token")));
+        }
+        encoded.push(tokens);
+    }
+    let jobs: Vec<Job> = encoded
+        .iter()
+        .enumerate()
+        .flat_map(|(p, tokens)| (0..n).map(move |j| Job { prompt: tokens.clone(), seed: sequence_seed(config.seed, p, j) }))
+        .collect();
+    let mut flat = run_jobs(model, tokenizer, jobs, config, batch, progress)?.into_iter();
+    Ok((0..prompts.len()).map(|_| flat.by_ref().take(n).collect()).collect())
+}
+
+/// Generates one continuation per already tokenized prompt (sample index 0
+/// of each), in order: [`generate`] without the encoding step.
+pub fn generate_tokens(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    batch: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Generation>, EvalError> {
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(EvalError::Input(format!("prompt {i} has no tokens: generation needs at least one prompt token")));
+    }
+    let jobs = prompts.iter().enumerate().map(|(p, t)| Job { prompt: t.clone(), seed: sequence_seed(config.seed, p, 0) }).collect();
+    run_jobs(model, tokenizer, jobs, config, batch, progress)
+}
+
+/// The seed of sample `sample` of prompt `prompt` under `seed`.
+pub fn sequence_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
+    let mut s = SampleRng::new(seed);
+    let a = s.next_u64() ^ (prompt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut s = SampleRng::new(a);
+    s.next_u64() ^ (sample as u64).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7)
+}
+
+/// SplitMix64: a small, fast, seedable random stream.
+#[derive(Debug, Clone)]
+pub struct SampleRng(u64);
+
+impl SampleRng {
+    /// A stream seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        SampleRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Index of the largest logit (the lowest index among equal maxima).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Softmax of `logits / temperature` in f64.
+pub fn softmax_with_temperature(logits: &[f32], temperature: f64) -> Vec<f64> {
+    let scaled: Vec<f64> = logits.iter().map(|&v| f64::from(v) / temperature).collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = scaled.iter().map(|v| (v - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// The nucleus of `probs`: token ids by decreasing probability (lower id
+/// first on ties) up to and including the first at which the running total
+/// reaches `top_p`; all ids when `top_p >= 1`.
+pub fn top_p_set(probs: &[f64], top_p: f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    if top_p >= 1.0 {
+        return order;
+    }
+    let mut total = 0.0;
+    let mut keep = 0;
+    for &i in &order {
+        total += probs[i];
+        keep += 1;
+        if total >= top_p {
+            break;
+        }
+    }
+    order.truncate(keep.max(1));
+    order
+}
+
+/// Picks the next token from `logits`: argmax when `temperature` is 0,
+/// else a draw from the temperature softmax restricted to the top-p
+/// nucleus and renormalised.
+pub fn sample_token(logits: &[f32], temperature: f64, top_p: f64, rng: &mut SampleRng) -> usize {
+    if temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let probs = softmax_with_temperature(logits, temperature);
+    let kept = top_p_set(&probs, top_p);
+    let total: f64 = kept.iter().map(|&i| probs[i]).sum();
+    let mut u = rng.next_f64() * total;
+    for &i in &kept {
+        u -= probs[i];
+        if u < 0.0 {
+            return i;
+        }
+    }
+    *kept.last().expect("a nucleus holds at least one token")
+}
+
+/// Byte offset of the earliest stop string in `text`, if any.
+pub fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    seed: u64,
+}
+
+/// The decoding state of one row.
+struct Row {
+    tokens: Vec<u32>,
+    rng: SampleRng,
+    done: Option<Generation>,
+}
+
+fn check_config(config: &GenerationConfig) -> Result<(), EvalError> {
+    if !(config.temperature >= 0.0 && config.temperature.is_finite()) {
+        return Err(EvalError::Input(format!("expected a temperature >= 0 (0 = greedy); found {}", config.temperature)));
+    }
+    if !(config.top_p > 0.0 && config.top_p <= 1.0) {
+        return Err(EvalError::Input(format!("expected top_p in (0, 1]; found {}", config.top_p)));
+    }
+    Ok(())
+}
+
+fn run_jobs(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    jobs: Vec<Job>,
+    config: &GenerationConfig,
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Generation>, EvalError> {
+    check_config(config)?;
+    if batch == 0 {
+        return Err(EvalError::Input("expected a batch size of at least 1; found 0".into()));
+    }
+    // Longest prompts first, so that rows of a batch have similar lengths.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].prompt.len()));
+    let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
+    for chunk in order.chunks(batch) {
+        let rows: Vec<&Job> = chunk.iter().map(|&i| &jobs[i]).collect();
+        let generations = run_batch(model, tokenizer, &rows, config, &mut progress)?;
+        for (&i, g) in chunk.iter().zip(generations) {
+            results[i] = Some(g);
+        }
+    }
+    Ok(results.into_iter().map(|g| g.expect("every job ran")).collect())
+}
+
+/// Logits of the last token of each row of `sequences` (left-padded by
+/// `padding`) as host rows; with a cache, `sequences` are the new tokens only.
+fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>, EvalError> {
+    let logits = model.forward_cached_last(sequences, cache)?;
+    let [rows, vocab] = logits.dims();
+    let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
+    Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
+}
+
+fn run_batch(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    jobs: &[&Job],
+    config: &GenerationConfig,
+    progress: &mut impl FnMut(usize),
+) -> Result<Vec<Generation>, EvalError> {
+    let eos = tokenizer.eos_id();
+    let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
+    let padding: Vec<usize> = jobs.iter().map(|j| longest - j.prompt.len()).collect();
+    // Padding slots hold the row's first token: any valid id does, none is attended to.
+    let mut sequences: Vec<Vec<u32>> =
+        jobs.iter().zip(&padding).map(|(j, &p)| std::iter::repeat_n(j.prompt[0], p).chain(j.prompt.iter().copied()).collect()).collect();
+    let mut rows: Vec<Row> = jobs.iter().map(|j| Row { tokens: Vec::new(), rng: SampleRng::new(j.seed), done: None }).collect();
+    if config.max_new_tokens == 0 {
+        progress(rows.len());
+        return Ok(rows
+            .into_iter()
+            .map(|_| Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length })
+            .collect());
+    }
+    let mut cache = model.new_padded_cache(padding.clone());
+    let mut logits = last_logits(model, &sequences, &mut cache)?;
+    loop {
+        let mut finished = 0;
+        for (row, logits) in rows.iter_mut().zip(&logits) {
+            if row.done.is_some() {
+                continue;
+            }
+            let token = sample_token(logits, config.temperature, config.top_p, &mut row.rng) as u32;
+            if Some(token) == eos {
+                row.done = Some(finish(tokenizer, &row.tokens, FinishReason::Eos)?);
+            } else {
+                row.tokens.push(token);
+                let text = tokenizer.decode(&row.tokens).map_err(ModelError::from)?;
+                if let Some(at) = find_stop(&text, &config.stop) {
+                    row.done = Some(Generation { text: text[..at].to_string(), tokens: row.tokens.clone(), finish: FinishReason::Stop });
+                } else if row.tokens.len() >= config.max_new_tokens {
+                    row.done = Some(Generation { text, tokens: row.tokens.clone(), finish: FinishReason::Length });
+                }
+            }
+            if row.done.is_some() {
+                finished += 1;
+            }
+        }
+        if finished > 0 {
+            progress(finished);
+        }
+        if rows.iter().all(|r| r.done.is_some()) {
+            break;
+        }
+        // Finished rows keep running on a repeat of their last token; their output is ignored.
+        let next: Vec<u32> = rows.iter().zip(&sequences).map(|(r, s)| r.tokens.last().copied().unwrap_or(s[s.len() - 1])).collect();
+        if config.use_cache {
+            let step: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            logits = last_logits(model, &step, &mut cache)?;
+        } else {
+            for (s, &t) in sequences.iter_mut().zip(&next) {
+                s.push(t);
+            }
+            let mut fresh = model.new_padded_cache(padding.clone());
+            logits = last_logits(model, &sequences, &mut fresh)?;
+        }
+    }
+    Ok(rows.into_iter().map(|r| r.done.expect("every row finished")).collect())
+}
+
+fn finish(tokenizer: &Tokenizer, tokens: &[u32], reason: FinishReason) -> Result<Generation, EvalError> {
+    let text = tokenizer.decode(tokens).map_err(ModelError::from)?;
+    Ok(Generation { text, tokens: tokens.to_vec(), finish: reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_scales_logits_before_the_softmax() {
+        // Logits (0, ln 2): probabilities 1/3, 2/3; at T = 0.5 the logits double: 1/5, 4/5.
+        let logits = [0.0f32, std::f32::consts::LN_2];
+        let p = softmax_with_temperature(&logits, 1.0);
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-7 && (p[1] - 2.0 / 3.0).abs() < 1e-7, "{p:?}");
+        let p = softmax_with_temperature(&logits, 0.5);
+        assert!((p[0] - 0.2).abs() < 1e-7 && (p[1] - 0.8).abs() < 1e-7, "{p:?}");
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_prefix_reaching_the_threshold() {
+        let probs = [0.1, 0.5, 0.2, 0.2];
+        // Descending: 1 (0.5), 2 (0.2), 3 (0.2, tie broken by id), 0 (0.1).
+        assert_eq!(top_p_set(&probs, 0.5), vec![1]);
+        assert_eq!(top_p_set(&probs, 0.6), vec![1, 2]);
+        assert_eq!(top_p_set(&probs, 0.75), vec![1, 2, 3]);
+        assert_eq!(top_p_set(&probs, 0.95), vec![1, 2, 3, 0]);
+        assert_eq!(top_p_set(&probs, 1.0), vec![1, 2, 3, 0]);
+        assert_eq!(top_p_set(&probs, 1e-9), vec![1]);
+    }
+
+    #[test]
+    fn draws_follow_the_renormalised_nucleus() {
+        // ln of (0.5, 0.3, 0.2, tiny): top-p 0.7 keeps ids 0 and 1, renormalised to 0.625 and 0.375.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln(), -30.0];
+        let mut rng = SampleRng::new(1);
+        let mut counts = [0usize; 4];
+        let n = 40_000;
+        for _ in 0..n {
+            counts[sample_token(&logits, 1.0, 0.7, &mut rng)] += 1;
+        }
+        assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
+        let f0 = counts[0] as f64 / n as f64;
+        // Standard error sqrt(0.625 * 0.375 / 40000) = 0.0024; allow 5 of them.
+        assert!((f0 - 0.625).abs() < 0.012, "frequency of id 0: {f0}");
+    }
+
+    #[test]
+    fn temperature_zero_is_argmax_with_the_lowest_id_on_ties() {
+        let mut rng = SampleRng::new(3);
+        assert_eq!(sample_token(&[0.1, 2.0, -1.0, 2.0], 0.0, 0.5, &mut rng), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -5.0]), 1);
+    }
+
+    #[test]
+    fn streams_depend_on_seed_prompt_and_sample_only() {
+        let draw = |seed| {
+            let mut r = SampleRng::new(seed);
+            (0..4).map(|_| r.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(sequence_seed(5, 2, 3)), draw(sequence_seed(5, 2, 3)));
+        let seeds = [sequence_seed(5, 2, 3), sequence_seed(5, 3, 2), sequence_seed(6, 2, 3), sequence_seed(5, 2, 4)];
+        for (i, a) in seeds.iter().enumerate() {
+            for b in &seeds[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let u = SampleRng::new(9).next_f64();
+        assert!((0.0..1.0).contains(&u));
+    }
+
+    #[test]
+    fn the_earliest_stop_string_wins() {
+        let stop = vec!["\n\n".to_string(), "def ".to_string(), String::new()];
+        assert_eq!(find_stop("x = 1\ndef f():\n\n", &stop), Some(6));
+        assert_eq!(find_stop("x = 1\n\ndef f():", &stop), Some(5));
+        assert_eq!(find_stop("x = 1", &stop), None);
+    }
+}

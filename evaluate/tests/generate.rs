@@ -1,0 +1,120 @@
+//! Generation on the real SmolLM2-135M-Instruct (CPU): greedy decoding with
+//! the key/value cache equals decoding without it, batched equals one prompt
+//! at a time, sampling is deterministic for a seed and independent of
+//! batching, stop strings cut the text; the chat template renders what
+//! transformers renders.
+
+use std::sync::OnceLock;
+
+use evaluate::chat::{render_model_chat, ChatMessage};
+use evaluate::generate::{generate, generate_n, FinishReason, GenerationConfig};
+use model::{load_model, select_device, DeviceChoice, LoadedModel, Model};
+
+struct Smol {
+    loaded: LoadedModel,
+    model: Model,
+}
+
+fn smol() -> &'static Smol {
+    static SMOL: OnceLock<Smol> = OnceLock::new();
+    SMOL.get_or_init(|| {
+        let loaded = load_model(&model::testing::smollm2_gguf()).unwrap();
+        let model = loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
+        Smol { loaded, model }
+    })
+}
+
+fn prompts() -> Vec<String> {
+    vec!["The capital of France is".to_string(), "def fibonacci(n):".to_string(), "Question: What is 12 plus 30?\nAnswer:".to_string()]
+}
+
+fn greedy(max_new_tokens: usize, use_cache: bool) -> GenerationConfig {
+    GenerationConfig { max_new_tokens, use_cache, ..GenerationConfig::default() }
+}
+
+#[test]
+fn greedy_with_the_cache_equals_greedy_without_it_token_for_token() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let cached = generate(&s.model, tok, &prompts(), &greedy(24, true), 1, |_| {}).unwrap();
+    let uncached = generate(&s.model, tok, &prompts(), &greedy(24, false), 1, |_| {}).unwrap();
+    for (i, (c, u)) in cached.iter().zip(&uncached).enumerate() {
+        assert!(!c.tokens.is_empty(), "prompt {i}: nothing generated");
+        assert_eq!(c.tokens, u.tokens, "prompt {i}: cached {:?} vs uncached {:?}", c.text, u.text);
+        assert_eq!(c.text, u.text);
+    }
+}
+
+#[test]
+fn batched_prompts_of_different_lengths_equal_one_at_a_time() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let lengths: Vec<usize> = prompts().iter().map(|p| tok.encode(p, true).unwrap().len()).collect();
+    assert!(lengths.iter().any(|&l| l != lengths[0]), "the prompts must differ in length to exercise padding: {lengths:?}");
+    let single = generate(&s.model, tok, &prompts(), &greedy(24, true), 1, |_| {}).unwrap();
+    let batched = generate(&s.model, tok, &prompts(), &greedy(24, true), 3, |_| {}).unwrap();
+    let batched_uncached = generate(&s.model, tok, &prompts(), &greedy(12, false), 3, |_| {}).unwrap();
+    for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "prompt {i}: one at a time {:?} vs batched {:?}", a.text, b.text);
+        assert_eq!(a.tokens[..12], batched_uncached[i].tokens[..], "prompt {i}: batched without the cache");
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_for_a_seed_and_independent_of_batching() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let config = GenerationConfig { max_new_tokens: 12, temperature: 0.8, top_p: 0.95, seed: 7, ..GenerationConfig::default() };
+    let a = generate_n(&s.model, tok, &prompts()[..2], 3, &config, 1, |_| {}).unwrap();
+    let b = generate_n(&s.model, tok, &prompts()[..2], 3, &config, 4, |_| {}).unwrap();
+    assert_eq!(a, b, "same seed, batch 1 vs batch 4");
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().all(|samples| samples.len() == 3));
+    // Samples of one prompt draw from different streams: at temperature 0.8 they differ.
+    assert!(a[0][0].tokens != a[0][1].tokens || a[0][1].tokens != a[0][2].tokens, "{:?}", a[0]);
+    let other = GenerationConfig { seed: 8, ..config };
+    let c = generate_n(&s.model, tok, &prompts()[..2], 3, &other, 4, |_| {}).unwrap();
+    assert_ne!(a, c, "seeds 7 and 8 gave the same samples");
+}
+
+#[test]
+fn stop_strings_cut_the_text_before_them() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let full = generate(&s.model, tok, &prompts()[1..2], &greedy(24, true), 1, |_| {}).unwrap().remove(0);
+    assert_eq!(full.finish, FinishReason::Length);
+    // A stop string taken from the middle of the unstopped text.
+    let chars: Vec<char> = full.text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let cut_at = full.text.find(&stop).unwrap();
+    let config = GenerationConfig { stop: vec!["never appears \u{1F600}".into(), stop.clone()], ..greedy(24, true) };
+    let stopped = generate(&s.model, tok, &prompts()[1..2], &config, 1, |_| {}).unwrap().remove(0);
+    assert_eq!(stopped.finish, FinishReason::Stop, "stop {stop:?} in {:?}", full.text);
+    assert_eq!(stopped.text, full.text[..cut_at], "stop {stop:?}");
+    assert!(full.tokens.starts_with(&stopped.tokens));
+    // The last token is the one that completed the stop string.
+    let before = tok.decode(&stopped.tokens[..stopped.tokens.len() - 1]).unwrap();
+    assert!(!before.contains(&stop), "{before:?} already held {stop:?}");
+}
+
+#[test]
+fn chat_template_renders_what_transformers_renders() {
+    let s = smol();
+    // Reference: transformers 4.x, AutoTokenizer.from_pretrained(models_dir,
+    // gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").apply_chat_template(
+    // [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True).
+    let expected = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+                    <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    let got = render_model_chat(&s.loaded, &[ChatMessage::user("What is 2+2?")], true).unwrap();
+    assert_eq!(got, expected);
+    // Same source, with a system message, a whole exchange and add_generation_prompt=False.
+    let messages = [
+        ChatMessage { role: "system".into(), content: "Be brief.".into() },
+        ChatMessage::user("Hi"),
+        ChatMessage { role: "assistant".into(), content: "Hello!".into() },
+        ChatMessage::user("Bye"),
+    ];
+    let expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+                    <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n";
+    assert_eq!(render_model_chat(&s.loaded, &messages, false).unwrap(), expected);
+}
