@@ -291,8 +291,8 @@ fn run_jobs(
     Ok(results.into_iter().map(|g| g.expect("every job ran")).collect())
 }
 
-/// Logits of the last token of each row of `sequences` (left-padded by
-/// `padding`) as host rows; with a cache, `sequences` are the new tokens only.
+/// Logits of the last token of each row of `sequences` as host rows; the
+/// rows follow what `cache` holds (its padding included) and are appended to it.
 fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>, EvalError> {
     let logits = model.forward_cached_last(sequences, cache)?;
     let [rows, vocab] = logits.dims();
