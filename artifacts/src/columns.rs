@@ -85,7 +85,6 @@ pub(crate) struct IntProblem {
     pub value: Option<i128>,
 }
 
-
 /// Converts an integer array of any width to `O`, failing on nulls and values out of range.
 ///
 /// The caller must have checked that the array's type is an integer type.

@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod error;
+pub mod gemma;
 pub mod gguf;
 pub mod kernels;
 pub mod llama;
