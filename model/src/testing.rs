@@ -566,3 +566,16 @@ pub fn gemma_reference_forward(cfg: &TinyGemma, w: &BTreeMap<String, HostTensor>
     }
     xs.iter().map(|x| matvec(emb, &gemma_norm(x, &w["model.norm.weight"].data, cfg.eps))).collect()
 }
+
+/// Path of the real Gemma 3 270M GGUF for tests that need it, from
+/// `SUBPRUNE_GEMMA3_GGUF` (set by `cargo xtask test`, which fetches the model).
+/// Panics with that instruction when unset: such tests never pass silently.
+pub fn gemma3_gguf() -> std::path::PathBuf {
+    match std::env::var_os("SUBPRUNE_GEMMA3_GGUF") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => panic!(
+            "SUBPRUNE_GEMMA3_GGUF is not set: run these tests through `cargo xtask test`, \
+             which fetches gemma-3-270m-q4_k_m.gguf and sets it"
+        ),
+    }
+}

@@ -19,6 +19,9 @@ pub const SMOLLM2_135M: &str = "smollm2-135m";
 /// Id of the second real model, Gemma 3 270M.
 pub const GEMMA3_270M: &str = "gemma3-270m";
 
+/// Environment variable through which tests receive the Gemma 3 270M GGUF path.
+pub const GEMMA3_ENV: &str = "SUBPRUNE_GEMMA3_GGUF";
+
 /// Environment variable through which tests and benches receive the SmolLM2 GGUF path.
 pub const SMOLLM2_ENV: &str = "SUBPRUNE_SMOLLM2_GGUF";
 
