@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use artifacts::ModuleStats;
 use burn::tensor::{Device, Tensor, TensorData};
-use model::llama::{DecoderLayer, LinearObserver};
-use model::{LoadedModel, Model, ModelConfig, ModelError};
+use model::llama::LinearObserver;
+use model::{LoadedModel, ModelError};
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -139,16 +139,14 @@ pub fn calibrate(
     if samples.is_empty() || samples.iter().any(Vec::is_empty) {
         return Err(CalibrateError::Input("expected at least one non-empty calibration sample".into()));
     }
-    let ModelConfig::Llama(config) = &loaded.config;
-    let mut network = match loaded.build(device)? {
-        Model::Llama(m) => m,
-    };
+    let config = &loaded.config;
+    let mut network = loaded.build(device)?;
     let mut weights = loaded.weights.clone();
     let groups = batches(samples, options.batch);
     // Hidden states between layers are kept as host values, and each pass gets
     // a tensor of its own: on the CPU backend a layer then reads its input
     // without a copy, and re-running the pruned layer needs the input again.
-    let width = config.hidden_size;
+    let width = config.hidden_size();
     let mut hidden: Vec<Vec<f32>> = groups.iter().map(|g| network.embed(&samples[g.clone()]).map(host_values)).collect::<Result<_, _>>()?;
     let tensor = |values: Vec<f32>| {
         let rows = values.len() / width;
@@ -162,22 +160,21 @@ pub fn calibrate(
 
     let mut stats = Vec::new();
     let mut applied_masks = BTreeMap::new();
-    for layer in 0..config.num_hidden_layers {
-        let prefix = format!("model.layers.{layer}");
+    for layer in 0..config.num_layers() {
         let mut accumulators = HashMap::new();
         let mut outputs = Vec::with_capacity(hidden.len());
         if options.oneshot {
             for (g, x) in groups.iter().zip(hidden.drain(..)) {
                 let key = (g.len(), samples[g.start].len());
                 let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
-                outputs.push(host_values(network.layers[layer].forward(tensor(x), &contexts[&key], &prefix, Some(&mut observer))));
+                outputs.push(host_values(network.layer_forward(layer, tensor(x), &contexts[&key], Some(&mut observer))));
             }
         } else {
             for (g, x) in groups.iter().zip(&hidden) {
                 let key = (g.len(), samples[g.start].len());
                 let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
                 // The dense layer's output is not needed: the pruned layer is run for the next one.
-                network.layers[layer].observe_inputs(tensor(x.clone()), &contexts[&key], &prefix, &mut observer);
+                network.layer_observe_inputs(layer, tensor(x.clone()), &contexts[&key], &mut observer);
             }
         }
         for (module, out_features, in_features) in config.linear_modules(layer) {
@@ -201,11 +198,11 @@ pub fn calibrate(
             });
         }
         // The last layer's pruned output feeds nothing that calibration measures.
-        if !options.oneshot && layer + 1 < config.num_hidden_layers {
-            network.replace_layer(layer, DecoderLayer::from_weights(config, &weights, layer, device)?);
+        if !options.oneshot && layer + 1 < config.num_layers() {
+            network.rebuild_layer(&weights, layer)?;
             for (g, x) in groups.iter().zip(hidden.drain(..)) {
                 let key = (g.len(), samples[g.start].len());
-                outputs.push(host_values(network.layers[layer].forward(tensor(x), &contexts[&key], &prefix, None)));
+                outputs.push(host_values(network.layer_forward(layer, tensor(x), &contexts[&key], None)));
             }
         }
         hidden = outputs;

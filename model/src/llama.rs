@@ -1024,7 +1024,8 @@ pub fn batch_shape(tokens: &[Vec<u32>]) -> Result<(usize, usize), ModelError> {
     Ok((tokens.len(), seq))
 }
 
-fn flatten_tokens(tokens: &[Vec<u32>], vocab: usize) -> Result<Vec<i32>, ModelError> {
+/// Token ids of a batch in one row-major list, each checked against the vocabulary size.
+pub fn flatten_tokens(tokens: &[Vec<u32>], vocab: usize) -> Result<Vec<i32>, ModelError> {
     let mut out = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
     for &t in tokens.iter().flatten() {
         if t as usize >= vocab {

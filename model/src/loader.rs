@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::KvCache;
 use crate::error::ModelError;
+use crate::gemma::{self, GemmaConfig, GemmaContext, GemmaDecoderLayer, GemmaModel};
 use crate::gguf::GgufFile;
-use crate::llama::{Kernels, LlamaConfig, LlamaModel};
+use crate::llama::{DecoderLayer, ForwardContext, Kernels, LinearObserver, LlamaConfig, LlamaModel};
 use crate::safetensors;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{HostTensor, WeightMap};
@@ -28,6 +29,8 @@ pub enum ModelFormat {
 pub enum ModelConfig {
     /// The Llama family (Llama, Mistral, Qwen2, SmolLM, ...).
     Llama(LlamaConfig),
+    /// The Gemma family (Gemma 1, 2 and 3).
+    Gemma(GemmaConfig),
 }
 
 impl ModelConfig {
@@ -35,6 +38,7 @@ impl ModelConfig {
     pub fn num_layers(&self) -> usize {
         match self {
             ModelConfig::Llama(c) => c.num_hidden_layers,
+            ModelConfig::Gemma(c) => c.num_hidden_layers,
         }
     }
 
@@ -42,6 +46,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Gemma(c) => c.vocab_size,
         }
     }
 
@@ -49,6 +54,7 @@ impl ModelConfig {
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         match self {
             ModelConfig::Llama(c) => c.expected_tensors(),
+            ModelConfig::Gemma(c) => c.expected_tensors(),
         }
     }
 
@@ -56,6 +62,23 @@ impl ModelConfig {
     pub fn linear_modules(&self, layer: usize) -> Vec<(String, usize, usize)> {
         match self {
             ModelConfig::Llama(c) => c.linear_modules(layer),
+            ModelConfig::Gemma(c) => c.linear_modules(layer),
+        }
+    }
+
+    /// Width of the residual stream.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.hidden_size,
+            ModelConfig::Gemma(c) => c.hidden_size,
+        }
+    }
+
+    /// Hugging Face `model_type` of the architecture.
+    pub fn model_type(&self) -> String {
+        match self {
+            ModelConfig::Llama(c) => c.model_type.clone(),
+            ModelConfig::Gemma(c) => c.model_type().to_string(),
         }
     }
 
@@ -63,6 +86,7 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> Value {
         match self {
             ModelConfig::Llama(c) => c.to_hf_json(),
+            ModelConfig::Gemma(c) => c.to_hf_json(),
         }
     }
 
@@ -76,6 +100,17 @@ impl ModelConfig {
                 let mut c = c.clone();
                 c.rms_norm_eps = f64::from(c.rms_norm_eps as f32);
                 c.rope_theta = f64::from(c.rope_theta as f32);
+                serde_json::to_string(&c).expect("serializable config")
+            }
+            ModelConfig::Gemma(c) => {
+                let mut c = c.clone();
+                c.rms_norm_eps = f64::from(c.rms_norm_eps as f32);
+                c.rope_theta = f64::from(c.rope_theta as f32);
+                c.rope_local_base_freq = f64::from(c.rope_local_base_freq as f32);
+                c.query_pre_attn_scalar = f64::from(c.query_pre_attn_scalar as f32);
+                c.rope_scaling_factor = c.rope_scaling_factor.map(|f| f64::from(f as f32));
+                c.attn_logit_softcapping = c.attn_logit_softcapping.map(|f| f64::from(f as f32));
+                c.final_logit_softcapping = c.final_logit_softcapping.map(|f| f64::from(f as f32));
                 serde_json::to_string(&c).expect("serializable config")
             }
         }
@@ -115,6 +150,7 @@ impl LoadedModel {
     pub fn build(&self, device: &burn::tensor::Device) -> Result<Model, ModelError> {
         match &self.config {
             ModelConfig::Llama(c) => Ok(Model::Llama(LlamaModel::from_weights(c, &self.weights, device)?)),
+            ModelConfig::Gemma(c) => Ok(Model::Gemma(GemmaModel::from_weights(c, &self.weights, device)?)),
         }
     }
 }
@@ -124,6 +160,24 @@ impl LoadedModel {
 pub enum Model {
     /// A Llama-family decoder.
     Llama(LlamaModel),
+    /// A Gemma decoder.
+    Gemma(GemmaModel),
+}
+
+/// Per-forward context of a [`Model`] (rotary tables, masks), shared by its
+/// layers when they are run one at a time; made by [`Model::context`].
+pub enum LayerContext {
+    /// Of a Llama-family model.
+    Llama(ForwardContext),
+    /// Of a Gemma model.
+    Gemma(GemmaContext),
+}
+
+const CONTEXT_MISMATCH: &str = "a LayerContext is used with the model that made it";
+
+/// The error of a cached (generation) forward on a Gemma model.
+fn gemma_no_cache() -> ModelError {
+    ModelError::Unsupported("generation with a key/value cache is not implemented for Gemma models yet (Llama-family models only)".into())
 }
 
 impl Model {
@@ -131,6 +185,7 @@ impl Model {
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<burn::tensor::Tensor<3>, ModelError> {
         match self {
             Model::Llama(m) => m.forward(tokens),
+            Model::Gemma(m) => m.forward(tokens),
         }
     }
 
@@ -138,6 +193,7 @@ impl Model {
     pub fn kernels(&self) -> Kernels {
         match self {
             Model::Llama(m) => Kernels::for_device(m.device()),
+            Model::Gemma(_) => Kernels::Tensor,
         }
     }
 
@@ -152,6 +208,7 @@ impl Model {
     pub fn new_padded_cache(&self, padding: Vec<usize>) -> KvCache {
         match self {
             Model::Llama(m) => m.new_cache(padding),
+            Model::Gemma(m) => KvCache::new(m.layers.len(), padding),
         }
     }
 
@@ -170,6 +227,7 @@ impl Model {
     ) -> Result<burn::tensor::Tensor<3>, ModelError> {
         match self {
             Model::Llama(m) => m.forward_cached_with(tokens, cache, kernels),
+            Model::Gemma(_) => Err(gemma_no_cache()),
         }
     }
 
@@ -179,7 +237,75 @@ impl Model {
     pub fn forward_cached_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<burn::tensor::Tensor<2>, ModelError> {
         match self {
             Model::Llama(m) => m.forward_cached_last_with(tokens, cache, self.kernels()),
+            Model::Gemma(_) => Err(gemma_no_cache()),
         }
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.layers.len(),
+            Model::Gemma(m) => m.layers.len(),
+        }
+    }
+
+    /// Input of the first decoder layer [batch * seq, hidden] for equal-length sequences.
+    pub fn embed(&self, tokens: &[Vec<u32>]) -> Result<burn::tensor::Tensor<2>, ModelError> {
+        match self {
+            Model::Llama(m) => m.embed(tokens),
+            Model::Gemma(m) => m.embed(tokens),
+        }
+    }
+
+    /// Context for running layers over `batch` sequences of `seq` tokens.
+    pub fn context(&self, batch: usize, seq: usize) -> LayerContext {
+        match self {
+            Model::Llama(m) => LayerContext::Llama(m.context(batch, seq)),
+            Model::Gemma(m) => LayerContext::Gemma(m.context(batch, seq)),
+        }
+    }
+
+    /// Runs decoder layer `layer` on hidden states [batch * seq, hidden],
+    /// reporting every linear input to `observer`.
+    pub fn layer_forward(
+        &self,
+        layer: usize,
+        x: burn::tensor::Tensor<2>,
+        ctx: &LayerContext,
+        observer: Option<&mut dyn LinearObserver>,
+    ) -> burn::tensor::Tensor<2> {
+        let prefix = format!("model.layers.{layer}");
+        match (self, ctx) {
+            (Model::Llama(m), LayerContext::Llama(c)) => m.layers[layer].forward(x, c, &prefix, observer),
+            (Model::Gemma(m), LayerContext::Gemma(c)) => m.layers[layer].forward(x, c, &prefix, observer),
+            _ => panic!("{CONTEXT_MISMATCH}"),
+        }
+    }
+
+    /// Reports the linear inputs of decoder layer `layer` to `observer`
+    /// without computing its output.
+    pub fn layer_observe_inputs(&self, layer: usize, x: burn::tensor::Tensor<2>, ctx: &LayerContext, observer: &mut dyn LinearObserver) {
+        let prefix = format!("model.layers.{layer}");
+        match (self, ctx) {
+            (Model::Llama(m), LayerContext::Llama(c)) => m.layers[layer].observe_inputs(x, c, &prefix, observer),
+            (Model::Gemma(m), LayerContext::Gemma(c)) => m.layers[layer].observe_inputs(x, c, &prefix, observer),
+            _ => panic!("{CONTEXT_MISMATCH}"),
+        }
+    }
+
+    /// Rebuilds decoder layer `layer` from `weights` (e.g. after pruning it).
+    pub fn rebuild_layer(&mut self, weights: &WeightMap, layer: usize) -> Result<(), ModelError> {
+        match self {
+            Model::Llama(m) => {
+                let rebuilt = DecoderLayer::from_weights(&m.config, weights, layer, &m.device().clone())?;
+                m.replace_layer(layer, rebuilt);
+            }
+            Model::Gemma(m) => {
+                let rebuilt = GemmaDecoderLayer::from_weights(&m.config, weights, layer, &m.device().clone())?;
+                m.replace_layer(layer, rebuilt);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -220,7 +346,12 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ModelError> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::config(&config_path, format!("not valid JSON: {e}")))?;
-    let config = ModelConfig::Llama(LlamaConfig::from_hf_json(&json, &config_path)?);
+    let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
+    let config = if gemma::is_gemma_model_type(model_type) {
+        ModelConfig::Gemma(GemmaConfig::from_hf_json(&json, &config_path)?)
+    } else {
+        ModelConfig::Llama(LlamaConfig::from_hf_json(&json, &config_path)?)
+    };
     let weights = safetensors::read_checkpoint_dir(dir)?;
     check_tensors(&config, &weights)?;
     let tokenizer_path = dir.join("tokenizer.json");
@@ -269,9 +400,7 @@ fn hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
 /// Checks that every tensor the configuration needs is present with the
 /// shape the configuration implies.
 fn check_tensors(config: &ModelConfig, weights: &WeightMap) -> Result<(), ModelError> {
-    let arch = match config {
-        ModelConfig::Llama(c) => c.model_type.clone(),
-    };
+    let arch = config.model_type();
     for (name, shape) in config.expected_tensors() {
         weights.require(&name, &shape, &arch)?;
     }
@@ -330,6 +459,12 @@ pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
 
 fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
     let file = GgufFile::open(path)?;
+    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    if gemma::is_gemma_architecture(arch) {
+        let gemma = GemmaConfig::from_gguf(&file)?;
+        let weights = gemma::weights_from_gguf(&file, &gemma, |tensors| dequantize_all(&file, tensors))?;
+        return finish_gguf(path, &file, ModelConfig::Gemma(gemma), weights);
+    }
     let rope_factors = match file.tensor_info("rope_freqs.weight") {
         Some(_) => Some(file.tensor_f32("rope_freqs.weight")?.into_iter().map(f64::from).collect()),
         None => None,
@@ -360,9 +495,13 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
         };
         weights.insert(hf, HostTensor::new(shape, data));
     }
-    let config = ModelConfig::Llama(llama);
+    finish_gguf(path, &file, ModelConfig::Llama(llama), weights)
+}
+
+/// Checks the tensors of a GGUF model and reads its tokenizer.
+fn finish_gguf(path: &Path, file: &GgufFile, config: ModelConfig, weights: WeightMap) -> Result<LoadedModel, ModelError> {
     check_tensors(&config, &weights)?;
-    let tokenizer = if file.get("tokenizer.ggml.tokens").is_some() { Some(Tokenizer::from_gguf(&file)?) } else { None };
+    let tokenizer = if file.get("tokenizer.ggml.tokens").is_some() { Some(Tokenizer::from_gguf(file)?) } else { None };
     let fingerprint = fingerprint(&config, &weights);
     let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
     Ok(LoadedModel { path: path.to_path_buf(), format: ModelFormat::Gguf, config, weights, tokenizer, chat_template, fingerprint })

@@ -374,6 +374,10 @@ impl Tokenizer {
         let meta = Meta { file, path: path.clone() };
         let model = meta.required("tokenizer.ggml.model", "the tokenizer kind, e.g. \"gpt2\"")?;
         let model = model.as_str().ok_or_else(|| meta.invalid("tokenizer.ggml.model", "a string", describe(model)))?;
+        let arch = meta.str_opt("general.architecture")?.unwrap_or("");
+        if model == "llama" && crate::gemma::is_gemma_architecture(arch) {
+            return gemma_from_gguf(&meta);
+        }
         if model != "gpt2" {
             let kind = match model {
                 "llama" => "llama (SentencePiece)".to_string(),
@@ -554,6 +558,140 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Token types of a GGUF vocabulary (`tokenizer.ggml.token_type`), all
+/// normal (1) when the key is absent.
+fn token_types(meta: &Meta<'_>, n_vocab: usize) -> Result<Vec<i64>, TokenizerError> {
+    let Some(v) = meta.file.get("tokenizer.ggml.token_type") else {
+        return Ok(vec![1; n_vocab]);
+    };
+    let expected = format!("an array of {n_vocab} integer token types");
+    let arr = v.as_array().ok_or_else(|| meta.invalid("tokenizer.ggml.token_type", &expected, describe(v)))?;
+    if arr.len() != n_vocab {
+        return Err(meta.invalid("tokenizer.ggml.token_type", &expected, format!("{} entries", arr.len())));
+    }
+    arr.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.as_i64().ok_or_else(|| meta.invalid("tokenizer.ggml.token_type", &expected, format!("element {i} is {}", describe(t))))
+        })
+        .collect()
+}
+
+/// BPE merges implied by a vocabulary, best first, as transformers'
+/// `generate_merges` derives them for Gemma GGUF files (which store no
+/// merges): every split of a token into two tokens of the vocabulary, ranked
+/// by the token's position in the file (earlier first), then by longer left
+/// part, then longer right part; ties keep the order of the pieces' ids.
+/// `tokens` are in file order; `ids` maps each token to its (last) id.
+pub fn merges_from_vocab(tokens: &[String], ids: &std::collections::HashMap<&str, u32>) -> Vec<(String, String)> {
+    // (rank of the merged token, chars of left, chars of right, left, right)
+    let mut merges: Vec<(u32, usize, usize, &str, &str)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for token in tokens {
+        if !seen.insert(token.as_str()) {
+            continue;
+        }
+        let rank = ids[token.as_str()];
+        let mut local = Vec::new();
+        for (n_left, (at, _)) in token.char_indices().enumerate().skip(1) {
+            let (left, right) = token.split_at(at);
+            if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                local.push((l, r, n_left, token.chars().count() - n_left, left, right));
+            }
+        }
+        local.sort_by_key(|&(l, r, ..)| (l, r));
+        merges.extend(local.into_iter().map(|(_, _, nl, nr, left, right)| (rank, nl, nr, left, right)));
+    }
+    // Python's stable `sorted(key=(-rank, len_l, len_r), reverse=True)`.
+    merges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    merges.into_iter().map(|(_, _, _, l, r)| (l.to_string(), r.to_string())).collect()
+}
+
+/// Builds the SentencePiece-style BPE tokenizer of a Gemma GGUF
+/// (`tokenizer.ggml.model` = `llama`) as transformers' GGUF converter does
+/// (`gemma_tokenizer` + `GemmaTokenizer`): tokens made only of spaces are
+/// respelled with `▁`; merges are derived from the vocabulary in file order;
+/// BPE with byte fallback, spaces normalised to `▁`, no prefix space;
+/// control tokens special, user-defined tokens matched whole; BOS added
+/// unless `tokenizer.ggml.add_bos_token` says otherwise.
+fn gemma_from_gguf(meta: &Meta<'_>) -> Result<Tokenizer, TokenizerError> {
+    use serde_json::json;
+    let path = meta.path.clone();
+    let raw = meta.string_array("tokenizer.ggml.tokens", "an array of token strings")?;
+    let n_vocab = raw.len();
+    let types = token_types(meta, n_vocab)?;
+    let tokens: Vec<String> = raw
+        .iter()
+        .map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { (*t).to_string() })
+        .collect();
+    let mut ids = std::collections::HashMap::with_capacity(n_vocab);
+    for (id, tok) in tokens.iter().enumerate() {
+        ids.insert(tok.as_str(), id as u32);
+    }
+    let merges = merges_from_vocab(&tokens, &ids);
+    let bos_id = meta.token_id_opt("tokenizer.ggml.bos_token_id", n_vocab)?;
+    let eos_id = meta.token_id_opt("tokenizer.ggml.eos_token_id", n_vocab)?;
+    let add_bos = meta.bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+    if add_bos && bos_id.is_none() {
+        return Err(meta.invalid("tokenizer.ggml.bos_token_id", "a BOS token id, since BOS is to be added", "no such key".into()));
+    }
+    let build_err = |message: String| TokenizerError::Build { path: path.clone(), message };
+    let mut vocab = tokenizers::models::bpe::Vocab::default();
+    for (tok, id) in &ids {
+        vocab.insert((*tok).to_string(), *id);
+    }
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    if ids.contains_key("<unk>") {
+        bpe = bpe.unk_token("<unk>".to_string());
+    }
+    let bpe = bpe.build().map_err(|e| build_err(format!("BPE from the vocabulary: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let parse = |what: &str, value: serde_json::Value| build_err(format!("{what}: {value}"));
+    let normalizer: tokenizers::NormalizerWrapper =
+        serde_json::from_value(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}))
+            .map_err(|e| parse("normalizer", json!(e.to_string())))?;
+    let pre: PreTokenizerWrapper =
+        serde_json::from_value(json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}))
+            .map_err(|e| parse("pre-tokenizer", json!(e.to_string())))?;
+    let decoder: tokenizers::DecoderWrapper = serde_json::from_value(json!({"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"}
+    ]}))
+    .map_err(|e| parse("decoder", json!(e.to_string())))?;
+    inner.with_normalizer(Some(normalizer));
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_decoder(Some(decoder));
+    if add_bos {
+        let bos = bos_id.unwrap_or(0);
+        let bos_text = tokens[bos as usize].as_str();
+        let post: PostProcessorWrapper = serde_json::from_value(json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos_text, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}
+        }))
+        .map_err(|e| parse("post-processor", json!(e.to_string())))?;
+        inner.with_post_processor(Some(post));
+    }
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL)
+        .map(|(tok, _)| AddedToken::from(tok.clone(), true).normalized(false))
+        .collect();
+    inner.add_special_tokens(&specials);
+    let user_defined: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(tok, ty)| **ty == TOKEN_TYPE_USER_DEFINED && ids.contains_key(tok.as_str()))
+        .map(|(tok, _)| AddedToken::from(tok.clone(), false).normalized(false))
+        .collect();
+    inner.add_tokens(&user_defined);
+    Ok(Tokenizer { inner, source: path, bos_id, eos_id, add_bos, post_adds_bos: add_bos, vocab_size: n_vocab })
 }
 
 /// Byte-level offset trimming, followed by a template adding BOS / EOS when asked.

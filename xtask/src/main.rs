@@ -163,8 +163,9 @@ fn run(command: Command) -> Result<ExitCode> {
 fn test(args: TestArgs) -> Result<ExitCode> {
     args.prereqs.ensure()?;
     let model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+    let gemma3 = models::fetch(models::find(models::GEMMA3_270M)?, &models::subprune_home()?)?;
     let mut cmd = workspace::cargo();
-    cmd.args(cargo_test_args(&args.cargo_args)).env(models::SMOLLM2_ENV, &model);
+    cmd.args(cargo_test_args(&args.cargo_args)).env(models::SMOLLM2_ENV, &model).env(models::GEMMA3_ENV, &gemma3);
     let status = process::run_status(&mut cmd)?;
     if !status.success() {
         eprintln!("cargo test failed ({status})");

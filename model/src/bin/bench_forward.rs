@@ -42,7 +42,9 @@ fn main() {
 
     let selected = select_device(device_choice).expect("device");
     let started = Instant::now();
-    let Model::Llama(network) = loaded.build(&selected.device).expect("build");
+    let Model::Llama(network) = loaded.build(&selected.device).expect("build") else {
+        panic!("bench_forward measures the Llama kernels; {} is not a Llama-family model", path.display())
+    };
     let build_s = started.elapsed().as_secs_f64();
     let kernels = match kernels.as_str() {
         "host" => Kernels::Host,
