@@ -5,6 +5,9 @@
 
 pub mod chat;
 pub mod generate;
+pub mod code_tasks;
+pub mod passk;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::Path;
