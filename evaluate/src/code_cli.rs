@@ -146,8 +146,15 @@ fn read_completions(path: &Path) -> Result<HashMap<String, Vec<String>>> {
 pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
     let started = Instant::now();
     let expected = match task {
-        CodeTask::HumanEvalX(l) => format!("the HumanEval-X {} data, e.g. humaneval_{}.jsonl.gz (CodeGeeX) or THUDM/humaneval-x's file, or a directory holding it", l.name(), l.name()),
-        CodeTask::Mbpp => "the MBPP data, e.g. mbpp.jsonl (google-research) or google-research-datasets/mbpp's Parquet files, or a directory holding them".into(),
+        CodeTask::HumanEvalX(l) => format!(
+            "the HumanEval-X {} data, e.g. humaneval_{}.jsonl.gz (CodeGeeX) or THUDM/humaneval-x's file, or a directory holding it",
+            l.name(),
+            l.name()
+        ),
+        CodeTask::Mbpp => {
+            "the MBPP data, e.g. mbpp.jsonl (google-research) or google-research-datasets/mbpp's Parquet files, or a directory holding them"
+                .into()
+        }
     };
     let data_path = args.data.as_ref().with_context(|| format!("--data is required: give {expected}"))?;
     if !data_path.exists() {
@@ -172,7 +179,14 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         },
         &[task.language()],
     )?;
-    eprintln!("{}: {} problems from {}; sandbox: {:?}, {} jobs", task.name(), data.problems.len(), data.files[0].display(), sandbox.isolation(), sandbox.config().jobs);
+    eprintln!(
+        "{}: {} problems from {}; sandbox: {:?}, {} jobs",
+        task.name(),
+        data.problems.len(),
+        data.files[0].display(),
+        sandbox.isolation(),
+        sandbox.config().jobs
+    );
 
     let (completions, source): (Vec<Vec<String>>, &str) = if args.canonical {
         (data.problems.iter().map(|p| vec![p.canonical.clone()]).collect(), "canonical")
@@ -180,7 +194,8 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         let mut given = read_completions(path)?;
         let mut out = Vec::with_capacity(data.problems.len());
         for p in &data.problems {
-            let samples = given.remove(&p.task_id).with_context(|| format!("{}: no completion for task_id {}", path.display(), p.task_id))?;
+            let samples =
+                given.remove(&p.task_id).with_context(|| format!("{}: no completion for task_id {}", path.display(), p.task_id))?;
             out.push(samples);
         }
         (out, "completions")
@@ -202,7 +217,19 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
     let scores = score(task, &data.problems, &completions, &sandbox, &args.k, &|| bar.inc(1))?;
     bar.finish_and_clear();
     let passed: usize = scores.counts.iter().map(|c| c.1).sum();
-    eprintln!("{passed} of {total} programs passed; ran in {:.1} s ({:.1} s in all)", run_started.elapsed().as_secs_f64(), started.elapsed().as_secs_f64());
+    let failed: Vec<&artifacts::ItemRow> = scores.rows.iter().filter(|r| r.passed == Some(false)).collect();
+    for row in failed.iter().take(20) {
+        let task_id = data.problems.iter().find(|p| p.item == row.item).map_or("?", |p| p.task_id.as_str());
+        eprintln!("failed: {task_id} (item {}, sample {}): {}", row.item, row.sample, row.reason.as_deref().unwrap_or(""));
+    }
+    if failed.len() > 20 {
+        eprintln!("... and {} more failures (all in the items artifact)", failed.len() - 20);
+    }
+    eprintln!(
+        "{passed} of {total} programs passed; ran in {:.1} s ({:.1} s in all)",
+        run_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     let n_problems = scores.counts.len() as u64;
     let metrics: Vec<Metric> = scores
         .pass_at

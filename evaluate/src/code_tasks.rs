@@ -192,7 +192,10 @@ fn humaneval_prefix(language: Language) -> &'static str {
 pub fn read_humaneval_x(path: &Path, language: Language) -> Result<CodeData, CodeDataError> {
     let file = if path.is_dir() { find_humaneval_file(path, language)? } else { path.to_path_buf() };
     if !file.exists() {
-        return Err(invalid(&file, format!("no such file; expected the HumanEval-X {} data (humaneval_{}.jsonl.gz)", language.name(), language.name())));
+        return Err(invalid(
+            &file,
+            format!("no such file; expected the HumanEval-X {} data (humaneval_{}.jsonl.gz)", language.name(), language.name()),
+        ));
     }
     let records = read_records(&file)?;
     let prefix = humaneval_prefix(language);
@@ -243,10 +246,16 @@ fn find_humaneval_file(dir: &Path, language: Language) -> Result<PathBuf, CodeDa
 fn mbpp_tests(path: &Path, record: &Value, index: usize) -> Result<Vec<String>, CodeDataError> {
     for name in ["test_list", "test"] {
         if let Some(v) = record.get(name) {
-            let list = v.as_array().ok_or_else(|| invalid(path, format!("record {index}: field `{name}` should be a list of asserts, found {v}")))?;
+            let list = v
+                .as_array()
+                .ok_or_else(|| invalid(path, format!("record {index}: field `{name}` should be a list of asserts, found {v}")))?;
             return list
                 .iter()
-                .map(|t| t.as_str().map(str::to_string).ok_or_else(|| invalid(path, format!("record {index}: `{name}` holds {t}, expected text"))))
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| invalid(path, format!("record {index}: `{name}` holds {t}, expected text")))
+                })
                 .collect();
         }
     }
@@ -269,7 +278,10 @@ fn shot(text: &str, tests: &[String], code: &str) -> String {
 pub fn read_mbpp(path: &Path) -> Result<CodeData, CodeDataError> {
     let files = if path.is_dir() { data_files(path, 2) } else { vec![path.to_path_buf()] };
     if files.is_empty() {
-        return Err(invalid(path, "no data files in this directory; expected mbpp.jsonl or the google-research-datasets/mbpp Parquet files"));
+        return Err(invalid(
+            path,
+            "no data files in this directory; expected mbpp.jsonl or the google-research-datasets/mbpp Parquet files",
+        ));
     }
     if !path.exists() {
         return Err(invalid(path, "no such file; expected the MBPP data (mbpp.jsonl)"));
@@ -319,7 +331,10 @@ pub fn read_mbpp(path: &Path) -> Result<CodeData, CodeDataError> {
     if problems.is_empty() {
         return Err(invalid(
             path,
-            format!("no MBPP test items (task ids {}..={}) found; expected mbpp.jsonl or the test split of google-research-datasets/mbpp", MBPP_TEST_IDS.0, MBPP_TEST_IDS.1),
+            format!(
+                "no MBPP test items (task ids {}..={}) found; expected mbpp.jsonl or the test split of google-research-datasets/mbpp",
+                MBPP_TEST_IDS.0, MBPP_TEST_IDS.1
+            ),
         ));
     }
     Ok(CodeData { path: path.to_path_buf(), files, problems, shots })

@@ -228,7 +228,9 @@ pub struct Sandbox {
 /// Finds `tool` in PATH.
 pub fn find_in_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 fn debian_package(tool: &str) -> &'static str {
@@ -268,7 +270,9 @@ impl Sandbox {
             // they can be reaped here whatever the system's init does.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         }
-        let uid_base = UID_BASE + (std::process::id() % (u32::MAX - UID_BASE) / SLOTS_PER_PROCESS) * SLOTS_PER_PROCESS;
+        // Each process gets its own block of user ids (pids are unique on the machine), so
+        // concurrent evaluations never count or kill each other's processes.
+        let uid_base = UID_BASE + (std::process::id() % ((u32::MAX - UID_BASE) / SLOTS_PER_PROCESS)) * SLOTS_PER_PROCESS;
         let mut sandbox = Sandbox {
             config: SandboxConfig { jobs, ..config },
             isolation: if is_root { Isolation::RootNamespaces } else { Isolation::UserNamespaces },
@@ -312,7 +316,7 @@ impl Sandbox {
         }
         let step = Step {
             program: check.to_path_buf(),
-            args: vec!["-c".into(), "test -w / && exit 3; test -w \"$PWD\" || exit 4; exit 0".into()],
+            args: vec!["-c".into(), "test -w / && exit 3; test -w . || exit 4; exit 0".into()],
             timeout: Duration::from_secs(10),
             memory_mb: 256,
             compile: false,
@@ -331,7 +335,8 @@ impl Sandbox {
     fn steps(&self, language: Language) -> Vec<Step> {
         let mem = self.config.memory_mb;
         let compile_mem = mem.max(COMPILE_MEMORY_MB);
-        let run = |program: PathBuf, args: Vec<String>| Step { program, args, timeout: self.config.timeout, memory_mb: mem, compile: false };
+        let run =
+            |program: PathBuf, args: Vec<String>| Step { program, args, timeout: self.config.timeout, memory_mb: mem, compile: false };
         let jvm = |heap: u64| {
             vec![
                 format!("-Xmx{heap}m"),
@@ -344,7 +349,9 @@ impl Sandbox {
         };
         match language {
             Language::Python => vec![run(self.tool("python3"), vec!["main.py".into()])],
-            Language::JavaScript => vec![run(self.tool("node"), vec![format!("--max-old-space-size={}", (mem / 2).max(16)), "main.js".into()])],
+            Language::JavaScript => {
+                vec![run(self.tool("node"), vec![format!("--max-old-space-size={}", (mem / 2).max(16)), "main.js".into()])]
+            }
             Language::Cpp => vec![
                 Step {
                     program: self.tool("g++"),
@@ -361,7 +368,13 @@ impl Sandbox {
                 let mut java = jvm((mem / 4).max(16));
                 java.extend(["-cp".into(), ".".into(), "Main".into()]);
                 vec![
-                    Step { program: self.tool("javac"), args: javac, timeout: self.config.compile_timeout, memory_mb: compile_mem, compile: true },
+                    Step {
+                        program: self.tool("javac"),
+                        args: javac,
+                        timeout: self.config.compile_timeout,
+                        memory_mb: compile_mem,
+                        compile: true,
+                    },
                     run(self.tool("java"), java),
                 ]
             }
@@ -443,7 +456,7 @@ impl Sandbox {
             }
             for (i, step) in steps.iter().enumerate() {
                 let end = self.run_step(&path, uid, step, i)?;
-                let outcome = judge(step, &end, self.config.memory_mb);
+                let outcome = judge(step, &end);
                 if !outcome.passed || i + 1 == steps.len() {
                     return Ok(outcome);
                 }
@@ -451,14 +464,8 @@ impl Sandbox {
             Ok(Outcome { passed: true, reason: "passed".into(), stdout: String::new(), stderr: String::new() })
         })();
         // Every process is gone by now, so nothing can write into the directory any more.
-        let removed = dir.close();
-        let outcome = result?;
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(io_err(format!("removing {}", path.display())))?;
-        } else {
-            removed.map_err(io_err(format!("removing {}", path.display())))?;
-        }
-        Ok(outcome)
+        dir.close().map_err(io_err(format!("removing {}", path.display())))?;
+        result
     }
 
     fn run_step(&self, dir: &Path, uid: u32, step: &Step, index: usize) -> Result<StepEnd, SandboxError> {
@@ -528,8 +535,11 @@ impl Sandbox {
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                         others = true;
                     }
-                    // A zombie reparented to this process (the subreaper) is reaped here.
-                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                    // A zombie reparented to this process (the subreaper) is reaped here;
+                    // the direct child (the group leader) is left to `Child::wait`.
+                    if pid != pgid {
+                        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                    }
                 }
             }
             if !group_alive && !others {
@@ -613,7 +623,7 @@ const MEMORY_SIGNS: &[&str] = &[
 ];
 
 /// The outcome of a step from how it ended.
-fn judge(step: &Step, end: &StepEnd, memory_mb: u64) -> Outcome {
+fn judge(step: &Step, end: &StepEnd) -> Outcome {
     let mut outcome = Outcome { passed: false, reason: String::new(), stdout: end.stdout.clone(), stderr: end.stderr.clone() };
     let what = if step.compile { "compile error" } else { "" };
     if end.timed_out {
@@ -621,7 +631,7 @@ fn judge(step: &Step, end: &StepEnd, memory_mb: u64) -> Outcome {
         return outcome;
     }
     if MEMORY_SIGNS.iter().any(|s| end.stderr.contains(s)) && !end.status.is_some_and(|s| s.success()) {
-        outcome.reason = format!("memory limit ({} MiB): {}", step.memory_mb.max(memory_mb.min(step.memory_mb)), last_line(&end.stderr));
+        outcome.reason = format!("memory limit ({} MiB): {}", step.memory_mb, last_line(&end.stderr));
         return outcome;
     }
     match end.status {
@@ -677,8 +687,6 @@ struct ChildSetup {
     isolation: Isolation,
     dir: CString,
     uid: u32,
-    outer_uid: u32,
-    outer_gid: u32,
     uid_map: CString,
     gid_map: CString,
 }
@@ -725,8 +733,6 @@ impl ChildSetup {
             isolation,
             dir: CString::new(dir.as_os_str().as_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             uid,
-            outer_uid,
-            outer_gid,
             uid_map: cstr(format!("{outer_uid} {outer_uid} 1\n"))?,
             gid_map: cstr(format!("{outer_gid} {outer_gid} 1\n"))?,
         })
@@ -751,7 +757,10 @@ impl ChildSetup {
                     check(libc::setresuid(self.uid, self.uid, self.uid))?;
                     let header = CapHeader { version: CAP_VERSION_3, pid: 0 };
                     let bit = 1u32 << CAP_DAC_READ_SEARCH;
-                    let data = [CapData { effective: bit, permitted: bit, inheritable: bit }, CapData { effective: 0, permitted: 0, inheritable: 0 }];
+                    let data = [
+                        CapData { effective: bit, permitted: bit, inheritable: bit },
+                        CapData { effective: 0, permitted: 0, inheritable: 0 },
+                    ];
                     check(libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as libc::c_int)?;
                     check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH as libc::c_ulong, 0, 0))?;
                     check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
@@ -764,7 +773,6 @@ impl ChildSetup {
                 write_proc(c"/proc/self/uid_map", &self.uid_map)?;
                 write_proc(c"/proc/self/gid_map", &self.gid_map)?;
                 self.read_only_except_dir()?;
-                let _ = (self.outer_uid, self.outer_gid);
                 check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
             }
         }

@@ -153,7 +153,8 @@ pub fn write_task_outputs(
     if let Some(out) = out {
         let data_hash = artifacts::content_hash(data)?;
         let provenance = |kind| {
-            let mut p = Provenance::new(kind, model.fingerprint.clone(), params.clone(), crate::created_by()).with_input("data", &data_hash);
+            let mut p =
+                Provenance::new(kind, model.fingerprint.clone(), params.clone(), crate::created_by()).with_input("data", &data_hash);
             if let Some((_, hash)) = &model.mask {
                 p = p.with_input("mask", hash);
             }
