@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
+use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::task_cli::{write_task_outputs, Metric, OutputModel};
+use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel};
 
 /// A HumanEval-X language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,6 +189,11 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         sandbox.config().jobs
     );
 
+    let mut label = match (&args.completions, args.canonical) {
+        (_, true) => OutputModel::none("canonical"),
+        (Some(path), _) => OutputModel::none(&path.display().to_string()),
+        _ => OutputModel::none("none"),
+    };
     let (completions, source): (Vec<Vec<String>>, &str) = if args.canonical {
         (data.problems.iter().map(|p| vec![p.canonical.clone()]).collect(), "canonical")
     } else if let Some(path) = &args.completions {
@@ -200,17 +206,41 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         }
         (out, "completions")
     } else {
-        bail!(
-            "generation for {} is not available in this build yet: pass --canonical to score the reference solutions or --completions FILE.jsonl to score given completions",
-            task.name()
-        );
+        let model_path = args.model.as_ref().with_context(|| {
+            format!("--model is required to generate completions for {} (or pass --canonical, or --completions FILE.jsonl)", task.name())
+        })?;
+        let (loaded, mask) = load_masked(model_path, args.mask.as_deref())?;
+        let selected = model::select_device(args.device)?;
+        eprintln!("device: {}", selected.description);
+        let model = loaded.build(&selected.device)?;
+        let prompts: Vec<String> = data.problems.iter().map(|p| data.generation_prompt(p)).collect::<Result<_, _>>()?;
+        let stop = task.stop_sequences();
+        let config = GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+            stop: stop.clone(),
+            ..GenerationConfig::default()
+        };
+        let bar = progress(prompts.len() * args.samples, args.quiet, "generating");
+        let generated = generate_n(&model, loaded.tokenizer()?, &prompts, args.samples, &config, args.batch, |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        // The generator cuts text before a stop sequence; C-like tasks stop at a
+        // closing brace in column 0, which belongs to the function: put it back.
+        let reattach = matches!(task, CodeTask::HumanEvalX(l) if l != Language::Python);
+        let completions = generated
+            .into_iter()
+            .map(|samples| {
+                samples
+                    .into_iter()
+                    .map(|g| if reattach && g.finish == FinishReason::Stop { format!("{}{}", g.text, stop[0]) } else { g.text })
+                    .collect()
+            })
+            .collect();
+        label = OutputModel { label: model_path.display().to_string(), fingerprint: loaded.fingerprint.clone(), mask };
+        (completions, "generated")
     };
-    let model_label = match (&args.completions, args.canonical) {
-        (_, true) => OutputModel::none("canonical"),
-        (Some(path), _) => OutputModel::none(&path.display().to_string()),
-        _ => OutputModel::none("none"),
-    };
-
     let total: usize = completions.iter().map(Vec::len).sum();
     let bar = progress(total, args.quiet, "running programs");
     let run_started = Instant::now();
@@ -256,5 +286,5 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         "max_processes": args.max_processes,
         "isolation": format!("{:?}", sandbox.isolation()),
     });
-    write_task_outputs(args.out.as_deref(), &model_label, &task.name(), &data.files[0], params, &metrics, &scores.rows)
+    write_task_outputs(args.out.as_deref(), &label, &task.name(), &data.files[0], params, &metrics, &scores.rows)
 }

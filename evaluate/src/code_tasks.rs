@@ -74,11 +74,13 @@ impl CodeTask {
         }
     }
 
-    /// Stop sequences for generation: where a completion is surely over.
+    /// Stop sequences for generation: where a completion is surely over (for
+    /// C++, Java and JavaScript a closing brace in column 0, which the caller
+    /// keeps as part of the completion).
     pub fn stop_sequences(self) -> Vec<String> {
         match self {
             CodeTask::HumanEvalX(Language::Python) => PYTHON_STOPS.iter().map(|s| s.to_string()).collect(),
-            CodeTask::HumanEvalX(_) => Vec::new(),
+            CodeTask::HumanEvalX(_) => vec!["\n}".to_string()],
             CodeTask::Mbpp => vec![MBPP_DONE.to_string()],
         }
     }

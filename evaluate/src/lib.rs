@@ -4,8 +4,8 @@
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
 pub mod chat;
-pub mod generate;
 pub mod code_tasks;
+pub mod generate;
 pub mod passk;
 pub mod sandbox;
 
