@@ -4,7 +4,10 @@
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
 pub mod chat;
+pub mod code_tasks;
 pub mod generate;
+pub mod passk;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::Path;

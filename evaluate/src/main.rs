@@ -15,6 +15,7 @@ use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{select_device, DeviceChoice};
 
+mod code_cli;
 mod task_cli;
 
 /// Measures what a (pruned) model keeps: perplexity now, task suites later.
@@ -33,6 +34,21 @@ enum Command {
     /// Generates continuations of prompts and prints them (a quick look at
     /// what a model, or a sub-model with --mask, writes).
     Generate(GenerateArgs),
+    /// pass@k on HumanEval-X in one language: completions of each prompt run
+    /// against its tests in the sandbox; prints `pass@1: <value>` (and pass@10) last.
+    HumanevalX(HumanEvalXArgs),
+    /// pass@k on MBPP (3-shot prompt, test tasks 11..510), run in the sandbox;
+    /// prints `pass@1: <value>` (and pass@10) last.
+    Mbpp(code_cli::CodeArgs),
+}
+
+#[derive(Args)]
+struct HumanEvalXArgs {
+    /// The language: python, cpp, java or js.
+    #[arg(long)]
+    lang: code_cli::Lang,
+    #[command(flatten)]
+    code: code_cli::CodeArgs,
 }
 
 #[derive(Args)]
@@ -338,5 +354,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
+        Command::HumanevalX(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::HumanEvalX(args.lang.into()), args.code),
+        Command::Mbpp(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::Mbpp, args),
     }
 }

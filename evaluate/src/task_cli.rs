@@ -98,6 +98,29 @@ pub struct Metric {
     pub ci: Option<(f64, f64)>,
 }
 
+/// The model a task's results are recorded under: its name in the results,
+/// its fingerprint in the provenance and the mask applied (name, content hash).
+pub struct OutputModel {
+    /// Name in the `model` column (the model path, or what was scored instead of a model).
+    pub label: String,
+    /// Model fingerprint recorded in the provenance.
+    pub fingerprint: String,
+    /// The applied mask's name and content hash.
+    pub mask: Option<(String, String)>,
+}
+
+impl OutputModel {
+    /// The record of a loaded task model.
+    pub fn of(args: &TaskArgs, task: &TaskModel) -> OutputModel {
+        OutputModel { label: args.model.display().to_string(), fingerprint: task.loaded.fingerprint.clone(), mask: task.mask.clone() }
+    }
+
+    /// The record of a run without a model (reference solutions or given outputs scored): `label` says what was scored.
+    pub fn none(label: &str) -> OutputModel {
+        OutputModel { label: label.to_string(), fingerprint: "none".into(), mask: None }
+    }
+}
+
 /// Writes the results artifact (one row per metric) and, beside it, the items
 /// artifact, when `args.out` is given; then prints `<metric>: <value>` lines
 /// as the last lines of stdout.
@@ -113,12 +136,26 @@ pub fn finish_task(
     metrics: &[Metric],
     items: &[ItemRow],
 ) -> Result<()> {
-    if let Some(out) = &args.out {
+    write_task_outputs(args.out.as_deref(), &OutputModel::of(args, task), task_name, data, params, metrics, items)
+}
+
+/// What [`finish_task`] does, for a run recorded under `model`: writes the
+/// results and items artifacts when `out` is given, then prints the metrics.
+pub fn write_task_outputs(
+    out: Option<&Path>,
+    model: &OutputModel,
+    task_name: &str,
+    data: &Path,
+    params: serde_json::Value,
+    metrics: &[Metric],
+    items: &[ItemRow],
+) -> Result<()> {
+    if let Some(out) = out {
         let data_hash = artifacts::content_hash(data)?;
         let provenance = |kind| {
             let mut p =
-                Provenance::new(kind, task.loaded.fingerprint.clone(), params.clone(), crate::created_by()).with_input("data", &data_hash);
-            if let Some((_, hash)) = &task.mask {
+                Provenance::new(kind, model.fingerprint.clone(), params.clone(), crate::created_by()).with_input("data", &data_hash);
+            if let Some((_, hash)) = &model.mask {
                 p = p.with_input("mask", hash);
             }
             p
@@ -129,8 +166,8 @@ pub fn finish_task(
         let rows: Vec<ResultRow> = metrics
             .iter()
             .map(|m| ResultRow {
-                model: args.model.display().to_string(),
-                mask: task.mask.as_ref().map(|(name, _)| name.clone()),
+                model: model.label.clone(),
+                mask: model.mask.as_ref().map(|(name, _)| name.clone()),
                 task: task_name.to_string(),
                 metric: m.name.clone(),
                 value: m.value,

@@ -65,7 +65,62 @@ const PREREQS: &[Prereq] = &[
     },
     Prereq { name: "pip", package: "python3-pip", why: "fetching models from PyPI", find: find_pip },
     Prereq { name: "pkg-config", package: "pkg-config", why: "locating system libraries at build time", find: find_pkg_config },
+    Prereq {
+        name: "python3",
+        package: "python3",
+        why: "running Python programs in the code tasks (HumanEval-X, MBPP)",
+        find: find_python3,
+    },
+    Prereq { name: "g++", package: "g++", why: "compiling C++ programs in the HumanEval-X cpp task", find: find_gxx },
+    Prereq {
+        name: "javac and java",
+        package: "default-jdk-headless",
+        why: "compiling and running Java programs in the HumanEval-X java task",
+        find: find_jdk,
+    },
+    Prereq { name: "node", package: "nodejs", why: "running JavaScript programs in the HumanEval-X js task", find: find_node },
+    Prereq {
+        name: "OpenSSL headers",
+        package: "libssl-dev",
+        why: "HumanEval-X CPP/162 (openssl/md5.h, linked with -lcrypto)",
+        find: find_openssl_headers,
+    },
+    Prereq {
+        name: "Boost headers",
+        package: "libboost-dev",
+        why: "HumanEval-X CPP/22 and CPP/137 (boost/any.hpp)",
+        find: find_boost_headers,
+    },
 ];
+
+fn find_python3() -> Option<String> {
+    in_path("python3").then(|| "python3".into())
+}
+
+fn find_gxx() -> Option<String> {
+    in_path("g++").then(|| "g++".into())
+}
+
+fn find_jdk() -> Option<String> {
+    (in_path("javac") && in_path("java")).then(|| "javac, java".into())
+}
+
+fn find_node() -> Option<String> {
+    in_path("node").then(|| "node".into())
+}
+
+/// The first of `paths` that exists.
+fn find_file(paths: &[&str]) -> Option<String> {
+    paths.iter().find(|p| Path::new(p).exists()).map(|p| p.to_string())
+}
+
+fn find_openssl_headers() -> Option<String> {
+    find_file(&["/usr/include/openssl/md5.h", "/usr/local/include/openssl/md5.h"])
+}
+
+fn find_boost_headers() -> Option<String> {
+    find_file(&["/usr/include/boost/any.hpp", "/usr/local/include/boost/any.hpp"])
+}
 
 /// The Debian multiarch directory name of this machine, e.g. `x86_64-linux-gnu`.
 fn multiarch() -> String {
