@@ -16,6 +16,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{select_device, DeviceChoice};
 
 mod task_cli;
+mod tasks;
+
+use evaluate::choice::ChoiceTask;
+use task_cli::TaskArgs;
 
 /// Measures what a (pruned) model keeps: perplexity now, task suites later.
 #[derive(Parser)]
@@ -33,6 +37,18 @@ enum Command {
     /// Generates continuations of prompts and prints them (a quick look at
     /// what a model, or a sub-model with --mask, writes).
     Generate(GenerateArgs),
+    /// PIQA, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    Piqa(TaskArgs),
+    /// HellaSwag, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    Hellaswag(TaskArgs),
+    /// ARC-Easy, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    ArcEasy(TaskArgs),
+    /// ARC-Challenge, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    ArcChallenge(TaskArgs),
+    /// WinoGrande, zero-shot partial scoring (log-likelihood of the sentence's rest after each option); prints `acc`.
+    Winogrande(TaskArgs),
+    /// BoolQ, zero-shot yes/no by log-likelihood; prints `acc`.
+    Boolq(TaskArgs),
 }
 
 #[derive(Args)]
@@ -130,7 +146,7 @@ struct PplArgs {
     quiet: bool,
 }
 
-fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if quiet || !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -338,5 +354,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
+        Command::Piqa(args) => tasks::run_choice(ChoiceTask::Piqa, args),
+        Command::Hellaswag(args) => tasks::run_choice(ChoiceTask::Hellaswag, args),
+        Command::ArcEasy(args) => tasks::run_choice(ChoiceTask::ArcEasy, args),
+        Command::ArcChallenge(args) => tasks::run_choice(ChoiceTask::ArcChallenge, args),
+        Command::Winogrande(args) => tasks::run_choice(ChoiceTask::Winogrande, args),
+        Command::Boolq(args) => tasks::run_choice(ChoiceTask::Boolq, args),
     }
 }
