@@ -5,8 +5,8 @@
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
 pub mod chat;
-pub mod generate;
 pub mod choice;
+pub mod generate;
 pub mod gsm8k;
 pub mod meteor;
 pub mod porter;

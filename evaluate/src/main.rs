@@ -49,6 +49,10 @@ enum Command {
     Winogrande(TaskArgs),
     /// BoolQ, zero-shot yes/no by log-likelihood; prints `acc`.
     Boolq(TaskArgs),
+    /// GSM8K 8-shot chain-of-thought, greedy; exact match of the final number; prints `exact_match`.
+    Gsm8k(tasks::Gsm8kArgs),
+    /// Few-shot translation (Multi30k en->de or any parallel set), greedy; prints `meteor`.
+    Translation(tasks::TranslationArgs),
 }
 
 #[derive(Args)]
@@ -360,5 +364,7 @@ fn main() -> Result<()> {
         Command::ArcChallenge(args) => tasks::run_choice(ChoiceTask::ArcChallenge, args),
         Command::Winogrande(args) => tasks::run_choice(ChoiceTask::Winogrande, args),
         Command::Boolq(args) => tasks::run_choice(ChoiceTask::Boolq, args),
+        Command::Gsm8k(args) => tasks::run_gsm8k(args),
+        Command::Translation(args) => tasks::run_translation(args),
     }
 }
