@@ -205,13 +205,13 @@ fn choice_loglik_matches_reference_forward_whatever_the_batch() {
     }
 }
 
-/// A word-level tokenizer over `Question`, `Answer`, `:` and w0..w79 (ids 3..83).
+/// A word-level tokenizer over `[UNK]`, `Question`, `Answer`, `:` and w0..w91 (ids 4..95): every id of the tiny model decodes.
 fn word_tokenizer(dir: &Path) {
     let mut vocab = serde_json::Map::new();
     for (i, w) in ["[UNK]", "Question", "Answer", ":"].iter().enumerate() {
         vocab.insert(w.to_string(), json!(i));
     }
-    for k in 0..80 {
+    for k in 0..92 {
         vocab.insert(format!("w{k}"), json!(4 + k));
     }
     let tok = json!({
@@ -292,4 +292,43 @@ fn evaluate_piqa_end_to_end_on_a_tiny_model() {
     let run = Command::new(env!("CARGO_BIN_EXE_evaluate")).args(["piqa", "--device", "cpu", "--model"]).arg(&model_dir).output().unwrap();
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("needs --data"));
+}
+
+#[test]
+fn evaluate_translation_and_gsm8k_end_to_end_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    write_hf_dir(&model_dir, &TINY, &tiny_weights(&TINY, 43), StoredDtype::F32);
+    word_tokenizer(&model_dir);
+    let data = dir.path().join("pairs.jsonl");
+    let lines: Vec<String> = [("w1 w2", "w3 w4"), ("w5", "w6 w7"), ("w8 w9", "w10"), ("w11", "w12 w13 w14")]
+        .iter()
+        .map(|(s, t)| json!({"src": s, "tgt": t}).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.path().join("t.parquet");
+    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["translation", "--device", "cpu", "--quiet", "--shots", "1", "--max-new-tokens", "6"])
+        .args(["--source-field", "src", "--target-field", "tgt", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The first pair is the shot; the other three are scored, each by METEOR of its output.
+    let (_, rows) = artifacts::read_items(&artifacts::items_path_for(&out)).unwrap();
+    assert_eq!(rows.iter().map(|r| r.item).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let scores: Vec<f64> =
+        rows.iter().map(|r| evaluate::meteor::meteor(&[r.gold.as_deref().unwrap()], r.pred.as_deref().unwrap(), None)).collect();
+    let mean = scores.iter().sum::<f64>() / 3.0;
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert_eq!(stdout.lines().last().unwrap(), format!("meteor: {mean:.4}"));
+
+    let run = Command::new(env!("CARGO_BIN_EXE_evaluate")).args(["gsm8k", "--device", "cpu", "--model"]).arg(&model_dir).output().unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("needs --data") && stderr.contains("test.jsonl"), "{stderr}");
 }
