@@ -1,13 +1,22 @@
-//! Evaluation stage of subprune. For now: perplexity as Wanda defines it —
+//! Evaluation stage of subprune: generation ([`generate`], [`chat`]),
+//! pass@k of generated code in a sandbox ([`code_tasks`], [`passk`],
+//! [`sandbox`]), multiple-choice tasks ([`choice`]), GSM8K ([`gsm8k`]),
+//! translation with METEOR ([`translation`], [`meteor`]), and
+//! perplexity as Wanda defines it —
 //! text tokenized once without special tokens, cut into non-overlapping
 //! windows, each window predicted from its own start, and
 //! `ppl = exp(mean token NLL over all predicted tokens)`.
 
 pub mod chat;
+pub mod choice;
 pub mod code_tasks;
 pub mod generate;
+pub mod gsm8k;
+pub mod meteor;
 pub mod passk;
+pub mod porter;
 pub mod sandbox;
+pub mod translation;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +49,12 @@ pub enum EvalError {
     /// An artifact could not be read.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    /// A task's data file could not be read.
+    #[error(transparent)]
+    Records(#[from] artifacts::records::RecordsError),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] model::tokenizer::TokenizerError),
     /// A mask that does not fit the model.
     #[error("mask {path} does not fit model {model}: {what}")]
     Mask {

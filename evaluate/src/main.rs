@@ -17,6 +17,10 @@ use model::{select_device, DeviceChoice};
 
 mod code_cli;
 mod task_cli;
+mod tasks;
+
+use evaluate::choice::ChoiceTask;
+use task_cli::TaskArgs;
 
 /// Measures what a (pruned) model keeps: perplexity now, task suites later.
 #[derive(Parser)]
@@ -34,6 +38,22 @@ enum Command {
     /// Generates continuations of prompts and prints them (a quick look at
     /// what a model, or a sub-model with --mask, writes).
     Generate(GenerateArgs),
+    /// PIQA, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    Piqa(TaskArgs),
+    /// HellaSwag, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    Hellaswag(TaskArgs),
+    /// ARC-Easy, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    ArcEasy(TaskArgs),
+    /// ARC-Challenge, zero-shot multiple choice by log-likelihood; prints `acc` and `acc_norm`.
+    ArcChallenge(TaskArgs),
+    /// WinoGrande, zero-shot partial scoring (log-likelihood of the sentence's rest after each option); prints `acc`.
+    Winogrande(TaskArgs),
+    /// BoolQ, zero-shot yes/no by log-likelihood; prints `acc`.
+    Boolq(TaskArgs),
+    /// GSM8K 8-shot chain-of-thought, greedy; exact match of the final number; prints `exact_match`.
+    Gsm8k(tasks::Gsm8kArgs),
+    /// Few-shot translation (Multi30k en->de or any parallel set), greedy; prints `meteor`.
+    Translation(tasks::TranslationArgs),
     /// pass@k on HumanEval-X in one language: completions of each prompt run
     /// against its tests in the sandbox; prints `pass@1: <value>` (and pass@10) last.
     HumanevalX(HumanEvalXArgs),
@@ -146,7 +166,7 @@ struct PplArgs {
     quiet: bool,
 }
 
-fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if quiet || !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -356,5 +376,13 @@ fn main() -> Result<()> {
         Command::Generate(args) => run_generate(args),
         Command::HumanevalX(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::HumanEvalX(args.lang.into()), args.code),
         Command::Mbpp(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::Mbpp, args),
+        Command::Piqa(args) => tasks::run_choice(ChoiceTask::Piqa, args),
+        Command::Hellaswag(args) => tasks::run_choice(ChoiceTask::Hellaswag, args),
+        Command::ArcEasy(args) => tasks::run_choice(ChoiceTask::ArcEasy, args),
+        Command::ArcChallenge(args) => tasks::run_choice(ChoiceTask::ArcChallenge, args),
+        Command::Winogrande(args) => tasks::run_choice(ChoiceTask::Winogrande, args),
+        Command::Boolq(args) => tasks::run_choice(ChoiceTask::Boolq, args),
+        Command::Gsm8k(args) => tasks::run_gsm8k(args),
+        Command::Translation(args) => tasks::run_translation(args),
     }
 }

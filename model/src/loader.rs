@@ -66,6 +66,14 @@ impl ModelConfig {
         }
     }
 
+    /// The longest sequence the model is configured for.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.max_position_embeddings,
+            ModelConfig::Gemma(c) => c.max_position_embeddings,
+        }
+    }
+
     /// Width of the residual stream.
     pub fn hidden_size(&self) -> usize {
         match self {
