@@ -11,11 +11,39 @@ pub fn root() -> &'static Path {
 }
 
 /// A `cargo` command (the cargo that runs xtask when there is one) run in the workspace root.
+///
+/// The variables `cargo run` sets for xtask itself are removed: build
+/// scripts such as ring's declare `rerun-if-env-changed` on some of them
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, `OUT_DIR`, ...), so a cargo run
+/// from xtask with them set would rebuild ring, openblas-src and with them
+/// all of burn after every cargo run from a shell, and the other way round.
 pub fn cargo() -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(&name);
+        }
+    }
     cmd.current_dir(root());
     cmd
+}
+
+/// Whether `name` is one of the variables cargo sets for the program that
+/// `cargo run` starts (rather than configuration the user set for cargo).
+fn set_by_cargo_run(name: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Whether `cargo metadata` JSON lists a target of `kind` named `name` in `package`.
@@ -94,5 +122,15 @@ mod tests {
     fn root_holds_the_workspace_manifest() {
         assert!(root().join("Cargo.toml").is_file());
         assert!(root().join("xtask").is_dir());
+    }
+
+    #[test]
+    fn spawned_cargo_drops_what_cargo_run_set_and_keeps_user_configuration() {
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR", "OUT_DIR", "CARGO_BIN_EXE_evaluate"] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        for name in ["CARGO_TARGET_DIR", "CARGO_HOME", "CARGO", "CARGO_TERM_COLOR", "PATH", "SUBPRUNE_HOME"] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
     }
 }
