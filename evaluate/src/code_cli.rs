@@ -1,7 +1,6 @@
 //! `evaluate humaneval-x` and `evaluate mbpp`: pass@k of code run in the sandbox.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,8 @@ use clap::{Args, ValueEnum};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
 use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::progress;
 use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel};
 
 /// A HumanEval-X language.
@@ -111,16 +110,6 @@ pub struct CodeArgs {
     /// Directory for the programs' temporary directories (default: the system's temporary directory).
     #[arg(long)]
     pub sandbox_dir: Option<PathBuf>,
-}
-
-fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    if quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed} elapsed, eta {eta})").expect("valid template"));
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Reads `--completions`: per task id, its completions in file order.

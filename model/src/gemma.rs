@@ -23,7 +23,9 @@ use serde_json::Value;
 
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::llama::{apply_rope, batch_shape, flatten_tokens, repeat_kv, rope_tables, Linear, LinearObserver};
+use crate::llama::{
+    apply_rope, batch_shape, check_decoder_shape, flatten_tokens, repeat_kv, rope_tables, DecoderShape, Linear, LinearObserver,
+};
 use crate::weights::{HostTensor, WeightMap};
 
 /// Which Gemma generation a configuration describes.
@@ -332,32 +334,18 @@ impl GemmaConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ModelError::config(path, format!("`{name}` must be positive; found 0")));
-            }
-        }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(ModelError::config(
-                path,
-                format!(
-                    "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                    self.num_attention_heads, self.num_key_value_heads
-                ),
-            ));
-        }
-        if self.head_dim % 2 != 0 {
-            return Err(ModelError::config(path, format!("head_dim must be even for rotary embeddings; found {}", self.head_dim)));
-        }
+        check_decoder_shape(
+            path,
+            &DecoderShape {
+                vocab_size: self.vocab_size,
+                hidden_size: self.hidden_size,
+                intermediate_size: self.intermediate_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                num_key_value_heads: self.num_key_value_heads,
+                head_dim: self.head_dim,
+            },
+        )?;
         if self.layer_types.len() != self.num_hidden_layers {
             return Err(ModelError::config(
                 path,

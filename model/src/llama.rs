@@ -250,32 +250,18 @@ impl LlamaConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ModelError::config(path, format!("`{name}` must be positive; found 0")));
-            }
-        }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(ModelError::config(
-                path,
-                format!(
-                    "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                    self.num_attention_heads, self.num_key_value_heads
-                ),
-            ));
-        }
-        if self.head_dim % 2 != 0 {
-            return Err(ModelError::config(path, format!("head_dim must be even for rotary embeddings; found {}", self.head_dim)));
-        }
+        check_decoder_shape(
+            path,
+            &DecoderShape {
+                vocab_size: self.vocab_size,
+                hidden_size: self.hidden_size,
+                intermediate_size: self.intermediate_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                num_key_value_heads: self.num_key_value_heads,
+                head_dim: self.head_dim,
+            },
+        )?;
         Ok(())
     }
 
@@ -390,6 +376,56 @@ impl LlamaConfig {
         }
         out
     }
+}
+
+/// The sizes every decoder configuration must get right, checked by [`check_decoder_shape`].
+pub(crate) struct DecoderShape {
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Refuses sizes no decoder can have: a zero size, query heads that are not
+/// a multiple of the key/value heads, an odd rotary head dimension.
+pub(crate) fn check_decoder_shape(path: &Path, shape: &DecoderShape) -> Result<(), ModelError> {
+    let positive = [
+        ("vocab_size", shape.vocab_size),
+        ("hidden_size", shape.hidden_size),
+        ("intermediate_size", shape.intermediate_size),
+        ("num_hidden_layers", shape.num_hidden_layers),
+        ("num_attention_heads", shape.num_attention_heads),
+        ("num_key_value_heads", shape.num_key_value_heads),
+        ("head_dim", shape.head_dim),
+    ];
+    for (name, value) in positive {
+        if value == 0 {
+            return Err(ModelError::config(path, format!("`{name}` must be positive; found 0")));
+        }
+    }
+    if shape.num_attention_heads % shape.num_key_value_heads != 0 {
+        return Err(ModelError::config(
+            path,
+            format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                shape.num_attention_heads, shape.num_key_value_heads
+            ),
+        ));
+    }
+    if shape.head_dim % 2 != 0 {
+        return Err(ModelError::config(path, format!("head_dim must be even for rotary embeddings; found {}", shape.head_dim)));
+    }
+    Ok(())
 }
 
 /// A linear layer `y = x W^T + b`, its weight kept transposed ([in, out]) for the matmul.
