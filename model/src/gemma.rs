@@ -411,7 +411,12 @@ impl GemmaConfig {
                 .collect();
             json["layer_types"] = serde_json::json!(kinds);
             json["sliding_window"] = serde_json::json!(self.sliding_window);
-            json["query_pre_attn_scalar"] = serde_json::json!(self.query_pre_attn_scalar);
+            // transformers declares it an integer and refuses `256.0`.
+            json["query_pre_attn_scalar"] = if self.query_pre_attn_scalar.fract() == 0.0 {
+                serde_json::json!(self.query_pre_attn_scalar as u64)
+            } else {
+                serde_json::json!(self.query_pre_attn_scalar)
+            };
             json["attn_logit_softcapping"] = serde_json::json!(self.attn_logit_softcapping);
             json["final_logit_softcapping"] = serde_json::json!(self.final_logit_softcapping);
         }
@@ -947,6 +952,9 @@ mod tests {
         assert!(c.expected_tensors().iter().any(|(n, _)| n == "model.layers.3.post_feedforward_layernorm.weight"));
         assert!(!c.expected_tensors().iter().any(|(n, _)| n.contains("q_norm")));
         assert_eq!(GemmaConfig::from_hf_json(&c.to_hf_json(), path()).unwrap(), c);
+        // transformers' config classes type it as an integer and refuse `224.0`.
+        assert_eq!(c.to_hf_json()["query_pre_attn_scalar"], serde_json::json!(224));
+        assert!(c.to_hf_json()["query_pre_attn_scalar"].is_u64());
     }
 
     #[test]
