@@ -371,6 +371,165 @@ pub fn causal_attention(
     context
 }
 
+/// Most rows for which [`small_matmul`] beats a general matmul: a matmul
+/// library packs the whole weight on every call, which costs more than the
+/// product itself when the input has only a few rows (one per sequence in
+/// incremental decoding).
+pub const SMALL_MATMUL_ROWS: usize = 16;
+
+/// Output columns handed to one parallel task by [`small_matmul`].
+const COLUMNS_PER_TASK: usize = 64;
+
+/// Dot products of rows `x[r]` with weight rows `w[c]` (each `inner` long)
+/// for a tile of `R` rows and `C` weight rows, into `out[r][c]`. Every
+/// product is summed the same way whatever the tile and the CPU: `LANES`
+/// interleaved partial sums (a multiply, then an add), the partial sums
+/// added in order, then the tail.
+fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU was just found to support AVX2.
+        unsafe { dot_tile_avx2(x, w, out) };
+        return;
+    }
+    let inner = w[0].len();
+    let body = inner - inner % LANES;
+    let mut acc = [[[0.0f32; LANES]; C]; R];
+    for at in (0..body).step_by(LANES) {
+        for r in 0..R {
+            for c in 0..C {
+                for l in 0..LANES {
+                    acc[r][c][l] += x[r][at + l] * w[c][at + l];
+                }
+            }
+        }
+    }
+    finish_dot_tile(&x, &w, &acc, body, out);
+}
+
+/// Adds up the partial sums of a tile in order and the tail after `body`.
+#[inline(always)]
+fn finish_dot_tile<const R: usize, const C: usize>(
+    x: &[&[f32]; R],
+    w: &[&[f32]; C],
+    acc: &[[[f32; LANES]; C]; R],
+    body: usize,
+    out: &mut [[f32; C]; R],
+) {
+    for r in 0..R {
+        for c in 0..C {
+            let mut total = 0.0f32;
+            for v in acc[r][c] {
+                total += v;
+            }
+            for i in body..w[c].len() {
+                total += x[r][i] * w[c][i];
+            }
+            out[r][c] = total;
+        }
+    }
+}
+
+/// [`dot_tile`] with AVX2 registers as the partial sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
+    use std::arch::x86_64::{__m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+    const { assert!(LANES == 8) };
+    let inner = w[0].len();
+    let body = inner - inner % LANES;
+    let mut acc: [[__m256; C]; R] = [[_mm256_setzero_ps(); C]; R];
+    let mut at = 0;
+    while at < body {
+        let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
+        for c in 0..C {
+            // SAFETY: at + LANES <= body <= w[c].len().
+            wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(at)) };
+        }
+        for r in 0..R {
+            // SAFETY: every x[r] is as long as the weight rows.
+            let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(at)) };
+            for c in 0..C {
+                acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(xv, wv[c]));
+            }
+        }
+        at += LANES;
+    }
+    let mut lanes = [[[0.0f32; LANES]; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            // SAFETY: lanes[r][c] holds LANES f32.
+            unsafe { _mm256_storeu_ps(lanes[r][c].as_mut_ptr(), acc[r][c]) };
+        }
+    }
+    finish_dot_tile(&x, &w, &lanes, body, out);
+}
+
+/// [`small_matmul`] of the weight rows in `w` into `out` ([rows, w.len() / inner]).
+fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32]) {
+    // `out` is [rows, width] for the `width` weight rows of `w`.
+    const C: usize = 4;
+    let inner = x.len() / rows;
+    let width = w.len() / inner;
+    let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
+    let w_row = |c: usize| &w[c * inner..(c + 1) * inner];
+    let mut c0 = 0;
+    while c0 < width {
+        let cols = C.min(width - c0);
+        let mut r0 = 0;
+        while r0 < rows {
+            if cols == C && rows - r0 >= 2 {
+                let mut tile = [[0.0f32; C]; 2];
+                dot_tile([x_row(r0), x_row(r0 + 1)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
+                for (r, tile) in tile.iter().enumerate() {
+                    out[(r0 + r) * width + c0..(r0 + r) * width + c0 + C].copy_from_slice(tile);
+                }
+                r0 += 2;
+            } else if cols == C {
+                let mut tile = [[0.0f32; C]; 1];
+                dot_tile([x_row(r0)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
+                out[r0 * width + c0..r0 * width + c0 + C].copy_from_slice(&tile[0]);
+                r0 += 1;
+            } else {
+                for c in c0..c0 + cols {
+                    let mut tile = [[0.0f32; 1]; 1];
+                    dot_tile([x_row(r0)], [w_row(c)], &mut tile);
+                    out[r0 * width + c] = tile[0][0];
+                }
+                r0 += 1;
+            }
+        }
+        c0 += cols;
+    }
+}
+
+/// `x w^T` for a few rows `x` ([rows, inner]) and a weight `w` ([cols,
+/// inner], Hugging Face's layout): dot products read each weight row once,
+/// contiguously, for all rows of `x`, without packing; parallel over blocks
+/// of weight rows. Each output is summed in the same order whatever `rows`
+/// is, so a sequence's results do not depend on what else is in the batch.
+pub fn small_matmul(x: &[f32], rows: usize, w: &[f32], cols: usize) -> Vec<f32> {
+    let inner = x.len() / rows;
+    assert_eq!(w.len(), inner * cols, "small_matmul: the weight is not [{cols}, {inner}]");
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(COLUMNS_PER_TASK * inner)
+        .map(|w| {
+            let mut out = vec![0.0f32; rows * (w.len() / inner)];
+            small_matmul_block(x, rows, w, &mut out);
+            out
+        })
+        .collect();
+    let mut out = vec![0.0f32; rows * cols];
+    for (block, values) in blocks.iter().enumerate() {
+        let first = block * COLUMNS_PER_TASK;
+        let width = values.len() / rows;
+        for (r, values) in values.chunks_exact(width).enumerate() {
+            out[r * cols + first..r * cols + first + width].copy_from_slice(values);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +619,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn small_matmul_matches_a_direct_computation_and_ignores_the_batch() {
+        // Weight rows not a multiple of a task's block or a tile, an inner
+        // size with a tail; one and several rows of input.
+        let (inner, cols) = (37, 2 * COLUMNS_PER_TASK + 7);
+        let mut rng = crate::testing::Rng::new(5);
+        let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32() - 0.5).collect();
+        let x: Vec<f32> = (0..SMALL_MATMUL_ROWS * inner).map(|_| rng.next_f32() - 0.5).collect();
+        let all = small_matmul(&x, SMALL_MATMUL_ROWS, &w, cols);
+        for r in 0..SMALL_MATMUL_ROWS {
+            let alone = small_matmul(&x[r * inner..(r + 1) * inner], 1, &w, cols);
+            assert_eq!(alone, all[r * cols..(r + 1) * cols], "row {r} alone differs from row {r} in the batch");
+            for c in 0..cols {
+                let want: f64 = (0..inner).map(|i| f64::from(x[r * inner + i]) * f64::from(w[c * inner + i])).sum();
+                let have = f64::from(all[r * cols + c]);
+                assert!((have - want).abs() < 1e-5, "({r}, {c}): {have} vs {want}");
+            }
+        }
+        let three = small_matmul(&x[..3 * inner], 3, &w, cols);
+        assert_eq!(three, all[..3 * cols]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and its forward pass in burn.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -434,6 +435,21 @@ pub(crate) fn check_decoder_shape(path: &Path, shape: &DecoderShape) -> Result<(
 pub struct Linear {
     weight_t: Tensor<2>,
     bias: Option<Tensor<1>>,
+    host_weight: HostWeight,
+}
+
+/// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
+/// on first use by [`kernels::small_matmul`] and shared by clones of the layer.
+#[derive(Clone, Default)]
+struct HostWeight(Arc<OnceLock<Vec<f32>>>);
+
+impl std::fmt::Debug for HostWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(values) => write!(f, "HostWeight({} values)", values.len()),
+            None => write!(f, "HostWeight(not copied)"),
+        }
+    }
 }
 
 /// Transposes a row-major [rows, cols] matrix into [cols, rows].
@@ -485,12 +501,22 @@ impl Linear {
             let values: Vec<f32> = parts.into_iter().flatten().collect();
             Tensor::from_data(TensorData::new(values, [out_f]), device)
         });
-        Linear { weight_t, bias }
+        Linear { weight_t, bias, host_weight: HostWeight::default() }
     }
 
-    /// Applies the layer to rows of `x` ([n, in] -> [n, out]).
+    /// Applies the layer to rows of `x` ([n, in] -> [n, out]). A few rows in
+    /// host memory (incremental decoding) go through
+    /// [`kernels::small_matmul`], the rest through burn's matmul.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight_t.clone());
+        let [rows, _] = x.dims();
+        let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&x.device()) {
+            let [inner, cols] = self.weight_t.dims();
+            let device = x.device();
+            let weight = self.host_weight.0.get_or_init(|| transpose_host(&host_values(self.weight_t.clone()), inner, cols));
+            from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
+        } else {
+            x.matmul(self.weight_t.clone())
+        };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
