@@ -4,7 +4,7 @@
 //! HumanEval-X (CodeGeeX): the model completes `prompt`; the program run is
 //! `prompt + completion + "\n" + test` (C++: the standard headers of CodeGeeX's
 //! harness that the prompt lacks come first). A completion is cut where the
-//! function ends: Python at the first of the Codex stop sequences
+//! function ends: Python at the first of the stop sequences
 //! ([`PYTHON_STOPS`]), C++/Java/JavaScript after the brace that closes what the
 //! prompt left open (strings and comments skipped).
 //!
@@ -26,8 +26,11 @@ use serde_json::Value;
 
 use crate::sandbox::Language;
 
-/// The stop sequences Codex used for Python completions of HumanEval.
-pub const PYTHON_STOPS: &[&str] = &["\nclass", "\ndef", "\n#", "\nif", "\nprint"];
+/// The stop sequences of Python completions of HumanEval: Codex's
+/// (`\nclass`, `\ndef`, `\n#`, `\nif`, `\nprint`) plus the decorator and
+/// the closing Markdown fence that bigcode-evaluation-harness adds for
+/// instruction-tuned models, which tend to close a code block and explain it.
+pub const PYTHON_STOPS: &[&str] = &["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```"];
 /// MBPP's end-of-code marker.
 pub const MBPP_DONE: &str = "[DONE]";
 /// First and last MBPP test task ids.

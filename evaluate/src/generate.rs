@@ -196,12 +196,33 @@ pub fn softmax_with_temperature(logits: &[f32], temperature: f64) -> Vec<f64> {
     exps.into_iter().map(|e| e / total).collect()
 }
 
+/// Tokens sorted first by [`top_p_set`]; only when they do not reach the
+/// threshold is the whole vocabulary sorted.
+const NUCLEUS_CANDIDATES: usize = 512;
+
 /// The nucleus of `probs`: token ids by decreasing probability (lower id
 /// first on ties) up to and including the first at which the running total
 /// reaches `top_p`; all ids when `top_p >= 1`.
 pub fn top_p_set(probs: &[f64], top_p: f64) -> Vec<usize> {
+    // Most probable first, ties by id: a strict total order, so the first k
+    // of a partial selection are exactly the first k of a full sort.
+    let before = |&a: &usize, &b: &usize| probs[b].total_cmp(&probs[a]).then(a.cmp(&b));
     let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    if top_p < 1.0 && order.len() > NUCLEUS_CANDIDATES {
+        order.select_nth_unstable_by(NUCLEUS_CANDIDATES - 1, before);
+        order.truncate(NUCLEUS_CANDIDATES);
+        order.sort_by(before);
+        let mut total = 0.0;
+        if let Some(keep) = order.iter().position(|&i| {
+            total += probs[i];
+            total >= top_p
+        }) {
+            order.truncate(keep + 1);
+            return order;
+        }
+        order = (0..probs.len()).collect();
+    }
+    order.sort_by(before);
     if top_p >= 1.0 {
         return order;
     }
@@ -300,6 +321,34 @@ fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Re
     Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
 }
 
+/// The cache and last-token logits of padded rows, each distinct row
+/// computed once (the samples of one prompt share its prefill) and the
+/// cache's rows then copied out to every row.
+fn prefill_shared(model: &Model, sequences: &[Vec<u32>], padding: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>), EvalError> {
+    let mut distinct: Vec<usize> = Vec::new();
+    let source: Vec<usize> = sequences
+        .iter()
+        .map(|s| match distinct.iter().position(|&d| &sequences[d] == s) {
+            Some(at) => at,
+            None => {
+                distinct.push(sequences.iter().position(|t| t == s).expect("the row itself"));
+                distinct.len() - 1
+            }
+        })
+        .collect();
+    let longest = distinct.iter().map(|&d| sequences[d].len() - padding[d]).max().unwrap_or(0);
+    let unique: Vec<Vec<u32>> = distinct.iter().map(|&d| sequences[d][sequences[d].len() - longest..].to_vec()).collect();
+    let unique_padding: Vec<usize> = distinct.iter().map(|&d| padding[d] + longest - sequences[d].len()).collect();
+    let mut cache = model.new_padded_cache(unique_padding);
+    let logits = last_logits(model, &unique, &mut cache)?;
+    if distinct.len() == sequences.len() {
+        return Ok((cache, logits));
+    }
+    cache.select_rows(&source);
+    let logits = source.iter().map(|&u| logits[u].clone()).collect();
+    Ok((cache, logits))
+}
+
 fn run_batch(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -321,14 +370,21 @@ fn run_batch(
             .map(|_| Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length })
             .collect());
     }
-    let mut cache = model.new_padded_cache(padding.clone());
-    let mut logits = last_logits(model, &sequences, &mut cache)?;
+    let mut padding = padding;
+    let (mut cache, mut logits) = if config.use_cache {
+        prefill_shared(model, &sequences, &padding)?
+    } else {
+        let mut cache = model.new_padded_cache(padding.clone());
+        let logits = last_logits(model, &sequences, &mut cache)?;
+        (cache, logits)
+    };
+    // Rows still generating, in batch order; `logits`, `sequences`, `padding`
+    // and the cache hold these rows only, so finished rows cost nothing.
+    let mut active: Vec<usize> = (0..rows.len()).collect();
     loop {
         let mut finished = 0;
-        for (row, logits) in rows.iter_mut().zip(&logits) {
-            if row.done.is_some() {
-                continue;
-            }
+        for (&index, logits) in active.iter().zip(&logits) {
+            let row = &mut rows[index];
             let token = sample_token(logits, config.temperature, config.top_p, &mut row.rng) as u32;
             if Some(token) == eos {
                 row.done = Some(finish(tokenizer, &row.tokens, FinishReason::Eos)?);
@@ -347,12 +403,16 @@ fn run_batch(
         }
         if finished > 0 {
             progress(finished);
+            let keep: Vec<usize> = (0..active.len()).filter(|&i| rows[active[i]].done.is_none()).collect();
+            if keep.is_empty() {
+                break;
+            }
+            cache.select_rows(&keep);
+            active = keep.iter().map(|&i| active[i]).collect();
+            sequences = keep.iter().map(|&i| std::mem::take(&mut sequences[i])).collect();
+            padding = keep.iter().map(|&i| padding[i]).collect();
         }
-        if rows.iter().all(|r| r.done.is_some()) {
-            break;
-        }
-        // Finished rows keep running on a repeat of their last token; their output is ignored.
-        let next: Vec<u32> = rows.iter().zip(&sequences).map(|(r, s)| r.tokens.last().copied().unwrap_or(s[s.len() - 1])).collect();
+        let next: Vec<u32> = active.iter().map(|&i| *rows[i].tokens.last().expect("a running row has a token")).collect();
         if config.use_cache {
             let step: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
             logits = last_logits(model, &step, &mut cache)?;
@@ -396,6 +456,26 @@ mod tests {
         assert_eq!(top_p_set(&probs, 0.95), vec![1, 2, 3, 0]);
         assert_eq!(top_p_set(&probs, 1.0), vec![1, 2, 3, 0]);
         assert_eq!(top_p_set(&probs, 1e-9), vec![1]);
+    }
+
+    #[test]
+    fn top_p_of_a_large_vocabulary_equals_the_full_sort() {
+        let mut rng = SampleRng::new(4);
+        // Many ties (values on a coarse grid) and a long tail.
+        let raw: Vec<f64> = (0..5000).map(|_| (rng.next_f64() * 40.0).floor().powi(3)).collect();
+        let total: f64 = raw.iter().sum();
+        let probs: Vec<f64> = raw.iter().map(|r| r / total).collect();
+        let mut full: Vec<usize> = (0..probs.len()).collect();
+        full.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        for top_p in [0.01, 0.3, 0.9, 0.999_999] {
+            let mut running = 0.0;
+            let keep = full.iter().position(|&i| {
+                running += probs[i];
+                running >= top_p
+            });
+            let want = &full[..keep.map_or(full.len(), |k| k + 1)];
+            assert_eq!(top_p_set(&probs, top_p), want, "top_p {top_p}");
+        }
     }
 
     #[test]

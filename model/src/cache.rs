@@ -7,20 +7,130 @@
 //! token in slot j sits at rotary position `j - padding[b]`, so a padded row
 //! computes what the same tokens alone would.
 
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
 
-/// Keys and values of one decoder layer.
+/// Keys and values of one decoder layer: as tensors, or in host memory
+/// (see [`HostKv`]) when the forward pass runs the host kernels.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
     /// Keys [batch, kv_heads, len, head_dim], none before the first forward.
     pub keys: Option<Tensor<4>>,
     /// Values [batch, kv_heads, len, head_dim], none before the first forward.
     pub values: Option<Tensor<4>>,
+    /// Keys and values in host memory, for the host kernels.
+    pub host: HostKv,
+}
+
+/// Keys and values of one decoder layer in host memory, each [batch,
+/// kv_heads, capacity, head_dim] with the first `len` slots filled. The
+/// capacity grows by doubling, so appending a position copies nothing
+/// most of the time.
+#[derive(Debug, Clone, Default)]
+pub struct HostKv {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    blocks: usize,
+    head_dim: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl HostKv {
+    /// Appends `new` positions of `blocks` (batch x kv_heads) key and value
+    /// heads, each given as [blocks, new, head_dim].
+    pub fn append(&mut self, keys: &[f32], values: &[f32], blocks: usize, new: usize, head_dim: usize) {
+        if self.capacity == 0 {
+            (self.blocks, self.head_dim) = (blocks, head_dim);
+        }
+        assert!(blocks == self.blocks && head_dim == self.head_dim, "host key/value cache: shape changed between steps");
+        if self.len + new > self.capacity {
+            let capacity = (2 * self.capacity).max(self.len + new).max(64);
+            let grow = |old: &[f32]| {
+                let mut grown = vec![0.0f32; blocks * capacity * head_dim];
+                for block in 0..blocks {
+                    let filled = &old[block * self.capacity * head_dim..(block * self.capacity + self.len) * head_dim];
+                    grown[block * capacity * head_dim..][..filled.len()].copy_from_slice(filled);
+                }
+                grown
+            };
+            (self.keys, self.values) = (grow(&self.keys), grow(&self.values));
+            self.capacity = capacity;
+        }
+        for block in 0..blocks {
+            let to = (block * self.capacity + self.len) * head_dim..(block * self.capacity + self.len + new) * head_dim;
+            let from = block * new * head_dim..(block + 1) * new * head_dim;
+            self.keys[to.clone()].copy_from_slice(&keys[from.clone()]);
+            self.values[to].copy_from_slice(&values[from]);
+        }
+        self.len += new;
+    }
+
+    /// Replaces the blocks by the given ones, in that order (an index may
+    /// repeat, to copy a block).
+    pub fn select_blocks(&mut self, blocks: &[usize]) {
+        let size = self.capacity * self.head_dim;
+        let pick = |from: &[f32]| blocks.iter().flat_map(|&b| from[b * size..(b + 1) * size].iter().copied()).collect::<Vec<f32>>();
+        (self.keys, self.values) = (pick(&self.keys), pick(&self.values));
+        self.blocks = blocks.len();
+    }
+
+    /// Keys [blocks, capacity, head_dim].
+    pub fn keys(&self) -> &[f32] {
+        &self.keys
+    }
+
+    /// Values [blocks, capacity, head_dim].
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Slots allocated per block.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Slots filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no slot is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl LayerKv {
+    /// Moves keys and values held as tensors into [`LayerKv::host`] (a
+    /// cache filled by tensor ops and continued by the host kernels).
+    pub fn move_to_host(&mut self) {
+        if let (Some(keys), Some(values)) = (self.keys.take(), self.values.take()) {
+            let [batch, kv_heads, len, head_dim] = keys.dims();
+            let read = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 keys and values");
+            self.host = HostKv::default();
+            self.host.append(&read(keys), &read(values), batch * kv_heads, len, head_dim);
+        }
+    }
+
+    /// Moves keys and values held in [`LayerKv::host`] into tensors on
+    /// `device` (a cache filled by the host kernels and continued by tensor ops).
+    pub fn move_to_tensors(&mut self, batch: usize, device: &Device) {
+        if self.host.is_empty() {
+            return;
+        }
+        let host = std::mem::take(&mut self.host);
+        let (blocks, len, d) = (host.blocks, host.len, host.head_dim);
+        let filled = |values: &[f32]| -> Tensor<4> {
+            let data: Vec<f32> =
+                (0..blocks).flat_map(|b| values[b * host.capacity * d..(b * host.capacity + len) * d].iter().copied()).collect();
+            Tensor::from_data(TensorData::new(data, [batch, blocks / batch, len, d]), device)
+        };
+        self.keys = Some(filled(&host.keys));
+        self.values = Some(filled(&host.values));
+    }
+
     /// Appends the keys and values of new positions ([batch, kv_heads, new,
     /// head_dim]) and returns all of them, old then new.
     pub fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
@@ -93,6 +203,31 @@ impl KvCache {
         Ok(())
     }
 
+    /// Replaces the rows of the batch by the given ones, in that order, with
+    /// their keys, values and padding: dropping rows that finished
+    /// generating stops their cost, and repeating a row lets samples of one
+    /// prompt share its prefill. What a row computes does not change.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        let batch = self.batch();
+        assert!(rows.iter().all(|&r| r < batch), "rows to select {rows:?} from a batch of {batch}");
+        for layer in &mut self.layers {
+            if !layer.host.is_empty() {
+                let per_row = layer.host.blocks / batch;
+                let blocks: Vec<usize> = rows.iter().flat_map(|&r| r * per_row..(r + 1) * per_row).collect();
+                layer.host.select_blocks(&blocks);
+            }
+            for tensor in [&mut layer.keys, &mut layer.values] {
+                if let Some(t) = tensor.take() {
+                    let device = t.device();
+                    let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &device);
+                    *tensor = Some(t.select(0, index));
+                }
+            }
+        }
+        self.padding = rows.iter().map(|&r| self.padding[r]).collect();
+    }
+
     /// Records that `new` slots were appended to every layer.
     pub fn advance(&mut self, new: usize) {
         self.len += new;
@@ -102,6 +237,21 @@ impl KvCache {
     /// position `j - padding[b]` (padding slots at 0).
     pub fn positions(&self, new: usize) -> Vec<Vec<usize>> {
         self.padding.iter().map(|&p| (self.len..self.len + new).map(|j| j.saturating_sub(p)).collect()).collect()
+    }
+
+    /// The key slots each new slot may look at, per row then new slot
+    /// ([batch * new]): the same as [`KvCache::mask`] leaves visible, which
+    /// is always one contiguous range.
+    pub fn visible(&self, new: usize, window: Option<usize>) -> Vec<std::ops::Range<usize>> {
+        let mut ranges = Vec::with_capacity(self.batch() * new);
+        for &pad in &self.padding {
+            for i in 0..new {
+                let q = self.len + i;
+                let start = if q >= pad { window.map_or(pad, |w| pad.max((q + 1).saturating_sub(w))) } else { 0 };
+                ranges.push(start..q + 1);
+            }
+        }
+        ranges
     }
 
     /// Attention mask [batch, 1, new * group, len + new], true where a query
@@ -160,6 +310,55 @@ mod tests {
         let plain = KvCache::new(1, vec![0]);
         let mask = plain.mask(3, 1, Some(2), &cpu()).into_data().try_into_vec::<bool>().unwrap();
         assert_eq!(mask, vec![false, true, true, false, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn visible_ranges_are_what_the_mask_leaves_open() {
+        for (padding, filled, new, window) in [(vec![0, 2], 0, 4, None), (vec![3, 0], 4, 1, Some(2)), (vec![1], 2, 3, Some(3))] {
+            let mut cache = KvCache::new(1, padding.clone());
+            cache.advance(filled);
+            let mask = cache.mask(new, 1, window, &cpu()).into_data().try_into_vec::<bool>().unwrap();
+            let total = filled + new;
+            for (row, range) in cache.visible(new, window).iter().enumerate() {
+                let open: Vec<usize> = (0..total).filter(|&k| !mask[row * total + k]).collect();
+                assert_eq!(open, range.clone().collect::<Vec<_>>(), "padding {padding:?}, slot row {row}");
+            }
+        }
+    }
+
+    #[test]
+    fn host_kv_keeps_every_block_in_order_as_it_grows() {
+        let mut kv = HostKv::default();
+        // Two blocks of head_dim 1; value = 100 * block + position.
+        for start in (0..70).step_by(7) {
+            let keys: Vec<f32> = (0..2).flat_map(|b| (start..start + 7).map(move |p| (100 * b + p) as f32)).collect();
+            kv.append(&keys, &keys, 2, 7, 1);
+        }
+        assert_eq!(kv.len(), 70);
+        assert!(kv.capacity() >= 70);
+        for b in 0..2 {
+            let stored: Vec<f32> = kv.keys()[b * kv.capacity()..b * kv.capacity() + 70].to_vec();
+            assert_eq!(stored, (0..70).map(|p| (100 * b + p) as f32).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn selected_rows_keep_their_keys_values_and_padding() {
+        let mut cache = KvCache::new(1, vec![0, 1, 2]);
+        // Three rows of two kv heads (head_dim 1): value = 10 * row + head, two slots.
+        let keys: Vec<f32> = (0..3).flat_map(|r| (0..2).flat_map(move |h| [10.0 * r as f32 + h as f32; 2])).collect();
+        cache.layers[0].host.append(&keys, &keys, 6, 2, 1);
+        let tensor = Tensor::<4>::from_data(TensorData::new(keys.clone(), [3, 2, 2, 1]), &cpu());
+        cache.layers[0].keys = Some(tensor.clone());
+        cache.layers[0].values = Some(tensor);
+        cache.advance(2);
+        cache.select_rows(&[2, 0, 2]);
+        assert_eq!(cache.padding(), &[2, 0, 2]);
+        let host = &cache.layers[0].host;
+        let first_slots: Vec<f32> = (0..6).map(|b| host.values()[b * host.capacity()]).collect();
+        assert_eq!(first_slots, vec![20.0, 21.0, 0.0, 1.0, 20.0, 21.0]);
+        let kept = cache.layers[0].keys.clone().unwrap().into_data().try_into_vec::<f32>().unwrap();
+        assert_eq!(kept, vec![20.0, 20.0, 21.0, 21.0, 0.0, 0.0, 1.0, 1.0, 20.0, 20.0, 21.0, 21.0]);
     }
 
     #[test]

@@ -371,24 +371,121 @@ pub fn causal_attention(
     context
 }
 
+/// Queries, keys and values of the new positions of a cached forward step,
+/// split from a fused q/k/v projection with the rotary embedding applied.
+pub struct NewHeads {
+    /// Queries [batch, new, heads, head_dim].
+    pub queries: Vec<f32>,
+    /// Keys [batch, kv_heads, new, head_dim].
+    pub keys: Vec<f32>,
+    /// Values [batch, kv_heads, new, head_dim].
+    pub values: Vec<f32>,
+}
+
+/// Splits rows of a fused projection `[q, k, v]` ([batch * new, ...]) of new
+/// positions into [`NewHeads`], rotating queries and keys with per-row
+/// tables `cos` and `sin` ([batch * new, head_dim], Hugging Face's
+/// `rotate_half` layout).
+pub fn split_new_heads(qkv: &[f32], shape: AttentionShape, cos: &[f32], sin: &[f32]) -> NewHeads {
+    let AttentionShape { batch, seq: new, heads, kv_heads, head_dim: d } = shape;
+    let width = (heads + 2 * kv_heads) * d;
+    let mut queries = vec![0.0f32; batch * new * heads * d];
+    let mut keys = vec![0.0f32; batch * kv_heads * new * d];
+    let mut values = vec![0.0f32; batch * kv_heads * new * d];
+    for (row, x) in qkv.chunks_exact(width).enumerate() {
+        let (b, i) = (row / new, row % new);
+        let (cos, sin) = (&cos[row * d..(row + 1) * d], &sin[row * d..(row + 1) * d]);
+        for h in 0..heads {
+            rope_into(&x[h * d..(h + 1) * d], cos, sin, &mut queries[(row * heads + h) * d..(row * heads + h + 1) * d]);
+        }
+        for g in 0..kv_heads {
+            let at = ((b * kv_heads + g) * new + i) * d;
+            rope_into(&x[(heads + g) * d..(heads + g + 1) * d], cos, sin, &mut keys[at..at + d]);
+            values[at..at + d].copy_from_slice(&x[(heads + kv_heads + g) * d..(heads + kv_heads + g + 1) * d]);
+        }
+    }
+    NewHeads { queries, keys, values }
+}
+
+#[inline(always)]
+fn attend_one_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k)).collect();
+    let visible = scores.len();
+    causal_softmax_row_body(&mut scores, visible, scale);
+    out.fill(0.0);
+    for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
+        for (o, &v) in out.iter_mut().zip(v) {
+            *o += p * v;
+        }
+    }
+}
+
+/// Dot product of two equally long slices, in `LANES` interleaved partial sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+dispatch! {
+    /// Softmax-weighted sum of `values` for one query over `keys` (rows of `q.len()`), into `out`.
+    fn attend_one => attend_one_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32])
+}
+
+/// Attention of new positions over a key/value cache in host memory:
+/// `queries` [batch, new, heads, head_dim] (`shape.seq` = new), `keys` and
+/// `values` [batch, kv_heads, capacity, head_dim], and for each (row, new
+/// position) the range of key slots it sees. Returns the context [batch *
+/// new, heads * head_dim].
+pub fn cached_attention(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    capacity: usize,
+    shape: AttentionShape,
+    visible: &[std::ops::Range<usize>],
+    scale: f32,
+) -> Vec<f32> {
+    let AttentionShape { seq: new, heads, kv_heads, head_dim: d, .. } = shape;
+    let group = shape.group();
+    let mut context = vec![0.0f32; queries.len()];
+    context.par_chunks_mut(d).zip(queries.par_chunks(d)).enumerate().with_min_len(4).for_each(|(index, (out, q))| {
+        let (row, h) = (index / heads, index % heads);
+        let (b, g) = (row / new, h / group);
+        let range = &visible[row];
+        let base = (b * kv_heads + g) * capacity;
+        let slots = (base + range.start) * d..(base + range.end) * d;
+        attend_one(q, &keys[slots.clone()], &values[slots], scale, out);
+    });
+    context
+}
+
 /// Most rows for which [`small_matmul`] beats a general matmul: a matmul
 /// library packs the whole weight on every call, which costs more than the
 /// product itself when the input has only a few rows (one per sequence in
 /// incremental decoding).
-pub const SMALL_MATMUL_ROWS: usize = 16;
+pub const SMALL_MATMUL_ROWS: usize = 64;
 
 /// Output columns handed to one parallel task by [`small_matmul`].
 const COLUMNS_PER_TASK: usize = 64;
 
 /// Dot products of rows `x[r]` with weight rows `w[c]` (each `inner` long)
 /// for a tile of `R` rows and `C` weight rows, into `out[r][c]`. Every
-/// product is summed the same way whatever the tile and the CPU: `LANES`
-/// interleaved partial sums (a multiply, then an add), the partial sums
-/// added in order, then the tail.
+/// product is summed the same way whatever the tile: `LANES` interleaved
+/// partial sums (fused multiply-adds where the CPU has AVX2 and FMA), the
+/// partial sums added in order, then the tail.
 fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU was just found to support AVX2.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just found to support AVX2 and FMA.
         unsafe { dot_tile_avx2(x, w, out) };
         return;
     }
@@ -432,9 +529,9 @@ fn finish_dot_tile<const R: usize, const C: usize>(
 
 /// [`dot_tile`] with AVX2 registers as the partial sums.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
-    use std::arch::x86_64::{__m256, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
     const { assert!(LANES == 8) };
     let inner = w[0].len();
     let body = inner - inner % LANES;
@@ -450,7 +547,7 @@ unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f3
             // SAFETY: every x[r] is as long as the weight rows.
             let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(at)) };
             for c in 0..C {
-                acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(xv, wv[c]));
+                acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
             }
         }
         at += LANES;

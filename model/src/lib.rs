@@ -18,7 +18,7 @@ pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
-pub use cache::{KvCache, LayerKv};
+pub use cache::{HostKv, KvCache, LayerKv};
 pub use device::{select_device, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use loader::{load_model, LoadedModel, Model, ModelConfig, ModelFormat};

@@ -512,7 +512,12 @@ impl Linear {
         let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&x.device()) {
             let [inner, cols] = self.weight_t.dims();
             let device = x.device();
-            let weight = self.host_weight.0.get_or_init(|| transpose_host(&host_values(self.weight_t.clone()), inner, cols));
+            let weight = self.host_weight.0.get_or_init(|| {
+                // A fresh tensor, so that its values move out without the
+                // element-by-element copy a shared one would need.
+                let own = self.weight_t.clone().mul_scalar(1.0);
+                transpose_host(&host_values(own), inner, cols)
+            });
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
         } else {
             x.matmul(self.weight_t.clone())
@@ -628,8 +633,16 @@ pub fn apply_rope_rows(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor
 /// at the given positions ([batch][seq]), in Hugging Face's `rotate_half` layout.
 pub fn rope_tables_at(inv_freq: &[f64], positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
     let (batch, seq, d) = (positions.len(), positions.first().map_or(0, Vec::len), 2 * inv_freq.len());
-    let mut cos = Vec::with_capacity(batch * seq * d);
-    let mut sin = Vec::with_capacity(batch * seq * d);
+    let (cos, sin) = rope_values_at(inv_freq, positions);
+    (from_values(cos, [batch, 1, seq, d], device), from_values(sin, [batch, 1, seq, d], device))
+}
+
+/// The values of [`rope_tables_at`], [batch * seq, head_dim] row-major.
+pub fn rope_values_at(inv_freq: &[f64], positions: &[Vec<usize>]) -> (Vec<f32>, Vec<f32>) {
+    let d = 2 * inv_freq.len();
+    let count = positions.iter().map(Vec::len).sum::<usize>();
+    let mut cos = Vec::with_capacity(count * d);
+    let mut sin = Vec::with_capacity(count * d);
     for &pos in positions.iter().flatten() {
         for _ in 0..2 {
             for f in inv_freq {
@@ -639,7 +652,7 @@ pub fn rope_tables_at(inv_freq: &[f64], positions: &[Vec<usize>], device: &Devic
             }
         }
     }
-    (from_values(cos, [batch, 1, seq, d], device), from_values(sin, [batch, 1, seq, d], device))
+    (cos, sin)
 }
 
 /// Repeats each of the `kv_heads` heads of x [batch, kv_heads, seq, d]
@@ -734,10 +747,27 @@ impl Attention {
     /// values in `kv` and the new ones, which are appended to `kv`.
     fn attend_cached(&self, qkv: Tensor<2>, step: &CachedStep, kv: &mut LayerKv) -> Tensor<2> {
         let (b, s, d) = (step.batch, step.seq, self.head_dim);
+        let (cos, sin, mask) = match &step.tables {
+            StepTables::Host { cos, sin, visible } => {
+                kv.move_to_host();
+                let device = qkv.device();
+                let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
+                let new = kernels::split_new_heads(&host_values(qkv), shape, cos, sin);
+                kv.host.append(&new.keys, &new.values, b * self.kv_heads, s, d);
+                let scale = (1.0 / (d as f64).sqrt()) as f32;
+                let context =
+                    kernels::cached_attention(&new.queries, kv.host.keys(), kv.host.values(), kv.host.capacity(), shape, visible, scale);
+                return from_values(context, [b * s, self.heads * d], &device);
+            }
+            StepTables::Tensor { cos, sin, mask } => {
+                kv.move_to_tensors(b, &qkv.device());
+                (cos, sin, mask)
+            }
+        };
         let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
         let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = apply_rope_rows(heads(qkv.clone().narrow(1, 0, q_width), self.heads), &step.cos, &step.sin);
-        let k = apply_rope_rows(heads(qkv.clone().narrow(1, q_width, kv_width), self.kv_heads), &step.cos, &step.sin);
+        let q = apply_rope_rows(heads(qkv.clone().narrow(1, 0, q_width), self.heads), cos, sin);
+        let k = apply_rope_rows(heads(qkv.clone().narrow(1, q_width, kv_width), self.kv_heads), cos, sin);
         let v = heads(qkv.narrow(1, q_width + kv_width, kv_width), self.kv_heads);
         let (k, v) = kv.append(k, v);
         let total = k.dims()[2];
@@ -745,21 +775,30 @@ impl Attention {
         // Query head g * group + r at new slot i is row r * s + i of key/value head g.
         let q = q.reshape([b, self.kv_heads, group * s, d]);
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-        let mask = step.mask.clone().expand([b, self.kv_heads, group * s, total]);
+        let mask = mask.clone().expand([b, self.kv_heads, group * s, total]);
         let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
         probs.matmul(v).reshape([b, self.heads, s, d]).swap_dims(1, 2).reshape([b * s, self.heads * d])
     }
 }
 
 /// What every layer of one cached forward step shares: shape, kernels, the
-/// rotary tables of the new positions and the attention mask.
+/// rotary tables of the new positions and what each may attend to.
 pub struct CachedStep {
     kernels: Kernels,
     batch: usize,
     seq: usize,
-    cos: Tensor<4>,
-    sin: Tensor<4>,
-    mask: Tensor<4, Bool>,
+    tables: StepTables,
+}
+
+/// Rotary tables and attention visibility of one cached step, in the form
+/// its kernels use.
+enum StepTables {
+    /// For the host kernels: tables [batch * new, head_dim] and the key
+    /// slots each new slot sees.
+    Host { cos: Vec<f32>, sin: Vec<f32>, visible: Vec<std::ops::Range<usize>> },
+    /// For tensor ops: tables [batch, 1, new, head_dim] and the mask of
+    /// [`KvCache::mask`].
+    Tensor { cos: Tensor<4>, sin: Tensor<4>, mask: Tensor<4, Bool> },
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -1034,9 +1073,19 @@ impl LlamaModel {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::Input(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
         }
-        let (cos, sin) = rope_tables_at(&self.inv_freq, &cache.positions(seq), &self.device);
-        let group = self.config.num_attention_heads / self.config.num_key_value_heads;
-        let step = CachedStep { kernels, batch, seq, cos, sin, mask: cache.mask(seq, group, None, &self.device) };
+        let positions = cache.positions(seq);
+        let tables = match kernels {
+            Kernels::Host => {
+                let (cos, sin) = rope_values_at(&self.inv_freq, &positions);
+                StepTables::Host { cos, sin, visible: cache.visible(seq, None) }
+            }
+            Kernels::Tensor => {
+                let (cos, sin) = rope_tables_at(&self.inv_freq, &positions, &self.device);
+                let group = self.config.num_attention_heads / self.config.num_key_value_heads;
+                StepTables::Tensor { cos, sin, mask: cache.mask(seq, group, None, &self.device) }
+            }
+        };
+        let step = CachedStep { kernels, batch, seq, tables };
         let mut hidden = self.embed(tokens)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             hidden = layer.forward_cached(hidden, &step, kv);
