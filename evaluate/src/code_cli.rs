@@ -11,7 +11,7 @@ use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 
 use crate::progress;
-use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel};
+use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel, TaskArgs};
 
 /// A HumanEval-X language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,30 +41,9 @@ impl From<Lang> for Language {
 /// needed only to generate), sampling, what to score and the sandbox.
 #[derive(Args, Debug, Clone)]
 pub struct CodeArgs {
-    /// Model: a Hugging Face checkpoint directory or a GGUF file (needed to generate; not with --canonical or --completions).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// The task's data: a file (JSONL, JSONL.gz, JSON or Parquet in Hugging Face layout) or a directory holding it.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Evaluate only the first N problems (in the data file's order).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Mask artifact to apply before evaluating (the sub-model it defines), made for this model.
-    #[arg(long)]
-    pub mask: Option<PathBuf>,
-    /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
-    #[arg(long, default_value = "auto")]
-    pub device: model::DeviceChoice,
-    /// Sequences per forward pass (a throughput knob; results do not depend on it).
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Results artifact to write (Parquet); the per-sample outputs go beside it as `<name>.items.parquet`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    /// The options every task shares (`--model` is needed only to generate).
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Samples generated per problem (n of pass@k).
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
@@ -146,7 +125,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
                 .into()
         }
     };
-    let data_path = args.data.as_ref().with_context(|| format!("--data is required: give {expected}"))?;
+    let data_path = args.task.data.as_ref().with_context(|| format!("--data is required: give {expected}"))?;
     if !data_path.exists() {
         bail!("--data {}: no such file or directory; expected {expected}", data_path.display());
     }
@@ -154,7 +133,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         CodeTask::HumanEvalX(l) => read_humaneval_x(data_path, l)?,
         CodeTask::Mbpp => read_mbpp(data_path)?,
     };
-    if let Some(n) = args.limit {
+    if let Some(n) = args.task.limit {
         data.problems.truncate(n);
     }
     let sandbox = Sandbox::new(
@@ -195,11 +174,11 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         }
         (out, "completions")
     } else {
-        let model_path = args.model.as_ref().with_context(|| {
+        let model_path = args.task.model.as_ref().with_context(|| {
             format!("--model is required to generate completions for {} (or pass --canonical, or --completions FILE.jsonl)", task.name())
         })?;
-        let (loaded, mask) = load_masked(model_path, args.mask.as_deref())?;
-        let selected = model::select_device(args.device)?;
+        let (loaded, mask) = load_masked(model_path, args.task.mask.as_deref())?;
+        let selected = model::select_device(args.task.device)?;
         eprintln!("device: {}", selected.description);
         let model = loaded.build(&selected.device)?;
         let prompts: Vec<String> = data.problems.iter().map(|p| data.generation_prompt(p)).collect::<Result<_, _>>()?;
@@ -212,8 +191,8 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             stop: stop.clone(),
             ..GenerationConfig::default()
         };
-        let bar = progress(prompts.len() * args.samples, args.quiet, "generating");
-        let generated = generate_n(&model, loaded.tokenizer()?, &prompts, args.samples, &config, args.batch, |n| bar.inc(n as u64))?;
+        let bar = progress(prompts.len() * args.samples, args.task.quiet, "generating");
+        let generated = generate_n(&model, loaded.tokenizer()?, &prompts, args.samples, &config, args.task.batch, |n| bar.inc(n as u64))?;
         bar.finish_and_clear();
         // The generator cuts text before a stop sequence; C-like tasks stop at a
         // closing brace in column 0, which belongs to the function: put it back.
@@ -231,7 +210,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         (completions, "generated")
     };
     let total: usize = completions.iter().map(Vec::len).sum();
-    let bar = progress(total, args.quiet, "running programs");
+    let bar = progress(total, args.task.quiet, "running programs");
     let run_started = Instant::now();
     let scores = score(task, &data.problems, &completions, &sandbox, &args.k, &|| bar.inc(1))?;
     bar.finish_and_clear();
@@ -261,7 +240,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
     let params = serde_json::json!({
         "task": task.name(),
         "source": source,
-        "limit": args.limit,
+        "limit": args.task.limit,
         "problems": n_problems,
         "samples": if args.canonical { 1 } else { args.samples },
         "temperature": args.temperature,
@@ -275,5 +254,5 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         "max_processes": args.max_processes,
         "isolation": format!("{:?}", sandbox.isolation()),
     });
-    write_task_outputs(args.out.as_deref(), &label, &task.name(), &data.files[0], params, &metrics, &scores.rows)
+    write_task_outputs(args.task.out.as_deref(), &label, &task.name(), &data.files[0], params, &metrics, &scores.rows)
 }

@@ -13,9 +13,10 @@ use model::{load_model, select_device, DeviceChoice, LoadedModel, Model};
 /// Options shared by every task: `evaluate TASK --model M [--data PATH] [--limit N] [--device D] --out results.parquet`.
 #[derive(Args, Debug, Clone)]
 pub struct TaskArgs {
-    /// Model: a Hugging Face checkpoint directory or a GGUF file.
+    /// Model: a Hugging Face checkpoint directory or a GGUF file (every task
+    /// needs one, except the code tasks with --canonical or --completions).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// The task's data: a file (JSONL, JSONL.gz, JSON or Parquet in Hugging Face layout) or a directory holding it.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -39,6 +40,15 @@ pub struct TaskArgs {
     pub quiet: bool,
 }
 
+impl TaskArgs {
+    /// The model path, or an error saying that `--model` is needed.
+    pub fn model_path(&self) -> Result<&Path> {
+        self.model.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--model is required: the model to evaluate (a Hugging Face checkpoint directory or a GGUF file)")
+        })
+    }
+}
+
 /// A model ready for a task: the loaded files, the model on its device, and
 /// the mask applied to it (name and content hash).
 pub struct TaskModel {
@@ -52,7 +62,7 @@ pub struct TaskModel {
 
 /// Loads `args.model`, applies `args.mask` and builds the model on the chosen device.
 pub fn load_task_model(args: &TaskArgs) -> Result<TaskModel> {
-    let (loaded, mask) = load_masked(&args.model, args.mask.as_deref())?;
+    let (loaded, mask) = load_masked(args.model_path()?, args.mask.as_deref())?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
     let model = loaded.build(&selected.device)?;
@@ -112,7 +122,8 @@ pub struct OutputModel {
 impl OutputModel {
     /// The record of a loaded task model.
     pub fn of(args: &TaskArgs, task: &TaskModel) -> OutputModel {
-        OutputModel { label: args.model.display().to_string(), fingerprint: task.loaded.fingerprint.clone(), mask: task.mask.clone() }
+        let label = args.model.as_deref().map_or_else(|| "none".to_string(), |m| m.display().to_string());
+        OutputModel { label, fingerprint: task.loaded.fingerprint.clone(), mask: task.mask.clone() }
     }
 
     /// The record of a run without a model (reference solutions or given outputs scored): `label` says what was scored.
