@@ -67,9 +67,6 @@ pub enum ModelError {
     /// Input that the model cannot process (empty sequence, token id out of range, ...).
     #[error("invalid input: {0}")]
     Input(String),
-    /// A feature the model's architecture does not support yet.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
 }
 
 impl ModelError {

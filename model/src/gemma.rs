@@ -13,6 +13,10 @@
 //! head, and runs local layers (sliding window, rotary base
 //! `rope_local_base_freq`) and global layers (rotary base `rope_theta`, with
 //! its scaling) in the pattern its configuration gives.
+//!
+//! Incremental decoding ([`GemmaModel::forward_cached`]) keeps every layer's
+//! keys and values in a [`KvCache`]; sliding-window layers attend through
+//! the cache's windowed mask, global layers through its causal one.
 
 use std::path::Path;
 
@@ -21,10 +25,12 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cache::{KvCache, LayerKv};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::llama::{
-    apply_rope, batch_shape, check_decoder_shape, flatten_tokens, repeat_kv, rope_tables, DecoderShape, Linear, LinearObserver,
+    apply_rope, apply_rope_rows, batch_shape, check_decoder_shape, flatten_tokens, repeat_kv, rope_tables, rope_tables_at, DecoderShape,
+    Linear, LinearObserver,
 };
 use crate::weights::{HostTensor, WeightMap};
 
@@ -580,9 +586,11 @@ pub struct GemmaAttention {
 }
 
 impl GemmaAttention {
-    /// Attention context [batch * seq, heads * head_dim] of the fused projection `qkv`.
-    fn attend(&self, qkv: Tensor<2>, ctx: &GemmaContext, kind: LayerType) -> Tensor<2> {
-        let (b, s, d) = (ctx.batch, ctx.seq, self.head_dim);
+    /// Queries, keys and values [batch, n, seq, head_dim] of the fused
+    /// projection `qkv` [batch * seq, ...], q and k normalised per head
+    /// (Gemma 3), before the rotary embedding.
+    fn split_heads(&self, qkv: Tensor<2>, b: usize, s: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let d = self.head_dim;
         let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
         let norm = |t: Tensor<2>, n: usize, norm: &Option<GemmaRmsNorm>| match norm {
             Some(norm) => norm.forward(t.reshape([b * s * n, d])).reshape([b * s, n * d]),
@@ -592,21 +600,58 @@ impl GemmaAttention {
         let k = norm(qkv.clone().narrow(1, q_width, kv_width), self.kv_heads, &self.k_norm);
         let v = qkv.narrow(1, q_width + kv_width, kv_width);
         let heads = |t: Tensor<2>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
+        (heads(q, self.heads), heads(k, self.kv_heads), heads(v, self.kv_heads))
+    }
+
+    /// Scaled, soft-capped attention scores (Gemma 2's cap when configured).
+    fn scores(&self, q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
+        let scores = q.matmul(k.swap_dims(2, 3)) * self.scaling;
+        match self.softcap {
+            Some(cap) => soft_cap(scores, cap),
+            None => scores,
+        }
+    }
+
+    /// Attention context [batch * seq, heads * head_dim] of the fused projection `qkv`.
+    fn attend(&self, qkv: Tensor<2>, ctx: &GemmaContext, kind: LayerType) -> Tensor<2> {
+        let (b, s, d) = (ctx.batch, ctx.seq, self.head_dim);
+        let (q, k, v) = self.split_heads(qkv, b, s);
         let (cos, sin, mask) = match kind {
             LayerType::Sliding => (&ctx.local_cos, &ctx.local_sin, &ctx.sliding_mask),
             LayerType::Full => (&ctx.global_cos, &ctx.global_sin, &ctx.causal_mask),
         };
-        let q = apply_rope(heads(q, self.heads), cos, sin);
+        let q = apply_rope(q, cos, sin);
         let n_rep = self.heads / self.kv_heads;
-        let k = repeat_kv(apply_rope(heads(k, self.kv_heads), cos, sin), n_rep);
-        let v = repeat_kv(heads(v, self.kv_heads), n_rep);
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scaling;
-        if let Some(cap) = self.softcap {
-            scores = soft_cap(scores, cap);
-        }
+        let k = repeat_kv(apply_rope(k, cos, sin), n_rep);
+        let v = repeat_kv(v, n_rep);
+        let scores = self.scores(q, k);
         let mask = mask.clone().unsqueeze::<4>().expand([b, self.heads, s, s]);
         let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
         probs.matmul(v).swap_dims(1, 2).reshape([b * s, self.heads * d])
+    }
+
+    /// Attention context [batch * new, heads * head_dim] of the fused
+    /// projection `qkv` of new positions, over the keys and values in `kv`
+    /// and the new ones, which are appended to `kv`. Layers of `kind`
+    /// Sliding see only the last `sliding_window` positions through the mask.
+    fn attend_cached(&self, qkv: Tensor<2>, step: &GemmaCachedStep, kind: LayerType, kv: &mut LayerKv) -> Tensor<2> {
+        let (b, s, d) = (step.batch, step.seq, self.head_dim);
+        let (q, k, v) = self.split_heads(qkv, b, s);
+        let (cos, sin, mask) = match kind {
+            LayerType::Sliding => (&step.local_cos, &step.local_sin, &step.sliding_mask),
+            LayerType::Full => (&step.global_cos, &step.global_sin, &step.causal_mask),
+        };
+        let q = apply_rope_rows(q, cos, sin);
+        let k = apply_rope_rows(k, cos, sin);
+        let (k, v) = kv.append(k, v);
+        let total = k.dims()[2];
+        let group = self.heads / self.kv_heads;
+        // Query head g * group + r at new slot i is row r * s + i of key/value head g.
+        let q = q.reshape([b, self.kv_heads, group * s, d]);
+        let scores = self.scores(q, k);
+        let mask = mask.clone().expand([b, self.kv_heads, group * s, total]);
+        let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+        probs.matmul(v).reshape([b, self.heads, s, d]).swap_dims(1, 2).reshape([b * s, self.heads * d])
     }
 }
 
@@ -656,6 +701,20 @@ pub struct GemmaContext {
     global_sin: Tensor<2>,
     causal_mask: Tensor<2, Bool>,
     sliding_mask: Tensor<2, Bool>,
+}
+
+/// What every layer of one cached forward step shares: shape, the rotary
+/// tables of the new positions for both layer kinds ([batch, 1, new,
+/// head_dim]) and the causal and sliding-window masks over the cache.
+pub struct GemmaCachedStep {
+    batch: usize,
+    seq: usize,
+    local_cos: Tensor<4>,
+    local_sin: Tensor<4>,
+    global_cos: Tensor<4>,
+    global_sin: Tensor<4>,
+    causal_mask: Tensor<4, Bool>,
+    sliding_mask: Tensor<4, Bool>,
 }
 
 /// Boolean mask [seq, seq], true where query i may not see key j: j after i,
@@ -729,6 +788,15 @@ impl GemmaDecoderLayer {
         self.run(x, ctx, prefix, Some(observer), false);
     }
 
+    /// Runs the layer on hidden states [batch * new, hidden] of new
+    /// positions, attending over this layer's cached keys and values, to
+    /// which the new ones are appended.
+    pub fn forward_cached(&self, x: Tensor<2>, step: &GemmaCachedStep, kv: &mut LayerKv) -> Tensor<2> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let context = self.self_attn.attend_cached(self.self_attn.qkv_proj.forward(normed), step, self.kind, kv);
+        self.after_attention(x, context, "", None, true).expect("the layer output was asked for")
+    }
+
     fn run(
         &self,
         x: Tensor<2>,
@@ -740,6 +808,19 @@ impl GemmaDecoderLayer {
         let normed = self.input_layernorm.forward(x.clone());
         report(&mut observer, prefix, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], &normed);
         let context = self.self_attn.attend(self.self_attn.qkv_proj.forward(normed), ctx, self.kind);
+        self.after_attention(x, context, prefix, observer, output)
+    }
+
+    /// The rest of the layer from the attention context: output projection,
+    /// norms, residuals and MLP; reports the linear inputs from o_proj on.
+    fn after_attention(
+        &self,
+        x: Tensor<2>,
+        context: Tensor<2>,
+        prefix: &str,
+        mut observer: Option<&mut dyn LinearObserver>,
+        output: bool,
+    ) -> Option<Tensor<2>> {
         report(&mut observer, prefix, &["self_attn.o_proj"], &context);
         let attn = self.self_attn.o_proj.forward(context);
         let (h, normed) = match &self.pre_feedforward_layernorm {
@@ -857,6 +938,58 @@ impl GemmaModel {
             hidden = layer.forward(hidden, &ctx, &format!("model.layers.{l}"), None);
         }
         Ok(self.head(hidden).reshape([batch, seq, self.config.vocab_size]))
+    }
+
+    /// An empty key/value cache for rows with the given left padding.
+    pub fn new_cache(&self, padding: Vec<usize>) -> KvCache {
+        KvCache::new(self.layers.len(), padding)
+    }
+
+    /// Runs equal-length rows of new tokens after what `cache` holds,
+    /// appending their keys and values to it; returns the hidden states
+    /// [batch * new, hidden] after the last layer, before the final norm.
+    /// Rotary positions follow the cache (each row's padding excluded), with
+    /// the local base on sliding-window layers and the global base (and
+    /// scaling) on global layers.
+    pub fn forward_cached_hidden(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        let (batch, seq) = batch_shape(tokens)?;
+        cache.check_step(batch, seq)?;
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
+        }
+        let positions = cache.positions(seq);
+        let (local_cos, local_sin) = rope_tables_at(&self.config.inverse_frequencies(LayerType::Sliding), &positions, &self.device);
+        let (global_cos, global_sin) = rope_tables_at(&self.config.inverse_frequencies(LayerType::Full), &positions, &self.device);
+        let group = self.config.num_attention_heads / self.config.num_key_value_heads;
+        let causal_mask = cache.mask(seq, group, None, &self.device);
+        let sliding_mask = match self.config.sliding_window {
+            Some(window) => cache.mask(seq, group, Some(window), &self.device),
+            None => causal_mask.clone(),
+        };
+        let step = GemmaCachedStep { batch, seq, local_cos, local_sin, global_cos, global_sin, causal_mask, sliding_mask };
+        let mut hidden = self.embed(tokens)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            hidden = layer.forward_cached(hidden, &step, kv);
+        }
+        cache.advance(seq);
+        Ok(hidden)
+    }
+
+    /// Logits [batch, new, vocab] of new tokens after what `cache` holds
+    /// (see [`GemmaModel::forward_cached_hidden`]), final soft-capping included.
+    pub fn forward_cached(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache)?;
+        let (batch, seq) = (tokens.len(), tokens[0].len());
+        Ok(self.head(hidden).reshape([batch, seq, self.config.vocab_size]))
+    }
+
+    /// Logits [batch, vocab] of the last new token of each row only (the LM
+    /// head runs on those rows alone).
+    pub fn forward_cached_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache)?;
+        let (batch, seq) = (tokens.len(), tokens[0].len());
+        let last = hidden.reshape([batch, seq, self.config.hidden_size]).narrow(1, seq - 1, 1).reshape([batch, self.config.hidden_size]);
+        Ok(self.head(last))
     }
 }
 

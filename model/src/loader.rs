@@ -183,11 +183,6 @@ pub enum LayerContext {
 
 const CONTEXT_MISMATCH: &str = "a LayerContext is used with the model that made it";
 
-/// The error of a cached (generation) forward on a Gemma model.
-fn gemma_no_cache() -> ModelError {
-    ModelError::Unsupported("generation with a key/value cache is not implemented for Gemma models yet (Llama-family models only)".into())
-}
-
 impl Model {
     /// Logits [batch, seq, vocab] of equal-length token sequences.
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<burn::tensor::Tensor<3>, ModelError> {
@@ -216,7 +211,7 @@ impl Model {
     pub fn new_padded_cache(&self, padding: Vec<usize>) -> KvCache {
         match self {
             Model::Llama(m) => m.new_cache(padding),
-            Model::Gemma(m) => KvCache::new(m.layers.len(), padding),
+            Model::Gemma(m) => m.new_cache(padding),
         }
     }
 
@@ -226,7 +221,8 @@ impl Model {
         self.forward_cached_with(tokens, cache, self.kernels())
     }
 
-    /// [`Model::forward_cached`] with the given kernels.
+    /// [`Model::forward_cached`] with the given kernels (Gemma models have
+    /// tensor kernels only and ignore the choice).
     pub fn forward_cached_with(
         &self,
         tokens: &[Vec<u32>],
@@ -235,7 +231,7 @@ impl Model {
     ) -> Result<burn::tensor::Tensor<3>, ModelError> {
         match self {
             Model::Llama(m) => m.forward_cached_with(tokens, cache, kernels),
-            Model::Gemma(_) => Err(gemma_no_cache()),
+            Model::Gemma(m) => m.forward_cached(tokens, cache),
         }
     }
 
@@ -245,7 +241,7 @@ impl Model {
     pub fn forward_cached_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<burn::tensor::Tensor<2>, ModelError> {
         match self {
             Model::Llama(m) => m.forward_cached_last_with(tokens, cache, self.kernels()),
-            Model::Gemma(_) => Err(gemma_no_cache()),
+            Model::Gemma(m) => m.forward_cached_last(tokens, cache),
         }
     }
 

@@ -428,6 +428,57 @@ pub fn write_gemma_hf_dir(dir: &Path, cfg: &TinyGemma, weights: &BTreeMap<String
     write_file(&dir.join("model.safetensors"), &tensors, &BTreeMap::new()).unwrap();
 }
 
+/// The tiny model as a Gemma 2 `config.json`: layers alternate local and
+/// global as the pattern 2 does, both with the rotary base `rope_theta`, no
+/// q/k norms, and the given attention-logit and final-logit soft-caps
+/// (`None`: no capping).
+pub fn gemma2_config_json(cfg: &TinyGemma, attn_cap: Option<f64>, final_cap: Option<f64>) -> serde_json::Value {
+    assert_eq!(cfg.pattern, 2, "Gemma 2 alternates local and global layers");
+    serde_json::json!({
+        "architectures": ["Gemma2ForCausalLM"],
+        "model_type": "gemma2",
+        "vocab_size": cfg.vocab,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": cfg.eps,
+        "rope_theta": cfg.rope_theta,
+        "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+        "sliding_window": cfg.sliding_window,
+        "attn_logit_softcapping": attn_cap,
+        "final_logit_softcapping": final_cap,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": true,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "pad_token_id": 0
+    })
+}
+
+/// Writes the tiny model as a Gemma 2 checkpoint directory (see
+/// [`gemma2_config_json`]); the q/k norm weights of `weights` are left out.
+pub fn write_gemma2_hf_dir(
+    dir: &Path,
+    cfg: &TinyGemma,
+    weights: &BTreeMap<String, HostTensor>,
+    attn_cap: Option<f64>,
+    final_cap: Option<f64>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let json = gemma2_config_json(cfg, attn_cap, final_cap);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let tensors: Vec<TensorToWrite<'_>> = weights
+        .iter()
+        .filter(|(name, _)| !name.ends_with("q_norm.weight") && !name.ends_with("k_norm.weight"))
+        .map(|(name, t)| TensorToWrite { name, dtype: StoredDtype::F32, tensor: t })
+        .collect();
+    write_file(&dir.join("model.safetensors"), &tensors, &BTreeMap::new()).unwrap();
+}
+
 fn gemma_gguf_name(hf: &str) -> String {
     match hf {
         "model.embed_tokens.weight" => return "token_embd.weight".into(),
