@@ -54,6 +54,14 @@ pub struct RunManifest {
     pub figures_dir: PathBuf,
 }
 
+/// The module the report's mask-difference figures draw, given the last
+/// decoder layer of the masks: the query projection of the middle layer
+/// (layer 15 of SmolLM2's 30, layer 9 of Gemma 3 270M's 18), which every
+/// decoder of that depth has.
+pub fn mask_diff_module(last_layer: u32) -> String {
+    format!("model.layers.{}.self_attn.q_proj", (last_layer + 1) / 2)
+}
+
 /// The calibration domain of masks made without calibration data (magnitude).
 pub const NO_DOMAIN: &str = "none";
 
@@ -560,7 +568,7 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
     }
     let layers: BTreeSet<u32> = run.jaccard.iter().filter(|r| r.module == LAYER_ROW).filter_map(|r| r.layer).collect();
     if let Some(&last) = layers.iter().next_back() {
-        let module = format!("model.layers.{}.self_attn.q_proj", (last + 1) / 2);
+        let module = mask_diff_module(last);
         let mut diffs: Vec<(&str, String, String)> = Vec::new();
         if let Some((a, b)) = m.same_domain_pairs.first() {
             diffs.push(("same-domain", a.clone(), b.clone()));
@@ -742,4 +750,17 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
     let _ = writeln!(summary, "claim (a) own-domain calibration wins: held on {held_a} of {tested_a} ({})", list(&own));
     let _ = writeln!(summary, "claim (b) same-domain masks closer: held for {held_b} of {tested_b} ({})", list(&closer));
     Ok(ReportOutput { markdown: md, summary, figures: figure_paths, own_domain_wins: own, same_domain_closer: closer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_diff_module;
+
+    #[test]
+    fn mask_diff_figures_draw_a_layer_every_demo_model_has() {
+        // SmolLM2-135M has layers 0..=29, Gemma 3 270M 0..=17, a one-layer model only 0.
+        assert_eq!(mask_diff_module(29), "model.layers.15.self_attn.q_proj");
+        assert_eq!(mask_diff_module(17), "model.layers.9.self_attn.q_proj");
+        assert_eq!(mask_diff_module(0), "model.layers.0.self_attn.q_proj");
+    }
 }

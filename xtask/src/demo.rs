@@ -43,12 +43,15 @@ pub struct DemoArgs {
     /// Device the model runs on.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Directory for the demo's artifacts, report and figures.
-    #[arg(long, default_value = "out/demo")]
-    pub out: PathBuf,
+    /// Directory for the demo's artifacts, report and figures [default: out/demo, or out/demo-<MODEL> with --model].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Experiment file to run instead of experiments/demo.toml.
     #[arg(long)]
     pub experiment: Option<PathBuf>,
+    /// Model to run the experiment on instead of the file's `model`: a model id of fetch-model (e.g. gemma3-270m), a GGUF file or a Hugging Face directory.
+    #[arg(long)]
+    pub model: Option<String>,
     #[command(flatten)]
     pub prereqs: prereqs::SkipPrereqs,
 }
@@ -165,15 +168,56 @@ pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Resul
     Ok(exp.apply.masks.iter().map(|m| run_dir.join("models").join(m)).collect())
 }
 
+/// A model id or path as a part of a file name: a path's file name without
+/// its extension, every character other than ASCII letters, digits, `.`,
+/// `-` and `_` replaced by `_`.
+fn model_slug(model: &str) -> String {
+    let name = if models::ids().any(|id| id == model) {
+        model.to_string()
+    } else {
+        let path = Path::new(model.trim_end_matches(['/', '\\']));
+        path.file_stem().map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned())
+    };
+    let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    if slug.is_empty() {
+        "model".to_string()
+    } else {
+        slug
+    }
+}
+
+/// The demo's run directory: `--out` when given; else `out/demo`, or
+/// `out/demo-<model>` when `--model` chooses the model, so that runs on
+/// different models keep their artifacts, ledgers and reports apart.
+pub fn demo_out_dir(out: Option<&Path>, model: Option<&str>) -> PathBuf {
+    match (out, model) {
+        (Some(out), _) => out.to_path_buf(),
+        (None, Some(model)) => PathBuf::from(format!("out/demo-{}", model_slug(model))),
+        (None, None) => PathBuf::from("out/demo"),
+    }
+}
+
+/// The experiment run on `model` instead of its own: `model` replaced and
+/// the model named in the title.
+pub fn with_model(mut exp: Experiment, model: &str) -> Experiment {
+    exp.title = format!("{} [model: {model}]", exp.title);
+    exp.model = model.to_string();
+    exp
+}
+
 /// `cargo xtask demo`.
 pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
     workspace::require_target("analyze", "bin", "analyze")?;
     args.prereqs.ensure()?;
     let file = args.experiment.clone().unwrap_or_else(|| workspace::root().join(DEMO_EXPERIMENT));
-    let exp = experiment::load(&file)?;
-    run_experiment(&exp, &args.out, args.device)?;
-    println!("report: {}", workspace::absolute(&args.out.join("report.md"))?.display());
+    let mut exp = experiment::load(&file)?;
+    if let Some(model) = &args.model {
+        exp = with_model(exp, model);
+    }
+    let out = demo_out_dir(args.out.as_deref(), args.model.as_deref());
+    run_experiment(&exp, &out, args.device)?;
+    println!("report: {}", workspace::absolute(&out.join("report.md"))?.display());
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
@@ -232,4 +276,101 @@ pub fn prune(args: &PruneArgs) -> Result<ExitCode> {
         println!("pruned model: {}", model.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Runner, Step};
+
+    #[test]
+    fn a_chosen_model_gets_a_run_directory_of_its_own() {
+        assert_eq!(demo_out_dir(None, None), PathBuf::from("out/demo"));
+        assert_eq!(demo_out_dir(None, Some("gemma3-270m")), PathBuf::from("out/demo-gemma3-270m"));
+        assert_eq!(demo_out_dir(None, Some("/models/My Model.Q8_0.gguf")), PathBuf::from("out/demo-My_Model.Q8_0"));
+        assert_eq!(demo_out_dir(None, Some("ckpt/gemma-pruned/")), PathBuf::from("out/demo-gemma-pruned"));
+        assert_eq!(demo_out_dir(Some(Path::new("/tmp/x")), Some("gemma3-270m")), PathBuf::from("/tmp/x"));
+        let exp: Experiment = toml::from_str(EXAMPLE).unwrap();
+        let exp = with_model(exp, "gemma3-270m");
+        assert_eq!(exp.model, "gemma3-270m");
+        assert_eq!(exp.title, "t [model: gemma3-270m]");
+    }
+
+    const EXAMPLE: &str = r#"
+title = "t"
+model = "smollm2-135m"
+[calibration]
+nsamples = 4
+seqlen = 64
+[evaluation]
+max_windows = 2
+[[sources]]
+name = "py"
+domain = "python"
+from = ["@py"]
+[[sources]]
+name = "text"
+domain = "prose"
+from = ["@text"]
+[[prune]]
+methods = ["wanda", "magnitude"]
+patterns = ["unstructured-0.5"]
+"#;
+
+    /// A fake stage: writes to each output a digest of its arguments and of
+    /// the bytes of its file inputs, and counts its runs.
+    #[derive(Default)]
+    struct FakeRunner {
+        runs: Vec<String>,
+    }
+
+    impl Runner for FakeRunner {
+        fn run(&mut self, step: &Step) -> Result<()> {
+            let mut content = step.result_args().join(" ");
+            for input in step.inputs.iter().filter(|p| p.is_file()) {
+                content.push_str(&String::from_utf8_lossy(&std::fs::read(input)?));
+            }
+            for output in &step.outputs {
+                std::fs::create_dir_all(output.parent().unwrap())?;
+                std::fs::write(output, &content)?;
+            }
+            self.runs.push(step.name.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn another_model_in_the_same_run_directory_reuses_only_the_model_free_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let corpora = tmp.path().join("corpora");
+        for name in ["py", "text"] {
+            std::fs::create_dir_all(corpora.join(name)).unwrap();
+            std::fs::write(corpora.join(name).join("doc.txt"), name).unwrap();
+        }
+        let (model_a, model_b) = (tmp.path().join("a.gguf"), tmp.path().join("b.gguf"));
+        std::fs::write(&model_a, "model a").unwrap();
+        std::fs::write(&model_b, "model b").unwrap();
+        let run_dir = tmp.path().join("run");
+        let exp: Experiment = toml::from_str(EXAMPLE).unwrap();
+        let run = |model: &Path| {
+            let mut resolve = |name: &str| Ok(Some(vec![corpora.join(name)]));
+            let plan = experiment::plan(&exp, model, &run_dir, "cpu", &mut resolve).unwrap();
+            let mut runner = FakeRunner::default();
+            Graph::open(&run_dir).unwrap().execute(&plan.steps, &mut runner).unwrap();
+            let names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
+            (names, runner.runs)
+        };
+        let (all, ran) = run(&model_a);
+        assert_eq!(ran, all);
+        // The same model again: only the always-run report.
+        assert_eq!(run(&model_a).1, ["report"]);
+        // Another model: everything but collecting documents, which reads no model.
+        let (all, ran) = run(&model_b);
+        let collect: Vec<&String> = all.iter().filter(|n| n.starts_with("collect ")).collect();
+        assert_eq!(collect.len(), 2);
+        let expected: Vec<&String> = all.iter().filter(|n| !n.starts_with("collect ")).collect();
+        assert_eq!(ran.iter().collect::<Vec<_>>(), expected);
+        // Back to the first model: its artifacts were replaced, so everything model-dependent runs again.
+        assert_eq!(run(&model_a).1.iter().collect::<Vec<_>>(), expected);
+    }
 }

@@ -56,6 +56,7 @@ enum Command {
     /// prunes at 50% with each domain's calibration data plus a magnitude
     /// baseline, measures held-out perplexity of every model on every domain,
     /// compares the masks (Jaccard) and writes report.md and figures to out/demo.
+    /// --model runs it on another model (e.g. gemma3-270m), in out/demo-<MODEL>.
     /// A rerun reuses every artifact whose inputs and options are unchanged.
     Demo(demo::DemoArgs),
     /// Run an experiment file (TOML): sources x methods x patterns x evaluations, with artifact reuse.
