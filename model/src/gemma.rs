@@ -28,9 +28,10 @@ use serde_json::Value;
 use crate::cache::{KvCache, LayerKv};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
+use crate::kernels::{self, AttentionShape};
 use crate::llama::{
-    apply_rope, apply_rope_rows, batch_shape, check_decoder_shape, flatten_tokens, repeat_kv, rope_tables, rope_tables_at, DecoderShape,
-    Linear, LinearObserver,
+    apply_rope, apply_rope_rows, batch_shape, check_decoder_shape, flatten_tokens, from_values, host_values, repeat_kv, rope_tables,
+    rope_tables_at, DecoderShape, Linear, LinearObserver,
 };
 use crate::weights::{HostTensor, WeightMap};
 
@@ -643,6 +644,29 @@ impl GemmaAttention {
         };
         let q = apply_rope_rows(q, cos, sin);
         let k = apply_rope_rows(k, cos, sin);
+        if let (Some(visible), None) = (&step.host_visible, self.softcap) {
+            // Host memory and no soft-capping: the host cache and kernel.
+            let visible = match kind {
+                LayerType::Sliding => &visible.sliding,
+                LayerType::Full => &visible.causal,
+            };
+            kv.move_to_host();
+            let device = q.device();
+            let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
+            kv.host.append(&host_values(k), &host_values(v), b * self.kv_heads, s, d);
+            let queries = host_values(q.swap_dims(1, 2));
+            let context = kernels::cached_attention(
+                &queries,
+                kv.host.keys(),
+                kv.host.values(),
+                kv.host.capacity(),
+                shape,
+                visible,
+                self.scaling as f32,
+            );
+            return from_values(context, [b * s, self.heads * d], &device);
+        }
+        kv.move_to_tensors(b, &q.device());
         let (k, v) = kv.append(k, v);
         let total = k.dims()[2];
         let group = self.heads / self.kv_heads;
@@ -715,6 +739,16 @@ pub struct GemmaCachedStep {
     global_sin: Tensor<4>,
     causal_mask: Tensor<4, Bool>,
     sliding_mask: Tensor<4, Bool>,
+    /// On devices whose tensors live in host memory: the key slots each new
+    /// slot sees, for the host attention kernel.
+    host_visible: Option<HostVisible>,
+}
+
+/// The key slots each new slot of a cached step sees ([`KvCache::visible`]),
+/// on global and on sliding-window layers.
+struct HostVisible {
+    causal: Vec<std::ops::Range<usize>>,
+    sliding: Vec<std::ops::Range<usize>>,
 }
 
 /// Boolean mask [seq, seq], true where query i may not see key j: j after i,
@@ -966,7 +1000,9 @@ impl GemmaModel {
             Some(window) => cache.mask(seq, group, Some(window), &self.device),
             None => causal_mask.clone(),
         };
-        let step = GemmaCachedStep { batch, seq, local_cos, local_sin, global_cos, global_sin, causal_mask, sliding_mask };
+        let host_visible = crate::device::is_host_memory(&self.device)
+            .then(|| HostVisible { causal: cache.visible(seq, None), sliding: cache.visible(seq, self.config.sliding_window) });
+        let step = GemmaCachedStep { batch, seq, local_cos, local_sin, global_cos, global_sin, causal_mask, sliding_mask, host_visible };
         let mut hidden = self.embed(tokens)?;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             hidden = layer.forward_cached(hidden, &step, kv);

@@ -473,12 +473,12 @@ fn upload(tensor: &HostTensor, device: &Device) -> Tensor<1> {
 }
 
 /// The f32 values of a tensor; without a copy when it lives in host memory and nothing else holds it.
-fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+pub(crate) fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor.into_data().try_into_vec::<f32>().expect("f32 activations")
 }
 
 /// A tensor of `shape` holding `values`.
-fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+pub(crate) fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
