@@ -325,20 +325,20 @@ fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Re
 /// computed once (the samples of one prompt share its prefill) and the
 /// cache's rows then copied out to every row.
 fn prefill_shared(model: &Model, sequences: &[Vec<u32>], padding: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>), EvalError> {
+    // Rows are padded to one length, so equal prompts are equal rows with equal padding.
     let mut distinct: Vec<usize> = Vec::new();
-    let source: Vec<usize> = sequences
-        .iter()
-        .map(|s| match distinct.iter().position(|&d| &sequences[d] == s) {
-            Some(at) => at,
+    let mut source = Vec::with_capacity(sequences.len());
+    for (row, s) in sequences.iter().enumerate() {
+        match distinct.iter().position(|&d| &sequences[d] == s) {
+            Some(at) => source.push(at),
             None => {
-                distinct.push(sequences.iter().position(|t| t == s).expect("the row itself"));
-                distinct.len() - 1
+                source.push(distinct.len());
+                distinct.push(row);
             }
-        })
-        .collect();
-    let longest = distinct.iter().map(|&d| sequences[d].len() - padding[d]).max().unwrap_or(0);
-    let unique: Vec<Vec<u32>> = distinct.iter().map(|&d| sequences[d][sequences[d].len() - longest..].to_vec()).collect();
-    let unique_padding: Vec<usize> = distinct.iter().map(|&d| padding[d] + longest - sequences[d].len()).collect();
+        }
+    }
+    let unique: Vec<Vec<u32>> = distinct.iter().map(|&d| sequences[d].clone()).collect();
+    let unique_padding: Vec<usize> = distinct.iter().map(|&d| padding[d]).collect();
     let mut cache = model.new_padded_cache(unique_padding);
     let logits = last_logits(model, &unique, &mut cache)?;
     if distinct.len() == sequences.len() {

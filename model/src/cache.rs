@@ -10,6 +10,8 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
+use crate::kernels::{self, AttentionShape, NewHeads};
+use std::ops::Range;
 
 /// Keys and values of one decoder layer: as tensors, or in host memory
 /// (see [`HostKv`]) when the forward pass runs the host kernels.
@@ -103,6 +105,16 @@ impl HostKv {
 }
 
 impl LayerKv {
+    /// Attention of new positions through the host kernels: appends their
+    /// keys and values (`new`, rotary embedding applied) to [`LayerKv::host`]
+    /// and returns the context [batch * new, heads * head_dim] of
+    /// [`kernels::cached_attention`].
+    pub fn attend_host(&mut self, new: &NewHeads, shape: AttentionShape, visible: &[Range<usize>], scale: f32) -> Vec<f32> {
+        self.move_to_host();
+        self.host.append(&new.keys, &new.values, shape.batch * shape.kv_heads, shape.seq, shape.head_dim);
+        kernels::cached_attention(&new.queries, self.host.keys(), self.host.values(), self.host.capacity(), shape, visible, scale)
+    }
+
     /// Moves keys and values held as tensors into [`LayerKv::host`] (a
     /// cache filled by tensor ops and continued by the host kernels).
     pub fn move_to_host(&mut self) {

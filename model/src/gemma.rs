@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::cache::{KvCache, LayerKv};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::kernels::{self, AttentionShape};
+use crate::kernels::{AttentionShape, NewHeads};
 use crate::llama::{
     apply_rope, apply_rope_rows, batch_shape, check_decoder_shape, flatten_tokens, from_values, host_values, repeat_kv, rope_tables,
     rope_tables_at, DecoderShape, Linear, LinearObserver,
@@ -650,20 +650,10 @@ impl GemmaAttention {
                 LayerType::Sliding => &visible.sliding,
                 LayerType::Full => &visible.causal,
             };
-            kv.move_to_host();
             let device = q.device();
             let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
-            kv.host.append(&host_values(k), &host_values(v), b * self.kv_heads, s, d);
-            let queries = host_values(q.swap_dims(1, 2));
-            let context = kernels::cached_attention(
-                &queries,
-                kv.host.keys(),
-                kv.host.values(),
-                kv.host.capacity(),
-                shape,
-                visible,
-                self.scaling as f32,
-            );
+            let new = NewHeads { queries: host_values(q.swap_dims(1, 2)), keys: host_values(k), values: host_values(v) };
+            let context = kv.attend_host(&new, shape, visible, self.scaling as f32);
             return from_values(context, [b * s, self.heads * d], &device);
         }
         kv.move_to_tensors(b, &q.device());

@@ -749,14 +749,10 @@ impl Attention {
         let (b, s, d) = (step.batch, step.seq, self.head_dim);
         let (cos, sin, mask) = match &step.tables {
             StepTables::Host { cos, sin, visible } => {
-                kv.move_to_host();
                 let device = qkv.device();
                 let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
                 let new = kernels::split_new_heads(&host_values(qkv), shape, cos, sin);
-                kv.host.append(&new.keys, &new.values, b * self.kv_heads, s, d);
-                let scale = (1.0 / (d as f64).sqrt()) as f32;
-                let context =
-                    kernels::cached_attention(&new.queries, kv.host.keys(), kv.host.values(), kv.host.capacity(), shape, visible, scale);
+                let context = kv.attend_host(&new, shape, visible, (1.0 / (d as f64).sqrt()) as f32);
                 return from_values(context, [b * s, self.heads * d], &device);
             }
             StepTables::Tensor { cos, sin, mask } => {

@@ -394,23 +394,7 @@ impl Tokenizer {
 
         let tokens = meta.string_array("tokenizer.ggml.tokens", "an array of token strings")?;
         let n_vocab = tokens.len();
-        let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
-            None => vec![1; n_vocab],
-            Some(v) => {
-                let expected = format!("an array of {n_vocab} integer token types");
-                let arr = v.as_array().ok_or_else(|| meta.invalid("tokenizer.ggml.token_type", &expected, describe(v)))?;
-                if arr.len() != n_vocab {
-                    return Err(meta.invalid("tokenizer.ggml.token_type", &expected, format!("{} entries", arr.len())));
-                }
-                arr.iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        t.as_i64()
-                            .ok_or_else(|| meta.invalid("tokenizer.ggml.token_type", &expected, format!("element {i} is {}", describe(t))))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-        };
+        let types = token_types(&meta, n_vocab)?;
         let merges_raw = meta.string_array("tokenizer.ggml.merges", "an array of \"left right\" merge strings")?;
         let mut merges = Vec::with_capacity(merges_raw.len());
         for (i, m) in merges_raw.iter().enumerate() {
