@@ -7,6 +7,8 @@
 //! goes) and the later `score` + `mask` stages produce bit-identical masks.
 
 use std::cmp::Ordering;
+
+use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
 
@@ -189,7 +191,17 @@ pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_s
             let stat = column_stat.ok_or(SparsityError::Shape { what: "wanda column statistics".into(), expected: cols, found: 0 })?;
             check_len("column statistics", cols, stat.len())?;
             let roots: Vec<f32> = stat.iter().map(|s| s.sqrt()).collect();
-            Ok(weight.chunks_exact(cols.max(1)).flat_map(|row| row.iter().zip(&roots).map(|(w, r)| w.abs() * r)).collect())
+            let mut out = vec![0.0f32; weight.len()];
+            if cols > 0 {
+                out.par_chunks_mut(cols * ROWS_PER_TASK).zip(weight.par_chunks(cols * ROWS_PER_TASK)).for_each(|(out, weight)| {
+                    for (out, weight) in out.chunks_exact_mut(cols).zip(weight.chunks_exact(cols)) {
+                        for ((o, w), r) in out.iter_mut().zip(weight).zip(&roots) {
+                            *o = w.abs() * r;
+                        }
+                    }
+                });
+            }
+            Ok(out)
         }
     }
 }
@@ -207,6 +219,74 @@ pub fn stable_argsort(values: &[f32]) -> Vec<usize> {
     idx
 }
 
+/// A key whose unsigned order is [`ascending`]'s order of scores: -0.0 and
+/// 0.0 equal, every NaN equal to every other and above +inf.
+fn order_key(score: f32) -> u32 {
+    let canonical = if score.is_nan() {
+        f32::NAN
+    } else if score == 0.0 {
+        0.0
+    } else {
+        score
+    };
+    let bits = canonical.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    }
+}
+
+/// Marks as pruned (false) the `pruned` lowest scores of `row`, ties to the
+/// lower index, as the first `pruned` entries of [`stable_argsort`] would:
+/// a selection on keys that order by score, then index. `scratch` is
+/// reused between rows; `row` has at most `u32::MAX` entries.
+fn prune_lowest(row: &[f32], pruned: usize, keep: &mut [bool], scratch: &mut Vec<u64>) {
+    if pruned == 0 {
+        return;
+    }
+    if pruned >= row.len() {
+        keep.fill(false);
+        return;
+    }
+    scratch.clear();
+    scratch.extend(row.iter().enumerate().map(|(i, &s)| u64::from(order_key(s)) << 32 | i as u64));
+    scratch.select_nth_unstable(pruned - 1);
+    for &key in &scratch[..pruned] {
+        keep[(key & u64::from(u32::MAX)) as usize] = false;
+    }
+}
+
+/// Marks as pruned the `n` lowest of each group of `m` consecutive scores of
+/// `row`, ties to the lower index.
+fn prune_nm_row(row: &[f32], n: usize, m: usize, keep: &mut [bool]) {
+    let mut order = [0usize; 64];
+    for (group, keep) in row.chunks_exact(m).zip(keep.chunks_exact_mut(m)) {
+        if m <= order.len() {
+            // Insertion sort of the group's indices: stable, no allocation.
+            let order = &mut order[..m];
+            for i in 0..m {
+                let mut at = i;
+                while at > 0 && ascending(&group[order[at - 1]], &group[i]) == Ordering::Greater {
+                    order[at] = order[at - 1];
+                    at -= 1;
+                }
+                order[at] = i;
+            }
+            for &k in &order[..n] {
+                keep[k] = false;
+            }
+        } else {
+            for &k in stable_argsort(group).iter().take(n) {
+                keep[k] = false;
+            }
+        }
+    }
+}
+
+/// Rows of a matrix handed to one parallel task of [`keep_mask`].
+const ROWS_PER_TASK: usize = 16;
+
 /// The keep-mask (true = kept) of a `[rows, cols]` score matrix under `pattern`.
 ///
 /// - Unstructured, [`Group::Row`]: in every row exactly `floor(cols * s)`
@@ -215,26 +295,35 @@ pub fn stable_argsort(values: &[f32]) -> Vec<usize> {
 ///   the whole matrix, ties to the lower flat index.
 /// - N:M: in every group of M consecutive inputs of a row, the N lowest
 ///   pruned, ties to the lower index.
+///
+/// Rows are selected in parallel; the result does not depend on it.
 pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, group: Group) -> Result<Vec<bool>, SparsityError> {
     check_len("scores", rows * cols, scores.len())?;
     let mut keep = vec![true; scores.len()];
+    if scores.is_empty() {
+        return Ok(keep);
+    }
     match pattern {
         Pattern::Unstructured { sparsity } => {
             Pattern::unstructured(sparsity)?;
             match group {
                 Group::Row => {
                     let pruned = pattern.pruned_per_row(cols);
-                    for r in 0..rows {
-                        let row = &scores[r * cols..(r + 1) * cols];
-                        for &c in stable_argsort(row).iter().take(pruned) {
-                            keep[r * cols + c] = false;
+                    keep.par_chunks_mut(cols * ROWS_PER_TASK).zip(scores.par_chunks(cols * ROWS_PER_TASK)).for_each(|(keep, scores)| {
+                        let mut scratch = Vec::with_capacity(cols);
+                        for (keep, row) in keep.chunks_exact_mut(cols).zip(scores.chunks_exact(cols)) {
+                            prune_lowest(row, pruned, keep, &mut scratch);
                         }
-                    }
+                    });
                 }
                 Group::Layer => {
                     let pruned = (scores.len() as f64 * sparsity) as usize;
-                    for &i in stable_argsort(scores).iter().take(pruned) {
-                        keep[i] = false;
+                    if u32::try_from(scores.len()).is_ok() {
+                        prune_lowest(scores, pruned, &mut keep, &mut Vec::with_capacity(scores.len()));
+                    } else {
+                        for &i in stable_argsort(scores).iter().take(pruned) {
+                            keep[i] = false;
+                        }
                     }
                 }
             }
@@ -246,14 +335,9 @@ pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, gro
             if cols % m != 0 {
                 return Err(SparsityError::Divisibility { n, m, cols });
             }
-            for r in 0..rows {
-                for g in (0..cols).step_by(m) {
-                    let start = r * cols + g;
-                    for &k in stable_argsort(&scores[start..start + m]).iter().take(n) {
-                        keep[start + k] = false;
-                    }
-                }
-            }
+            keep.par_chunks_mut(cols * ROWS_PER_TASK)
+                .zip(scores.par_chunks(cols * ROWS_PER_TASK))
+                .for_each(|(keep, scores)| prune_nm_row(scores, n, m, keep));
         }
     }
     Ok(keep)
@@ -287,9 +371,8 @@ pub fn unpack_bits(bytes: &[u8], len: usize) -> Option<Vec<bool>> {
 pub fn apply_mask(weight: &mut [f32], keep: &[bool]) -> Result<(), SparsityError> {
     check_len("mask", weight.len(), keep.len())?;
     for (w, &k) in weight.iter_mut().zip(keep) {
-        if !k {
-            *w = 0.0;
-        }
+        // A select rather than a branch: keep flags are close to random.
+        *w = if k { *w } else { 0.0 };
     }
     Ok(())
 }
@@ -395,6 +478,67 @@ mod tests {
         assert_eq!(keep, vec![true, true, false, false, false, false, true, true]);
         assert!(keep_mask(&s, 1, 8, Pattern::NM { n: 2, m: 3 }, Group::Row).is_err());
         assert!(Pattern::parse_nm("4:4").is_err() && Pattern::parse_nm("x").is_err());
+    }
+
+    /// The selection as its definition states it: a stable ascending sort
+    /// of each row (or group), the first ones pruned.
+    fn keep_by_stable_sort(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, group: Group) -> Vec<bool> {
+        let mut keep = vec![true; scores.len()];
+        let (unit, pruned) = match (pattern, group) {
+            (Pattern::Unstructured { .. }, Group::Row) => (cols, pattern.pruned_per_row(cols)),
+            (Pattern::Unstructured { sparsity }, Group::Layer) => (rows * cols, (scores.len() as f64 * sparsity) as usize),
+            (Pattern::NM { n, m }, _) => (m, n),
+        };
+        for (start, chunk) in (0..scores.len()).step_by(unit).zip(scores.chunks(unit)) {
+            for &i in stable_argsort(chunk).iter().take(pruned) {
+                keep[start + i] = false;
+            }
+        }
+        keep
+    }
+
+    #[test]
+    fn selection_equals_a_stable_sort_on_scores_full_of_ties_and_nans() {
+        // Scores drawn from 7 values (and NaN), so most comparisons are ties.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (rows, cols) = (37, 48);
+        // Negative scores, both zeros and both NaN signs too: the keys must
+        // order them as the comparison of a sort does.
+        let scores: Vec<f32> = (0..rows * cols)
+            .map(|_| match next() % 60 {
+                0 => f32::NAN,
+                1 => -f32::NAN,
+                2 => -0.0,
+                3 => f32::INFINITY,
+                _ => (next() % 7) as f32 * 0.25 - 0.5,
+            })
+            .collect();
+        let patterns = [
+            (Pattern::unstructured(0.5).unwrap(), Group::Row),
+            (Pattern::unstructured(0.3).unwrap(), Group::Row),
+            (Pattern::unstructured(0.0).unwrap(), Group::Row),
+            (Pattern::unstructured(0.6).unwrap(), Group::Layer),
+            (Pattern::NM { n: 2, m: 4 }, Group::Row),
+            (Pattern::NM { n: 5, m: 8 }, Group::Row),
+            (Pattern::NM { n: 1, m: 3 }, Group::Row),
+        ];
+        for (pattern, group) in patterns {
+            let want = keep_by_stable_sort(&scores, rows, cols, pattern, group);
+            let got = keep_mask(&scores, rows, cols, pattern, group).unwrap();
+            assert_eq!(got, want, "{} by {group}", pattern.label());
+            let pruned = got.iter().filter(|k| !**k).count();
+            let expected = match (pattern, group) {
+                (Pattern::Unstructured { sparsity }, Group::Layer) => (rows as f64 * cols as f64 * sparsity) as usize,
+                _ => rows * pattern.pruned_per_row(cols),
+            };
+            assert_eq!(pruned, expected, "{} by {group}", pattern.label());
+        }
     }
 
     #[test]
