@@ -150,3 +150,103 @@ pub fn is_host_memory(device: &Device) -> bool {
     let ndarray = Device::ndarray();
     *device == ndarray
 }
+
+mod openblas {
+    use std::os::raw::c_int;
+
+    extern "C" {
+        pub fn openblas_get_num_threads() -> c_int;
+        pub fn openblas_set_num_threads(threads: c_int);
+    }
+}
+
+/// Caps the threads OpenBLAS gives one matmul on the cpu device while the
+/// guard lives.
+///
+/// For callers that run independent matmuls on several threads of their own
+/// (e.g. calibration samples in parallel): OpenBLAS's threads would otherwise
+/// compete with them for the cores and spin while they wait. Guards may
+/// overlap (from several threads): the cap is the lowest asked for by a live
+/// guard, and the number OpenBLAS had before the first one comes back when
+/// the last one drops.
+#[derive(Debug)]
+pub struct BlasThreads {
+    threads: usize,
+}
+
+/// The caps of the live [`BlasThreads`] guards, and the thread count
+/// OpenBLAS had before the first of them.
+static BLAS_CAPS: std::sync::Mutex<(Vec<usize>, usize)> = std::sync::Mutex::new((Vec::new(), 0));
+
+fn set_blas_threads(threads: usize) {
+    // SAFETY: a plain call into OpenBLAS's thread-count setting; the library
+    // is linked by burn's ndarray backend.
+    unsafe { openblas::openblas_set_num_threads(threads.clamp(1, i32::MAX as usize) as i32) };
+}
+
+impl BlasThreads {
+    /// Lets each matmul use at most `threads` threads (at least one).
+    pub fn limit(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let mut caps = BLAS_CAPS.lock().unwrap_or_else(|e| e.into_inner());
+        if caps.0.is_empty() {
+            caps.1 = Self::current();
+        }
+        caps.0.push(threads);
+        set_blas_threads(*caps.0.iter().min().expect("a cap was just pushed"));
+        BlasThreads { threads }
+    }
+
+    /// The threads OpenBLAS gives one matmul now.
+    pub fn current() -> usize {
+        // SAFETY: reads OpenBLAS's thread-count setting.
+        unsafe { openblas::openblas_get_num_threads() }.max(1) as usize
+    }
+}
+
+impl Drop for BlasThreads {
+    fn drop(&mut self) {
+        let mut caps = BLAS_CAPS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = caps.0.iter().position(|&t| t == self.threads) {
+            caps.0.swap_remove(at);
+        }
+        let restore = caps.0.iter().min().copied().unwrap_or(caps.1);
+        set_blas_threads(restore);
+    }
+}
+
+/// Makes the C allocator keep freed memory for reuse instead of handing
+/// blocks of up to 32 MiB back to the system at every free.
+///
+/// Forward passes allocate and free activations of a few MiB many times;
+/// glibc serves such blocks with fresh `mmap`s by default, and every page
+/// of a fresh mapping is faulted in and zeroed by the kernel (a third of
+/// calibration's time on SmolLM2 went there). Call once, at the start of a
+/// binary; a no-op where the C library is not glibc.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; glibc documents
+    // these two parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blas_thread_limit_holds_while_a_guard_lives_and_overlapping_guards_restore_the_first_count() {
+        let before = BlasThreads::current();
+        let outer = BlasThreads::limit(2);
+        let inner = BlasThreads::limit(1);
+        assert_eq!(BlasThreads::current(), 1);
+        // Dropped out of order: the remaining guard's cap holds.
+        drop(outer);
+        assert_eq!(BlasThreads::current(), 1);
+        drop(inner);
+        assert_eq!(BlasThreads::current(), before);
+    }
+}

@@ -19,7 +19,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use cache::{HostKv, KvCache, LayerKv};
-pub use device::{select_device, DeviceChoice, SelectedDevice};
+pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use loader::{load_model, LoadedModel, Model, ModelConfig, ModelFormat};
 pub use weights::{HostTensor, WeightMap};

@@ -452,19 +452,29 @@ impl std::fmt::Debug for HostWeight {
     }
 }
 
-/// Transposes a row-major [rows, cols] matrix into [cols, rows].
+/// Transposes a row-major [rows, cols] matrix into [cols, rows], bands of
+/// output rows in parallel.
 pub fn transpose_host(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     const BLOCK: usize = 32;
+    assert_eq!(data.len(), rows * cols, "transpose_host: data is not [rows, cols]");
     let mut out = vec![0.0f32; data.len()];
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
+    if data.is_empty() {
+        return out;
+    }
+    // Output rows c0..c0 + BLOCK are input columns c0..c0 + BLOCK.
+    out.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(band, out)| {
+        let c0 = band * BLOCK;
+        let width = out.len() / rows;
+        for r0 in (0..rows).step_by(BLOCK) {
             for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    out[c * rows + r] = data[r * cols + c];
+                let row = &data[r * cols + c0..r * cols + c0 + width];
+                for (c, &v) in row.iter().enumerate() {
+                    out[c * rows + r] = v;
                 }
             }
         }
-    }
+    });
     out
 }
 
