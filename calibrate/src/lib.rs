@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use artifacts::ModuleStats;
 use burn::tensor::{Device, Tensor, TensorData};
 use model::llama::LinearObserver;
-use model::{LoadedModel, ModelError};
+use model::{BlasThreads, LoadedModel, ModelError, WeightMap};
+use rayon::prelude::*;
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -85,23 +86,79 @@ impl Accumulator {
     }
 }
 
-/// Collects the statistics of the linear inputs of one layer for batches of
-/// `batch` samples of `seq` tokens.
-struct StatsObserver<'a> {
-    accumulators: &'a mut HashMap<String, Accumulator>,
-    batch: usize,
-    seq: usize,
+/// Sums over each sample's tokens of the squared input columns of one
+/// linear input, as one layer run over a group of samples reports them.
+struct ObservedSquares {
+    /// The modules that read this input.
+    modules: Vec<String>,
+    /// Input columns.
+    in_features: usize,
+    /// `[batch, in_features]`: one row of sums per sample of the group.
+    per_sample: Vec<f32>,
 }
 
-impl LinearObserver for StatsObserver<'_> {
+/// Records, for every linear input a layer reports, the sum over each
+/// sample's tokens of the square of every input column. Sums are kept per
+/// group, so that groups can run in parallel and still be added to the
+/// running statistics in sample order.
+struct SquaresObserver {
+    batch: usize,
+    seq: usize,
+    observed: Vec<ObservedSquares>,
+}
+
+impl SquaresObserver {
+    fn new(batch: usize, seq: usize) -> Self {
+        SquaresObserver { batch, seq, observed: Vec::new() }
+    }
+}
+
+impl LinearObserver for SquaresObserver {
     fn observe(&mut self, modules: &[String], input: &Tensor<2>) {
         let [_, in_features] = input.dims();
-        let per_sample = input.clone().reshape([self.batch, self.seq, in_features]).powi_scalar(2).sum_dim(1);
-        let values: Vec<f32> = per_sample.into_data().try_into_vec().expect("f32 statistics from the device");
-        for module in modules {
-            let acc = self.accumulators.entry(module.clone()).or_insert_with(|| Accumulator::new(in_features));
-            for sample in values.chunks_exact(in_features) {
-                acc.add_sample(sample, self.seq);
+        let per_sample = column_squares(input, self.batch, self.seq);
+        self.observed.push(ObservedSquares { modules: modules.to_vec(), in_features, per_sample });
+    }
+}
+
+/// Sums over the tokens of each of `batch` samples of `seq` tokens of the
+/// squares of the columns of `input` [batch * seq, in], as [batch, in]. On
+/// host memory the sums are taken in f64 and rounded once.
+fn column_squares(input: &Tensor<2>, batch: usize, seq: usize) -> Vec<f32> {
+    let [_, in_features] = input.dims();
+    if model::device::is_host_memory(&input.device()) {
+        // The layer still holds `input`: converting it would copy element by
+        // element, a fresh tensor's values move out in one piece.
+        let values = host_values(input.clone().mul_scalar(1.0));
+        let mut out = Vec::with_capacity(batch * in_features);
+        let mut sums = vec![0.0f64; in_features];
+        for sample in values.chunks_exact(seq * in_features) {
+            sums.fill(0.0);
+            for row in sample.chunks_exact(in_features) {
+                for (sum, &x) in sums.iter_mut().zip(row) {
+                    *sum += f64::from(x) * f64::from(x);
+                }
+            }
+            out.extend(sums.iter().map(|&s| s as f32));
+        }
+        out
+    } else {
+        let per_sample = input.clone().reshape([batch, seq, in_features]).powi_scalar(2).sum_dim(1);
+        per_sample.into_data().try_into_vec().expect("f32 statistics from the device")
+    }
+}
+
+/// Adds what each group's run observed to the running statistics, group by
+/// group and sample by sample, so that the f32 running mean sees the samples
+/// in their order whatever ran in parallel.
+fn accumulate(accumulators: &mut HashMap<String, Accumulator>, observed: Vec<(usize, Vec<ObservedSquares>)>) {
+    for (seq, inputs) in observed {
+        for input in inputs {
+            for module in input.modules {
+                let acc = accumulators.entry(module).or_insert_with(|| Accumulator::new(input.in_features));
+                for sample in input.per_sample.chunks_exact(input.in_features) {
+                    acc.add_sample(sample, seq);
+                }
             }
         }
     }
@@ -110,6 +167,17 @@ impl LinearObserver for StatsObserver<'_> {
 /// The values of a hidden-state tensor.
 fn host_values(tensor: Tensor<2>) -> Vec<f32> {
     tensor.into_data().try_into_vec().expect("f32 hidden states from the device")
+}
+
+/// Runs `work` on every group of samples with its hidden states, in parallel
+/// on devices whose tensors live in host memory (each group is independent),
+/// one after another elsewhere; results in group order.
+fn for_each_group<I: Send, T: Send>(parallel: bool, items: Vec<I>, work: impl Fn(usize, I) -> T + Sync) -> Vec<T> {
+    if parallel {
+        items.into_par_iter().enumerate().map(|(index, item)| work(index, item)).collect()
+    } else {
+        items.into_iter().enumerate().map(|(index, item)| work(index, item)).collect()
+    }
 }
 
 /// Groups consecutive samples of equal length into batches of at most `batch`.
@@ -141,7 +209,6 @@ pub fn calibrate(
     }
     let config = &loaded.config;
     let mut network = loaded.build(device)?;
-    let mut weights = loaded.weights.clone();
     let groups = batches(samples, options.batch);
     // Hidden states between layers are kept as host values, and each pass gets
     // a tensor of its own: on the CPU backend a layer then reads its input
@@ -158,23 +225,44 @@ pub fn calibrate(
         contexts.entry(key).or_insert_with(|| network.context(key.0, key.1));
     }
 
+    // On the cpu device the groups run in parallel, each matmul on one
+    // thread: independent work per core instead of BLAS threads that
+    // synchronise (and spin) at every small matmul.
+    let parallel = model::device::is_host_memory(device) && groups.len() > 1;
+    let _blas = parallel.then(|| BlasThreads::limit(rayon::current_num_threads() / groups.len()));
+    let shape = |index: usize| (groups[index].len(), samples[groups[index].start].len());
+
     let mut stats = Vec::new();
     let mut applied_masks = BTreeMap::new();
     for layer in 0..config.num_layers() {
         let mut accumulators = HashMap::new();
-        let mut outputs = Vec::with_capacity(hidden.len());
+        let observed: Vec<(usize, Vec<ObservedSquares>)>;
+        let mut outputs = Vec::new();
         if options.oneshot {
-            for (g, x) in groups.iter().zip(hidden.drain(..)) {
-                let key = (g.len(), samples[g.start].len());
-                let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
-                outputs.push(host_values(network.layer_forward(layer, tensor(x), &contexts[&key], Some(&mut observer))));
-            }
+            let runs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
+                let (batch, seq) = shape(index);
+                let mut observer = SquaresObserver::new(batch, seq);
+                let out = host_values(network.layer_forward(layer, tensor(x), &contexts[&(batch, seq)], Some(&mut observer)));
+                (out, (seq, observer.observed))
+            });
+            (outputs, observed) = runs.into_iter().unzip();
         } else {
-            for (g, x) in groups.iter().zip(&hidden) {
-                let key = (g.len(), samples[g.start].len());
-                let mut observer = StatsObserver { accumulators: &mut accumulators, batch: key.0, seq: key.1 };
+            observed = for_each_group(parallel, hidden.iter().collect(), |index, x: &Vec<f32>| {
+                let (batch, seq) = shape(index);
+                let mut observer = SquaresObserver::new(batch, seq);
                 // The dense layer's output is not needed: the pruned layer is run for the next one.
-                network.layer_observe_inputs(layer, tensor(x.clone()), &contexts[&key], &mut observer);
+                network.layer_observe_inputs(layer, tensor(x.clone()), &contexts[&(batch, seq)], &mut observer);
+                (seq, observer.observed)
+            });
+        }
+        accumulate(&mut accumulators, observed);
+        // Only this layer's tensors are copied to be pruned: the rest of the
+        // model is never changed.
+        let prefix = format!("model.layers.{layer}.");
+        let mut weights = WeightMap::new(loaded.weights.source());
+        if !options.oneshot {
+            for (name, tensor) in loaded.weights.iter().filter(|(name, _)| name.starts_with(&prefix)) {
+                weights.insert(name.clone(), tensor.clone());
             }
         }
         for (module, out_features, in_features) in config.linear_modules(layer) {
@@ -200,10 +288,9 @@ pub fn calibrate(
         // The last layer's pruned output feeds nothing that calibration measures.
         if !options.oneshot && layer + 1 < config.num_layers() {
             network.rebuild_layer(&weights, layer)?;
-            for (g, x) in groups.iter().zip(hidden.drain(..)) {
-                let key = (g.len(), samples[g.start].len());
-                outputs.push(host_values(network.layer_forward(layer, tensor(x), &contexts[&key], None)));
-            }
+            outputs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
+                host_values(network.layer_forward(layer, tensor(x), &contexts[&shape(index)], None))
+            });
         }
         hidden = outputs;
         on_layer(layer);

@@ -52,6 +52,7 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    model::device::reuse_freed_memory();
     let pattern = match (&cli.sparsity, &cli.nm) {
         (Some(s), None) => Pattern::unstructured(*s)?,
         (None, Some(nm)) => Pattern::parse_nm(nm)?,

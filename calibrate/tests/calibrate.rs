@@ -122,3 +122,22 @@ fn masks_rebuilt_from_written_stats_equal_the_applied_ones() {
         }
     }
 }
+
+#[test]
+fn samples_run_in_parallel_give_the_statistics_and_masks_of_a_serial_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 6);
+    for pattern in [Pattern::unstructured(0.5).unwrap(), Pattern::parse_nm("2:4").unwrap()] {
+        // One sample per group: four groups, which run in parallel on the cpu device.
+        let parallel = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let serial = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let run = |pool: &rayon::ThreadPool| {
+            pool.install(|| calibrate(&loaded, &cpu(), &samples(), &options(false, 1, pattern), |_| {}).unwrap())
+        };
+        let (a, b) = (run(&parallel), run(&serial));
+        assert_eq!(a.applied_masks, b.applied_masks, "{}", pattern.label());
+        for (x, y) in a.stats.iter().zip(&b.stats) {
+            assert_eq!((&x.module, &x.scaler_row, &x.sum_sq, x.n_tokens), (&y.module, &y.scaler_row, &y.sum_sq, y.n_tokens));
+        }
+    }
+}
