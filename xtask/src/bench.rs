@@ -24,6 +24,9 @@ struct PruneBench {
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     seqlen: usize,
+    /// Prune with this N:M pattern (e.g. 2:4) instead of 50% unstructured.
+    #[arg(long)]
+    nm: Option<String>,
     /// Working directory for the inputs and outputs of the benchmark.
     #[arg(long, default_value = "out/bench-prune")]
     out: PathBuf,
@@ -104,14 +107,20 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
     ];
     Graph::open(&dir)?.execute(&setup, &mut BinaryRunner { bin_dir: bin.clone() })?;
 
+    let pattern: [&str; 2] = match &opts.nm {
+        Some(nm) => ["--nm", nm],
+        None => ["--sparsity", "0.5"],
+    };
     let stats = dir.join("stats.parquet");
     let scores = dir.join("scores.parquet");
     let mask = dir.join("mask.parquet");
-    let calibrate = measure(
-        Command::new(bin.join("calibrate"))
-            .args(["--model", &path(&model), "--samples", &path(&samples), "--sparsity", "0.5", "--quiet"])
-            .args(["--device", opts.device.as_arg(), "--out", &path(&stats)]),
-    )?;
+    let calibrate =
+        measure(
+            Command::new(bin.join("calibrate"))
+                .args(["--model", &path(&model), "--samples", &path(&samples), "--quiet"])
+                .args(pattern)
+                .args(["--device", opts.device.as_arg(), "--out", &path(&stats)]),
+        )?;
     let score = measure(Command::new(bin.join("score")).args([
         "--model",
         &path(&model),
@@ -124,10 +133,11 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
         &path(&scores),
     ]))?;
     let masking =
-        measure(Command::new(bin.join("mask")).args(["--scores", &path(&scores), "--sparsity", "0.5", "--quiet", "--out", &path(&mask)]))?;
+        measure(Command::new(bin.join("mask")).args(["--scores", &path(&scores), "--quiet", "--out", &path(&mask)]).args(pattern))?;
 
     println!();
-    println!("bench prune: SmolLM2-135M, {} windows x {} tokens of Python, wanda 50% unstructured, sequential", opts.nsamples, opts.seqlen);
+    let label = opts.nm.as_deref().map_or_else(|| "50% unstructured".to_string(), str::to_string);
+    println!("bench prune: SmolLM2-135M, {} windows x {} tokens of Python, wanda {label}, sequential", opts.nsamples, opts.seqlen);
     println!("device: {}; {} CPU threads available", opts.device.as_arg(), std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("{:<28} {:>10} {:>14}", "stage", "wall (s)", "peak RSS (MiB)");
     let mut total = 0.0;
