@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Independent PyTorch reference of Wanda's sequential pruning.
+
+A transcription of locuslab/wanda `lib/prune.py::prune_wanda` (with
+`lib/layerwrapper.py::WrappedGPT.add_batch` and `prepare_calibration_input`)
+for a Llama-family Hugging Face model, calibrated on the windows of a subprune
+samples artifact. Writes the keep-masks in subprune's mask schema (module,
+row, in_features, keep: packed bits, LSB first, 1 = kept) so that they can be
+compared bit for bit with `mask` output (compare_masks.py).
+
+    python wanda_reference.py --model-dir DENSE_HF --samples calib.parquet \
+        --sparsity 0.5 --out ref-u0.5.parquet          # unstructured, per row
+    python wanda_reference.py ... --nm 2:4 --out ref-2of4.parquet
+    python wanda_reference.py ... --nm 2:4 --dtype f64 --out ref-2of4-f64.parquet
+
+With --dtype f64 the whole model, the statistics and the scores are float64
+(an exact-arithmetic reference); f32 follows Wanda (model in the given dtype,
+scaler_row in float32).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import LINEARS, load_model, read_windows, write_mask
+
+
+class Catcher(nn.Module):
+    """Wanda's prepare_calibration_input: stands in for layer 0, records its
+    input and keyword arguments (mask, position ids, rotary embeddings), stops."""
+
+    def __init__(self, module, inps, cache):
+        super().__init__()
+        self.module = module
+        self.inps = inps
+        self.cache = cache
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.inps.append(hidden_states[0].detach().clone())
+        self.cache["kwargs"] = kwargs
+        raise ValueError
+
+
+class WrappedGPT:
+    """scaler_row of one linear, with WrappedGPT.add_batch's running mean."""
+
+    def __init__(self, layer, stat_dtype):
+        self.layer = layer
+        self.columns = layer.weight.shape[1]
+        self.scaler_row = torch.zeros(self.columns, dtype=stat_dtype)
+        self.nsamples = 0
+        self.stat_dtype = stat_dtype
+
+    def add_batch(self, inp, out):
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        if len(inp.shape) == 3:
+            inp = inp.reshape((-1, inp.shape[-1]))
+        inp = inp.t()
+        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = inp.type(self.stat_dtype)
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+
+
+def layer_out(layer, x, kwargs):
+    out = layer(x.unsqueeze(0), **kwargs)
+    return (out[0] if isinstance(out, tuple) else out)[0]
+
+
+@torch.no_grad()
+def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype):
+    layers = model.model.layers
+    inps, cache = [], {}
+    layers[0] = Catcher(layers[0], inps, cache)
+    for w in windows:
+        try:
+            model(torch.tensor([w], dtype=torch.long))
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    kwargs = cache["kwargs"]
+    outs = [None] * len(inps)
+    masks = {}
+    for i in range(len(layers)):
+        t0 = time.time()
+        layer = layers[i]
+        subset = {name: layer.get_submodule(name) for name in LINEARS}
+        wrapped = {name: WrappedGPT(subset[name], stat_dtype) for name in subset}
+        handles = [
+            subset[name].register_forward_hook(lambda _m, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data))
+            for name in subset
+        ]
+        for j in range(len(inps)):
+            outs[j] = layer_out(layer, inps[j], kwargs)
+        for h in handles:
+            h.remove()
+        for name in subset:
+            weight = subset[name].weight.data
+            w_metric = torch.abs(weight) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1)))
+            w_mask = torch.zeros_like(w_metric) == 1  # True = pruned
+            if prune_n != 0:
+                for ii in range(w_metric.shape[1]):
+                    if ii % prune_m == 0:
+                        tmp = w_metric[:, ii : (ii + prune_m)]
+                        tmp = tmp.float() if stat_dtype == torch.float32 else tmp
+                        w_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+            else:
+                sort_res = torch.sort(w_metric, dim=-1, stable=True)
+                indices = sort_res[1][:, : int(w_metric.shape[1] * sparsity)]
+                w_mask.scatter_(1, indices, True)
+            weight[w_mask] = 0
+            masks[f"model.layers.{i}.{name}"] = (~w_mask).numpy()
+        for j in range(len(inps)):
+            outs[j] = layer_out(layer, inps[j], kwargs)
+        inps, outs = outs, inps
+        print(f"layer {i}: {time.time() - t0:.1f} s", flush=True)
+    return masks
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", required=True, help="dense Hugging Face model directory")
+    ap.add_argument("--samples", required=True, help="samples artifact (tokens list<u32>) of calibration windows")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--sparsity", type=float, help="unstructured per-row sparsity, e.g. 0.5")
+    g.add_argument("--nm", help="N:M pattern, e.g. 2:4")
+    ap.add_argument("--nsamples", type=int, default=None, help="use only the first K windows")
+    ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rope64", action="store_true", help="rotary tables in float64 (transformers uses float32 even for f64)")
+    ap.add_argument("--out", required=True, help="mask artifact to write (subprune's schema)")
+    ap.add_argument("--save-model", help="also save the pruned model here (save_pretrained)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    dtype = torch.float64 if args.dtype == "f64" else torch.float32
+    prune_n, prune_m = (0, 0) if args.nm is None else map(int, args.nm.split(":"))
+    model = load_model(args.model_dir, dtype, args.attn, args.rope64)
+    windows = read_windows(args.samples, args.nsamples)
+    print(f"{len(windows)} windows of {len(windows[0])} tokens, {args.dtype}, attn {args.attn}, {torch.get_num_threads()} threads")
+    t0 = time.time()
+    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype)
+    wall = time.time() - t0
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.size for m in masks.values())
+    write_mask(args.out, masks)
+    if args.save_model:
+        model.float().save_pretrained(args.save_model)
+    print(f"wrote {args.out}: {len(masks)} modules, sparsity {1 - kept / total:.6f}")
+    print(f"reference prune wall time: {wall:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
