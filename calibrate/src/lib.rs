@@ -127,9 +127,7 @@ impl LinearObserver for SquaresObserver {
 fn column_squares(input: &Tensor<2>, batch: usize, seq: usize) -> Vec<f32> {
     let [_, in_features] = input.dims();
     if model::device::is_host_memory(&input.device()) {
-        // The layer still holds `input`: converting it would copy element by
-        // element, a fresh tensor's values move out in one piece.
-        let values = host_values(input.clone().mul_scalar(1.0));
+        let values = model::llama::shared_values(input);
         let mut out = Vec::with_capacity(batch * in_features);
         let mut sums = vec![0.0f64; in_features];
         for sample in values.chunks_exact(seq * in_features) {

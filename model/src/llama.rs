@@ -487,6 +487,14 @@ pub(crate) fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor.into_data().try_into_vec::<f32>().expect("f32 activations")
 }
 
+/// The f32 values of a tensor that something else still holds. The values
+/// come from a fresh tensor, which moves them out in one piece: converting
+/// the shared one would copy them element by element (on the cpu device,
+/// many times slower).
+pub fn shared_values<const D: usize>(tensor: &Tensor<D>) -> Vec<f32> {
+    host_values(tensor.clone().mul_scalar(1.0))
+}
+
 /// A tensor of `shape` holding `values`.
 pub(crate) fn from_values<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values, shape), device)
@@ -522,12 +530,7 @@ impl Linear {
         let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&x.device()) {
             let [inner, cols] = self.weight_t.dims();
             let device = x.device();
-            let weight = self.host_weight.0.get_or_init(|| {
-                // A fresh tensor, so that its values move out without the
-                // element-by-element copy a shared one would need.
-                let own = self.weight_t.clone().mul_scalar(1.0);
-                transpose_host(&host_values(own), inner, cols)
-            });
+            let weight = self.host_weight.0.get_or_init(|| transpose_host(&shared_values(&self.weight_t), inner, cols));
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
         } else {
             x.matmul(self.weight_t.clone())

@@ -7,10 +7,10 @@
 //! goes) and the later `score` + `mask` stages produce bit-identical masks.
 
 use std::cmp::Ordering;
-
-use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
+
+use rayon::prelude::*;
 
 /// Errors of pruning parameters and shapes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -257,35 +257,19 @@ fn prune_lowest(row: &[f32], pruned: usize, keep: &mut [bool], scratch: &mut Vec
     }
 }
 
-/// Marks as pruned the `n` lowest of each group of `m` consecutive scores of
-/// `row`, ties to the lower index.
-fn prune_nm_row(row: &[f32], n: usize, m: usize, keep: &mut [bool]) {
-    let mut order = [0usize; 64];
-    for (group, keep) in row.chunks_exact(m).zip(keep.chunks_exact_mut(m)) {
-        if m <= order.len() {
-            // Insertion sort of the group's indices: stable, no allocation.
-            let order = &mut order[..m];
-            for i in 0..m {
-                let mut at = i;
-                while at > 0 && ascending(&group[order[at - 1]], &group[i]) == Ordering::Greater {
-                    order[at] = order[at - 1];
-                    at -= 1;
-                }
-                order[at] = i;
-            }
-            for &k in &order[..n] {
-                keep[k] = false;
-            }
-        } else {
-            for &k in stable_argsort(group).iter().take(n) {
-                keep[k] = false;
-            }
-        }
-    }
-}
-
-/// Rows of a matrix handed to one parallel task of [`keep_mask`].
+/// Rows of a matrix handed to one parallel task of [`keep_mask`] and [`scores`].
 const ROWS_PER_TASK: usize = 16;
+
+/// [`prune_lowest`] on every run of `unit` consecutive scores (a whole row,
+/// or an N:M group) of a matrix with rows of `cols`, bands of rows in parallel.
+fn prune_lowest_per_unit(scores: &[f32], keep: &mut [bool], cols: usize, unit: usize, pruned: usize) {
+    keep.par_chunks_mut(cols * ROWS_PER_TASK).zip(scores.par_chunks(cols * ROWS_PER_TASK)).for_each(|(keep, scores)| {
+        let mut scratch = Vec::with_capacity(unit);
+        for (keep, unit_scores) in keep.chunks_exact_mut(unit).zip(scores.chunks_exact(unit)) {
+            prune_lowest(unit_scores, pruned, keep, &mut scratch);
+        }
+    });
+}
 
 /// The keep-mask (true = kept) of a `[rows, cols]` score matrix under `pattern`.
 ///
@@ -307,15 +291,7 @@ pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, gro
         Pattern::Unstructured { sparsity } => {
             Pattern::unstructured(sparsity)?;
             match group {
-                Group::Row => {
-                    let pruned = pattern.pruned_per_row(cols);
-                    keep.par_chunks_mut(cols * ROWS_PER_TASK).zip(scores.par_chunks(cols * ROWS_PER_TASK)).for_each(|(keep, scores)| {
-                        let mut scratch = Vec::with_capacity(cols);
-                        for (keep, row) in keep.chunks_exact_mut(cols).zip(scores.chunks_exact(cols)) {
-                            prune_lowest(row, pruned, keep, &mut scratch);
-                        }
-                    });
-                }
+                Group::Row => prune_lowest_per_unit(scores, &mut keep, cols, cols, pattern.pruned_per_row(cols)),
                 Group::Layer => {
                     let pruned = (scores.len() as f64 * sparsity) as usize;
                     if u32::try_from(scores.len()).is_ok() {
@@ -335,9 +311,7 @@ pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, gro
             if cols % m != 0 {
                 return Err(SparsityError::Divisibility { n, m, cols });
             }
-            keep.par_chunks_mut(cols * ROWS_PER_TASK)
-                .zip(scores.par_chunks(cols * ROWS_PER_TASK))
-                .for_each(|(keep, scores)| prune_nm_row(scores, n, m, keep));
+            prune_lowest_per_unit(scores, &mut keep, cols, m, n);
         }
     }
     Ok(keep)
