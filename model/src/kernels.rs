@@ -12,9 +12,9 @@
 //! float rounding.
 //!
 //! `exp` is a polynomial (Cephes' `expf`, about 1 ulp) written so that the
-//! compiler vectorizes it; loops are compiled twice, for baseline x86-64 and
-//! for AVX2, chosen at run time. No fused multiply-add is used, so both give
-//! identical results.
+//! compiler vectorizes it; loops are compiled three times, for baseline x86-64,
+//! for AVX2 and for AVX-512, chosen at run time. No fused multiply-add is
+//! used, so all give identical results.
 
 use rayon::prelude::*;
 
@@ -90,13 +90,21 @@ fn max(values: &[f32]) -> f32 {
 }
 
 /// Defines `$name` running the `#[inline(always)]` function `$body` with the
-/// same arguments, compiled for AVX2 when the CPU has it.
+/// same arguments, compiled for AVX-512 or AVX2 when the CPU has it.
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident => $body:ident ($($arg:ident : $ty:ty),*)) => {
         $(#[$doc])*
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU was just found to support AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod device;
 pub mod error;
+pub mod gemm;
 pub mod gemma;
 pub mod gguf;
 pub mod kernels;

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::cache::{KvCache, LayerKv};
 use crate::error::ModelError;
+use crate::gemm;
 use crate::gguf::GgufFile;
 use crate::kernels::{self, AttentionShape};
 use crate::weights::{HostTensor, WeightMap};
@@ -429,13 +430,23 @@ pub(crate) fn check_decoder_shape(path: &Path, shape: &DecoderShape) -> Result<(
     Ok(())
 }
 
-/// A linear layer `y = x W^T + b`, its weight kept transposed ([in, out]) for the matmul.
+/// A linear layer `y = x W^T + b`.
 /// It may hold several linear modules reading the same input, their outputs side by side.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight_t: Tensor<2>,
+    weight: LinearWeight,
     bias: Option<Tensor<1>>,
     host_weight: HostWeight,
+}
+
+/// How a [`Linear`] keeps its weight for products of many rows.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// Transposed ([in, out]) on the device, for burn's matmul.
+    Tensor(Tensor<2>),
+    /// Packed in host memory for [`gemm::matmul`]: on host-memory devices
+    /// whose processor runs its fast kernel.
+    Packed(Arc<gemm::PackedRhs>),
 }
 
 /// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
@@ -511,29 +522,57 @@ impl Linear {
     /// [out_i, in] and biases [out_i] (all present or all absent). One wide
     /// matmul instead of several narrow ones.
     pub fn concat_from_host(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device) -> Self {
+        Self::concat_from_host_packed(parts, device, crate::device::is_host_memory(device) && gemm::fast_kernel_available())
+    }
+
+    /// [`Linear::concat_from_host`], the weight packed for [`gemm::matmul`]
+    /// when `packed` (host-memory devices only) and a device tensor otherwise.
+    fn concat_from_host_packed(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device, packed: bool) -> Self {
         let in_f = parts[0].0.shape[1];
         let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
         let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
-        let weight_t = Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device);
+        let weight = if packed {
+            LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_transposed(&stacked, out_f, in_f)))
+        } else {
+            LinearWeight::Tensor(Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device))
+        };
         let bias = parts.iter().map(|(_, b)| b.map(|b| b.data.iter().copied())).collect::<Option<Vec<_>>>().map(|parts| {
             let values: Vec<f32> = parts.into_iter().flatten().collect();
             Tensor::from_data(TensorData::new(values, [out_f]), device)
         });
-        Linear { weight_t, bias, host_weight: HostWeight::default() }
+        Linear { weight, bias, host_weight: HostWeight::default() }
+    }
+
+    /// Output features (of all the modules the layer holds).
+    pub fn out_features(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Tensor(weight_t) => weight_t.dims()[1],
+            LinearWeight::Packed(packed) => packed.cols(),
+        }
     }
 
     /// Applies the layer to rows of `x` ([n, in] -> [n, out]). A few rows in
     /// host memory (incremental decoding) go through
-    /// [`kernels::small_matmul`], the rest through burn's matmul.
+    /// [`kernels::small_matmul`], more through [`gemm::matmul`] where the
+    /// weight is packed for it, the rest through burn's matmul.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [rows, _] = x.dims();
-        let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&x.device()) {
-            let [inner, cols] = self.weight_t.dims();
-            let device = x.device();
-            let weight = self.host_weight.0.get_or_init(|| transpose_host(&shared_values(&self.weight_t), inner, cols));
+        let device = x.device();
+        let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&device) {
+            let weight = self.host_weight.0.get_or_init(|| match &self.weight {
+                LinearWeight::Tensor(weight_t) => {
+                    let [inner, cols] = weight_t.dims();
+                    transpose_host(&shared_values(weight_t), inner, cols)
+                }
+                LinearWeight::Packed(packed) => packed.transposed(),
+            });
+            let cols = self.out_features();
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
         } else {
-            x.matmul(self.weight_t.clone())
+            match &self.weight {
+                LinearWeight::Tensor(weight_t) => x.matmul(weight_t.clone()),
+                LinearWeight::Packed(packed) => from_values(gemm::matmul(&host_values(x), rows, packed), [rows, packed.cols()], &device),
+            }
         };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -730,8 +769,12 @@ impl Attention {
                 let device = qkv.device();
                 let shape = AttentionShape { batch: b, seq: s, heads: self.heads, kv_heads: self.kv_heads, head_dim: d };
                 let split = kernels::split_heads(&host_values(qkv), shape, cos, sin);
-                let matmul = |lhs: Vec<f32>, lhs_shape: [usize; 3], rhs: Vec<f32>, rhs_shape: [usize; 3]| {
-                    host_values(from_values(lhs, lhs_shape, &device).matmul(from_values(rhs, rhs_shape, &device)))
+                let matmul = |lhs: Vec<f32>, [batch, m, k]: [usize; 3], rhs: Vec<f32>, [_, _, n]: [usize; 3]| {
+                    if gemm::fast_kernel_available() {
+                        gemm::batched_matmul(&lhs, &rhs, batch, m, k, n)
+                    } else {
+                        host_values(from_values(lhs, [batch, m, k], &device).matmul(from_values(rhs, [batch, k, n], &device)))
+                    }
                 };
                 let context = kernels::causal_attention(&split, shape, scale as f32, matmul);
                 from_values(context, [b * s, self.heads * d], &device)
@@ -1163,6 +1206,34 @@ mod tests {
     #[allow(deprecated)]
     fn cpu() -> Device {
         Device::ndarray()
+    }
+
+    #[test]
+    fn packed_and_tensor_weights_give_the_same_products() {
+        let mut rng = crate::testing::Rng::new(11);
+        let mut host = |shape: Vec<usize>| {
+            let data = (0..shape.iter().product::<usize>()).map(|_| rng.next_f32()).collect();
+            HostTensor { shape, data }
+        };
+        let (w1, w2, b1, b2) = (host(vec![40, 70]), host(vec![9, 70]), host(vec![40]), host(vec![9]));
+        let parts = [(&w1, Some(&b1)), (&w2, Some(&b2))];
+        let (packed, tensor) =
+            (Linear::concat_from_host_packed(&parts, &cpu(), true), Linear::concat_from_host_packed(&parts, &cpu(), false));
+        assert_eq!((packed.out_features(), tensor.out_features()), (49, 49));
+        // Past the small-matmul rows (gemm vs burn's matmul) and within them (both small_matmul).
+        for rows in [kernels::SMALL_MATMUL_ROWS + 37, 3] {
+            let x = host(vec![rows, 70]);
+            let input = || from_values(x.data.clone(), [rows, 70], &cpu());
+            let (a, b) = (host_values(packed.forward(input())), host_values(tensor.forward(input())));
+            for (e, (a, b)) in a.iter().zip(&b).enumerate() {
+                let (r, c) = (e / 49, e % 49);
+                let (w, bias) =
+                    if c < 40 { (&w1.data[c * 70..][..70], b1.data[c]) } else { (&w2.data[(c - 40) * 70..][..70], b2.data[c - 40]) };
+                let want: f64 =
+                    x.data[r * 70..][..70].iter().zip(w).map(|(&x, &w)| f64::from(x) * f64::from(w)).sum::<f64>() + f64::from(bias);
+                assert!((f64::from(*a) - want).abs() < 1e-4 && (a - b).abs() < 1e-4, "rows {rows}, element {e}: {a} / {b} vs {want}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! Single-precision matrix products in host memory, with an AVX-512 kernel
+//! chosen at run time.
+//!
+//! The right-hand side is packed once into strips of [`STRIP`] columns
+//! ([`PackedRhs`]): a linear layer packs its weight when it is built and
+//! reuses it for every product. The left-hand side is packed per call, in
+//! blocks of rows that run in parallel.
+//!
+//! Every output element is a sum of chains of fused multiply-adds over
+//! fixed stretches of the inner dimension ([`inner_blocks`]), whatever the
+//! number of rows or the threads: a row of the product does not depend on
+//! the other rows it is computed with, and the AVX-512 kernel and the
+//! portable one give identical results.
+//!
+//! On the 2-core AMD EPYC (Zen 5) machines this project is built on, the
+//! system's OpenBLAS is pinned to its AVX2 (Haswell) kernels by the
+//! environment (`OPENBLAS_CORETYPE`), about 95 GFLOP/s a core; this kernel
+//! runs at 200-225 GFLOP/s a core on the shapes of a small decoder's layers.
+
+use rayon::prelude::*;
+
+/// Output columns of one strip of a packed right-hand side (two AVX-512 registers).
+pub const STRIP: usize = 32;
+
+/// Rows of the left-hand side a micro-kernel call multiplies at once.
+const PANEL_ROWS: usize = 12;
+
+/// Rows of the left-hand side packed and multiplied by one task.
+const BLOCK_ROWS: usize = 96;
+
+/// Longest stretch of the inner dimension multiplied at once. Each
+/// stretch's products are summed from zero and then added to the output, as
+/// blocked BLAS kernels do; that rounding, rather than one chain over the
+/// whole depth, keeps sequential 2:4 Wanda on the reference's masks (see
+/// `experiments/reference`).
+const MAX_INNER_BLOCK: usize = 384;
+
+/// The right-hand side `B` [k, n] of products `A B`, packed into strips of
+/// [`STRIP`] columns (the last one padded with zeros), each strip [k, STRIP].
+#[derive(Debug, Clone)]
+pub struct PackedRhs {
+    inner: usize,
+    cols: usize,
+    values: Vec<f32>,
+}
+
+impl PackedRhs {
+    /// Packs `B = W^T` for a weight `w` [n, k] in row-major order (a linear
+    /// layer's [out, in]), so that `A B` is the layer's `A W^T`.
+    pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "PackedRhs::from_transposed: the weight is not [{n}, {k}]");
+        let mut values = vec![0.0f32; n.div_ceil(STRIP) * k * STRIP];
+        values.par_chunks_mut(k * STRIP).enumerate().for_each(|(strip, out)| {
+            let first = strip * STRIP;
+            for column in 0..STRIP.min(n - first) {
+                for (i, &v) in w[(first + column) * k..(first + column + 1) * k].iter().enumerate() {
+                    out[i * STRIP + column] = v;
+                }
+            }
+        });
+        PackedRhs { inner: k, cols: n, values }
+    }
+
+    /// Packs `b` [k, n] in row-major order.
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), k * n, "PackedRhs::from_rows: the matrix is not [{k}, {n}]");
+        let mut values = vec![0.0f32; n.div_ceil(STRIP) * k * STRIP];
+        for (strip, out) in values.chunks_exact_mut(k * STRIP).enumerate() {
+            let first = strip * STRIP;
+            let width = STRIP.min(n - first);
+            for (i, out) in out.chunks_exact_mut(STRIP).enumerate() {
+                out[..width].copy_from_slice(&b[i * n + first..i * n + first + width]);
+            }
+        }
+        PackedRhs { inner: k, cols: n, values }
+    }
+
+    /// The inner dimension `k`.
+    pub fn inner(&self) -> usize {
+        self.inner
+    }
+
+    /// The output columns `n`.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `B^T` [n, k] in row-major order (a linear layer's weight [out, in]).
+    pub fn transposed(&self) -> Vec<f32> {
+        let (k, n) = (self.inner, self.cols);
+        let mut out = vec![0.0f32; n * k];
+        out.par_chunks_mut(k).enumerate().for_each(|(j, row)| {
+            let strip = &self.values[j / STRIP * k * STRIP..];
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = strip[i * STRIP + j % STRIP];
+            }
+        });
+        out
+    }
+}
+
+/// Whether this processor runs the AVX-512 kernel; elsewhere [`matmul`]
+/// falls back to a portable loop, and callers should prefer a BLAS.
+pub fn fast_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `A B` [m, n] for `a` [m, k] in row-major order; blocks of rows in parallel.
+pub fn matmul(a: &[f32], m: usize, rhs: &PackedRhs) -> Vec<f32> {
+    matmul_with(a, m, rhs, fast_kernel_available())
+}
+
+/// `A_i B_i` for each of the `batch` pairs of row-major `a` [batch, m, k]
+/// and `b` [batch, k, n], as [batch, m, n].
+pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(a.len(), batch * m * k, "batched_matmul: the left side is not [{batch}, {m}, {k}]");
+    assert_eq!(b.len(), batch * k * n, "batched_matmul: the right side is not [{batch}, {k}, {n}]");
+    let mut out = vec![0.0f32; batch * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
+        let rhs = PackedRhs::from_rows(&b[i * k * n..(i + 1) * k * n], k, n);
+        out.copy_from_slice(&matmul(&a[i * m * k..(i + 1) * m * k], m, &rhs));
+    });
+    out
+}
+
+/// [`matmul`] with the kernel chosen by the caller (`fast` only where
+/// [`fast_kernel_available`]).
+fn matmul_with(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool) -> Vec<f32> {
+    let (k, n) = (rhs.inner, rhs.cols);
+    assert_eq!(a.len(), m * k, "gemm::matmul: the left side is not [{m}, {k}]");
+    let mut out = vec![0.0f32; m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let blocks = inner_blocks(k);
+    let inner_block = blocks.iter().map(|r| r.len()).max().unwrap_or(0);
+    out.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, out)| {
+        let first_row = block * BLOCK_ROWS;
+        let rows = out.len() / n;
+        let mut packed = vec![0.0f32; rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * inner_block];
+        for range in &blocks {
+            let (start, depth) = (range.start, range.len());
+            pack_lhs(a, k, first_row, rows, start, depth, &mut packed);
+            for strip in 0..n.div_ceil(STRIP) {
+                let cols = STRIP.min(n - strip * STRIP);
+                let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
+                for panel in 0..rows.div_ceil(PANEL_ROWS) {
+                    let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
+                    let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
+                    let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
+                    let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
+                    multiply_panel(a, b, c, tile, fast);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The stretches of the inner dimension multiplied at once: at most
+/// [`MAX_INNER_BLOCK`] long, a rest shorter than two blocks split in halves
+/// (rounded up to 16), as OpenBLAS's level-3 driver splits it.
+fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < k {
+        let rest = k - start;
+        let len = if rest >= 2 * MAX_INNER_BLOCK {
+            MAX_INNER_BLOCK
+        } else if rest > MAX_INNER_BLOCK {
+            (rest / 2).div_ceil(16) * 16
+        } else {
+            rest
+        };
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+/// Packs rows `first..first + rows`, columns `start..start + depth` of `a`
+/// (row stride `k`) into panels of [`PANEL_ROWS`] rows, each [depth,
+/// PANEL_ROWS], the last one padded with zeros.
+fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, start: usize, depth: usize, out: &mut [f32]) {
+    for (panel, out) in out[..rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * depth].chunks_exact_mut(PANEL_ROWS * depth).enumerate() {
+        let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
+        for r in 0..panel_rows {
+            let row = first + panel * PANEL_ROWS + r;
+            for (i, &v) in a[row * k + start..row * k + start + depth].iter().enumerate() {
+                out[i * PANEL_ROWS + r] = v;
+            }
+        }
+        for r in panel_rows..PANEL_ROWS {
+            for i in 0..depth {
+                out[i * PANEL_ROWS + r] = 0.0;
+            }
+        }
+    }
+}
+
+/// Where a micro-kernel writes: `rows` x `cols` of the output, rows
+/// `stride` apart, added to what is there when `accumulate`.
+#[derive(Clone, Copy)]
+struct Tile {
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    accumulate: bool,
+}
+
+/// `c[tile] (+)= a b` for a packed panel `a` [depth, PANEL_ROWS] and strip
+/// `b` [depth, STRIP].
+fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile, fast: bool) {
+    let depth = b.len() / STRIP;
+    debug_assert!(a.len() == depth * PANEL_ROWS && tile.rows <= PANEL_ROWS && tile.cols <= STRIP);
+    debug_assert!(c.len() >= (tile.rows - 1) * tile.stride + tile.cols);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: the caller checked that the processor has AVX-512F; the
+        // slices hold the extents asserted above, and the masked loads and
+        // stores touch only the tile's columns.
+        unsafe { avx512::multiply_panel(a, b, c, tile) };
+        return;
+    }
+    let _ = fast;
+    let mut acc = [[0.0f32; STRIP]; PANEL_ROWS];
+    for (a, b) in a.chunks_exact(PANEL_ROWS).zip(b.chunks_exact(STRIP)) {
+        for (acc, &a) in acc.iter_mut().zip(a) {
+            for (acc, &b) in acc.iter_mut().zip(b) {
+                *acc = a.mul_add(b, *acc);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(tile.rows) {
+        let c = &mut c[r * tile.stride..r * tile.stride + tile.cols];
+        if tile.accumulate {
+            for (c, &acc) in c.iter_mut().zip(acc) {
+                *c += acc;
+            }
+        } else {
+            c.copy_from_slice(&acc[..tile.cols]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, PANEL_ROWS, STRIP};
+    use std::arch::x86_64::*;
+
+    /// The AVX-512 micro-kernel: 12 x 32 accumulators in 24 registers, one
+    /// broadcast of `a` and two loads of `b` per 24 fused multiply-adds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile) {
+        let depth = b.len() / STRIP;
+        let mask = |from: usize| -> __mmask16 {
+            let width = tile.cols.saturating_sub(from).min(16);
+            ((1u32 << width) - 1) as __mmask16
+        };
+        let (low, high) = (mask(0), mask(16));
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // SAFETY (whole body): indices stay within the extents the caller
+        // asserted: `a` [depth, PANEL_ROWS], `b` [depth, STRIP], and the
+        // tile's rows and masked columns of `c`.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; PANEL_ROWS];
+            for i in 0..depth {
+                let b0 = _mm512_loadu_ps(b.add(i * STRIP));
+                let b1 = _mm512_loadu_ps(b.add(i * STRIP + 16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(i * PANEL_ROWS + r));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter_mut().enumerate().take(tile.rows) {
+                let row = c.add(r * tile.stride);
+                if tile.accumulate {
+                    acc[0] = _mm512_add_ps(_mm512_maskz_loadu_ps(low, row), acc[0]);
+                    acc[1] = _mm512_add_ps(_mm512_maskz_loadu_ps(high, row.add(16)), acc[1]);
+                }
+                _mm512_mask_storeu_ps(row, low, acc[0]);
+                _mm512_mask_storeu_ps(row.add(16), high, acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.next_f32()).collect()
+    }
+
+    #[test]
+    fn products_match_an_f64_computation_on_ragged_shapes() {
+        // Rows, columns and depth off every block size, and a depth split into inner blocks.
+        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (97, 70, 641), (200, 31, 1300), (12, 32, 64)] {
+            let (a, w) = (random(m * k, 1), random(n * k, 2));
+            for fast in [false, fast_kernel_available()] {
+                let got = matmul_with(&a, m, &PackedRhs::from_transposed(&w, n, k), fast);
+                for (e, &got) in got.iter().enumerate() {
+                    let (row, col) = (&a[e / n * k..][..k], &w[e % n * k..][..k]);
+                    let want: f64 = row.iter().zip(col).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                    // The worst-case error of k rounded steps: k * 2^-24 * sum |a_i w_i|.
+                    let bound =
+                        k as f64 * f64::from(f32::EPSILON) / 2.0 * row.iter().zip(col).map(|(&x, &y)| f64::from(x * y).abs()).sum::<f64>();
+                    assert!((f64::from(got) - want).abs() <= bound, "[{m}x{n}x{k}] element {e}: {got} vs {want} (bound {bound})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_element_is_a_sum_of_fused_chains_whatever_the_kernel_or_the_rows_beside_it() {
+        let (m, n, k) = (150, 45, 700);
+        let (a, w) = (random(m * k, 3), random(n * k, 4));
+        let rhs = PackedRhs::from_transposed(&w, n, k);
+        // Depth 700: stretches 0..352 and 352..700, each one chain, then added.
+        assert_eq!(inner_blocks(k), vec![0..352, 352..700]);
+        assert_eq!(inner_blocks(1536), vec![0..384, 384..768, 768..1152, 1152..1536]);
+        let chain = |e: usize, range: std::ops::Range<usize>| range.fold(0.0f32, |acc, i| a[e / n * k + i].mul_add(w[e % n * k + i], acc));
+        let fused: Vec<f32> = (0..m * n).map(|e| chain(e, 0..352) + chain(e, 352..700)).collect();
+        assert_eq!(matmul_with(&a, m, &rhs, false), fused);
+        assert_eq!(matmul(&a, m, &rhs), fused);
+        // A single row, and rows 7..20 on their own, give the same bits.
+        assert_eq!(matmul(&a[..k], 1, &rhs), fused[..n]);
+        assert_eq!(matmul(&a[7 * k..20 * k], 13, &rhs), fused[7 * n..20 * n]);
+    }
+
+    #[test]
+    fn both_packings_describe_the_same_matrix() {
+        let (k, n) = (37, 70);
+        let w = random(n * k, 5);
+        let mut b = vec![0.0f32; k * n];
+        for j in 0..n {
+            for i in 0..k {
+                b[i * n + j] = w[j * k + i];
+            }
+        }
+        let (from_w, from_b) = (PackedRhs::from_transposed(&w, n, k), PackedRhs::from_rows(&b, k, n));
+        assert_eq!(from_w.values, from_b.values);
+        assert_eq!(from_w.transposed(), w);
+        let a = random(3 * 2 * k, 6);
+        let batched = batched_matmul(&a, &[b.clone(), b].concat(), 2, 3, k, n);
+        assert_eq!(batched[..3 * n], matmul(&a[..3 * k], 3, &from_w));
+        assert_eq!(batched[3 * n..], matmul(&a[3 * k..], 3, &from_w));
+    }
+}
