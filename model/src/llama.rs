@@ -724,8 +724,9 @@ pub fn causal_mask(seq: usize, device: &Device) -> Tensor<2, Bool> {
 }
 
 /// How the element-wise parts of a forward pass (norms, rotary embedding,
-/// softmax, gating) are computed; matmuls are burn's either way, and so are
-/// the results, up to float rounding.
+/// softmax, gating) are computed; the results are the same either way, up
+/// to float rounding. (Matmuls are chosen by [`Linear`] and the attention:
+/// [`gemm`] on host memory with AVX-512, burn's elsewhere.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     /// The fused kernels of [`crate::kernels`] on the tensors' values: for
