@@ -245,7 +245,7 @@ impl KvCache {
         self.len += new;
     }
 
-    /// Rotary position of each new slot, [batch][new]: slot j of row b is at
+    /// Rotary position of each new slot, `[batch][new]`: slot j of row b is at
     /// position `j - padding[b]` (padding slots at 0).
     pub fn positions(&self, new: usize) -> Vec<Vec<usize>> {
         self.padding.iter().map(|&p| (self.len..self.len + new).map(|j| j.saturating_sub(p)).collect()).collect()

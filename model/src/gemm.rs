@@ -7,7 +7,7 @@
 //! blocks of rows that run in parallel.
 //!
 //! Every output element is a sum of chains of fused multiply-adds over
-//! fixed stretches of the inner dimension ([`inner_blocks`]), whatever the
+//! fixed stretches of the inner dimension (at most 384 deep), whatever the
 //! number of rows or the threads: a row of the product does not depend on
 //! the other rows it is computed with, and the AVX-512 kernel and the
 //! portable one give identical results.
