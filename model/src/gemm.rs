@@ -192,18 +192,28 @@ fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
 /// Packs rows `first..first + rows`, columns `start..start + depth` of `a`
 /// (row stride `k`) into panels of [`PANEL_ROWS`] rows, each [depth,
 /// PANEL_ROWS], the last one padded with zeros.
+#[inline(never)]
 fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, start: usize, depth: usize, out: &mut [f32]) {
     for (panel, out) in out[..rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * depth].chunks_exact_mut(PANEL_ROWS * depth).enumerate() {
         let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
-        for r in 0..panel_rows {
-            let row = first + panel * PANEL_ROWS + r;
-            for (i, &v) in a[row * k + start..row * k + start + depth].iter().enumerate() {
-                out[i * PANEL_ROWS + r] = v;
+        let row = |r: usize| {
+            let at = (first + panel * PANEL_ROWS + r) * k + start;
+            &a[at..at + depth]
+        };
+        if panel_rows == PANEL_ROWS {
+            // Whole panels: one output line of PANEL_ROWS values per step, read from 12 rows.
+            let rows: [&[f32]; PANEL_ROWS] = std::array::from_fn(row);
+            for (i, out) in out.chunks_exact_mut(PANEL_ROWS).enumerate() {
+                for (out, row) in out.iter_mut().zip(&rows) {
+                    *out = row[i];
+                }
             }
-        }
-        for r in panel_rows..PANEL_ROWS {
-            for i in 0..depth {
-                out[i * PANEL_ROWS + r] = 0.0;
+        } else {
+            out.fill(0.0);
+            for r in 0..panel_rows {
+                for (i, &v) in row(r).iter().enumerate() {
+                    out[i * PANEL_ROWS + r] = v;
+                }
             }
         }
     }
