@@ -75,11 +75,6 @@ impl PackedRhs {
         PackedRhs { inner: k, cols: n, values }
     }
 
-    /// The inner dimension `k`.
-    pub fn inner(&self) -> usize {
-        self.inner
-    }
-
     /// The output columns `n`.
     pub fn cols(&self) -> usize {
         self.cols
@@ -127,9 +122,10 @@ pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n:
     if m * n == 0 {
         return out;
     }
+    let fast = fast_kernel_available();
     out.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
         let rhs = PackedRhs::from_rows(&b[i * k * n..(i + 1) * k * n], k, n);
-        out.copy_from_slice(&matmul(&a[i * m * k..(i + 1) * m * k], m, &rhs));
+        matmul_into(&a[i * m * k..(i + 1) * m * k], m, &rhs, fast, out);
     });
     out
 }
@@ -137,11 +133,18 @@ pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n:
 /// [`matmul`] with the kernel chosen by the caller (`fast` only where
 /// [`fast_kernel_available`]).
 fn matmul_with(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * rhs.cols];
+    matmul_into(a, m, rhs, fast, &mut out);
+    out
+}
+
+/// Writes `A B` [m, n] into `out`, every element of which it overwrites.
+fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [f32]) {
     let (k, n) = (rhs.inner, rhs.cols);
     assert_eq!(a.len(), m * k, "gemm::matmul: the left side is not [{m}, {k}]");
-    let mut out = vec![0.0f32; m * n];
+    assert_eq!(out.len(), m * n, "gemm::matmul: the output is not [{m}, {n}]");
     if m * n == 0 {
-        return out;
+        return;
     }
     let blocks = inner_blocks(k);
     let inner_block = blocks.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -165,7 +168,6 @@ fn matmul_with(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool) -> Vec<f32> {
             }
         }
     });
-    out
 }
 
 /// The stretches of the inner dimension multiplied at once: at most
@@ -192,7 +194,6 @@ fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
 /// Packs rows `first..first + rows`, columns `start..start + depth` of `a`
 /// (row stride `k`) into panels of [`PANEL_ROWS`] rows, each [depth,
 /// PANEL_ROWS], the last one padded with zeros.
-#[inline(never)]
 fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, start: usize, depth: usize, out: &mut [f32]) {
     for (panel, out) in out[..rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * depth].chunks_exact_mut(PANEL_ROWS * depth).enumerate() {
         let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
@@ -243,6 +244,7 @@ fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile, fast: bool) {
         unsafe { avx512::multiply_panel(a, b, c, tile) };
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = fast;
     let mut acc = [[0.0f32; STRIP]; PANEL_ROWS];
     for (a, b) in a.chunks_exact(PANEL_ROWS).zip(b.chunks_exact(STRIP)) {
