@@ -17,6 +17,8 @@
 //! environment (`OPENBLAS_CORETYPE`), about 95 GFLOP/s a core; this kernel
 //! runs at 200-225 GFLOP/s a core on the shapes of a small decoder's layers.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Output columns of one strip of a packed right-hand side (two AVX-512 registers).
@@ -50,7 +52,7 @@ impl PackedRhs {
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PackedRhs::from_transposed: the weight is not [{n}, {k}]");
         let mut values = vec![0.0f32; n.div_ceil(STRIP) * k * STRIP];
-        values.par_chunks_mut(k * STRIP).enumerate().for_each(|(strip, out)| {
+        values.par_chunks_mut(k.max(1) * STRIP).enumerate().for_each(|(strip, out)| {
             let first = strip * STRIP;
             for column in 0..STRIP.min(n - first) {
                 for (i, &v) in w[(first + column) * k..(first + column + 1) * k].iter().enumerate() {
@@ -65,7 +67,7 @@ impl PackedRhs {
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "PackedRhs::from_rows: the matrix is not [{k}, {n}]");
         let mut values = vec![0.0f32; n.div_ceil(STRIP) * k * STRIP];
-        for (strip, out) in values.chunks_exact_mut(k * STRIP).enumerate() {
+        for (strip, out) in values.chunks_exact_mut(k.max(1) * STRIP).enumerate() {
             let first = strip * STRIP;
             let width = STRIP.min(n - first);
             for (i, out) in out.chunks_exact_mut(STRIP).enumerate() {
@@ -84,7 +86,7 @@ impl PackedRhs {
     pub fn transposed(&self) -> Vec<f32> {
         let (k, n) = (self.inner, self.cols);
         let mut out = vec![0.0f32; n * k];
-        out.par_chunks_mut(k).enumerate().for_each(|(j, row)| {
+        out.par_chunks_mut(k.max(1)).enumerate().for_each(|(j, row)| {
             let strip = &self.values[j / STRIP * k * STRIP..];
             for (i, v) in row.iter_mut().enumerate() {
                 *v = strip[i * STRIP + j % STRIP];
@@ -118,32 +120,46 @@ pub fn matmul(a: &[f32], m: usize, rhs: &PackedRhs) -> Vec<f32> {
 pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), batch * m * k, "batched_matmul: the left side is not [{batch}, {m}, {k}]");
     assert_eq!(b.len(), batch * k * n, "batched_matmul: the right side is not [{batch}, {k}, {n}]");
-    let mut out = vec![0.0f32; batch * m * n];
-    if m * n == 0 {
-        return out;
-    }
     let fast = fast_kernel_available();
-    out.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
-        let rhs = PackedRhs::from_rows(&b[i * k * n..(i + 1) * k * n], k, n);
-        matmul_into(&a[i * m * k..(i + 1) * m * k], m, &rhs, fast, out);
-    });
+    filled(batch * m * n, |out| {
+        if m * n == 0 {
+            return;
+        }
+        out.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
+            let rhs = PackedRhs::from_rows(&b[i * k * n..(i + 1) * k * n], k, n);
+            matmul_into(&a[i * m * k..(i + 1) * m * k], m, &rhs, fast, out);
+        });
+    })
+}
+
+/// A vector of `len` values, every one of which `fill` writes; it is never
+/// zeroed first, since the products overwrite whole outputs.
+fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` values (`matmul_into` overwrites every
+    // element of its output, and `batched_matmul` covers the whole vector).
+    unsafe { out.set_len(len) };
     out
 }
 
 /// [`matmul`] with the kernel chosen by the caller (`fast` only where
 /// [`fast_kernel_available`]).
 fn matmul_with(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; m * rhs.cols];
-    matmul_into(a, m, rhs, fast, &mut out);
-    out
+    filled(m * rhs.cols, |out| matmul_into(a, m, rhs, fast, out))
 }
 
-/// Writes `A B` [m, n] into `out`, every element of which it overwrites.
-fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [f32]) {
+/// Writes `A B` [m, n] into `out`, every element of which it overwrites
+/// (the first stretch of the inner dimension stores, later ones add).
+fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [MaybeUninit<f32>]) {
     let (k, n) = (rhs.inner, rhs.cols);
     assert_eq!(a.len(), m * k, "gemm::matmul: the left side is not [{m}, {k}]");
     assert_eq!(out.len(), m * n, "gemm::matmul: the output is not [{m}, {n}]");
     if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(MaybeUninit::new(0.0));
         return;
     }
     let blocks = inner_blocks(k);
@@ -151,23 +167,49 @@ fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [f32]
     out.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, out)| {
         let first_row = block * BLOCK_ROWS;
         let rows = out.len() / n;
-        let mut packed = vec![0.0f32; rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * inner_block];
-        for range in &blocks {
-            let (start, depth) = (range.start, range.len());
-            pack_lhs(a, k, first_row, rows, start, depth, &mut packed);
-            for strip in 0..n.div_ceil(STRIP) {
-                let cols = STRIP.min(n - strip * STRIP);
-                let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
-                for panel in 0..rows.div_ceil(PANEL_ROWS) {
-                    let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
-                    let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
-                    let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
-                    let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
-                    multiply_panel(a, b, c, tile, fast);
-                }
+        PACKED_LHS.with_borrow_mut(|packed| {
+            packed.resize(packed.len().max(rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * inner_block), 0.0);
+            multiply_block(a, k, first_row, rows, &blocks, rhs, fast, out, packed);
+        });
+    });
+}
+
+thread_local! {
+    /// Each thread's buffer for packed rows of the left-hand side, kept
+    /// between products so that no block allocates or clears one.
+    static PACKED_LHS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out` = rows `first_row..first_row + rows` of `A B`, one stretch of the
+/// inner dimension after another, packing each stretch of `a` into `packed`.
+#[allow(clippy::too_many_arguments)]
+fn multiply_block(
+    a: &[f32],
+    k: usize,
+    first_row: usize,
+    rows: usize,
+    blocks: &[std::ops::Range<usize>],
+    rhs: &PackedRhs,
+    fast: bool,
+    out: &mut [MaybeUninit<f32>],
+    packed: &mut [f32],
+) {
+    let n = rhs.cols;
+    for range in blocks {
+        let (start, depth) = (range.start, range.len());
+        pack_lhs(a, k, first_row, rows, start, depth, packed);
+        for strip in 0..n.div_ceil(STRIP) {
+            let cols = STRIP.min(n - strip * STRIP);
+            let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
+            for panel in 0..rows.div_ceil(PANEL_ROWS) {
+                let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
+                let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
+                let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
+                let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
+                multiply_panel(a, b, c, tile, fast);
             }
         }
-    });
+    }
 }
 
 /// The stretches of the inner dimension multiplied at once: at most
@@ -232,7 +274,7 @@ struct Tile {
 
 /// `c[tile] (+)= a b` for a packed panel `a` [depth, PANEL_ROWS] and strip
 /// `b` [depth, STRIP].
-fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile, fast: bool) {
+fn multiply_panel(a: &[f32], b: &[f32], c: &mut [MaybeUninit<f32>], tile: Tile, fast: bool) {
     let depth = b.len() / STRIP;
     debug_assert!(a.len() == depth * PANEL_ROWS && tile.rows <= PANEL_ROWS && tile.cols <= STRIP);
     debug_assert!(c.len() >= (tile.rows - 1) * tile.stride + tile.cols);
@@ -256,12 +298,14 @@ fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile, fast: bool) {
     }
     for (r, acc) in acc.iter().enumerate().take(tile.rows) {
         let c = &mut c[r * tile.stride..r * tile.stride + tile.cols];
-        if tile.accumulate {
-            for (c, &acc) in c.iter_mut().zip(acc) {
-                *c += acc;
+        for (c, &acc) in c.iter_mut().zip(acc) {
+            if tile.accumulate {
+                // SAFETY: a tile accumulates only after the first stretch of
+                // the inner dimension has stored every one of its elements.
+                unsafe { *c.assume_init_mut() += acc };
+            } else {
+                c.write(acc);
             }
-        } else {
-            c.copy_from_slice(&acc[..tile.cols]);
         }
     }
 }
@@ -270,18 +314,19 @@ fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile, fast: bool) {
 mod avx512 {
     use super::{Tile, PANEL_ROWS, STRIP};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// The AVX-512 micro-kernel: 12 x 32 accumulators in 24 registers, one
     /// broadcast of `a` and two loads of `b` per 24 fused multiply-adds.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn multiply_panel(a: &[f32], b: &[f32], c: &mut [f32], tile: Tile) {
+    pub(super) unsafe fn multiply_panel(a: &[f32], b: &[f32], c: &mut [MaybeUninit<f32>], tile: Tile) {
         let depth = b.len() / STRIP;
         let mask = |from: usize| -> __mmask16 {
             let width = tile.cols.saturating_sub(from).min(16);
             ((1u32 << width) - 1) as __mmask16
         };
         let (low, high) = (mask(0), mask(16));
-        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr().cast::<f32>());
         // SAFETY (whole body): indices stay within the extents the caller
         // asserted: `a` [depth, PANEL_ROWS], `b` [depth, STRIP], and the
         // tile's rows and masked columns of `c`.
@@ -368,6 +413,9 @@ mod tests {
         let (from_w, from_b) = (PackedRhs::from_transposed(&w, n, k), PackedRhs::from_rows(&b, k, n));
         assert_eq!(from_w.values, from_b.values);
         assert_eq!(from_w.transposed(), w);
+        // An empty inner dimension gives zeros.
+        assert_eq!(batched_matmul(&[], &[], 2, 3, 0, 5), vec![0.0; 2 * 3 * 5]);
+        assert_eq!(matmul(&[], 4, &PackedRhs::from_transposed(&[], 40, 0)), vec![0.0; 4 * 40]);
         let a = random(3 * 2 * k, 6);
         let batched = batched_matmul(&a, &[b.clone(), b].concat(), 2, 3, k, n);
         assert_eq!(batched[..3 * n], matmul(&a[..3 * k], 3, &from_w));

@@ -109,6 +109,10 @@ enum BenchCommand {
     /// The benchmark takes `--device cpu|wgpu|auto`, `--new-tokens N`, `--prompts N`
     /// and `--batch N` after `--`.
     Generate(BenchArgs),
+    /// GFLOP/s of the host matrix-product kernel on SmolLM2-135M's linear-layer shapes, one thread and all.
+    ///
+    /// Runs the `bench-gemm` binary of the model crate; takes `--rows N` and `--repeats N` after `--`.
+    Gemm(BenchArgs),
 }
 
 /// Arguments shared by the benchmarks.
@@ -153,6 +157,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Prune(args) => demo::prune(&args),
         Command::Bench(BenchCommand::Forward(args)) => bench_binary("model", "bench-forward", args),
         Command::Bench(BenchCommand::Generate(args)) => bench_binary("evaluate", "bench-generate", args),
+        Command::Bench(BenchCommand::Gemm(args)) => bench_binary("model", "bench-gemm", args),
         Command::Bench(BenchCommand::Prune(args)) => {
             args.prereqs.ensure()?;
             bench::prune(&args.bench_args)
