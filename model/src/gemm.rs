@@ -169,7 +169,21 @@ fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [Mayb
         let rows = out.len() / n;
         PACKED_LHS.with_borrow_mut(|packed| {
             packed.resize(packed.len().max(rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * inner_block), 0.0);
-            multiply_block(a, k, first_row, rows, &blocks, rhs, fast, out, packed);
+            for range in &blocks {
+                let (start, depth) = (range.start, range.len());
+                pack_lhs(a, k, first_row, rows, start, depth, packed);
+                for strip in 0..n.div_ceil(STRIP) {
+                    let cols = STRIP.min(n - strip * STRIP);
+                    let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
+                    for panel in 0..rows.div_ceil(PANEL_ROWS) {
+                        let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
+                        let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
+                        let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
+                        let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
+                        multiply_panel(a, b, c, tile, fast);
+                    }
+                }
+            }
         });
     });
 }
@@ -178,38 +192,6 @@ thread_local! {
     /// Each thread's buffer for packed rows of the left-hand side, kept
     /// between products so that no block allocates or clears one.
     static PACKED_LHS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `out` = rows `first_row..first_row + rows` of `A B`, one stretch of the
-/// inner dimension after another, packing each stretch of `a` into `packed`.
-#[allow(clippy::too_many_arguments)]
-fn multiply_block(
-    a: &[f32],
-    k: usize,
-    first_row: usize,
-    rows: usize,
-    blocks: &[std::ops::Range<usize>],
-    rhs: &PackedRhs,
-    fast: bool,
-    out: &mut [MaybeUninit<f32>],
-    packed: &mut [f32],
-) {
-    let n = rhs.cols;
-    for range in blocks {
-        let (start, depth) = (range.start, range.len());
-        pack_lhs(a, k, first_row, rows, start, depth, packed);
-        for strip in 0..n.div_ceil(STRIP) {
-            let cols = STRIP.min(n - strip * STRIP);
-            let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
-            for panel in 0..rows.div_ceil(PANEL_ROWS) {
-                let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
-                let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
-                let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
-                let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
-                multiply_panel(a, b, c, tile, fast);
-            }
-        }
-    }
 }
 
 /// The stretches of the inner dimension multiplied at once: at most

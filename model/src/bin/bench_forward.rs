@@ -7,16 +7,16 @@
 //! `--kernels host|tensor` (default: what suits the device; see
 //! `model::llama::Kernels`).
 
+#[path = "shared/args.rs"]
+mod args;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use model::llama::Kernels;
 use model::{load_model, select_device, DeviceChoice, Model};
 
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use args::arg;
 
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -5,26 +5,19 @@
 //!
 //! Run through `cargo xtask bench gemm`.
 
+#[path = "shared/args.rs"]
+mod args;
+
 use std::time::Instant;
 
+use args::arg;
 use model::gemm::{self, PackedRhs};
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use model::testing::Rng;
 
 /// Deterministic values in [-1, 1).
-fn values(len: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as f32 / u32::MAX as f32 * 2.0 - 1.0
-        })
-        .collect()
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.next_f32()).collect()
 }
 
 /// Best GFLOP/s of `repeats` products `a [m, k] x rhs`.
