@@ -163,21 +163,28 @@ fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [Mayb
         return;
     }
     let blocks = inner_blocks(k);
-    let inner_block = blocks.iter().map(|r| r.len()).max().unwrap_or(0);
     out.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, out)| {
         let first_row = block * BLOCK_ROWS;
         let rows = out.len() / n;
         PACKED_LHS.with_borrow_mut(|packed| {
-            packed.resize(packed.len().max(rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * inner_block), 0.0);
+            // All stretches of the block's rows are packed first, so that each
+            // strip of outputs takes every stretch in turn while its tiles are
+            // still in cache (a wide output, like gate and up fused, no
+            // longer falls out of cache between stretches).
+            let panels = rows.div_ceil(PANEL_ROWS);
+            packed.resize(packed.len().max(panels * PANEL_ROWS * k), 0.0);
             for range in &blocks {
-                let (start, depth) = (range.start, range.len());
-                pack_lhs(a, k, first_row, rows, start, depth, packed);
-                for strip in 0..n.div_ceil(STRIP) {
-                    let cols = STRIP.min(n - strip * STRIP);
+                pack_lhs(a, k, first_row, rows, range.start, range.len(), &mut packed[panels * PANEL_ROWS * range.start..]);
+            }
+            for strip in 0..n.div_ceil(STRIP) {
+                let cols = STRIP.min(n - strip * STRIP);
+                for range in &blocks {
+                    let (start, depth) = (range.start, range.len());
                     let b = &rhs.values[strip * k * STRIP + start * STRIP..][..depth * STRIP];
-                    for panel in 0..rows.div_ceil(PANEL_ROWS) {
+                    let stretch = &packed[panels * PANEL_ROWS * start..];
+                    for panel in 0..panels {
                         let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
-                        let a = &packed[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
+                        let a = &stretch[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
                         let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
                         let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
                         multiply_panel(a, b, c, tile, fast);
