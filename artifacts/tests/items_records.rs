@@ -91,7 +91,8 @@ fn records_errors_name_the_file_and_line() {
 
 #[test]
 fn records_of_the_shared_piqa_set_match_its_line_count() {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/piqa/valid.jsonl");
+    let path = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"))
+        .join("../../shared/data/piqa/valid.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     let records = read_records(&path).unwrap();

@@ -11,7 +11,8 @@ use serde_json::json;
 #[test]
 fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
     let gguf = model::testing::smollm2_gguf();
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mbpp/mbpp.jsonl");
+    let data = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"))
+        .join("../../shared/data/mbpp/mbpp.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let docs_path = dir.path().join("documents.parquet");
     let opts = CollectOptions {

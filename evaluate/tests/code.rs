@@ -9,7 +9,7 @@ use std::time::Duration;
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 
 fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../shared/data")
 }
 
 fn evaluate(args: &[&str]) -> (bool, String, String) {

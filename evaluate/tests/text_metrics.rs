@@ -8,7 +8,7 @@ use evaluate::meteor::{count_chunks, meteor, meteor_detail, MeteorParams, Synony
 use evaluate::translation::{load_pairs, prompt as translation_prompt, Pair};
 
 fn shared(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(sub)
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../shared/data").join(sub)
 }
 
 #[test]

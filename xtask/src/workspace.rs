@@ -6,8 +6,20 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// The workspace root (the parent of the xtask crate).
+///
+/// Read at run time from the `CARGO_MANIFEST_DIR` that `cargo xtask` sets,
+/// not from the path baked in at build time: a build cache shared by
+/// checkouts in other directories can hand one checkout an xtask binary
+/// built in another (cargo does not rebuild it when only the path changed).
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace")
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .filter(|dir| dir.join("Cargo.toml").is_file())
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        manifest_dir.parent().expect("xtask lives inside the workspace").to_path_buf()
+    })
 }
 
 /// A `cargo` command (the cargo that runs xtask when there is one) run in the workspace root.
