@@ -1,8 +1,6 @@
 //! `sample` with the real SmolLM2 tokenizer (GGUF from `SUBPRUNE_SMOLLM2_GGUF`,
 //! set by `cargo xtask test`) on MBPP documents from the shared data.
 
-use std::path::PathBuf;
-
 use artifacts::{read_documents, read_samples, Split};
 use datasets::sample::{SampleMode, SampleOptions};
 use datasets::{collect, sample, write_collection, CollectOptions, TextSpec};
@@ -11,8 +9,7 @@ use serde_json::json;
 #[test]
 fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
     let gguf = model::testing::smollm2_gguf();
-    let data = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"))
-        .join("../../shared/data/mbpp/mbpp.jsonl");
+    let data = model::testing::shared_data().join("mbpp/mbpp.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let docs_path = dir.path().join("documents.parquet");
     let opts = CollectOptions {

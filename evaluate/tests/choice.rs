@@ -16,7 +16,7 @@ use model::{load_model, select_device, DeviceChoice};
 use serde_json::json;
 
 fn shared(sub: &str) -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../shared/data").join(sub)
+    model::testing::shared_data().join(sub)
 }
 
 fn reqs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 
 fn data() -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../shared/data")
+    model::testing::shared_data()
 }
 
 fn evaluate(args: &[&str]) -> (bool, String, String) {

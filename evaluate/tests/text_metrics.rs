@@ -1,14 +1,14 @@
 //! GSM8K prompt and answer extraction, METEOR on hand-worked pairs and
 //! against NLTK's values, the translation data reader.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use evaluate::gsm8k::{answers_match, extract_answer, gold_answer, prompt, EXEMPLARS};
 use evaluate::meteor::{count_chunks, meteor, meteor_detail, MeteorParams, Synonyms};
 use evaluate::translation::{load_pairs, prompt as translation_prompt, Pair};
 
 fn shared(sub: &str) -> PathBuf {
-    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")).join("../../shared/data").join(sub)
+    model::testing::shared_data().join(sub)
 }
 
 #[test]

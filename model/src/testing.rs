@@ -301,6 +301,16 @@ pub fn max_abs_diff(logits: &[f32], reference: &[Vec<f64>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// `../shared/data` beside the workspace, where the tests read the shared
+/// data sets, found from the `CARGO_MANIFEST_DIR` that cargo sets when it
+/// runs a test of one of the workspace's crates. It is read at run time: a
+/// build cache shared with a checkout elsewhere can hand over test binaries
+/// built there, with that checkout's path baked in.
+pub fn shared_data() -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
+    std::path::Path::new(&crate_dir).join("../../shared/data")
+}
+
 /// Path of the real SmolLM2-135M-Instruct GGUF for tests that need it, from
 /// `SUBPRUNE_SMOLLM2_GGUF` (set by `cargo xtask test`, which fetches the model).
 /// Panics with that instruction when unset: such tests never pass silently.
