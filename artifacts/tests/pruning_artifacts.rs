@@ -91,10 +91,24 @@ fn scores_written_by_other_tools_read_too() {
     ]));
     let columns: Vec<ArrayRef> =
         vec![Arc::new(StringArray::from(vec!["m", "m"])), Arc::new(Int64Array::from(vec![0, 1])), Arc::new(lists.finish())];
-    write_parquet(&path, &[RecordBatch::try_new(schema, columns).unwrap()], &prov(ArtifactKind::Scores)).unwrap();
+    write_parquet(&path, &[RecordBatch::try_new(schema.clone(), columns).unwrap()], &prov(ArtifactKind::Scores)).unwrap();
     let (_, rows) = read_scores(&path).unwrap();
     assert_eq!(rows[0], ScoreRow { module: "m".into(), row: 0, score: vec![1.5, 2.5] });
     assert_eq!(rows[1].score, vec![3.5]);
+
+    // A null inside a row's list is refused, naming the row and the position.
+    let mut lists = LargeListBuilder::new(Float64Builder::new());
+    lists.values().append_slice(&[1.5, 2.5]);
+    lists.append(true);
+    lists.values().append_value(3.5);
+    lists.values().append_null();
+    lists.append(true);
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(StringArray::from(vec!["m", "m"])), Arc::new(Int64Array::from(vec![0, 1])), Arc::new(lists.finish())];
+    let with_null = dir.path().join("null.parquet");
+    write_parquet(&with_null, &[RecordBatch::try_new(schema, columns).unwrap()], &prov(ArtifactKind::Scores)).unwrap();
+    let err = read_scores(&with_null).unwrap_err();
+    assert!(matches!(err, ArtifactError::BadValue { ref found, row: 1, .. } if found == "null at position 1"), "{err}");
 }
 
 fn info() -> MaskInfo {

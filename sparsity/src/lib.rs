@@ -320,13 +320,7 @@ pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, gro
 /// Packs a row of keep flags into bytes, least significant bit first, the
 /// last byte zero-padded.
 pub fn pack_bits(keep: &[bool]) -> Vec<u8> {
-    let mut out = vec![0u8; keep.len().div_ceil(8)];
-    for (i, &k) in keep.iter().enumerate() {
-        if k {
-            out[i / 8] |= 1 << (i % 8);
-        }
-    }
-    out
+    keep.chunks(8).map(|flags| flags.iter().enumerate().fold(0u8, |byte, (bit, &k)| byte | u8::from(k) << bit)).collect()
 }
 
 /// Unpacks `len` keep flags packed by [`pack_bits`]; `None` if `bytes` is
