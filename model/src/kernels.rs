@@ -75,11 +75,12 @@ fn sum_sq(values: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Maximum of `values` (non-empty), in `LANES` interleaved partial maxima.
+/// Maximum of `values` (non-empty), in `2 * LANES` interleaved partial
+/// maxima (an AVX-512 register; the maximum is exact whatever the width).
 #[inline(always)]
 fn max(values: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = values.chunks_exact(LANES);
+    let mut acc = [f32::NEG_INFINITY; 2 * LANES];
+    let chunks = values.chunks_exact(2 * LANES);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
@@ -290,20 +291,18 @@ pub fn split_heads(qkv: &[f32], shape: AttentionShape, cos: &[f32], sin: &[f32])
 fn causal_softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
     let (row, hidden) = row.split_at_mut(visible);
     let shift = max(row) * scale;
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    // The exponentials first, two registers' worth at a time (elementwise, so
+    // the width changes no bit), then their sum in `LANES` partial sums.
+    let mut chunks = row.chunks_exact_mut(2 * LANES);
     for chunk in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(chunk.iter_mut()) {
+        for v in chunk.iter_mut() {
             *v = exp(*v * scale - shift);
-            *a += *v;
         }
     }
-    let mut total = 0.0f32;
     for v in chunks.into_remainder() {
         *v = exp(*v * scale - shift);
-        total += *v;
     }
-    let inv = 1.0 / (sum(&acc) + total);
+    let inv = 1.0 / sum(row);
     for v in row.iter_mut() {
         *v *= inv;
     }
