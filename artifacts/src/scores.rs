@@ -119,7 +119,7 @@ pub(crate) fn f32_list_column(path: &Path, name: &str, batch: &RecordBatch, firs
         .enumerate()
         .map(|(i, row)| {
             let row = row.ok_or_else(|| bad(first_row + i, "null".to_string()))?;
-            if let Some(p) = (row.null_count() > 0).then(|| (0..row.len()).find(|&p| row.is_null(p))).flatten() {
+            if let Some(p) = row.nulls().filter(|nulls| nulls.null_count() > 0).and_then(|nulls| nulls.iter().position(|valid| !valid)) {
                 return Err(bad(first_row + i, format!("null at position {p}")));
             }
             Ok(match row.data_type() {

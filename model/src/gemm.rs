@@ -174,7 +174,7 @@ fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [Mayb
             let panels = rows.div_ceil(PANEL_ROWS);
             packed.resize(packed.len().max(panels * PANEL_ROWS * k), 0.0);
             for range in &blocks {
-                pack_lhs(a, k, first_row, rows, range.start, range.len(), &mut packed[panels * PANEL_ROWS * range.start..]);
+                pack_lhs(a, k, first_row, rows, range.clone(), &mut packed[panels * PANEL_ROWS * range.start..], fast);
             }
             for strip in 0..n.div_ceil(STRIP) {
                 let cols = STRIP.min(n - strip * STRIP);
@@ -222,10 +222,12 @@ fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Packs rows `first..first + rows`, columns `start..start + depth` of `a`
-/// (row stride `k`) into panels of [`PANEL_ROWS`] rows, each [depth,
-/// PANEL_ROWS], the last one padded with zeros.
-fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, start: usize, depth: usize, out: &mut [f32]) {
+/// Packs rows `first..first + rows`, columns `columns` of `a`
+/// (row stride `k`) into panels of [`PANEL_ROWS`] rows, each [columns.len(),
+/// PANEL_ROWS], the last one padded with zeros; through registers when `fast`
+/// (only where [`fast_kernel_available`]).
+fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, columns: std::ops::Range<usize>, out: &mut [f32], fast: bool) {
+    let (start, depth) = (columns.start, columns.len());
     for (panel, out) in out[..rows.div_ceil(PANEL_ROWS) * PANEL_ROWS * depth].chunks_exact_mut(PANEL_ROWS * depth).enumerate() {
         let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
         let row = |r: usize| {
@@ -238,10 +240,10 @@ fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, start: usize, depth:
             let rows: [&[f32]; PANEL_ROWS] = std::array::from_fn(row);
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
-            if fast_kernel_available() {
+            if fast {
                 done = depth / 16 * 16;
                 for i in (0..done).step_by(16) {
-                    // SAFETY: AVX-512F was just detected; every row holds
+                    // SAFETY: the caller checked that the processor has AVX-512F; every row holds
                     // `depth` values and the panel `depth * PANEL_ROWS`.
                     unsafe { avx512::pack_steps(&rows, i, &mut out[i * PANEL_ROWS..(i + 16) * PANEL_ROWS]) };
                 }
