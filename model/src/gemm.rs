@@ -96,6 +96,41 @@ impl PackedRhs {
     }
 }
 
+/// One cache line of f32 values.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct CacheLine([f32; 16]);
+
+/// A growable buffer of f32 values that starts on a cache line, so that
+/// whole-register loads of 64-byte-aligned parts of it never straddle two.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AlignedBuffer {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    /// Makes the buffer hold `len` values; its storage only ever grows.
+    pub(crate) fn resize(&mut self, len: usize) {
+        if self.lines.len() * 16 < len {
+            self.lines.resize(len.div_ceil(16), CacheLine::default());
+        }
+        self.len = len;
+    }
+
+    /// The values.
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        // SAFETY: the lines hold `lines.len() * 16 >= len` contiguous f32 values.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+
+    /// The values, to write.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
 /// Whether this processor runs the AVX-512 kernel; elsewhere [`matmul`]
 /// falls back to a portable loop, and callers should prefer a BLAS.
 pub fn fast_kernel_available() -> bool {
@@ -134,7 +169,7 @@ pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n:
 
 /// A vector of `len` values, every one of which `fill` writes; it is never
 /// zeroed first, since the products overwrite whole outputs.
-fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` values (`matmul_into` overwrites every
@@ -204,7 +239,7 @@ thread_local! {
 /// The stretches of the inner dimension multiplied at once: at most
 /// [`MAX_INNER_BLOCK`] long, a rest shorter than two blocks split in halves
 /// (rounded up to 16), as OpenBLAS's level-3 driver splits it.
-fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn inner_blocks(k: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < k {
@@ -313,10 +348,49 @@ fn multiply_panel(a: &[f32], b: &[f32], c: &mut [MaybeUninit<f32>], tile: Tile, 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{Tile, PANEL_ROWS, STRIP};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// The 16 x 16 block `x` (16 registers, one row each) transposed: the
+    /// 16 columns, one register each.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn transpose16(x: [__m512; 16]) -> [__m512; 16] {
+        // Pairs of rows interleaved by 32 bits, then by 64 bits: a 4 x 4
+        // transpose within each 128-bit lane of four rows.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (x[i / 2 * 2], x[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (q, j) = (i / 4 * 4, i % 4);
+            let (a, b) = (_mm512_castps_pd(t[q + j / 2]), _mm512_castps_pd(t[q + j / 2 + 2]));
+            _mm512_castpd_ps(if j % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+        });
+        // Then the 128-bit lanes: of row groups four apart, then eight apart.
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (h, j) = (i / 8 * 8, i % 4);
+            let (a, b) = (u[h + j], u[h + j + 4]);
+            if i % 8 < 4 {
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b)
+            }
+        });
+        std::array::from_fn(|c| {
+            let (a, b) = (v[c % 8], v[c % 8 + 8]);
+            if c < 8 {
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b)
+            }
+        })
+    }
 
     /// Packs steps `first..first + 16` of a whole panel's `rows` into `out`
     /// [16, PANEL_ROWS]: the 12 x 16 block, with four zero rows below it,
@@ -330,35 +404,8 @@ mod avx512 {
         unsafe {
             let x: [__m512; 16] =
                 std::array::from_fn(|r| if r < PANEL_ROWS { _mm512_loadu_ps(rows[r].as_ptr().add(first)) } else { _mm512_setzero_ps() });
-            // Pairs of rows interleaved by 32 bits, then by 64 bits: a 4 x 4
-            // transpose within each 128-bit lane of four rows.
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, b) = (x[i / 2 * 2], x[i / 2 * 2 + 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
-            let u: [__m512; 16] = std::array::from_fn(|i| {
-                let (q, j) = (i / 4 * 4, i % 4);
-                let (a, b) = (_mm512_castps_pd(t[q + j / 2]), _mm512_castps_pd(t[q + j / 2 + 2]));
-                _mm512_castpd_ps(if j % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
-            });
-            // Then the 128-bit lanes: of row groups four apart, then eight apart.
-            let v: [__m512; 16] = std::array::from_fn(|i| {
-                let (h, j) = (i / 8 * 8, i % 4);
-                let (a, b) = (u[h + j], u[h + j + 4]);
-                if i % 8 < 4 {
-                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b)
-                } else {
-                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b)
-                }
-            });
             let out = out.as_mut_ptr();
-            for c in 0..16 {
-                let (a, b) = (v[c % 8], v[c % 8 + 8]);
-                let column = if c < 8 { _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b) } else { _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b) };
+            for (c, column) in transpose16(x).into_iter().enumerate() {
                 _mm512_mask_storeu_ps(out.add(c * PANEL_ROWS), (1 << PANEL_ROWS) - 1, column);
             }
         }

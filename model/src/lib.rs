@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod llama;
 pub mod loader;
 pub mod safetensors;
+pub mod sparse_gemm;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
