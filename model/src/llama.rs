@@ -16,6 +16,7 @@ use crate::error::ModelError;
 use crate::gemm;
 use crate::gguf::GgufFile;
 use crate::kernels::{self, AttentionShape};
+use crate::sparse_gemm;
 use crate::weights::{HostTensor, WeightMap};
 
 /// Rotary-embedding frequency scaling, as in Hugging Face's `rope_scaling`.
@@ -447,7 +448,16 @@ enum LinearWeight {
     /// Packed in host memory for [`gemm::matmul`]: on host-memory devices
     /// whose processor runs its fast kernel.
     Packed(Arc<gemm::PackedRhs>),
+    /// Its nonzero values listed for [`sparse_gemm::matmul`], where it would
+    /// be packed but at least [`SPARSE_FROM`] of it is zero (a pruned layer):
+    /// the same products, skipping the zeros.
+    Sparse(Arc<sparse_gemm::SparseRhs>),
 }
+
+/// The fraction of zeros from which a packed weight is kept sparse instead:
+/// at 50% the sparse products take about half as long as the dense ones
+/// (`cargo xtask bench gemm`).
+const SPARSE_FROM: f64 = 0.4;
 
 /// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
 /// on first use by [`kernels::small_matmul`] and shared by clones of the layer.
@@ -531,7 +541,10 @@ impl Linear {
         let in_f = parts[0].0.shape[1];
         let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
         let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
-        let weight = if packed {
+        let zeros = stacked.iter().filter(|&&v| v == 0.0).count();
+        let weight = if packed && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 && !stacked.is_empty() {
+            LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_transposed(&stacked, out_f, in_f)))
+        } else if packed {
             LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_transposed(&stacked, out_f, in_f)))
         } else {
             LinearWeight::Tensor(Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device))
@@ -548,6 +561,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Tensor(weight_t) => weight_t.dims()[1],
             LinearWeight::Packed(packed) => packed.cols(),
+            LinearWeight::Sparse(sparse) => sparse.cols(),
         }
     }
 
@@ -565,6 +579,7 @@ impl Linear {
                     transpose_host(&shared_values(weight_t), inner, cols)
                 }
                 LinearWeight::Packed(packed) => packed.transposed(),
+                LinearWeight::Sparse(sparse) => sparse.transposed(),
             });
             let cols = self.out_features();
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
@@ -572,6 +587,9 @@ impl Linear {
             match &self.weight {
                 LinearWeight::Tensor(weight_t) => x.matmul(weight_t.clone()),
                 LinearWeight::Packed(packed) => from_values(gemm::matmul(&host_values(x), rows, packed), [rows, packed.cols()], &device),
+                LinearWeight::Sparse(sparse) => {
+                    from_values(sparse_gemm::matmul(&host_values(x), rows, sparse), [rows, sparse.cols()], &device)
+                }
             }
         };
         match &self.bias {
