@@ -12,9 +12,14 @@
 //! The nonzero weights of each output column are listed slice by slice of
 //! the inner dimension ([`SparseRhs`]). The left-hand side is packed
 //! transposed in blocks of [`BLOCK_ROWS`] rows, so that one weight
-//! multiplies a whole line of the block (four AVX-512 registers) and a slice
-//! of [`SLICE`] lines (16 KiB) stays in L1 cache while every column of a
-//! chunk passes over it.
+//! multiplies a whole line of the block (eight AVX-512 registers) and a
+//! slice of [`SLICE`] lines (32 KiB) stays in L1 cache while every column
+//! of a chunk passes over it. The kernel is bound by its loads (one
+//! register of the block per multiply-add, against one per twelve in
+//! [`gemm`]'s): on the 2-core AMD EPYC (Zen 4) machines a 50% pruned layer's
+//! product takes 0.65-0.75 of the dense one's time (`cargo xtask bench
+//! gemm`); 64-row blocks, or slices of 32, 48 or 96 lines, were slower in
+//! `calibrate`.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -24,13 +29,13 @@ use rayon::prelude::*;
 use crate::gemm::{self, AlignedBuffer};
 
 /// Rows of the left-hand side one task multiplies, packed as lines of this many values.
-pub const BLOCK_ROWS: usize = 64;
+pub const BLOCK_ROWS: usize = 128;
 
 /// Lines of the packed left-hand side that every column of a chunk reads in turn.
-const SLICE: usize = 96;
+const SLICE: usize = 64;
 
 /// Output columns whose running sums ([`BLOCK_ROWS`] each) are kept while
-/// the slices of one stretch pass (64 KiB, in L2 cache).
+/// the slices of one stretch pass (128 KiB, in L2 cache).
 const CHUNK_COLS: usize = 256;
 
 /// A stretch of the inner dimension multiplied with one packed slice.
@@ -284,8 +289,8 @@ mod avx512 {
     }
 
     /// The AVX-512 kernel of `multiply_columns`: two columns at a time,
-    /// each column's 64 sums in four registers, four loads and four fused
-    /// multiply-adds per weight.
+    /// each column's BLOCK_ROWS sums in BLOCK_ROWS / 16 registers, as many
+    /// loads and fused multiply-adds per weight.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn multiply_columns(lines: &[f32], entries: &[Entry], starts: &[usize], sums: &mut [f32], opens: bool) {
         const VECTORS: usize = BLOCK_ROWS / 16;
