@@ -302,11 +302,11 @@ fn pack_lhs(a: &[f32], k: usize, first: usize, rows: usize, columns: std::ops::R
 /// Where a micro-kernel writes: `rows` x `cols` of the output, rows
 /// `stride` apart, added to what is there when `accumulate`.
 #[derive(Clone, Copy)]
-struct Tile {
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    accumulate: bool,
+pub(crate) struct Tile {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) stride: usize,
+    pub(crate) accumulate: bool,
 }
 
 /// `c[tile] (+)= a b` for a packed panel `a` [depth, PANEL_ROWS] and strip

@@ -26,7 +26,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::gemm::{self, AlignedBuffer};
+use crate::gemm::{self, AlignedBuffer, Tile};
 
 /// Rows of the left-hand side one task multiplies, packed as lines of this many values.
 pub const BLOCK_ROWS: usize = 128;
@@ -223,16 +223,6 @@ fn multiply_columns(lines: &[f32], entries: &[Entry], starts: &[usize], sums: &m
             }
         }
     }
-}
-
-/// Where [`write_sums`] writes: `rows` x `cols` of the output, rows
-/// `stride` apart, added to what is there when `accumulate`.
-#[derive(Clone, Copy)]
-struct Tile {
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    accumulate: bool,
 }
 
 /// Writes the running sums `sums` [cols, BLOCK_ROWS] of a chunk of columns
