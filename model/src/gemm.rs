@@ -355,6 +355,7 @@ pub(crate) mod avx512 {
 
     /// The 16 x 16 block `x` (16 registers, one row each) transposed: the
     /// 16 columns, one register each.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(crate) fn transpose16(x: [__m512; 16]) -> [__m512; 16] {
         // Pairs of rows interleaved by 32 bits, then by 64 bits: a 4 x 4

@@ -45,10 +45,13 @@ struct Slice {
     steps: Range<usize>,
     /// It starts a stretch of [`gemm`]: its sums start from zero.
     opens: bool,
-    /// It ends a stretch: its sums are then written to the output.
+    /// It ends a stretch: its sums then go to the stretches' totals, or
+    /// with them to the output after the last stretch.
     closes: bool,
-    /// Its stretch is the first: the sums are stored, not added.
+    /// Its stretch is the first: the sums start the totals.
     first_stretch: bool,
+    /// Its stretch is the last: the totals and the sums are the output.
+    last_stretch: bool,
 }
 
 /// The right-hand side `B = W^T` of products `A B`, for a weight `W` [n, k]
@@ -120,10 +123,17 @@ impl SparseRhs {
 /// The slices of [`gemm`]'s stretches of an inner dimension `k`.
 fn slices(k: usize) -> Vec<Slice> {
     let mut out = Vec::new();
-    for (index, stretch) in gemm::inner_blocks(k).into_iter().enumerate() {
+    let stretches = gemm::inner_blocks(k);
+    for (index, stretch) in stretches.iter().enumerate() {
         for start in stretch.clone().step_by(SLICE) {
             let end = (start + SLICE).min(stretch.end);
-            out.push(Slice { steps: start..end, opens: start == stretch.start, closes: end == stretch.end, first_stretch: index == 0 });
+            out.push(Slice {
+                steps: start..end,
+                opens: start == stretch.start,
+                closes: end == stretch.end,
+                first_stretch: index == 0,
+                last_stretch: index + 1 == stretches.len(),
+            });
         }
     }
     out
@@ -146,9 +156,10 @@ fn matmul_with(a: &[f32], m: usize, rhs: &SparseRhs, fast: bool) -> Vec<f32> {
     gemm::filled(m * n, |out| {
         out.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, out)| {
             let rows = out.len() / n;
-            BUFFERS.with_borrow_mut(|(packed, sums)| {
+            BUFFERS.with_borrow_mut(|(packed, sums, totals)| {
                 packed.resize(k * BLOCK_ROWS);
                 sums.resize(CHUNK_COLS * BLOCK_ROWS);
+                totals.resize(CHUNK_COLS * BLOCK_ROWS);
                 pack_transposed(&a[block * BLOCK_ROWS * k..][..rows * k], rows, k, packed.as_mut_slice(), fast);
                 for chunk in (0..n).step_by(CHUNK_COLS) {
                     let columns = chunk..(chunk + CHUNK_COLS).min(n);
@@ -157,9 +168,20 @@ fn matmul_with(a: &[f32], m: usize, rhs: &SparseRhs, fast: bool) -> Vec<f32> {
                         let starts = &rhs.starts[s * n + columns.start..=s * n + columns.end];
                         let running = &mut sums.as_mut_slice()[..columns.len() * BLOCK_ROWS];
                         multiply_columns(lines, &rhs.entries, starts, running, slice.opens, fast);
-                        if slice.closes {
-                            let tile = Tile { rows, cols: columns.len(), stride: n, accumulate: !slice.first_stretch };
-                            write_sums(&sums.as_slice()[..columns.len() * BLOCK_ROWS], &mut out[chunk..], tile, fast);
+                        if !slice.closes {
+                            continue;
+                        }
+                        // The stretches' sums are added up as gemm adds them to its
+                        // output, ((s1 + s2) + s3) + s4, and written once.
+                        let used = columns.len() * BLOCK_ROWS;
+                        let tile = Tile { rows, cols: columns.len(), stride: n, accumulate: false };
+                        match (slice.first_stretch, slice.last_stretch) {
+                            (true, true) => write_sums(&sums.as_slice()[..used], None, &mut out[chunk..], tile, fast),
+                            (true, false) => std::mem::swap(sums, totals),
+                            (false, false) => add_into(&mut totals.as_mut_slice()[..used], &sums.as_slice()[..used], fast),
+                            (false, true) => {
+                                write_sums(&sums.as_slice()[..used], Some(&totals.as_slice()[..used]), &mut out[chunk..], tile, fast)
+                            }
                         }
                     }
                 }
@@ -169,9 +191,9 @@ fn matmul_with(a: &[f32], m: usize, rhs: &SparseRhs, fast: bool) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each thread's packed block of the left-hand side and running sums,
-    /// kept between products.
-    static BUFFERS: std::cell::RefCell<(AlignedBuffer, AlignedBuffer)> = std::cell::RefCell::new(Default::default());
+    /// Each thread's packed block of the left-hand side, running sums of a
+    /// chunk and their totals over the stretches so far, kept between products.
+    static BUFFERS: std::cell::RefCell<(AlignedBuffer, AlignedBuffer, AlignedBuffer)> = std::cell::RefCell::new(Default::default());
 }
 
 /// Packs `a` [rows, k] (rows <= BLOCK_ROWS) transposed into `packed`
@@ -225,20 +247,35 @@ fn multiply_columns(lines: &[f32], entries: &[Entry], starts: &[usize], sums: &m
     }
 }
 
-/// Writes the running sums `sums` [cols, BLOCK_ROWS] of a chunk of columns
-/// transposed into `out` (the chunk's first column of the block's first row).
-fn write_sums(sums: &[f32], out: &mut [MaybeUninit<f32>], tile: Tile, fast: bool) {
-    debug_assert!(sums.len() == tile.cols * BLOCK_ROWS && tile.rows <= BLOCK_ROWS);
+/// `totals += sums`, elementwise.
+fn add_into(totals: &mut [f32], sums: &[f32], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: the caller checked that the processor has AVX-512F.
+        unsafe { avx512::add_into(totals, sums) };
+        return;
+    }
+    for (total, &sum) in totals.iter_mut().zip(sums) {
+        *total += sum;
+    }
+}
+
+/// Writes the running sums `sums` [cols, BLOCK_ROWS] of a chunk of columns,
+/// plus `totals` of the same shape if given, transposed into `out` (from the
+/// chunk's first column of the block's first row).
+fn write_sums(sums: &[f32], totals: Option<&[f32]>, out: &mut [MaybeUninit<f32>], tile: Tile, fast: bool) {
+    debug_assert!(sums.len() == tile.cols * BLOCK_ROWS && totals.is_none_or(|t| t.len() == sums.len()) && tile.rows <= BLOCK_ROWS);
     debug_assert!(out.len() >= (tile.rows - 1) * tile.stride + tile.cols);
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: the caller checked that the processor has AVX-512F; the
         // masked loads and stores touch only the tile (asserted above).
-        unsafe { avx512::write_sums(sums, out, tile) };
+        unsafe { avx512::write_sums(sums, totals, out, tile) };
         return;
     }
     for (c, column) in sums.chunks_exact(BLOCK_ROWS).enumerate() {
         for (r, &s) in column.iter().enumerate().take(tile.rows) {
+            let s = totals.map_or(s, |t| t[c * BLOCK_ROWS + r] + s);
             let out = &mut out[r * tile.stride + c];
             if tile.accumulate {
                 // SAFETY: a tile accumulates only after the first stretch
@@ -336,11 +373,19 @@ mod avx512 {
         }
     }
 
+    /// `add_into`, compiled for AVX-512.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn add_into(totals: &mut [f32], sums: &[f32]) {
+        for (total, &sum) in totals.iter_mut().zip(sums) {
+            *total += sum;
+        }
+    }
+
     /// The AVX-512 kernel of `write_sums`: 16 columns by 16 rows at a time,
     /// transposed in registers.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn write_sums(sums: &[f32], out: &mut [MaybeUninit<f32>], tile: Tile) {
-        let (sums, out) = (sums.as_ptr(), out.as_mut_ptr().cast::<f32>());
+    pub(super) unsafe fn write_sums(sums: &[f32], totals: Option<&[f32]>, out: &mut [MaybeUninit<f32>], tile: Tile) {
+        let (sums, totals, out) = (sums.as_ptr(), totals.map(<[f32]>::as_ptr), out.as_mut_ptr().cast::<f32>());
         // SAFETY (whole body): `sums` holds [tile.cols, BLOCK_ROWS] values,
         // and the masked loads and stores stay within the tile's rows and
         // columns of `out` (the caller's contract).
@@ -351,7 +396,9 @@ mod avx512 {
                 for r in (0..tile.rows).step_by(16) {
                     let rows = transpose16(std::array::from_fn(|column| {
                         if column < width {
-                            _mm512_loadu_ps(sums.add((c + column) * BLOCK_ROWS + r))
+                            let at = (c + column) * BLOCK_ROWS + r;
+                            let sum = _mm512_loadu_ps(sums.add(at));
+                            totals.map_or(sum, |totals| _mm512_add_ps(_mm512_loadu_ps(totals.add(at)), sum))
                         } else {
                             _mm512_setzero_ps()
                         }
@@ -403,10 +450,11 @@ mod tests {
         let slices = slices(700);
         // Stretches 0..352 and 352..700, each in slices of at most 64 steps.
         assert_eq!(slices.len(), 6 + 6);
-        assert_eq!(slices[0], Slice { steps: 0..64, opens: true, closes: false, first_stretch: true });
-        assert_eq!(slices[5], Slice { steps: 320..352, opens: false, closes: true, first_stretch: true });
-        assert_eq!(slices[6], Slice { steps: 352..416, opens: true, closes: false, first_stretch: false });
-        assert_eq!(slices[11], Slice { steps: 672..700, opens: false, closes: true, first_stretch: false });
+        let slice = |steps, opens, closes, first_stretch| Slice { steps, opens, closes, first_stretch, last_stretch: !first_stretch };
+        assert_eq!(slices[0], slice(0..64, true, false, true));
+        assert_eq!(slices[5], slice(320..352, false, true, true));
+        assert_eq!(slices[6], slice(352..416, true, false, false));
+        assert_eq!(slices[11], slice(672..700, false, true, false));
         assert!(slices.windows(2).all(|pair| pair[0].steps.end == pair[1].steps.start));
     }
 }
