@@ -260,30 +260,24 @@ fn add_into(totals: &mut [f32], sums: &[f32], fast: bool) {
     }
 }
 
-/// Writes the running sums `sums` [cols, BLOCK_ROWS] of a chunk of columns,
+/// Stores the running sums `sums` [cols, BLOCK_ROWS] of a chunk of columns,
 /// plus `totals` of the same shape if given, transposed into `out` (from the
-/// chunk's first column of the block's first row).
+/// chunk's first column of the block's first row). Each output element is
+/// written once, so the tile never accumulates.
 fn write_sums(sums: &[f32], totals: Option<&[f32]>, out: &mut [MaybeUninit<f32>], tile: Tile, fast: bool) {
     debug_assert!(sums.len() == tile.cols * BLOCK_ROWS && totals.is_none_or(|t| t.len() == sums.len()) && tile.rows <= BLOCK_ROWS);
+    debug_assert!(!tile.accumulate);
     debug_assert!(out.len() >= (tile.rows - 1) * tile.stride + tile.cols);
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: the caller checked that the processor has AVX-512F; the
-        // masked loads and stores touch only the tile (asserted above).
+        // masked stores touch only the tile (asserted above).
         unsafe { avx512::write_sums(sums, totals, out, tile) };
         return;
     }
     for (c, column) in sums.chunks_exact(BLOCK_ROWS).enumerate() {
         for (r, &s) in column.iter().enumerate().take(tile.rows) {
-            let s = totals.map_or(s, |t| t[c * BLOCK_ROWS + r] + s);
-            let out = &mut out[r * tile.stride + c];
-            if tile.accumulate {
-                // SAFETY: a tile accumulates only after the first stretch
-                // has stored every one of its elements.
-                unsafe { *out.assume_init_mut() += s };
-            } else {
-                out.write(s);
-            }
+            out[r * tile.stride + c].write(totals.map_or(s, |t| t[c * BLOCK_ROWS + r] + s));
         }
     }
 }
@@ -386,8 +380,8 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn write_sums(sums: &[f32], totals: Option<&[f32]>, out: &mut [MaybeUninit<f32>], tile: Tile) {
         let (sums, totals, out) = (sums.as_ptr(), totals.map(<[f32]>::as_ptr), out.as_mut_ptr().cast::<f32>());
-        // SAFETY (whole body): `sums` holds [tile.cols, BLOCK_ROWS] values,
-        // and the masked loads and stores stay within the tile's rows and
+        // SAFETY (whole body): `sums` (and `totals`) hold [tile.cols, BLOCK_ROWS] values,
+        // and the masked stores stay within the tile's rows and
         // columns of `out` (the caller's contract).
         unsafe {
             for c in (0..tile.cols).step_by(16) {
@@ -404,9 +398,7 @@ mod avx512 {
                         }
                     }));
                     for (row, values) in rows.into_iter().enumerate().take(tile.rows - r) {
-                        let at = out.add((r + row) * tile.stride + c);
-                        let values = if tile.accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), values) } else { values };
-                        _mm512_mask_storeu_ps(at, mask, values);
+                        _mm512_mask_storeu_ps(out.add((r + row) * tile.stride + c), mask, values);
                     }
                 }
             }
