@@ -96,41 +96,6 @@ impl PackedRhs {
     }
 }
 
-/// One cache line of f32 values.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct CacheLine([f32; 16]);
-
-/// A growable buffer of f32 values that starts on a cache line, so that
-/// whole-register loads of 64-byte-aligned parts of it never straddle two.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AlignedBuffer {
-    lines: Vec<CacheLine>,
-    len: usize,
-}
-
-impl AlignedBuffer {
-    /// Makes the buffer hold `len` values; its storage only ever grows.
-    pub(crate) fn resize(&mut self, len: usize) {
-        if self.lines.len() * 16 < len {
-            self.lines.resize(len.div_ceil(16), CacheLine::default());
-        }
-        self.len = len;
-    }
-
-    /// The values.
-    pub(crate) fn as_slice(&self) -> &[f32] {
-        // SAFETY: the lines hold `lines.len() * 16 >= len` contiguous f32 values.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
-    }
-
-    /// The values, to write.
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
-    }
-}
-
 /// Whether this processor runs the AVX-512 kernel; elsewhere [`matmul`]
 /// falls back to a portable loop, and callers should prefer a BLAS.
 pub fn fast_kernel_available() -> bool {

@@ -455,8 +455,8 @@ enum LinearWeight {
 }
 
 /// The fraction of zeros from which a packed weight is kept sparse instead:
-/// at 50% the sparse products take about half as long as the dense ones
-/// (`cargo xtask bench gemm`).
+/// at 50% the sparse products take 0.65-0.75 of the dense ones' time
+/// (`cargo xtask bench gemm` on Zen 4), so 40% leaves a margin.
 const SPARSE_FROM: f64 = 0.4;
 
 /// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
@@ -542,7 +542,7 @@ impl Linear {
         let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
         let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
         let zeros = stacked.iter().filter(|&&v| v == 0.0).count();
-        let weight = if packed && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 && !stacked.is_empty() {
+        let weight = if packed && zeros > 0 && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 {
             LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_transposed(&stacked, out_f, in_f)))
         } else if packed {
             LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_transposed(&stacked, out_f, in_f)))

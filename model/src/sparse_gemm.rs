@@ -26,7 +26,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::gemm::{self, AlignedBuffer, Tile};
+use crate::gemm::{self, Tile};
 
 /// Rows of the left-hand side one task multiplies, packed as lines of this many values.
 pub const BLOCK_ROWS: usize = 128;
@@ -194,6 +194,41 @@ thread_local! {
     /// Each thread's packed block of the left-hand side, running sums of a
     /// chunk and their totals over the stretches so far, kept between products.
     static BUFFERS: std::cell::RefCell<(AlignedBuffer, AlignedBuffer, AlignedBuffer)> = std::cell::RefCell::new(Default::default());
+}
+
+/// One cache line of f32 values.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct CacheLine([f32; 16]);
+
+/// A growable buffer of f32 values that starts on a cache line, so that
+/// whole-register loads of 64-byte-aligned parts of it never straddle two.
+#[derive(Debug, Clone, Default)]
+struct AlignedBuffer {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    /// Makes the buffer hold `len` values; its storage only ever grows.
+    fn resize(&mut self, len: usize) {
+        if self.lines.len() * 16 < len {
+            self.lines.resize(len.div_ceil(16), CacheLine::default());
+        }
+        self.len = len;
+    }
+
+    /// The values.
+    fn as_slice(&self) -> &[f32] {
+        // SAFETY: the lines hold `lines.len() * 16 >= len` contiguous f32 values.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+
+    /// The values, to write.
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
 }
 
 /// Packs `a` [rows, k] (rows <= BLOCK_ROWS) transposed into `packed`
