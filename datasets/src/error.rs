@@ -139,7 +139,10 @@ pub enum DatasetsError {
     },
 
     /// The split asked for has no documents.
-    #[error("{}: the `{split}` split has no documents (the file has {total} documents in all)", .path.display())]
+    #[error(
+        "{}: the `{split}` split has no documents (the file has {total} documents in all); `datasets collect` puts each document in calib or heldout by a hash of its text, with --heldout-fraction of them held out: collect more documents or change that fraction",
+        .path.display()
+    )]
     EmptySplit {
         /// The documents artifact.
         path: PathBuf,

@@ -171,4 +171,14 @@ fn sample_writes_an_artifact_with_provenance() {
 
     let err = sample(&out, &model, &o, &dir.path().join("x.parquet"), json!({})).unwrap_err().to_string();
     assert!(err.contains("expected a `documents` artifact, found a `samples` artifact"), "{err}");
+
+    // Documents with nothing held out: the error names the file, the split and the way out.
+    let calib_only = dir.path().join("calib-only.parquet");
+    let only: Vec<Document> = docs().into_iter().filter(|d| d.split == Split::Calib).collect();
+    write_documents(&calib_only, &only, &Provenance::new(ArtifactKind::Documents, "", json!({}), "test")).unwrap();
+    let missing = dir.path().join("none.parquet");
+    let err = sample(&calib_only, &model, &w, &missing, json!({})).unwrap_err().to_string();
+    let expected = format!("{}: the `heldout` split has no documents (the file has {} documents in all)", calib_only.display(), only.len());
+    assert!(err.contains(&expected) && err.contains("--heldout-fraction"), "{err}");
+    assert!(!missing.exists());
 }

@@ -107,6 +107,10 @@ pub struct PruneArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Fraction of the documents held out of calibration for the perplexity
+    /// (each document is placed by a hash of its text).
+    #[arg(long, default_value_t = 0.1)]
+    pub heldout_fraction: f64,
     /// Held-out windows for the dense vs pruned perplexity (0: no evaluation).
     #[arg(long, default_value_t = 8)]
     pub eval_windows: usize,
@@ -246,7 +250,13 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
     let exp = Experiment {
         title: format!("{} sub-model of {}", args.domain, args.model),
         model: args.model.clone(),
-        calibration: Calibration { nsamples: args.nsamples, seqlen: args.seqlen, seed: args.seed, ..Calibration::default() },
+        calibration: Calibration {
+            nsamples: args.nsamples,
+            seqlen: args.seqlen,
+            seed: args.seed,
+            heldout_fraction: args.heldout_fraction,
+            ..Calibration::default()
+        },
         evaluation: Evaluation { seqlen: args.seqlen.min(512), max_windows: args.eval_windows },
         sources: vec![Source {
             name: args.domain.clone(),

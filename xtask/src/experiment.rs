@@ -257,6 +257,10 @@ pub fn load(path: &Path) -> Result<Experiment> {
 
 /// Checks names, methods, patterns and source references of an experiment.
 pub fn check(exp: &Experiment) -> Result<()> {
+    let fraction = exp.calibration.heldout_fraction;
+    if !(0.0..=1.0).contains(&fraction) {
+        bail!("calibration.heldout_fraction: expected a fraction in [0, 1], found {fraction}");
+    }
     let mut names = std::collections::BTreeSet::new();
     for s in &exp.sources {
         if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -630,5 +634,8 @@ dtype = "bf16"
         let exp: Experiment = toml::from_str(&bad_pattern).unwrap();
         assert!(check(&exp).unwrap_err().to_string().contains("half"));
         assert!(toml::from_str::<Experiment>(&EXAMPLE.replace("max_windows", "max_windowz")).is_err());
+        let mut exp: Experiment = toml::from_str(EXAMPLE).unwrap();
+        exp.calibration.heldout_fraction = 1.5;
+        assert!(check(&exp).unwrap_err().to_string().contains("heldout_fraction: expected a fraction in [0, 1], found 1.5"));
     }
 }
