@@ -97,6 +97,27 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     assert_eq!(rows[0].n, 21);
     assert!((rows[0].value / expected - 1.0).abs() < 1e-5);
 
+    // `auto` probes the wgpu adapters; on a machine without a display that
+    // must not print Mesa's display-server errors (its device_select layer
+    // does at every Vulkan instance unless switched off).
+    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["ppl", "--device", "auto", "--seqlen", "8", "--model"])
+        .arg(&model_dir)
+        .arg("--samples")
+        .arg(&samples_path)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("device: auto picked") && !stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    let last = String::from_utf8(run.stdout).unwrap().lines().last().unwrap().to_string();
+    let auto: f64 = last.strip_prefix("perplexity: ").expect("last line is the perplexity").parse().unwrap();
+    assert!((auto / expected - 1.0).abs() < 1e-4, "{auto} vs {expected}");
+
     // Samples made for another model are refused.
     let other = Provenance::new(ArtifactKind::Samples, "sha256:other", serde_json::json!({}), "test");
     artifacts::write_samples(&samples_path, &samples, &info, &other).unwrap();

@@ -68,8 +68,26 @@ pub struct AdapterSummary {
     device_kind: DeviceKind,
 }
 
+/// Switches off Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select`
+/// on machines without a display (neither `DISPLAY` nor `WAYLAND_DISPLAY`
+/// set), through its own `NODEVICE_SELECT` variable, unless the user set that.
+/// The layer asks the display server which GPU drives the screen, and where
+/// there is none it prints "error: XDG_RUNTIME_DIR is invalid or not set in
+/// the environment." at every Vulkan instance (lavapipe, RADV, ...) while
+/// having nothing to choose by. Runs once, before the first instance.
+fn quiet_headless_vulkan() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let unset = |name: &str| std::env::var_os(name).is_none_or(|v| v.is_empty());
+        if unset("DISPLAY") && unset("WAYLAND_DISPLAY") && std::env::var_os("NODEVICE_SELECT").is_none() {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
 /// Lists the wgpu adapters of this machine, in wgpu's order.
 pub fn wgpu_adapters() -> Vec<AdapterSummary> {
+    quiet_headless_vulkan();
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let (mut discrete, mut integrated, mut virt) = (0usize, 0usize, 0usize);
