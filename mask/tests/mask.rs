@@ -383,9 +383,9 @@ fn the_binary_makes_and_applies_masks() {
     }
 }
 
-/// Perplexity of `loaded` on `windows` (of equal length) from the logits of one forward pass on
-/// the cpu device: exp of the mean negative log-likelihood (in f64) of every
-/// token after the first of each window.
+/// Perplexity of `loaded` on `windows` of equal length, from the logits of
+/// one forward pass on the cpu device: exp of the mean negative
+/// log-likelihood (in f64) of every token after the first of each window.
 fn perplexity(loaded: &model::LoadedModel, windows: &[Vec<u32>]) -> f64 {
     let device = model::select_device(model::DeviceChoice::Cpu).unwrap().device;
     let logits: Vec<f32> = loaded.build(&device).unwrap().forward(windows).unwrap().into_data().try_into_vec().unwrap();

@@ -255,7 +255,7 @@ pub fn load(path: &Path) -> Result<Experiment> {
     Ok(exp)
 }
 
-/// Checks names, methods, patterns and source references of an experiment.
+/// Checks the held-out fraction, names, methods, patterns and source references of an experiment.
 pub fn check(exp: &Experiment) -> Result<()> {
     let fraction = exp.calibration.heldout_fraction;
     if !(0.0..=1.0).contains(&fraction) {
