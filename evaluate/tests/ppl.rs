@@ -59,6 +59,19 @@ fn perplexity_matches_reference_and_ignores_batch_size() {
     assert!((perplexity(&three) / perplexity(&one) - 1.0).abs() < 1e-6);
 }
 
+/// `evaluate ppl --device DEVICE --model MODEL --samples SAMPLES`, to which a call adds its own arguments.
+fn ppl_command(device: &str, model: &std::path::Path, samples: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_evaluate"));
+    command.args(["ppl", "--device", device, "--model"]).arg(model).arg("--samples").arg(samples);
+    command
+}
+
+/// The perplexity an `evaluate ppl` run printed on its last line.
+fn printed_perplexity(stdout: &[u8]) -> f64 {
+    let last = String::from_utf8_lossy(stdout).lines().last().unwrap().to_string();
+    last.strip_prefix("perplexity: ").expect("last line is the perplexity").parse().unwrap()
+}
+
 #[test]
 fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,19 +88,9 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     artifacts::write_samples(&samples_path, &samples, &info, &provenance).unwrap();
 
     let out = dir.path().join("results.parquet");
-    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
-        .args(["ppl", "--device", "cpu", "--seqlen", "8", "--model"])
-        .arg(&model_dir)
-        .arg("--samples")
-        .arg(&samples_path)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = ppl_command("cpu", &model_dir, &samples_path).args(["--seqlen", "8", "--out"]).arg(&out).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let stdout = String::from_utf8(run.stdout).unwrap();
-    let last = stdout.lines().last().unwrap();
-    let printed: f64 = last.strip_prefix("perplexity: ").expect("last line is the perplexity").parse().unwrap();
+    let printed = printed_perplexity(&run.stdout);
     let expected_total: f64 = windows.iter().map(|w| reference_nll(&weights, w)).sum();
     let expected = (expected_total / 21.0).exp();
     assert!((printed / expected - 1.0).abs() < 1e-5, "{printed} vs {expected}");
@@ -100,11 +103,8 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     // `auto` probes the wgpu adapters; on a machine without a display that
     // must not print Mesa's display-server errors (its device_select layer
     // does at every Vulkan instance unless switched off).
-    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
-        .args(["ppl", "--device", "auto", "--seqlen", "8", "--model"])
-        .arg(&model_dir)
-        .arg("--samples")
-        .arg(&samples_path)
+    let run = ppl_command("auto", &model_dir, &samples_path)
+        .args(["--seqlen", "8"])
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
         .env_remove("XDG_RUNTIME_DIR")
@@ -114,20 +114,13 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("device: auto picked") && !stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
-    let last = String::from_utf8(run.stdout).unwrap().lines().last().unwrap().to_string();
-    let auto: f64 = last.strip_prefix("perplexity: ").expect("last line is the perplexity").parse().unwrap();
+    let auto = printed_perplexity(&run.stdout);
     assert!((auto / expected - 1.0).abs() < 1e-4, "{auto} vs {expected}");
 
     // Samples made for another model are refused.
     let other = Provenance::new(ArtifactKind::Samples, "sha256:other", serde_json::json!({}), "test");
     artifacts::write_samples(&samples_path, &samples, &info, &other).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_evaluate"))
-        .args(["ppl", "--device", "cpu", "--model"])
-        .arg(&model_dir)
-        .arg("--samples")
-        .arg(&samples_path)
-        .output()
-        .unwrap();
+    let run = ppl_command("cpu", &model_dir, &samples_path).output().unwrap();
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("sha256:other") && stderr.contains("samples.parquet"), "{stderr}");
