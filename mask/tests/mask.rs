@@ -402,7 +402,10 @@ fn perplexity(loaded: &model::LoadedModel, windows: &[Vec<u32>]) -> f64 {
     (total / count as f64).exp()
 }
 
-/// The model of `model_path` with the weights `mask_path` prunes set to zero in memory.
+/// The model of `model_path` with the weights `mask_path` prunes set to zero
+/// in memory, bit by bit from the unpacked rows: independent of
+/// `sparsity::apply_packed_rows`, which `mask apply` itself uses, so a fault
+/// there shows as a difference too.
 fn masked_in_memory(model_path: &Path, mask_path: &Path) -> model::LoadedModel {
     let mut loaded = model::load_model(model_path).unwrap();
     let (_, _, rows) = artifacts::read_mask(mask_path).unwrap();
