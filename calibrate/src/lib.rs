@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use artifacts::ModuleStats;
 use burn::tensor::{Device, Tensor, TensorData};
-use model::llama::LinearObserver;
+use model::LinearObserver;
 use model::{BlasThreads, LoadedModel, ModelError, WeightMap};
 use rayon::prelude::*;
 use sparsity::{Group, Method, Pattern, SparsityError};
@@ -127,7 +127,7 @@ impl LinearObserver for SquaresObserver {
 fn column_squares(input: &Tensor<2>, batch: usize, seq: usize) -> Vec<f32> {
     let [_, in_features] = input.dims();
     if model::device::is_host_memory(&input.device()) {
-        let values = model::llama::shared_values(input);
+        let values = model::shared_values(input);
         let mut out = Vec::with_capacity(batch * in_features);
         let mut sums = vec![0.0f64; in_features];
         for sample in values.chunks_exact(seq * in_features) {

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use model::tokenizer::Tokenizer;
-use model::Model;
+use model::Decoder;
 use serde_json::Value;
 
 use crate::{token_nlls, EvalError};
@@ -395,7 +395,7 @@ pub fn tokenize_requests(tokenizer: &Tokenizer, requests: &[(String, String)], m
 /// (causal attention keeps the padding out of the real positions).
 /// `on_done` is called with the number of requests finished after each batch.
 pub fn request_logliks(
-    model: &Model,
+    model: &Decoder,
     requests: &[TokenRequest],
     batch: usize,
     mut on_done: impl FnMut(usize),

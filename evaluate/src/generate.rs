@@ -7,7 +7,7 @@
 //! from (seed, prompt index, sample index).
 
 use model::tokenizer::Tokenizer;
-use model::{KvCache, Model, ModelError};
+use model::{Decoder, KvCache, ModelError};
 
 use crate::EvalError;
 
@@ -86,7 +86,7 @@ pub struct Generation {
 /// not depend on it); `progress` is called with the number of continuations
 /// finished each time some finish.
 pub fn generate(
-    model: &Model,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     prompts: &[String],
     config: &GenerationConfig,
@@ -101,7 +101,7 @@ pub fn generate(
 /// result `[p][j]` is sample j of prompt p, drawn from the stream seeded by
 /// (config.seed, p, j). Greedy decoding gives n equal continuations.
 pub fn generate_n(
-    model: &Model,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     prompts: &[String],
     n: usize,
@@ -129,7 +129,7 @@ pub fn generate_n(
 /// Generates one continuation per already tokenized prompt (sample index 0
 /// of each), in order: [`generate`] without the encoding step.
 pub fn generate_tokens(
-    model: &Model,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
@@ -287,7 +287,7 @@ fn check_config(config: &GenerationConfig) -> Result<(), EvalError> {
 }
 
 fn run_jobs(
-    model: &Model,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     jobs: Vec<Job>,
     config: &GenerationConfig,
@@ -314,7 +314,7 @@ fn run_jobs(
 
 /// Logits of the last token of each row of `sequences` as host rows; the
 /// rows follow what `cache` holds (its padding included) and are appended to it.
-fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>, EvalError> {
+fn last_logits(model: &Decoder, sequences: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>, EvalError> {
     let logits = model.forward_cached_last(sequences, cache)?;
     let [rows, vocab] = logits.dims();
     let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
@@ -324,7 +324,7 @@ fn last_logits(model: &Model, sequences: &[Vec<u32>], cache: &mut KvCache) -> Re
 /// The cache and last-token logits of padded rows, each distinct row
 /// computed once (the samples of one prompt share its prefill) and the
 /// cache's rows then copied out to every row.
-fn prefill_shared(model: &Model, sequences: &[Vec<u32>], padding: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>), EvalError> {
+fn prefill_shared(model: &Decoder, sequences: &[Vec<u32>], padding: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>), EvalError> {
     // Rows are padded to one length, so equal prompts are equal rows with equal padding.
     let mut distinct: Vec<usize> = Vec::new();
     let mut source = Vec::with_capacity(sequences.len());
@@ -350,7 +350,7 @@ fn prefill_shared(model: &Model, sequences: &[Vec<u32>], padding: &[usize]) -> R
 }
 
 fn run_batch(
-    model: &Model,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     jobs: &[&Job],
     config: &GenerationConfig,

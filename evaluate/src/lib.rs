@@ -24,7 +24,7 @@ use std::path::Path;
 use artifacts::{ArtifactError, MaskRow};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use model::{LoadedModel, Model, ModelError};
+use model::{Decoder, LoadedModel, ModelError};
 
 /// How to cut a token stream into perplexity windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub struct WindowNll {
 
 /// Per-position negative log-likelihoods of equal-length windows: for each
 /// window, -log p(t_{i+1} | t_0..t_i) for i in 0..len-1.
-pub fn token_nlls(model: &Model, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
+pub fn token_nlls(model: &Decoder, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
     let logits = model.forward(windows)?;
     let [batch, seq, _] = logits.dims();
     let logp = log_softmax(logits.narrow(1, 0, seq - 1), 2);
@@ -117,7 +117,7 @@ pub fn token_nlls(model: &Model, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, 
 /// NLL of every window, `batch` windows of equal length at a time;
 /// `on_window` is called after each batch with the number of windows done.
 pub fn window_nlls(
-    model: &Model,
+    model: &Decoder,
     windows: &[Vec<u32>],
     batch: usize,
     mut on_window: impl FnMut(usize),

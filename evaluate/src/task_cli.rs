@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use artifacts::{ArtifactKind, ItemRow, Provenance, ResultRow};
 use clap::Args;
 use evaluate::apply_mask_file;
-use model::{load_model, select_device, DeviceChoice, LoadedModel, Model};
+use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
 /// Options shared by every task: `evaluate TASK --model M [--data PATH] [--limit N] [--device D] --out results.parquet`.
 #[derive(Args, Debug, Clone)]
@@ -55,7 +55,7 @@ pub struct TaskModel {
     /// The loaded checkpoint (configuration, tokenizer, fingerprint), mask applied.
     pub loaded: LoadedModel,
     /// The model built on the selected device.
-    pub model: Model,
+    pub model: Decoder,
     /// The applied mask's name (file stem) and content hash.
     pub mask: Option<(String, String)>,
 }

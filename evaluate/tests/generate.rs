@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 
 use evaluate::chat::{render_model_chat, ChatMessage};
 use evaluate::generate::{generate, generate_n, FinishReason, GenerationConfig};
-use model::{load_model, select_device, DeviceChoice, LoadedModel, Model};
+use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
 struct Smol {
     loaded: LoadedModel,
-    model: Model,
+    model: Decoder,
 }
 
 fn smol() -> &'static Smol {

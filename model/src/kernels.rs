@@ -1,7 +1,8 @@
 //! Fused kernels for the element-wise parts of a decoder layer, on f32 rows
 //! in host memory: RMSNorm (with the residual add before it), rotary
 //! embeddings with the split of a fused q/k/v projection into attention
-//! layouts, the causal softmax, and SiLU gating.
+//! layouts, per-head norms of queries and keys, the causal softmax (with an
+//! optional sliding window and logit soft-capping), and SiLU or GELU gating.
 //!
 //! The forward pass uses them when tensors live in host memory (burn's
 //! ndarray backend), where a tensor's data converts to and from a `Vec<f32>`
@@ -137,6 +138,35 @@ dispatch! {
 }
 
 #[inline(always)]
+fn rms_norm_in_place_body(x: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    for row in x.chunks_exact_mut(width) {
+        let inv = 1.0 / (sum_sq(row) / width as f32 + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    }
+}
+
+dispatch! {
+    /// RMSNorm of whole rows of `x`, in place.
+    fn rms_norm_in_place => rms_norm_in_place_body(x: &mut [f32], weight: &[f32], eps: f32)
+}
+
+/// RMSNorm of every head vector (`weight.len()` values) of `heads` heads
+/// starting at column `first` of each row of `rows` (rows of `width`
+/// values), in place: the per-head norm of queries or keys of a fused
+/// q/k/v projection (Qwen3, Gemma 3), before the rotary embedding.
+pub fn rms_norm_heads(rows: &mut [f32], width: usize, first: usize, heads: usize, weight: &[f32], eps: f32) {
+    let span = heads * weight.len();
+    rows.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(width) {
+            rms_norm_in_place(&mut row[first..first + span], weight, eps);
+        }
+    });
+}
+
+#[inline(always)]
 fn add_rms_norm_rows_body(x: &mut [f32], o: &mut [f32], weight: &[f32], eps: f32) {
     let width = weight.len();
     for (row, o) in x.chunks_exact_mut(width).zip(o.chunks_exact_mut(width)) {
@@ -195,6 +225,35 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; gate_up.len() / 2];
     out.par_chunks_mut(inter * ROWS_PER_TASK).zip(gate_up.par_chunks(2 * inter * ROWS_PER_TASK)).for_each(|(out, gate_up)| {
         silu_mul_rows(gate_up, inter, out);
+    });
+    out
+}
+
+#[inline(always)]
+fn gelu_tanh_mul_rows_body(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+    // gelu(g) = 0.5 g (1 + tanh(u)) = g - g / (1 + e^(2u)), u = sqrt(2/pi) (g + 0.044715 g^3).
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (row, out) in gate_up.chunks_exact(2 * inter).zip(out.chunks_exact_mut(inter)) {
+        let (gate, up) = row.split_at(inter);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            let inner = SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
+            *o = (g - g / (1.0 + exp(2.0 * inner))) * u;
+        }
+    }
+}
+
+dispatch! {
+    /// GELU gating of whole rows (see [`gelu_tanh_mul`]).
+    fn gelu_tanh_mul_rows => gelu_tanh_mul_rows_body(gate_up: &[f32], inter: usize, out: &mut [f32])
+}
+
+/// GeGLU gating `gelu_tanh(gate) * up` (GELU with the tanh approximation,
+/// PyTorch's `approximate="tanh"`) of a fused projection whose rows are
+/// `[gate, up]`: rows of `inter` values.
+pub fn gelu_tanh_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; gate_up.len() / 2];
+    out.par_chunks_mut(inter * ROWS_PER_TASK).zip(gate_up.par_chunks(2 * inter * ROWS_PER_TASK)).for_each(|(out, gate_up)| {
+        gelu_tanh_mul_rows(gate_up, inter, out);
     });
     out
 }
@@ -287,6 +346,40 @@ pub fn split_heads(qkv: &[f32], shape: AttentionShape, cos: &[f32], sin: &[f32])
     SplitHeads { queries, keys_t, values }
 }
 
+/// How attention scores become logits before the softmax: multiplied by
+/// `scale`, then, with a cap, soft-capped to `cap * tanh(x / cap)` (Gemma 2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreScale {
+    /// Factor of every score (1 / sqrt(head_dim) for most models).
+    pub scale: f32,
+    /// Soft cap of the scaled scores, if any.
+    pub softcap: Option<f32>,
+}
+
+impl ScoreScale {
+    /// Scores multiplied by `scale`, without a cap.
+    pub fn plain(scale: f32) -> Self {
+        ScoreScale { scale, softcap: None }
+    }
+}
+
+/// Softmax over `row[start..visible]` with the scores turned into logits by
+/// `score`; the other entries get probability 0 and their `exp` is never computed.
+#[inline(always)]
+fn windowed_softmax_row_body(row: &mut [f32], start: usize, visible: usize, score: ScoreScale) {
+    let (hidden_before, row) = row.split_at_mut(start);
+    hidden_before.fill(0.0);
+    match score.softcap {
+        None => causal_softmax_row_body(row, visible - start, score.scale),
+        Some(cap) => {
+            for v in row[..visible - start].iter_mut() {
+                *v = (*v * score.scale / cap).tanh() * cap;
+            }
+            causal_softmax_row_body(row, visible - start, 1.0);
+        }
+    }
+}
+
 #[inline(always)]
 fn causal_softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
     let (row, hidden) = row.split_at_mut(visible);
@@ -310,20 +403,36 @@ fn causal_softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
 }
 
 dispatch! {
-    /// Causal softmax of one row (see [`causal_softmax`]).
-    fn causal_softmax_row => causal_softmax_row_body(row: &mut [f32], visible: usize, scale: f32)
+    /// Windowed causal softmax of one row (see [`causal_softmax`]).
+    fn windowed_softmax_row => windowed_softmax_row_body(row: &mut [f32], start: usize, visible: usize, score: ScoreScale)
+}
+
+/// What the queries of an attention see: every earlier position, or with
+/// a `window` only the last `window` positions (the query's own included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Causal {
+    /// Sliding window in positions, if any.
+    pub window: Option<usize>,
+}
+
+impl Causal {
+    /// The first key a query at `position` sees (it sees up to `position`).
+    pub fn start(&self, position: usize) -> usize {
+        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
+    }
 }
 
 /// In-place softmax of attention scores [blocks, queries * group, keys],
-/// scaled by `scale` first, with causal masking. Within a block, rows are
-/// laid out as in [`SplitHeads::queries`] from position `first`: row
-/// `k * group + r` is a query at position `first + k`, which sees keys
-/// 0..=first + k (at most `keys`); later keys get probability 0 and their
-/// `exp` is never computed.
-pub fn causal_softmax(scores: &mut [f32], queries: usize, group: usize, keys: usize, first: usize, scale: f32) {
+/// turned into logits by `score` first, with causal masking. Within a
+/// block, rows are laid out as in [`SplitHeads::queries`] from position
+/// `first`: row `k * group + r` is a query at position `first + k`, which
+/// sees keys `causal.start(first + k)..=first + k` (at most `keys`); other
+/// keys get probability 0 and their `exp` is never computed.
+pub fn causal_softmax(scores: &mut [f32], queries: usize, group: usize, keys: usize, first: usize, score: ScoreScale, causal: Causal) {
     scores.par_chunks_mut(keys).enumerate().with_min_len(16).for_each(|(index, row)| {
         let position = first + index % (queries * group) / group;
-        causal_softmax_row(row, (position + 1).min(keys), scale);
+        let visible = (position + 1).min(keys);
+        windowed_softmax_row(row, causal.start(position).min(visible), visible, score);
     });
 }
 
@@ -332,8 +441,8 @@ pub fn causal_softmax(scores: &mut [f32], queries: usize, group: usize, keys: us
 /// matmuls.
 pub const QUERY_BLOCK: usize = 128;
 
-/// Causal self-attention `softmax(q k^T * scale) v` of [`split_heads`]'
-/// output, as the context [batch * seq, heads * head_dim] (head h at columns
+/// Causal self-attention `softmax(logits(q k^T)) v` of [`split_heads`]'
+/// output (logits by `score`, keys by `causal`), as the context [batch * seq, heads * head_dim] (head h at columns
 /// h * head_dim..). `matmul(a, [batch, m, k], b, [batch, k, n])` multiplies
 /// batches of row-major matrices into [batch, m, n].
 ///
@@ -343,7 +452,8 @@ pub const QUERY_BLOCK: usize = 128;
 pub fn causal_attention(
     split: &SplitHeads,
     shape: AttentionShape,
-    scale: f32,
+    score: ScoreScale,
+    causal: Causal,
     mut matmul: impl FnMut(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3]) -> Vec<f32>,
 ) -> Vec<f32> {
     let AttentionShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
@@ -364,7 +474,7 @@ pub fn causal_attention(
             v.extend_from_slice(&split.values[block * seq * d..(block * seq + keys) * d]);
         }
         let mut probs = matmul(q, [blocks, rows, d], k_t, [blocks, d, keys]);
-        causal_softmax(&mut probs, queries, group, keys, first, scale);
+        causal_softmax(&mut probs, queries, group, keys, first, score, causal);
         let out = matmul(probs, [blocks, rows, keys], v, [blocks, keys, d]);
         // In block (b, g), row (k, r) is query head g * group + r at position first + k.
         for (block, out) in out.chunks_exact(rows * d).enumerate() {
@@ -415,11 +525,11 @@ pub fn split_new_heads(qkv: &[f32], shape: AttentionShape, cos: &[f32], sin: &[f
 }
 
 #[inline(always)]
-fn attend_one_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+fn attend_one_body(q: &[f32], keys: &[f32], values: &[f32], score: ScoreScale, out: &mut [f32]) {
     let d = q.len();
     let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k)).collect();
     let visible = scores.len();
-    causal_softmax_row_body(&mut scores, visible, scale);
+    windowed_softmax_row_body(&mut scores, 0, visible, score);
     out.fill(0.0);
     for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
         for (o, &v) in out.iter_mut().zip(v) {
@@ -444,13 +554,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 dispatch! {
     /// Softmax-weighted sum of `values` for one query over `keys` (rows of `q.len()`), into `out`.
-    fn attend_one => attend_one_body(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32])
+    fn attend_one => attend_one_body(q: &[f32], keys: &[f32], values: &[f32], score: ScoreScale, out: &mut [f32])
 }
 
 /// Attention of new positions over a key/value cache in host memory:
 /// `queries` [batch, new, heads, head_dim] (`shape.seq` = new), `keys` and
 /// `values` [batch, kv_heads, capacity, head_dim], and for each (row, new
-/// position) the range of key slots it sees. Returns the context [batch *
+/// position) the range of key slots it sees; scores become logits by
+/// `score`. Returns the context [batch *
 /// new, heads * head_dim].
 pub fn cached_attention(
     queries: &[f32],
@@ -459,7 +570,7 @@ pub fn cached_attention(
     capacity: usize,
     shape: AttentionShape,
     visible: &[std::ops::Range<usize>],
-    scale: f32,
+    score: ScoreScale,
 ) -> Vec<f32> {
     let AttentionShape { seq: new, heads, kv_heads, head_dim: d, .. } = shape;
     let group = shape.group();
@@ -470,7 +581,7 @@ pub fn cached_attention(
         let range = &visible[row];
         let base = (b * kv_heads + g) * capacity;
         let slots = (base + range.start) * d..(base + range.end) * d;
-        attend_one(q, &keys[slots.clone()], &values[slots], scale, out);
+        attend_one(q, &keys[slots.clone()], &values[slots], score, out);
     });
     context
 }
@@ -658,7 +769,7 @@ mod tests {
         let mut rng = crate::testing::Rng::new(9);
         let scores: Vec<f32> = (0..18).map(|_| rng.next_f32() * 4.0).collect();
         let mut got = scores.clone();
-        causal_softmax(&mut got, 3, 2, 3, 0, 0.5);
+        causal_softmax(&mut got, 3, 2, 3, 0, ScoreScale::plain(0.5), Causal { window: None });
         for (row, (got, x)) in got.chunks(3).zip(scores.chunks(3)).enumerate() {
             let visible = row / 2 + 1;
             let e: Vec<f64> = x[..visible].iter().map(|&v| (f64::from(v) * 0.5).exp()).collect();
@@ -667,6 +778,38 @@ mod tests {
                 let want = if j < visible { e[j] / total } else { 0.0 };
                 assert!((f64::from(got[j]) - want).abs() < 1e-6, "row {row}: {got:?}");
             }
+        }
+    }
+
+    #[test]
+    fn windowed_soft_capped_softmax_matches_a_direct_computation() {
+        // seq 5, one query head per kv head, window 2, scale 0.5, cap 1.5.
+        let mut rng = crate::testing::Rng::new(4);
+        let scores: Vec<f32> = (0..25).map(|_| rng.next_f32() * 8.0 - 4.0).collect();
+        let mut got = scores.clone();
+        let score = ScoreScale { scale: 0.5, softcap: Some(1.5) };
+        causal_softmax(&mut got, 5, 1, 5, 0, score, Causal { window: Some(2) });
+        for (i, (got, x)) in got.chunks(5).zip(scores.chunks(5)).enumerate() {
+            let first = i.saturating_sub(1);
+            let logit = |v: f32| (f64::from(v) * 0.5 / 1.5).tanh() * 1.5;
+            let total: f64 = x[first..=i].iter().map(|&v| logit(v).exp()).sum();
+            for j in 0..5 {
+                let want = if (first..=i).contains(&j) { logit(x[j]).exp() / total } else { 0.0 };
+                assert!((f64::from(got[j]) - want).abs() < 1e-6, "row {i}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn head_norms_normalise_each_head_of_the_chosen_span_only() {
+        // Rows of [q head 0, q head 1, k head, v head], heads of width 2.
+        let mut rows = vec![3.0f32, 4.0, 1.0, 0.0, 6.0, 8.0, 5.0, 5.0];
+        rms_norm_heads(&mut rows, 8, 0, 2, &[1.0, 2.0], 0.0);
+        rms_norm_heads(&mut rows, 8, 4, 1, &[1.0, 1.0], 0.0);
+        // rms(3, 4) = sqrt(12.5), rms(1, 0) = sqrt(0.5), rms(6, 8) = sqrt(50); the v head is left alone.
+        let want = [3.0 / 12.5f32.sqrt(), 8.0 / 12.5f32.sqrt(), 2.0f32.sqrt(), 0.0, 6.0 / 50f32.sqrt(), 8.0 / 50f32.sqrt(), 5.0, 5.0];
+        for (got, want) in rows.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{rows:?}");
         }
     }
 
@@ -692,7 +835,7 @@ mod tests {
         let qkv: Vec<f32> = (0..shape.batch * s * width).map(|_| rng.next_f32()).collect();
         let (cos, sin): (Vec<f32>, Vec<f32>) = (0..s * d).map(|i| ((i as f32 * 0.1).cos(), (i as f32 * 0.1).sin())).unzip();
         let split = split_heads(&qkv, shape, &cos, &sin);
-        let got = causal_attention(&split, shape, 0.5, naive_matmul);
+        let got = causal_attention(&split, shape, ScoreScale::plain(0.5), Causal { window: None }, naive_matmul);
         let rope = |x: &[f32], i: usize| -> Vec<f64> {
             (0..d)
                 .map(|e| {

@@ -5,23 +5,25 @@
 //! (`model.layers.L.self_attn.q_proj.weight`, rows in HF order), whatever the
 //! file format, so that all artifacts of subprune name modules the same way.
 
-pub mod cache;
+pub mod arch;
+pub mod decoder;
 pub mod device;
 pub mod error;
 pub mod gemm;
-pub mod gemma;
 pub mod gguf;
 pub mod kernels;
-pub mod llama;
 pub mod loader;
+pub mod nn;
 pub mod safetensors;
 pub mod sparse_gemm;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
-pub use cache::{HostKv, KvCache, LayerKv};
+pub use arch::ModelConfig;
+pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
-pub use loader::{load_model, LoadedModel, Model, ModelConfig, ModelFormat};
+pub use loader::{load_model, LoadedModel, ModelFormat};
+pub use nn::{shared_values, HostKv, Kernels, KvCache, LayerKv, LinearObserver};
 pub use weights::{HostTensor, WeightMap};

@@ -368,22 +368,23 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
-    /// Only byte-level BPE (`tokenizer.ggml.model` = `gpt2`) is supported so far.
+    /// Byte-level BPE (`tokenizer.ggml.model` = `gpt2`) and SentencePiece
+    /// BPE without a prefix space (`llama`, `add_space_prefix` false) are supported.
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let path = file.path().to_path_buf();
         let meta = Meta { file, path: path.clone() };
         let model = meta.required("tokenizer.ggml.model", "the tokenizer kind, e.g. \"gpt2\"")?;
         let model = model.as_str().ok_or_else(|| meta.invalid("tokenizer.ggml.model", "a string", describe(model)))?;
-        let arch = meta.str_opt("general.architecture")?.unwrap_or("");
-        if model == "llama" && crate::gemma::is_gemma_architecture(arch) {
-            return gemma_from_gguf(&meta);
+        if model == "llama" && meta.bool_opt("tokenizer.ggml.add_space_prefix")? == Some(false) {
+            return sentencepiece_from_gguf(&meta);
         }
         if model != "gpt2" {
             let kind = match model {
-                "llama" => "llama (SentencePiece)".to_string(),
+                "llama" => "llama (SentencePiece) with a prefix space".to_string(),
                 other => other.to_string(),
             };
-            return Err(TokenizerError::Unsupported { path, model: kind, supported: "gpt2 (byte-level BPE)".into() });
+            let supported = "gpt2 (byte-level BPE), llama (SentencePiece) with tokenizer.ggml.add_space_prefix false";
+            return Err(TokenizerError::Unsupported { path, model: kind, supported: supported.into() });
         }
 
         let pre_name = meta.str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
@@ -593,14 +594,14 @@ pub fn merges_from_vocab(tokens: &[String], ids: &std::collections::HashMap<&str
     merges.into_iter().map(|(_, _, _, l, r)| (l.to_string(), r.to_string())).collect()
 }
 
-/// Builds the SentencePiece-style BPE tokenizer of a Gemma GGUF
-/// (`tokenizer.ggml.model` = `llama`) as transformers' GGUF converter does
-/// (`gemma_tokenizer` + `GemmaTokenizer`): tokens made only of spaces are
+/// Builds the SentencePiece-style BPE tokenizer of a GGUF whose
+/// `tokenizer.ggml.model` is `llama` without a prefix space (Gemma's) as
+/// transformers' GGUF converter does (`gemma_tokenizer` + `GemmaTokenizer`): tokens made only of spaces are
 /// respelled with `▁`; merges are derived from the vocabulary in file order;
 /// BPE with byte fallback, spaces normalised to `▁`, no prefix space;
 /// control tokens special, user-defined tokens matched whole; BOS added
 /// unless `tokenizer.ggml.add_bos_token` says otherwise.
-fn gemma_from_gguf(meta: &Meta<'_>) -> Result<Tokenizer, TokenizerError> {
+fn sentencepiece_from_gguf(meta: &Meta<'_>) -> Result<Tokenizer, TokenizerError> {
     use serde_json::json;
     let path = meta.path.clone();
     let raw = meta.string_array("tokenizer.ggml.tokens", "an array of token strings")?;

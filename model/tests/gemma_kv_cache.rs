@@ -8,19 +8,19 @@ use std::collections::BTreeMap;
 
 use model::safetensors::StoredDtype;
 use model::testing::*;
-use model::{load_model, select_device, DeviceChoice, HostTensor, Model};
+use model::{load_model, select_device, Decoder, DeviceChoice, HostTensor};
 
 /// 12 tokens, over twice the sliding window of 5.
 const TOKENS: [u32; 12] = [5, 17, 3, 95, 42, 0, 8, 61, 61, 30, 77, 1];
 /// 7 tokens; after three more steps still longer than the window.
 const SHORT: [u32; 7] = [9, 4, 33, 2, 70, 18, 6];
 
-fn build(dir: &std::path::Path) -> Model {
+fn build(dir: &std::path::Path) -> Decoder {
     let loaded = load_model(dir).unwrap();
     loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap()
 }
 
-fn gemma3(seed: u64) -> (Model, BTreeMap<String, HostTensor>) {
+fn gemma3(seed: u64) -> (Decoder, BTreeMap<String, HostTensor>) {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_gemma_weights(&TINY_GEMMA, seed);
     write_gemma_hf_dir(dir.path(), &TINY_GEMMA, &weights, StoredDtype::F32);
@@ -31,7 +31,7 @@ fn gemma3(seed: u64) -> (Model, BTreeMap<String, HostTensor>) {
 const ATTN_CAP: f64 = 0.5;
 const FINAL_CAP: f64 = 1.5;
 
-fn gemma2(seed: u64, caps: bool) -> Model {
+fn gemma2(seed: u64, caps: bool) -> Decoder {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_gemma_weights(&TINY_GEMMA, seed);
     let (attn, last) = if caps { (Some(ATTN_CAP), Some(FINAL_CAP)) } else { (None, None) };
@@ -49,14 +49,14 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Logits [seq * vocab] of one sequence by the uncached forward.
-fn uncached(model: &Model, tokens: &[u32]) -> Vec<f32> {
+fn uncached(model: &Decoder, tokens: &[u32]) -> Vec<f32> {
     values(model.forward(&[tokens.to_vec()]).unwrap())
 }
 
 /// Feeds TOKENS through a cache as a prefill of 4 then pieces of 1, 1, 3,
 /// 1, 2 (the last through the last-logits path) and checks every piece's
 /// logits against the uncached forward's at the same positions.
-fn check_pieces(model: &Model, what: &str) {
+fn check_pieces(model: &Decoder, what: &str) {
     let v = TINY_GEMMA.vocab;
     let full = uncached(model, &TOKENS);
     let mut cache = model.new_cache(1);
@@ -77,7 +77,7 @@ fn check_pieces(model: &Model, what: &str) {
 /// A left-padded batch of TOKENS and SHORT: the prefill's logits of each
 /// row's real positions, then three single-token steps, equal the uncached
 /// forward of each row alone.
-fn check_padded_batch(model: &Model, what: &str) {
+fn check_padded_batch(model: &Decoder, what: &str) {
     let v = TINY_GEMMA.vocab;
     let pad = TOKENS.len() - SHORT.len();
     let mut cache = model.new_padded_cache(vec![0, pad]);

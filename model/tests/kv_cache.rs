@@ -3,14 +3,14 @@
 //! naive f64 reference, on the host kernels, the tensor kernels and wgpu;
 //! left-padded rows compute what their tokens alone would.
 
-use model::llama::Kernels;
 use model::safetensors::StoredDtype;
 use model::testing::*;
-use model::{load_model, select_device, DeviceChoice, Model};
+use model::Kernels;
+use model::{load_model, select_device, Decoder, DeviceChoice};
 
 const TOKENS: [u32; 12] = [5, 17, 3, 95, 42, 0, 8, 61, 61, 30, 77, 1];
 
-fn tiny_model(choice: DeviceChoice, seed: u64) -> (Model, std::collections::BTreeMap<String, model::HostTensor>) {
+fn tiny_model(choice: DeviceChoice, seed: u64) -> (Decoder, std::collections::BTreeMap<String, model::HostTensor>) {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_weights(&TINY, seed);
     write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
@@ -24,7 +24,7 @@ fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
 
 /// Feeds TOKENS through a cache in pieces of 5, 1, 1, 3 and 2 tokens and
 /// checks every piece's logits against the same positions of the reference.
-fn check_pieces(model: &Model, weights: &std::collections::BTreeMap<String, model::HostTensor>, kernels: Kernels, what: &str) {
+fn check_pieces(model: &Decoder, weights: &std::collections::BTreeMap<String, model::HostTensor>, kernels: Kernels, what: &str) {
     let reference = reference_forward(&TINY, weights, &TOKENS);
     let full = values(model.forward(&[TOKENS.to_vec()]).unwrap());
     let mut cache = model.new_cache(1);

@@ -5,7 +5,7 @@
 //! `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`): `--device cpu|wgpu|auto`
 //! (default cpu), `--windows N` (default 4), `--seqlen N` (default 512),
 //! `--kernels host|tensor` (default: what suits the device; see
-//! `model::llama::Kernels`).
+//! `model::Kernels`).
 
 #[path = "shared/args.rs"]
 mod args;
@@ -13,8 +13,7 @@ mod args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use model::llama::Kernels;
-use model::{load_model, select_device, DeviceChoice, Model};
+use model::{load_model, select_device, DeviceChoice, Kernels};
 
 use args::arg;
 
@@ -42,9 +41,7 @@ fn main() {
 
     let selected = select_device(device_choice).expect("device");
     let started = Instant::now();
-    let Model::Llama(network) = loaded.build(&selected.device).expect("build") else {
-        panic!("bench_forward measures the Llama kernels; {} is not a Llama-family model", path.display())
-    };
+    let network = loaded.build(&selected.device).expect("build");
     let build_s = started.elapsed().as_secs_f64();
     let kernels = match kernels.as_str() {
         "host" => Kernels::Host,

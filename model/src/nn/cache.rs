@@ -10,7 +10,7 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
-use crate::kernels::{self, AttentionShape, NewHeads};
+use crate::kernels::{self, AttentionShape, NewHeads, ScoreScale};
 use std::ops::Range;
 
 /// Keys and values of one decoder layer: as tensors, or in host memory
@@ -109,10 +109,10 @@ impl LayerKv {
     /// keys and values (`new`, rotary embedding applied) to [`LayerKv::host`]
     /// and returns the context [batch * new, heads * head_dim] of
     /// [`kernels::cached_attention`].
-    pub fn attend_host(&mut self, new: &NewHeads, shape: AttentionShape, visible: &[Range<usize>], scale: f32) -> Vec<f32> {
+    pub fn attend_host(&mut self, new: &NewHeads, shape: AttentionShape, visible: &[Range<usize>], score: ScoreScale) -> Vec<f32> {
         self.move_to_host();
         self.host.append(&new.keys, &new.values, shape.batch * shape.kv_heads, shape.seq, shape.head_dim);
-        kernels::cached_attention(&new.queries, self.host.keys(), self.host.values(), self.host.capacity(), shape, visible, scale)
+        kernels::cached_attention(&new.queries, self.host.keys(), self.host.values(), self.host.capacity(), shape, visible, score)
     }
 
     /// Moves keys and values held as tensors into [`LayerKv::host`] (a

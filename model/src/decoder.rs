@@ -1,0 +1,666 @@
+//! One generic decoder for every supported family: token embedding, decoder
+//! layers (norm, attention, residual, norm, gated MLP, residual; with the
+//! extra norms some families add), final norm and LM head. A [`DecoderSpec`]
+//! (made by a family's spec in [`crate::arch`]) says what differs between
+//! families; nothing here names one.
+//!
+//! The decoder runs whole sequences ([`Decoder::forward`]), one layer at a
+//! time with an observer of every linear input (calibration,
+//! [`Decoder::layer_forward`]), and new positions over a key/value cache
+//! (generation, [`Decoder::forward_cached`]); a layer can be rebuilt from
+//! new weights (sequential pruning, [`Decoder::rebuild_layer`]).
+
+use std::ops::Range;
+use std::path::Path;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+use crate::kernels::Causal;
+use crate::nn::attention::{attention_mask, Positions, StepPositions};
+use crate::nn::observer::observe;
+use crate::nn::rope::{rope_tables, rope_tables_at, rope_values, rope_values_at};
+use crate::nn::{soft_cap, Activation, Attention, HeadShape, Kernels, KvCache, LayerKv, Linear, LinearObserver, Mlp, RmsNorm};
+use crate::weights::{HostTensor, WeightMap};
+
+/// What sets one decoder layer apart from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Index into [`DecoderSpec::rope_frequencies`] of the layer's rotary frequencies.
+    pub rope: usize,
+    /// Sliding window of the layer's attention in positions (the query's own included), if any.
+    pub window: Option<usize>,
+}
+
+/// Everything the generic decoder needs to know of an architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderSpec {
+    /// Hugging Face `model_type`, for messages.
+    pub architecture: String,
+    /// Tokens in the vocabulary (rows of the embedding).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (a divisor of `heads`).
+    pub kv_heads: usize,
+    /// Width of one attention head.
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub norm_eps: f64,
+    /// Added to every stored norm weight to give the scale (Gemma's `1 + w`), or 0.
+    pub norm_offset: f32,
+    /// Activation of the MLP's gate.
+    pub activation: Activation,
+    /// Whether q, k and v projections have biases.
+    pub qkv_bias: bool,
+    /// Whether the output projection has a bias.
+    pub o_bias: bool,
+    /// Whether the MLP projections have biases.
+    pub mlp_bias: bool,
+    /// Whether queries and keys are RMS-normalised per head before the rotary embedding (`q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// Whether the attention output is normalised before the residual add
+    /// (`post_attention_layernorm`) and the MLP has norms before and after
+    /// it (`pre_feedforward_layernorm`, `post_feedforward_layernorm`), as
+    /// in Gemma 2 and 3; otherwise `post_attention_layernorm` is the norm
+    /// before the MLP.
+    pub sandwich_norms: bool,
+    /// Factor of the attention scores.
+    pub attention_scale: f64,
+    /// Soft cap of attention logits, `cap * tanh(x / cap)`, if any.
+    pub attn_softcap: Option<f64>,
+    /// Soft cap of final logits, if any.
+    pub final_softcap: Option<f64>,
+    /// Factor of the token embeddings (Gemma's `sqrt(hidden)` in f32), if any.
+    pub embedding_scale: Option<f32>,
+    /// The sets of inverse rotary frequencies (head_dim / 2 values each) that layers use.
+    pub rope_frequencies: Vec<Vec<f64>>,
+    /// One entry per decoder layer, bottom first.
+    pub layers: Vec<LayerSpec>,
+    /// Whether the LM head reuses the token embedding.
+    pub tie_word_embeddings: bool,
+    /// The longest sequence the model is configured for.
+    pub max_position_embeddings: usize,
+}
+
+impl DecoderSpec {
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Refuses sizes no decoder can have: a zero size, query heads that are
+    /// not a multiple of the key/value heads, an odd rotary head dimension,
+    /// rotary frequencies of the wrong count, a zero window.
+    pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.layers.len()),
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ModelError::config(path, format!("`{name}` must be positive; found 0")));
+            }
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(ModelError::config(
+                path,
+                format!("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", self.heads, self.kv_heads),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(ModelError::config(path, format!("head_dim must be even for rotary embeddings; found {}", self.head_dim)));
+        }
+        if let Some(bad) = self.rope_frequencies.iter().find(|f| f.len() != self.head_dim / 2) {
+            return Err(ModelError::config(
+                path,
+                format!("expected {} rotary frequencies (head_dim / 2); found {}", self.head_dim / 2, bad.len()),
+            ));
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            if layer.rope >= self.rope_frequencies.len() {
+                return Err(ModelError::config(
+                    path,
+                    format!("layer {l} uses rotary table {} of {}", layer.rope, self.rope_frequencies.len()),
+                ));
+            }
+            if layer.window == Some(0) {
+                return Err(ModelError::config(path, format!("layer {l} has a sliding window of 0 positions; expected a positive window")));
+            }
+        }
+        Ok(())
+    }
+
+    fn head_shape(&self) -> HeadShape {
+        HeadShape { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+    }
+
+    /// Names of the linear modules of decoder layer `layer` (Hugging Face
+    /// parameter names without `.weight`) with their (out, in) features.
+    pub fn linear_modules(&self, layer: usize) -> Vec<(String, usize, usize)> {
+        let p = format!("model.layers.{layer}");
+        let (h, q, kv, i) = (self.hidden_size, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate_size);
+        vec![
+            (format!("{p}.self_attn.q_proj"), q, h),
+            (format!("{p}.self_attn.k_proj"), kv, h),
+            (format!("{p}.self_attn.v_proj"), kv, h),
+            (format!("{p}.self_attn.o_proj"), h, q),
+            (format!("{p}.mlp.gate_proj"), i, h),
+            (format!("{p}.mlp.up_proj"), i, h),
+            (format!("{p}.mlp.down_proj"), h, i),
+        ]
+    }
+
+    /// Whether the linear module `name` (without `.weight`) has a bias.
+    fn has_bias(&self, name: &str) -> bool {
+        if name.ends_with("o_proj") {
+            self.o_bias
+        } else if name.contains(".self_attn.") {
+            self.qkv_bias
+        } else {
+            self.mlp_bias
+        }
+    }
+
+    /// Names and widths of the norms of decoder layer `layer`.
+    fn layer_norms(&self, layer: usize) -> Vec<(String, usize)> {
+        let p = format!("model.layers.{layer}");
+        let h = self.hidden_size;
+        let mut out = vec![(format!("{p}.input_layernorm.weight"), h), (format!("{p}.post_attention_layernorm.weight"), h)];
+        if self.sandwich_norms {
+            out.push((format!("{p}.pre_feedforward_layernorm.weight"), h));
+            out.push((format!("{p}.post_feedforward_layernorm.weight"), h));
+        }
+        if self.qk_norm {
+            out.push((format!("{p}.self_attn.q_norm.weight"), self.head_dim));
+            out.push((format!("{p}.self_attn.k_norm.weight"), self.head_dim));
+        }
+        out
+    }
+
+    /// Every tensor the architecture needs, with its shape, by Hugging Face name.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, self.hidden_size])];
+        for layer in 0..self.layers.len() {
+            out.extend(self.layer_norms(layer).into_iter().map(|(n, w)| (n, vec![w])));
+            for (name, o, i) in self.linear_modules(layer) {
+                if self.has_bias(&name) {
+                    out.push((format!("{name}.bias"), vec![o]));
+                }
+                out.push((format!("{name}.weight"), vec![o, i]));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), vec![self.hidden_size]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, self.hidden_size]));
+        }
+        out
+    }
+
+    /// The distinct sliding windows of the layers (`None` for full attention).
+    fn windows(&self) -> Vec<Option<usize>> {
+        let mut windows: Vec<Option<usize>> = Vec::new();
+        for layer in &self.layers {
+            if !windows.contains(&layer.window) {
+                windows.push(layer.window);
+            }
+        }
+        windows
+    }
+}
+
+/// One decoder layer: pre-norm attention and pre-norm MLP with residuals,
+/// and the sandwich norms where the spec has them.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    spec: LayerSpec,
+    input_layernorm: RmsNorm,
+    /// Attention block.
+    pub self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    /// The norms before and after the MLP (sandwich norms).
+    feedforward_norms: Option<(RmsNorm, RmsNorm)>,
+    /// MLP block.
+    pub mlp: Mlp,
+}
+
+/// Rotary tables of a whole-sequence forward, in the form its kernels use.
+enum RopeTables {
+    Host { cos: Vec<f32>, sin: Vec<f32> },
+    Tensor { cos: Tensor<2>, sin: Tensor<2> },
+}
+
+/// Per-forward context shared by all layers: shape, kernels, rotary tables
+/// of every frequency set and the attention masks of every window.
+pub struct ForwardContext {
+    kernels: Kernels,
+    batch: usize,
+    seq: usize,
+    ropes: Vec<RopeTables>,
+    masks: Vec<(Option<usize>, Tensor<2, Bool>)>,
+}
+
+impl ForwardContext {
+    /// The kernels this context runs with.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    fn positions(&self, layer: &LayerSpec) -> Positions<'_> {
+        match &self.ropes[layer.rope] {
+            RopeTables::Host { cos, sin } => Positions::Host { cos, sin, causal: Causal { window: layer.window } },
+            RopeTables::Tensor { cos, sin } => {
+                let mask = &self.masks.iter().find(|(w, _)| *w == layer.window).expect("a mask for every window of the spec").1;
+                Positions::Tensor { cos, sin, mask }
+            }
+        }
+    }
+}
+
+/// Rotary tables of the new positions of a cached step.
+enum StepRope {
+    Host { cos: Vec<f32>, sin: Vec<f32> },
+    Tensor { cos: Tensor<4>, sin: Tensor<4> },
+}
+
+/// What each new slot of a cached step may attend to, for one window.
+enum StepVisibility {
+    Host(Vec<Range<usize>>),
+    Tensor(Tensor<4, Bool>),
+}
+
+/// What every layer of one cached forward step shares: shape, kernels, the
+/// rotary tables of the new positions and what each may attend to.
+pub struct CachedStep {
+    kernels: Kernels,
+    batch: usize,
+    seq: usize,
+    ropes: Vec<StepRope>,
+    visibility: Vec<(Option<usize>, StepVisibility)>,
+}
+
+impl CachedStep {
+    fn positions(&self, layer: &LayerSpec) -> StepPositions<'_> {
+        let visibility = &self.visibility.iter().find(|(w, _)| *w == layer.window).expect("visibility for every window of the spec").1;
+        match (&self.ropes[layer.rope], visibility) {
+            (StepRope::Host { cos, sin }, StepVisibility::Host(visible)) => StepPositions::Host { cos, sin, visible },
+            (StepRope::Tensor { cos, sin }, StepVisibility::Tensor(mask)) => StepPositions::Tensor { cos, sin, mask },
+            _ => unreachable!("a step's tables and visibility are made for the same kernels"),
+        }
+    }
+}
+
+impl DecoderLayer {
+    /// Builds decoder layer `layer` on `device` from Hugging Face-named host
+    /// weights (used by sequential calibration to rebuild a layer after pruning).
+    pub fn from_weights(spec: &DecoderSpec, weights: &WeightMap, layer: usize, device: &Device) -> Result<Self, ModelError> {
+        let p = format!("model.layers.{layer}");
+        let arch = &spec.architecture;
+        let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
+            let w = weights.require(&format!("{p}.{name}.weight"), &[width], arch)?;
+            Ok(RmsNorm::from_host(w, spec.norm_offset, spec.norm_eps, device))
+        };
+        let mut parts = Vec::with_capacity(7);
+        for (name, out_f, in_f) in spec.linear_modules(layer) {
+            let w = weights.require(&format!("{name}.weight"), &[out_f, in_f], arch)?;
+            let b = if spec.has_bias(&name) { Some(weights.require(&format!("{name}.bias"), &[out_f], arch)?) } else { None };
+            parts.push((w, b));
+        }
+        let parts: [(&HostTensor, Option<&HostTensor>); 7] = parts.try_into().expect("seven linear modules a layer");
+        let [q, k, v, o, gate, up, down] = parts;
+        let h = spec.hidden_size;
+        let qk_norms =
+            if spec.qk_norm { Some((norm("self_attn.q_norm", spec.head_dim)?, norm("self_attn.k_norm", spec.head_dim)?)) } else { None };
+        let feedforward_norms =
+            if spec.sandwich_norms { Some((norm("pre_feedforward_layernorm", h)?, norm("post_feedforward_layernorm", h)?)) } else { None };
+        Ok(DecoderLayer {
+            spec: spec.layers[layer],
+            input_layernorm: norm("input_layernorm", h)?,
+            self_attn: Attention::new(
+                Linear::concat_from_host(&[q, k, v], device),
+                Linear::from_host(o.0, o.1, device),
+                qk_norms,
+                spec.head_shape(),
+                spec.attention_scale,
+                spec.attn_softcap,
+            ),
+            post_attention_layernorm: norm("post_attention_layernorm", h)?,
+            feedforward_norms,
+            mlp: Mlp::new(
+                Linear::concat_from_host(&[gate, up], device),
+                Linear::from_host(down.0, down.1, device),
+                spec.intermediate_size,
+                spec.activation,
+            ),
+        })
+    }
+
+    /// Runs the layer on hidden states [batch * seq, hidden]; reports every
+    /// linear input to `observer` under the prefix `model.layers.L`.
+    pub fn forward(&self, x: Tensor<2>, ctx: &ForwardContext, prefix: &str, observer: Option<&mut dyn LinearObserver>) -> Tensor<2> {
+        self.run(x, ctx, prefix, observer, true).expect("the layer output was asked for")
+    }
+
+    /// Reports every linear input of the layer on hidden states [batch * seq,
+    /// hidden] to `observer`, without computing the layer's output: the run
+    /// stops at the input of the down projection.
+    pub fn observe_inputs(&self, x: Tensor<2>, ctx: &ForwardContext, prefix: &str, observer: &mut dyn LinearObserver) {
+        self.run(x, ctx, prefix, Some(observer), false);
+    }
+
+    /// Runs the layer on hidden states [batch * new, hidden] of new
+    /// positions, attending over the cached keys and values of this layer,
+    /// to which the new ones are appended.
+    pub fn forward_cached(&self, x: Tensor<2>, step: &CachedStep, kv: &mut LayerKv) -> Tensor<2> {
+        let (x, normed) = self.input_layernorm.forward_keep(x, step.kernels);
+        let qkv = self.self_attn.qkv_proj.forward(normed);
+        let context = self.self_attn.attend_cached(qkv, step.batch, step.seq, step.positions(&self.spec), kv);
+        self.after_attention(x, context, step.kernels, "", None, true).expect("the layer output was asked for")
+    }
+
+    fn run(
+        &self,
+        x: Tensor<2>,
+        ctx: &ForwardContext,
+        prefix: &str,
+        mut observer: Option<&mut dyn LinearObserver>,
+        output: bool,
+    ) -> Option<Tensor<2>> {
+        let (x, normed) = self.input_layernorm.forward_keep(x, ctx.kernels);
+        observe(&mut observer, prefix, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], &normed);
+        let context = self.self_attn.attend(self.self_attn.qkv_proj.forward(normed), ctx.batch, ctx.seq, ctx.positions(&self.spec));
+        self.after_attention(x, context, ctx.kernels, prefix, observer, output)
+    }
+
+    /// The rest of the layer from the attention context: output projection,
+    /// norms, residuals and MLP; reports the linear inputs from o_proj on.
+    fn after_attention(
+        &self,
+        x: Tensor<2>,
+        context: Tensor<2>,
+        kernels: Kernels,
+        prefix: &str,
+        mut observer: Option<&mut dyn LinearObserver>,
+        output: bool,
+    ) -> Option<Tensor<2>> {
+        observe(&mut observer, prefix, &["self_attn.o_proj"], &context);
+        let attn = self.self_attn.o_proj.forward(context);
+        let (h, normed) = match &self.feedforward_norms {
+            Some((pre, _)) => pre.add_forward(x, self.post_attention_layernorm.forward_with(attn, kernels), kernels),
+            None => self.post_attention_layernorm.add_forward(x, attn, kernels),
+        };
+        observe(&mut observer, prefix, &["mlp.gate_proj", "mlp.up_proj"], &normed);
+        let gated = self.mlp.gate(normed, kernels);
+        observe(&mut observer, prefix, &["mlp.down_proj"], &gated);
+        if !output {
+            return None;
+        }
+        let down = self.mlp.down_proj.forward(gated);
+        Some(match &self.feedforward_norms {
+            Some((_, post)) => h + post.forward_with(down, kernels),
+            None => h + down,
+        })
+    }
+}
+
+/// A decoder on a burn device.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    spec: DecoderSpec,
+    embed_tokens: Tensor<2>,
+    /// The decoder layers, bottom first.
+    pub layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the model on `device` from Hugging Face-named weights, checking
+    /// that every tensor is present with the shape the spec implies.
+    pub fn from_weights(spec: &DecoderSpec, weights: &WeightMap, device: &Device) -> Result<Self, ModelError> {
+        let arch = &spec.architecture;
+        let (v, h) = (spec.vocab_size, spec.hidden_size);
+        let embed = weights.require("model.embed_tokens.weight", &[v, h], arch)?;
+        let embed_tokens = Tensor::from_data(TensorData::new(embed.data.clone(), [v, h]), device);
+        let layers = (0..spec.layers.len()).map(|l| DecoderLayer::from_weights(spec, weights, l, device)).collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::from_host(weights.require("model.norm.weight", &[h], arch)?, spec.norm_offset, spec.norm_eps, device);
+        let head = if spec.tie_word_embeddings { embed } else { weights.require("lm_head.weight", &[v, h], arch)? };
+        Ok(Decoder {
+            spec: spec.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head: Linear::from_host(head, None, device),
+            device: device.clone(),
+        })
+    }
+
+    /// The spec the model was built from.
+    pub fn spec(&self) -> &DecoderSpec {
+        &self.spec
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The kernels a forward pass on this model's device uses by default.
+    pub fn kernels(&self) -> Kernels {
+        Kernels::for_device(&self.device)
+    }
+
+    /// Rebuilds decoder layer `layer` from `weights` (e.g. after pruning it).
+    pub fn rebuild_layer(&mut self, weights: &WeightMap, layer: usize) -> Result<(), ModelError> {
+        self.layers[layer] = DecoderLayer::from_weights(&self.spec, weights, layer, &self.device)?;
+        Ok(())
+    }
+
+    /// Context for a forward pass over `batch` sequences of `seq` tokens,
+    /// with the kernels that suit the model's device.
+    pub fn context(&self, batch: usize, seq: usize) -> ForwardContext {
+        self.context_with(batch, seq, self.kernels())
+    }
+
+    /// Context for a forward pass over `batch` sequences of `seq` tokens with the given kernels.
+    pub fn context_with(&self, batch: usize, seq: usize, kernels: Kernels) -> ForwardContext {
+        let ropes = self
+            .spec
+            .rope_frequencies
+            .iter()
+            .map(|inv_freq| match kernels {
+                Kernels::Host => {
+                    let (cos, sin) = rope_values(inv_freq, seq);
+                    RopeTables::Host { cos, sin }
+                }
+                Kernels::Tensor => {
+                    let (cos, sin) = rope_tables(inv_freq, seq, &self.device);
+                    RopeTables::Tensor { cos, sin }
+                }
+            })
+            .collect();
+        let masks = match kernels {
+            Kernels::Host => Vec::new(),
+            Kernels::Tensor => self.spec.windows().into_iter().map(|w| (w, attention_mask(seq, w, &self.device))).collect(),
+        };
+        ForwardContext { kernels, batch, seq, ropes, masks }
+    }
+
+    /// Input of the first decoder layer [batch * seq, hidden]: the token
+    /// embeddings of equal-length sequences, scaled as the spec says.
+    pub fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor<2>, ModelError> {
+        let ids = flatten_tokens(tokens, self.spec.vocab_size)?;
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+        let embedded = self.embed_tokens.clone().select(0, ids);
+        Ok(match self.spec.embedding_scale {
+            Some(scale) => embedded * scale,
+            None => embedded,
+        })
+    }
+
+    /// Final norm, LM head and final soft-capping: hidden [n, hidden] -> logits [n, vocab].
+    pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let logits = self.lm_head.forward(self.norm.forward(hidden));
+        match self.spec.final_softcap {
+            Some(cap) => soft_cap(logits, cap),
+            None => logits,
+        }
+    }
+
+    /// Runs decoder layer `layer` on hidden states [batch * seq, hidden],
+    /// reporting every linear input to `observer`.
+    pub fn layer_forward(&self, layer: usize, x: Tensor<2>, ctx: &ForwardContext, observer: Option<&mut dyn LinearObserver>) -> Tensor<2> {
+        self.layers[layer].forward(x, ctx, &format!("model.layers.{layer}"), observer)
+    }
+
+    /// Reports the linear inputs of decoder layer `layer` to `observer`
+    /// without computing its output.
+    pub fn layer_observe_inputs(&self, layer: usize, x: Tensor<2>, ctx: &ForwardContext, observer: &mut dyn LinearObserver) {
+        self.layers[layer].observe_inputs(x, ctx, &format!("model.layers.{layer}"), observer)
+    }
+
+    /// Logits [batch, seq, vocab] of equal-length token sequences.
+    pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<Tensor<3>, ModelError> {
+        self.forward_with(tokens, self.kernels())
+    }
+
+    /// [`Decoder::forward`] with the given kernels.
+    pub fn forward_with(&self, tokens: &[Vec<u32>], kernels: Kernels) -> Result<Tensor<3>, ModelError> {
+        let (batch, seq) = batch_shape(tokens)?;
+        let ctx = self.context_with(batch, seq, kernels);
+        let mut hidden = self.embed(tokens)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(hidden, &ctx, &format!("model.layers.{l}"), None);
+        }
+        Ok(self.head(hidden).reshape([batch, seq, self.spec.vocab_size]))
+    }
+
+    /// An empty key/value cache for `batch` unpadded rows.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        self.new_padded_cache(vec![0; batch])
+    }
+
+    /// An empty key/value cache for rows left-padded by the given numbers of
+    /// slots: the first forward over it passes each row's padding slots
+    /// (any valid token id) followed by its real tokens.
+    pub fn new_padded_cache(&self, padding: Vec<usize>) -> KvCache {
+        KvCache::new(self.layers.len(), padding)
+    }
+
+    /// Runs equal-length rows of new tokens after what `cache` holds,
+    /// appending their keys and values to it; returns the hidden states
+    /// [batch * new, hidden] after the last layer, before the final norm.
+    /// Rotary positions follow the cache (each row's padding excluded).
+    pub fn forward_cached_hidden(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<2>, ModelError> {
+        let (batch, seq) = batch_shape(tokens)?;
+        cache.check_step(batch, seq)?;
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
+        }
+        let positions = cache.positions(seq);
+        let ropes = self
+            .spec
+            .rope_frequencies
+            .iter()
+            .map(|inv_freq| match kernels {
+                Kernels::Host => {
+                    let (cos, sin) = rope_values_at(inv_freq, &positions);
+                    StepRope::Host { cos, sin }
+                }
+                Kernels::Tensor => {
+                    let (cos, sin) = rope_tables_at(inv_freq, &positions, &self.device);
+                    StepRope::Tensor { cos, sin }
+                }
+            })
+            .collect();
+        let group = self.spec.heads / self.spec.kv_heads;
+        let visibility = self
+            .spec
+            .windows()
+            .into_iter()
+            .map(|w| {
+                let visible = match kernels {
+                    Kernels::Host => StepVisibility::Host(cache.visible(seq, w)),
+                    Kernels::Tensor => StepVisibility::Tensor(cache.mask(seq, group, w, &self.device)),
+                };
+                (w, visible)
+            })
+            .collect();
+        let step = CachedStep { kernels, batch, seq, ropes, visibility };
+        let mut hidden = self.embed(tokens)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            hidden = layer.forward_cached(hidden, &step, kv);
+        }
+        cache.advance(seq);
+        Ok(hidden)
+    }
+
+    /// Logits [batch, new, vocab] of equal-length rows of new tokens that
+    /// follow what `cache` holds; their keys and values are appended to it.
+    pub fn forward_cached(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ModelError> {
+        self.forward_cached_with(tokens, cache, self.kernels())
+    }
+
+    /// [`Decoder::forward_cached`] with the given kernels.
+    pub fn forward_cached_with(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache, kernels)?;
+        let (batch, seq) = (tokens.len(), tokens[0].len());
+        Ok(self.head(hidden).reshape([batch, seq, self.spec.vocab_size]))
+    }
+
+    /// Logits [batch, vocab] of the last new token of each row, as
+    /// [`Decoder::forward_cached`] would give them, without computing the
+    /// others' (the LM head runs on those rows alone: what each decoding step needs).
+    pub fn forward_cached_last(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        self.forward_cached_last_with(tokens, cache, self.kernels())
+    }
+
+    /// [`Decoder::forward_cached_last`] with the given kernels.
+    pub fn forward_cached_last_with(&self, tokens: &[Vec<u32>], cache: &mut KvCache, kernels: Kernels) -> Result<Tensor<2>, ModelError> {
+        let hidden = self.forward_cached_hidden(tokens, cache, kernels)?;
+        let (batch, seq, h) = (tokens.len(), tokens[0].len(), self.spec.hidden_size);
+        let last = hidden.reshape([batch, seq, h]).narrow(1, seq - 1, 1).reshape([batch, h]);
+        Ok(self.head(last))
+    }
+}
+
+/// (batch, seq) of a batch of equal-length, non-empty sequences.
+pub fn batch_shape(tokens: &[Vec<u32>]) -> Result<(usize, usize), ModelError> {
+    let seq = tokens.first().map(Vec::len).unwrap_or(0);
+    if tokens.is_empty() || seq == 0 {
+        return Err(ModelError::Input("expected at least one non-empty token sequence".into()));
+    }
+    if let Some(bad) = tokens.iter().find(|t| t.len() != seq) {
+        return Err(ModelError::Input(format!("all sequences of a batch must have the same length; found {seq} and {}", bad.len())));
+    }
+    Ok((tokens.len(), seq))
+}
+
+/// Token ids of a batch in one row-major list, each checked against the vocabulary size.
+pub fn flatten_tokens(tokens: &[Vec<u32>], vocab: usize) -> Result<Vec<i32>, ModelError> {
+    let mut out = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
+    for &t in tokens.iter().flatten() {
+        if t as usize >= vocab {
+            return Err(ModelError::Input(format!("token id {t} is outside the vocabulary of {vocab} tokens")));
+        }
+        out.push(t as i32);
+    }
+    Ok(out)
+}

@@ -1,0 +1,202 @@
+//! Linear layers `y = x W^T + b`, with the weight kept where its products
+//! run fastest: packed for [`gemm`] (or listed sparse for [`sparse_gemm`]
+//! when pruned) on host-memory devices with the fast kernel, transposed on
+//! the device otherwise, and read row by row by [`kernels::small_matmul`]
+//! for the few rows of a decoding step.
+
+use std::sync::{Arc, OnceLock};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{from_values, host_values, shared_values};
+use crate::weights::HostTensor;
+use crate::{gemm, kernels, sparse_gemm};
+
+/// A linear layer `y = x W^T + b`.
+/// It may hold several linear modules reading the same input, their outputs side by side.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor<1>>,
+    host_weight: HostWeight,
+}
+
+/// How a [`Linear`] keeps its weight for products of many rows.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// Transposed ([in, out]) on the device, for burn's matmul.
+    Tensor(Tensor<2>),
+    /// Packed in host memory for [`gemm::matmul`]: on host-memory devices
+    /// whose processor runs its fast kernel.
+    Packed(Arc<gemm::PackedRhs>),
+    /// Its nonzero values listed for [`sparse_gemm::matmul`], where it would
+    /// be packed but at least [`SPARSE_FROM`] of it is zero (a pruned layer):
+    /// the same products, skipping the zeros.
+    Sparse(Arc<sparse_gemm::SparseRhs>),
+}
+
+/// The fraction of zeros from which a packed weight is kept sparse instead:
+/// at 50% the sparse products take 0.65-0.75 of the dense ones' time
+/// (`cargo xtask bench gemm` on Zen 4), so 40% leaves a margin.
+const SPARSE_FROM: f64 = 0.4;
+
+/// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
+/// on first use by [`kernels::small_matmul`] and shared by clones of the layer.
+#[derive(Clone, Default)]
+struct HostWeight(Arc<OnceLock<Vec<f32>>>);
+
+impl std::fmt::Debug for HostWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(values) => write!(f, "HostWeight({} values)", values.len()),
+            None => write!(f, "HostWeight(not copied)"),
+        }
+    }
+}
+
+/// Transposes a row-major [rows, cols] matrix into [cols, rows], bands of
+/// output rows in parallel.
+pub fn transpose_host(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 32;
+    assert_eq!(data.len(), rows * cols, "transpose_host: data is not [rows, cols]");
+    let mut out = vec![0.0f32; data.len()];
+    if data.is_empty() {
+        return out;
+    }
+    // Output rows c0..c0 + BLOCK are input columns c0..c0 + BLOCK.
+    out.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(band, out)| {
+        let c0 = band * BLOCK;
+        let width = out.len() / rows;
+        for r0 in (0..rows).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                let row = &data[r * cols + c0..r * cols + c0 + width];
+                for (c, &v) in row.iter().enumerate() {
+                    out[c * rows + r] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
+impl Linear {
+    /// Builds the layer from a Hugging Face weight [out, in] and optional bias [out].
+    pub fn from_host(weight: &HostTensor, bias: Option<&HostTensor>, device: &Device) -> Self {
+        Self::concat_from_host(&[(weight, bias)], device)
+    }
+
+    /// Builds one layer computing several linear modules of the same input,
+    /// their outputs concatenated in the order given: Hugging Face weights
+    /// [out_i, in] and biases [out_i] (all present or all absent). One wide
+    /// matmul instead of several narrow ones.
+    pub fn concat_from_host(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device) -> Self {
+        Self::concat_from_host_packed(parts, device, crate::device::is_host_memory(device) && gemm::fast_kernel_available())
+    }
+
+    /// [`Linear::concat_from_host`], the weight packed for [`gemm::matmul`]
+    /// when `packed` (host-memory devices only) and a device tensor otherwise.
+    fn concat_from_host_packed(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device, packed: bool) -> Self {
+        let in_f = parts[0].0.shape[1];
+        let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
+        let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
+        let zeros = stacked.iter().filter(|&&v| v == 0.0).count();
+        let weight = if packed && zeros > 0 && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 {
+            LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_transposed(&stacked, out_f, in_f)))
+        } else if packed {
+            LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_transposed(&stacked, out_f, in_f)))
+        } else {
+            LinearWeight::Tensor(Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device))
+        };
+        let bias = parts.iter().map(|(_, b)| b.map(|b| b.data.iter().copied())).collect::<Option<Vec<_>>>().map(|parts| {
+            let values: Vec<f32> = parts.into_iter().flatten().collect();
+            Tensor::from_data(TensorData::new(values, [out_f]), device)
+        });
+        Linear { weight, bias, host_weight: HostWeight::default() }
+    }
+
+    /// Output features (of all the modules the layer holds).
+    pub fn out_features(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Tensor(weight_t) => weight_t.dims()[1],
+            LinearWeight::Packed(packed) => packed.cols(),
+            LinearWeight::Sparse(sparse) => sparse.cols(),
+        }
+    }
+
+    /// Applies the layer to rows of `x` ([n, in] -> [n, out]). A few rows in
+    /// host memory (incremental decoding) go through
+    /// [`kernels::small_matmul`], more through [`gemm::matmul`] where the
+    /// weight is packed for it, the rest through burn's matmul.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let [rows, _] = x.dims();
+        let device = x.device();
+        let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&device) {
+            let weight = self.host_weight.0.get_or_init(|| match &self.weight {
+                LinearWeight::Tensor(weight_t) => {
+                    let [inner, cols] = weight_t.dims();
+                    transpose_host(&shared_values(weight_t), inner, cols)
+                }
+                LinearWeight::Packed(packed) => packed.transposed(),
+                LinearWeight::Sparse(sparse) => sparse.transposed(),
+            });
+            let cols = self.out_features();
+            from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
+        } else {
+            match &self.weight {
+                LinearWeight::Tensor(weight_t) => x.matmul(weight_t.clone()),
+                LinearWeight::Packed(packed) => from_values(gemm::matmul(&host_values(x), rows, packed), [rows, packed.cols()], &device),
+                LinearWeight::Sparse(sparse) => {
+                    from_values(sparse_gemm::matmul(&host_values(x), rows, sparse), [rows, sparse.cols()], &device)
+                }
+            }
+        };
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(deprecated)]
+    fn cpu() -> Device {
+        Device::ndarray()
+    }
+
+    #[test]
+    fn packed_and_tensor_weights_give_the_same_products() {
+        let mut rng = crate::testing::Rng::new(11);
+        let mut host = |shape: Vec<usize>| {
+            let data = (0..shape.iter().product::<usize>()).map(|_| rng.next_f32()).collect();
+            HostTensor { shape, data }
+        };
+        let (w1, w2, b1, b2) = (host(vec![40, 70]), host(vec![9, 70]), host(vec![40]), host(vec![9]));
+        let parts = [(&w1, Some(&b1)), (&w2, Some(&b2))];
+        let (packed, tensor) =
+            (Linear::concat_from_host_packed(&parts, &cpu(), true), Linear::concat_from_host_packed(&parts, &cpu(), false));
+        assert_eq!((packed.out_features(), tensor.out_features()), (49, 49));
+        // Past the small-matmul rows (gemm vs burn's matmul) and within them (both small_matmul).
+        for rows in [kernels::SMALL_MATMUL_ROWS + 37, 3] {
+            let x = host(vec![rows, 70]);
+            let input = || from_values(x.data.clone(), [rows, 70], &cpu());
+            let (a, b) = (host_values(packed.forward(input())), host_values(tensor.forward(input())));
+            for (e, (a, b)) in a.iter().zip(&b).enumerate() {
+                let (r, c) = (e / 49, e % 49);
+                let (w, bias) =
+                    if c < 40 { (&w1.data[c * 70..][..70], b1.data[c]) } else { (&w2.data[(c - 40) * 70..][..70], b2.data[c - 40]) };
+                let want: f64 =
+                    x.data[r * 70..][..70].iter().zip(w).map(|(&x, &w)| f64::from(x) * f64::from(w)).sum::<f64>() + f64::from(bias);
+                assert!((f64::from(*a) - want).abs() < 1e-4 && (a - b).abs() < 1e-4, "rows {rows}, element {e}: {a} / {b} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_host_swaps_rows_and_columns() {
+        assert_eq!(transpose_host(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}

@@ -1,0 +1,66 @@
+//! Every supported family against Hugging Face transformers: tiny random
+//! checkpoints (2 layers) written by transformers, with its logits on a
+//! fixed token sequence (`tests/fixtures/hf_tiny`, made by
+//! `make_fixtures.py` there). Our forward, with the host kernels and with
+//! tensor ops, matches them within 1e-4.
+
+use std::path::PathBuf;
+
+use model::{load_model, select_device, DeviceChoice, Kernels};
+
+/// The families (and variants) with a fixture, by directory name.
+const CASES: &[&str] = &["llama", "llama31", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"];
+
+fn fixture(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(case)
+}
+
+#[test]
+fn every_family_matches_transformers_logits() {
+    let device = select_device(DeviceChoice::Cpu).unwrap().device;
+    for case in CASES {
+        let dir = fixture(case);
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let want: Vec<f64> = expected["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let loaded = load_model(&dir).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(want.len(), tokens.len() * loaded.config.vocab_size(), "{case}: logits.json holds one row per token");
+        let network = loaded.build(&device).unwrap();
+        for kernels in [Kernels::Host, Kernels::Tensor] {
+            let got = network.forward_with(&[tokens.clone()], kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
+            let diff = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+            assert!(diff < 1e-4, "{case} ({kernels:?}): max |subprune - transformers| = {diff}");
+        }
+    }
+}
+
+#[test]
+fn cached_decoding_matches_transformers_logits_on_every_family() {
+    let device = select_device(DeviceChoice::Cpu).unwrap().device;
+    for case in CASES {
+        let dir = fixture(case);
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let network = load_model(&dir).unwrap().build(&device).unwrap();
+        let vocab = network.spec().vocab_size;
+        for kernels in [Kernels::Host, Kernels::Tensor] {
+            let mut cache = network.new_cache(1);
+            let mut start = 0;
+            for piece in [5, 1, 4, 2] {
+                let step = vec![tokens[start..start + piece].to_vec()];
+                let got = network.forward_cached_with(&step, &mut cache, kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
+                for (i, row) in got.chunks(vocab).enumerate() {
+                    let want = expected["logits"][start + i].as_array().unwrap();
+                    let diff = row.iter().zip(want).map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+                    assert!(diff < 1e-4, "{case} ({kernels:?}), position {}: max |cached - transformers| = {diff}", start + i);
+                }
+                start += piece;
+            }
+        }
+    }
+}
