@@ -90,7 +90,7 @@ fn gemma1_config_has_head_dim_of_its_own_and_no_sandwich_norms() {
     });
     let c = GemmaConfig::from_hf_json(&json, path()).unwrap();
     assert_eq!(c.version, GemmaVersion::Gemma1);
-    assert_eq!(c.head_dim, 256);
+    assert_eq!(c.dims.head_dim, 256);
     assert_eq!(c.query_pre_attn_scalar, 256.0);
     assert!(c.layer_types.iter().all(|t| *t == LayerType::Full));
     let names: Vec<String> = c.spec().expected_tensors().into_iter().map(|(n, _)| n).collect();

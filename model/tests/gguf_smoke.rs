@@ -18,6 +18,7 @@ fn real_model_opens_and_dequantizes() {
     assert!(n > 100_000_000, "SmolLM2-135M has over 100M weights; found {n}");
     let loaded = model::load_model(&path).unwrap();
     let Some(config) = loaded.config.downcast_ref::<model::arch::llama::LlamaConfig>() else { panic!("SmolLM2 is a Llama-family model") };
-    assert_eq!((config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads), (30, 576, 9, 3));
+    let dims = &config.dims;
+    assert_eq!((dims.num_hidden_layers, dims.hidden_size, dims.num_attention_heads, dims.num_key_value_heads), (30, 576, 9, 3));
     assert!(config.tie_word_embeddings);
 }

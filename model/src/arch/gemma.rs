@@ -1,23 +1,17 @@
-//! The Gemma family (Gemma 1, 2 and 3, text only). What sets it apart:
-//! RMSNorm scales by `1 + w`; embeddings are multiplied by `sqrt(hidden)`
-//! (as an f32 constant); the MLP gates with GELU (tanh approximation);
-//! `head_dim` is independent of hidden / heads and the attention scale is
-//! `query_pre_attn_scalar^-0.5`. Gemma 2 adds norms after attention and
-//! around the MLP, soft-caps attention and final logits, and alternates
-//! sliding-window and global layers. Gemma 3 normalises queries and keys per
-//! head, and runs local layers (sliding window, rotary base
-//! `rope_local_base_freq`) and global layers (`rope_theta` with its scaling)
-//! in the pattern its configuration gives.
+//! The Gemma family (Gemma 1, 2 and 3, text only): RMSNorm scales by `1 + w`;
+//! embeddings are multiplied by `sqrt(hidden)` (an f32 constant); GELU-tanh
+//! gating; an independent `head_dim`, scores scaled by `query_pre_attn_scalar^-0.5`.
+//! Gemma 2 adds norms after attention and around the MLP, soft-caps attention
+//! and final logits, and alternates sliding-window and global layers. Gemma 3
+//! normalises queries and keys per head; local layers (sliding window, base
+//! `rope_local_base_freq`) and global ones (`rope_theta`, scaled) follow its pattern.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    as_f32, check_layer_count, gguf_to_hf_name, hf_json_base, hf_rope, token_id, usize_field, ArchConfig, Family, Fixup, GgufMeta,
-    GgufTensor,
-};
+use super::{as_f32, gguf_to_hf_name, hf_json_base, hf_rope, token_id, ArchConfig, Dims, Family, Fixup, GgufMeta, GgufTensor};
 use crate::decoder::{DecoderSpec, LayerSpec};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
@@ -68,22 +62,9 @@ pub enum LayerType {
 pub struct GemmaConfig {
     /// The generation.
     pub version: GemmaVersion,
-    /// Vocabulary size (rows of the embedding).
-    pub vocab_size: usize,
-    /// Width of the residual stream.
-    pub hidden_size: usize,
-    /// Width of the MLP.
-    pub intermediate_size: usize,
-    /// Number of decoder layers.
-    pub num_hidden_layers: usize,
-    /// Number of query heads.
-    pub num_attention_heads: usize,
-    /// Number of key/value heads.
-    pub num_key_value_heads: usize,
-    /// Width of one attention head.
-    pub head_dim: usize,
-    /// Epsilon of RMSNorm.
-    pub rms_norm_eps: f64,
+    /// The sizes.
+    #[serde(flatten)]
+    pub dims: Dims,
     /// Rotary base of global (full-attention) layers.
     pub rope_theta: f64,
     /// Rotary base of local (sliding-window) layers.
@@ -143,11 +124,7 @@ impl GemmaConfig {
         }
         let opt_usize = |key: &str| json.get(key).and_then(Value::as_u64).map(|v| v as usize);
         let opt_f64 = |key: &str| json.get(key).and_then(Value::as_f64);
-        let hidden_size = usize_field(json, "hidden_size", path)?;
-        let num_attention_heads = usize_field(json, "num_attention_heads", path)?;
-        let num_hidden_layers = usize_field(json, "num_hidden_layers", path)?;
-        check_layer_count(num_hidden_layers, path)?;
-        let head_dim = opt_usize("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let dims = Dims::from_hf_json(json, path)?;
         let layer_types = match (version, json.get("layer_types")) {
             (GemmaVersion::Gemma2 | GemmaVersion::Gemma3, Some(Value::Array(items))) => items
                 .iter()
@@ -160,7 +137,7 @@ impl GemmaConfig {
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            _ => default_layer_types(version, num_hidden_layers, opt_usize("sliding_window_pattern")),
+            _ => default_layer_types(version, dims.num_hidden_layers, opt_usize("sliding_window_pattern")),
         };
         // transformers 5 writes `rope_parameters` per layer kind; older configs `rope_theta`, `rope_local_base_freq`, `rope_scaling`.
         let params = |kind: &str| json.get("rope_parameters").and_then(|p| p.get(kind));
@@ -175,21 +152,14 @@ impl GemmaConfig {
         let cap = |key: &str| opt_f64(key).filter(|v| *v > 0.0 && version != GemmaVersion::Gemma1);
         let config = GemmaConfig {
             version,
-            vocab_size: usize_field(json, "vocab_size", path)?,
-            hidden_size,
-            intermediate_size: usize_field(json, "intermediate_size", path)?,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: opt_usize("num_key_value_heads").unwrap_or(num_attention_heads),
-            head_dim,
-            rms_norm_eps: opt_f64("rms_norm_eps").unwrap_or(1e-6),
+            query_pre_attn_scalar: opt_f64("query_pre_attn_scalar").unwrap_or(dims.head_dim as f64),
+            dims,
             rope_theta,
             rope_local_base_freq: match version {
                 GemmaVersion::Gemma3 => local.or_else(|| opt_f64("rope_local_base_freq")).unwrap_or(10_000.0),
                 _ => rope_theta,
             },
             rope_scaling_factor,
-            query_pre_attn_scalar: opt_f64("query_pre_attn_scalar").unwrap_or(head_dim as f64),
             sliding_window: if version == GemmaVersion::Gemma1 { None } else { opt_usize("sliding_window") },
             layer_types,
             attn_logit_softcapping: cap("attn_logit_softcapping"),
@@ -213,34 +183,34 @@ impl GemmaConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
         let meta = GgufMeta::new(file, FAMILY.gguf_architectures, "Gemma")?;
         let version = GemmaVersion::of(&meta.arch);
-        let (hidden, heads, layers) = (meta.int("embedding_length")?, meta.int("attention.head_count")?, meta.int("block_count")?);
-        let head_dim = meta.opt_int("attention.key_length").unwrap_or(hidden / heads.max(1));
+        let mut json = Dims::hf_json_from_gguf(&meta)?;
+        let (layers, hidden, heads) = (meta.int("block_count")?, meta.int("embedding_length")?, meta.int("attention.head_count")?);
         let is_27b = matches!((version, layers), (GemmaVersion::Gemma2, 46) | (GemmaVersion::Gemma3, 62));
+        let scalar = if is_27b { serde_json::json!(hidden / heads.max(1)) } else { json["head_dim"].clone() };
         let rope_scaling = match meta.rope_scaling()? {
             Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
             _ => Value::Null,
         };
         let caps = |key: &str| meta.opt_f64(key).filter(|_| version == GemmaVersion::Gemma2);
-        let json = serde_json::json!({
-            "model_type": meta.arch, "vocab_size": meta.vocab_size()?, "hidden_size": hidden,
-            "intermediate_size": meta.int("feed_forward_length")?, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": meta.opt_int("attention.head_count_kv").unwrap_or(heads), "head_dim": head_dim,
-            "rms_norm_eps": meta.opt_f64("attention.layer_norm_rms_epsilon"), "rope_theta": meta.opt_f64("rope.freq_base"),
-            "rope_scaling": rope_scaling, "query_pre_attn_scalar": if is_27b { hidden / heads.max(1) } else { head_dim },
-            "sliding_window": meta.opt_int("attention.sliding_window"), "attn_logit_softcapping": caps("attn_logit_softcapping"),
-            "final_logit_softcapping": caps("final_logit_softcapping"), "max_position_embeddings": meta.opt_int("context_length"),
-            "tie_word_embeddings": !meta.has_tensor("output.weight"), "bos_token_id": meta.token("bos_token_id"),
-            "eos_token_id": meta.token("eos_token_id"), "pad_token_id": meta.token("padding_token_id"),
-        });
+        for (key, value) in [
+            ("model_type", meta.arch.clone().into()),
+            ("rope_scaling", rope_scaling),
+            ("query_pre_attn_scalar", scalar),
+            ("sliding_window", meta.opt_int("attention.sliding_window").into()),
+            ("attn_logit_softcapping", caps("attn_logit_softcapping").into()),
+            ("final_logit_softcapping", caps("final_logit_softcapping").into()),
+            ("pad_token_id", meta.token("padding_token_id").into()),
+        ] {
+            json.insert(key.to_string(), value);
+        }
+        let json = Value::Object(json);
         Self::from_hf_json(&json, file.path())
     }
 
     fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        if self.layer_types.len() != self.num_hidden_layers {
-            return Err(ModelError::config(
-                path,
-                format!("expected {} layer_types, one per layer; found {}", self.num_hidden_layers, self.layer_types.len()),
-            ));
+        let (layers, kinds) = (self.dims.num_hidden_layers, self.layer_types.len());
+        if kinds != layers {
+            return Err(ModelError::config(path, format!("expected {layers} layer_types, one per layer; found {kinds}")));
         }
         if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window.is_none_or(|w| w == 0) {
             return Err(ModelError::config(path, "sliding-window layers need a positive `sliding_window`; found none"));
@@ -264,13 +234,13 @@ impl ArchConfig for GemmaConfig {
 
     fn spec(&self) -> DecoderSpec {
         let global = inverse_frequencies(
-            self.head_dim,
+            self.dims.head_dim,
             self.rope_theta,
             self.rope_scaling_factor.map(|factor| RopeScaling::Linear { factor }).as_ref(),
         );
         let mut rope_frequencies = vec![global];
         if self.version == GemmaVersion::Gemma3 {
-            rope_frequencies.push(inverse_frequencies(self.head_dim, self.rope_local_base_freq, None));
+            rope_frequencies.push(inverse_frequencies(self.dims.head_dim, self.rope_local_base_freq, None));
         }
         let local = rope_frequencies.len() - 1;
         let layers = self
@@ -283,13 +253,13 @@ impl ArchConfig for GemmaConfig {
             .collect();
         DecoderSpec {
             architecture: self.model_type(),
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            heads: self.num_attention_heads,
-            kv_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
-            norm_eps: self.rms_norm_eps,
+            vocab_size: self.dims.vocab_size,
+            hidden_size: self.dims.hidden_size,
+            intermediate_size: self.dims.intermediate_size,
+            heads: self.dims.num_attention_heads,
+            kv_heads: self.dims.num_key_value_heads,
+            head_dim: self.dims.head_dim,
+            norm_eps: self.dims.rms_norm_eps,
             norm_offset: 1.0,
             activation: Activation::GeluTanh,
             qkv_bias: false,
@@ -300,7 +270,7 @@ impl ArchConfig for GemmaConfig {
             attention_scale: self.query_pre_attn_scalar.powf(-0.5),
             attn_softcap: self.attn_logit_softcapping,
             final_softcap: self.final_logit_softcapping,
-            embedding_scale: Some((self.hidden_size as f64).sqrt() as f32),
+            embedding_scale: Some((self.dims.hidden_size as f64).sqrt() as f32),
             rope_frequencies,
             layers,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -344,7 +314,7 @@ impl ArchConfig for GemmaConfig {
 
     fn canonical_json(&self) -> String {
         let mut c = self.clone();
-        c.rms_norm_eps = as_f32(c.rms_norm_eps);
+        c.dims.rms_norm_eps = as_f32(c.dims.rms_norm_eps);
         c.rope_theta = as_f32(c.rope_theta);
         c.rope_local_base_freq = as_f32(c.rope_local_base_freq);
         c.query_pre_attn_scalar = as_f32(c.query_pre_attn_scalar);

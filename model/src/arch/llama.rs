@@ -7,10 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    as_f32, check_layer_count, gguf_to_hf_name, hf_json_base, hf_rope, token_id, usize_field, ArchConfig, Family, Fixup, GgufMeta,
-    GgufTensor,
-};
+use super::{as_f32, gguf_to_hf_name, hf_json_base, hf_rope, token_id, ArchConfig, Dims, Family, Fixup, GgufMeta, GgufTensor};
 use crate::decoder::{DecoderSpec, LayerSpec};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
@@ -30,22 +27,9 @@ pub const FAMILY: Family = Family {
 pub struct LlamaConfig {
     /// Hugging Face `model_type`: llama, mistral or qwen2.
     pub model_type: String,
-    /// Vocabulary size (rows of the embedding).
-    pub vocab_size: usize,
-    /// Width of the residual stream.
-    pub hidden_size: usize,
-    /// Width of the MLP.
-    pub intermediate_size: usize,
-    /// Number of decoder layers.
-    pub num_hidden_layers: usize,
-    /// Number of query heads.
-    pub num_attention_heads: usize,
-    /// Number of key/value heads (grouped-query attention when fewer than query heads).
-    pub num_key_value_heads: usize,
-    /// Width of one attention head.
-    pub head_dim: usize,
-    /// Epsilon of RMSNorm.
-    pub rms_norm_eps: f64,
+    /// The sizes.
+    #[serde(flatten)]
+    pub dims: Dims,
     /// Base of the rotary frequencies.
     pub rope_theta: f64,
     /// Optional scaling of the rotary frequencies.
@@ -72,36 +56,20 @@ impl LlamaConfig {
     /// qwen2 (or of a family built on this one).
     pub fn from_hf_json(json: &Value, path: &Path) -> Result<Self, ModelError> {
         let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
-        if let Some(act) = json.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(ModelError::config(path, format!("expected hidden_act `silu`; found `{act}`")));
-            }
+        if let Some(act) = json.get("hidden_act").and_then(Value::as_str).filter(|act| *act != "silu") {
+            return Err(ModelError::config(path, format!("expected hidden_act `silu`; found `{act}`")));
         }
         if json.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
             return Err(ModelError::config(path, "use_sliding_window true (sliding attention on some Qwen2 layers) is not supported"));
         }
-        let hidden_size = usize_field(json, "hidden_size", path)?;
-        let num_attention_heads = usize_field(json, "num_attention_heads", path)?;
-        let num_hidden_layers = usize_field(json, "num_hidden_layers", path)?;
-        check_layer_count(num_hidden_layers, path)?;
         let (rope_theta, rope_scaling) = hf_rope(json, json.get("rope_parameters"), 10000.0, path)?;
         let flag = |key: &str| json.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let window = json.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
         Ok(LlamaConfig {
             attention_bias: model_type == "qwen2" || flag("attention_bias"),
-            sliding_window: if model_type == "mistral" {
-                json.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize)
-            } else {
-                None
-            },
+            sliding_window: if model_type == "mistral" { window } else { None },
             model_type,
-            vocab_size: usize_field(json, "vocab_size", path)?,
-            hidden_size,
-            intermediate_size: usize_field(json, "intermediate_size", path)?,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: json.get("num_key_value_heads").and_then(Value::as_u64).map_or(num_attention_heads, |v| v as usize),
-            head_dim: json.get("head_dim").and_then(Value::as_u64).map_or(hidden_size / num_attention_heads.max(1), |v| v as usize),
-            rms_norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            dims: Dims::from_hf_json(json, path)?,
             rope_theta,
             rope_scaling,
             max_position_embeddings: json.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048) as usize,
@@ -113,47 +81,29 @@ impl LlamaConfig {
     }
 
     /// Reads the configuration from GGUF metadata (`general.architecture`
-    /// one of `architectures`), with the per-frequency rotary factors of a
-    /// `rope_freqs.weight` tensor when the file has one.
+    /// one of `architectures`), as the `config.json` it stands for, with the
+    /// per-frequency rotary factors of a `rope_freqs.weight` tensor when the
+    /// file has one.
     pub fn from_gguf(file: &GgufFile, architectures: &[&str]) -> Result<Self, ModelError> {
         let meta = GgufMeta::new(file, architectures, "Llama")?;
-        let (path, arch) = (file.path(), &meta.arch);
-        let hidden_size = meta.int("embedding_length")?;
-        let num_attention_heads = meta.int("attention.head_count")?;
-        let num_hidden_layers = meta.int("block_count")?;
-        check_layer_count(num_hidden_layers, path)?;
-        let head_dim = meta.opt_int("attention.key_length").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let mut json = Dims::hf_json_from_gguf(&meta)?;
+        let head_dim = json["head_dim"].as_u64().unwrap_or(0) as usize;
         if let Some(rot) = meta.opt_int("rope.dimension_count").filter(|&rot| rot != head_dim) {
+            let arch = &meta.arch;
             return Err(ModelError::config(
-                path,
+                file.path(),
                 format!("partial rotary embeddings are not supported: {arch}.rope.dimension_count is {rot}, head_dim is {head_dim}"),
             ));
         }
-        let rope_scaling = if meta.has_tensor("rope_freqs.weight") {
+        json.insert("model_type".into(), meta.arch.clone().into());
+        json.insert("attention_bias".into(), meta.has_tensor("blk.0.attn_q.bias").into());
+        let mut config = Self::from_hf_json(&Value::Object(json), file.path())?;
+        config.rope_scaling = if meta.has_tensor("rope_freqs.weight") {
             Some(RopeScaling::Factors { factors: file.tensor_f32("rope_freqs.weight")?.into_iter().map(f64::from).collect() })
         } else {
             meta.rope_scaling()?
         };
-        Ok(LlamaConfig {
-            model_type: arch.clone(),
-            vocab_size: meta.vocab_size()?,
-            hidden_size,
-            intermediate_size: meta.int("feed_forward_length")?,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: meta.opt_int("attention.head_count_kv").unwrap_or(num_attention_heads),
-            head_dim,
-            rms_norm_eps: meta.opt_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            rope_theta: meta.opt_f64("rope.freq_base").unwrap_or(10000.0),
-            rope_scaling,
-            max_position_embeddings: meta.opt_int("context_length").unwrap_or(2048),
-            tie_word_embeddings: !meta.has_tensor("output.weight"),
-            attention_bias: meta.has_tensor("blk.0.attn_q.bias"),
-            mlp_bias: false,
-            bos_token_id: meta.token("bos_token_id"),
-            eos_token_id: meta.token("eos_token_id"),
-            sliding_window: None,
-        })
+        Ok(config)
     }
 }
 
@@ -165,13 +115,13 @@ impl ArchConfig for LlamaConfig {
     fn spec(&self) -> DecoderSpec {
         DecoderSpec {
             architecture: self.model_type.clone(),
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            heads: self.num_attention_heads,
-            kv_heads: self.num_key_value_heads,
-            head_dim: self.head_dim,
-            norm_eps: self.rms_norm_eps,
+            vocab_size: self.dims.vocab_size,
+            hidden_size: self.dims.hidden_size,
+            intermediate_size: self.dims.intermediate_size,
+            heads: self.dims.num_attention_heads,
+            kv_heads: self.dims.num_key_value_heads,
+            head_dim: self.dims.head_dim,
+            norm_eps: self.dims.rms_norm_eps,
             norm_offset: 0.0,
             activation: Activation::Silu,
             qkv_bias: self.attention_bias,
@@ -179,12 +129,12 @@ impl ArchConfig for LlamaConfig {
             mlp_bias: self.mlp_bias,
             qk_norm: false,
             sandwich_norms: false,
-            attention_scale: 1.0 / (self.head_dim as f64).sqrt(),
+            attention_scale: 1.0 / (self.dims.head_dim as f64).sqrt(),
             attn_softcap: None,
             final_softcap: None,
             embedding_scale: None,
-            rope_frequencies: vec![inverse_frequencies(self.head_dim, self.rope_theta, self.rope_scaling.as_ref())],
-            layers: vec![LayerSpec { rope: 0, window: self.sliding_window }; self.num_hidden_layers],
+            rope_frequencies: vec![inverse_frequencies(self.dims.head_dim, self.rope_theta, self.rope_scaling.as_ref())],
+            layers: vec![LayerSpec { rope: 0, window: self.sliding_window }; self.dims.num_hidden_layers],
             tie_word_embeddings: self.tie_word_embeddings,
             max_position_embeddings: self.max_position_embeddings,
         }
@@ -219,7 +169,7 @@ impl ArchConfig for LlamaConfig {
 
     fn canonical_json(&self) -> String {
         let mut c = self.clone();
-        c.rms_norm_eps = as_f32(c.rms_norm_eps);
+        c.dims.rms_norm_eps = as_f32(c.dims.rms_norm_eps);
         c.rope_theta = as_f32(c.rope_theta);
         serde_json::to_string(&c).expect("serializable config")
     }
@@ -236,8 +186,8 @@ impl ArchConfig for LlamaConfig {
         let (hf_name, module) = gguf_to_hf_name(gguf_name, norms)?;
         // llama.cpp's converter interleaves q/k rows for its RoPE in Llama models, not in Qwen2.
         let fixup = match module {
-            "attn_q" if self.model_type == "llama" => Fixup::UnpermuteRows { heads: self.num_attention_heads },
-            "attn_k" if self.model_type == "llama" => Fixup::UnpermuteRows { heads: self.num_key_value_heads },
+            "attn_q" if self.model_type == "llama" => Fixup::UnpermuteRows { heads: self.dims.num_attention_heads },
+            "attn_k" if self.model_type == "llama" => Fixup::UnpermuteRows { heads: self.dims.num_key_value_heads },
             _ => Fixup::None,
         };
         Some(GgufTensor::Load { hf_name, fixup })

@@ -12,6 +12,7 @@ pub mod qwen3;
 use std::any::Any;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decoder::DecoderSpec;
@@ -238,6 +239,68 @@ pub(crate) fn hf_json_base(spec: &DecoderSpec, class: &str, rope_theta: f64, bos
         "eos_token_id": eos,
         "torch_dtype": "float32",
     })
+}
+
+/// The sizes every family's configuration has, read the same way from
+/// every `config.json` (and flattened into each family's configuration, so
+/// its JSON keeps the field order of the fingerprint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dims {
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one attention head.
+    pub head_dim: usize,
+    /// Epsilon of RMSNorm.
+    pub rms_norm_eps: f64,
+}
+
+impl Dims {
+    /// Reads the sizes of a `config.json`: `num_key_value_heads` defaults to
+    /// the query heads, `head_dim` to hidden / heads, `rms_norm_eps` to 1e-6.
+    pub(crate) fn from_hf_json(json: &Value, path: &Path) -> Result<Self, ModelError> {
+        let hidden_size = usize_field(json, "hidden_size", path)?;
+        let num_attention_heads = usize_field(json, "num_attention_heads", path)?;
+        let num_hidden_layers = usize_field(json, "num_hidden_layers", path)?;
+        check_layer_count(num_hidden_layers, path)?;
+        let opt_usize = |key: &str| json.get(key).and_then(Value::as_u64).map(|v| v as usize);
+        Ok(Dims {
+            vocab_size: usize_field(json, "vocab_size", path)?,
+            hidden_size,
+            intermediate_size: usize_field(json, "intermediate_size", path)?,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: opt_usize("num_key_value_heads").unwrap_or(num_attention_heads),
+            head_dim: opt_usize("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1)),
+            rms_norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+        })
+    }
+
+    /// The `config.json` keys of these sizes from GGUF metadata (the
+    /// `<arch>.` keys llama.cpp writes), for the family's `config.json` parser.
+    pub(crate) fn hf_json_from_gguf(meta: &GgufMeta<'_>) -> Result<serde_json::Map<String, Value>, ModelError> {
+        let (hidden, heads) = (meta.int("embedding_length")?, meta.int("attention.head_count")?);
+        let json = serde_json::json!({
+            "vocab_size": meta.vocab_size()?, "hidden_size": hidden, "intermediate_size": meta.int("feed_forward_length")?,
+            "num_hidden_layers": meta.int("block_count")?, "num_attention_heads": heads,
+            "num_key_value_heads": meta.opt_int("attention.head_count_kv").unwrap_or(heads),
+            "head_dim": meta.opt_int("attention.key_length").unwrap_or(hidden / heads.max(1)),
+            "rms_norm_eps": meta.opt_f64("attention.layer_norm_rms_epsilon"),
+            "max_position_embeddings": meta.opt_int("context_length"), "rope_theta": meta.opt_f64("rope.freq_base"),
+            "tie_word_embeddings": !meta.has_tensor("output.weight"),
+            "bos_token_id": meta.token("bos_token_id"), "eos_token_id": meta.token("eos_token_id"),
+        });
+        Ok(json.as_object().expect("an object").clone())
+    }
 }
 
 /// Refuses a layer count no model has (see [`MAX_LAYERS`]).
