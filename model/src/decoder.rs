@@ -17,12 +17,12 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::kernels::Causal;
 use crate::nn::attention::{attention_mask, Positions, StepPositions};
 use crate::nn::observer::observe;
 use crate::nn::rope::{rope_tables, rope_tables_at, rope_values, rope_values_at};
 use crate::nn::{soft_cap, Activation, Attention, HeadShape, Kernels, KvCache, LayerKv, Linear, LinearObserver, Mlp, RmsNorm};
 use crate::weights::{HostTensor, WeightMap};
+use kernels::Causal;
 
 /// What sets one decoder layer apart from the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::GgufError;
-use crate::tokenizer::TokenizerError;
+use formats::gguf::GgufError;
+use formats::tokenizer::TokenizerError;
+use formats::FormatError;
 
 /// Everything that can go wrong while loading or running a model. Every
 /// message names the file involved, what was expected and what was found.
@@ -67,6 +68,17 @@ pub enum ModelError {
     /// Input that the model cannot process (empty sequence, token id out of range, ...).
     #[error("invalid input: {0}")]
     Input(String),
+}
+
+impl From<FormatError> for ModelError {
+    fn from(error: FormatError) -> Self {
+        match error {
+            FormatError::Io { path, source } => ModelError::Io { path, source },
+            FormatError::Format { path, message } => ModelError::Format { path, message },
+            FormatError::MissingTensor { path, name, architecture } => ModelError::MissingTensor { path, name, architecture },
+            FormatError::ShapeMismatch { path, name, expected, found } => ModelError::ShapeMismatch { path, name, expected, found },
+        }
+    }
 }
 
 impl ModelError {

@@ -1,6 +1,6 @@
-//! Throughput of `model::gemm` on the linear-layer shapes of SmolLM2-135M
+//! Throughput of `kernels::gemm` on the linear-layer shapes of SmolLM2-135M
 //! (512 rows, one calibration window), on one thread and on all of them,
-//! and of `model::sparse_gemm` on the same weights with half their values
+//! and of `kernels::sparse_gemm` on the same weights with half their values
 //! zero (every other one of each row, at random). Prints GFLOP/s (best of
 //! `--repeats`, default 5, against timing noise; the sparse products
 //! counted at the dense products' flops) and the kernel in use; asserts
@@ -14,8 +14,8 @@ mod args;
 use std::time::Instant;
 
 use args::arg;
-use model::gemm::{self, PackedRhs};
-use model::sparse_gemm::{self, SparseRhs};
+use kernels::gemm::{self, PackedRhs};
+use kernels::sparse_gemm::{self, SparseRhs};
 use model::testing::Rng;
 
 /// Deterministic values in [-1, 1).

@@ -11,8 +11,8 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::rope::{apply_rope, apply_rope_rows};
 use super::{from_values, host_values, soft_cap, LayerKv, Linear, RmsNorm};
-use crate::gemm;
-use crate::kernels::{self, AttentionShape, Causal, ScoreScale};
+use kernels::gemm;
+use kernels::{AttentionShape, Causal, ScoreScale};
 
 /// The heads of an attention: query heads, key/value heads (a divisor of
 /// the query heads) and the width of one head.

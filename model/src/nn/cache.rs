@@ -10,7 +10,7 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
-use crate::kernels::{self, AttentionShape, NewHeads, ScoreScale};
+use kernels::{AttentionShape, NewHeads, ScoreScale};
 use std::ops::Range;
 
 /// Keys and values of one decoder layer: as tensors, or in host memory

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{from_values, host_values, shared_values};
 use crate::weights::HostTensor;
-use crate::{gemm, kernels, sparse_gemm};
+use kernels::{gemm, sparse_gemm};
 
 /// A linear layer `y = x W^T + b`.
 /// It may hold several linear modules reading the same input, their outputs side by side.

@@ -6,7 +6,6 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{from_values, host_values, Kernels, Linear};
-use crate::kernels;
 
 /// The activation of an MLP's gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //! observer that sees every linear input.
 //!
 //! Each layer computes either with the fused host kernels of
-//! [`crate::kernels`] (tensors in host memory, [`Kernels::Host`]) or with
+//! [`kernels`] (tensors in host memory, [`Kernels::Host`]) or with
 //! composed burn tensor ops (every device, [`Kernels::Tensor`]); the results
 //! agree up to float rounding.
 
@@ -30,10 +30,10 @@ pub use rope::RopeScaling;
 /// How the element-wise parts of a forward pass (norms, rotary embedding,
 /// softmax, gating) are computed; the results are the same either way, up
 /// to float rounding. (Matmuls are chosen by [`Linear`] and the attention:
-/// [`crate::gemm`] on host memory with AVX-512, burn's elsewhere.)
+/// [`kernels::gemm`] on host memory with AVX-512, burn's elsewhere.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// The fused kernels of [`crate::kernels`] on the tensors' values: for
+    /// The fused kernels of [`kernels`] on the tensors' values: for
     /// devices whose tensors live in host memory, where that costs no copy.
     Host,
     /// Composed burn tensor ops: for every device.

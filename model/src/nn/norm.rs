@@ -4,7 +4,6 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{from_values, host_values, Kernels};
-use crate::kernels;
 use crate::weights::HostTensor;
 
 /// Root-mean-square normalisation of rows with a learned scale.

@@ -10,7 +10,7 @@ use std::path::Path;
 use half::{bf16, f16};
 use serde_json::Value;
 
-use crate::error::ModelError;
+use crate::error::FormatError;
 use crate::weights::{HostTensor, WeightMap};
 
 /// Largest JSON header accepted: real checkpoints stay far below it, and a
@@ -76,14 +76,14 @@ impl StoredDtype {
 }
 
 /// Reads every tensor of one safetensors file into `weights`.
-pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelError> {
-    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), FormatError> {
+    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
     // SAFETY: the file is opened read-only; a concurrent truncation by another
     // process is outside what any reader of checkpoints can guard against.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
     let bytes: &[u8] = &map;
     if bytes.len() < 8 {
-        return Err(ModelError::format(
+        return Err(FormatError::format(
             path,
             format!("not a safetensors file: {} bytes, expected at least an 8-byte header length", bytes.len()),
         ));
@@ -91,14 +91,14 @@ pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelE
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let available = bytes.len() as u64 - 8;
     if header_len > available || header_len > MAX_HEADER_BYTES {
-        return Err(ModelError::format(
+        return Err(FormatError::format(
             path,
             format!("safetensors header claims {header_len} bytes but the file has {available} bytes after the length field (truncated or not a safetensors file)"),
         ));
     }
     let header_end = 8 + header_len as usize;
     let header: BTreeMap<String, Value> = serde_json::from_slice(&bytes[8..header_end])
-        .map_err(|e| ModelError::format(path, format!("safetensors header is not a JSON object: {e}")))?;
+        .map_err(|e| FormatError::format(path, format!("safetensors header is not a JSON object: {e}")))?;
     let data = &bytes[header_end..];
     for (name, entry) in &header {
         if name == "__metadata__" {
@@ -106,18 +106,18 @@ pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelE
         }
         let dtype_name = entry.get("dtype").and_then(Value::as_str).unwrap_or("<missing>");
         let dtype = StoredDtype::parse(dtype_name)
-            .ok_or_else(|| ModelError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
+            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
         let shape: Vec<usize> = entry
             .get("shape")
             .and_then(Value::as_array)
             .and_then(|dims| dims.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| ModelError::format(path, format!("tensor `{name}` has no valid `shape` list in the header")))?;
+            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has no valid `shape` list in the header")))?;
         let offsets = entry
             .get("data_offsets")
             .and_then(Value::as_array)
             .filter(|o| o.len() == 2)
             .and_then(|o| Some((o[0].as_u64()? as usize, o[1].as_u64()? as usize)))
-            .ok_or_else(|| ModelError::format(path, format!("tensor `{name}` has no valid `data_offsets` [begin, end] in the header")))?;
+            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has no valid `data_offsets` [begin, end] in the header")))?;
         let n_elements = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d));
         let expected_bytes = n_elements.and_then(|n| n.checked_mul(dtype.size()));
         let (begin, end) = offsets;
@@ -126,7 +126,7 @@ pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelE
                 weights.insert(name.clone(), HostTensor::new(shape, dtype.decode(&data[begin..end])));
             }
             _ => {
-                return Err(ModelError::format(
+                return Err(FormatError::format(
                     path,
                     format!(
                         "tensor `{name}` ({dtype_name}, shape {shape:?}) occupies bytes {begin}..{end} of a {}-byte data section; expected {} bytes within it (truncated file or corrupt header)",
@@ -142,36 +142,36 @@ pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), ModelE
 
 /// Reads the weights of a Hugging Face checkpoint directory: `model.safetensors`,
 /// or the shards listed in `model.safetensors.index.json`.
-pub fn read_checkpoint_dir(dir: &Path) -> Result<WeightMap, ModelError> {
+pub fn read_checkpoint_dir(dir: &Path) -> Result<WeightMap, FormatError> {
     let mut weights = WeightMap::new(dir);
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() {
         read_file_into(&single, &mut weights)?;
     } else if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::format(&index, format!("not valid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&index).map_err(|e| FormatError::io(&index, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| FormatError::format(&index, format!("not valid JSON: {e}")))?;
         let map = json
             .get("weight_map")
             .and_then(Value::as_object)
-            .ok_or_else(|| ModelError::format(&index, "expected an object `weight_map` of tensor name -> shard file"))?;
+            .ok_or_else(|| FormatError::format(&index, "expected an object `weight_map` of tensor name -> shard file"))?;
         let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
         shards.sort_unstable();
         shards.dedup();
         for shard in shards {
             let shard_path = dir.join(shard);
             if !shard_path.is_file() {
-                return Err(ModelError::format(&index, format!("lists shard `{shard}`, which does not exist in {}", dir.display())));
+                return Err(FormatError::format(&index, format!("lists shard `{shard}`, which does not exist in {}", dir.display())));
             }
             read_file_into(&shard_path, &mut weights)?;
         }
         for name in map.keys() {
             if !weights.contains(name) {
-                return Err(ModelError::format(&index, format!("lists tensor `{name}`, which none of the shards holds")));
+                return Err(FormatError::format(&index, format!("lists tensor `{name}`, which none of the shards holds")));
             }
         }
     } else {
-        return Err(ModelError::format(
+        return Err(FormatError::format(
             dir,
             "expected `model.safetensors` or `model.safetensors.index.json` in this checkpoint directory; found neither",
         ));
@@ -190,7 +190,7 @@ pub struct TensorToWrite<'a> {
 }
 
 /// Writes tensors as one safetensors file, atomically (temp file + rename).
-pub fn write_file(path: &Path, tensors: &[TensorToWrite<'_>], metadata: &BTreeMap<String, String>) -> Result<(), ModelError> {
+pub fn write_file(path: &Path, tensors: &[TensorToWrite<'_>], metadata: &BTreeMap<String, String>) -> Result<(), FormatError> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
@@ -232,5 +232,5 @@ pub fn write_file(path: &Path, tensors: &[TensorToWrite<'_>], metadata: &BTreeMa
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     })();
-    result.map_err(|e| ModelError::io(path, e))
+    result.map_err(|e| FormatError::io(path, e))
 }

@@ -445,7 +445,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::gemm::PackedRhs;
-    use crate::testing::Rng;
+    use crate::rng::Rng;
 
     /// A weight [n, k] with about `zeros` of its values zero.
     fn pruned(n: usize, k: usize, zeros: f32, seed: u64) -> Vec<f32> {

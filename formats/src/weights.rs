@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::ModelError;
+use crate::error::FormatError;
 
 /// A dense row-major f32 tensor in host memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,14 +66,14 @@ impl WeightMap {
 
     /// The tensor called `name` with exactly the shape `expected`, or an error
     /// naming the file, the tensor and both shapes.
-    pub fn require(&self, name: &str, expected: &[usize], architecture: &str) -> Result<&HostTensor, ModelError> {
-        let tensor = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+    pub fn require(&self, name: &str, expected: &[usize], architecture: &str) -> Result<&HostTensor, FormatError> {
+        let tensor = self.tensors.get(name).ok_or_else(|| FormatError::MissingTensor {
             path: self.source.clone(),
             name: name.to_string(),
             architecture: architecture.to_string(),
         })?;
         if tensor.shape != expected {
-            return Err(ModelError::ShapeMismatch {
+            return Err(FormatError::ShapeMismatch {
                 path: self.source.clone(),
                 name: name.to_string(),
                 expected: expected.to_vec(),

@@ -418,7 +418,7 @@ pub(crate) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Rng;
+    use crate::rng::Rng;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);

@@ -766,7 +766,7 @@ mod tests {
     #[test]
     fn causal_softmax_matches_a_direct_computation() {
         // seq 3, two query heads per kv head: rows (i, r) = (0,0) (0,1) (1,0) (1,1) (2,0) (2,1).
-        let mut rng = crate::testing::Rng::new(9);
+        let mut rng = crate::rng::Rng::new(9);
         let scores: Vec<f32> = (0..18).map(|_| rng.next_f32() * 4.0).collect();
         let mut got = scores.clone();
         causal_softmax(&mut got, 3, 2, 3, 0, ScoreScale::plain(0.5), Causal { window: None });
@@ -784,7 +784,7 @@ mod tests {
     #[test]
     fn windowed_soft_capped_softmax_matches_a_direct_computation() {
         // seq 5, one query head per kv head, window 2, scale 0.5, cap 1.5.
-        let mut rng = crate::testing::Rng::new(4);
+        let mut rng = crate::rng::Rng::new(4);
         let scores: Vec<f32> = (0..25).map(|_| rng.next_f32() * 8.0 - 4.0).collect();
         let mut got = scores.clone();
         let score = ScoreScale { scale: 0.5, softcap: Some(1.5) };
@@ -831,7 +831,7 @@ mod tests {
         // Two sequences longer than a query block, 4 query heads on 2 kv heads.
         let shape = AttentionShape { batch: 2, seq: QUERY_BLOCK + 5, heads: 4, kv_heads: 2, head_dim: 4 };
         let (s, d, width) = (shape.seq, shape.head_dim, (shape.heads + 2 * shape.kv_heads) * shape.head_dim);
-        let mut rng = crate::testing::Rng::new(3);
+        let mut rng = crate::rng::Rng::new(3);
         let qkv: Vec<f32> = (0..shape.batch * s * width).map(|_| rng.next_f32()).collect();
         let (cos, sin): (Vec<f32>, Vec<f32>) = (0..s * d).map(|i| ((i as f32 * 0.1).cos(), (i as f32 * 0.1).sin())).unzip();
         let split = split_heads(&qkv, shape, &cos, &sin);
@@ -873,7 +873,7 @@ mod tests {
         // Weight rows not a multiple of a task's block or a tile, an inner
         // size with a tail; one and several rows of input.
         let (inner, cols) = (37, 2 * COLUMNS_PER_TASK + 7);
-        let mut rng = crate::testing::Rng::new(5);
+        let mut rng = crate::rng::Rng::new(5);
         let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32() - 0.5).collect();
         let x: Vec<f32> = (0..SMALL_MATMUL_ROWS * inner).map(|_| rng.next_f32() - 0.5).collect();
         let all = small_matmul(&x, SMALL_MATMUL_ROWS, &w, cols);
