@@ -103,6 +103,11 @@ impl WeightMap {
         self.tensors.is_empty()
     }
 
+    /// Takes the tensor called `name` out of the map, if present.
+    pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
+        self.tensors.remove(name)
+    }
+
     /// Mutable access to a tensor, e.g. to apply a pruning mask in place.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut HostTensor> {
         self.tensors.get_mut(name)

@@ -447,8 +447,9 @@ pub fn write_hf_dir(model: &LoadedModel, dir: &Path, dtype: OutputDtype) -> Resu
         });
         write_json("tokenizer_config.json", &tokenizer_config)?;
     }
+    let written = model.config.arch().hf_weights(&model.weights);
     let tensors: Vec<TensorToWrite<'_>> =
-        model.weights.iter().map(|(name, tensor)| TensorToWrite { name: name.as_str(), dtype: dtype.stored(), tensor }).collect();
+        written.iter().map(|(name, tensor)| TensorToWrite { name: name.as_str(), dtype: dtype.stored(), tensor }).collect();
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     model::safetensors::write_file(&dir.join("model.safetensors"), &tensors, &metadata).map_err(ModelError::from)?;
     Ok(())

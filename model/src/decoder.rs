@@ -24,6 +24,17 @@ use crate::nn::{soft_cap, Activation, Attention, HeadShape, Kernels, KvCache, La
 use crate::weights::{HostTensor, WeightMap};
 use kernels::Causal;
 
+/// LongRoPE's switch of rotary frequencies (Phi-3): a forward whose last
+/// position is at or past `from_length` uses `frequencies` (as transformers
+/// decides per forward call from the longest position it is given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LongRope {
+    /// Positions from which the long sets apply (the original context length).
+    pub from_length: usize,
+    /// The long sets, indexed like [`DecoderSpec::rope_frequencies`].
+    pub frequencies: Vec<Vec<f64>>,
+}
+
 /// What sets one decoder layer apart from the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerSpec {
@@ -80,6 +91,11 @@ pub struct DecoderSpec {
     pub embedding_scale: Option<f32>,
     /// The sets of inverse rotary frequencies (head_dim / 2 values each) that layers use.
     pub rope_frequencies: Vec<Vec<f64>>,
+    /// Sets that replace `rope_frequencies` in a forward whose positions
+    /// reach past a length (LongRoPE's long factors), if any.
+    pub long_rope: Option<LongRope>,
+    /// Factor of every rotary cosine and sine (LongRoPE's attention factor; 1 elsewhere).
+    pub rope_attention_factor: f64,
     /// One entry per decoder layer, bottom first.
     pub layers: Vec<LayerSpec>,
     /// Whether the LM head reuses the token embedding.
@@ -121,7 +137,11 @@ impl DecoderSpec {
         if self.head_dim % 2 != 0 {
             return Err(ModelError::config(path, format!("head_dim must be even for rotary embeddings; found {}", self.head_dim)));
         }
-        if let Some(bad) = self.rope_frequencies.iter().find(|f| f.len() != self.head_dim / 2) {
+        let long = self.long_rope.iter().flat_map(|l| &l.frequencies);
+        if self.long_rope.as_ref().is_some_and(|l| l.frequencies.len() != self.rope_frequencies.len()) {
+            return Err(ModelError::config(path, "expected as many long rotary tables as short ones"));
+        }
+        if let Some(bad) = self.rope_frequencies.iter().chain(long).find(|f| f.len() != self.head_dim / 2) {
             return Err(ModelError::config(
                 path,
                 format!("expected {} rotary frequencies (head_dim / 2); found {}", self.head_dim / 2, bad.len()),
@@ -205,6 +225,14 @@ impl DecoderSpec {
             out.push(("lm_head.weight".to_string(), vec![self.vocab_size, self.hidden_size]));
         }
         out
+    }
+
+    /// The rotary frequency sets of a forward whose positions run up to `end` (exclusive).
+    fn rope_frequencies_to(&self, end: usize) -> &[Vec<f64>] {
+        match &self.long_rope {
+            Some(long) if end > long.from_length => &long.frequencies,
+            _ => &self.rope_frequencies,
+        }
     }
 
     /// The distinct sliding windows of the layers (`None` for full attention).
@@ -480,17 +508,18 @@ impl Decoder {
 
     /// Context for a forward pass over `batch` sequences of `seq` tokens with the given kernels.
     pub fn context_with(&self, batch: usize, seq: usize, kernels: Kernels) -> ForwardContext {
+        let factor = self.spec.rope_attention_factor;
         let ropes = self
             .spec
-            .rope_frequencies
+            .rope_frequencies_to(seq)
             .iter()
             .map(|inv_freq| match kernels {
                 Kernels::Host => {
-                    let (cos, sin) = rope_values(inv_freq, seq);
+                    let (cos, sin) = rope_values(inv_freq, seq, factor);
                     RopeTables::Host { cos, sin }
                 }
                 Kernels::Tensor => {
-                    let (cos, sin) = rope_tables(inv_freq, seq, &self.device);
+                    let (cos, sin) = rope_tables(inv_freq, seq, factor, &self.device);
                     RopeTables::Tensor { cos, sin }
                 }
             })
@@ -575,17 +604,19 @@ impl Decoder {
             return Err(ModelError::Input(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
         }
         let positions = cache.positions(seq);
+        let end = positions.iter().flatten().max().map_or(0, |&p| p + 1);
+        let factor = self.spec.rope_attention_factor;
         let ropes = self
             .spec
-            .rope_frequencies
+            .rope_frequencies_to(end)
             .iter()
             .map(|inv_freq| match kernels {
                 Kernels::Host => {
-                    let (cos, sin) = rope_values_at(inv_freq, &positions);
+                    let (cos, sin) = rope_values_at(inv_freq, &positions, factor);
                     StepRope::Host { cos, sin }
                 }
                 Kernels::Tensor => {
-                    let (cos, sin) = rope_tables_at(inv_freq, &positions, &self.device);
+                    let (cos, sin) = rope_tables_at(inv_freq, &positions, factor, &self.device);
                     StepRope::Tensor { cos, sin }
                 }
             })

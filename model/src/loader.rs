@@ -96,7 +96,8 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ModelError> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::config(&config_path, format!("not valid JSON: {e}")))?;
     let config = ModelConfig::from_hf_json(&json, &config_path)?;
-    let weights = safetensors::read_checkpoint_dir(dir)?;
+    let mut weights = safetensors::read_checkpoint_dir(dir)?;
+    config.arch().from_hf_weights(&mut weights)?;
     check_tensors(&config, &weights)?;
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };

@@ -9,7 +9,16 @@ use std::path::PathBuf;
 use model::{load_model, select_device, DeviceChoice, Kernels};
 
 /// The families (and variants) with a fixture, by directory name.
-const CASES: &[&str] = &["llama", "llama31", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"];
+const CASES: &[&str] =
+    &["llama", "llama31", "mistral", "qwen2", "qwen3", "phi3", "phi3_longrope_short", "phi3_longrope_long", "gemma", "gemma2", "gemma3"];
+
+/// Transformers picks LongRoPE's factors per forward call from its last
+/// position, so a cache filled before the original length keeps keys
+/// rotated by the short factors; a full forward of a longer sequence uses
+/// the long ones throughout. Cached decoding then differs from the full
+/// forward by design, in transformers as here: that case is left out of
+/// the cached comparison.
+const CACHED_DIFFERS: &[&str] = &["phi3_longrope_long"];
 
 fn fixture(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(case)
@@ -42,7 +51,7 @@ fn every_family_matches_transformers_logits() {
 #[test]
 fn cached_decoding_matches_transformers_logits_on_every_family() {
     let device = select_device(DeviceChoice::Cpu).unwrap().device;
-    for case in CASES {
+    for case in CASES.iter().filter(|case| !CACHED_DIFFERS.contains(case)) {
         let dir = fixture(case);
         let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
         let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
@@ -63,4 +72,23 @@ fn cached_decoding_matches_transformers_logits_on_every_family() {
             }
         }
     }
+}
+
+#[test]
+fn fused_phi3_projections_split_on_loading_and_fuse_back_to_the_checkpoint_s_tensors() {
+    let dir = fixture("phi3_longrope_long");
+    let stored = model::safetensors::read_checkpoint_dir(&dir).unwrap();
+    let loaded = load_model(&dir).unwrap();
+    assert!(
+        loaded.weights.contains("model.layers.1.self_attn.k_proj.weight")
+            && !loaded.weights.contains("model.layers.1.mlp.gate_up_proj.weight")
+    );
+    let written = loaded.config.arch().hf_weights(&loaded.weights);
+    assert_eq!(written.len(), stored.len());
+    for (name, tensor) in &written {
+        assert_eq!(Some(tensor.as_ref()), stored.get(name), "{name} differs from the checkpoint's");
+    }
+    let json = loaded.config.to_hf_json();
+    let again = model::ModelConfig::from_hf_json(&json, std::path::Path::new("config.json")).unwrap();
+    assert_eq!(again, loaded.config, "the written config.json reads back to the same configuration");
 }

@@ -272,6 +272,8 @@ impl ArchConfig for GemmaConfig {
             final_softcap: self.final_logit_softcapping,
             embedding_scale: Some((self.dims.hidden_size as f64).sqrt() as f32),
             rope_frequencies,
+            long_rope: None,
+            rope_attention_factor: 1.0,
             layers,
             tie_word_embeddings: self.tie_word_embeddings,
             max_position_embeddings: self.max_position_embeddings,

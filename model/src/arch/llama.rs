@@ -134,6 +134,8 @@ impl ArchConfig for LlamaConfig {
             final_softcap: None,
             embedding_scale: None,
             rope_frequencies: vec![inverse_frequencies(self.dims.head_dim, self.rope_theta, self.rope_scaling.as_ref())],
+            long_rope: None,
+            rope_attention_factor: 1.0,
             layers: vec![LayerSpec { rope: 0, window: self.sliding_window }; self.dims.num_hidden_layers],
             tie_word_embeddings: self.tie_word_embeddings,
             max_position_embeddings: self.max_position_embeddings,

@@ -7,9 +7,11 @@
 
 pub mod gemma;
 pub mod llama;
+pub mod phi3;
 pub mod qwen3;
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use crate::decoder::DecoderSpec;
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::nn::RopeScaling;
+use crate::weights::{HostTensor, WeightMap};
 
 /// Copying and downcasting of a boxed [`ArchConfig`], for every cloneable configuration type.
 pub trait ArchBox {
@@ -54,6 +57,17 @@ pub trait ArchConfig: ArchBox + std::fmt::Debug + Send + Sync + 'static {
     /// What the loader does with the GGUF tensor `gguf_name`; `None` for a
     /// name the family does not know.
     fn gguf_tensor(&self, gguf_name: &str) -> Option<GgufTensor>;
+    /// Turns the tensors of a Hugging Face checkpoint into the decoder's
+    /// names (e.g. splits fused projections); most families store them so.
+    fn from_hf_weights(&self, _weights: &mut WeightMap) -> Result<(), ModelError> {
+        Ok(())
+    }
+    /// The tensors to write in a Hugging Face checkpoint of this family,
+    /// by name (e.g. fused projections again); most families write the
+    /// decoder's tensors as they are.
+    fn hf_weights<'w>(&self, weights: &'w WeightMap) -> Vec<(String, Cow<'w, HostTensor>)> {
+        weights.iter().map(|(name, tensor)| (name.clone(), Cow::Borrowed(tensor))).collect()
+    }
 }
 
 /// What the GGUF loader does with one tensor of the file.
@@ -98,7 +112,7 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen3::FAMILY, &gemma::FAMILY];
+pub const FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen3::FAMILY, &phi3::FAMILY, &gemma::FAMILY];
 
 /// More decoder layers than any real model has: a configuration declaring
 /// more is refused before anything is allocated per layer.

@@ -67,8 +67,9 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeSca
 
 /// Cosine and sine values of the rotary embedding for positions 0..len,
 /// each [len, head_dim] row-major with the frequencies repeated as in
-/// Hugging Face's `rotate_half` layout.
-pub fn rope_values(inv_freq: &[f64], len: usize) -> (Vec<f32>, Vec<f32>) {
+/// Hugging Face's `rotate_half` layout, both multiplied by `factor`
+/// (LongRoPE's attention factor; 1 elsewhere).
+pub fn rope_values(inv_freq: &[f64], len: usize, factor: f64) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(len * half * 2);
     let mut sin = Vec::with_capacity(len * half * 2);
@@ -76,8 +77,8 @@ pub fn rope_values(inv_freq: &[f64], len: usize) -> (Vec<f32>, Vec<f32>) {
         for _ in 0..2 {
             for f in inv_freq {
                 let angle = pos as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push((angle.cos() * factor) as f32);
+                sin.push((angle.sin() * factor) as f32);
             }
         }
     }
@@ -85,8 +86,8 @@ pub fn rope_values(inv_freq: &[f64], len: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// [`rope_values`] as tensors [len, head_dim] on `device`.
-pub fn rope_tables(inv_freq: &[f64], len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-    let (cos, sin) = rope_values(inv_freq, len);
+pub fn rope_tables(inv_freq: &[f64], len: usize, factor: f64, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let (cos, sin) = rope_values(inv_freq, len, factor);
     let shape = [len, 2 * inv_freq.len()];
     (from_values(cos, shape, device), from_values(sin, shape, device))
 }
@@ -116,14 +117,14 @@ pub fn apply_rope_rows(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor
 
 /// Cosine and sine tables [batch, 1, seq, head_dim] of the rotary embedding
 /// at the given positions ([batch][seq]), in Hugging Face's `rotate_half` layout.
-pub fn rope_tables_at(inv_freq: &[f64], positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
+pub fn rope_tables_at(inv_freq: &[f64], positions: &[Vec<usize>], factor: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
     let (batch, seq, d) = (positions.len(), positions.first().map_or(0, Vec::len), 2 * inv_freq.len());
-    let (cos, sin) = rope_values_at(inv_freq, positions);
+    let (cos, sin) = rope_values_at(inv_freq, positions, factor);
     (from_values(cos, [batch, 1, seq, d], device), from_values(sin, [batch, 1, seq, d], device))
 }
 
-/// The values of [`rope_tables_at`], [batch * seq, head_dim] row-major.
-pub fn rope_values_at(inv_freq: &[f64], positions: &[Vec<usize>]) -> (Vec<f32>, Vec<f32>) {
+/// The values of [`rope_tables_at`], [batch * seq, head_dim] row-major, multiplied by `factor`.
+pub fn rope_values_at(inv_freq: &[f64], positions: &[Vec<usize>], factor: f64) -> (Vec<f32>, Vec<f32>) {
     let d = 2 * inv_freq.len();
     let count = positions.iter().map(Vec::len).sum::<usize>();
     let mut cos = Vec::with_capacity(count * d);
@@ -132,8 +133,8 @@ pub fn rope_values_at(inv_freq: &[f64], positions: &[Vec<usize>]) -> (Vec<f32>, 
         for _ in 0..2 {
             for f in inv_freq {
                 let angle = pos as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push((angle.cos() * factor) as f32);
+                sin.push((angle.sin() * factor) as f32);
             }
         }
     }
@@ -155,7 +156,7 @@ mod tests {
         let device = cpu();
         // head_dim 4, theta 10000: inverse frequencies 1 and 10000^(-1/2) = 0.01.
         let inv_freq = [1.0, 0.01];
-        let (cos, sin) = rope_tables(&inv_freq, 2, &device);
+        let (cos, sin) = rope_tables(&inv_freq, 2, 1.0, &device);
         let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0], [1, 1, 2, 4]), &device);
         let out = apply_rope(x, &cos, &sin).into_data().try_into_vec::<f32>().unwrap();
         // Position 0 is unchanged; position 1 rotates (x0, x2) by 1 rad and (x1, x3) by 0.01 rad:
