@@ -18,6 +18,6 @@ pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use formats::{gguf, safetensors, tokenizer, weights};
-pub use formats::{HostTensor, WeightMap};
+pub use formats::{FormatError, HostTensor, WeightMap};
 pub use loader::{load_model, LoadedModel, ModelFormat};
 pub use nn::{shared_values, HostKv, Kernels, KvCache, LayerKv, LinearObserver};

@@ -12,6 +12,12 @@ use crate::HostTensor;
 
 pub use kernels::rng::Rng;
 
+/// The cpu device (burn's ndarray backend), for tests.
+#[allow(deprecated)]
+pub fn cpu() -> burn::tensor::Device {
+    burn::tensor::Device::ndarray()
+}
+
 /// The tiny model's hyper-parameters: 2 layers, hidden 64, GQA 4 query / 2 kv heads.
 pub struct TinyConfig {
     /// Vocabulary size.

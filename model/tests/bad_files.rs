@@ -3,7 +3,7 @@
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
 use model::testing::*;
-use model::{load_model, ModelError};
+use model::{load_model, FormatError, ModelError};
 
 fn error_of(path: &std::path::Path) -> String {
     match load_model(path) {
@@ -42,7 +42,10 @@ fn missing_tensor_is_named() {
     weights.remove("model.layers.1.mlp.up_proj.weight");
     write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
     let err = load_model(dir.path()).err().expect("must fail");
-    assert!(matches!(err, ModelError::MissingTensor { ref name, .. } if name == "model.layers.1.mlp.up_proj.weight"), "{err}");
+    assert!(
+        matches!(err, ModelError::File(FormatError::MissingTensor { ref name, .. }) if name == "model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
 }
 
 #[test]

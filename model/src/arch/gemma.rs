@@ -252,31 +252,15 @@ impl ArchConfig for GemmaConfig {
             })
             .collect();
         DecoderSpec {
-            architecture: self.model_type(),
-            vocab_size: self.dims.vocab_size,
-            hidden_size: self.dims.hidden_size,
-            intermediate_size: self.dims.intermediate_size,
-            heads: self.dims.num_attention_heads,
-            kv_heads: self.dims.num_key_value_heads,
-            head_dim: self.dims.head_dim,
-            norm_eps: self.dims.rms_norm_eps,
             norm_offset: 1.0,
             activation: Activation::GeluTanh,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
             qk_norm: self.version == GemmaVersion::Gemma3,
             sandwich_norms: self.version != GemmaVersion::Gemma1,
             attention_scale: self.query_pre_attn_scalar.powf(-0.5),
             attn_softcap: self.attn_logit_softcapping,
             final_softcap: self.final_logit_softcapping,
             embedding_scale: Some((self.dims.hidden_size as f64).sqrt() as f32),
-            rope_frequencies,
-            long_rope: None,
-            rope_attention_factor: 1.0,
-            layers,
-            tie_word_embeddings: self.tie_word_embeddings,
-            max_position_embeddings: self.max_position_embeddings,
+            ..self.dims.plain_spec(self.model_type(), rope_frequencies, layers, self.tie_word_embeddings, self.max_position_embeddings)
         }
     }
 

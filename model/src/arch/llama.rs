@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{as_f32, gguf_to_hf_name, hf_json_base, hf_rope, token_id, ArchConfig, Dims, Family, Fixup, GgufMeta, GgufTensor};
-use crate::decoder::{DecoderSpec, LayerSpec};
+use crate::decoder::{DecoderSpec, LayerSpec, LongRope};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::nn::rope::inverse_frequencies;
-use crate::nn::{Activation, RopeScaling};
+use crate::nn::RopeScaling;
 
 /// The family's entry in the registry.
 pub const FAMILY: Family = Family {
@@ -113,32 +113,17 @@ impl ArchConfig for LlamaConfig {
     }
 
     fn spec(&self) -> DecoderSpec {
+        let (head_dim, scaling) = (self.dims.head_dim, self.rope_scaling.as_ref());
+        let long = scaling.and_then(|s| s.long_frequencies(head_dim, self.rope_theta));
+        let layers = vec![LayerSpec { rope: 0, window: self.sliding_window }; self.dims.num_hidden_layers];
+        let rope = vec![inverse_frequencies(head_dim, self.rope_theta, scaling)];
         DecoderSpec {
-            architecture: self.model_type.clone(),
-            vocab_size: self.dims.vocab_size,
-            hidden_size: self.dims.hidden_size,
-            intermediate_size: self.dims.intermediate_size,
-            heads: self.dims.num_attention_heads,
-            kv_heads: self.dims.num_key_value_heads,
-            head_dim: self.dims.head_dim,
-            norm_eps: self.dims.rms_norm_eps,
-            norm_offset: 0.0,
-            activation: Activation::Silu,
             qkv_bias: self.attention_bias,
             o_bias: self.attention_bias && self.model_type != "qwen2",
             mlp_bias: self.mlp_bias,
-            qk_norm: false,
-            sandwich_norms: false,
-            attention_scale: 1.0 / (self.dims.head_dim as f64).sqrt(),
-            attn_softcap: None,
-            final_softcap: None,
-            embedding_scale: None,
-            rope_frequencies: vec![inverse_frequencies(self.dims.head_dim, self.rope_theta, self.rope_scaling.as_ref())],
-            long_rope: None,
-            rope_attention_factor: 1.0,
-            layers: vec![LayerSpec { rope: 0, window: self.sliding_window }; self.dims.num_hidden_layers],
-            tie_word_embeddings: self.tie_word_embeddings,
-            max_position_embeddings: self.max_position_embeddings,
+            long_rope: long.map(|(from_length, long)| LongRope { from_length, frequencies: vec![long] }),
+            rope_attention_factor: scaling.map_or(1.0, RopeScaling::attention_factor),
+            ..self.dims.plain_spec(self.model_type.clone(), rope, layers, self.tie_word_embeddings, self.max_position_embeddings)
         }
     }
 
@@ -150,6 +135,7 @@ impl ArchConfig for LlamaConfig {
         };
         let rope_scaling = match &self.rope_scaling {
             None | Some(RopeScaling::Factors { .. }) => Value::Null,
+            Some(long @ RopeScaling::LongRope { .. }) => serde_json::to_value(long).expect("serializable scaling"),
             Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
             Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
                 serde_json::json!({

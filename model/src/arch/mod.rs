@@ -17,10 +17,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::decoder::DecoderSpec;
+use crate::decoder::{DecoderSpec, LayerSpec};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::nn::RopeScaling;
+use crate::nn::{Activation, RopeScaling};
 use crate::weights::{HostTensor, WeightMap};
 
 /// Copying and downcasting of a boxed [`ArchConfig`], for every cloneable configuration type.
@@ -299,6 +299,47 @@ impl Dims {
         })
     }
 
+    /// A spec of these sizes with the choices most families make: SiLU
+    /// gating, no biases, no extra or per-head norms, scores scaled by
+    /// 1/sqrt(head_dim), no soft caps, unscaled embeddings and plain rotary
+    /// tables; a family changes what differs.
+    pub(crate) fn plain_spec(
+        &self,
+        architecture: String,
+        rope_frequencies: Vec<Vec<f64>>,
+        layers: Vec<LayerSpec>,
+        tie_word_embeddings: bool,
+        max_position_embeddings: usize,
+    ) -> DecoderSpec {
+        DecoderSpec {
+            architecture,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            norm_eps: self.rms_norm_eps,
+            norm_offset: 0.0,
+            activation: Activation::Silu,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            attention_scale: 1.0 / (self.head_dim as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            embedding_scale: None,
+            rope_frequencies,
+            long_rope: None,
+            rope_attention_factor: 1.0,
+            layers,
+            tie_word_embeddings,
+            max_position_embeddings,
+        }
+    }
+
     /// The `config.json` keys of these sizes from GGUF metadata (the
     /// `<arch>.` keys llama.cpp writes), for the family's `config.json` parser.
     pub(crate) fn hf_json_from_gguf(meta: &GgufMeta<'_>) -> Result<serde_json::Map<String, Value>, ModelError> {
@@ -374,16 +415,40 @@ pub(crate) fn hf_rope(
                     high_freq_factor: num("high_freq_factor")?,
                     original_max_position_embeddings: num("original_max_position_embeddings")?,
                 }),
+                "longrope" => Some(long_rope(json, s, path)?),
                 other => {
                     return Err(ModelError::config(
                         path,
-                        format!("unsupported rope scaling type `{other}`; supported: default, linear, llama3"),
+                        format!("unsupported rope scaling type `{other}`; supported: default, linear, llama3, longrope"),
                     ))
                 }
             }
         }
     };
     Ok((theta, scaling))
+}
+
+/// LongRoPE's scaling of a `config.json` whose rope parameters are `params`:
+/// the original context from the top level (which transformers prefers) or
+/// the parameters, and the attention factor given or transformers' default
+/// `sqrt(1 + ln(s) / ln(original))`, `s` = max_position_embeddings / original.
+fn long_rope(json: &Value, params: &Value, path: &Path) -> Result<RopeScaling, ModelError> {
+    let factors = |key: &str| -> Result<Vec<f64>, ModelError> {
+        let list =
+            params.get(key).and_then(Value::as_array).ok_or_else(|| ModelError::config(path, format!("longrope needs a list `{key}`")))?;
+        list.iter().map(|v| v.as_f64().ok_or_else(|| ModelError::config(path, format!("`{key}` holds {v}; expected numbers")))).collect()
+    };
+    let key = "original_max_position_embeddings";
+    let original = json.get(key).or_else(|| params.get(key)).and_then(Value::as_u64).filter(|&o| o > 1);
+    let original = original.ok_or_else(|| ModelError::config(path, format!("longrope needs `{key}` above 1")))? as usize;
+    let scale = json.get("max_position_embeddings").and_then(Value::as_f64).unwrap_or(original as f64) / original as f64;
+    let derived = if scale <= 1.0 { 1.0 } else { (1.0 + scale.ln() / (original as f64).ln()).sqrt() };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor: params.get("attention_factor").and_then(Value::as_f64).unwrap_or(derived),
+    })
 }
 
 /// GGUF metadata of one architecture, keys `<arch>.<key>`.
@@ -505,6 +570,50 @@ pub(crate) fn gguf_to_hf_name<'n>(name: &'n str, norms: impl Fn(&str) -> Option<
     let (module, suffix) = tail.rsplit_once('.')?;
     let hf = gguf_linear_module(module).or_else(|| if suffix == "weight" { norms(module) } else { None })?;
     Some((format!("model.layers.{layer}.{hf}.{suffix}"), module))
+}
+
+/// A fused projection of a checkpoint (e.g. Phi-3's `qkv_proj`): its
+/// tensor name and the decoder tensors it stacks, with their rows, in order.
+pub(crate) struct Fused {
+    /// Name of the fused tensor.
+    pub name: String,
+    /// Names and row counts of the parts, top to bottom.
+    pub parts: Vec<(String, usize)>,
+}
+
+/// Splits every fused tensor of `weights` into its parts (rows of [out, in] weights).
+pub(crate) fn split_fused(weights: &mut WeightMap, fused: &[Fused]) -> Result<(), ModelError> {
+    for Fused { name, parts } in fused {
+        let Some(tensor) = weights.remove(name) else { continue };
+        let rows: usize = parts.iter().map(|(_, r)| r).sum();
+        let &[out, cols] = tensor.shape.as_slice() else {
+            return Err(ModelError::format(weights.source(), format!("`{name}` has shape {:?}; expected [{rows}, in]", tensor.shape)));
+        };
+        if out != rows {
+            return Err(ModelError::format(weights.source(), format!("`{name}` has {out} rows; expected {rows}")));
+        }
+        let mut first = 0;
+        for (part, rows) in parts {
+            weights.insert(part.clone(), HostTensor::new(vec![*rows, cols], tensor.data[first * cols..(first + rows) * cols].to_vec()));
+            first += rows;
+        }
+    }
+    Ok(())
+}
+
+/// The tensors of `weights` with the parts of every fused tensor stacked into it again.
+pub(crate) fn join_fused<'w>(weights: &'w WeightMap, fused: &[Fused]) -> Vec<(String, Cow<'w, HostTensor>)> {
+    let mut out: Vec<(String, Cow<'w, HostTensor>)> = Vec::new();
+    let mut joined = std::collections::BTreeSet::new();
+    for Fused { name, parts } in fused {
+        let Some(tensors) = parts.iter().map(|(part, _)| weights.get(part)).collect::<Option<Vec<&HostTensor>>>() else { continue };
+        let cols = tensors[0].shape[1];
+        let data: Vec<f32> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
+        out.push((name.clone(), Cow::Owned(HostTensor::new(vec![data.len() / cols, cols], data))));
+        joined.extend(parts.iter().map(|(part, _)| part.as_str()));
+    }
+    out.extend(weights.iter().filter(|(name, _)| !joined.contains(name.as_str())).map(|(n, t)| (n.clone(), Cow::Borrowed(t))));
+    out
 }
 
 /// Undoes llama.cpp's row permutation of q/k projections (weights [heads *

@@ -219,10 +219,7 @@ pub fn attention_mask(seq: usize, window: Option<usize>, device: &Device) -> Ten
 mod tests {
     use super::*;
 
-    #[allow(deprecated)]
-    fn cpu() -> Device {
-        Device::ndarray()
-    }
+    use crate::testing::cpu;
 
     #[test]
     fn repeat_kv_maps_query_head_h_to_kv_head_h_over_rep() {

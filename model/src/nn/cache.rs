@@ -294,10 +294,7 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    #[allow(deprecated)]
-    fn cpu() -> Device {
-        Device::ndarray()
-    }
+    use crate::testing::cpu;
 
     #[test]
     fn positions_start_after_the_padding_and_continue_past_the_cache() {

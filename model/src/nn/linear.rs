@@ -162,10 +162,7 @@ impl Linear {
 mod tests {
     use super::*;
 
-    #[allow(deprecated)]
-    fn cpu() -> Device {
-        Device::ndarray()
-    }
+    use crate::testing::cpu;
 
     #[test]
     fn packed_and_tensor_weights_give_the_same_products() {

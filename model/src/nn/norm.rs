@@ -85,10 +85,7 @@ impl RmsNorm {
 mod tests {
     use super::*;
 
-    #[allow(deprecated)]
-    fn cpu() -> Device {
-        Device::ndarray()
-    }
+    use crate::testing::cpu;
 
     #[test]
     fn rms_norm_matches_hand_computation() {

@@ -34,6 +34,38 @@ pub enum RopeScaling {
         /// One divisor per rotary frequency (head_dim / 2 values).
         factors: Vec<f64>,
     },
+    /// LongRoPE (Phi-3): per-frequency divisors, short ones for a forward
+    /// within the original context and long ones for a forward reaching
+    /// past it, and a factor of every rotary cosine and sine.
+    #[serde(rename = "longrope")]
+    LongRope {
+        /// Divisors within the original context (head_dim / 2 values).
+        short_factor: Vec<f64>,
+        /// Divisors past it.
+        long_factor: Vec<f64>,
+        /// The context the model was trained with.
+        original_max_position_embeddings: usize,
+        /// Factor of every rotary cosine and sine.
+        attention_factor: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The factor of every rotary cosine and sine (LongRoPE's; 1 for the others).
+    pub fn attention_factor(&self) -> f64 {
+        match self {
+            RopeScaling::LongRope { attention_factor, .. } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// LongRoPE's long frequencies of base `theta` and the length past which
+    /// they apply; `None` for the other scalings.
+    pub fn long_frequencies(&self, head_dim: usize, theta: f64) -> Option<(usize, Vec<f64>)> {
+        let RopeScaling::LongRope { long_factor, original_max_position_embeddings, .. } = self else { return None };
+        let long = RopeScaling::Factors { factors: long_factor.clone() };
+        Some((*original_max_position_embeddings, inverse_frequencies(head_dim, theta, Some(&long))))
+    }
 }
 
 /// Inverse rotary frequencies (head_dim / 2 values) of base `theta`, scaled
@@ -44,7 +76,9 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeSca
     match scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
-        Some(RopeScaling::Factors { factors }) => base.iter().zip(factors).map(|(f, s)| f / s).collect(),
+        Some(RopeScaling::Factors { factors }) | Some(RopeScaling::LongRope { short_factor: factors, .. }) => {
+            base.iter().zip(factors).map(|(f, s)| f / s).collect()
+        }
         Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
             let low_freq_wavelen = original_max_position_embeddings / low_freq_factor;
             let high_freq_wavelen = original_max_position_embeddings / high_freq_factor;
@@ -70,19 +104,7 @@ pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeSca
 /// Hugging Face's `rotate_half` layout, both multiplied by `factor`
 /// (LongRoPE's attention factor; 1 elsewhere).
 pub fn rope_values(inv_freq: &[f64], len: usize, factor: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(len * half * 2);
-    let mut sin = Vec::with_capacity(len * half * 2);
-    for pos in 0..len {
-        for _ in 0..2 {
-            for f in inv_freq {
-                let angle = pos as f64 * f;
-                cos.push((angle.cos() * factor) as f32);
-                sin.push((angle.sin() * factor) as f32);
-            }
-        }
-    }
-    (cos, sin)
+    rope_values_at(inv_freq, &[(0..len).collect()], factor)
 }
 
 /// [`rope_values`] as tensors [len, head_dim] on `device`.
@@ -146,10 +168,7 @@ mod tests {
     use super::*;
     use burn::tensor::TensorData;
 
-    #[allow(deprecated)]
-    fn cpu() -> Device {
-        Device::ndarray()
-    }
+    use crate::testing::cpu;
 
     #[test]
     fn rope_rotates_pairs_half_a_head_apart() {
