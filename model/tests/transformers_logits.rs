@@ -92,3 +92,32 @@ fn fused_phi3_projections_split_on_loading_and_fuse_back_to_the_checkpoint_s_ten
     let again = model::ModelConfig::from_hf_json(&json, std::path::Path::new("config.json")).unwrap();
     assert_eq!(again, loaded.config, "the written config.json reads back to the same configuration");
 }
+
+#[test]
+fn every_family_matches_transformers_logits_on_wgpu() {
+    let adapters = model::device::wgpu_adapters();
+    if adapters.is_empty() {
+        eprintln!("no wgpu adapter: the wgpu half of the transformers comparison did not run");
+        return;
+    }
+    let device = select_device(DeviceChoice::Wgpu).unwrap().device;
+    for case in CASES {
+        let dir = fixture(case);
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let want: Vec<f64> = expected["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let network = load_model(&dir).unwrap().build(&device).unwrap();
+        let got = network.forward(&[tokens]).unwrap().into_data().try_into_vec::<f32>().unwrap();
+        let diff = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+        assert!(
+            diff < 1e-3,
+            "{case} on {:?}: max |subprune - transformers| = {diff}",
+            adapters.iter().map(|a| &a.name).collect::<Vec<_>>()
+        );
+    }
+}
