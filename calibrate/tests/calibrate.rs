@@ -4,9 +4,9 @@
 
 use calibrate::{calibrate, CalibrateOptions};
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::{load_model, select_device, DeviceChoice, LoadedModel};
 use sparsity::{Group, Method, Pattern};
+use testkit::*;
 
 fn tiny_model(dir: &std::path::Path, seed: u64) -> LoadedModel {
     write_hf_dir(dir, &TINY, &tiny_weights(&TINY, seed), StoredDtype::F32);

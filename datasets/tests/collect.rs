@@ -309,7 +309,7 @@ fn text_files_are_one_document_or_cut_at_line_boundaries() {
 }
 
 fn shared_data() -> PathBuf {
-    let p = model::testing::shared_data();
+    let p = testkit::shared_data();
     assert!(p.is_dir(), "{} is missing: the tests read the shared data sets beside the workspace (../shared/data)", p.display());
     p
 }

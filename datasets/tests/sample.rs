@@ -6,8 +6,8 @@ use artifacts::{read_provenance, read_samples, write_documents, ArtifactKind, Do
 use datasets::sample::{draw, SampleMode, SampleOptions};
 use datasets::{sample, DatasetsError};
 use model::safetensors::StoredDtype;
-use model::testing::{tiny_weights, write_hf_dir, TINY};
 use serde_json::json;
+use testkit::{tiny_weights, write_hf_dir, TINY};
 
 /// Writes a tiny HF model dir whose tokenizer maps word `wN` to id N (N < 90).
 fn tiny_model(dir: &Path) -> PathBuf {

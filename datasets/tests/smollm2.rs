@@ -8,8 +8,8 @@ use serde_json::json;
 
 #[test]
 fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
-    let gguf = model::testing::smollm2_gguf();
-    let data = model::testing::shared_data().join("mbpp/mbpp.jsonl");
+    let gguf = testkit::smollm2_gguf();
+    let data = testkit::shared_data().join("mbpp/mbpp.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let docs_path = dir.path().join("documents.parquet");
     let opts = CollectOptions {

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use evaluate::choice::*;
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::tokenizer::Tokenizer;
 use model::{load_model, select_device, DeviceChoice};
 use serde_json::json;
+use testkit::*;
 
 fn shared(sub: &str) -> PathBuf {
-    model::testing::shared_data().join(sub)
+    testkit::shared_data().join(sub)
 }
 
 fn reqs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 
 fn data() -> PathBuf {
-    model::testing::shared_data()
+    testkit::shared_data()
 }
 
 fn evaluate(args: &[&str]) -> (bool, String, String) {

@@ -18,7 +18,7 @@ struct Smol {
 fn smol() -> &'static Smol {
     static SMOL: OnceLock<Smol> = OnceLock::new();
     SMOL.get_or_init(|| {
-        let loaded = load_model(&model::testing::smollm2_gguf()).unwrap();
+        let loaded = load_model(&testkit::smollm2_gguf()).unwrap();
         let model = loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
         Smol { loaded, model }
     })

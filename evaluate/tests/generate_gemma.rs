@@ -16,7 +16,7 @@ struct Gemma {
 fn gemma() -> &'static Gemma {
     static GEMMA: OnceLock<Gemma> = OnceLock::new();
     GEMMA.get_or_init(|| {
-        let loaded = load_model(&model::testing::gemma3_gguf()).unwrap();
+        let loaded = load_model(&testkit::gemma3_gguf()).unwrap();
         let model = loaded.build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
         Gemma { loaded, model }
     })

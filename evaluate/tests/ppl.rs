@@ -6,8 +6,8 @@ use std::process::Command;
 use artifacts::{ArtifactKind, Provenance, Sample, SamplesInfo};
 use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, WindowNll, WindowSpec};
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::{load_model, select_device, DeviceChoice};
+use testkit::*;
 
 #[test]
 fn windows_are_non_overlapping_and_drop_the_tail() {

@@ -8,7 +8,7 @@ use evaluate::meteor::{count_chunks, meteor, meteor_detail, MeteorParams, Synony
 use evaluate::translation::{load_pairs, prompt as translation_prompt, Pair};
 
 fn shared(sub: &str) -> PathBuf {
-    model::testing::shared_data().join(sub)
+    testkit::shared_data().join(sub)
 }
 
 #[test]

@@ -9,9 +9,9 @@ use indicatif::ProgressBar;
 use mask::{ApplyOptions, MaskError, OutputDtype};
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
-use model::testing::{tiny_weights, write_gguf, write_hf_dir, TinyConfig, TINY};
 use serde_json::json;
 use sparsity::{Group, Method, Pattern};
+use testkit::{tiny_weights, write_gguf, write_hf_dir, TinyConfig, TINY};
 
 fn hidden() -> ProgressBar {
     ProgressBar::hidden()
@@ -424,7 +424,7 @@ fn masked_in_memory(model_path: &Path, mask_path: &Path) -> model::LoadedModel {
 #[test]
 fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = model::testing::Rng::new(17);
+    let mut rng = testkit::Rng::new(17);
     let vocab = TINY.vocab as f32;
     let windows: Vec<Vec<u32>> = (0..3).map(|_| (0..12).map(|_| ((rng.next_f32() + 1.0) / 2.0 * (vocab - 1.0)) as u32).collect()).collect();
     // A Hugging Face input pruned 50% per row, and a GGUF input (whose q and

@@ -11,7 +11,6 @@ pub mod device;
 pub mod error;
 pub mod loader;
 pub mod nn;
-pub mod testing;
 
 pub use arch::ModelConfig;
 pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};

@@ -130,7 +130,7 @@ fn gguf_names_follow_the_generation() {
 
 #[test]
 fn gguf_names_map_to_hugging_face_names() {
-    let config = LlamaConfig::from_hf_json(&model::testing::hf_config_json(&model::testing::TINY), path()).unwrap();
+    let config = LlamaConfig::from_hf_json(&testkit::hf_config_json(&testkit::TINY), path()).unwrap();
     let hf = |name: &str| match config.gguf_tensor(name) {
         Some(GgufTensor::Load { hf_name, .. }) => Some(hf_name),
         _ => None,

@@ -2,8 +2,8 @@
 
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::{load_model, FormatError, ModelError};
+use testkit::*;
 
 fn error_of(path: &std::path::Path) -> String {
     match load_model(path) {

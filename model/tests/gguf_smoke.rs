@@ -6,7 +6,7 @@ use model::gguf::GgufFile;
 
 #[test]
 fn real_model_opens_and_dequantizes() {
-    let path = model::testing::smollm2_gguf();
+    let path = testkit::smollm2_gguf();
     let f = GgufFile::open(&path).unwrap();
     let mut n = 0u64;
     for t in f.tensors() {

@@ -4,9 +4,9 @@
 //! left-padded rows compute what their tokens alone would.
 
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::Kernels;
 use model::{load_model, select_device, Decoder, DeviceChoice};
+use testkit::*;
 
 const TOKENS: [u32; 12] = [5, 17, 3, 95, 42, 0, 8, 61, 61, 30, 77, 1];
 

@@ -4,8 +4,8 @@
 
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
-use model::testing::*;
 use model::{load_model, select_device, DeviceChoice, ModelConfig};
+use testkit::*;
 
 /// 12 tokens, over twice the sliding window of 5.
 const TOKENS: [u32; 12] = [5, 17, 3, 95, 42, 0, 8, 61, 61, 30, 77, 1];

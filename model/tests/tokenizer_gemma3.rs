@@ -10,7 +10,7 @@ use model::tokenizer::Tokenizer;
 fn gemma3() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = model::testing::gemma3_gguf();
+        let path = testkit::gemma3_gguf();
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e:?}", path.display()));
         Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{e}"))
     })

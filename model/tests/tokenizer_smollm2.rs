@@ -12,7 +12,7 @@ use model::tokenizer::{Tokenizer, TokenizerError};
 fn smollm2() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = model::testing::smollm2_gguf();
+        let path = testkit::smollm2_gguf();
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e:?}", path.display()));
         Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{e}"))
     })
@@ -104,7 +104,7 @@ fn special_tokens_and_settings() {
 #[test]
 fn fingerprint_is_stable() {
     let a = smollm2().fingerprint();
-    let file = GgufFile::open(&model::testing::smollm2_gguf()).unwrap();
+    let file = GgufFile::open(&testkit::smollm2_gguf()).unwrap();
     let b = Tokenizer::from_gguf(&file).unwrap().fingerprint();
     assert_eq!(a, b);
     assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");

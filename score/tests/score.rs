@@ -6,10 +6,10 @@ use std::process::Command;
 use artifacts::{ArtifactKind, MaskInfo, MaskRow, ModuleStats, Provenance};
 use indicatif::ProgressBar;
 use model::safetensors::StoredDtype;
-use model::testing::{tiny_weights, write_hf_dir, Rng, TinyConfig, TINY};
 use score::ScoreError;
 use serde_json::json;
 use sparsity::Method;
+use testkit::{tiny_weights, write_hf_dir, Rng, TinyConfig, TINY};
 
 /// A tiny HF model in `dir/name`; returns its path and fingerprint.
 fn tiny_model(dir: &Path, name: &str, cfg: &TinyConfig, seed: u64) -> (PathBuf, String) {

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use args::arg;
 use kernels::gemm::{self, PackedRhs};
+use kernels::rng::Rng;
 use kernels::sparse_gemm::{self, SparseRhs};
-use model::testing::Rng;
 
 /// Deterministic values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {

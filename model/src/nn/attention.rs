@@ -219,7 +219,7 @@ pub fn attention_mask(seq: usize, window: Option<usize>, device: &Device) -> Ten
 mod tests {
     use super::*;
 
-    use crate::testing::cpu;
+    use testkit::cpu;
 
     #[test]
     fn repeat_kv_maps_query_head_h_to_kv_head_h_over_rep() {

@@ -294,7 +294,7 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    use crate::testing::cpu;
+    use testkit::cpu;
 
     #[test]
     fn positions_start_after_the_padding_and_continue_past_the_cache() {

@@ -162,11 +162,11 @@ impl Linear {
 mod tests {
     use super::*;
 
-    use crate::testing::cpu;
+    use testkit::cpu;
 
     #[test]
     fn packed_and_tensor_weights_give_the_same_products() {
-        let mut rng = crate::testing::Rng::new(11);
+        let mut rng = testkit::Rng::new(11);
         let mut host = |shape: Vec<usize>| {
             let data = (0..shape.iter().product::<usize>()).map(|_| rng.next_f32()).collect();
             HostTensor { shape, data }

@@ -85,7 +85,7 @@ impl RmsNorm {
 mod tests {
     use super::*;
 
-    use crate::testing::cpu;
+    use testkit::cpu;
 
     #[test]
     fn rms_norm_matches_hand_computation() {

@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use burn::tensor::TensorData;
 
-    use crate::testing::cpu;
+    use testkit::cpu;
 
     #[test]
     fn rope_rotates_pairs_half_a_head_apart() {

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::gguf::writer::GgufWriter;
-use crate::gguf::{GgmlType, GgufValue};
-use crate::safetensors::{write_file, StoredDtype, TensorToWrite};
-use crate::HostTensor;
+use formats::gguf::writer::GgufWriter;
+use formats::gguf::{GgmlType, GgufValue};
+use formats::safetensors::{write_file, StoredDtype, TensorToWrite};
+use formats::HostTensor;
 
 pub use kernels::rng::Rng;
 
@@ -183,7 +183,7 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &BTreeMap<String, Host
         }
         let gname = gguf_name(name);
         if t.shape.len() == 2 && quant == GgmlType::Q8_0 {
-            w.add_tensor(&gname, &t.shape, GgmlType::Q8_0, crate::gguf::quantize::quantize_q8_0(&data));
+            w.add_tensor(&gname, &t.shape, GgmlType::Q8_0, formats::gguf::quantize::quantize_q8_0(&data));
         } else {
             w.add_f32_tensor(&gname, &t.shape, &data);
         }
@@ -538,7 +538,7 @@ pub fn write_gemma_gguf(path: &Path, cfg: &TinyGemma, weights: &BTreeMap<String,
             let plus_one: Vec<f32> = t.data.iter().map(|v| v + 1.0).collect();
             w.add_f32_tensor(&gname, &t.shape, &plus_one);
         } else if t.shape.len() == 2 && quant == GgmlType::Q8_0 {
-            w.add_tensor(&gname, &t.shape, GgmlType::Q8_0, crate::gguf::quantize::quantize_q8_0(&t.data));
+            w.add_tensor(&gname, &t.shape, GgmlType::Q8_0, formats::gguf::quantize::quantize_q8_0(&t.data));
         } else {
             w.add_f32_tensor(&gname, &t.shape, &t.data);
         }
