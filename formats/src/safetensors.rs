@@ -1,6 +1,6 @@
 //! Reading and writing safetensors files (Hugging Face checkpoints), single
 //! or sharded with `model.safetensors.index.json`. f32, f16 and bf16 are
-//! read into f32.
+//! read into f32; files are parsed by Hugging Face's `safetensors` crate.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -96,46 +96,15 @@ pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), Format
             format!("safetensors header claims {header_len} bytes but the file has {available} bytes after the length field (truncated or not a safetensors file)"),
         ));
     }
-    let header_end = 8 + header_len as usize;
-    let header: BTreeMap<String, Value> = serde_json::from_slice(&bytes[8..header_end])
-        .map_err(|e| FormatError::format(path, format!("safetensors header is not a JSON object: {e}")))?;
-    let data = &bytes[header_end..];
-    for (name, entry) in &header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype_name = entry.get("dtype").and_then(Value::as_str).unwrap_or("<missing>");
-        let dtype = StoredDtype::parse(dtype_name)
+    // Hugging Face's parser checks that every tensor's bytes lie within the
+    // data section, match its shape and dtype, and overlap no other tensor's.
+    let parsed = ::safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| FormatError::format(path, format!("not a valid safetensors file: {e} (truncated file or corrupt header)")))?;
+    for (name, view) in parsed.tensors() {
+        let dtype_name = format!("{:?}", view.dtype());
+        let dtype = StoredDtype::parse(&dtype_name)
             .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
-        let shape: Vec<usize> = entry
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|dims| dims.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has no valid `shape` list in the header")))?;
-        let offsets = entry
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .filter(|o| o.len() == 2)
-            .and_then(|o| Some((o[0].as_u64()? as usize, o[1].as_u64()? as usize)))
-            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has no valid `data_offsets` [begin, end] in the header")))?;
-        let n_elements = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d));
-        let expected_bytes = n_elements.and_then(|n| n.checked_mul(dtype.size()));
-        let (begin, end) = offsets;
-        match expected_bytes {
-            Some(expected) if end >= begin && end - begin == expected && end <= data.len() => {
-                weights.insert(name.clone(), HostTensor::new(shape, dtype.decode(&data[begin..end])));
-            }
-            _ => {
-                return Err(FormatError::format(
-                    path,
-                    format!(
-                        "tensor `{name}` ({dtype_name}, shape {shape:?}) occupies bytes {begin}..{end} of a {}-byte data section; expected {} bytes within it (truncated file or corrupt header)",
-                        data.len(),
-                        expected_bytes.map_or("an overflowing number of".to_string(), |b| b.to_string())
-                    ),
-                ))
-            }
-        }
+        weights.insert(name, HostTensor::new(view.shape().to_vec(), dtype.decode(view.data())));
     }
     Ok(())
 }

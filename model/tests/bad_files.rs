@@ -82,13 +82,7 @@ fn unsupported_architecture_is_refused() {
 
 #[test]
 fn unsupported_safetensors_dtype_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), hf_config_json(&TINY).to_string()).unwrap();
-    let header = br#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header);
-    bytes.extend_from_slice(&[0u8; 8]);
-    std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+    let dir = raw_safetensors_dir(br#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#);
     let msg = error_of(dir.path());
     assert!(msg.contains("I64") && msg.contains("F32, F16, BF16"), "{msg}");
 }
@@ -133,4 +127,26 @@ fn gguf_missing_tensor_is_named_in_hugging_face_terms() {
     write_gguf(&path, &TINY, &weights, GgmlType::F32);
     let msg = error_of(&path);
     assert!(msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("tiny.gguf"), "{msg}");
+}
+
+#[test]
+fn overlapping_safetensors_tensors_are_refused() {
+    // Two tensors over the same 8 bytes: each lies within the file, but they overlap.
+    let dir = raw_safetensors_dir(
+        br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+    );
+    let msg = error_of(dir.path());
+    assert!(msg.contains("model.safetensors") && msg.contains("not a valid safetensors file"), "{msg}");
+}
+
+/// A checkpoint directory with the tiny config and a `model.safetensors`
+/// of the given JSON header followed by 8 zero bytes of data.
+fn raw_safetensors_dir(header: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), hf_config_json(&TINY).to_string()).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 8]);
+    std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+    dir
 }
