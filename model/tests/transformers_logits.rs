@@ -121,3 +121,41 @@ fn every_family_matches_transformers_logits_on_wgpu() {
         );
     }
 }
+
+/// The fixtures llama.cpp's converter turned into f32 GGUF files
+/// (`make_ggufs.py`), with the positions at which the GGUF model is still
+/// the checkpoint's. The converter drops Mistral's sliding window, which
+/// changes nothing before the window of 4 positions; Gemma 2's
+/// query_pre_attn_scalar (llama.cpp scales by head_dim) and Gemma 3's layer
+/// pattern (llama.cpp then makes both tiny layers sliding, so the global
+/// layer loses its rotary base), which change nothing at the first position
+/// only, where every query sees one key at rotary angle 0.
+const GGUF_CASES: &[(&str, usize)] =
+    &[("llama", 12), ("llama31", 12), ("mistral", 4), ("qwen2", 12), ("qwen3", 12), ("gemma", 12), ("gemma2", 1), ("gemma3", 1)];
+
+#[test]
+fn gguf_files_written_by_llama_cpp_match_transformers_logits() {
+    let device = select_device(DeviceChoice::Cpu).unwrap().device;
+    for &(case, agree) in GGUF_CASES {
+        let dir = fixture(case);
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+        let loaded = load_model(&dir.join("model-f32.gguf")).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let from_hf = load_model(&dir).unwrap();
+        assert_eq!(
+            loaded.config.expected_tensors(),
+            from_hf.config.expected_tensors(),
+            "{case}: the GGUF and the checkpoint hold the same tensors"
+        );
+        let vocab = loaded.config.vocab_size();
+        let network = loaded.build(&device).unwrap();
+        for kernels in [Kernels::Host, Kernels::Tensor] {
+            let got = network.forward_with(&[tokens.clone()], kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
+            for (position, row) in got.chunks(vocab).take(agree).enumerate() {
+                let want = expected["logits"][position].as_array().unwrap();
+                let diff = row.iter().zip(want).map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+                assert!(diff < 1e-4, "{case} GGUF ({kernels:?}), position {position}: max |subprune - transformers| = {diff}");
+            }
+        }
+    }
+}

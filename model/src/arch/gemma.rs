@@ -177,7 +177,7 @@ impl GemmaConfig {
     /// Reads the configuration from GGUF metadata (`general.architecture`
     /// gemma, gemma2 or gemma3), as the `config.json` it stands for, with
     /// llama.cpp's defaults for what the file does not say: Gemma 3's local
-    /// rotary base 10000 and its pattern of five local layers then one
+    /// rotary base (`rope.freq_base_swa`, else 10000) and its pattern of five local layers then one
     /// global; the attention scale of head_dim, except for the 27B models
     /// (46 and 62 layers) that use hidden / heads.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
@@ -200,6 +200,7 @@ impl GemmaConfig {
             ("attn_logit_softcapping", caps("attn_logit_softcapping").into()),
             ("final_logit_softcapping", caps("final_logit_softcapping").into()),
             ("pad_token_id", meta.token("padding_token_id").into()),
+            ("rope_local_base_freq", meta.opt_f64("rope.freq_base_swa").into()),
         ] {
             json.insert(key.to_string(), value);
         }
