@@ -185,6 +185,7 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
         }
         weights.insert(hf, HostTensor::new(shape, data));
     }
+    config.arch().from_hf_weights(&mut weights)?;
     finish_gguf(path, &file, config, weights)
 }
 

@@ -130,8 +130,19 @@ fn every_family_matches_transformers_logits_on_wgpu() {
 /// pattern (llama.cpp then makes both tiny layers sliding, so the global
 /// layer loses its rotary base), which change nothing at the first position
 /// only, where every query sees one key at rotary angle 0.
-const GGUF_CASES: &[(&str, usize)] =
-    &[("llama", 12), ("llama31", 12), ("mistral", 4), ("qwen2", 12), ("qwen3", 12), ("gemma", 12), ("gemma2", 1), ("gemma3", 1)];
+const GGUF_CASES: &[(&str, usize)] = &[
+    ("llama", 12),
+    ("llama31", 12),
+    ("mistral", 4),
+    ("qwen2", 12),
+    ("qwen3", 12),
+    ("phi3", 12),
+    ("phi3_longrope_short", 12),
+    ("phi3_longrope_long", 12),
+    ("gemma", 12),
+    ("gemma2", 1),
+    ("gemma3", 1),
+];
 
 #[test]
 fn gguf_files_written_by_llama_cpp_match_transformers_logits() {

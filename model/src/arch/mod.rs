@@ -57,8 +57,9 @@ pub trait ArchConfig: ArchBox + std::fmt::Debug + Send + Sync + 'static {
     /// What the loader does with the GGUF tensor `gguf_name`; `None` for a
     /// name the family does not know.
     fn gguf_tensor(&self, gguf_name: &str) -> Option<GgufTensor>;
-    /// Turns the tensors of a Hugging Face checkpoint into the decoder's
-    /// names (e.g. splits fused projections); most families store them so.
+    /// Turns the tensors of a checkpoint, under Hugging Face names (after a
+    /// GGUF's fixups), into the decoder's (e.g. splits fused projections);
+    /// most families store them so.
     fn from_hf_weights(&self, _weights: &mut WeightMap) -> Result<(), ModelError> {
         Ok(())
     }

@@ -9,18 +9,19 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::llama::LlamaConfig;
-use super::{join_fused, split_fused, ArchConfig, Family, Fused, GgufTensor};
+use super::{gguf_to_hf_name, join_fused, split_fused, ArchConfig, Dims, Family, Fixup, Fused, GgufMeta, GgufTensor};
 use crate::decoder::DecoderSpec;
 use crate::error::ModelError;
+use crate::gguf::GgufFile;
 use crate::nn::RopeScaling;
 use crate::weights::{HostTensor, WeightMap};
 
-/// The family's entry in the registry (Hugging Face checkpoints only).
+/// The family's entry in the registry.
 pub const FAMILY: Family = Family {
     hf_model_types: &["phi3"],
-    gguf_architectures: &[],
+    gguf_architectures: &["phi3"],
     from_hf_json: |json, path| Ok(Box::new(Phi3Config::from_hf_json(json, path)?)),
-    from_gguf: |file| Err(ModelError::config(file.path(), "Phi-3 GGUF files are not supported; use its Hugging Face checkpoint")),
+    from_gguf: |file| Ok(Box::new(Phi3Config::from_gguf(file)?)),
 };
 
 /// Hyper-parameters of a Phi-3 decoder: those of the Llama family, with its sliding window.
@@ -39,8 +40,31 @@ impl Phi3Config {
             ));
         }
         let mut config = LlamaConfig::from_hf_json(json, path)?;
-        config.sliding_window = json.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
+        // llama.cpp's converter writes "no window" as 0.
+        config.sliding_window = json.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize);
         Ok(Phi3Config(config))
+    }
+
+    /// Reads the configuration from GGUF metadata (`general.architecture`
+    /// phi3), as the `config.json` it stands for: LongRoPE's factors come
+    /// from the tensors `rope_factors_short` and `rope_factors_long`.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
+        let meta = GgufMeta::new(file, FAMILY.gguf_architectures, "Phi-3")?;
+        let mut json = Dims::hf_json_from_gguf(&meta)?;
+        json.insert("model_type".into(), "phi3".into());
+        json.insert("sliding_window".into(), meta.opt_int("attention.sliding_window").into());
+        if meta.has_tensor("rope_factors_long.weight") {
+            let factors = |name: &str| file.tensor_f32(name).map(|f| f.into_iter().map(f64::from).collect::<Vec<f64>>());
+            let rope = serde_json::json!({
+                "rope_type": "longrope",
+                "short_factor": factors("rope_factors_short.weight")?,
+                "long_factor": factors("rope_factors_long.weight")?,
+                "original_max_position_embeddings": meta.opt_int("rope.scaling.original_context_length"),
+                "attention_factor": meta.opt_f64("rope.scaling.attn_factor"),
+            });
+            json.insert("rope_scaling".into(), rope);
+        }
+        Self::from_hf_json(&Value::Object(json), file.path())
     }
 
     /// The fused projections of every layer.
@@ -86,8 +110,22 @@ impl ArchConfig for Phi3Config {
         self.0.canonical_json()
     }
 
-    fn gguf_tensor(&self, _gguf_name: &str) -> Option<GgufTensor> {
-        None
+    /// llama.cpp keeps Phi-3's fused projections (`attn_qkv`, and `ffn_up`
+    /// holding gate and up) and its LongRoPE factors as tensors; q/k rows
+    /// are not permuted.
+    fn gguf_tensor(&self, gguf_name: &str) -> Option<GgufTensor> {
+        if matches!(gguf_name, "rope_factors_long.weight" | "rope_factors_short.weight") {
+            return Some(GgufTensor::Skip);
+        }
+        let norms = |module: &str| match module {
+            "attn_norm" => Some("input_layernorm"),
+            "ffn_norm" => Some("post_attention_layernorm"),
+            "attn_qkv" => Some("self_attn.qkv_proj"),
+            _ => None,
+        };
+        let (hf_name, module) = gguf_to_hf_name(gguf_name, norms)?;
+        let hf_name = if module == "ffn_up" { hf_name.replace(".mlp.up_proj.", ".mlp.gate_up_proj.") } else { hf_name };
+        Some(GgufTensor::Load { hf_name, fixup: Fixup::None })
     }
 
     fn from_hf_weights(&self, weights: &mut WeightMap) -> Result<(), ModelError> {
