@@ -1,7 +1,8 @@
 //! Every supported family against Hugging Face transformers: tiny random
 //! checkpoints (2 layers) written by transformers, with its logits on a
 //! fixed token sequence (`tests/fixtures/hf_tiny`, made by
-//! `make_fixtures.py` there). Our forward, with the host kernels and with
+//! `make_fixtures.py` there), and the GGUF files llama.cpp's converter made
+//! of them (`make_ggufs.py`). Our forward, with the host kernels and with
 //! tensor ops, matches them within 1e-4.
 
 use std::path::PathBuf;
@@ -20,29 +21,67 @@ const CASES: &[&str] =
 /// the cached comparison.
 const CACHED_DIFFERS: &[&str] = &["phi3_longrope_long"];
 
-fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(case)
+/// The fixtures llama.cpp's converter turned into f32 GGUF files, with the
+/// positions at which the GGUF model is still the checkpoint's. The
+/// converter drops Mistral's sliding window, which changes nothing before
+/// the window of 4 positions; Gemma 2's query_pre_attn_scalar (llama.cpp
+/// scales by head_dim) and Gemma 3's layer pattern (llama.cpp then makes
+/// both tiny layers sliding, so the global layer loses its rotary base),
+/// which change nothing at the first position only, where every query sees
+/// one key at rotary angle 0.
+const GGUF_CASES: &[(&str, usize)] = &[
+    ("llama", 12),
+    ("llama31", 12),
+    ("mistral", 4),
+    ("qwen2", 12),
+    ("qwen3", 12),
+    ("phi3", 12),
+    ("phi3_longrope_short", 12),
+    ("phi3_longrope_long", 12),
+    ("gemma", 12),
+    ("gemma2", 1),
+    ("gemma3", 1),
+];
+
+/// One fixture: its directory, its tokens and transformers' logits on them.
+struct Fixture {
+    dir: PathBuf,
+    tokens: Vec<u32>,
+    /// One row of vocabulary logits per token.
+    logits: Vec<Vec<f64>>,
+}
+
+fn fixture(case: &str) -> Fixture {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(case);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let numbers = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+    let tokens = numbers(&json["tokens"]).into_iter().map(|t| t as u32).collect();
+    let logits = json["logits"].as_array().unwrap().iter().map(numbers).collect();
+    Fixture { dir, tokens, logits }
+}
+
+/// Largest |ours - transformers'| over the rows of `got` ([rows, vocab],
+/// row-major) against transformers' rows from `first` on.
+fn max_diff(got: &[f32], want: &[Vec<f64>], first: usize) -> f64 {
+    let vocab = want[0].len();
+    got.chunks(vocab).zip(&want[first..]).flat_map(|(g, w)| g.iter().zip(w).map(|(g, w)| (f64::from(*g) - w).abs())).fold(0.0, f64::max)
+}
+
+fn logits(t: burn::tensor::Tensor<3>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
 }
 
 #[test]
 fn every_family_matches_transformers_logits() {
     let device = select_device(DeviceChoice::Cpu).unwrap().device;
     for case in CASES {
-        let dir = fixture(case);
-        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let want: Vec<f64> = expected["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
-            .collect();
-        let loaded = load_model(&dir).unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert_eq!(want.len(), tokens.len() * loaded.config.vocab_size(), "{case}: logits.json holds one row per token");
+        let f = fixture(case);
+        let loaded = load_model(&f.dir).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(f.logits.len(), f.tokens.len(), "{case}: logits.json holds one row per token");
+        assert_eq!(f.logits[0].len(), loaded.config.vocab_size(), "{case}: logits.json rows are as long as the vocabulary");
         let network = loaded.build(&device).unwrap();
         for kernels in [Kernels::Host, Kernels::Tensor] {
-            let got = network.forward_with(&[tokens.clone()], kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
-            let diff = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+            let diff = max_diff(&logits(network.forward_with(&[f.tokens.clone()], kernels).unwrap()), &f.logits, 0);
             assert!(diff < 1e-4, "{case} ({kernels:?}): max |subprune - transformers| = {diff}");
         }
     }
@@ -52,22 +91,15 @@ fn every_family_matches_transformers_logits() {
 fn cached_decoding_matches_transformers_logits_on_every_family() {
     let device = select_device(DeviceChoice::Cpu).unwrap().device;
     for case in CASES.iter().filter(|case| !CACHED_DIFFERS.contains(case)) {
-        let dir = fixture(case);
-        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let network = load_model(&dir).unwrap().build(&device).unwrap();
-        let vocab = network.spec().vocab_size;
+        let f = fixture(case);
+        let network = load_model(&f.dir).unwrap().build(&device).unwrap();
         for kernels in [Kernels::Host, Kernels::Tensor] {
             let mut cache = network.new_cache(1);
             let mut start = 0;
             for piece in [5, 1, 4, 2] {
-                let step = vec![tokens[start..start + piece].to_vec()];
-                let got = network.forward_cached_with(&step, &mut cache, kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
-                for (i, row) in got.chunks(vocab).enumerate() {
-                    let want = expected["logits"][start + i].as_array().unwrap();
-                    let diff = row.iter().zip(want).map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs()).fold(0.0, f64::max);
-                    assert!(diff < 1e-4, "{case} ({kernels:?}), position {}: max |cached - transformers| = {diff}", start + i);
-                }
+                let step = vec![f.tokens[start..start + piece].to_vec()];
+                let diff = max_diff(&logits(network.forward_cached_with(&step, &mut cache, kernels).unwrap()), &f.logits, start);
+                assert!(diff < 1e-4, "{case} ({kernels:?}), positions {start}..{}: max |cached - transformers| = {diff}", start + piece);
                 start += piece;
             }
         }
@@ -76,7 +108,7 @@ fn cached_decoding_matches_transformers_logits_on_every_family() {
 
 #[test]
 fn fused_phi3_projections_split_on_loading_and_fuse_back_to_the_checkpoint_s_tensors() {
-    let dir = fixture("phi3_longrope_long");
+    let dir = fixture("phi3_longrope_long").dir;
     let stored = model::safetensors::read_checkpoint_dir(&dir).unwrap();
     let loaded = load_model(&dir).unwrap();
     assert!(
@@ -102,71 +134,28 @@ fn every_family_matches_transformers_logits_on_wgpu() {
     }
     let device = select_device(DeviceChoice::Wgpu).unwrap().device;
     for case in CASES {
-        let dir = fixture(case);
-        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let want: Vec<f64> = expected["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
-            .collect();
-        let network = load_model(&dir).unwrap().build(&device).unwrap();
-        let got = network.forward(&[tokens]).unwrap().into_data().try_into_vec::<f32>().unwrap();
-        let diff = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
-        assert!(
-            diff < 1e-3,
-            "{case} on {:?}: max |subprune - transformers| = {diff}",
-            adapters.iter().map(|a| &a.name).collect::<Vec<_>>()
-        );
+        let f = fixture(case);
+        let network = load_model(&f.dir).unwrap().build(&device).unwrap();
+        let diff = max_diff(&logits(network.forward(&[f.tokens]).unwrap()), &f.logits, 0);
+        let names: Vec<&String> = adapters.iter().map(|a| &a.name).collect();
+        assert!(diff < 1e-3, "{case} on {names:?}: max |subprune - transformers| = {diff}");
     }
 }
-
-/// The fixtures llama.cpp's converter turned into f32 GGUF files
-/// (`make_ggufs.py`), with the positions at which the GGUF model is still
-/// the checkpoint's. The converter drops Mistral's sliding window, which
-/// changes nothing before the window of 4 positions; Gemma 2's
-/// query_pre_attn_scalar (llama.cpp scales by head_dim) and Gemma 3's layer
-/// pattern (llama.cpp then makes both tiny layers sliding, so the global
-/// layer loses its rotary base), which change nothing at the first position
-/// only, where every query sees one key at rotary angle 0.
-const GGUF_CASES: &[(&str, usize)] = &[
-    ("llama", 12),
-    ("llama31", 12),
-    ("mistral", 4),
-    ("qwen2", 12),
-    ("qwen3", 12),
-    ("phi3", 12),
-    ("phi3_longrope_short", 12),
-    ("phi3_longrope_long", 12),
-    ("gemma", 12),
-    ("gemma2", 1),
-    ("gemma3", 1),
-];
 
 #[test]
 fn gguf_files_written_by_llama_cpp_match_transformers_logits() {
     let device = select_device(DeviceChoice::Cpu).unwrap().device;
     for &(case, agree) in GGUF_CASES {
-        let dir = fixture(case);
-        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
-        let tokens: Vec<u32> = expected["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
-        let loaded = load_model(&dir.join("model-f32.gguf")).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let from_hf = load_model(&dir).unwrap();
-        assert_eq!(
-            loaded.config.expected_tensors(),
-            from_hf.config.expected_tensors(),
-            "{case}: the GGUF and the checkpoint hold the same tensors"
-        );
-        let vocab = loaded.config.vocab_size();
+        let f = fixture(case);
+        let loaded = load_model(&f.dir.join("model-f32.gguf")).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let from_hf = load_model(&f.dir).unwrap();
+        let same = loaded.config.expected_tensors() == from_hf.config.expected_tensors();
+        assert!(same, "{case}: the GGUF and the checkpoint hold the same tensors");
         let network = loaded.build(&device).unwrap();
         for kernels in [Kernels::Host, Kernels::Tensor] {
-            let got = network.forward_with(&[tokens.clone()], kernels).unwrap().into_data().try_into_vec::<f32>().unwrap();
-            for (position, row) in got.chunks(vocab).take(agree).enumerate() {
-                let want = expected["logits"][position].as_array().unwrap();
-                let diff = row.iter().zip(want).map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs()).fold(0.0, f64::max);
-                assert!(diff < 1e-4, "{case} GGUF ({kernels:?}), position {position}: max |subprune - transformers| = {diff}");
-            }
+            let tokens = vec![f.tokens[..agree].to_vec()];
+            let diff = max_diff(&logits(network.forward_with(&tokens, kernels).unwrap()), &f.logits, 0);
+            assert!(diff < 1e-4, "{case} GGUF ({kernels:?}), positions 0..{agree}: max |subprune - transformers| = {diff}");
         }
     }
 }
