@@ -2,7 +2,8 @@
 //!
 //! Each [`Step`] is one run of a stage binary: its arguments, the files it
 //! reads and the files (or directories) it writes. A step's *recipe* is a hash
-//! of its program, its arguments (less the ones that only change speed or
+//! of its program (its name and the content hash of its binary, so a rebuilt
+//! stage reruns), its arguments (less the ones that only change speed or
 //! display, see [`NEUTRAL_FLAGS`]) and the content hashes of its inputs. The
 //! run directory's ledger records, for every step that succeeded, its recipe
 //! and the content hashes of its outputs. A step is reused when its recipe is
@@ -86,6 +87,12 @@ impl Step {
 pub trait Runner {
     /// Runs `step`; an error stops the graph.
     fn run(&mut self, step: &Step) -> Result<()>;
+
+    /// The file that is `program`, whose content enters the recipes of its
+    /// steps; `None` where there is no such file (a fake stage).
+    fn program_file(&self, _program: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// What one execution of a graph did.
@@ -156,7 +163,7 @@ impl Graph {
         }
         let mut outcome = Outcome::default();
         for (i, step) in steps.iter().enumerate() {
-            let recipe = self.recipe(step)?;
+            let recipe = self.recipe(step, runner.program_file(&step.program))?;
             let fresh = !step.always && self.is_fresh(step, &recipe)?;
             let label = format!("[{}/{}] {}", i + 1, steps.len(), step.name);
             if fresh {
@@ -183,10 +190,18 @@ impl Graph {
         Ok(outcome)
     }
 
-    /// The recipe of a step: program, result-determining arguments, input content hashes.
-    fn recipe(&mut self, step: &Step) -> Result<String> {
+    /// The recipe of a step: program (name, and content of `program_file`),
+    /// result-determining arguments, input content hashes.
+    fn recipe(&mut self, step: &Step, program_file: Option<PathBuf>) -> Result<String> {
         let mut h = Sha256::new();
         h.update(step.program.as_bytes());
+        if let Some(file) = program_file {
+            if !file.is_file() {
+                bail!("step `{}` runs {}, which does not exist (build the workspace first)", step.name, file.display());
+            }
+            h.update([2]);
+            h.update(self.hash(&file)?.as_bytes());
+        }
         for arg in step.result_args() {
             h.update([0]);
             h.update(arg.as_bytes());
@@ -294,6 +309,10 @@ impl Runner for BinaryRunner {
         }
         crate::process::run_checked(&mut cmd)
     }
+
+    fn program_file(&self, program: &str) -> Option<PathBuf> {
+        Some(self.bin_dir.join(program))
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +389,56 @@ mod tests {
         assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), ["mask a", "report"]);
         fs::write(dir.join("stats"), "tampered").unwrap();
         assert_eq!(run(dir, &pipeline(dir, "1", "wanda-b", "cpu")), ["calibrate", "report"]);
+    }
+
+    /// The fake stages as files in a directory, so their content enters the
+    /// recipes; each output also holds its program's bytes, as a changed
+    /// program writes different results.
+    struct FakeBinaries {
+        bin: PathBuf,
+        fake: FakeRunner,
+    }
+
+    impl Runner for FakeBinaries {
+        fn run(&mut self, step: &Step) -> Result<()> {
+            self.fake.run(step)?;
+            let program = fs::read(self.bin.join(&step.program))?;
+            for output in &step.outputs {
+                let mut content = fs::read(output)?;
+                content.extend_from_slice(&program);
+                fs::write(output, content)?;
+            }
+            Ok(())
+        }
+
+        fn program_file(&self, program: &str) -> Option<PathBuf> {
+            Some(self.bin.join(program))
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_stage_reruns_with_everything_downstream_and_nothing_upstream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, bin) = (tmp.path().join("run"), tmp.path().join("bin"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&bin).unwrap();
+        for program in ["datasets", "calibrate", "score", "mask", "analyze"] {
+            fs::write(bin.join(program), format!("{program} v1")).unwrap();
+        }
+        fs::write(dir.join("corpus.txt"), "x").unwrap();
+        let steps = pipeline(&dir, "0", "magnitude", "cpu");
+        let run = |steps: &[Step]| {
+            let mut runner = FakeBinaries { bin: bin.clone(), fake: FakeRunner::default() };
+            Graph::open(&dir).unwrap().execute(steps, &mut runner).unwrap().ran
+        };
+        assert_eq!(run(&steps).len(), steps.len());
+        assert_eq!(run(&steps), ["report"], "nothing changed: only the always-run step reruns");
+        fs::write(bin.join("calibrate"), "calibrate v2").unwrap();
+        assert_eq!(run(&steps), ["calibrate", "score a", "mask a", "score b", "mask b", "report"]);
+        fs::remove_file(bin.join("mask")).unwrap();
+        let mut runner = FakeBinaries { bin: bin.clone(), fake: FakeRunner::default() };
+        let err = Graph::open(&dir).unwrap().execute(&steps, &mut runner).unwrap_err().to_string();
+        assert!(err.contains("mask a") && err.contains("does not exist"), "{err}");
     }
 
     #[test]
