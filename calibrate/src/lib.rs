@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use artifacts::ModuleStats;
 use burn::tensor::{Device, Tensor, TensorData};
 use model::LinearObserver;
-use model::{BlasThreads, LoadedModel, ModelError, WeightMap};
+use model::{BlasThreads, Decoder, LoadedModel, ModelError, WeightMap};
 use rayon::prelude::*;
 use sparsity::{Group, Method, Pattern, SparsityError};
 
@@ -206,7 +206,11 @@ pub fn calibrate(
         return Err(CalibrateError::Input("expected at least one non-empty calibration sample".into()));
     }
     let config = &loaded.config;
-    let mut network = loaded.build(device)?;
+    // One decoder layer is resident at a time: the model is read from its
+    // checkpoint layer by layer, so calibration needs the memory of one layer
+    // and of the hidden states, whatever the model's size.
+    let mut network = Decoder::empty(config.spec(), device);
+    network.load_embedding(&loaded.weights)?;
     let groups = batches(samples, options.batch);
     // Hidden states between layers are kept as host values, and each pass gets
     // a tensor of its own: on the CPU backend a layer then reads its input
@@ -217,6 +221,7 @@ pub fn calibrate(
         let rows = values.len() / width;
         Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
     };
+    network.unload_embedding();
     let mut contexts = HashMap::new();
     for g in &groups {
         let key = (g.len(), samples[g.start].len());
@@ -233,6 +238,7 @@ pub fn calibrate(
     let mut stats = Vec::new();
     let mut applied_masks = BTreeMap::new();
     for layer in 0..config.num_layers() {
+        network.load_layer(&loaded.weights, layer)?;
         let mut accumulators = HashMap::new();
         let observed: Vec<(usize, Vec<ObservedSquares>)>;
         let mut outputs = Vec::new();
@@ -254,14 +260,12 @@ pub fn calibrate(
             });
         }
         accumulate(&mut accumulators, observed);
-        // Only this layer's tensors are copied to be pruned: the rest of the
-        // model is never changed.
-        let prefix = format!("model.layers.{layer}.");
+        // Only this layer's tensors are read again to be pruned: the rest of
+        // the model is never changed. The dense layer is freed first.
         let mut weights = WeightMap::new(loaded.weights.source());
         if !options.oneshot {
-            for (name, tensor) in loaded.weights.iter().filter(|(name, _)| name.starts_with(&prefix)) {
-                weights.insert(name.clone(), tensor.clone());
-            }
+            network.unload_layer(layer);
+            weights = loaded.weights.load_prefixed(&format!("model.layers.{layer}."))?;
         }
         for (module, out_features, in_features) in config.linear_modules(layer) {
             let acc = accumulators.remove(&module).ok_or_else(|| CalibrateError::Input(format!("no input was observed for {module}")))?;
@@ -285,11 +289,13 @@ pub fn calibrate(
         }
         // The last layer's pruned output feeds nothing that calibration measures.
         if !options.oneshot && layer + 1 < config.num_layers() {
-            network.rebuild_layer(&weights, layer)?;
+            network.load_layer(&weights, layer)?;
+            drop(weights);
             outputs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
                 host_values(network.layer_forward(layer, tensor(x), &contexts[&shape(index)], None))
             });
         }
+        network.unload_layer(layer);
         hidden = outputs;
         on_layer(layer);
     }

@@ -33,8 +33,8 @@ fn layer0_statistic_matches_hand_computation() {
     let samples = samples();
     let result = calibrate(&loaded, &cpu(), &samples, &options(true, 1, Pattern::unstructured(0.5).unwrap()), |_| {}).unwrap();
     // q_proj of layer 0 sees RMSNorm(embedding): compute sum over tokens of x_j^2 per sample by hand.
-    let emb = loaded.weights.get("model.embed_tokens.weight").unwrap();
-    let norm_w = loaded.weights.get("model.layers.0.input_layernorm.weight").unwrap();
+    let emb = loaded.weights.load("model.embed_tokens.weight").unwrap();
+    let norm_w = loaded.weights.load("model.layers.0.input_layernorm.weight").unwrap();
     let h = TINY.hidden;
     let per_sample: Vec<Vec<f64>> = samples
         .iter()
@@ -112,7 +112,7 @@ fn masks_rebuilt_from_written_stats_equal_the_applied_ones() {
         artifacts::write_stats(&path, &result.stats, &provenance).unwrap();
         let (_, read) = artifacts::read_stats(&path).unwrap();
         for stat in &read {
-            let w = loaded.weights.get(&format!("{}.weight", stat.module)).unwrap();
+            let w = loaded.weights.load(&format!("{}.weight", stat.module)).unwrap();
             let (rows, cols) = (w.shape[0], w.shape[1]);
             let scores = sparsity::scores(Method::Wanda, &w.data, rows, cols, Some(&stat.scaler_row)).unwrap();
             let keep = sparsity::keep_mask(&scores, rows, cols, pattern, Group::Row).unwrap();

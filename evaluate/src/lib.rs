@@ -101,7 +101,11 @@ pub struct WindowNll {
 /// Per-position negative log-likelihoods of equal-length windows: for each
 /// window, -log p(t_{i+1} | t_0..t_i) for i in 0..len-1.
 pub fn token_nlls(model: &Decoder, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
-    let logits = model.forward(windows)?;
+    nlls_of_logits(model.forward(windows)?, windows)
+}
+
+/// Per-position NLLs of `windows` from their logits [batch, seq, vocab].
+fn nlls_of_logits(logits: Tensor<3>, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
     let [batch, seq, _] = logits.dims();
     let logp = log_softmax(logits.narrow(1, 0, seq - 1), 2);
     let targets: Vec<i32> = windows.iter().flat_map(|w| w[1..].iter().map(|&t| t as i32)).collect();
@@ -142,6 +146,76 @@ pub fn window_nlls(
     Ok(out)
 }
 
+/// Splits `windows` into runs of at most `batch` consecutive windows of equal length.
+fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<std::ops::Range<usize>>, EvalError> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < windows.len() {
+        let len = windows[start].len();
+        if len < 2 {
+            return Err(EvalError::Input(format!("window {start} has {len} token(s); at least two are needed to predict one")));
+        }
+        let mut end = start + 1;
+        while end < windows.len() && end - start < batch.max(1) && windows[end].len() == len {
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// [`window_nlls`] with the model read from its checkpoint one decoder layer
+/// at a time: every batch of windows goes through layer i before layer i+1
+/// is read, so the memory needed is that of one layer (and of the
+/// embedding, then the LM head) plus the hidden states of all windows. On a
+/// host-memory device the batches of a layer run in parallel, one core each.
+/// Gives exactly [`window_nlls`]'s values. `on_step` is called after the
+/// embedding, each layer and the head (`num_layers + 2` steps).
+pub fn window_nlls_streamed(
+    loaded: &LoadedModel,
+    device: &burn::tensor::Device,
+    windows: &[Vec<u32>],
+    batch: usize,
+    mut on_step: impl FnMut(),
+) -> Result<Vec<WindowNll>, EvalError> {
+    use rayon::prelude::*;
+    let groups = window_batches(windows, batch)?;
+    let mut network = Decoder::empty(loaded.config.spec(), device);
+    let width = loaded.config.hidden_size();
+    let to_host = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().expect("f32 hidden states from the device") };
+    let to_tensor = |values: Vec<f32>| {
+        let rows = values.len() / width;
+        Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
+    };
+    network.load_embedding(&loaded.weights)?;
+    let mut hidden: Vec<Vec<f32>> = groups.iter().map(|g| network.embed(&windows[g.clone()]).map(to_host)).collect::<Result<_, _>>()?;
+    network.unload_embedding();
+    on_step();
+    let parallel = model::device::is_host_memory(device) && groups.len() > 1;
+    let _blas = parallel.then(|| model::BlasThreads::limit((rayon::current_num_threads() / groups.len()).max(1)));
+    let contexts: Vec<model::ForwardContext> = groups.iter().map(|g| network.context(g.len(), windows[g.start].len())).collect();
+    for layer in 0..loaded.config.num_layers() {
+        network.load_layer(&loaded.weights, layer)?;
+        let run = |(x, ctx): (Vec<f32>, &model::ForwardContext)| to_host(network.layer_forward(layer, to_tensor(x), ctx, None));
+        let inputs = std::mem::take(&mut hidden).into_iter().zip(&contexts);
+        hidden = if parallel { inputs.collect::<Vec<_>>().into_par_iter().map(run).collect() } else { inputs.map(run).collect() };
+        network.unload_layer(layer);
+        on_step();
+    }
+    network.load_head(&loaded.weights)?;
+    let mut out = Vec::with_capacity(windows.len());
+    for (g, x) in groups.iter().zip(hidden) {
+        let (rows, seq) = (g.len(), windows[g.start].len());
+        let logits = network.head(to_tensor(x)).reshape([rows, seq, loaded.config.vocab_size()]);
+        for nll in nlls_of_logits(logits, &windows[g.clone()])? {
+            out.push(WindowNll { nll_sum: nll.iter().map(|&v| f64::from(v)).sum(), tokens: nll.len() });
+        }
+    }
+    on_step();
+    Ok(out)
+}
+
 /// Perplexity over windows: exp of the mean token NLL over all predicted tokens.
 pub fn perplexity(nlls: &[WindowNll]) -> f64 {
     let total: f64 = nlls.iter().map(|w| w.nll_sum).sum();
@@ -160,8 +234,8 @@ pub struct MaskedCounts {
     pub masked: u64,
 }
 
-/// Reads a mask artifact and zeroes the weights it prunes in `loaded`, so the
-/// model is evaluated as the sub-model the mask defines.
+/// Reads a mask artifact and masks `loaded`'s weights with it (they read as
+/// zeros from then on), so the model is evaluated as the sub-model the mask defines.
 ///
 /// Refuses a mask of another model fingerprint, modules the model lacks or has
 /// in another shape, and rows that do not cover a module exactly.
@@ -179,18 +253,29 @@ pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<Mas
     for (module, rows) in &by_module {
         let cols = rows[0].in_features as usize;
         let name = format!("{module}.weight");
-        let Some(weight) = loaded.weights.get_mut(&name) else {
+        let Some(shape) = loaded.weights.shape(&name) else {
             return Err(mismatch(format!("the model has no tensor {name}")));
         };
-        if weight.shape != [rows.len(), cols] {
-            return Err(mismatch(format!("{name} has shape {:?}, the mask has {} rows of {cols}", weight.shape, rows.len())));
+        if shape != [rows.len(), cols] {
+            return Err(mismatch(format!("{name} has shape {shape:?}, the mask has {} rows of {cols}", rows.len())));
         }
-        let packed: Vec<sparsity::PackedRow> =
-            rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
-        let applied = sparsity::apply_packed_rows(&mut weight.data, rows.len(), cols, &packed)
-            .map_err(|e| mismatch(format!("module {module}: {e}")))?;
-        counts.total += applied.total;
-        counts.masked += applied.masked;
+        let mut keep = Vec::with_capacity(rows.len() * cols.div_ceil(8));
+        for (i, r) in rows.iter().enumerate() {
+            if r.row as usize != i || r.in_features as usize != cols || r.keep.len() != cols.div_ceil(8) {
+                return Err(mismatch(format!(
+                    "module {module}: expected row {i} of {cols} bits; found row {} of {} bits in {} bytes",
+                    r.row,
+                    r.in_features,
+                    r.keep.len()
+                )));
+            }
+            keep.extend_from_slice(&r.keep);
+        }
+        let kept: u64 = keep.iter().map(|b| u64::from(b.count_ones())).sum();
+        let total = (rows.len() * cols) as u64;
+        loaded.weights.set_keep_bits(&name, keep)?;
+        counts.total += total;
+        counts.masked += total - kept;
     }
     Ok(counts)
 }

@@ -11,7 +11,7 @@ use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
 use clap::{Args, Parser, Subcommand};
 use evaluate::chat::{render_model_chat, ChatMessage};
 use evaluate::generate::{generate, GenerationConfig};
-use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls, WindowSpec};
+use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls_streamed, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{select_device, DeviceChoice};
 
@@ -245,10 +245,9 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         save_windows(path, &windows, &loaded, input_name, &input_hash, &params)?;
     }
 
-    let model = loaded.build(&selected.device)?;
-    let bar = progress(windows.len(), args.quiet, "perplexity");
+    let bar = progress(loaded.config.num_layers() + 2, args.quiet, "perplexity (embedding, layers, head)");
     let compute_started = Instant::now();
-    let nlls = window_nlls(&model, &windows, args.batch, |n| bar.inc(n as u64))?;
+    let nlls = window_nlls_streamed(&loaded, &selected.device, &windows, args.batch, || bar.inc(1))?;
     bar.finish_and_clear();
     let ppl = perplexity(&nlls);
     let predicted: usize = nlls.iter().map(|w| w.tokens).sum();

@@ -66,7 +66,8 @@ impl StoredDtype {
         out
     }
 
-    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+    /// Decodes little-endian values of this storage type into f32 (exact).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
             StoredDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             StoredDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
@@ -75,75 +76,205 @@ impl StoredDtype {
     }
 }
 
-/// Reads every tensor of one safetensors file into `weights`.
-pub fn read_file_into(path: &Path, weights: &mut WeightMap) -> Result<(), FormatError> {
-    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-    // SAFETY: the file is opened read-only; a concurrent truncation by another
-    // process is outside what any reader of checkpoints can guard against.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    let bytes: &[u8] = &map;
-    if bytes.len() < 8 {
-        return Err(FormatError::format(
-            path,
-            format!("not a safetensors file: {} bytes, expected at least an 8-byte header length", bytes.len()),
-        ));
-    }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let available = bytes.len() as u64 - 8;
-    if header_len > available || header_len > MAX_HEADER_BYTES {
-        return Err(FormatError::format(
-            path,
-            format!("safetensors header claims {header_len} bytes but the file has {available} bytes after the length field (truncated or not a safetensors file)"),
-        ));
-    }
-    // Hugging Face's parser checks that every tensor's bytes lie within the
-    // data section, match its shape and dtype, and overlap no other tensor's.
-    let parsed = ::safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| FormatError::format(path, format!("not a valid safetensors file: {e} (truncated file or corrupt header)")))?;
-    for (name, view) in parsed.tensors() {
-        let dtype_name = format!("{:?}", view.dtype());
-        let dtype = StoredDtype::parse(&dtype_name)
-            .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
-        weights.insert(name, HostTensor::new(view.shape().to_vec(), dtype.decode(view.data())));
-    }
-    Ok(())
+/// Where one tensor lies in a safetensors file and how it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTensorInfo {
+    /// Storage type.
+    pub dtype: StoredDtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Byte range in the file (header included in the offset).
+    range: std::ops::Range<usize>,
 }
 
-/// Reads the weights of a Hugging Face checkpoint directory: `model.safetensors`,
-/// or the shards listed in `model.safetensors.index.json`.
-pub fn read_checkpoint_dir(dir: &Path) -> Result<WeightMap, FormatError> {
-    let mut weights = WeightMap::new(dir);
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    if single.is_file() {
-        read_file_into(&single, &mut weights)?;
-    } else if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| FormatError::io(&index, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| FormatError::format(&index, format!("not valid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| FormatError::format(&index, "expected an object `weight_map` of tensor name -> shard file"))?;
-        let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            let shard_path = dir.join(shard);
-            if !shard_path.is_file() {
-                return Err(FormatError::format(&index, format!("lists shard `{shard}`, which does not exist in {}", dir.display())));
-            }
-            read_file_into(&shard_path, &mut weights)?;
+impl StoredTensorInfo {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the tensor occupies in the file.
+    pub fn n_bytes(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// One safetensors file opened by memory map: the header is parsed and
+/// checked at once; a tensor's bytes are read and decoded only when asked for.
+pub struct SafetensorsFile {
+    path: std::path::PathBuf,
+    map: memmap2::Mmap,
+    tensors: BTreeMap<String, StoredTensorInfo>,
+}
+
+impl SafetensorsFile {
+    /// Opens and checks `path`: Hugging Face's parser checks that every
+    /// tensor's bytes lie within the data section, match its shape and dtype,
+    /// and overlap no other tensor's.
+    pub fn open(path: &Path) -> Result<Self, FormatError> {
+        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        // SAFETY: the file is opened read-only; a concurrent truncation by another
+        // process is outside what any reader of checkpoints can guard against.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
+        let bytes: &[u8] = &map;
+        if bytes.len() < 8 {
+            return Err(FormatError::format(
+                path,
+                format!("not a safetensors file: {} bytes, expected at least an 8-byte header length", bytes.len()),
+            ));
         }
-        for name in map.keys() {
-            if !weights.contains(name) {
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let available = bytes.len() as u64 - 8;
+        if header_len > available || header_len > MAX_HEADER_BYTES {
+            return Err(FormatError::format(
+                path,
+                format!("safetensors header claims {header_len} bytes but the file has {available} bytes after the length field (truncated or not a safetensors file)"),
+            ));
+        }
+        let (header_len, metadata) = ::safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| FormatError::format(path, format!("not a valid safetensors file: {e} (truncated file or corrupt header)")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = BTreeMap::new();
+        for (name, info) in metadata.tensors() {
+            let dtype_name = format!("{:?}", info.dtype);
+            let dtype = StoredDtype::parse(&dtype_name)
+                .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
+            let (begin, end) = info.data_offsets;
+            tensors.insert(name, StoredTensorInfo { dtype, shape: info.shape.clone(), range: data_start + begin..data_start + end });
+        }
+        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor of the file, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, StoredTensorInfo> {
+        &self.tensors
+    }
+
+    /// The stored bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], FormatError> {
+        let info = self.info(name)?;
+        Ok(&self.map[info.range.clone()])
+    }
+
+    /// Tensor `name` decoded to f32. Its pages of the mapping are released
+    /// afterwards, so reading a checkpoint tensor by tensor keeps only what
+    /// the caller holds resident.
+    pub fn tensor_f32(&self, name: &str) -> Result<HostTensor, FormatError> {
+        let info = self.info(name)?;
+        let values = info.dtype.decode(&self.map[info.range.clone()]);
+        self.release(info);
+        Ok(HostTensor::new(info.shape.clone(), values))
+    }
+
+    /// Drops the mapped pages of `info` from this process (the kernel reads
+    /// them again from the file if they are touched later).
+    fn release(&self, info: &StoredTensorInfo) {
+        // SAFETY: the mapping is shared and read-only, backed by the file:
+        // dropped pages read back the same bytes, so no borrow can observe a change.
+        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.range.start, info.range.len()) };
+    }
+
+    fn info(&self, name: &str) -> Result<&StoredTensorInfo, FormatError> {
+        self.tensors.get(name).ok_or_else(|| FormatError::format(&self.path, format!("has no tensor `{name}`")))
+    }
+}
+
+/// The safetensors files of a Hugging Face checkpoint directory
+/// (`model.safetensors`, or the shards of `model.safetensors.index.json`),
+/// opened lazily: tensors are decoded one at a time, when asked for.
+pub struct SafetensorsCheckpoint {
+    files: Vec<SafetensorsFile>,
+    by_name: BTreeMap<String, usize>,
+}
+
+impl SafetensorsCheckpoint {
+    /// Opens the checkpoint in `dir`, checking every header and that the
+    /// index names only tensors the shards hold.
+    pub fn open(dir: &Path) -> Result<Self, FormatError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut files = Vec::new();
+        let mut listed = Vec::new();
+        if single.is_file() {
+            files.push(SafetensorsFile::open(&single)?);
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| FormatError::io(&index, e))?;
+            let json: Value = serde_json::from_str(&text).map_err(|e| FormatError::format(&index, format!("not valid JSON: {e}")))?;
+            let map = json
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| FormatError::format(&index, "expected an object `weight_map` of tensor name -> shard file"))?;
+            let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            for shard in shards {
+                let shard_path = dir.join(shard);
+                if shard.contains('/') || !shard_path.is_file() {
+                    return Err(FormatError::format(&index, format!("lists shard `{shard}`, which does not exist in {}", dir.display())));
+                }
+                files.push(SafetensorsFile::open(&shard_path)?);
+            }
+            listed = map.keys().cloned().map(|name| (name, index.clone())).collect();
+        } else {
+            return Err(FormatError::format(
+                dir,
+                "expected `model.safetensors` or `model.safetensors.index.json` in this checkpoint directory; found neither",
+            ));
+        }
+        let mut by_name = BTreeMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for name in file.tensors().keys() {
+                if let Some(first) = by_name.insert(name.clone(), i) {
+                    return Err(FormatError::format(
+                        file.path(),
+                        format!("holds tensor `{name}`, which shard {} holds too", files[first].path().display()),
+                    ));
+                }
+            }
+        }
+        for (name, index) in listed {
+            if !by_name.contains_key(&name) {
                 return Err(FormatError::format(&index, format!("lists tensor `{name}`, which none of the shards holds")));
             }
         }
-    } else {
-        return Err(FormatError::format(
-            dir,
-            "expected `model.safetensors` or `model.safetensors.index.json` in this checkpoint directory; found neither",
-        ));
+        Ok(SafetensorsCheckpoint { files, by_name })
+    }
+
+    /// Every tensor name with its storage, sorted by name.
+    pub fn tensors(&self) -> impl Iterator<Item = (&String, &StoredTensorInfo)> {
+        self.by_name.iter().map(|(name, &i)| (name, &self.files[i].tensors()[name]))
+    }
+
+    /// How tensor `name` is stored, if the checkpoint has it.
+    pub fn info(&self, name: &str) -> Option<&StoredTensorInfo> {
+        self.by_name.get(name).map(|&i| &self.files[i].tensors()[name])
+    }
+
+    /// Tensor `name` decoded to f32 (see [`SafetensorsFile::tensor_f32`]).
+    pub fn tensor_f32(&self, name: &str) -> Result<HostTensor, FormatError> {
+        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        self.files[i].tensor_f32(name)
+    }
+}
+
+/// Reads every tensor of a Hugging Face checkpoint directory into host
+/// memory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+pub fn read_checkpoint_dir(dir: &Path) -> Result<WeightMap, FormatError> {
+    let checkpoint = SafetensorsCheckpoint::open(dir)?;
+    let mut weights = WeightMap::new(dir);
+    for (name, _) in checkpoint.tensors() {
+        weights.insert(name.clone(), checkpoint.tensor_f32(name)?);
     }
     Ok(weights)
 }
@@ -202,4 +333,172 @@ pub fn write_file(path: &Path, tensors: &[TensorToWrite<'_>], metadata: &BTreeMa
         Ok(())
     })();
     result.map_err(|e| FormatError::io(path, e))
+}
+
+/// Name, storage type and shape of one tensor of a checkpoint being written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    /// Parameter name.
+    pub name: String,
+    /// Storage type in the file.
+    pub dtype: StoredDtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+}
+
+impl TensorLayout {
+    fn n_bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// Writes the safetensors of a checkpoint directory tensor by tensor, so
+/// that a model larger than memory can be written: the shards are planned
+/// from the layouts (at most `max_shard_bytes` each, unless one tensor is
+/// larger), each shard's header goes first, and the values are streamed in.
+/// One shard is written as `model.safetensors`; several as
+/// `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`,
+/// as transformers writes them. Nothing appears under a final name before
+/// [`ShardedWriter::finish`].
+pub struct ShardedWriter {
+    dir: std::path::PathBuf,
+    layouts: Vec<TensorLayout>,
+    /// Index of the first layout of every shard, and one past the last.
+    bounds: Vec<usize>,
+    metadata: BTreeMap<String, String>,
+    next: usize,
+    current: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    done: Vec<tempfile::NamedTempFile>,
+}
+
+impl ShardedWriter {
+    /// Plans the shards of `layouts` (written in this order) in `dir`, which must exist.
+    pub fn create(
+        dir: &Path,
+        layouts: Vec<TensorLayout>,
+        max_shard_bytes: usize,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Self, FormatError> {
+        let mut bounds = vec![0];
+        let mut size = 0;
+        for (i, layout) in layouts.iter().enumerate() {
+            if size > 0 && size + layout.n_bytes() > max_shard_bytes {
+                bounds.push(i);
+                size = 0;
+            }
+            size += layout.n_bytes();
+        }
+        bounds.push(layouts.len());
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = layouts.iter().find(|l| !seen.insert(l.name.as_str())) {
+            return Err(FormatError::format(dir, format!("tensor `{}` was planned twice", dup.name)));
+        }
+        Ok(ShardedWriter { dir: dir.to_path_buf(), layouts, bounds, metadata, next: 0, current: None, done: Vec::new() })
+    }
+
+    /// The tensors in the order [`ShardedWriter::write`] expects them.
+    pub fn layouts(&self) -> &[TensorLayout] {
+        &self.layouts
+    }
+
+    fn shard_count(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    fn shard_name(&self, shard: usize) -> String {
+        match self.shard_count() {
+            1 => "model.safetensors".to_string(),
+            n => format!("model-{:05}-of-{n:05}.safetensors", shard + 1),
+        }
+    }
+
+    fn start_shard(&mut self, shard: usize) -> std::io::Result<std::io::BufWriter<tempfile::NamedTempFile>> {
+        let mut header = serde_json::Map::new();
+        if !self.metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(&self.metadata).expect("string map"));
+        }
+        let mut offset = 0usize;
+        for layout in &self.layouts[self.bounds[shard]..self.bounds[shard + 1]] {
+            let size = layout.n_bytes();
+            header.insert(
+                layout.name.clone(),
+                serde_json::json!({"dtype": layout.dtype.as_str(), "shape": layout.shape, "data_offsets": [offset, offset + size]}),
+            );
+            offset += size;
+        }
+        let mut header_bytes = serde_json::to_vec(&Value::Object(header)).expect("serializable header");
+        while header_bytes.len() % 8 != 0 {
+            header_bytes.push(b' ');
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tempfile::NamedTempFile::new_in(&self.dir)?);
+        out.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
+        out.write_all(&header_bytes)?;
+        Ok(out)
+    }
+
+    /// Writes the next tensor, which must be `layouts()[n]` for the n-th call.
+    pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
+        let Some(layout) = self.layouts.get(self.next) else {
+            return Err(FormatError::format(&self.dir, format!("tensor `{name}` was not planned (all {} are written)", self.layouts.len())));
+        };
+        if layout.name != name || layout.shape.iter().product::<usize>() != values.len() {
+            return Err(FormatError::format(
+                &self.dir,
+                format!("expected tensor `{}` of shape {:?} next; got `{name}` with {} values", layout.name, layout.shape, values.len()),
+            ));
+        }
+        let dtype = layout.dtype;
+        let shard = self.bounds.partition_point(|&b| b <= self.next) - 1;
+        let result = (|| -> std::io::Result<()> {
+            if self.bounds[shard] == self.next {
+                let out = self.start_shard(shard)?;
+                self.current = Some(out);
+            }
+            let out = self.current.as_mut().expect("a shard is open");
+            for chunk in values.chunks(1 << 16) {
+                out.write_all(&dtype.encode(chunk))?;
+            }
+            if self.bounds[shard + 1] == self.next + 1 {
+                let file = self.current.take().expect("a shard is open").into_inner().map_err(|e| e.into_error())?;
+                file.as_file().sync_all()?;
+                self.done.push(file);
+            }
+            Ok(())
+        })();
+        self.next += 1;
+        result.map_err(|e| FormatError::io(&self.dir, e))
+    }
+
+    /// Moves the shards to their names and writes the index (several shards).
+    pub fn finish(self) -> Result<(), FormatError> {
+        if self.next != self.layouts.len() {
+            return Err(FormatError::format(
+                &self.dir,
+                format!("only {} of {} tensors were written; next expected `{}`", self.next, self.layouts.len(), self.layouts[self.next].name),
+            ));
+        }
+        let names: Vec<String> = (0..self.shard_count()).map(|s| self.shard_name(s)).collect();
+        if names.len() > 1 {
+            let mut weight_map = serde_json::Map::new();
+            for (shard, name) in names.iter().enumerate() {
+                for layout in &self.layouts[self.bounds[shard]..self.bounds[shard + 1]] {
+                    weight_map.insert(layout.name.clone(), Value::from(name.clone()));
+                }
+            }
+            let total: usize = self.layouts.iter().map(TensorLayout::n_bytes).sum();
+            let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            let path = self.dir.join("model.safetensors.index.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&index).expect("JSON") + "\n").map_err(|e| FormatError::io(&path, e))?;
+        }
+        for (file, name) in self.done.into_iter().zip(names) {
+            let path = self.dir.join(name);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| FormatError::io(&path, e))?;
+            }
+            file.persist(&path).map_err(|e| FormatError::io(&path, e.error))?;
+        }
+        Ok(())
+    }
 }

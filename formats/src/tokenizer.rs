@@ -539,6 +539,21 @@ impl Tokenizer {
         self.inner.to_string(true).map_err(|e| TokenizerError::Serialize { path: self.source.clone(), message: e.to_string() })
     }
 
+    /// The `tokenizer_config.json` transformers reads next to `tokenizer.json`:
+    /// special tokens and whether a BOS token is added.
+    pub fn hf_tokenizer_config(&self, model_max_length: serde_json::Value) -> serde_json::Value {
+        let token = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i)).map_or(serde_json::Value::Null, serde_json::Value::from);
+        serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(self.bos_id),
+            "eos_token": token(self.eos_id),
+            "add_bos_token": self.add_bos,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        })
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use artifacts::{ArtifactError, ArtifactKind, MaskInfo, MaskRow, Provenance, ScoreRow};
 use indicatif::ProgressBar;
-use model::safetensors::{StoredDtype, TensorToWrite};
-use model::{LoadedModel, ModelError};
+use model::safetensors::{ShardedWriter, StoredDtype, TensorLayout};
+use model::{LoadedModel, ModelError, StoredType};
 use serde_json::Value;
 use sparsity::{Group, Pattern, SparsityError};
 
@@ -350,17 +350,16 @@ pub struct ApplySummary {
     pub zeros: u64,
 }
 
-/// Checks a mask against a loaded model and zeroes the pruned weights in place.
+/// Checks a mask against a model and groups its rows by module.
 ///
 /// Refuses a mask of another model fingerprint, and masked modules that the
-/// model lacks, whose shape differs, or whose rows are not exactly `0..out`.
-pub fn apply_in_memory(
-    model: &mut LoadedModel,
+/// model lacks or whose shape differs (rows are checked when applied).
+pub fn check_mask(
+    model: &LoadedModel,
     mask_path: &Path,
     provenance: &Provenance,
     rows: Vec<MaskRow>,
-    progress: &ProgressBar,
-) -> Result<ApplySummary, MaskError> {
+) -> Result<BTreeMap<String, Vec<MaskRow>>, MaskError> {
     if provenance.model != model.fingerprint {
         return Err(MaskError::ModelMismatch {
             mask_path: mask_path.to_path_buf(),
@@ -373,9 +372,7 @@ pub fn apply_in_memory(
     for r in rows {
         by_module.entry(r.module.clone()).or_default().push(r);
     }
-    progress.set_length(by_module.len() as u64);
-    let mut summary = ApplySummary { modules: by_module.len(), total: 0, masked: 0, zeros: 0 };
-    for (module, rows) in by_module {
+    for (module, rows) in &by_module {
         let cols = rows[0].in_features as usize;
         let shape_err = |found: String| MaskError::Shape {
             mask_path: mask_path.to_path_buf(),
@@ -385,40 +382,85 @@ pub fn apply_in_memory(
             model_path: model.path.clone(),
             found,
         };
-        let weight_name = format!("{module}.weight");
-        let weight = match model.weights.get(&weight_name) {
+        match model.weights.shape(&format!("{module}.weight")) {
             None => return Err(shape_err("no such tensor".to_string())),
-            Some(w) if w.shape != [rows.len(), cols] => return Err(shape_err(format!("shape {:?}", w.shape))),
-            Some(_) => model.weights.get_mut(&weight_name).expect("present"),
-        };
-        let packed: Vec<sparsity::PackedRow> =
-            rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
-        let counts = sparsity::apply_packed_rows(&mut weight.data, packed.len(), cols, &packed).map_err(|source| match source {
-            sparsity::SparsityError::MaskRows { expected, found } => {
-                MaskError::Rows { path: mask_path.to_path_buf(), module: module.clone(), expected, found }
-            }
-            source => MaskError::Kernel { path: mask_path.to_path_buf(), module: module.clone(), source },
-        })?;
-        summary.masked += counts.masked;
-        summary.zeros += counts.zeros;
-        summary.total += counts.total;
-        progress.inc(1);
+            Some(shape) if shape != [rows.len(), cols] => return Err(shape_err(format!("shape {shape:?}"))),
+            Some(_) => {}
+        }
     }
-    Ok(summary)
+    Ok(by_module)
 }
 
-/// Writes `model` as a Hugging Face checkpoint directory in `dir` (which must
-/// exist): config.json (torch_dtype = `dtype`), generation_config.json,
-/// model.safetensors with every weight, and, when the model has a tokenizer,
-/// tokenizer.json and tokenizer_config.json.
-pub fn write_hf_dir(model: &LoadedModel, dir: &Path, dtype: OutputDtype) -> Result<(), MaskError> {
+/// Zeroes the weights `rows` prune in `weight` ([out, in], f32) and adds to `summary`.
+fn apply_rows(weight: &mut [f32], module: &str, rows: &[MaskRow], mask_path: &Path, summary: &mut ApplySummary) -> Result<(), MaskError> {
+    let cols = rows[0].in_features as usize;
+    let packed: Vec<sparsity::PackedRow> =
+        rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
+    let counts = sparsity::apply_packed_rows(weight, packed.len(), cols, &packed).map_err(|source| match source {
+        sparsity::SparsityError::MaskRows { expected, found } => {
+            MaskError::Rows { path: mask_path.to_path_buf(), module: module.to_string(), expected, found }
+        }
+        source => MaskError::Kernel { path: mask_path.to_path_buf(), module: module.to_string(), source },
+    })?;
+    summary.masked += counts.masked;
+    summary.zeros += counts.zeros;
+    summary.total += counts.total;
+    Ok(())
+}
+
+/// Largest safetensors shard written, in bytes (transformers' default `max_shard_size`).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Writes `model` with the weights `masks` prune zeroed, as a Hugging Face
+/// checkpoint directory in `dir` (which must exist): config.json
+/// (torch_dtype = the weights' storage type), generation_config.json, the
+/// weights (one `model.safetensors`, or shards of at most `max_shard_bytes`
+/// with `model.safetensors.index.json`), and, when the model has a
+/// tokenizer, tokenizer.json and tokenizer_config.json.
+///
+/// Tensors are read, masked and written one at a time (a fused projection:
+/// its parts at a time), so the memory needed is that of the largest tensor,
+/// whatever the model's size. `dtype` is the storage type of every weight;
+/// `None` keeps each tensor's type in a safetensors source (bf16 stays bf16),
+/// and writes float32 for a GGUF source.
+pub fn write_hf_dir(
+    model: &LoadedModel,
+    masks: &BTreeMap<String, Vec<MaskRow>>,
+    mask_path: &Path,
+    dir: &Path,
+    dtype: Option<OutputDtype>,
+    max_shard_bytes: usize,
+    progress: &ProgressBar,
+) -> Result<ApplySummary, MaskError> {
+    let stored = |name: &str| -> StoredDtype {
+        match (dtype, model.weights.stored_type(name)) {
+            (Some(d), _) => d.stored(),
+            (None, Some(StoredType::Float(d))) => d,
+            (None, _) => StoredDtype::F32,
+        }
+    };
+    let plan = model::arch::hf_tensors(model.weights.names(), &model.config.arch().fused());
+    let layouts: Vec<TensorLayout> = plan
+        .iter()
+        .map(|(name, parts)| {
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| model.weights.shape(p).expect("planned from the model's names")).collect();
+            let mut shape = shapes[0].to_vec();
+            shape[0] = shapes.iter().map(|s| s[0]).sum();
+            TensorLayout { name: name.clone(), dtype: stored(&parts[0]), shape }
+        })
+        .collect();
+    let torch_dtype = match stored("model.embed_tokens.weight") {
+        StoredDtype::F32 => "float32",
+        StoredDtype::F16 => "float16",
+        StoredDtype::BF16 => "bfloat16",
+    };
     let write_json = |name: &str, value: &Value| -> Result<(), MaskError> {
         let path = dir.join(name);
         let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
         fs::write(&path, text + "\n").map_err(io_err(&path))
     };
     let mut config = model.config.to_hf_json();
-    config["torch_dtype"] = Value::from(dtype.torch_name());
+    config["torch_dtype"] = Value::from(torch_dtype);
     let mut generation = serde_json::Map::new();
     let tokenizer = model.tokenizer.as_ref();
     let bos = tokenizer.and_then(|t| t.bos_id()).map(Value::from).or_else(|| config.get("bos_token_id").filter(|v| !v.is_null()).cloned());
@@ -435,24 +477,33 @@ pub fn write_hf_dir(model: &LoadedModel, dir: &Path, dtype: OutputDtype) -> Resu
         let path = dir.join("tokenizer.json");
         let json = t.to_tokenizer_json().map_err(|e| ModelError::from(e))?;
         fs::write(&path, json).map_err(io_err(&path))?;
-        let token = |id: Option<u32>| id.and_then(|i| t.inner().id_to_token(i)).map_or(Value::Null, Value::from);
-        let tokenizer_config = serde_json::json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": token(t.bos_id()),
-            "eos_token": token(t.eos_id()),
-            "add_bos_token": t.add_bos(),
-            "add_eos_token": false,
-            "clean_up_tokenization_spaces": false,
-            "model_max_length": config.get("max_position_embeddings").cloned().unwrap_or(Value::Null),
-        });
+        let tokenizer_config = t.hf_tokenizer_config(config.get("max_position_embeddings").cloned().unwrap_or(Value::Null));
         write_json("tokenizer_config.json", &tokenizer_config)?;
     }
-    let written = model.config.arch().hf_weights(&model.weights);
-    let tensors: Vec<TensorToWrite<'_>> =
-        written.iter().map(|(name, tensor)| TensorToWrite { name: name.as_str(), dtype: dtype.stored(), tensor }).collect();
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    model::safetensors::write_file(&dir.join("model.safetensors"), &tensors, &metadata).map_err(ModelError::from)?;
-    Ok(())
+    let mut writer = ShardedWriter::create(dir, layouts, max_shard_bytes, metadata).map_err(ModelError::from)?;
+    let mut summary = ApplySummary { modules: masks.len(), total: 0, masked: 0, zeros: 0 };
+    progress.set_length(plan.len() as u64);
+    for (name, parts) in &plan {
+        let mut data = Vec::new();
+        for part in parts {
+            let mut tensor = model.weights.load(part)?;
+            if let Some(module) = part.strip_suffix(".weight") {
+                if let Some(rows) = masks.get(module) {
+                    apply_rows(&mut tensor.data, module, rows, mask_path, &mut summary)?;
+                }
+            }
+            if parts.len() == 1 {
+                data = tensor.data;
+            } else {
+                data.extend_from_slice(&tensor.data);
+            }
+        }
+        writer.write(name, &data).map_err(ModelError::from)?;
+        progress.inc(1);
+    }
+    writer.finish().map_err(ModelError::from)?;
+    Ok(summary)
 }
 
 /// Removes a directory tree when dropped, unless disarmed.
@@ -488,14 +539,15 @@ pub struct ApplyOptions {
     pub mask: PathBuf,
     /// The output directory.
     pub out: PathBuf,
-    /// Storage type of the written weights.
-    pub dtype: OutputDtype,
+    /// Storage type of the written weights; `None` keeps a safetensors
+    /// source's types and writes float32 for a GGUF source.
+    pub dtype: Option<OutputDtype>,
     /// Replace a non-empty output directory.
     pub force: bool,
 }
 
-/// Loads the model and the mask, zeroes the pruned weights and writes the
-/// pruned model as a Hugging Face directory at `opts.out`.
+/// Opens the model and reads the mask, and writes the pruned model as a
+/// Hugging Face directory at `opts.out`, tensor by tensor ([`write_hf_dir`]).
 ///
 /// The directory is written under a temp name next to `opts.out` and renamed
 /// into place at the end, so a failure leaves no half-written output. A
@@ -505,8 +557,8 @@ pub fn apply(opts: &ApplyOptions, progress: &ProgressBar) -> Result<ApplySummary
         return Err(MaskError::OutputExists(opts.out.clone()));
     }
     let (provenance, _info, rows) = artifacts::read_mask(&opts.mask)?;
-    let mut loaded = model::load_model(&opts.model)?;
-    let summary = apply_in_memory(&mut loaded, &opts.mask, &provenance, rows, progress)?;
+    let loaded = model::load_model(&opts.model)?;
+    let masks = check_mask(&loaded, &opts.mask, &provenance, rows)?;
 
     let name =
         opts.out.file_name().ok_or_else(|| MaskError::Options(format!("--out {} does not end in a directory name", opts.out.display())))?;
@@ -522,7 +574,7 @@ pub fn apply(opts: &ApplyOptions, progress: &ProgressBar) -> Result<ApplySummary
     }
     fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let mut guard = DirGuard { path: tmp.clone(), armed: true };
-    write_hf_dir(&loaded, &tmp, opts.dtype)?;
+    let summary = write_hf_dir(&loaded, &masks, &opts.mask, &tmp, opts.dtype, MAX_SHARD_BYTES, progress)?;
 
     match fs::metadata(&opts.out) {
         Ok(m) if m.is_dir() => {

@@ -73,9 +73,10 @@ struct ApplyArgs {
     /// Output directory (Hugging Face layout); must not exist or be empty unless --force.
     #[arg(long)]
     out: PathBuf,
-    /// Storage type of the written weights.
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: DtypeArg,
+    /// Storage type of the written weights [default: each tensor's type in a
+    /// safetensors source (bf16 stays bf16); f32 for a GGUF source].
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
     /// Replace a non-empty output directory.
     #[arg(long)]
     force: bool,
@@ -123,17 +124,18 @@ fn run_make(args: MakeArgs) -> Result<()> {
 
 fn run_apply(args: ApplyArgs) -> Result<()> {
     let started = Instant::now();
-    let dtype = match args.dtype {
+    let dtype = args.dtype.map(|d| match d {
         DtypeArg::F32 => OutputDtype::F32,
         DtypeArg::F16 => OutputDtype::F16,
         DtypeArg::Bf16 => OutputDtype::Bf16,
-    };
+    });
     let opts = ApplyOptions { model: args.model.clone(), mask: args.mask.clone(), out: args.out.clone(), dtype, force: args.force };
     let bar = progress(args.quiet, "applying");
     let summary = mask::apply(&opts, &bar)
         .with_context(|| format!("applying {} to {} into {}", args.mask.display(), args.model.display(), args.out.display()))?;
     bar.finish_and_clear();
-    eprintln!("wrote {} ({}) in {:.2} s", args.out.display(), dtype.torch_name(), started.elapsed().as_secs_f64());
+    let stored = dtype.map_or("the source's types", OutputDtype::torch_name);
+    eprintln!("wrote {} ({stored}) in {:.2} s", args.out.display(), started.elapsed().as_secs_f64());
     println!(
         "pruned linear layers: {} modules, {} of {} weights zero, sparsity {:.6} (mask prunes {:.6})",
         summary.modules,

@@ -30,7 +30,7 @@ fn magnitude_scores(model_path: &Path, out: &Path, stats_params: serde_json::Val
     let mut rows = Vec::new();
     for layer in 0..loaded.config.num_layers() {
         for (module, r, c) in loaded.config.linear_modules(layer) {
-            let w = loaded.weights.get(&format!("{module}.weight")).unwrap();
+            let w = loaded.weights.load(&format!("{module}.weight")).unwrap();
             let s = sparsity::scores(Method::Magnitude, &w.data, r, c, None).unwrap();
             rows.extend(s.chunks(c).enumerate().map(|(i, s)| ScoreRow { module: module.clone(), row: i as u32, score: s.to_vec() }));
         }
@@ -192,7 +192,7 @@ fn masks_differing_from_sequential_calibration_warn() {
 }
 
 fn apply_opts(model: &Path, mask: &Path, out: &Path, dtype: OutputDtype, force: bool) -> ApplyOptions {
-    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype, force }
+    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype: Some(dtype), force }
 }
 
 /// Names in `dir` starting with a dot: leftovers of an atomic write.
@@ -226,14 +226,15 @@ fn apply_writes_a_hf_dir_with_exact_zeros_and_untouched_weights() {
 
     let output = model::load_model(&out).unwrap();
     assert_eq!(output.fingerprint, input.fingerprint);
+    let (input_weights, output_weights) = (input.weights.load_all().unwrap(), output.weights.load_all().unwrap());
     let mut masked = std::collections::BTreeSet::new();
     for row in &rows {
         let name = format!("{}.weight", row.module);
         masked.insert(name.clone());
         let cols = row.in_features as usize;
         let r = row.row as usize;
-        let a = &input.weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
-        let b = &output.weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
+        let a = &input_weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
+        let b = &output_weights.get(&name).unwrap().data[r * cols..(r + 1) * cols];
         for (c, keep) in unpacked(row).into_iter().enumerate() {
             if keep {
                 assert_eq!(a[c].to_bits(), b[c].to_bits(), "{name}[{r}, {c}] changed");
@@ -242,8 +243,8 @@ fn apply_writes_a_hf_dir_with_exact_zeros_and_untouched_weights() {
             }
         }
     }
-    for (name, t) in input.weights.iter() {
-        let o = output.weights.get(name).unwrap();
+    for (name, t) in input_weights.iter() {
+        let o = output_weights.get(name).unwrap();
         assert_eq!(o.shape, t.shape);
         if !masked.contains(name) {
             assert!(o.data.iter().zip(&t.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed");
@@ -259,7 +260,7 @@ fn apply_writes_a_hf_dir_with_exact_zeros_and_untouched_weights() {
         let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["torch_dtype"], name);
         for row in &rows {
-            let w = &loaded.weights.get(&format!("{}.weight", row.module)).unwrap().data;
+            let w = &loaded.weights.load(&format!("{}.weight", row.module)).unwrap().data;
             let cols = row.in_features as usize;
             for (c, keep) in unpacked(row).into_iter().enumerate() {
                 if !keep {
@@ -287,7 +288,7 @@ fn apply_reads_gguf_and_writes_hf_names_and_order() {
     assert_eq!(output.fingerprint, input.fingerprint);
     // q_proj rows are in HF order: kept values equal the original HF weights.
     let q = "model.layers.1.self_attn.q_proj.weight";
-    let (orig, pruned) = (&weights[q].data, &output.weights.get(q).unwrap().data);
+    let (orig, pruned) = (&weights[q].data, &output.weights.load(q).unwrap().data);
     assert!(orig.iter().zip(pruned.iter()).all(|(a, b)| *b == 0.0 || a.to_bits() == b.to_bits()));
     assert_eq!(pruned.iter().filter(|v| **v == 0.0).count(), orig.len() / 2);
 }
@@ -386,10 +387,9 @@ fn the_binary_makes_and_applies_masks() {
 /// Perplexity of `loaded` on `windows` of equal length, from the logits of
 /// one forward pass on the cpu device: exp of the mean negative
 /// log-likelihood (in f64) of every token after the first of each window.
-fn perplexity(loaded: &model::LoadedModel, windows: &[Vec<u32>]) -> f64 {
-    let device = model::select_device(model::DeviceChoice::Cpu).unwrap().device;
-    let logits: Vec<f32> = loaded.build(&device).unwrap().forward(windows).unwrap().into_data().try_into_vec().unwrap();
-    let vocab = loaded.config.vocab_size();
+fn perplexity(network: &model::Decoder, windows: &[Vec<u32>]) -> f64 {
+    let logits: Vec<f32> = network.forward(windows).unwrap().into_data().try_into_vec().unwrap();
+    let vocab = network.spec().vocab_size;
     let (mut total, mut count) = (0.0f64, 0usize);
     for (window, rows) in windows.iter().zip(logits.chunks_exact(windows[0].len() * vocab)) {
         for (i, row) in rows.chunks_exact(vocab).take(window.len() - 1).enumerate() {
@@ -406,19 +406,21 @@ fn perplexity(loaded: &model::LoadedModel, windows: &[Vec<u32>]) -> f64 {
 /// in memory, bit by bit from the unpacked rows: independent of
 /// `sparsity::apply_packed_rows`, which `mask apply` itself uses, so a fault
 /// there shows as a difference too.
-fn masked_in_memory(model_path: &Path, mask_path: &Path) -> model::LoadedModel {
-    let mut loaded = model::load_model(model_path).unwrap();
+fn masked_in_memory(model_path: &Path, mask_path: &Path) -> model::Decoder {
+    let loaded = model::load_model(model_path).unwrap();
+    let mut weights = loaded.weights.load_all().unwrap();
     let (_, _, rows) = artifacts::read_mask(mask_path).unwrap();
     for row in &rows {
         let cols = row.in_features as usize;
-        let weight = loaded.weights.get_mut(&format!("{}.weight", row.module)).unwrap();
+        let weight = weights.get_mut(&format!("{}.weight", row.module)).unwrap();
         for (value, keep) in weight.data[row.row as usize * cols..][..cols].iter_mut().zip(unpacked(row)) {
             if !keep {
                 *value = 0.0;
             }
         }
     }
-    loaded
+    let device = model::select_device(model::DeviceChoice::Cpu).unwrap().device;
+    model::Decoder::from_weights(loaded.config.spec(), &weights, &device).unwrap()
 }
 
 #[test]
@@ -440,9 +442,10 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
         let out = dir.path().join(format!("pruned-{index}"));
         mask::apply(&apply_opts(model_path, &mask_path, &out, OutputDtype::F32, false), &hidden()).unwrap();
 
-        let dense = perplexity(&model::load_model(model_path).unwrap(), &windows);
+        let build = |path: &Path| model::load_model(path).unwrap().build(&model::select_device(model::DeviceChoice::Cpu).unwrap().device).unwrap();
+        let dense = perplexity(&build(model_path), &windows);
         let in_memory = perplexity(&masked_in_memory(model_path, &mask_path), &windows);
-        let reloaded = perplexity(&model::load_model(&out).unwrap(), &windows);
+        let reloaded = perplexity(&build(&out), &windows);
         assert!(in_memory.is_finite() && in_memory > 1.0, "{}: perplexity {in_memory}", pattern.label());
         // The mask changes the model, so equal perplexities say something.
         assert!((in_memory / dense - 1.0).abs() > 1e-4, "{}: masked {in_memory} vs dense {dense}", pattern.label());

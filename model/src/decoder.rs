@@ -8,7 +8,8 @@
 //! time with an observer of every linear input (calibration,
 //! [`Decoder::layer_forward`]), and new positions over a key/value cache
 //! (generation, [`Decoder::forward_cached`]); a layer can be rebuilt from
-//! new weights (sequential pruning, [`Decoder::rebuild_layer`]).
+//! new weights (sequential pruning, [`Decoder::load_layer`]), and a model
+//! larger than memory runs with one layer resident at a time ([`Decoder::empty`]).
 
 use std::ops::Range;
 use std::path::Path;
@@ -21,7 +22,8 @@ use crate::nn::attention::{attention_mask, Positions, StepPositions};
 use crate::nn::observer::observe;
 use crate::nn::rope::{rope_tables, rope_tables_at, rope_values, rope_values_at};
 use crate::nn::{soft_cap, Activation, Attention, HeadShape, Kernels, KvCache, LayerKv, Linear, LinearObserver, Mlp, RmsNorm};
-use crate::weights::{HostTensor, WeightMap};
+use crate::checkpoint::Weights;
+use crate::weights::HostTensor;
 use kernels::Causal;
 
 /// LongRoPE's switch of rotary frequencies (Phi-3): a forward whose last
@@ -331,19 +333,20 @@ impl CachedStep {
 impl DecoderLayer {
     /// Builds decoder layer `layer` on `device` from Hugging Face-named host
     /// weights (used by sequential calibration to rebuild a layer after pruning).
-    pub fn from_weights(spec: &DecoderSpec, weights: &WeightMap, layer: usize, device: &Device) -> Result<Self, ModelError> {
+    pub fn from_weights(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device) -> Result<Self, ModelError> {
         let p = format!("model.layers.{layer}");
         let arch = &spec.architecture;
         let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
-            let w = weights.require(&format!("{p}.{name}.weight"), &[width], arch)?;
-            Ok(RmsNorm::from_host(w, spec.norm_offset, spec.norm_eps, device))
+            let w = weights.tensor(&format!("{p}.{name}.weight"), &[width], arch)?;
+            Ok(RmsNorm::from_host(&w, spec.norm_offset, spec.norm_eps, device))
         };
         let mut parts = Vec::with_capacity(7);
         for (name, out_f, in_f) in spec.linear_modules(layer) {
-            let w = weights.require(&format!("{name}.weight"), &[out_f, in_f], arch)?;
-            let b = if spec.has_bias(&name) { Some(weights.require(&format!("{name}.bias"), &[out_f], arch)?) } else { None };
+            let w = weights.tensor(&format!("{name}.weight"), &[out_f, in_f], arch)?;
+            let b = if spec.has_bias(&name) { Some(weights.tensor(&format!("{name}.bias"), &[out_f], arch)?) } else { None };
             parts.push((w, b));
         }
+        let parts: Vec<(&HostTensor, Option<&HostTensor>)> = parts.iter().map(|(w, b)| (&**w, b.as_deref())).collect();
         let parts: [(&HostTensor, Option<&HostTensor>); 7] = parts.try_into().expect("seven linear modules a layer");
         let [q, k, v, o, gate, up, down] = parts;
         let h = spec.hidden_size;
@@ -441,37 +444,95 @@ impl DecoderLayer {
     }
 }
 
-/// A decoder on a burn device.
+/// The final norm and LM head.
+#[derive(Debug, Clone)]
+struct Head {
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+/// A decoder on a burn device. Its parts are resident or not: a model built
+/// whole ([`Decoder::from_weights`]) holds them all, a streamed one
+/// ([`Decoder::empty`]) holds only what was loaded ([`Decoder::load_layer`],
+/// [`Decoder::load_embedding`], [`Decoder::load_head`]), so that a model
+/// larger than memory runs one layer at a time. Running a part that is not
+/// loaded is a programming error and panics.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     spec: DecoderSpec,
-    embed_tokens: Tensor<2>,
-    /// The decoder layers, bottom first.
-    pub layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    embed_tokens: Option<Tensor<2>>,
+    layers: Vec<Option<DecoderLayer>>,
+    head: Option<Head>,
     device: Device,
 }
 
 impl Decoder {
-    /// Builds the model on `device` from Hugging Face-named weights, checking
-    /// that every tensor is present with the shape the spec implies.
-    pub fn from_weights(spec: &DecoderSpec, weights: &WeightMap, device: &Device) -> Result<Self, ModelError> {
-        let arch = &spec.architecture;
-        let (v, h) = (spec.vocab_size, spec.hidden_size);
-        let embed = weights.require("model.embed_tokens.weight", &[v, h], arch)?;
-        let embed_tokens = Tensor::from_data(TensorData::new(embed.data.clone(), [v, h]), device);
-        let layers = (0..spec.layers.len()).map(|l| DecoderLayer::from_weights(spec, weights, l, device)).collect::<Result<Vec<_>, _>>()?;
-        let norm = RmsNorm::from_host(weights.require("model.norm.weight", &[h], arch)?, spec.norm_offset, spec.norm_eps, device);
-        let head = if spec.tie_word_embeddings { embed } else { weights.require("lm_head.weight", &[v, h], arch)? };
-        Ok(Decoder {
-            spec: spec.clone(),
-            embed_tokens,
-            layers,
-            norm,
-            lm_head: Linear::from_host(head, None, device),
-            device: device.clone(),
-        })
+    /// Builds the whole model on `device` from Hugging Face-named weights
+    /// (layers in parallel where the device is host memory), checking that
+    /// every tensor is present with the shape the spec implies.
+    pub fn from_weights(spec: &DecoderSpec, weights: &dyn Weights, device: &Device) -> Result<Self, ModelError> {
+        let mut decoder = Decoder::empty(spec, device);
+        decoder.load_embedding(weights)?;
+        let build = |l: usize| DecoderLayer::from_weights(spec, weights, l, device);
+        let layers: Vec<DecoderLayer> = if crate::device::is_host_memory(device) {
+            use rayon::prelude::*;
+            (0..spec.layers.len()).into_par_iter().map(build).collect::<Result<_, _>>()?
+        } else {
+            (0..spec.layers.len()).map(build).collect::<Result<_, _>>()?
+        };
+        decoder.layers = layers.into_iter().map(Some).collect();
+        decoder.load_head(weights)?;
+        Ok(decoder)
+    }
+
+    /// A decoder of `spec` on `device` with nothing loaded yet.
+    pub fn empty(spec: &DecoderSpec, device: &Device) -> Self {
+        Decoder { spec: spec.clone(), embed_tokens: None, layers: vec![None; spec.layers.len()], head: None, device: device.clone() }
+    }
+
+    /// Loads (or reloads) the token embedding.
+    pub fn load_embedding(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
+        let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
+        let embed = weights.tensor("model.embed_tokens.weight", &[v, h], &self.spec.architecture)?.into_owned();
+        self.embed_tokens = Some(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device));
+        Ok(())
+    }
+
+    /// Loads (or reloads, e.g. after pruning it) decoder layer `layer`.
+    pub fn load_layer(&mut self, weights: &dyn Weights, layer: usize) -> Result<(), ModelError> {
+        self.layers[layer] = Some(DecoderLayer::from_weights(&self.spec, weights, layer, &self.device)?);
+        Ok(())
+    }
+
+    /// Loads (or reloads) the final norm and the LM head (the embedding when tied).
+    pub fn load_head(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
+        let spec = &self.spec;
+        let (v, h, arch) = (spec.vocab_size, spec.hidden_size, &spec.architecture);
+        let norm = RmsNorm::from_host(&*weights.tensor("model.norm.weight", &[h], arch)?, spec.norm_offset, spec.norm_eps, &self.device);
+        let name = if spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head = Linear::from_host(&*weights.tensor(name, &[v, h], arch)?, None, &self.device);
+        self.head = Some(Head { norm, lm_head });
+        Ok(())
+    }
+
+    /// Frees the token embedding.
+    pub fn unload_embedding(&mut self) {
+        self.embed_tokens = None;
+    }
+
+    /// Frees decoder layer `layer`.
+    pub fn unload_layer(&mut self, layer: usize) {
+        self.layers[layer] = None;
+    }
+
+    /// Frees the final norm and LM head.
+    pub fn unload_head(&mut self) {
+        self.head = None;
+    }
+
+    /// Decoder layer `layer`, which must be loaded.
+    fn layer(&self, layer: usize) -> &DecoderLayer {
+        self.layers[layer].as_ref().unwrap_or_else(|| panic!("decoder layer {layer} is not loaded"))
     }
 
     /// The spec the model was built from.
@@ -492,12 +553,6 @@ impl Decoder {
     /// The kernels a forward pass on this model's device uses by default.
     pub fn kernels(&self) -> Kernels {
         Kernels::for_device(&self.device)
-    }
-
-    /// Rebuilds decoder layer `layer` from `weights` (e.g. after pruning it).
-    pub fn rebuild_layer(&mut self, weights: &WeightMap, layer: usize) -> Result<(), ModelError> {
-        self.layers[layer] = DecoderLayer::from_weights(&self.spec, weights, layer, &self.device)?;
-        Ok(())
     }
 
     /// Context for a forward pass over `batch` sequences of `seq` tokens,
@@ -537,7 +592,7 @@ impl Decoder {
         let ids = flatten_tokens(tokens, self.spec.vocab_size)?;
         let n = ids.len();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        let embedded = self.embed_tokens.clone().select(0, ids);
+        let embedded = self.embed_tokens.clone().expect("the token embedding is not loaded").select(0, ids);
         Ok(match self.spec.embedding_scale {
             Some(scale) => embedded * scale,
             None => embedded,
@@ -546,7 +601,8 @@ impl Decoder {
 
     /// Final norm, LM head and final soft-capping: hidden [n, hidden] -> logits [n, vocab].
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let logits = self.lm_head.forward(self.norm.forward(hidden));
+        let head = self.head.as_ref().expect("the LM head is not loaded");
+        let logits = head.lm_head.forward(head.norm.forward(hidden));
         match self.spec.final_softcap {
             Some(cap) => soft_cap(logits, cap),
             None => logits,
@@ -556,13 +612,13 @@ impl Decoder {
     /// Runs decoder layer `layer` on hidden states [batch * seq, hidden],
     /// reporting every linear input to `observer`.
     pub fn layer_forward(&self, layer: usize, x: Tensor<2>, ctx: &ForwardContext, observer: Option<&mut dyn LinearObserver>) -> Tensor<2> {
-        self.layers[layer].forward(x, ctx, &format!("model.layers.{layer}"), observer)
+        self.layer(layer).forward(x, ctx, &format!("model.layers.{layer}"), observer)
     }
 
     /// Reports the linear inputs of decoder layer `layer` to `observer`
     /// without computing its output.
     pub fn layer_observe_inputs(&self, layer: usize, x: Tensor<2>, ctx: &ForwardContext, observer: &mut dyn LinearObserver) {
-        self.layers[layer].observe_inputs(x, ctx, &format!("model.layers.{layer}"), observer)
+        self.layer(layer).observe_inputs(x, ctx, &format!("model.layers.{layer}"), observer)
     }
 
     /// Logits [batch, seq, vocab] of equal-length token sequences.
@@ -575,8 +631,8 @@ impl Decoder {
         let (batch, seq) = batch_shape(tokens)?;
         let ctx = self.context_with(batch, seq, kernels);
         let mut hidden = self.embed(tokens)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(hidden, &ctx, &format!("model.layers.{l}"), None);
+        for l in 0..self.layers.len() {
+            hidden = self.layer(l).forward(hidden, &ctx, &format!("model.layers.{l}"), None);
         }
         Ok(self.head(hidden).reshape([batch, seq, self.spec.vocab_size]))
     }
@@ -636,8 +692,8 @@ impl Decoder {
             .collect();
         let step = CachedStep { kernels, batch, seq, ropes, visibility };
         let mut hidden = self.embed(tokens)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            hidden = layer.forward_cached(hidden, &step, kv);
+        for (l, kv) in cache.layers.iter_mut().enumerate() {
+            hidden = self.layer(l).forward_cached(hidden, &step, kv);
         }
         cache.advance(seq);
         Ok(hidden)

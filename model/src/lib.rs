@@ -6,6 +6,7 @@
 //! file format, so that all artifacts of subprune name modules the same way.
 
 pub mod arch;
+pub mod checkpoint;
 pub mod decoder;
 pub mod device;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod loader;
 pub mod nn;
 
 pub use arch::ModelConfig;
+pub use checkpoint::{Checkpoint, StoredType, Weights};
 pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;

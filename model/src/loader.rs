@@ -1,18 +1,19 @@
 //! User-facing model loading: a Hugging Face checkpoint directory or a GGUF
-//! file, into Hugging Face-named f32 weights, a configuration and a tokenizer.
+//! file, opened as a configuration, a tokenizer and lazily read
+//! Hugging Face-named weights ([`Checkpoint`]): no tensor is decoded until
+//! a stage asks for it.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::arch::{unpermute_rows, Fixup, GgufTensor, ModelConfig};
+use crate::arch::{GgufTensor, ModelConfig};
+use crate::checkpoint::Checkpoint;
 use crate::decoder::Decoder;
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::safetensors;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{HostTensor, WeightMap};
 
 /// File format a model was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub enum ModelFormat {
     Gguf,
 }
 
-/// A model read from disk: its configuration, weights in host memory and tokenizer.
+/// A model opened from disk: its configuration, lazily read weights and tokenizer.
 pub struct LoadedModel {
     /// The file or directory it was read from.
     pub path: PathBuf,
@@ -31,8 +32,8 @@ pub struct LoadedModel {
     pub format: ModelFormat,
     /// Architecture and hyper-parameters.
     pub config: ModelConfig,
-    /// All weights, Hugging Face names and layout.
-    pub weights: WeightMap,
+    /// All weights, Hugging Face names and layout, read when asked for.
+    pub weights: Checkpoint,
     /// The tokenizer, when the checkpoint has one.
     pub tokenizer: Option<Tokenizer>,
     /// The Jinja chat template, when the checkpoint has one (GGUF
@@ -52,18 +53,19 @@ impl LoadedModel {
             .ok_or_else(|| ModelError::format(&self.path, "expected a tokenizer (tokenizer.json in the checkpoint directory); found none"))
     }
 
-    /// Builds the network on `device`.
+    /// Builds the whole network on `device`, reading the weights tensor by tensor.
     pub fn build(&self, device: &burn::tensor::Device) -> Result<Decoder, ModelError> {
         Decoder::from_weights(self.config.spec(), &self.weights, device)
     }
 }
 
-/// Fingerprint ("sha256:<hex>") of a configuration and the names and shapes of its tensors.
-pub fn fingerprint(config: &ModelConfig, weights: &WeightMap) -> String {
+/// Fingerprint ("sha256:<hex>") of a configuration and the names and shapes
+/// of its tensors, given in name order.
+pub fn fingerprint<'a>(config: &ModelConfig, shapes: impl IntoIterator<Item = (&'a String, &'a [usize])>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(config.canonical_json().as_bytes());
-    for (name, tensor) in weights.iter() {
-        hasher.update(format!("\n{name}:{:?}", tensor.shape).as_bytes());
+    for (name, shape) in shapes {
+        hasher.update(format!("\n{name}:{shape:?}").as_bytes());
     }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
@@ -96,12 +98,11 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ModelError> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::config(&config_path, format!("not valid JSON: {e}")))?;
     let config = ModelConfig::from_hf_json(&json, &config_path)?;
-    let mut weights = safetensors::read_checkpoint_dir(dir)?;
-    config.arch().from_hf_weights(&mut weights)?;
+    let weights = Checkpoint::open_safetensors(dir, &config.arch().fused())?;
     check_tensors(&config, &weights)?;
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
-    let fingerprint = fingerprint(&config, &weights);
+    let fingerprint = fingerprint(&config, weights.shapes());
     let chat_template = hf_chat_template(dir)?;
     Ok(LoadedModel { path: dir.to_path_buf(), format: ModelFormat::HuggingFace, config, weights, tokenizer, chat_template, fingerprint })
 }
@@ -144,10 +145,27 @@ fn hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
 
 /// Checks that every tensor the configuration needs is present with the
 /// shape the configuration implies.
-fn check_tensors(config: &ModelConfig, weights: &WeightMap) -> Result<(), ModelError> {
+fn check_tensors(config: &ModelConfig, weights: &Checkpoint) -> Result<(), ModelError> {
     let arch = config.model_type();
     for (name, shape) in config.expected_tensors() {
-        weights.require(&name, &shape, &arch)?;
+        match weights.shape(&name) {
+            None => {
+                return Err(ModelError::File(formats::FormatError::MissingTensor {
+                    path: weights.source().to_path_buf(),
+                    name,
+                    architecture: arch,
+                }))
+            }
+            Some(found) if found != shape.as_slice() => {
+                return Err(ModelError::File(formats::FormatError::ShapeMismatch {
+                    path: weights.source().to_path_buf(),
+                    name,
+                    expected: shape,
+                    found: found.to_vec(),
+                }))
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -174,47 +192,16 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ModelError> {
             }
         }
     }
-    let names: Vec<(&str, usize)> = mapped.iter().map(|(name, _, shape, _)| (name.as_str(), shape.iter().product())).collect();
-    let dequantized = dequantize_all(&file, &names)?;
-    let mut weights = WeightMap::new(path);
-    for ((_, hf, shape, fixup), mut data) in mapped.into_iter().zip(dequantized) {
-        match fixup {
-            Fixup::None => {}
-            Fixup::UnpermuteRows { heads } => data = unpermute_rows(&data, heads, if shape.len() == 2 { shape[1] } else { 1 }),
-            Fixup::SubtractOne => data.iter_mut().for_each(|v| *v -= 1.0),
-        }
-        weights.insert(hf, HostTensor::new(shape, data));
-    }
-    config.arch().from_hf_weights(&mut weights)?;
-    finish_gguf(path, &file, config, weights)
+    let weights = Checkpoint::open_gguf(file, mapped, &config.arch().fused())?;
+    check_tensors(&config, &weights)?;
+    finish_gguf(path, config, weights)
 }
 
-/// Checks the tensors of a GGUF model and reads its tokenizer.
-fn finish_gguf(path: &Path, file: &GgufFile, config: ModelConfig, weights: WeightMap) -> Result<LoadedModel, ModelError> {
-    check_tensors(&config, &weights)?;
+/// Reads the tokenizer and chat template of a GGUF model.
+fn finish_gguf(path: &Path, config: ModelConfig, weights: Checkpoint) -> Result<LoadedModel, ModelError> {
+    let file = weights.gguf().expect("a GGUF checkpoint");
     let tokenizer = if file.get("tokenizer.ggml.tokens").is_some() { Some(Tokenizer::from_gguf(file)?) } else { None };
-    let fingerprint = fingerprint(&config, &weights);
+    let fingerprint = fingerprint(&config, weights.shapes());
     let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
     Ok(LoadedModel { path: path.to_path_buf(), format: ModelFormat::Gguf, config, weights, tokenizer, chat_template, fingerprint })
-}
-
-/// Dequantizes the listed tensors (name, element count) on all cores, largest first.
-fn dequantize_all(file: &GgufFile, tensors: &[(&str, usize)]) -> Result<Vec<Vec<f32>>, ModelError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tensors.len().max(1));
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Vec<f32>, ModelError>>>> =
-        (0..tensors.len()).map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = order.get(k) else { break };
-                let r = file.tensor_f32(tensors[i].0).map_err(ModelError::from);
-                *results[i].lock().expect("no poisoned lock") = Some(r);
-            });
-        }
-    });
-    results.into_iter().map(|m| m.into_inner().expect("no poisoned lock").expect("every tensor visited")).collect()
 }

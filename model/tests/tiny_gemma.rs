@@ -64,8 +64,9 @@ fn gguf_f32_matches_safetensors_and_reference() {
     let gguf = dir.path().join("tiny-gemma3.gguf");
     write_gemma_gguf(&gguf, &SIX_LAYERS, &weights, GgmlType::F32);
     let (a, b) = (load_model(&gguf).unwrap(), load_model(&hf).unwrap());
-    for (name, t) in b.weights.iter() {
-        let g = a.weights.get(name).unwrap_or_else(|| panic!("{name} missing from the GGUF load"));
+    let (a_weights, b_weights) = (a.weights.load_all().unwrap(), b.weights.load_all().unwrap());
+    for (name, t) in b_weights.iter() {
+        let g = a_weights.get(name).unwrap_or_else(|| panic!("{name} missing from the GGUF load"));
         let diff = g.data.iter().zip(&t.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(g.shape == t.shape && diff < 1e-6, "{name} differs between GGUF and safetensors by {diff}");
     }

@@ -213,22 +213,24 @@ pub fn score_model(
     let mut out = Vec::with_capacity(modules.iter().map(|m| m.1).sum());
     for (name, rows, cols) in modules {
         let weight_name = format!("{name}.weight");
-        let weight = model.weights.get(&weight_name).ok_or_else(|| ScoreError::Weight {
+        let shape = model.weights.shape(&weight_name).ok_or_else(|| ScoreError::Weight {
             model_path: model.path.clone(),
             name: weight_name.clone(),
             rows,
             cols,
             found: "no such tensor".to_string(),
         })?;
-        if weight.shape != [rows, cols] {
+        if shape != [rows, cols] {
             return Err(ScoreError::Weight {
                 model_path: model.path.clone(),
                 name: weight_name,
                 rows,
                 cols,
-                found: format!("shape {:?}", weight.shape),
+                found: format!("shape {shape:?}"),
             });
         }
+        // One module's weight is read at a time.
+        let weight = model.weights.load(&weight_name)?;
         let stat = match method {
             Method::Wanda => by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice()),
             Method::Magnitude => None,

@@ -950,6 +950,21 @@ impl GgufFile {
         &bytes[start..start + len]
     }
 
+    /// Whether tensor `name` is of a type subprune can dequantize (an error saying which types are, if not).
+    pub fn check_dequantizable(&self, name: &str) -> Result<(), GgufError> {
+        let info = self.find(name)?;
+        if !info.ggml_type.can_dequantize() {
+            return Err(GgufError::UnsupportedTensorType {
+                path: self.path.clone(),
+                tensor: info.name.clone(),
+                type_id: info.ggml_type.id(),
+                type_name: info.ggml_type.name(),
+                supported: supported_types_list(),
+            });
+        }
+        Ok(())
+    }
+
     /// A tensor dequantized to f32, row-major, `n_elements` long.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
         let info = self.find(name)?;
@@ -963,11 +978,26 @@ impl GgufFile {
             });
         }
         let n = info.n_elements() as usize;
-        dequantize(info.ggml_type, self.bytes_of(info), n).map_err(|source| GgufError::Dequant {
+        let values = dequantize(info.ggml_type, self.bytes_of(info), n).map_err(|source| GgufError::Dequant {
             path: self.path.clone(),
             tensor: info.name.clone(),
             source,
-        })
+        })?;
+        self.release(info);
+        Ok(values)
+    }
+
+    /// Drops the mapped pages of a tensor from this process once it has been
+    /// dequantized, so that reading a model tensor by tensor keeps only what
+    /// the caller holds resident (the kernel reads them again if touched).
+    fn release(&self, info: &GgufTensorInfo) {
+        if let Some(map) = &self.map {
+            let start = self.data_start + info.offset as usize;
+            let len = info.n_bytes().unwrap_or(0) as usize;
+            // SAFETY: the mapping is shared and read-only, backed by the file:
+            // dropped pages read back the same bytes, so no borrow can observe a change.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+        }
     }
 }
 

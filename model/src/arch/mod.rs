@@ -9,9 +9,9 @@ pub mod gemma;
 pub mod llama;
 pub mod phi3;
 pub mod qwen3;
+pub mod shapes;
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,6 @@ use crate::decoder::{DecoderSpec, LayerSpec};
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::nn::{Activation, RopeScaling};
-use crate::weights::{HostTensor, WeightMap};
 
 /// Copying and downcasting of a boxed [`ArchConfig`], for every cloneable configuration type.
 pub trait ArchBox {
@@ -57,17 +56,12 @@ pub trait ArchConfig: ArchBox + std::fmt::Debug + Send + Sync + 'static {
     /// What the loader does with the GGUF tensor `gguf_name`; `None` for a
     /// name the family does not know.
     fn gguf_tensor(&self, gguf_name: &str) -> Option<GgufTensor>;
-    /// Turns the tensors of a checkpoint, under Hugging Face names (after a
-    /// GGUF's fixups), into the decoder's (e.g. splits fused projections);
-    /// most families store them so.
-    fn from_hf_weights(&self, _weights: &mut WeightMap) -> Result<(), ModelError> {
-        Ok(())
-    }
-    /// The tensors to write in a Hugging Face checkpoint of this family,
-    /// by name (e.g. fused projections again); most families write the
-    /// decoder's tensors as they are.
-    fn hf_weights<'w>(&self, weights: &'w WeightMap) -> Vec<(String, Cow<'w, HostTensor>)> {
-        weights.iter().map(|(name, tensor)| (name.clone(), Cow::Borrowed(tensor))).collect()
+    /// The fused projections of a Hugging Face checkpoint of this family
+    /// (e.g. Phi-3's `qkv_proj`): loaders serve their parts as the decoder's
+    /// tensors, and pruned checkpoints stack the parts again. Most families
+    /// store every projection on its own.
+    fn fused(&self) -> Vec<Fused> {
+        Vec::new()
     }
 }
 
@@ -575,45 +569,29 @@ pub(crate) fn gguf_to_hf_name<'n>(name: &'n str, norms: impl Fn(&str) -> Option<
 
 /// A fused projection of a checkpoint (e.g. Phi-3's `qkv_proj`): its
 /// tensor name and the decoder tensors it stacks, with their rows, in order.
-pub(crate) struct Fused {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fused {
     /// Name of the fused tensor.
     pub name: String,
     /// Names and row counts of the parts, top to bottom.
     pub parts: Vec<(String, usize)>,
 }
 
-/// Splits every fused tensor of `weights` into its parts (rows of [out, in] weights).
-pub(crate) fn split_fused(weights: &mut WeightMap, fused: &[Fused]) -> Result<(), ModelError> {
-    for Fused { name, parts } in fused {
-        let Some(tensor) = weights.remove(name) else { continue };
-        let rows: usize = parts.iter().map(|(_, r)| r).sum();
-        let &[out, cols] = tensor.shape.as_slice() else {
-            return Err(ModelError::format(weights.source(), format!("`{name}` has shape {:?}; expected [{rows}, in]", tensor.shape)));
-        };
-        if out != rows {
-            return Err(ModelError::format(weights.source(), format!("`{name}` has {out} rows; expected {rows}")));
-        }
-        let mut first = 0;
-        for (part, rows) in parts {
-            weights.insert(part.clone(), HostTensor::new(vec![*rows, cols], tensor.data[first * cols..(first + rows) * cols].to_vec()));
-            first += rows;
-        }
-    }
-    Ok(())
-}
-
-/// The tensors of `weights` with the parts of every fused tensor stacked into it again.
-pub(crate) fn join_fused<'w>(weights: &'w WeightMap, fused: &[Fused]) -> Vec<(String, Cow<'w, HostTensor>)> {
-    let mut out: Vec<(String, Cow<'w, HostTensor>)> = Vec::new();
+/// The tensors of a Hugging Face checkpoint made from decoder tensors
+/// `names`: each written tensor's name with the decoder tensors stacked
+/// (row-wise) into it, one for most, several for a fused projection.
+pub fn hf_tensors<'n>(names: impl IntoIterator<Item = &'n String>, fused: &[Fused]) -> Vec<(String, Vec<String>)> {
+    let names: Vec<&String> = names.into_iter().collect();
+    let present: std::collections::BTreeSet<&str> = names.iter().map(|n| n.as_str()).collect();
+    let mut out = Vec::new();
     let mut joined = std::collections::BTreeSet::new();
     for Fused { name, parts } in fused {
-        let Some(tensors) = parts.iter().map(|(part, _)| weights.get(part)).collect::<Option<Vec<&HostTensor>>>() else { continue };
-        let cols = tensors[0].shape[1];
-        let data: Vec<f32> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
-        out.push((name.clone(), Cow::Owned(HostTensor::new(vec![data.len() / cols, cols], data))));
-        joined.extend(parts.iter().map(|(part, _)| part.as_str()));
+        if parts.iter().all(|(part, _)| present.contains(part.as_str())) {
+            out.push((name.clone(), parts.iter().map(|(part, _)| part.clone()).collect()));
+            joined.extend(parts.iter().map(|(part, _)| part.clone()));
+        }
     }
-    out.extend(weights.iter().filter(|(name, _)| !joined.contains(name.as_str())).map(|(n, t)| (n.clone(), Cow::Borrowed(t))));
+    out.extend(names.into_iter().filter(|name| !joined.contains(*name)).map(|name| (name.clone(), vec![name.clone()])));
     out
 }
 

@@ -3,18 +3,16 @@
 //! split on loading and stacked again on writing), an optional sliding
 //! window, and LongRoPE scaling (read by the shared rope parser).
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::llama::LlamaConfig;
-use super::{gguf_to_hf_name, join_fused, split_fused, ArchConfig, Dims, Family, Fixup, Fused, GgufMeta, GgufTensor};
+use super::{gguf_to_hf_name, ArchConfig, Dims, Family, Fixup, Fused, GgufMeta, GgufTensor};
 use crate::decoder::DecoderSpec;
 use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::nn::RopeScaling;
-use crate::weights::{HostTensor, WeightMap};
 
 /// The family's entry in the registry.
 pub const FAMILY: Family = Family {
@@ -68,7 +66,7 @@ impl Phi3Config {
     }
 
     /// The fused projections of every layer.
-    fn fused(&self) -> Vec<Fused> {
+    fn fused_projections(&self) -> Vec<Fused> {
         let d = &self.0.dims;
         let (q, kv, i) = (d.num_attention_heads * d.head_dim, d.num_key_value_heads * d.head_dim, d.intermediate_size);
         (0..d.num_hidden_layers)
@@ -128,11 +126,7 @@ impl ArchConfig for Phi3Config {
         Some(GgufTensor::Load { hf_name, fixup: Fixup::None })
     }
 
-    fn from_hf_weights(&self, weights: &mut WeightMap) -> Result<(), ModelError> {
-        split_fused(weights, &self.fused())
-    }
-
-    fn hf_weights<'w>(&self, weights: &'w WeightMap) -> Vec<(String, Cow<'w, HostTensor>)> {
-        join_fused(weights, &self.fused())
+    fn fused(&self) -> Vec<Fused> {
+        self.fused_projections()
     }
 }

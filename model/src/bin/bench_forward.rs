@@ -37,7 +37,7 @@ fn main() {
     let started = Instant::now();
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let load_s = started.elapsed().as_secs_f64();
-    let parameters: usize = loaded.weights.iter().map(|(_, t)| t.len()).sum();
+    let parameters: usize = loaded.weights.shapes().map(|(_, s)| s.iter().product::<usize>()).sum();
 
     let selected = select_device(device_choice).expect("device");
     let started = Instant::now();

@@ -1,0 +1,274 @@
+//! Lazy weights: a checkpoint opened by memory map whose tensors are read in
+//! their stored type (f32, f16, bf16 or GGUF blocks) and turned into
+//! Hugging Face-named f32 host tensors only when asked for, one at a time.
+//! Nothing is decoded when a model is opened: the configuration, the
+//! fingerprint and the tokenizer come from metadata, and a stage that holds
+//! one decoder layer at a time never holds more of the model than that.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::arch::{unpermute_rows, Fixup, Fused};
+use crate::error::ModelError;
+use crate::gguf::{GgmlType, GgufFile};
+use crate::safetensors::{SafetensorsCheckpoint, StoredDtype};
+use crate::weights::{HostTensor, WeightMap};
+use formats::FormatError;
+
+/// How a tensor is stored in its checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredType {
+    /// A safetensors dtype.
+    Float(StoredDtype),
+    /// A GGUF type (f32, f16, bf16 or a quantized block type).
+    Gguf(GgmlType),
+}
+
+/// Anything that yields Hugging Face-named f32 host tensors of a given
+/// shape: host weights in memory ([`WeightMap`]) or a lazily read
+/// [`Checkpoint`]. The decoder builds its layers from either.
+pub trait Weights: Sync {
+    /// Tensor `name`, checked to have shape `expected`; `architecture` is
+    /// for the message when the tensor is missing.
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError>;
+}
+
+impl Weights for WeightMap {
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+        Ok(Cow::Borrowed(self.require(name, expected, architecture)?))
+    }
+}
+
+/// Where the values of one decoder tensor are stored.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Decoder (Hugging Face) shape.
+    shape: Vec<usize>,
+    /// Name of the tensor in the file.
+    stored: String,
+    /// How llama.cpp's converter changed the values (GGUF only).
+    fixup: Fixup,
+    /// Rows of the stored tensor that make this one (a part of a fused projection).
+    rows: Option<Range<usize>>,
+    /// Storage type in the file.
+    stored_type: StoredType,
+}
+
+/// The file behind a checkpoint.
+enum Store {
+    Safetensors(SafetensorsCheckpoint),
+    Gguf(GgufFile),
+}
+
+/// A checkpoint whose tensors are read on demand; see the module docs.
+/// A tensor can be masked ([`Checkpoint::set_keep_bits`]): its pruned
+/// weights read as zeros.
+pub struct Checkpoint {
+    source: PathBuf,
+    store: Store,
+    entries: BTreeMap<String, Entry>,
+    keep_bits: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("source", &self.source).field("tensors", &self.entries.len()).finish_non_exhaustive()
+    }
+}
+
+impl Checkpoint {
+    /// Opens the safetensors of a Hugging Face directory; the parts of every
+    /// tensor in `fused` are served as tensors of their own.
+    pub(crate) fn open_safetensors(dir: &Path, fused: &[Fused]) -> Result<Self, ModelError> {
+        let file = SafetensorsCheckpoint::open(dir)?;
+        let mut entries = BTreeMap::new();
+        for (name, info) in file.tensors() {
+            let entry =
+                Entry { shape: info.shape.clone(), stored: name.clone(), fixup: Fixup::None, rows: None, stored_type: StoredType::Float(info.dtype) };
+            entries.insert(name.clone(), entry);
+        }
+        let mut checkpoint = Checkpoint { source: dir.to_path_buf(), store: Store::Safetensors(file), entries, keep_bits: BTreeMap::new() };
+        checkpoint.split_fused(fused)?;
+        Ok(checkpoint)
+    }
+
+    /// Opens a GGUF file whose tensors `mapped` lists as (GGUF name,
+    /// Hugging Face name, shape, fixup); the parts of every tensor in `fused`
+    /// are served as tensors of their own.
+    pub(crate) fn open_gguf(file: GgufFile, mapped: Vec<(String, String, Vec<usize>, Fixup)>, fused: &[Fused]) -> Result<Self, ModelError> {
+        let mut entries = BTreeMap::new();
+        for (stored, hf, shape, fixup) in mapped {
+            file.check_dequantizable(&stored)?;
+            let ggml_type = file.tensor_info(&stored).expect("mapped from the file's own tensors").ggml_type;
+            entries.insert(hf, Entry { shape, stored, fixup, rows: None, stored_type: StoredType::Gguf(ggml_type) });
+        }
+        let mut checkpoint =
+            Checkpoint { source: file.path().to_path_buf(), store: Store::Gguf(file), entries, keep_bits: BTreeMap::new() };
+        checkpoint.split_fused(fused)?;
+        Ok(checkpoint)
+    }
+
+    /// Replaces every fused tensor by entries for its parts (rows of the stored tensor).
+    fn split_fused(&mut self, fused: &[Fused]) -> Result<(), ModelError> {
+        for Fused { name, parts } in fused {
+            let Some(entry) = self.entries.remove(name) else { continue };
+            let rows: usize = parts.iter().map(|(_, r)| r).sum();
+            let &[out, cols] = entry.shape.as_slice() else {
+                return Err(ModelError::format(&self.source, format!("`{name}` has shape {:?}; expected [{rows}, in]", entry.shape)));
+            };
+            if out != rows {
+                return Err(ModelError::format(&self.source, format!("`{name}` has {out} rows; expected {rows}")));
+            }
+            let mut first = 0;
+            for (part, part_rows) in parts {
+                let rows = first..first + part_rows;
+                self.entries.insert(part.clone(), Entry { shape: vec![*part_rows, cols], rows: Some(rows), ..entry.clone() });
+                first += part_rows;
+            }
+        }
+        Ok(())
+    }
+
+    /// The GGUF file behind the checkpoint, if it is one (its metadata holds the tokenizer).
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.store {
+            Store::Gguf(file) => Some(file),
+            Store::Safetensors(_) => None,
+        }
+    }
+
+    /// The file or directory the checkpoint was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Every tensor name, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the checkpoint holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the checkpoint has tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The shape of tensor `name`, read from the file's header.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Names and shapes of every tensor, in name order.
+    pub fn shapes(&self) -> impl Iterator<Item = (&String, &[usize])> {
+        self.entries.iter().map(|(name, e)| (name, e.shape.as_slice()))
+    }
+
+    /// How tensor `name` is stored in the file.
+    pub fn stored_type(&self, name: &str) -> Option<StoredType> {
+        self.entries.get(name).map(|e| e.stored_type)
+    }
+
+    /// Tensor `name` in f32 (exactly the stored values, dequantized and with
+    /// the converter's fixups undone, masked if a mask was set), read from the file now.
+    pub fn load(&self, name: &str) -> Result<HostTensor, ModelError> {
+        let entry = self.entries.get(name).ok_or_else(|| ModelError::format(&self.source, format!("has no tensor `{name}`")))?;
+        let (stored_shape, mut data) = match &self.store {
+            Store::Safetensors(file) => {
+                let tensor = file.tensor_f32(&entry.stored)?;
+                (tensor.shape, tensor.data)
+            }
+            Store::Gguf(file) => {
+                let info = file.tensor_info(&entry.stored).expect("entries name the file's own tensors");
+                (info.shape(), file.tensor_f32(&entry.stored)?)
+            }
+        };
+        match entry.fixup {
+            Fixup::None => {}
+            Fixup::UnpermuteRows { heads } => {
+                data = unpermute_rows(&data, heads, if stored_shape.len() == 2 { stored_shape[1] } else { 1 })
+            }
+            Fixup::SubtractOne => data.iter_mut().for_each(|v| *v -= 1.0),
+        }
+        if let Some(rows) = &entry.rows {
+            let cols = stored_shape[1];
+            data = data[rows.start * cols..rows.end * cols].to_vec();
+        }
+        if let Some(keep) = self.keep_bits.get(name) {
+            let cols = entry.shape[1];
+            for (row, bits) in data.chunks_exact_mut(cols).zip(keep.chunks_exact(cols.div_ceil(8))) {
+                for (j, value) in row.iter_mut().enumerate() {
+                    if bits[j / 8] >> (j % 8) & 1 == 0 {
+                        *value = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(HostTensor::new(entry.shape.clone(), data))
+    }
+
+    /// Zeroes, from now on, the weights of tensor `name` ([rows, cols]) whose
+    /// keep bit is 0: `keep` holds each row's bits packed LSB first in
+    /// `ceil(cols / 8)` bytes, rows one after another (a mask applied as the
+    /// model is read, so a masked model needs no more memory than a dense one).
+    pub fn set_keep_bits(&mut self, name: &str, keep: Vec<u8>) -> Result<(), ModelError> {
+        let Some(entry) = self.entries.get(name) else {
+            return Err(ModelError::format(&self.source, format!("has no tensor `{name}` to mask")));
+        };
+        let &[rows, cols] = entry.shape.as_slice() else {
+            return Err(ModelError::format(&self.source, format!("tensor `{name}` has shape {:?}; only matrices are masked", entry.shape)));
+        };
+        if keep.len() != rows * cols.div_ceil(8) {
+            return Err(ModelError::Input(format!(
+                "keep bits of `{name}` ([{rows}, {cols}]): expected {} bytes, found {}",
+                rows * cols.div_ceil(8),
+                keep.len()
+            )));
+        }
+        self.keep_bits.insert(name.to_string(), keep);
+        Ok(())
+    }
+
+    /// Every tensor whose name starts with `prefix` (e.g. `model.layers.3.`), read now.
+    pub fn load_prefixed(&self, prefix: &str) -> Result<WeightMap, ModelError> {
+        let mut weights = WeightMap::new(&self.source);
+        for name in self.entries.keys().filter(|name| name.starts_with(prefix)) {
+            weights.insert(name.clone(), self.load(name)?);
+        }
+        Ok(weights)
+    }
+
+    /// Every tensor of the checkpoint in host memory (small models and tests).
+    pub fn load_all(&self) -> Result<WeightMap, ModelError> {
+        self.load_prefixed("")
+    }
+}
+
+impl Weights for Checkpoint {
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+        match self.entries.get(name) {
+            None => Err(ModelError::File(FormatError::MissingTensor {
+                path: self.source.clone(),
+                name: name.to_string(),
+                architecture: architecture.to_string(),
+            })),
+            Some(entry) if entry.shape != expected => Err(ModelError::File(FormatError::ShapeMismatch {
+                path: self.source.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: entry.shape.clone(),
+            })),
+            Some(_) => Ok(Cow::Owned(self.load(name)?)),
+        }
+    }
+}
