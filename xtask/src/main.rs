@@ -67,9 +67,36 @@ enum Command {
     /// (--eval-windows, 0 to skip). Rerunning with the same options reuses
     /// every artifact; a changed option redoes only the stages it affects.
     Prune(demo::PruneArgs),
+    /// Write a random-weight checkpoint with a real model's layer shapes, for scale tests and benchmarks.
+    ///
+    /// config.json, sharded safetensors and SmolLM2's tokenizer and vocabulary,
+    /// written atomically to --out. The weights are random: the model's
+    /// perplexities and task scores mean nothing, only time and memory do.
+    /// Runs the `make-model` binary of the model crate.
+    MakeModel(MakeModelArgs),
     /// Run a benchmark of the workspace.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Arguments of `make-model`.
+#[derive(Debug, Args)]
+struct MakeModelArgs {
+    /// The real model whose layer shapes to copy.
+    #[arg(long, value_parser = ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "gemma-2-9b"])]
+    shape: String,
+    /// Storage type of the weights.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
+    dtype: String,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fewer decoder layers than the shape has (0: the shape's own count).
+    #[arg(long, default_value_t = 0)]
+    layers: usize,
 }
 
 /// Arguments of `fetch-model`.
@@ -155,6 +182,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Demo(args) => demo::demo(&args),
         Command::Experiment(args) => demo::run_file(&args),
         Command::Prune(args) => demo::prune(&args),
+        Command::MakeModel(args) => make_model(&args),
         Command::Bench(BenchCommand::Forward(args)) => bench_binary("model", "bench-forward", args),
         Command::Bench(BenchCommand::Generate(args)) => bench_binary("evaluate", "bench-generate", args),
         Command::Bench(BenchCommand::Gemm(args)) => bench_binary("model", "bench-gemm", args),
@@ -192,6 +220,18 @@ fn cargo_test_args(extra: &[String]) -> Vec<String> {
     }
     args.extend(extra.iter().cloned());
     args
+}
+
+/// `cargo xtask make-model`: SmolLM2 (for its tokenizer), then the `make-model` binary.
+fn make_model(args: &MakeModelArgs) -> Result<ExitCode> {
+    let tokenizer_model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+    let bin = workspace::build_binaries()?;
+    let mut cmd = std::process::Command::new(bin.join("make-model"));
+    cmd.arg("--shape").arg(&args.shape).arg("--dtype").arg(&args.dtype).arg("--out").arg(&args.out);
+    cmd.arg("--seed").arg(args.seed.to_string()).arg("--layers").arg(args.layers.to_string());
+    cmd.env(models::SMOLLM2_ENV, &tokenizer_model);
+    let status = process::run_status(&mut cmd)?;
+    Ok(process::exit_code(status))
 }
 
 /// `cargo xtask bench forward|generate`: prerequisites, the real model, then
@@ -237,7 +277,7 @@ mod tests {
     fn bench_forwards_trailing_args() {
         let cli = Cli::try_parse_from(["cargo xtask", "bench", "forward", "--", "--device", "cpu"]).unwrap();
         match cli.command {
-            Command::Bench(BenchCommand::Forward(args)) => {
+        Command::Bench(BenchCommand::Forward(args)) => {
                 assert_eq!(args.bench_args, ["--device", "cpu"])
             }
             other => panic!("parsed as {other:?}"),
