@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use artifacts::ModuleStats;
 use burn::tensor::{Device, Tensor, TensorData};
 use model::LinearObserver;
-use model::{BlasThreads, Decoder, LoadedModel, ModelError, WeightMap};
+use model::{BlasThreads, Decoder, LoadedModel, MaskedWeights, ModelError};
 use rayon::prelude::*;
 use sparsity::{Group, Method, Pattern, SparsityError};
 
@@ -51,8 +51,11 @@ pub struct CalibrateOptions {
 pub struct Calibration {
     /// One entry per linear module, in layer and module order.
     pub stats: Vec<ModuleStats>,
-    /// Keep-masks (true = kept) applied internally, by module name.
-    pub applied_masks: BTreeMap<String, Vec<bool>>,
+    /// Digest (sha256 of the keep bits packed as in a mask artifact) of the
+    /// mask applied internally to each module, by module name: enough to
+    /// check it against another mask, at a size that does not grow with the
+    /// model (the masks themselves are as many bits as the model has weights).
+    pub applied_masks: BTreeMap<String, String>,
 }
 
 /// Running Wanda statistics of one linear module.
@@ -193,6 +196,12 @@ fn batches(samples: &[Vec<u32>], batch: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The digest [`Calibration::applied_masks`] holds for a keep-mask (true = kept).
+pub fn mask_digest(keep: &[bool]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(sparsity::pack_bits(keep))))
+}
+
 /// The Wanda statistics of `loaded` on `samples`, pruning as it goes unless
 /// `options.oneshot`. `on_layer` is called after each layer with its index.
 pub fn calibrate(
@@ -260,22 +269,24 @@ pub fn calibrate(
             });
         }
         accumulate(&mut accumulators, observed);
-        // Only this layer's tensors are read again to be pruned: the rest of
-        // the model is never changed. The dense layer is freed first.
-        let mut weights = WeightMap::new(loaded.weights.source());
+        // The dense layer is freed; each module's weight is read again, alone,
+        // to choose its mask, and the pruned layer is built from the
+        // checkpoint with the masks applied as it is read: the layer is never
+        // held twice.
+        let mut keep_bits = BTreeMap::new();
         if !options.oneshot {
             network.unload_layer(layer);
-            weights = loaded.weights.load_prefixed(&format!("model.layers.{layer}."))?;
         }
         for (module, out_features, in_features) in config.linear_modules(layer) {
             let acc = accumulators.remove(&module).ok_or_else(|| CalibrateError::Input(format!("no input was observed for {module}")))?;
             if !options.oneshot {
                 let name = format!("{module}.weight");
-                let weight = weights.get_mut(&name).ok_or_else(|| CalibrateError::Input(format!("the model has no weight {name}")))?;
+                let weight = loaded.weights.load(&name)?;
                 let scores = sparsity::scores(Method::Wanda, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
+                drop(weight);
                 let keep = sparsity::keep_mask(&scores, out_features, in_features, options.pattern, options.group)?;
-                sparsity::apply_mask(&mut weight.data, &keep)?;
-                applied_masks.insert(module.clone(), keep);
+                applied_masks.insert(module.clone(), mask_digest(&keep));
+                keep_bits.insert(name, keep.chunks(in_features.max(1)).flat_map(sparsity::pack_bits).collect::<Vec<u8>>());
             }
             stats.push(ModuleStats {
                 layer: layer as u32,
@@ -289,8 +300,7 @@ pub fn calibrate(
         }
         // The last layer's pruned output feeds nothing that calibration measures.
         if !options.oneshot && layer + 1 < config.num_layers() {
-            network.load_layer(&weights, layer)?;
-            drop(weights);
+            network.load_layer(&MaskedWeights::new(&loaded.weights, keep_bits), layer)?;
             outputs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
                 host_values(network.layer_forward(layer, tensor(x), &contexts[&shape(index)], None))
             });

@@ -116,7 +116,7 @@ fn masks_rebuilt_from_written_stats_equal_the_applied_ones() {
             let (rows, cols) = (w.shape[0], w.shape[1]);
             let scores = sparsity::scores(Method::Wanda, &w.data, rows, cols, Some(&stat.scaler_row)).unwrap();
             let keep = sparsity::keep_mask(&scores, rows, cols, pattern, Group::Row).unwrap();
-            assert_eq!(&keep, &result.applied_masks[&stat.module], "{} ({})", stat.module, pattern.label());
+            assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[&stat.module], "{} ({})", stat.module, pattern.label());
             let pruned = keep.iter().filter(|k| !**k).count();
             assert_eq!(pruned, rows * pattern.pruned_per_row(cols));
         }

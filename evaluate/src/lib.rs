@@ -21,7 +21,7 @@ pub mod translation;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use artifacts::{ArtifactError, MaskRow};
+use artifacts::ArtifactError;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use model::{Decoder, LoadedModel, ModelError};
@@ -240,42 +240,54 @@ pub struct MaskedCounts {
 /// Refuses a mask of another model fingerprint, modules the model lacks or has
 /// in another shape, and rows that do not cover a module exactly.
 pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<MaskedCounts, EvalError> {
-    let (provenance, _info, rows) = artifacts::read_mask(mask_path)?;
+    let reader = artifacts::MaskReader::open(mask_path)?;
     let mismatch = |what: String| EvalError::Mask { path: mask_path.to_path_buf(), model: loaded.path.clone(), what };
-    if provenance.model != loaded.fingerprint {
-        return Err(mismatch(format!("the mask was made for model {}, this model is {}", provenance.model, loaded.fingerprint)));
+    if reader.provenance().model != loaded.fingerprint {
+        return Err(mismatch(format!("the mask was made for model {}, this model is {}", reader.provenance().model, loaded.fingerprint)));
     }
-    let mut by_module: BTreeMap<String, Vec<MaskRow>> = BTreeMap::new();
-    for r in rows {
-        by_module.entry(r.module.clone()).or_default().push(r);
-    }
-    let mut counts = MaskedCounts { modules: by_module.len(), total: 0, masked: 0 };
-    for (module, rows) in &by_module {
-        let cols = rows[0].in_features as usize;
+    // Rows are read a batch at a time and packed straight into each module's
+    // keep bits, so the mask is held once, as bits (as many as the model has weights).
+    let mut modules: BTreeMap<String, (usize, Vec<u8>)> = BTreeMap::new();
+    let mut current: Option<(String, usize, usize, Vec<u8>)> = None;
+    let mut finish = |done: Option<(String, usize, usize, Vec<u8>)>| -> Result<(), EvalError> {
+        let Some((module, rows, cols, keep)) = done else { return Ok(()) };
         let name = format!("{module}.weight");
-        let Some(shape) = loaded.weights.shape(&name) else {
-            return Err(mismatch(format!("the model has no tensor {name}")));
-        };
-        if shape != [rows.len(), cols] {
-            return Err(mismatch(format!("{name} has shape {shape:?}, the mask has {} rows of {cols}", rows.len())));
-        }
-        let mut keep = Vec::with_capacity(rows.len() * cols.div_ceil(8));
-        for (i, r) in rows.iter().enumerate() {
-            if r.row as usize != i || r.in_features as usize != cols || r.keep.len() != cols.div_ceil(8) {
-                return Err(mismatch(format!(
-                    "module {module}: expected row {i} of {cols} bits; found row {} of {} bits in {} bytes",
-                    r.row,
-                    r.in_features,
-                    r.keep.len()
-                )));
+        match loaded.weights.shape(&name) {
+            None => return Err(mismatch(format!("the model has no tensor {name}"))),
+            Some(shape) if shape != [rows, cols] => {
+                return Err(mismatch(format!("{name} has shape {shape:?}, the mask has {rows} rows of {cols}")))
             }
-            keep.extend_from_slice(&r.keep);
+            Some(_) => {}
         }
+        if modules.insert(module.clone(), (rows * cols, keep)).is_some() {
+            return Err(mismatch(format!("module {module}: its rows are not together in the file")));
+        }
+        Ok(())
+    };
+    for row in reader {
+        let row = row?;
+        let continues = matches!(&current, Some((module, ..)) if *module == row.module);
+        if !continues {
+            finish(current.take())?;
+            current = Some((row.module.clone(), 0, row.in_features as usize, Vec::new()));
+        }
+        let (module, rows, cols, keep) = current.as_mut().expect("set above");
+        if row.row as usize != *rows || row.in_features as usize != *cols {
+            return Err(mismatch(format!(
+                "module {module}: expected row {rows} of {cols} bits; found row {} of {} bits",
+                row.row, row.in_features
+            )));
+        }
+        keep.extend_from_slice(&row.keep);
+        *rows += 1;
+    }
+    finish(current.take())?;
+    let mut counts = MaskedCounts { modules: modules.len(), total: 0, masked: 0 };
+    for (module, (total, keep)) in modules {
         let kept: u64 = keep.iter().map(|b| u64::from(b.count_ones())).sum();
-        let total = (rows.len() * cols) as u64;
-        loaded.weights.set_keep_bits(&name, keep)?;
-        counts.total += total;
-        counts.masked += total - kept;
+        loaded.weights.set_keep_bits(&format!("{module}.weight"), keep)?;
+        counts.total += total as u64;
+        counts.masked += total as u64 - kept;
     }
     Ok(counts)
 }

@@ -305,6 +305,93 @@ pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path,
     Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
 }
 
+/// Selects the weights to prune from scores computed, module by module,
+/// from a statistics artifact and the model's weights, and writes the mask
+/// artifact to `out`: the mask `score` + [`make_mask`] would give, without
+/// a scores artifact (which, at one f32 per weight, is what would limit
+/// scale: 26 GB for a 7B model). Only one module's weight and scores are
+/// held at a time.
+pub fn make_mask_from_stats(
+    model_path: &Path,
+    stats_path: &Path,
+    method: sparsity::Method,
+    pattern: Pattern,
+    group: Group,
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<MakeSummary, MaskError> {
+    if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
+        return Err(MaskError::Options(format!(
+            "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
+            pattern.label()
+        )));
+    }
+    let (stats_provenance, stats) = artifacts::read_stats(stats_path)?;
+    let stats_hash = artifacts::content_hash(stats_path)?;
+    let model = model::load_model(model_path)?;
+    if stats_provenance.model != model.fingerprint {
+        return Err(MaskError::Options(format!(
+            "{} was gathered on model {}, but {} is model {}: statistics and weights must be of one model",
+            stats_path.display(),
+            stats_provenance.model,
+            model_path.display(),
+            model.fingerprint
+        )));
+    }
+    let by_module: BTreeMap<&str, &artifacts::ModuleStats> = stats.iter().map(|s| (s.module.as_str(), s)).collect();
+    // The provenance `score` would give these scores, so that the mask's
+    // params (and the calibration check) are those of the two-stage path.
+    let scores_params = serde_json::json!({"method": method.as_str(), "stats_params": stats_provenance.params});
+    let scores_provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), scores_params, created_by());
+    let warning = calibration_mismatch(stats_path, &scores_provenance, pattern, group);
+    let modules: Vec<(String, usize, usize)> = (0..model.config.num_layers()).flat_map(|l| model.config.linear_modules(l)).collect();
+    progress.set_length(modules.len() as u64);
+    let mut mask_rows = Vec::new();
+    let mut summary = Vec::with_capacity(modules.len());
+    for (module, rows, cols) in modules {
+        let stat = by_module.get(module.as_str()).ok_or_else(|| MaskError::Rows {
+            path: stats_path.to_path_buf(),
+            module: module.clone(),
+            expected: format!("statistics of every linear module of {}", model_path.display()),
+            found: "none for this module".to_string(),
+        })?;
+        if stat.scaler_row.len() != cols {
+            return Err(MaskError::Rows {
+                path: stats_path.to_path_buf(),
+                module: module.clone(),
+                expected: format!("{cols} input columns, as the model's weight has"),
+                found: format!("{} statistics", stat.scaler_row.len()),
+            });
+        }
+        let weight = model.weights.load(&format!("{module}.weight"))?;
+        let scores = sparsity::scores(method, &weight.data, rows, cols, Some(&stat.scaler_row))
+            .map_err(|source| MaskError::Kernel { path: stats_path.to_path_buf(), module: module.clone(), source })?;
+        drop(weight);
+        let module_scores = [ModuleScores { module, rows, cols, scores }];
+        let (rows, module_summary) = build_mask(stats_path, &module_scores, pattern, group, &ProgressBar::hidden())?;
+        mask_rows.extend(rows);
+        summary.extend(module_summary);
+        progress.inc(1);
+    }
+    let sparsity = overall(&summary);
+    let info = MaskInfo { method: method.as_str().to_string(), sparsity, pattern: pattern.label(), group: group.to_string() };
+    let (ratio, nm) = match pattern {
+        Pattern::Unstructured { sparsity } => (Value::from(sparsity), Value::Null),
+        Pattern::NM { .. } => (Value::Null, Value::from(pattern.label())),
+    };
+    let params = serde_json::json!({
+        "method": method.as_str(),
+        "pattern": pattern.label(),
+        "sparsity": ratio,
+        "nm": nm,
+        "group": group.to_string(),
+        "scores_params": scores_provenance.params,
+    });
+    let mask_provenance = Provenance::new(ArtifactKind::Mask, model.fingerprint.clone(), params, created_by()).with_input("stats", stats_hash);
+    let written = artifacts::write_mask(out, &mask_rows, &info, &mask_provenance)?;
+    Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
+}
+
 /// Storage type of the weights `mask apply` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputDtype {

@@ -1,5 +1,7 @@
 //! `mask`: the keep-mask of every prunable linear module from a scores
-//! artifact; `mask apply` writes the pruned model as a Hugging Face directory.
+//! artifact (or from statistics and the model's weights, for models whose
+//! scores file would be too large); `mask apply` writes the pruned model as
+//! a Hugging Face directory.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -33,8 +35,19 @@ enum Command {
 #[derive(Args)]
 struct MakeArgs {
     /// Scores artifact written by `score`.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "stats", conflicts_with = "stats")]
     scores: Option<PathBuf>,
+    /// Statistics artifact written by `calibrate`: compute the scores module by
+    /// module from it and --model's weights instead of reading --scores (no
+    /// scores file, whose size would limit large models).
+    #[arg(long, requires = "model")]
+    stats: Option<PathBuf>,
+    /// The model the statistics were gathered on (with --stats).
+    #[arg(long, requires = "stats")]
+    model: Option<PathBuf>,
+    /// Scoring method with --stats: wanda or magnitude.
+    #[arg(long, default_value = "wanda", requires = "stats")]
+    method: sparsity::Method,
     /// Unstructured pruning: the fraction of weights pruned in every comparison group, in [0, 1).
     #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
     sparsity: Option<f64>,
@@ -96,7 +109,6 @@ fn progress(quiet: bool, what: &str) -> ProgressBar {
 }
 
 fn run_make(args: MakeArgs) -> Result<()> {
-    let scores = args.scores.context("--scores is required")?;
     let out = args.out.context("--out is required")?;
     let pattern = match (args.sparsity, &args.nm) {
         (Some(s), None) => Pattern::unstructured(s)?,
@@ -105,8 +117,13 @@ fn run_make(args: MakeArgs) -> Result<()> {
     };
     let started = Instant::now();
     let bar = progress(args.quiet, "masking");
-    let summary = mask::make_mask(&scores, pattern, args.group, &out, &bar)
-        .with_context(|| format!("making a {} mask from {}", pattern.label(), scores.display()))?;
+    let summary = match (&args.scores, &args.stats, &args.model) {
+        (Some(scores), None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
+            .with_context(|| format!("making a {} mask from {}", pattern.label(), scores.display()))?,
+        (None, Some(stats), Some(model)) => mask::make_mask_from_stats(model, stats, args.method, pattern, args.group, &out, &bar)
+            .with_context(|| format!("making a {} {} mask from {} and {}", args.method, pattern.label(), stats.display(), model.display()))?,
+        _ => anyhow::bail!("give --scores, or --stats with --model"),
+    };
     bar.finish_and_clear();
     if let Some(w) = &summary.warning {
         eprintln!("{w}");

@@ -205,14 +205,7 @@ impl Checkpoint {
             data = data[rows.start * cols..rows.end * cols].to_vec();
         }
         if let Some(keep) = self.keep_bits.get(name) {
-            let cols = entry.shape[1];
-            for (row, bits) in data.chunks_exact_mut(cols).zip(keep.chunks_exact(cols.div_ceil(8))) {
-                for (j, value) in row.iter_mut().enumerate() {
-                    if bits[j / 8] >> (j % 8) & 1 == 0 {
-                        *value = 0.0;
-                    }
-                }
-            }
+            apply_keep_bits(&mut data, entry.shape[1], keep);
         }
         Ok(HostTensor::new(entry.shape.clone(), data))
     }
@@ -269,6 +262,51 @@ impl Weights for Checkpoint {
                 found: entry.shape.clone(),
             })),
             Some(_) => Ok(Cow::Owned(self.load(name)?)),
+        }
+    }
+}
+
+/// Zeroes the values of a row-major [rows, cols] matrix whose keep bit is 0;
+/// `keep` holds each row's bits packed LSB first in `ceil(cols / 8)` bytes.
+pub fn apply_keep_bits(data: &mut [f32], cols: usize, keep: &[u8]) {
+    for (row, bits) in data.chunks_exact_mut(cols).zip(keep.chunks_exact(cols.div_ceil(8))) {
+        for (j, value) in row.iter_mut().enumerate() {
+            if bits[j / 8] >> (j % 8) & 1 == 0 {
+                *value = 0.0;
+            }
+        }
+    }
+}
+
+/// Weights of which some matrices are masked: their pruned values read as
+/// zeros (sequential pruning rebuilds a layer from these, so that the
+/// pruned layer is never held as a second copy of the weights).
+pub struct MaskedWeights<'a> {
+    weights: &'a dyn Weights,
+    keep_bits: BTreeMap<String, Vec<u8>>,
+}
+
+impl<'a> MaskedWeights<'a> {
+    /// `weights` with the tensors of `keep_bits` masked (bits as [`apply_keep_bits`] reads them).
+    pub fn new(weights: &'a dyn Weights, keep_bits: BTreeMap<String, Vec<u8>>) -> Self {
+        MaskedWeights { weights, keep_bits }
+    }
+}
+
+impl Weights for MaskedWeights<'_> {
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+        let tensor = self.weights.tensor(name, expected, architecture)?;
+        match (self.keep_bits.get(name), expected) {
+            (Some(keep), &[rows, cols]) if keep.len() == rows * cols.div_ceil(8) => {
+                let mut tensor = tensor.into_owned();
+                apply_keep_bits(&mut tensor.data, cols, keep);
+                Ok(Cow::Owned(tensor))
+            }
+            (Some(keep), _) => Err(ModelError::Input(format!(
+                "keep bits of `{name}` ({} bytes) do not fit its shape {expected:?}",
+                keep.len()
+            ))),
+            (None, _) => Ok(tensor),
         }
     }
 }

@@ -340,15 +340,22 @@ impl DecoderLayer {
             let w = weights.tensor(&format!("{p}.{name}.weight"), &[width], arch)?;
             Ok(RmsNorm::from_host(&w, spec.norm_offset, spec.norm_eps, device))
         };
-        let mut parts = Vec::with_capacity(7);
-        for (name, out_f, in_f) in spec.linear_modules(layer) {
-            let w = weights.tensor(&format!("{name}.weight"), &[out_f, in_f], arch)?;
-            let b = if spec.has_bias(&name) { Some(weights.tensor(&format!("{name}.bias"), &[out_f], arch)?) } else { None };
-            parts.push((w, b));
-        }
-        let parts: Vec<(&HostTensor, Option<&HostTensor>)> = parts.iter().map(|(w, b)| (&**w, b.as_deref())).collect();
-        let parts: [(&HostTensor, Option<&HostTensor>); 7] = parts.try_into().expect("seven linear modules a layer");
-        let [q, k, v, o, gate, up, down] = parts;
+        // Each linear is built as soon as its modules are read, so that only
+        // one group of f32 weights is held beside the built ones.
+        let modules = spec.linear_modules(layer);
+        let linear = |range: std::ops::Range<usize>| -> Result<Linear, ModelError> {
+            let mut parts = Vec::with_capacity(range.len());
+            for (name, out_f, in_f) in &modules[range] {
+                let w = weights.tensor(&format!("{name}.weight"), &[*out_f, *in_f], arch)?;
+                let b = if spec.has_bias(name) { Some(weights.tensor(&format!("{name}.bias"), &[*out_f], arch)?) } else { None };
+                parts.push((w, b));
+            }
+            let parts: Vec<(&HostTensor, Option<&HostTensor>)> = parts.iter().map(|(w, b)| (&**w, b.as_deref())).collect();
+            Ok(Linear::concat_from_host(&parts, device))
+        };
+        assert_eq!(modules.len(), 7, "seven linear modules a layer: q, k, v, o, gate, up, down");
+        let (qkv, o) = (linear(0..3)?, linear(3..4)?);
+        let (gate_up, down) = (linear(4..6)?, linear(6..7)?);
         let h = spec.hidden_size;
         let qk_norms =
             if spec.qk_norm { Some((norm("self_attn.q_norm", spec.head_dim)?, norm("self_attn.k_norm", spec.head_dim)?)) } else { None };
@@ -358,8 +365,8 @@ impl DecoderLayer {
             spec: spec.layers[layer],
             input_layernorm: norm("input_layernorm", h)?,
             self_attn: Attention::new(
-                Linear::concat_from_host(&[q, k, v], device),
-                Linear::from_host(o.0, o.1, device),
+                qkv,
+                o,
                 qk_norms,
                 spec.head_shape(),
                 spec.attention_scale,
@@ -368,8 +375,8 @@ impl DecoderLayer {
             post_attention_layernorm: norm("post_attention_layernorm", h)?,
             feedforward_norms,
             mlp: Mlp::new(
-                Linear::concat_from_host(&[gate, up], device),
-                Linear::from_host(down.0, down.1, device),
+                gate_up,
+                down,
                 spec.intermediate_size,
                 spec.activation,
             ),

@@ -99,7 +99,10 @@ impl Linear {
     fn concat_from_host_packed(parts: &[(&HostTensor, Option<&HostTensor>)], device: &Device, packed: bool) -> Self {
         let in_f = parts[0].0.shape[1];
         let out_f: usize = parts.iter().map(|(w, _)| w.shape[0]).sum();
-        let stacked: Vec<f32> = parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect();
+        let stacked: std::borrow::Cow<'_, [f32]> = match parts {
+            [(w, _)] => std::borrow::Cow::Borrowed(&w.data),
+            _ => std::borrow::Cow::Owned(parts.iter().flat_map(|(w, _)| w.data.iter().copied()).collect()),
+        };
         let zeros = stacked.iter().filter(|&&v| v == 0.0).count();
         let weight = if packed && zeros > 0 && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 {
             LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_transposed(&stacked, out_f, in_f)))
