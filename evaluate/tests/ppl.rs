@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use artifacts::{ArtifactKind, Provenance, Sample, SamplesInfo};
-use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, WindowNll, WindowSpec};
+use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, window_nlls_streamed, WindowNll, WindowSpec};
 use model::safetensors::StoredDtype;
 use model::{load_model, select_device, DeviceChoice};
 use testkit::*;
@@ -57,6 +57,32 @@ fn perplexity_matches_reference_and_ignores_batch_size() {
     }
     assert!((perplexity(&one) / expected_ppl - 1.0).abs() < 1e-5, "{} vs {expected_ppl}", perplexity(&one));
     assert!((perplexity(&three) / perplexity(&one) - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn layer_by_layer_perplexity_equals_the_whole_model_s_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 22);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let device = select_device(DeviceChoice::Cpu).unwrap().device;
+    let model = loaded.build(&device).unwrap();
+    // Windows of two lengths: batches are runs of equal length.
+    let mut windows = tiny_windows();
+    windows.push(windows[0][..5].to_vec());
+    for batch in [1, 2, 4] {
+        let whole = window_nlls(&model, &windows, batch, |_| {}).unwrap();
+        let mut steps = 0;
+        let streamed = window_nlls_streamed(&loaded, &device, &windows, batch, || steps += 1).unwrap();
+        assert_eq!(steps, TINY.layers + 2, "embedding, every layer, head");
+        assert_eq!(whole.len(), streamed.len());
+        for (a, b) in whole.iter().zip(&streamed) {
+            assert_eq!((a.nll_sum.to_bits(), a.tokens), (b.nll_sum.to_bits(), b.tokens), "batch {batch}");
+        }
+        let expected: f64 = windows.iter().map(|w| reference_nll(&weights, w)).sum();
+        let got: f64 = streamed.iter().map(|w| w.nll_sum).sum();
+        assert!((got - expected).abs() < 1e-3, "{got} vs {expected}");
+    }
 }
 
 /// `evaluate ppl --device DEVICE --model MODEL --samples SAMPLES`, to which a call adds its own arguments.

@@ -439,7 +439,10 @@ impl ShardedWriter {
     /// Writes the next tensor, which must be `layouts()[n]` for the n-th call.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
         let Some(layout) = self.layouts.get(self.next) else {
-            return Err(FormatError::format(&self.dir, format!("tensor `{name}` was not planned (all {} are written)", self.layouts.len())));
+            return Err(FormatError::format(
+                &self.dir,
+                format!("tensor `{name}` was not planned (all {} are written)", self.layouts.len()),
+            ));
         };
         if layout.name != name || layout.shape.iter().product::<usize>() != values.len() {
             return Err(FormatError::format(
@@ -474,7 +477,12 @@ impl ShardedWriter {
         if self.next != self.layouts.len() {
             return Err(FormatError::format(
                 &self.dir,
-                format!("only {} of {} tensors were written; next expected `{}`", self.next, self.layouts.len(), self.layouts[self.next].name),
+                format!(
+                    "only {} of {} tensors were written; next expected `{}`",
+                    self.next,
+                    self.layouts.len(),
+                    self.layouts[self.next].name
+                ),
             ));
         }
         let names: Vec<String> = (0..self.shard_count()).map(|s| self.shard_name(s)).collect();

@@ -364,8 +364,11 @@ pub fn make_mask_from_stats(
             });
         }
         let weight = model.weights.load(&format!("{module}.weight"))?;
-        let scores = sparsity::scores(method, &weight.data, rows, cols, Some(&stat.scaler_row))
-            .map_err(|source| MaskError::Kernel { path: stats_path.to_path_buf(), module: module.clone(), source })?;
+        let scores = sparsity::scores(method, &weight.data, rows, cols, Some(&stat.scaler_row)).map_err(|source| MaskError::Kernel {
+            path: stats_path.to_path_buf(),
+            module: module.clone(),
+            source,
+        })?;
         drop(weight);
         let module_scores = [ModuleScores { module, rows, cols, scores }];
         let (rows, module_summary) = build_mask(stats_path, &module_scores, pattern, group, &ProgressBar::hidden())?;
@@ -387,7 +390,8 @@ pub fn make_mask_from_stats(
         "group": group.to_string(),
         "scores_params": scores_provenance.params,
     });
-    let mask_provenance = Provenance::new(ArtifactKind::Mask, model.fingerprint.clone(), params, created_by()).with_input("stats", stats_hash);
+    let mask_provenance =
+        Provenance::new(ArtifactKind::Mask, model.fingerprint.clone(), params, created_by()).with_input("stats", stats_hash);
     let written = artifacts::write_mask(out, &mask_rows, &info, &mask_provenance)?;
     Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
 }

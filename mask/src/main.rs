@@ -121,7 +121,9 @@ fn run_make(args: MakeArgs) -> Result<()> {
         (Some(scores), None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
             .with_context(|| format!("making a {} mask from {}", pattern.label(), scores.display()))?,
         (None, Some(stats), Some(model)) => mask::make_mask_from_stats(model, stats, args.method, pattern, args.group, &out, &bar)
-            .with_context(|| format!("making a {} {} mask from {} and {}", args.method, pattern.label(), stats.display(), model.display()))?,
+            .with_context(|| {
+                format!("making a {} {} mask from {} and {}", args.method, pattern.label(), stats.display(), model.display())
+            })?,
         _ => anyhow::bail!("give --scores, or --stats with --model"),
     };
     bar.finish_and_clear();

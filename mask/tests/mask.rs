@@ -442,7 +442,8 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
         let out = dir.path().join(format!("pruned-{index}"));
         mask::apply(&apply_opts(model_path, &mask_path, &out, OutputDtype::F32, false), &hidden()).unwrap();
 
-        let build = |path: &Path| model::load_model(path).unwrap().build(&model::select_device(model::DeviceChoice::Cpu).unwrap().device).unwrap();
+        let build =
+            |path: &Path| model::load_model(path).unwrap().build(&model::select_device(model::DeviceChoice::Cpu).unwrap().device).unwrap();
         let dense = perplexity(&build(model_path), &windows);
         let in_memory = perplexity(&masked_in_memory(model_path, &mask_path), &windows);
         let reloaded = perplexity(&build(&out), &windows);
@@ -450,5 +451,119 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
         // The mask changes the model, so equal perplexities say something.
         assert!((in_memory / dense - 1.0).abs() > 1e-4, "{}: masked {in_memory} vs dense {dense}", pattern.label());
         assert_eq!(reloaded.to_bits(), in_memory.to_bits(), "{}: reloaded {reloaded} vs in memory {in_memory}", pattern.label());
+    }
+}
+
+/// Statistics of every linear module of a model (random positive scaler
+/// rows), written as a stats artifact of that model.
+fn random_stats(model_path: &Path, out: &Path, seed: u64) {
+    let loaded = model::load_model(model_path).unwrap();
+    let mut rng = testkit::Rng::new(seed);
+    let mut stats = Vec::new();
+    for layer in 0..loaded.config.num_layers() {
+        for (module, _, cols) in loaded.config.linear_modules(layer) {
+            let scaler_row: Vec<f32> = (0..cols).map(|_| rng.next_f32().abs() + 0.01).collect();
+            stats.push(artifacts::ModuleStats {
+                layer: layer as u32,
+                module,
+                in_features: cols as u32,
+                n_tokens: 10,
+                n_samples: 2,
+                sum_sq: scaler_row.iter().map(|v| v * 2.0).collect(),
+                scaler_row,
+            });
+        }
+    }
+    let params = json!({"oneshot": true});
+    artifacts::write_stats(out, &stats, &Provenance::new(ArtifactKind::Stats, loaded.fingerprint, params, "test")).unwrap();
+}
+
+#[test]
+fn a_mask_from_statistics_equals_the_mask_from_their_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 31);
+    let stats = dir.path().join("stats.parquet");
+    random_stats(&model_path, &stats, 32);
+    // The scores `score` would write, computed here from the artifact and the weights.
+    let loaded = model::load_model(&model_path).unwrap();
+    let (stats_provenance, module_stats) = artifacts::read_stats(&stats).unwrap();
+    let mut rows = Vec::new();
+    for s in &module_stats {
+        let w = loaded.weights.load(&format!("{}.weight", s.module)).unwrap();
+        let (r, c) = (w.shape[0], w.shape[1]);
+        let scores = sparsity::scores(Method::Wanda, &w.data, r, c, Some(&s.scaler_row)).unwrap();
+        rows.extend(scores.chunks(c).enumerate().map(|(i, v)| ScoreRow { module: s.module.clone(), row: i as u32, score: v.to_vec() }));
+    }
+    let scores = dir.path().join("scores.parquet");
+    let params = json!({"method": "wanda", "stats_params": stats_provenance.params});
+    artifacts::write_scores(&scores, &rows, &Provenance::new(ArtifactKind::Scores, loaded.fingerprint.clone(), params, "test")).unwrap();
+    for pattern in [Pattern::unstructured(0.5).unwrap(), Pattern::parse_nm("2:4").unwrap()] {
+        let (from_scores, from_stats) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+        let a = mask::make_mask(&scores, pattern, Group::Row, &from_scores, &hidden()).unwrap();
+        let b = mask::make_mask_from_stats(&model_path, &stats, Method::Wanda, pattern, Group::Row, &from_stats, &hidden()).unwrap();
+        assert_eq!(a.modules, b.modules, "{}", pattern.label());
+        let (pa, _, ra) = artifacts::read_mask(&from_scores).unwrap();
+        let (pb, _, rb) = artifacts::read_mask(&from_stats).unwrap();
+        assert_eq!(ra, rb, "{}", pattern.label());
+        assert_eq!(pa.params, pb.params, "the same params, whichever path made the mask");
+        assert_eq!(pb.inputs.get("stats").map(String::as_str), Some(artifacts::content_hash(&stats).unwrap().as_str()));
+    }
+    // Statistics of another model (one layer fewer) are refused.
+    let other = tiny_model(dir.path(), "other", &TinyConfig { layers: 1, ..TINY }, 33);
+    let other_stats = dir.path().join("other-stats.parquet");
+    random_stats(&other, &other_stats, 34);
+    let err = mask::make_mask_from_stats(
+        &model_path,
+        &other_stats,
+        Method::Wanda,
+        Pattern::unstructured(0.5).unwrap(),
+        Group::Row,
+        &dir.path().join("c.parquet"),
+        &hidden(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("statistics and weights must be of one model"), "{err}");
+}
+
+#[test]
+fn apply_streams_into_shards_and_keeps_a_bf16_source_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bf16");
+    write_hf_dir(&path, &TINY, &tiny_weights(&TINY, 35), StoredDtype::BF16);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&path, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let loaded = model::load_model(&path).unwrap();
+    let (provenance, _, rows) = artifacts::read_mask(&mask_path).unwrap();
+    let masks = mask::check_mask(&loaded, &mask_path, &provenance, rows.clone()).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Shards of at most 40 KB: the tiny model's 0.3 MB of bf16 weights take several.
+    let summary = mask::write_hf_dir(&loaded, &masks, &mask_path, &out, None, 40_000, &hidden()).unwrap();
+    assert_eq!(summary.masked * 2, summary.total);
+    let shards =
+        std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-")).count();
+    assert!(shards > 2, "{shards} shards");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let pruned = model::load_model(&out).unwrap();
+    assert_eq!(pruned.fingerprint, loaded.fingerprint);
+    for name in loaded.weights.names() {
+        assert_eq!(pruned.weights.stored_type(name), Some(model::StoredType::Float(StoredDtype::BF16)), "{name}");
+        let (before, after) = (loaded.weights.load(name).unwrap(), pruned.weights.load(name).unwrap());
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        match masks.get(module) {
+            None => assert_eq!(before.data, after.data, "{name} unchanged"),
+            Some(rows) => {
+                let cols = rows[0].in_features as usize;
+                for (i, (b, a)) in before.data.iter().zip(&after.data).enumerate() {
+                    let (r, j) = (i / cols, i % cols);
+                    let kept = rows[r].keep[j / 8] >> (j % 8) & 1 == 1;
+                    assert_eq!(*a, if kept { *b } else { 0.0 }, "{name}[{i}]");
+                }
+            }
+        }
     }
 }

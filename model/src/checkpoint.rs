@@ -85,8 +85,13 @@ impl Checkpoint {
         let file = SafetensorsCheckpoint::open(dir)?;
         let mut entries = BTreeMap::new();
         for (name, info) in file.tensors() {
-            let entry =
-                Entry { shape: info.shape.clone(), stored: name.clone(), fixup: Fixup::None, rows: None, stored_type: StoredType::Float(info.dtype) };
+            let entry = Entry {
+                shape: info.shape.clone(),
+                stored: name.clone(),
+                fixup: Fixup::None,
+                rows: None,
+                stored_type: StoredType::Float(info.dtype),
+            };
             entries.insert(name.clone(), entry);
         }
         let mut checkpoint = Checkpoint { source: dir.to_path_buf(), store: Store::Safetensors(file), entries, keep_bits: BTreeMap::new() };
@@ -302,10 +307,9 @@ impl Weights for MaskedWeights<'_> {
                 apply_keep_bits(&mut tensor.data, cols, keep);
                 Ok(Cow::Owned(tensor))
             }
-            (Some(keep), _) => Err(ModelError::Input(format!(
-                "keep bits of `{name}` ({} bytes) do not fit its shape {expected:?}",
-                keep.len()
-            ))),
+            (Some(keep), _) => {
+                Err(ModelError::Input(format!("keep bits of `{name}` ({} bytes) do not fit its shape {expected:?}", keep.len())))
+            }
             (None, _) => Ok(tensor),
         }
     }

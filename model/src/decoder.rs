@@ -17,12 +17,12 @@ use std::path::Path;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Weights;
 use crate::error::ModelError;
 use crate::nn::attention::{attention_mask, Positions, StepPositions};
 use crate::nn::observer::observe;
 use crate::nn::rope::{rope_tables, rope_tables_at, rope_values, rope_values_at};
 use crate::nn::{soft_cap, Activation, Attention, HeadShape, Kernels, KvCache, LayerKv, Linear, LinearObserver, Mlp, RmsNorm};
-use crate::checkpoint::Weights;
 use crate::weights::HostTensor;
 use kernels::Causal;
 
@@ -364,22 +364,10 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             spec: spec.layers[layer],
             input_layernorm: norm("input_layernorm", h)?,
-            self_attn: Attention::new(
-                qkv,
-                o,
-                qk_norms,
-                spec.head_shape(),
-                spec.attention_scale,
-                spec.attn_softcap,
-            ),
+            self_attn: Attention::new(qkv, o, qk_norms, spec.head_shape(), spec.attention_scale, spec.attn_softcap),
             post_attention_layernorm: norm("post_attention_layernorm", h)?,
             feedforward_norms,
-            mlp: Mlp::new(
-                gate_up,
-                down,
-                spec.intermediate_size,
-                spec.activation,
-            ),
+            mlp: Mlp::new(gate_up, down, spec.intermediate_size, spec.activation),
         })
     }
 

@@ -122,7 +122,8 @@ fn main() {
     )
     .unwrap_or_else(|e| fail(format!("writing README.md: {e}")));
 
-    let layouts: Vec<TensorLayout> = tensors.iter().map(|(name, shape)| TensorLayout { name: name.clone(), dtype, shape: shape.clone() }).collect();
+    let layouts: Vec<TensorLayout> =
+        tensors.iter().map(|(name, shape)| TensorLayout { name: name.clone(), dtype, shape: shape.clone() }).collect();
     let total: usize = layouts.iter().map(|l| l.shape.iter().product::<usize>()).sum();
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let started = Instant::now();
@@ -137,6 +138,11 @@ fn main() {
     writer.finish().unwrap_or_else(|e| fail(format!("{e}")));
     std::fs::rename(&tmp, &out).unwrap_or_else(|e| fail(format!("renaming {} to {}: {e}", tmp.display(), out.display())));
     eprintln!();
-    eprintln!("made {} ({shape}, {} layers, {total} weights, {dtype:?}) in {:.1} s", out.display(), parsed.num_layers(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "made {} ({shape}, {} layers, {total} weights, {dtype:?}) in {:.1} s",
+        out.display(),
+        parsed.num_layers(),
+        started.elapsed().as_secs_f64()
+    );
     println!("{}", out.display());
 }

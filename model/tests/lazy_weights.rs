@@ -1,0 +1,97 @@
+//! Lazy weights and layer-by-layer decoding: a checkpoint read tensor by
+//! tensor gives the values a whole read gives; a decoder that holds one
+//! layer at a time gives the whole model's logits bit for bit; masks applied
+//! as tensors are read zero exactly the pruned weights.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Tensor;
+use model::gguf::GgmlType;
+use model::safetensors::StoredDtype;
+use model::{load_model, Decoder, MaskedWeights, StoredType, Weights};
+use testkit::*;
+
+const TOKENS: [u32; 12] = [5, 17, 3, 95, 42, 0, 8, 61, 61, 30, 77, 1];
+
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn a_decoder_holding_one_layer_at_a_time_gives_the_whole_model_s_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    write_gguf(&gguf, &TINY, &tiny_weights(&TINY, 3), GgmlType::Q8_0);
+    let loaded = load_model(&gguf).unwrap();
+    let whole = loaded.build(&cpu()).unwrap();
+    let expected = whole.forward(&[TOKENS.to_vec()]).unwrap().into_data().try_into_vec::<f32>().unwrap();
+
+    let mut streamed = Decoder::empty(loaded.config.spec(), &cpu());
+    streamed.load_embedding(&loaded.weights).unwrap();
+    let mut hidden = streamed.embed(&[TOKENS.to_vec()]).unwrap();
+    streamed.unload_embedding();
+    let ctx = streamed.context(1, TOKENS.len());
+    for layer in 0..loaded.config.num_layers() {
+        streamed.load_layer(&loaded.weights, layer).unwrap();
+        hidden = streamed.layer_forward(layer, hidden, &ctx, None);
+        streamed.unload_layer(layer);
+    }
+    streamed.load_head(&loaded.weights).unwrap();
+    let logits = values(streamed.head(hidden));
+    assert_eq!(logits.len(), expected.len());
+    assert!(logits.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "streamed logits differ");
+}
+
+#[test]
+#[should_panic(expected = "decoder layer 0 is not loaded")]
+fn running_a_layer_that_is_not_loaded_is_a_clear_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path(), &TINY, &tiny_weights(&TINY, 4), StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let decoder = Decoder::empty(loaded.config.spec(), &cpu());
+    let ctx = decoder.context(1, 2);
+    let x = Tensor::<2>::zeros([2, TINY.hidden], &cpu());
+    decoder.layer_forward(0, x, &ctx, None);
+}
+
+#[test]
+fn tensors_are_read_in_their_stored_type_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 5);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::BF16);
+    let loaded = load_model(dir.path()).unwrap();
+    let name = "model.layers.1.mlp.down_proj.weight";
+    assert_eq!(loaded.weights.stored_type(name), Some(StoredType::Float(StoredDtype::BF16)));
+    assert_eq!(loaded.weights.shape(name), Some(weights[name].shape.as_slice()));
+    // The values are bf16's rounding of the written ones, exactly.
+    let expected = StoredDtype::BF16.decode(&StoredDtype::BF16.encode(&weights[name].data));
+    assert_eq!(loaded.weights.load(name).unwrap().data, expected);
+    assert_eq!(loaded.weights.load_all().unwrap().len(), weights.len());
+}
+
+#[test]
+fn masks_applied_as_weights_are_read_zero_exactly_the_pruned_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 6);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let mut loaded = load_model(dir.path()).unwrap();
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    let (rows, cols) = (weights[name].shape[0], weights[name].shape[1]);
+    // Keep column j of row r when (r + j) % 3 != 0; bits packed LSB first per row.
+    let keep = |r: usize, j: usize| (r + j) % 3 != 0;
+    let bits: Vec<u8> = (0..rows)
+        .flat_map(|r| {
+            (0..cols.div_ceil(8))
+                .map(move |byte| (0..8).filter(|b| byte * 8 + b < cols && keep(r, byte * 8 + b)).fold(0u8, |v, b| v | 1 << b))
+        })
+        .collect();
+    let expected: Vec<f32> = weights[name].data.iter().enumerate().map(|(i, &v)| if keep(i / cols, i % cols) { v } else { 0.0 }).collect();
+
+    let masked = MaskedWeights::new(&loaded.weights, BTreeMap::from([(name.to_string(), bits.clone())]));
+    assert_eq!(masked.tensor(name, &[rows, cols], "llama").unwrap().data, expected);
+    let other = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(masked.tensor(other, &weights[other].shape, "llama").unwrap().data, weights[other].data, "unmasked tensors unchanged");
+    assert!(loaded.weights.set_keep_bits(name, bits[1..].to_vec()).is_err(), "bits of the wrong length are refused");
+    loaded.weights.set_keep_bits(name, bits).unwrap();
+    assert_eq!(loaded.weights.load(name).unwrap().data, expected);
+}
