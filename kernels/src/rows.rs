@@ -726,10 +726,42 @@ fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32]) {
 pub fn small_matmul(x: &[f32], rows: usize, w: &[f32], cols: usize) -> Vec<f32> {
     let inner = x.len() / rows;
     assert_eq!(w.len(), inner * cols, "small_matmul: the weight is not [{cols}, {inner}]");
-    let blocks: Vec<Vec<f32>> = w
-        .par_chunks(COLUMNS_PER_TASK * inner)
-        .map(|w| {
-            let mut out = vec![0.0f32; rows * (w.len() / inner)];
+    small_matmul_blocks(x, rows, cols, |first, count, _| Some(&w[first * inner..(first + count) * inner]))
+}
+
+/// [`small_matmul`] of a weight whose rows are decoded on demand (from f16,
+/// bf16 or quantized blocks): `decode(first, out)` writes weight rows
+/// `first..first + out.len() / inner` into `out` as f32. Each block of weight
+/// rows is decoded once into a scratch buffer and multiplied exactly as
+/// [`small_matmul`] multiplies the same f32 rows, so the result is bit for bit
+/// that of [`small_matmul`] on the decoded weight, without ever holding the
+/// weight in f32.
+pub fn small_matmul_decoded(x: &[f32], rows: usize, cols: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
+    let inner = x.len() / rows;
+    small_matmul_blocks(x, rows, cols, |first, count, scratch: &mut Vec<f32>| {
+        scratch.resize(count * inner, 0.0);
+        decode(first, scratch);
+        None
+    })
+}
+
+/// The block loop of [`small_matmul`]: `weight_rows(first, count, scratch)`
+/// gives weight rows `first..first + count`, or writes them into `scratch`
+/// and gives `None`.
+fn small_matmul_blocks<'w, F>(x: &[f32], rows: usize, cols: usize, weight_rows: F) -> Vec<f32>
+where
+    F: Fn(usize, usize, &mut Vec<f32>) -> Option<&'w [f32]> + Sync,
+{
+    let blocks: Vec<Vec<f32>> = (0..cols.div_ceil(COLUMNS_PER_TASK))
+        .into_par_iter()
+        .map_init(Vec::new, |scratch, block| {
+            let first = block * COLUMNS_PER_TASK;
+            let count = COLUMNS_PER_TASK.min(cols - first);
+            let w = match weight_rows(first, count, scratch) {
+                Some(w) => w,
+                None => &scratch[..],
+            };
+            let mut out = vec![0.0f32; rows * count];
             small_matmul_block(x, rows, w, &mut out);
             out
         })

@@ -149,3 +149,121 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
     println!("{:<28} {total:>10.2}", "total");
     Ok(ExitCode::SUCCESS)
 }
+
+/// Options of the scale benchmark (given after `--`).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask bench scale --")]
+struct ScaleBench {
+    /// Layer shapes of the made model.
+    #[arg(long, default_value = "llama-2-7b", value_parser = ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "gemma-2-9b"])]
+    shape: String,
+    /// Fewer layers than the shape has (0: all of them), for a quick run.
+    #[arg(long, default_value_t = 0)]
+    layers: usize,
+    /// Device of calibrate and evaluate.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 4)]
+    nsamples: usize,
+    /// Tokens per window (calibration and perplexity).
+    #[arg(long, default_value_t = 128)]
+    seqlen: usize,
+    /// Working directory; the made model is kept there and reused.
+    #[arg(long, default_value = "out/bench-scale")]
+    out: PathBuf,
+}
+
+/// Bytes of the files under `path` (a file or a directory tree).
+fn disk_bytes(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| disk_bytes(&e.path())).sum()),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// `cargo xtask bench scale [-- OPTIONS]`: every stage on a made model with
+/// a real model's shapes, its wall time and peak RSS, as a table.
+pub fn scale(bench_args: &[String]) -> Result<ExitCode> {
+    let opts = ScaleBench::try_parse_from(std::iter::once("bench-scale".to_string()).chain(bench_args.iter().cloned()))?;
+    let tokenizer_model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+    let bin = workspace::build_binaries()?;
+    let dir = workspace::absolute(&opts.out)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = |p: &Path| p.display().to_string();
+    let layers = if opts.layers == 0 { "all".to_string() } else { opts.layers.to_string() };
+    let model = dir.join(format!("{}-{layers}-layers-bf16", opts.shape));
+    let mut rows: Vec<(String, Measured)> = Vec::new();
+    if !model.join("config.json").is_file() {
+        let mut make = Command::new(bin.join("make-model"));
+        make.args(["--shape", &opts.shape, "--dtype", "bf16", "--layers", &opts.layers.to_string(), "--out", &path(&model)]);
+        make.env(models::SMOLLM2_ENV, &tokenizer_model);
+        rows.push(("make-model".into(), measure(&mut make)?));
+    }
+    let sources = corpus::builtin("python-stdlib", &dir)?.context("python3's standard library was not found")?;
+    let docs = dir.join("python-docs.parquet");
+    if !docs.is_file() {
+        let mut collect = Command::new(bin.join("datasets"));
+        collect.args(["collect", "--domain", "python", "--out", &path(&docs), "--from"]).args(&sources);
+        measure(&mut collect)?;
+    }
+    let (calib, heldout) = (dir.join("calib.parquet"), dir.join("heldout.parquet"));
+    let (stats, mask, pruned) = (dir.join("stats.parquet"), dir.join("mask.parquet"), dir.join("pruned"));
+    let (n, seqlen, device) = (opts.nsamples.to_string(), opts.seqlen.to_string(), opts.device.as_arg());
+    let run = |name: &str, args: Vec<String>| -> Result<(String, Measured)> {
+        let (program, args) = args.split_first().expect("a program");
+        Ok((name.to_string(), measure(Command::new(bin.join(program)).args(args))?))
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let (m, d, c, h, s, k, p) = (path(&model), path(&docs), path(&calib), path(&heldout), path(&stats), path(&mask), path(&pruned));
+    rows.push(run("datasets sample", args(&["datasets", "sample", "--documents", &d, "--model", &m, "--nsamples", &n, "--seqlen", &seqlen, "--out", &c]))?);
+    rows.push(run(
+        "datasets sample (held out)",
+        args(&["datasets", "sample", "--documents", &d, "--model", &m, "--split", "heldout", "--windows", "--seqlen", &seqlen, "--out", &h]),
+    )?);
+    rows.push(run(
+        "calibrate (sequential 50%)",
+        args(&["calibrate", "--model", &m, "--samples", &c, "--sparsity", "0.5", "--device", device, "--quiet", "--out", &s]),
+    )?);
+    rows.push(run(
+        "mask (scores from stats)",
+        args(&["mask", "--stats", &s, "--model", &m, "--method", "wanda", "--sparsity", "0.5", "--quiet", "--out", &k]),
+    )?);
+    rows.push(run("mask apply", args(&["mask", "apply", "--model", &m, "--mask", &k, "--out", &p, "--force", "--quiet"]))?);
+    let ppl = |label: &str, model: &str, mask: Option<&str>| -> Result<(String, Measured)> {
+        let mut list = args(&["evaluate", "ppl", "--model", model, "--samples", &h, "--max-windows", &n, "--device", device, "--quiet"]);
+        if let Some(mask) = mask {
+            list.extend(args(&["--mask", mask]));
+        }
+        run(label, list)
+    };
+    rows.push(ppl("evaluate ppl (dense)", &m, None)?);
+    rows.push(ppl("evaluate ppl (--mask)", &m, Some(&k))?);
+    rows.push(ppl("evaluate ppl (pruned dir)", &p, None)?);
+
+    println!();
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    println!(
+        "bench scale: random-weight {} shape ({layers} layers, bf16, {:.2} GiB), {} x {} tokens of Python; quality figures of a made model mean nothing",
+        opts.shape,
+        gib(disk_bytes(&model)),
+        opts.nsamples,
+        opts.seqlen
+    );
+    println!("device: {device}; {} CPU threads available; GPU memory: not measured", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("{:<30} {:>10} {:>14}", "stage", "wall (s)", "peak RSS (MiB)");
+    for (name, m) in &rows {
+        let rss = m.peak_rss_mib.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
+        println!("{name:<30} {:>10.2} {rss:>14}", m.seconds);
+    }
+    let outputs = disk_bytes(&pruned) + disk_bytes(&stats) + disk_bytes(&mask) + disk_bytes(&calib) + disk_bytes(&heldout);
+    println!(
+        "disk: checkpoint {:.2} GiB, pipeline outputs {:.2} GiB (pruned checkpoint {:.2} GiB): {:.2} x the checkpoint in all",
+        gib(disk_bytes(&model)),
+        gib(outputs),
+        gib(disk_bytes(&pruned)),
+        (disk_bytes(&model) + outputs) as f64 / disk_bytes(&model).max(1) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}

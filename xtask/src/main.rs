@@ -136,6 +136,13 @@ enum BenchCommand {
     /// The benchmark takes `--device cpu|wgpu|auto`, `--new-tokens N`, `--prompts N`
     /// and `--batch N` after `--`.
     Generate(BenchArgs),
+    /// Wall time and peak RSS of every stage on a random-weight model with a real 7-9B model's shapes.
+    ///
+    /// Makes the model once (`make-model`, bf16, kept in --out), then runs
+    /// datasets sample, calibrate (sequential 50%), mask from the statistics,
+    /// mask apply and evaluate ppl (dense, masked, pruned directory). Takes
+    /// `--shape`, `--layers N`, `--device`, `--nsamples`, `--seqlen` and `--out` after `--`.
+    Scale(BenchArgs),
     /// GFLOP/s of the host matrix-product kernel on SmolLM2-135M's linear-layer shapes, one thread and all.
     ///
     /// Runs the `bench-gemm` binary of the model crate; takes `--rows N` and `--repeats N` after `--`.
@@ -189,6 +196,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Prune(args)) => {
             args.prereqs.ensure()?;
             bench::prune(&args.bench_args)
+        }
+        Command::Bench(BenchCommand::Scale(args)) => {
+            args.prereqs.ensure()?;
+            bench::scale(&args.bench_args)
         }
     }
 }
@@ -277,7 +288,7 @@ mod tests {
     fn bench_forwards_trailing_args() {
         let cli = Cli::try_parse_from(["cargo xtask", "bench", "forward", "--", "--device", "cpu"]).unwrap();
         match cli.command {
-        Command::Bench(BenchCommand::Forward(args)) => {
+            Command::Bench(BenchCommand::Forward(args)) => {
                 assert_eq!(args.bench_args, ["--device", "cpu"])
             }
             other => panic!("parsed as {other:?}"),
