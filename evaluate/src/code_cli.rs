@@ -180,7 +180,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         let (loaded, mask) = load_masked(model_path, args.task.mask.as_deref())?;
         let selected = model::select_device(args.task.device)?;
         eprintln!("device: {}", selected.description);
-        let model = loaded.build(&selected.device)?;
+        let model = loaded.build_stored(&selected.device)?;
         let prompts: Vec<String> = data.problems.iter().map(|p| data.generation_prompt(p)).collect::<Result<_, _>>()?;
         let stop = task.stop_sequences();
         let config = GenerationConfig {

@@ -317,7 +317,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
-    let model = loaded.build(&selected.device)?;
+    let model = loaded.build_stored(&selected.device)?;
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

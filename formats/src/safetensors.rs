@@ -66,6 +66,20 @@ impl StoredDtype {
         out
     }
 
+    /// Decodes little-endian values of this storage type into `out` (exact);
+    /// `bytes` holds `out.len()` values.
+    pub fn decode_into(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            StoredDtype::F32 => {
+                out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, c)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            }
+            StoredDtype::F16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            StoredDtype::BF16 => {
+                out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            }
+        }
+    }
+
     /// Decodes little-endian values of this storage type into f32 (exact).
     pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
@@ -258,6 +272,12 @@ impl SafetensorsCheckpoint {
     /// How tensor `name` is stored, if the checkpoint has it.
     pub fn info(&self, name: &str) -> Option<&StoredTensorInfo> {
         self.by_name.get(name).map(|&i| &self.files[i].tensors()[name])
+    }
+
+    /// The stored bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], FormatError> {
+        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        self.files[i].tensor_bytes(name)
     }
 
     /// Tensor `name` decoded to f32 (see [`SafetensorsFile::tensor_f32`]).

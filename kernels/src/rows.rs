@@ -923,6 +923,27 @@ mod tests {
     }
 
     #[test]
+    fn decoded_weights_give_small_matmul_s_products_bit_for_bit() {
+        // The weight is "stored" as every value times 4 (exact in f32); the
+        // decoder divides by 4 row block by row block, as a dequantizer would.
+        let (inner, cols) = (45, 3 * COLUMNS_PER_TASK + 5);
+        let mut rng = crate::rng::Rng::new(9);
+        let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32()).collect();
+        let stored: Vec<f32> = w.iter().map(|v| v * 4.0).collect();
+        let decode = |first: usize, out: &mut [f32]| {
+            assert_eq!(out.len() % inner, 0, "whole rows are asked for");
+            for (o, s) in out.iter_mut().zip(&stored[first * inner..]) {
+                *o = s / 4.0;
+            }
+        };
+        for rows in [1, 2, 7, SMALL_MATMUL_ROWS] {
+            let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32()).collect();
+            let (plain, decoded) = (small_matmul(&x, rows, &w, cols), small_matmul_decoded(&x, rows, cols, &decode));
+            assert!(plain.iter().zip(&decoded).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows} rows");
+        }
+    }
+
+    #[test]
     fn silu_mul_gates_the_up_half() {
         let gate_up = [1.0f32, -2.0, 0.5, 3.0, 0.0, 30.0, -30.0, 1.0];
         let out = silu_mul(&gate_up, 2);

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::arch::{unpermute_rows, Fixup, Fused};
 use crate::error::ModelError;
@@ -33,6 +34,12 @@ pub trait Weights: Sync {
     /// Tensor `name`, checked to have shape `expected`; `architecture` is
     /// for the message when the tensor is missing.
     fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError>;
+
+    /// The rows of matrix `name` as stored in a file, decoded on demand
+    /// ([`StoredRows`]), where the weights have a file behind them.
+    fn stored_rows(&self, _name: &str) -> Option<StoredRows> {
+        None
+    }
 }
 
 impl Weights for WeightMap {
@@ -67,9 +74,9 @@ enum Store {
 /// weights read as zeros.
 pub struct Checkpoint {
     source: PathBuf,
-    store: Store,
+    store: Arc<Store>,
     entries: BTreeMap<String, Entry>,
-    keep_bits: BTreeMap<String, Vec<u8>>,
+    keep_bits: BTreeMap<String, Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -94,7 +101,8 @@ impl Checkpoint {
             };
             entries.insert(name.clone(), entry);
         }
-        let mut checkpoint = Checkpoint { source: dir.to_path_buf(), store: Store::Safetensors(file), entries, keep_bits: BTreeMap::new() };
+        let mut checkpoint =
+            Checkpoint { source: dir.to_path_buf(), store: Arc::new(Store::Safetensors(file)), entries, keep_bits: BTreeMap::new() };
         checkpoint.split_fused(fused)?;
         Ok(checkpoint)
     }
@@ -110,7 +118,7 @@ impl Checkpoint {
             entries.insert(hf, Entry { shape, stored, fixup, rows: None, stored_type: StoredType::Gguf(ggml_type) });
         }
         let mut checkpoint =
-            Checkpoint { source: file.path().to_path_buf(), store: Store::Gguf(file), entries, keep_bits: BTreeMap::new() };
+            Checkpoint { source: file.path().to_path_buf(), store: Arc::new(Store::Gguf(file)), entries, keep_bits: BTreeMap::new() };
         checkpoint.split_fused(fused)?;
         Ok(checkpoint)
     }
@@ -138,7 +146,7 @@ impl Checkpoint {
 
     /// The GGUF file behind the checkpoint, if it is one (its metadata holds the tokenizer).
     pub fn gguf(&self) -> Option<&GgufFile> {
-        match &self.store {
+        match &*self.store {
             Store::Gguf(file) => Some(file),
             Store::Safetensors(_) => None,
         }
@@ -188,7 +196,7 @@ impl Checkpoint {
     /// the converter's fixups undone, masked if a mask was set), read from the file now.
     pub fn load(&self, name: &str) -> Result<HostTensor, ModelError> {
         let entry = self.entries.get(name).ok_or_else(|| ModelError::format(&self.source, format!("has no tensor `{name}`")))?;
-        let (stored_shape, mut data) = match &self.store {
+        let (stored_shape, mut data) = match &*self.store {
             Store::Safetensors(file) => {
                 let tensor = file.tensor_f32(&entry.stored)?;
                 (tensor.shape, tensor.data)
@@ -233,7 +241,7 @@ impl Checkpoint {
                 keep.len()
             )));
         }
-        self.keep_bits.insert(name.to_string(), keep);
+        self.keep_bits.insert(name.to_string(), Arc::new(keep));
         Ok(())
     }
 
@@ -252,7 +260,141 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The rows of matrix `name` in their stored form (see [`StoredRows`]).
+    pub fn rows_of(&self, name: &str) -> Option<StoredRows> {
+        let entry = self.entries.get(name)?;
+        let &[rows, cols] = entry.shape.as_slice() else { return None };
+        let (first, row_bytes) = match (&*self.store, entry.stored_type) {
+            (Store::Safetensors(_), StoredType::Float(dtype)) => (entry.rows.as_ref().map_or(0, |r| r.start), cols * dtype.size()),
+            (Store::Gguf(_), StoredType::Gguf(ty)) => (entry.rows.as_ref().map_or(0, |r| r.start), ty.n_bytes(cols as u64)? as usize),
+            _ => return None,
+        };
+        let heads = match entry.fixup {
+            Fixup::None => None,
+            Fixup::UnpermuteRows { heads } => Some(heads),
+            Fixup::SubtractOne => return None,
+        };
+        Some(StoredRows {
+            store: Arc::clone(&self.store),
+            stored: entry.stored.clone(),
+            stored_type: entry.stored_type,
+            first,
+            rows,
+            cols,
+            row_bytes,
+            heads,
+            keep_bits: self.keep_bits.get(name).cloned(),
+        })
+    }
+}
+
+/// The rows of a weight matrix kept in their stored form (f16, bf16, f32 or
+/// GGUF blocks, in the file's memory map) and decoded to f32 only when
+/// read: decoding gives exactly the values [`Checkpoint::load`] gives
+/// (converter fixups undone, mask applied), so a model can run from its
+/// stored form without an f32 copy.
+#[derive(Clone)]
+pub struct StoredRows {
+    store: Arc<Store>,
+    stored: String,
+    stored_type: StoredType,
+    /// First row of the stored tensor that is row 0 here (a part of a fused projection).
+    first: usize,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// llama.cpp's q/k row interleaving over this many heads, undone on reading.
+    heads: Option<usize>,
+    keep_bits: Option<Arc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for StoredRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredRows({} [{}, {}] {:?})", self.stored, self.rows, self.cols, self.stored_type)
+    }
+}
+
+impl StoredRows {
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored row that is row `row` here.
+    fn stored_row(&self, row: usize) -> usize {
+        let row = match self.heads {
+            None => row,
+            Some(heads) => {
+                // Hugging Face row h*d + t*d/2 + j is GGUF row h*d + 2j + t.
+                let head_dim = self.rows / heads;
+                let half = head_dim / 2;
+                let (h, within) = (row / head_dim, row % head_dim);
+                let (t, j) = (within / half, within % half);
+                h * head_dim + 2 * j + t
+            }
+        };
+        self.first + row
+    }
+
+    /// Decodes `count` consecutive stored rows from `stored_row` into `out`.
+    fn decode_stored(&self, stored_row: usize, out: &mut [f32]) {
+        let count = out.len() / self.cols;
+        let range = stored_row * self.row_bytes..(stored_row + count) * self.row_bytes;
+        match (&*self.store, self.stored_type) {
+            (Store::Safetensors(file), StoredType::Float(dtype)) => {
+                let bytes = &file.tensor_bytes(&self.stored).expect("rows of a tensor of the file")[range];
+                dtype.decode_into(bytes, out);
+            }
+            (Store::Gguf(file), StoredType::Gguf(ty)) => {
+                let bytes = &file.tensor_bytes(&self.stored).expect("rows of a tensor of the file")[range];
+                formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened");
+            }
+            _ => unreachable!("rows are made only for a store of their type"),
+        }
+    }
+
+    /// Writes rows `first..first + out.len() / cols` into `out` as f32.
+    pub fn decode(&self, first: usize, out: &mut [f32]) {
+        let count = out.len() / self.cols;
+        match self.heads {
+            None => self.decode_stored(self.first + first, out),
+            Some(_) => {
+                // The rows asked for lie within the stored rows they span
+                // (the interleaving stays inside each head): decode those once.
+                let stored: Vec<usize> = (first..first + count).map(|r| self.stored_row(r)).collect();
+                let (low, high) = (*stored.iter().min().expect("rows"), *stored.iter().max().expect("rows"));
+                let mut span = vec![0.0f32; (high - low + 1) * self.cols];
+                self.decode_stored(low, &mut span);
+                for (row, &s) in out.chunks_exact_mut(self.cols).zip(&stored) {
+                    row.copy_from_slice(&span[(s - low) * self.cols..(s - low + 1) * self.cols]);
+                }
+            }
+        }
+        if let Some(keep) = &self.keep_bits {
+            let row_bytes = self.cols.div_ceil(8);
+            apply_keep_bits(out, self.cols, &keep[first * row_bytes..(first + count) * row_bytes]);
+        }
+    }
+
+    /// The whole matrix in f32.
+    pub fn decode_all(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        self.decode(0, &mut out);
+        out
+    }
+}
+
 impl Weights for Checkpoint {
+    fn stored_rows(&self, name: &str) -> Option<StoredRows> {
+        self.rows_of(name)
+    }
+
     fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
         match self.entries.get(name) {
             None => Err(ModelError::File(FormatError::MissingTensor {

@@ -17,7 +17,7 @@ use std::path::Path;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Weights;
+use crate::checkpoint::{StoredRows, Weights};
 use crate::error::ModelError;
 use crate::nn::attention::{attention_mask, Positions, StepPositions};
 use crate::nn::observer::observe;
@@ -334,6 +334,14 @@ impl DecoderLayer {
     /// Builds decoder layer `layer` on `device` from Hugging Face-named host
     /// weights (used by sequential calibration to rebuild a layer after pruning).
     pub fn from_weights(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device) -> Result<Self, ModelError> {
+        Self::build(spec, weights, layer, device, false)
+    }
+
+    /// [`DecoderLayer::from_weights`]; with `stored`, on a host-memory
+    /// device, the linear layers whose weights have a file behind them keep
+    /// them in their stored form ([`Linear::from_stored`]).
+    fn build(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device, stored: bool) -> Result<Self, ModelError> {
+        let stored = stored && crate::device::is_host_memory(device);
         let p = format!("model.layers.{layer}");
         let arch = &spec.architecture;
         let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
@@ -344,6 +352,26 @@ impl DecoderLayer {
         // one group of f32 weights is held beside the built ones.
         let modules = spec.linear_modules(layer);
         let linear = |range: std::ops::Range<usize>| -> Result<Linear, ModelError> {
+            let rows: Option<Vec<StoredRows>> = if stored {
+                modules[range.clone()]
+                    .iter()
+                    .map(|(name, out_f, in_f)| {
+                        weights.stored_rows(&format!("{name}.weight")).filter(|r| (r.rows(), r.cols()) == (*out_f, *in_f))
+                    })
+                    .collect()
+            } else {
+                None
+            };
+            if let Some(rows) = rows {
+                let mut biases = Vec::new();
+                for (name, out_f, _) in &modules[range.clone()] {
+                    if spec.has_bias(name) {
+                        biases.push(weights.tensor(&format!("{name}.bias"), &[*out_f], arch)?);
+                    }
+                }
+                let biases = (!biases.is_empty()).then(|| biases.iter().map(|b| &**b).collect());
+                return Ok(Linear::from_stored(rows, biases, device));
+            }
             let mut parts = Vec::with_capacity(range.len());
             for (name, out_f, in_f) in &modules[range] {
                 let w = weights.tensor(&format!("{name}.weight"), &[*out_f, *in_f], arch)?;
@@ -439,6 +467,14 @@ impl DecoderLayer {
     }
 }
 
+/// The token embedding table: on the device, or in its stored form
+/// (rows decoded for the tokens looked up).
+#[derive(Debug, Clone)]
+enum Embedding {
+    Tensor(Tensor<2>),
+    Stored(StoredRows),
+}
+
 /// The final norm and LM head.
 #[derive(Debug, Clone)]
 struct Head {
@@ -455,7 +491,7 @@ struct Head {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     spec: DecoderSpec,
-    embed_tokens: Option<Tensor<2>>,
+    embed_tokens: Option<Embedding>,
     layers: Vec<Option<DecoderLayer>>,
     head: Option<Head>,
     device: Device,
@@ -480,6 +516,44 @@ impl Decoder {
         Ok(decoder)
     }
 
+    /// [`Decoder::from_weights`] keeping every matrix that has a file behind
+    /// it (a [`crate::Checkpoint`]) in its stored form, on host-memory
+    /// devices: the embedding, the linear layers and the LM head are decoded
+    /// as they are read (see [`Linear::from_stored`]), so generation needs
+    /// about the file's memory instead of an f32 copy of the model, with the
+    /// same results bit for bit. Products of many rows decode each weight
+    /// into a transient packed copy, so whole-sequence forwards are slower
+    /// than [`Decoder::from_weights`]'s: use it for decoding.
+    pub fn from_weights_stored(spec: &DecoderSpec, weights: &dyn Weights, device: &Device) -> Result<Self, ModelError> {
+        if !crate::device::is_host_memory(device) {
+            return Self::from_weights(spec, weights, device);
+        }
+        let mut decoder = Decoder::empty(spec, device);
+        let (v, h) = (spec.vocab_size, spec.hidden_size);
+        let embed = weights.stored_rows("model.embed_tokens.weight").filter(|r| (r.rows(), r.cols()) == (v, h));
+        match &embed {
+            Some(rows) => decoder.embed_tokens = Some(Embedding::Stored(rows.clone())),
+            None => decoder.load_embedding(weights)?,
+        }
+        for layer in 0..spec.layers.len() {
+            decoder.layers[layer] = Some(DecoderLayer::build(spec, weights, layer, device, true)?);
+        }
+        let head_name = if spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        match weights.stored_rows(head_name).filter(|r| (r.rows(), r.cols()) == (v, h)) {
+            Some(rows) => {
+                let norm = RmsNorm::from_host(
+                    &*weights.tensor("model.norm.weight", &[h], &spec.architecture)?,
+                    spec.norm_offset,
+                    spec.norm_eps,
+                    device,
+                );
+                decoder.head = Some(Head { norm, lm_head: Linear::from_stored(vec![rows], None, device) });
+            }
+            None => decoder.load_head(weights)?,
+        }
+        Ok(decoder)
+    }
+
     /// A decoder of `spec` on `device` with nothing loaded yet.
     pub fn empty(spec: &DecoderSpec, device: &Device) -> Self {
         Decoder { spec: spec.clone(), embed_tokens: None, layers: vec![None; spec.layers.len()], head: None, device: device.clone() }
@@ -489,7 +563,7 @@ impl Decoder {
     pub fn load_embedding(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
         let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
         let embed = weights.tensor("model.embed_tokens.weight", &[v, h], &self.spec.architecture)?.into_owned();
-        self.embed_tokens = Some(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device));
+        self.embed_tokens = Some(Embedding::Tensor(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device)));
         Ok(())
     }
 
@@ -586,8 +660,17 @@ impl Decoder {
     pub fn embed(&self, tokens: &[Vec<u32>]) -> Result<Tensor<2>, ModelError> {
         let ids = flatten_tokens(tokens, self.spec.vocab_size)?;
         let n = ids.len();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        let embedded = self.embed_tokens.clone().expect("the token embedding is not loaded").select(0, ids);
+        let embedded = match self.embed_tokens.as_ref().expect("the token embedding is not loaded") {
+            Embedding::Tensor(table) => table.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device)),
+            Embedding::Stored(rows) => {
+                let h = self.spec.hidden_size;
+                let mut values = vec![0.0f32; n * h];
+                for (out, &id) in values.chunks_exact_mut(h).zip(&ids) {
+                    rows.decode(id as usize, out);
+                }
+                Tensor::from_data(TensorData::new(values, [n, h]), &self.device)
+            }
+        };
         Ok(match self.spec.embedding_scale {
             Some(scale) => embedded * scale,
             None => embedded,

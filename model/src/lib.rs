@@ -14,7 +14,7 @@ pub mod loader;
 pub mod nn;
 
 pub use arch::ModelConfig;
-pub use checkpoint::{Checkpoint, MaskedWeights, StoredType, Weights};
+pub use checkpoint::{Checkpoint, MaskedWeights, StoredRows, StoredType, Weights};
 pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;

@@ -53,6 +53,12 @@ impl LoadedModel {
             .ok_or_else(|| ModelError::format(&self.path, "expected a tokenizer (tokenizer.json in the checkpoint directory); found none"))
     }
 
+    /// Builds the whole network on `device` for decoding, its matrices kept
+    /// in their stored form on host-memory devices ([`Decoder::from_weights_stored`]).
+    pub fn build_stored(&self, device: &burn::tensor::Device) -> Result<Decoder, ModelError> {
+        Decoder::from_weights_stored(self.config.spec(), &self.weights, device)
+    }
+
     /// Builds the whole network on `device`, reading the weights tensor by tensor.
     pub fn build(&self, device: &burn::tensor::Device) -> Result<Decoder, ModelError> {
         Decoder::from_weights(self.config.spec(), &self.weights, device)

@@ -95,3 +95,40 @@ fn masks_applied_as_weights_are_read_zero_exactly_the_pruned_weights() {
     loaded.weights.set_keep_bits(name, bits).unwrap();
     assert_eq!(loaded.weights.load(name).unwrap().data, expected);
 }
+
+/// Greedy-decoding logits over a key/value cache: a prompt of 7 tokens
+/// (many rows: the transient packed path) and then 3 single tokens (the
+/// few-row decoded path).
+fn cached_logits(model: &Decoder) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(1);
+    let mut out = vec![model.forward_cached(&[TOKENS[..7].to_vec()], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap()];
+    for &t in &TOKENS[7..10] {
+        out.push(model.forward_cached(&[vec![t]], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn a_model_kept_in_its_stored_form_decodes_as_the_f32_model_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 7);
+    // GGUF with q/k rows interleaved by llama.cpp (Q8_0 and Q4_0 blocks), and bf16 safetensors.
+    let (q8, q4, bf16) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"), dir.path().join("bf16"));
+    write_gguf(&q8, &TINY, &weights, GgmlType::Q8_0);
+    write_gguf(&q4, &TINY, &weights, GgmlType::Q4_0);
+    write_hf_dir(&bf16, &TINY, &weights, StoredDtype::BF16);
+    for path in [&q8, &q4, &bf16] {
+        let mut loaded = load_model(path).unwrap();
+        // A mask on one matrix, applied as its stored rows are decoded too.
+        let name = "model.layers.1.mlp.up_proj.weight";
+        let (rows, cols) = (weights[name].shape[0], weights[name].shape[1]);
+        let bits: Vec<u8> = (0..rows * cols.div_ceil(8)).map(|i| (i as u8).wrapping_mul(37) | 1).collect();
+        loaded.weights.set_keep_bits(name, bits).unwrap();
+        let f32_model = loaded.build(&cpu()).unwrap();
+        let stored = loaded.build_stored(&cpu()).unwrap();
+        let (a, b) = (cached_logits(&f32_model), cached_logits(&stored));
+        for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: step {step} differs", path.display());
+        }
+    }
+}

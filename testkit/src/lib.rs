@@ -158,7 +158,7 @@ fn gguf_name(hf: &str) -> String {
 
 /// Writes the model as a GGUF file the way llama.cpp's converter does
 /// (llama naming, q/k rows permuted); 2-D weights stored as `quant`
-/// (F32 or Q8_0), norms always F32.
+/// (F32, Q8_0 or Q4_0), norms always F32.
 pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &BTreeMap<String, HostTensor>, quant: GgmlType) {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", GgufValue::String("llama".into()));
@@ -184,6 +184,8 @@ pub fn write_gguf(path: &Path, cfg: &TinyConfig, weights: &BTreeMap<String, Host
         let gname = gguf_name(name);
         if t.shape.len() == 2 && quant == GgmlType::Q8_0 {
             w.add_tensor(&gname, &t.shape, GgmlType::Q8_0, formats::gguf::quantize::quantize_q8_0(&data));
+        } else if t.shape.len() == 2 && quant == GgmlType::Q4_0 {
+            w.add_tensor(&gname, &t.shape, GgmlType::Q4_0, formats::gguf::quantize::quantize_q4_0(&data));
         } else {
             w.add_f32_tensor(&gname, &t.shape, &data);
         }

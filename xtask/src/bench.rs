@@ -217,10 +217,27 @@ pub fn scale(bench_args: &[String]) -> Result<ExitCode> {
     };
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     let (m, d, c, h, s, k, p) = (path(&model), path(&docs), path(&calib), path(&heldout), path(&stats), path(&mask), path(&pruned));
-    rows.push(run("datasets sample", args(&["datasets", "sample", "--documents", &d, "--model", &m, "--nsamples", &n, "--seqlen", &seqlen, "--out", &c]))?);
+    rows.push(run(
+        "datasets sample",
+        args(&["datasets", "sample", "--documents", &d, "--model", &m, "--nsamples", &n, "--seqlen", &seqlen, "--out", &c]),
+    )?);
     rows.push(run(
         "datasets sample (held out)",
-        args(&["datasets", "sample", "--documents", &d, "--model", &m, "--split", "heldout", "--windows", "--seqlen", &seqlen, "--out", &h]),
+        args(&[
+            "datasets",
+            "sample",
+            "--documents",
+            &d,
+            "--model",
+            &m,
+            "--split",
+            "heldout",
+            "--windows",
+            "--seqlen",
+            &seqlen,
+            "--out",
+            &h,
+        ]),
     )?);
     rows.push(run(
         "calibrate (sequential 50%)",
@@ -251,7 +268,10 @@ pub fn scale(bench_args: &[String]) -> Result<ExitCode> {
         opts.nsamples,
         opts.seqlen
     );
-    println!("device: {device}; {} CPU threads available; GPU memory: not measured", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "device: {device}; {} CPU threads available; GPU memory: not measured",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!("{:<30} {:>10} {:>14}", "stage", "wall (s)", "peak RSS (MiB)");
     for (name, m) in &rows {
         let rss = m.peak_rss_mib.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));

@@ -40,7 +40,7 @@ fn main() {
 
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let selected = select_device(device_choice).expect("device");
-    let model = loaded.build(&selected.device).expect("build");
+    let model = loaded.build_stored(&selected.device).expect("build");
     let tokenizer = loaded.tokenizer().expect("tokenizer");
     let prompts: Vec<String> = PROMPTS[..n_prompts].iter().map(|p| p.to_string()).collect();
     let prompt_tokens: usize = prompts.iter().map(|p| tokenizer.encode(p, true).expect("encode").len()).sum();

@@ -91,6 +91,14 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
     Ok(())
 }
 
+/// [`dequantize_into`] on the calling thread only, whatever the size: for
+/// callers that already run in parallel (decoding blocks of weight rows).
+pub fn dequantize_into_serial(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), DequantError> {
+    check(ty, bytes, out.len())?;
+    kernel(ty)(bytes, out);
+    Ok(())
+}
+
 /// Validates type, element count and input length.
 fn check(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<(), DequantError> {
     let (Some(block_size), Some(type_size)) = (ty.block_size(), ty.type_size()) else {
@@ -149,6 +157,23 @@ fn run(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
 type Kernel = fn(&[u8], &mut [f32]);
 
 fn kernel(ty: GgmlType) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return match ty {
+            GgmlType::F32 => avx2::dequant_f32,
+            GgmlType::F16 => avx2::dequant_f16,
+            GgmlType::BF16 => avx2::dequant_bf16,
+            GgmlType::Q4_0 => avx2::dequant_q4_0,
+            GgmlType::Q4_1 => avx2::dequant_q4_1,
+            GgmlType::Q5_0 => avx2::dequant_q5_0,
+            GgmlType::Q5_1 => avx2::dequant_q5_1,
+            GgmlType::Q8_0 => avx2::dequant_q8_0,
+            GgmlType::Q4K => avx2::dequant_q4_k,
+            GgmlType::Q5K => avx2::dequant_q5_k,
+            GgmlType::Q6K => avx2::dequant_q6_k,
+            _ => dequant_none,
+        };
+    }
     match ty {
         GgmlType::F32 => dequant_f32,
         GgmlType::F16 => dequant_f16,
@@ -168,24 +193,71 @@ fn kernel(ty: GgmlType) -> Kernel {
 
 fn dequant_none(_: &[u8], _: &mut [f32]) {}
 
+/// Whether the CPU has AVX2, FMA and F16C (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
+/// The same kernels compiled for AVX2 (the compiler vectorises their loops
+/// with 256-bit registers): the same operations on every value, so the same
+/// results bit for bit. Decoding a model's rows at every generated token
+/// spends most of its time here.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    macro_rules! avx2_kernels {
+        ($($name:ident),*) => {$(
+            pub(super) fn $name(src: &[u8], dst: &mut [f32]) {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(src: &[u8], dst: &mut [f32]) {
+                    super::$name(src, dst)
+                }
+                // SAFETY: chosen only where `has_avx2` found AVX2, FMA and F16C.
+                unsafe { inner(src, dst) }
+            }
+        )*};
+    }
+    avx2_kernels!(
+        dequant_f32,
+        dequant_f16,
+        dequant_bf16,
+        dequant_q4_0,
+        dequant_q4_1,
+        dequant_q5_0,
+        dequant_q5_1,
+        dequant_q8_0,
+        dequant_q4_k,
+        dequant_q5_k,
+        dequant_q6_k
+    );
+}
+
 /// The little-endian f16 at byte `i` of `b`, as f32.
 #[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+#[inline(always)]
 fn dequant_f32(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(4).zip(dst.iter_mut()) {
         *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
+#[inline(always)]
 fn dequant_f16(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
         *y = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
     }
 }
 
+#[inline(always)]
 fn dequant_bf16(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
         *y = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
@@ -193,6 +265,7 @@ fn dequant_bf16(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q4_0 { f16 d; u8 qs[16] }, 32 elements.
+#[inline(always)]
 fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -207,6 +280,7 @@ fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q4_1 { f16 d; f16 m; u8 qs[16] }, 32 elements.
+#[inline(always)]
 fn dequant_q4_1(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -222,6 +296,7 @@ fn dequant_q4_1(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q5_0 { f16 d; u8 qh[4]; u8 qs[16] }, 32 elements.
+#[inline(always)]
 fn dequant_q5_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -239,6 +314,7 @@ fn dequant_q5_0(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16] }, 32 elements.
+#[inline(always)]
 fn dequant_q5_1(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(24).zip(dst.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -257,6 +333,7 @@ fn dequant_q5_1(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q8_0 { f16 d; i8 qs[32] }, 32 elements.
+#[inline(always)]
 fn dequant_q8_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
         let d = f16_at(b, 0);
@@ -278,6 +355,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128] }, 256 elements.
+#[inline(always)]
 fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
         let d = f16_at(b, 0);
@@ -302,6 +380,7 @@ fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
 
 /// block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] },
 /// 256 elements.
+#[inline(always)]
 fn dequant_q5_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(256)) {
         let d = f16_at(b, 0);
@@ -330,6 +409,7 @@ fn dequant_q5_k(src: &[u8], dst: &mut [f32]) {
 }
 
 /// block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }, 256 elements.
+#[inline(always)]
 fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
         let d = f16_at(b, 208);

@@ -12,7 +12,7 @@ pub mod dequant;
 pub mod quantize;
 pub mod writer;
 
-pub use dequant::{dequantize, DequantError};
+pub use dequant::{dequantize, dequantize_into, dequantize_into_serial, DequantError};
 pub use writer::GgufWriter;
 
 use std::collections::{BTreeMap, HashMap};

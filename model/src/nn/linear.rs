@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{from_values, host_values, shared_values};
+use crate::checkpoint::StoredRows;
 use crate::weights::HostTensor;
 use kernels::{gemm, sparse_gemm};
 
@@ -33,6 +34,40 @@ enum LinearWeight {
     /// be packed but at least [`SPARSE_FROM`] of it is zero (a pruned layer):
     /// the same products, skipping the zeros.
     Sparse(Arc<sparse_gemm::SparseRhs>),
+    /// In its stored form (f16, bf16 or GGUF blocks in the file's memory
+    /// map), on host-memory devices: the few-row product decodes it block by
+    /// block ([`kernels::small_matmul_decoded`]); a product of more rows
+    /// decodes it into a transient packed weight. Either way the products
+    /// are those of the f32 weight, bit for bit, and no f32 copy is kept.
+    Stored(Arc<StoredParts>),
+}
+
+/// The stored modules of a [`LinearWeight::Stored`], their rows stacked.
+#[derive(Debug)]
+struct StoredParts {
+    parts: Vec<StoredRows>,
+    /// First row of every part, and the total.
+    starts: Vec<usize>,
+    inner: usize,
+}
+
+impl StoredParts {
+    /// Writes stacked rows `first..first + out.len() / inner` into `out`.
+    fn decode(&self, first: usize, out: &mut [f32]) {
+        let (mut row, mut done) = (first, 0);
+        let count = out.len() / self.inner;
+        while done < count {
+            let part = self.starts.partition_point(|&s| s <= row) - 1;
+            let n = (count - done).min(self.starts[part + 1] - row);
+            self.parts[part].decode(row - self.starts[part], &mut out[done * self.inner..(done + n) * self.inner]);
+            row += n;
+            done += n;
+        }
+    }
+
+    fn rows(&self) -> usize {
+        *self.starts.last().expect("at least one part")
+    }
 }
 
 /// The fraction of zeros from which a packed weight is kept sparse instead:
@@ -118,12 +153,33 @@ impl Linear {
         Linear { weight, bias, host_weight: HostWeight::default() }
     }
 
+    /// Builds the layer over weights kept in their stored form (see
+    /// [`LinearWeight::Stored`]): the modules' rows stacked in the order
+    /// given, with optional biases [out_i] (all present or all absent).
+    /// Host-memory devices only.
+    pub fn from_stored(parts: Vec<StoredRows>, biases: Option<Vec<&HostTensor>>, device: &Device) -> Self {
+        assert!(crate::device::is_host_memory(device), "stored weights are read on host-memory devices only");
+        let inner = parts[0].cols();
+        let mut starts = vec![0];
+        for part in &parts {
+            assert_eq!(part.cols(), inner, "stacked modules read the same input");
+            starts.push(starts.last().expect("a start") + part.rows());
+        }
+        let out_f = *starts.last().expect("a start");
+        let bias = biases.map(|biases| {
+            let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
+            Tensor::from_data(TensorData::new(values, [out_f]), device)
+        });
+        Linear { weight: LinearWeight::Stored(Arc::new(StoredParts { parts, starts, inner })), bias, host_weight: HostWeight::default() }
+    }
+
     /// Output features (of all the modules the layer holds).
     pub fn out_features(&self) -> usize {
         match &self.weight {
             LinearWeight::Tensor(weight_t) => weight_t.dims()[1],
             LinearWeight::Packed(packed) => packed.cols(),
             LinearWeight::Sparse(sparse) => sparse.cols(),
+            LinearWeight::Stored(stored) => stored.rows(),
         }
     }
 
@@ -134,7 +190,18 @@ impl Linear {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [rows, _] = x.dims();
         let device = x.device();
-        let y = if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&device) {
+        let y = if let LinearWeight::Stored(stored) = &self.weight {
+            let cols = stored.rows();
+            if rows <= kernels::SMALL_MATMUL_ROWS {
+                let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
+                from_values(kernels::small_matmul_decoded(&host_values(x), rows, cols, &decode), [rows, cols], &device)
+            } else {
+                let mut values = vec![0.0f32; cols * stored.inner];
+                stored.decode(0, &mut values);
+                let transient = Self::concat_from_host(&[(&HostTensor::new(vec![cols, stored.inner], values), None)], &device);
+                transient.forward(x)
+            }
+        } else if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&device) {
             let weight = self.host_weight.0.get_or_init(|| match &self.weight {
                 LinearWeight::Tensor(weight_t) => {
                     let [inner, cols] = weight_t.dims();
@@ -142,6 +209,7 @@ impl Linear {
                 }
                 LinearWeight::Packed(packed) => packed.transposed(),
                 LinearWeight::Sparse(sparse) => sparse.transposed(),
+                LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
             });
             let cols = self.out_features();
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
@@ -152,6 +220,7 @@ impl Linear {
                 LinearWeight::Sparse(sparse) => {
                     from_values(sparse_gemm::matmul(&host_values(x), rows, sparse), [rows, sparse.cols()], &device)
                 }
+                LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
             }
         };
         match &self.bias {
