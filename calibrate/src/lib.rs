@@ -43,6 +43,67 @@ pub struct CalibrateOptions {
     pub oneshot: bool,
     /// Samples per forward pass: a throughput knob only.
     pub batch: usize,
+    /// Precision the hidden states are kept in between layers.
+    pub activations: Activations,
+}
+
+/// Precision of the hidden states kept between decoder layers for every
+/// sample. Each layer still computes in f32 (on the values read back) and
+/// the statistics still accumulate in f64; f16 and bf16 halve the memory the
+/// samples' hidden states take, which with a large model and many samples is
+/// most of what calibration holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32: the values as computed.
+    #[default]
+    F32,
+    /// IEEE half precision, rounded to nearest even.
+    F16,
+    /// bfloat16, rounded to nearest even.
+    Bf16,
+}
+
+impl Activations {
+    /// The name used on the command line and in provenance.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::F16 => "f16",
+            Activations::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Hidden states of one group of samples as kept between layers.
+enum Hidden {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Hidden {
+    fn keep(values: Vec<f32>, precision: Activations) -> Self {
+        match precision {
+            Activations::F32 => Hidden::F32(values),
+            Activations::F16 => Hidden::F16(values.iter().map(|&v| half::f16::from_f32(v)).collect()),
+            Activations::Bf16 => Hidden::Bf16(values.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+        }
+    }
+
+    fn values(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Hidden::F32(v) => std::borrow::Cow::Borrowed(v),
+            Hidden::F16(v) => std::borrow::Cow::Owned(v.iter().map(|h| h.to_f32()).collect()),
+            Hidden::Bf16(v) => std::borrow::Cow::Owned(v.iter().map(|h| h.to_f32()).collect()),
+        }
+    }
+
+    fn into_values(self) -> Vec<f32> {
+        match self {
+            Hidden::F32(v) => v,
+            other => other.values().into_owned(),
+        }
+    }
 }
 
 /// Statistics of every linear module, and the masks applied while calibrating
@@ -225,7 +286,11 @@ pub fn calibrate(
     // a tensor of its own: on the CPU backend a layer then reads its input
     // without a copy, and re-running the pruned layer needs the input again.
     let width = config.hidden_size();
-    let mut hidden: Vec<Vec<f32>> = groups.iter().map(|g| network.embed(&samples[g.clone()]).map(host_values)).collect::<Result<_, _>>()?;
+    let precision = options.activations;
+    let mut hidden: Vec<Hidden> = groups
+        .iter()
+        .map(|g| network.embed(&samples[g.clone()]).map(|t| Hidden::keep(host_values(t), precision)))
+        .collect::<Result<_, _>>()?;
     let tensor = |values: Vec<f32>| {
         let rows = values.len() / width;
         Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
@@ -255,16 +320,16 @@ pub fn calibrate(
             let runs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
                 let (batch, seq) = shape(index);
                 let mut observer = SquaresObserver::new(batch, seq);
-                let out = host_values(network.layer_forward(layer, tensor(x), &contexts[&(batch, seq)], Some(&mut observer)));
-                (out, (seq, observer.observed))
+                let out = host_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&(batch, seq)], Some(&mut observer)));
+                (Hidden::keep(out, precision), (seq, observer.observed))
             });
             (outputs, observed) = runs.into_iter().unzip();
         } else {
-            observed = for_each_group(parallel, hidden.iter().collect(), |index, x: &Vec<f32>| {
+            observed = for_each_group(parallel, hidden.iter().collect(), |index, x: &Hidden| {
                 let (batch, seq) = shape(index);
                 let mut observer = SquaresObserver::new(batch, seq);
                 // The dense layer's output is not needed: the pruned layer is run for the next one.
-                network.layer_observe_inputs(layer, tensor(x.clone()), &contexts[&(batch, seq)], &mut observer);
+                network.layer_observe_inputs(layer, tensor(x.values().into_owned()), &contexts[&(batch, seq)], &mut observer);
                 (seq, observer.observed)
             });
         }
@@ -302,7 +367,7 @@ pub fn calibrate(
         if !options.oneshot && layer + 1 < config.num_layers() {
             network.load_layer(&MaskedWeights::new(&loaded.weights, keep_bits), layer)?;
             outputs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
-                host_values(network.layer_forward(layer, tensor(x), &contexts[&shape(index)], None))
+                Hidden::keep(host_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&shape(index)], None)), precision)
             });
         }
         network.unload_layer(layer);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use artifacts::{ArtifactKind, Provenance};
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::{calibrate, Activations, CalibrateOptions};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{load_model, select_device, DeviceChoice};
@@ -39,6 +39,11 @@ struct Cli {
     /// Samples per forward pass: a throughput knob, results do not depend on it.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Precision of the samples' hidden states kept between layers: f32, or
+    /// f16 / bf16 to halve their memory (layers still compute in f32 and the
+    /// statistics accumulate in f64; the masks can differ slightly).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    activations: String,
     /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -77,7 +82,12 @@ fn main() -> Result<()> {
     }
     let selected = select_device(cli.device)?;
     eprintln!("device: {}", selected.description);
-    let options = CalibrateOptions { pattern, group: cli.group, oneshot: cli.oneshot, batch: cli.batch };
+    let activations = match cli.activations.as_str() {
+        "f16" => Activations::F16,
+        "bf16" => Activations::Bf16,
+        _ => Activations::F32,
+    };
+    let options = CalibrateOptions { pattern, group: cli.group, oneshot: cli.oneshot, batch: cli.batch, activations };
 
     let layers = loaded.config.num_layers();
     let bar = ProgressBar::new(layers as u64);
@@ -101,6 +111,7 @@ fn main() -> Result<()> {
         "nm": nm,
         "group": cli.group.to_string(),
         "oneshot": cli.oneshot,
+        "activations": activations.as_str(),
         "batch": cli.batch,
         "nsamples": windows.len(),
         "seqlen": info.seqlen,

@@ -2,7 +2,7 @@
 //! batch sizes, sequential versus one-shot, and the masks that `score` +
 //! `mask` rebuild from the written statistics.
 
-use calibrate::{calibrate, CalibrateOptions};
+use calibrate::{calibrate, Activations, CalibrateOptions};
 use model::safetensors::StoredDtype;
 use model::{load_model, select_device, DeviceChoice, LoadedModel};
 use sparsity::{Group, Method, Pattern};
@@ -19,7 +19,7 @@ fn samples() -> Vec<Vec<u32>> {
 }
 
 fn options(oneshot: bool, batch: usize, pattern: Pattern) -> CalibrateOptions {
-    CalibrateOptions { pattern, group: Group::Row, oneshot, batch }
+    CalibrateOptions { pattern, group: Group::Row, oneshot, batch, activations: Activations::F32 }
 }
 
 fn cpu() -> burn::tensor::Device {
@@ -138,6 +138,53 @@ fn samples_run_in_parallel_give_the_statistics_and_masks_of_a_serial_run() {
         assert_eq!(a.applied_masks, b.applied_masks, "{}", pattern.label());
         for (x, y) in a.stats.iter().zip(&b.stats) {
             assert_eq!((&x.module, &x.scaler_row, &x.sum_sq, x.n_tokens), (&y.module, &y.scaler_row, &y.sum_sq, y.n_tokens));
+        }
+    }
+}
+
+#[test]
+fn half_precision_activations_are_what_the_first_layer_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 3);
+    let samples = samples();
+    let emb = loaded.weights.load("model.embed_tokens.weight").unwrap();
+    let norm_w = loaded.weights.load("model.layers.0.input_layernorm.weight").unwrap();
+    let h = TINY.hidden;
+    let pattern = Pattern::unstructured(0.5).unwrap();
+    let full = calibrate(&loaded, &cpu(), &samples, &options(true, 1, pattern), |_| {}).unwrap();
+    let rounders: [(Activations, fn(f32) -> f32); 2] =
+        [(Activations::F16, |v| half::f16::from_f32(v).to_f32()), (Activations::Bf16, |v| half::bf16::from_f32(v).to_f32())];
+    for (precision, round) in rounders {
+        let run = calibrate(&loaded, &cpu(), &samples, &CalibrateOptions { activations: precision, ..options(true, 1, pattern) }, |_| {})
+            .unwrap();
+        // q_proj of layer 0 reads RMSNorm of the embeddings rounded to the precision: by hand, in f64.
+        let mut total = vec![0.0f64; h];
+        for s in &samples {
+            for &t in s {
+                let x: Vec<f64> = emb.data[t as usize * h..(t as usize + 1) * h].iter().map(|&v| f64::from(round(v))).collect();
+                let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / h as f64 + TINY.eps).sqrt();
+                for j in 0..h {
+                    let y = x[j] * inv * f64::from(norm_w.data[j]);
+                    total[j] += y * y;
+                }
+            }
+        }
+        let q = run.stats.iter().find(|s| s.module == "model.layers.0.self_attn.q_proj").unwrap();
+        for j in 0..h {
+            assert!(
+                (f64::from(q.sum_sq[j]) / total[j] - 1.0).abs() < 1e-4,
+                "{} column {j}: {} vs {}",
+                precision.as_str(),
+                q.sum_sq[j],
+                total[j]
+            );
+        }
+        // Later layers stay close to the f32 run's statistics (they read rounded hidden states).
+        let tolerance = if precision == Activations::Bf16 { 0.1 } else { 0.01 };
+        for (a, b) in full.stats.iter().zip(&run.stats) {
+            for (x, y) in a.scaler_row.iter().zip(&b.scaler_row) {
+                assert!((x - y).abs() <= tolerance * x.abs().max(1e-3), "{} ({}): {x} vs {y}", a.module, precision.as_str());
+            }
         }
     }
 }
