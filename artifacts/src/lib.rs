@@ -43,7 +43,7 @@ pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskReader, MaskRow
 pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION};
 pub use results::{read_results, results_schema, write_results, ResultRow};
 pub use samples::{read_samples, samples_schema, write_samples, Sample, SamplesInfo};
-pub use scores::{read_scores, scores_schema, write_scores, ScoreRow};
+pub use scores::{read_scores, scores_schema, write_scores, write_scores_streamed, ScoreRow};
 pub use stats::{read_stats, stats_schema, write_stats, ModuleStats};
 
 /// The schema version this build writes and reads.
@@ -118,14 +118,27 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch], provenance: &Provenan
 /// rename, temp removed on error), but each batch is built only when it is
 /// written, so a large artifact is never held twice in memory. Returns the
 /// content hash (`sha256:<hex>`) of the written file.
-pub(crate) fn write_parquet_streamed<I>(
+pub(crate) fn write_parquet_streamed<I, E>(path: &Path, schema: SchemaRef, batches: I, provenance: &Provenance) -> Result<String, E>
+where
+    I: IntoIterator<Item = Result<RecordBatch, E>>,
+    E: From<ArtifactError>,
+{
+    write_parquet_grouped(path, schema, batches, provenance, None)
+}
+
+/// [`write_parquet_streamed`] with row groups of at most `max_row_group_rows`
+/// rows (the writer holds one row group in memory before writing it; the
+/// default is a million rows, too many for a large model's scores).
+pub(crate) fn write_parquet_grouped<I, E>(
     path: &Path,
     schema: SchemaRef,
     batches: I,
     provenance: &Provenance,
-) -> Result<String, ArtifactError>
+    max_row_group_rows: Option<usize>,
+) -> Result<String, E>
 where
-    I: IntoIterator<Item = Result<RecordBatch, ArtifactError>>,
+    I: IntoIterator<Item = Result<RecordBatch, E>>,
+    E: From<ArtifactError>,
 {
     let file_name = path.file_name().ok_or_else(|| ArtifactError::NoFileName { path: path.to_path_buf() })?.to_string_lossy().into_owned();
     let dir = match path.parent() {
@@ -139,8 +152,11 @@ where
     let mut guard = TempGuard { path: tmp_path.clone(), armed: true };
 
     let kv = provenance.to_metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-    let props =
-        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv)).build();
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv));
+    if let Some(rows) = max_row_group_rows {
+        props = props.set_max_row_group_row_count(Some(rows));
+    }
+    let props = props.build();
     let sink = HashingWriter { file, hasher: Sha256::new() };
     let mut writer = ArrowWriter::try_new(sink, schema, Some(props)).map_err(pq_err(path))?;
     for batch in batches {

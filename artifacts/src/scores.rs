@@ -12,7 +12,7 @@ use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::columns::{check_field, column, string_column, u64_column, Accept};
-use crate::{open_streamed, write_parquet_streamed, ArtifactError, ArtifactKind, Provenance};
+use crate::{open_streamed, write_parquet_grouped, ArtifactError, ArtifactKind, Provenance};
 
 /// Rows per record batch of the per-row artifacts: a few thousand rows keep a
 /// batch of SmolLM2-sized rows (up to 1536 floats) within tens of megabytes.
@@ -177,7 +177,57 @@ pub fn write_scores(path: &Path, rows: &[ScoreRow], provenance: &Provenance) -> 
         rows.chunks(ROWS_PER_BATCH).enumerate().map(|(i, c)| (i * ROWS_PER_BATCH, c)).collect()
     };
     let batches = chunks.into_iter().map(|(first, chunk)| scores_batch(path, first, chunk));
-    write_parquet_streamed(path, scores_schema(), batches, provenance)
+    write_parquet_grouped(path, scores_schema(), batches, provenance, Some(ROWS_PER_BATCH))
+}
+
+/// Writes a scores artifact atomically from rows produced a group at a time
+/// (e.g. one module's at a time), so that the scores are never all in memory;
+/// returns its content hash. An error from `groups` stops the write and is
+/// returned; the temp file is removed and an existing `path` is left as it was.
+///
+/// `provenance` must be of kind `scores`.
+pub fn write_scores_streamed<E, I>(path: &Path, groups: I, provenance: &Provenance) -> Result<String, E>
+where
+    E: From<ArtifactError>,
+    I: IntoIterator<Item = Result<Vec<ScoreRow>, E>>,
+{
+    if provenance.kind != ArtifactKind::Scores {
+        return Err(
+            ArtifactError::ProvenanceKind { path: path.to_path_buf(), expected: ArtifactKind::Scores, found: provenance.kind }.into()
+        );
+    }
+    // Rows are regrouped into batches of ROWS_PER_BATCH whatever the groups,
+    // so the file is byte for byte what `write_scores` writes of the same
+    // rows; row groups of as many rows bound what the writer holds.
+    let mut groups = groups.into_iter();
+    let (mut pending, mut first, mut done) = (Vec::<ScoreRow>::new(), 0usize, false);
+    let batches = std::iter::from_fn(move || loop {
+        if pending.len() >= ROWS_PER_BATCH || (done && !pending.is_empty()) {
+            let rest = pending.split_off(ROWS_PER_BATCH.min(pending.len()));
+            let chunk = std::mem::replace(&mut pending, rest);
+            let batch = scores_batch(path, first, &chunk).map_err(E::from);
+            first += chunk.len();
+            return Some(batch);
+        }
+        if done {
+            return None;
+        }
+        match groups.next() {
+            None => {
+                done = true;
+                if first == 0 && pending.is_empty() {
+                    return Some(scores_batch(path, 0, &[]).map_err(E::from));
+                }
+            }
+            Some(Err(e)) => {
+                done = true;
+                pending.clear();
+                return Some(Err(e));
+            }
+            Some(Ok(rows)) => pending.extend(rows),
+        }
+    });
+    write_parquet_grouped(path, scores_schema(), batches, provenance, Some(ROWS_PER_BATCH))
 }
 
 /// Reads a scores artifact: provenance and rows in file order, batch by batch.

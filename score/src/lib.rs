@@ -198,53 +198,81 @@ pub fn check_stats<'a>(model: &LoadedModel, stats: &'a StatsInput) -> Result<BTr
 /// Hugging Face order: `|W_ij|` for magnitude, `|W_ij| * sqrt(scaler_row_j)`
 /// for Wanda (stats required and checked with [`check_stats`]; optional for
 /// magnitude, checked when given). `progress` advances by one per module.
+/// Holds every score; [`run`] writes them module by module instead.
 pub fn score_model(
     model: &LoadedModel,
     method: Method,
     stats: Option<&StatsInput>,
     progress: &ProgressBar,
 ) -> Result<Vec<ScoreRow>, ScoreError> {
+    let mut out = Vec::new();
+    for module in module_scores(model, method, stats, progress)? {
+        out.extend(module?);
+    }
+    Ok(out)
+}
+
+/// The scores of every prunable module as a lazy sequence, one module's rows
+/// at a time (its weight read from the checkpoint when the module comes up),
+/// after the statistics are checked against the model.
+pub fn module_scores<'a>(
+    model: &'a LoadedModel,
+    method: Method,
+    stats: Option<&'a StatsInput>,
+    progress: &'a ProgressBar,
+) -> Result<impl Iterator<Item = Result<Vec<ScoreRow>, ScoreError>> + 'a, ScoreError> {
     let by_name = stats.map(|s| check_stats(model, s)).transpose()?;
     if method == Method::Wanda && by_name.is_none() {
         return Err(ScoreError::StatsRequired { method });
     }
     let modules = linear_modules(model);
     progress.set_length(modules.len() as u64);
-    let mut out = Vec::with_capacity(modules.iter().map(|m| m.1).sum());
-    for (name, rows, cols) in modules {
-        let weight_name = format!("{name}.weight");
-        let shape = model.weights.shape(&weight_name).ok_or_else(|| ScoreError::Weight {
-            model_path: model.path.clone(),
-            name: weight_name.clone(),
-            rows,
-            cols,
-            found: "no such tensor".to_string(),
-        })?;
-        if shape != [rows, cols] {
-            return Err(ScoreError::Weight {
-                model_path: model.path.clone(),
-                name: weight_name,
-                rows,
-                cols,
-                found: format!("shape {shape:?}"),
-            });
-        }
-        // One module's weight is read at a time.
-        let weight = model.weights.load(&weight_name)?;
+    Ok(modules.into_iter().map(move |(name, rows, cols)| {
         let stat = match method {
             Method::Wanda => by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice()),
             Method::Magnitude => None,
         };
-        let scores = sparsity::scores(method, &weight.data, rows, cols, stat)
-            .map_err(|source| ScoreError::Kernel { module: name.clone(), source })?;
-        out.extend(scores.chunks_exact(cols.max(1)).take(rows).enumerate().map(|(r, s)| ScoreRow {
-            module: name.clone(),
-            row: r as u32,
-            score: s.to_vec(),
-        }));
+        let scored = score_module(model, method, stat, &name, rows, cols);
         progress.inc(1);
+        scored
+    }))
+}
+
+/// The score rows of one module, its weight read now.
+fn score_module(
+    model: &LoadedModel,
+    method: Method,
+    stat: Option<&[f32]>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<ScoreRow>, ScoreError> {
+    let weight_name = format!("{name}.weight");
+    let shape = model.weights.shape(&weight_name).ok_or_else(|| ScoreError::Weight {
+        model_path: model.path.clone(),
+        name: weight_name.clone(),
+        rows,
+        cols,
+        found: "no such tensor".to_string(),
+    })?;
+    if shape != [rows, cols] {
+        return Err(ScoreError::Weight {
+            model_path: model.path.clone(),
+            name: weight_name,
+            rows,
+            cols,
+            found: format!("shape {shape:?}"),
+        });
     }
-    Ok(out)
+    let weight = model.weights.load(&weight_name)?;
+    let scores = sparsity::scores(method, &weight.data, rows, cols, stat)
+        .map_err(|source| ScoreError::Kernel { module: name.to_string(), source })?;
+    Ok(scores
+        .chunks_exact(cols.max(1))
+        .take(rows)
+        .enumerate()
+        .map(|(r, s)| ScoreRow { module: name.to_string(), row: r as u32, score: s.to_vec() })
+        .collect())
 }
 
 /// The provenance of a scores artifact: the model's fingerprint, the stats'
@@ -290,10 +318,16 @@ pub fn run(
 ) -> Result<ScoreSummary, ScoreError> {
     let stats = stats_path.map(load_stats).transpose()?;
     let model = model::load_model(model_path)?;
-    let rows = score_model(&model, method, stats.as_ref(), progress)?;
     let provenance = scores_provenance(&model, method, stats.as_ref());
     let modules = linear_modules(&model).len();
-    drop(model);
-    let hash = artifacts::write_scores(out, &rows, &provenance)?;
-    Ok(ScoreSummary { modules, rows: rows.len(), weights: rows.iter().map(|r| r.score.len() as u64).sum(), hash })
+    // Module by module: one weight and its scores are held at a time.
+    let (mut rows, mut weights) = (0usize, 0u64);
+    let counted = module_scores(&model, method, stats.as_ref(), progress)?.inspect(|module| {
+        if let Ok(module) = module {
+            rows += module.len();
+            weights += module.iter().map(|r| r.score.len() as u64).sum::<u64>();
+        }
+    });
+    let hash = artifacts::write_scores_streamed(out, counted, &provenance)?;
+    Ok(ScoreSummary { modules, rows, weights, hash })
 }
