@@ -411,7 +411,7 @@ pub fn plan(
                         let args = strings(&["--model", &model, "--method", "magnitude", "--out", &path_arg(&scores)]);
                         steps.push(Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()]));
                     }
-                    push_mask(&mut steps, &mut masks, run_dir, &name, &scores, &pattern, ("none", "none", "magnitude"));
+                    push_mask(&mut steps, &mut masks, run_dir, &name, MaskSource::Scores(&scores), &pattern, ("none", "none", "magnitude"));
                     continue;
                 }
                 for s in chosen {
@@ -431,10 +431,11 @@ pub fn plan(
                         let name = format!("calibrate {} {}", s.name, pattern.label());
                         steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]));
                     }
-                    let scores = at(&format!("scores/{name}.parquet"));
-                    let args = strings(&["--model", &model, "--stats", &path_arg(&stats), "--method", method, "--out", &path_arg(&scores)]);
-                    steps.push(Step::new(format!("score {name}"), "score", args, vec![model_path.into(), stats], vec![scores.clone()]));
-                    push_mask(&mut steps, &mut masks, run_dir, &name, &scores, &pattern, (&s.domain, &s.name, method));
+                    // The mask's scores come from the statistics and the weights
+                    // module by module (`mask --stats`): no scores file, whose size
+                    // (one f32 per weight) would limit large models.
+                    let source = MaskSource::Stats { stats: &stats, model: &model, model_path, method };
+                    push_mask(&mut steps, &mut masks, run_dir, &name, source, &pattern, (&s.domain, &s.name, method));
                 }
             }
         }
@@ -514,21 +515,44 @@ fn mask_names(masks: &[ManifestMask]) -> String {
     masks.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// Adds the `mask` step of `name` from `scores` and records the mask.
+/// What a mask step selects from.
+enum MaskSource<'a> {
+    /// A scores artifact (`mask --scores`).
+    Scores(&'a Path),
+    /// Statistics and the model's weights (`mask --stats --model --method`).
+    Stats {
+        /// The statistics artifact.
+        stats: &'a Path,
+        /// The model as given on the stages' command lines.
+        model: &'a str,
+        /// The model's path, an input of the step.
+        model_path: &'a Path,
+        /// The scoring method.
+        method: &'a str,
+    },
+}
+
+/// Adds the `mask` step of `name` and records the mask.
 fn push_mask(
     steps: &mut Vec<Step>,
     masks: &mut Vec<ManifestMask>,
     run_dir: &Path,
     name: &str,
-    scores: &Path,
+    from: MaskSource<'_>,
     pattern: &Pattern,
     (domain, source, method): (&str, &str, &str),
 ) {
     let rel = format!("masks/{name}.parquet");
-    let mut args = strings(&["--scores", &path_arg(scores)]);
+    let (mut args, inputs) = match from {
+        MaskSource::Scores(scores) => (strings(&["--scores", &path_arg(scores)]), vec![scores.to_path_buf()]),
+        MaskSource::Stats { stats, model, model_path, method } => (
+            strings(&["--stats", &path_arg(stats), "--model", model, "--method", method]),
+            vec![model_path.to_path_buf(), stats.to_path_buf()],
+        ),
+    };
     args.extend(pattern.flags());
     args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
-    steps.push(Step::new(format!("mask {name}"), "mask", args, vec![scores.to_path_buf()], vec![run_dir.join(&rel)]));
+    steps.push(Step::new(format!("mask {name}"), "mask", args, inputs, vec![run_dir.join(&rel)]));
     masks.push(ManifestMask {
         name: name.to_string(),
         domain: domain.to_string(),
@@ -601,9 +625,11 @@ dtype = "bf16"
         // 3 sources: collect + calib samples each; 2 domains with held-out windows.
         assert_eq!(count("datasets", "collect"), 3);
         assert_eq!(count("datasets", "sample"), 3 + 2);
-        // One calibration per (source, pattern); wanda scores/masks per (source, pattern); magnitude: one score, a mask per pattern.
+        // One calibration per (source, pattern); wanda masks per (source, pattern) straight from the
+        // statistics; magnitude: one score, a mask per pattern.
         assert_eq!(plan.steps.iter().filter(|s| s.program == "calibrate").count(), 3 * 2);
-        assert_eq!(plan.steps.iter().filter(|s| s.program == "score").count(), 3 * 2 + 1);
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "score").count(), 1);
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "mask" && s.args[0] == "--stats").count(), 3 * 2);
         assert_eq!(plan.manifest.masks.len(), 3 * 2 + 2);
         // Dense + 8 masks on 2 domains.
         assert_eq!(plan.manifest.results.len(), 9 * 2);
