@@ -268,3 +268,12 @@ mod tests {
         assert_eq!(BlasThreads::current(), before);
     }
 }
+
+/// This process's peak resident set size (VmHWM) in MiB, where /proc tells it:
+/// what every benchmark prints beside its times.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

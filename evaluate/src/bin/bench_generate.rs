@@ -1,5 +1,6 @@
 //! Generation benchmark on SmolLM2-135M: tokens/s of greedy decoding with
-//! and without the key/value cache. Prints figures; asserts nothing about time.
+//! and without the key/value cache, and peak RSS. Prints figures; asserts
+//! nothing about time.
 //!
 //! Run through `cargo xtask bench generate`, which builds the workspace,
 //! fetches the model and sets `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`):
@@ -12,10 +13,10 @@ use std::time::Instant;
 use evaluate::generate::{generate, GenerationConfig};
 use model::{load_model, select_device, DeviceChoice};
 
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+#[path = "../../../model/src/bin/shared/args.rs"]
+mod args;
+
+use args::arg;
 
 const PROMPTS: [&str; 8] = [
     "def quicksort(items):",
@@ -76,5 +77,9 @@ fn main() {
             if use_cache { "cache" } else { "no cache" },
             total as f64 / seconds
         );
+    }
+    match model::device::peak_rss_mib() {
+        Some(mib) => println!("peak RSS: {mib:.0} MiB (the model kept in its stored form)"),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
     }
 }

@@ -17,13 +17,6 @@ use model::{load_model, select_device, DeviceChoice, Kernels};
 
 use args::arg;
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn main() {
     let Some(path) = std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from) else {
         eprintln!("SUBPRUNE_SMOLLM2_GGUF is not set: run this benchmark through `cargo xtask bench forward`");
@@ -80,7 +73,7 @@ fn main() {
         (windows * seqlen) as f64 / forward_s,
         forward_s / windows as f64
     );
-    match peak_rss_mib() {
+    match model::device::peak_rss_mib() {
         Some(mib) => println!("peak RSS: {mib:.0} MiB"),
         None => println!("peak RSS: unavailable (no /proc/self/status)"),
     }
