@@ -12,10 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use artifacts::ModuleStats;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+use model::stream::{equal_length_batches, hidden_tensor, hidden_values, BatchRunner};
 use model::LinearObserver;
-use model::{BlasThreads, Decoder, LoadedModel, MaskedWeights, ModelError};
-use rayon::prelude::*;
+use model::{Decoder, LoadedModel, MaskedWeights, ModelError};
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -226,37 +226,6 @@ fn accumulate(accumulators: &mut HashMap<String, Accumulator>, observed: Vec<(us
     }
 }
 
-/// The values of a hidden-state tensor.
-fn host_values(tensor: Tensor<2>) -> Vec<f32> {
-    tensor.into_data().try_into_vec().expect("f32 hidden states from the device")
-}
-
-/// Runs `work` on every group of samples with its hidden states, in parallel
-/// on devices whose tensors live in host memory (each group is independent),
-/// one after another elsewhere; results in group order.
-fn for_each_group<I: Send, T: Send>(parallel: bool, items: Vec<I>, work: impl Fn(usize, I) -> T + Sync) -> Vec<T> {
-    if parallel {
-        items.into_par_iter().enumerate().map(|(index, item)| work(index, item)).collect()
-    } else {
-        items.into_iter().enumerate().map(|(index, item)| work(index, item)).collect()
-    }
-}
-
-/// Groups consecutive samples of equal length into batches of at most `batch`.
-fn batches(samples: &[Vec<u32>], batch: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < samples.len() {
-        let mut end = start + 1;
-        while end < samples.len() && end - start < batch.max(1) && samples[end].len() == samples[start].len() {
-            end += 1;
-        }
-        out.push(start..end);
-        start = end;
-    }
-    out
-}
-
 /// The digest [`Calibration::applied_masks`] holds for a keep-mask (true = kept).
 pub fn mask_digest(keep: &[bool]) -> String {
     use sha2::{Digest, Sha256};
@@ -281,7 +250,7 @@ pub fn calibrate(
     // and of the hidden states, whatever the model's size.
     let mut network = Decoder::empty(config.spec(), device);
     network.load_embedding(&loaded.weights)?;
-    let groups = batches(samples, options.batch);
+    let groups = equal_length_batches(samples, options.batch);
     // Hidden states between layers are kept as host values, and each pass gets
     // a tensor of its own: on the CPU backend a layer then reads its input
     // without a copy, and re-running the pruned layer needs the input again.
@@ -289,12 +258,9 @@ pub fn calibrate(
     let precision = options.activations;
     let mut hidden: Vec<Hidden> = groups
         .iter()
-        .map(|g| network.embed(&samples[g.clone()]).map(|t| Hidden::keep(host_values(t), precision)))
+        .map(|g| network.embed(&samples[g.clone()]).map(|t| Hidden::keep(hidden_values(t), precision)))
         .collect::<Result<_, _>>()?;
-    let tensor = |values: Vec<f32>| {
-        let rows = values.len() / width;
-        Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
-    };
+    let tensor = |values: Vec<f32>| hidden_tensor(values, width, device);
     network.unload_embedding();
     let mut contexts = HashMap::new();
     for g in &groups {
@@ -302,11 +268,8 @@ pub fn calibrate(
         contexts.entry(key).or_insert_with(|| network.context(key.0, key.1));
     }
 
-    // On the cpu device the groups run in parallel, each matmul on one
-    // thread: independent work per core instead of BLAS threads that
-    // synchronise (and spin) at every small matmul.
-    let parallel = model::device::is_host_memory(device) && groups.len() > 1;
-    let _blas = parallel.then(|| BlasThreads::limit(rayon::current_num_threads() / groups.len()));
+    // On the cpu device the groups run in parallel, one core each.
+    let runner = BatchRunner::new(device, groups.len());
     let shape = |index: usize| (groups[index].len(), samples[groups[index].start].len());
 
     let mut stats = Vec::new();
@@ -317,15 +280,16 @@ pub fn calibrate(
         let observed: Vec<(usize, Vec<ObservedSquares>)>;
         let mut outputs = Vec::new();
         if options.oneshot {
-            let runs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
+            let runs = runner.map(std::mem::take(&mut hidden), |index, x| {
                 let (batch, seq) = shape(index);
                 let mut observer = SquaresObserver::new(batch, seq);
-                let out = host_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&(batch, seq)], Some(&mut observer)));
+                let out =
+                    hidden_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&(batch, seq)], Some(&mut observer)));
                 (Hidden::keep(out, precision), (seq, observer.observed))
             });
             (outputs, observed) = runs.into_iter().unzip();
         } else {
-            observed = for_each_group(parallel, hidden.iter().collect(), |index, x: &Hidden| {
+            observed = runner.map(hidden.iter().collect(), |index, x: &Hidden| {
                 let (batch, seq) = shape(index);
                 let mut observer = SquaresObserver::new(batch, seq);
                 // The dense layer's output is not needed: the pruned layer is run for the next one.
@@ -366,8 +330,11 @@ pub fn calibrate(
         // The last layer's pruned output feeds nothing that calibration measures.
         if !options.oneshot && layer + 1 < config.num_layers() {
             network.load_layer(&MaskedWeights::new(&loaded.weights, keep_bits), layer)?;
-            outputs = for_each_group(parallel, std::mem::take(&mut hidden), |index, x| {
-                Hidden::keep(host_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&shape(index)], None)), precision)
+            outputs = runner.map(std::mem::take(&mut hidden), |index, x| {
+                Hidden::keep(
+                    hidden_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&shape(index)], None)),
+                    precision,
+                )
             });
         }
         network.unload_layer(layer);

@@ -127,42 +127,27 @@ pub fn window_nlls(
     mut on_window: impl FnMut(usize),
 ) -> Result<Vec<WindowNll>, EvalError> {
     let mut out = Vec::with_capacity(windows.len());
-    let mut start = 0;
-    while start < windows.len() {
-        let len = windows[start].len();
-        if len < 2 {
-            return Err(EvalError::Input(format!("window {start} has {len} token(s); at least two are needed to predict one")));
-        }
-        let mut end = start + 1;
-        while end < windows.len() && end - start < batch.max(1) && windows[end].len() == len {
-            end += 1;
-        }
-        for nll in token_nlls(model, &windows[start..end])? {
-            out.push(WindowNll { nll_sum: nll.iter().map(|&v| f64::from(v)).sum(), tokens: nll.len() });
-        }
-        on_window(end - start);
-        start = end;
+    for range in window_batches(windows, batch)? {
+        out.extend(token_nlls(model, &windows[range.clone()])?.iter().map(|nll| WindowNll::of(nll)));
+        on_window(range.len());
     }
     Ok(out)
 }
 
-/// Splits `windows` into runs of at most `batch` consecutive windows of equal length.
-fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<std::ops::Range<usize>>, EvalError> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < windows.len() {
-        let len = windows[start].len();
-        if len < 2 {
-            return Err(EvalError::Input(format!("window {start} has {len} token(s); at least two are needed to predict one")));
-        }
-        let mut end = start + 1;
-        while end < windows.len() && end - start < batch.max(1) && windows[end].len() == len {
-            end += 1;
-        }
-        out.push(start..end);
-        start = end;
+impl WindowNll {
+    /// The sum of a window's per-token NLLs (in f64) and their count.
+    fn of(nll: &[f32]) -> Self {
+        WindowNll { nll_sum: nll.iter().map(|&v| f64::from(v)).sum(), tokens: nll.len() }
     }
-    Ok(out)
+}
+
+/// Runs of at most `batch` consecutive windows of equal length, refusing a
+/// window too short to predict a token.
+fn window_batches(windows: &[Vec<u32>], batch: usize) -> Result<Vec<std::ops::Range<usize>>, EvalError> {
+    if let Some((start, w)) = windows.iter().enumerate().find(|(_, w)| w.len() < 2) {
+        return Err(EvalError::Input(format!("window {start} has {} token(s); at least two are needed to predict one", w.len())));
+    }
+    Ok(model::stream::equal_length_batches(windows, batch))
 }
 
 /// [`window_nlls`] with the model read from its checkpoint one decoder layer
@@ -179,27 +164,22 @@ pub fn window_nlls_streamed(
     batch: usize,
     mut on_step: impl FnMut(),
 ) -> Result<Vec<WindowNll>, EvalError> {
-    use rayon::prelude::*;
+    use model::stream::{hidden_tensor, hidden_values, BatchRunner};
     let groups = window_batches(windows, batch)?;
     let mut network = Decoder::empty(loaded.config.spec(), device);
     let width = loaded.config.hidden_size();
-    let to_host = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().expect("f32 hidden states from the device") };
-    let to_tensor = |values: Vec<f32>| {
-        let rows = values.len() / width;
-        Tensor::<2>::from_data(TensorData::new(values, [rows, width]), device)
-    };
     network.load_embedding(&loaded.weights)?;
-    let mut hidden: Vec<Vec<f32>> = groups.iter().map(|g| network.embed(&windows[g.clone()]).map(to_host)).collect::<Result<_, _>>()?;
+    let mut hidden: Vec<Vec<f32>> =
+        groups.iter().map(|g| network.embed(&windows[g.clone()]).map(hidden_values)).collect::<Result<_, _>>()?;
     network.unload_embedding();
     on_step();
-    let parallel = model::device::is_host_memory(device) && groups.len() > 1;
-    let _blas = parallel.then(|| model::BlasThreads::limit((rayon::current_num_threads() / groups.len()).max(1)));
+    let runner = BatchRunner::new(device, groups.len());
     let contexts: Vec<model::ForwardContext> = groups.iter().map(|g| network.context(g.len(), windows[g.start].len())).collect();
     for layer in 0..loaded.config.num_layers() {
         network.load_layer(&loaded.weights, layer)?;
-        let run = |(x, ctx): (Vec<f32>, &model::ForwardContext)| to_host(network.layer_forward(layer, to_tensor(x), ctx, None));
-        let inputs = std::mem::take(&mut hidden).into_iter().zip(&contexts);
-        hidden = if parallel { inputs.collect::<Vec<_>>().into_par_iter().map(run).collect() } else { inputs.map(run).collect() };
+        hidden = runner.map(std::mem::take(&mut hidden), |index, x| {
+            hidden_values(network.layer_forward(layer, hidden_tensor(x, width, device), &contexts[index], None))
+        });
         network.unload_layer(layer);
         on_step();
     }
@@ -207,10 +187,8 @@ pub fn window_nlls_streamed(
     let mut out = Vec::with_capacity(windows.len());
     for (g, x) in groups.iter().zip(hidden) {
         let (rows, seq) = (g.len(), windows[g.start].len());
-        let logits = network.head(to_tensor(x)).reshape([rows, seq, loaded.config.vocab_size()]);
-        for nll in nlls_of_logits(logits, &windows[g.clone()])? {
-            out.push(WindowNll { nll_sum: nll.iter().map(|&v| f64::from(v)).sum(), tokens: nll.len() });
-        }
+        let logits = network.head(hidden_tensor(x, width, device)).reshape([rows, seq, loaded.config.vocab_size()]);
+        out.extend(nlls_of_logits(logits, &windows[g.clone()])?.iter().map(|nll| WindowNll::of(nll)));
     }
     on_step();
     Ok(out)

@@ -273,19 +273,42 @@ pub struct MakeSummary {
 
 /// Reads a scores artifact, selects the weights to prune and writes the mask artifact to `out`.
 pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path, progress: &ProgressBar) -> Result<MakeSummary, MaskError> {
-    if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
-        return Err(MaskError::Options(format!(
-            "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
-            pattern.label()
-        )));
-    }
+    check_group(pattern, group)?;
     let (provenance, rows) = artifacts::read_scores(scores_path)?;
     let hash = artifacts::content_hash(scores_path)?;
     let warning = calibration_mismatch(scores_path, &provenance, pattern, group);
     let modules = group_scores(scores_path, rows)?;
     let (mask_rows, summary) = build_mask(scores_path, &modules, pattern, group, progress)?;
     drop(modules);
-    let method = provenance.params.get("method").and_then(Value::as_str).unwrap_or("unknown").to_string();
+    write_made_mask(out, &mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
+}
+
+/// Refuses a comparison group other than rows with an N:M pattern.
+fn check_group(pattern: Pattern, group: Group) -> Result<(), MaskError> {
+    if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
+        return Err(MaskError::Options(format!(
+            "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
+            pattern.label()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a made mask with its provenance: the scores' provenance
+/// (`scores`, as `score` writes it, or as it would for scores computed in
+/// place) under `scores_params`, and `input` (name, content hash) as the input.
+#[allow(clippy::too_many_arguments)]
+fn write_made_mask(
+    out: &Path,
+    rows: &[MaskRow],
+    summary: Vec<ModuleSummary>,
+    scores: &Provenance,
+    (input, hash): (&str, String),
+    pattern: Pattern,
+    group: Group,
+    warning: Option<String>,
+) -> Result<MakeSummary, MaskError> {
+    let method = scores.params.get("method").and_then(Value::as_str).unwrap_or("unknown").to_string();
     let sparsity = overall(&summary);
     let info = MaskInfo { method: method.clone(), sparsity, pattern: pattern.label(), group: group.to_string() };
     let (ratio, nm) = match pattern {
@@ -298,10 +321,10 @@ pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path,
         "sparsity": ratio,
         "nm": nm,
         "group": group.to_string(),
-        "scores_params": provenance.params,
+        "scores_params": scores.params,
     });
-    let mask_provenance = Provenance::new(ArtifactKind::Mask, provenance.model.clone(), params, created_by()).with_input("scores", hash);
-    let written = artifacts::write_mask(out, &mask_rows, &info, &mask_provenance)?;
+    let mask_provenance = Provenance::new(ArtifactKind::Mask, scores.model.clone(), params, created_by()).with_input(input, hash);
+    let written = artifacts::write_mask(out, rows, &info, &mask_provenance)?;
     Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
 }
 
@@ -320,12 +343,7 @@ pub fn make_mask_from_stats(
     out: &Path,
     progress: &ProgressBar,
 ) -> Result<MakeSummary, MaskError> {
-    if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
-        return Err(MaskError::Options(format!(
-            "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
-            pattern.label()
-        )));
-    }
+    check_group(pattern, group)?;
     let (stats_provenance, stats) = artifacts::read_stats(stats_path)?;
     let stats_hash = artifacts::content_hash(stats_path)?;
     let model = model::load_model(model_path)?;
@@ -376,24 +394,7 @@ pub fn make_mask_from_stats(
         summary.extend(module_summary);
         progress.inc(1);
     }
-    let sparsity = overall(&summary);
-    let info = MaskInfo { method: method.as_str().to_string(), sparsity, pattern: pattern.label(), group: group.to_string() };
-    let (ratio, nm) = match pattern {
-        Pattern::Unstructured { sparsity } => (Value::from(sparsity), Value::Null),
-        Pattern::NM { .. } => (Value::Null, Value::from(pattern.label())),
-    };
-    let params = serde_json::json!({
-        "method": method.as_str(),
-        "pattern": pattern.label(),
-        "sparsity": ratio,
-        "nm": nm,
-        "group": group.to_string(),
-        "scores_params": scores_provenance.params,
-    });
-    let mask_provenance =
-        Provenance::new(ArtifactKind::Mask, model.fingerprint.clone(), params, created_by()).with_input("stats", stats_hash);
-    let written = artifacts::write_mask(out, &mask_rows, &info, &mask_provenance)?;
-    Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
+    write_made_mask(out, &mask_rows, summary, &scores_provenance, ("stats", stats_hash), pattern, group, warning)
 }
 
 /// Storage type of the weights `mask apply` writes.
@@ -545,32 +546,9 @@ pub fn write_hf_dir(
         StoredDtype::F16 => "float16",
         StoredDtype::BF16 => "bfloat16",
     };
-    let write_json = |name: &str, value: &Value| -> Result<(), MaskError> {
-        let path = dir.join(name);
-        let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
-        fs::write(&path, text + "\n").map_err(io_err(&path))
-    };
     let mut config = model.config.to_hf_json();
     config["torch_dtype"] = Value::from(torch_dtype);
-    let mut generation = serde_json::Map::new();
-    let tokenizer = model.tokenizer.as_ref();
-    let bos = tokenizer.and_then(|t| t.bos_id()).map(Value::from).or_else(|| config.get("bos_token_id").filter(|v| !v.is_null()).cloned());
-    let eos = tokenizer.and_then(|t| t.eos_id()).map(Value::from).or_else(|| config.get("eos_token_id").filter(|v| !v.is_null()).cloned());
-    if let Some(b) = bos {
-        generation.insert("bos_token_id".into(), b);
-    }
-    if let Some(e) = eos {
-        generation.insert("eos_token_id".into(), e);
-    }
-    write_json("config.json", &config)?;
-    write_json("generation_config.json", &Value::Object(generation))?;
-    if let Some(t) = tokenizer {
-        let path = dir.join("tokenizer.json");
-        let json = t.to_tokenizer_json().map_err(|e| ModelError::from(e))?;
-        fs::write(&path, json).map_err(io_err(&path))?;
-        let tokenizer_config = t.hf_tokenizer_config(config.get("max_position_embeddings").cloned().unwrap_or(Value::Null));
-        write_json("tokenizer_config.json", &tokenizer_config)?;
-    }
+    model::write_hf_metadata(dir, &config, model.tokenizer.as_ref())?;
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let mut writer = ShardedWriter::create(dir, layouts, max_shard_bytes, metadata).map_err(ModelError::from)?;
     let mut summary = ApplySummary { modules: masks.len(), total: 0, masked: 0, zeros: 0 };

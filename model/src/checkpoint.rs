@@ -390,12 +390,10 @@ impl StoredRows {
     }
 }
 
-impl Weights for Checkpoint {
-    fn stored_rows(&self, name: &str) -> Option<StoredRows> {
-        self.rows_of(name)
-    }
-
-    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+impl Checkpoint {
+    /// Checks, from the header alone, that tensor `name` is present with
+    /// shape `expected`; `architecture` is for the message when it is missing.
+    pub fn check_shape(&self, name: &str, expected: &[usize], architecture: &str) -> Result<(), ModelError> {
         match self.entries.get(name) {
             None => Err(ModelError::File(FormatError::MissingTensor {
                 path: self.source.clone(),
@@ -408,8 +406,19 @@ impl Weights for Checkpoint {
                 expected: expected.to_vec(),
                 found: entry.shape.clone(),
             })),
-            Some(_) => Ok(Cow::Owned(self.load(name)?)),
+            Some(_) => Ok(()),
         }
+    }
+}
+
+impl Weights for Checkpoint {
+    fn stored_rows(&self, name: &str) -> Option<StoredRows> {
+        self.rows_of(name)
+    }
+
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+        self.check_shape(name, expected, architecture)?;
+        Ok(Cow::Owned(self.load(name)?))
     }
 }
 

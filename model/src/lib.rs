@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod loader;
 pub mod nn;
+pub mod stream;
 
 pub use arch::ModelConfig;
 pub use checkpoint::{Checkpoint, MaskedWeights, StoredRows, StoredType, Weights};
@@ -20,5 +21,5 @@ pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use formats::{gguf, safetensors, tokenizer, weights};
 pub use formats::{FormatError, HostTensor, WeightMap};
-pub use loader::{load_model, LoadedModel, ModelFormat};
+pub use loader::{load_model, write_hf_metadata, LoadedModel, ModelFormat};
 pub use nn::{shared_values, HostKv, Kernels, KvCache, LayerKv, LinearObserver};

@@ -154,24 +154,7 @@ fn hf_chat_template(dir: &Path) -> Result<Option<String>, ModelError> {
 fn check_tensors(config: &ModelConfig, weights: &Checkpoint) -> Result<(), ModelError> {
     let arch = config.model_type();
     for (name, shape) in config.expected_tensors() {
-        match weights.shape(&name) {
-            None => {
-                return Err(ModelError::File(formats::FormatError::MissingTensor {
-                    path: weights.source().to_path_buf(),
-                    name,
-                    architecture: arch,
-                }))
-            }
-            Some(found) if found != shape.as_slice() => {
-                return Err(ModelError::File(formats::FormatError::ShapeMismatch {
-                    path: weights.source().to_path_buf(),
-                    name,
-                    expected: shape,
-                    found: found.to_vec(),
-                }))
-            }
-            Some(_) => {}
-        }
+        weights.check_shape(&name, &shape, &arch)?;
     }
     Ok(())
 }
@@ -210,4 +193,34 @@ fn finish_gguf(path: &Path, config: ModelConfig, weights: Checkpoint) -> Result<
     let fingerprint = fingerprint(&config, weights.shapes());
     let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
     Ok(LoadedModel { path: path.to_path_buf(), format: ModelFormat::Gguf, config, weights, tokenizer, chat_template, fingerprint })
+}
+
+/// Writes the files of a Hugging Face checkpoint directory other than its
+/// weights, as transformers reads them: `config` as config.json,
+/// generation_config.json (BOS / EOS of the tokenizer, else of the config),
+/// and, with a tokenizer, tokenizer.json and tokenizer_config.json.
+pub fn write_hf_metadata(dir: &Path, config: &Value, tokenizer: Option<&Tokenizer>) -> Result<(), ModelError> {
+    let write_json = |name: &str, value: &Value| -> Result<(), ModelError> {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+        std::fs::write(&path, text + "\n").map_err(|e| ModelError::io(&path, e))
+    };
+    let mut generation = serde_json::Map::new();
+    let from_config = |key: &str| config.get(key).filter(|v| !v.is_null()).cloned();
+    let bos = tokenizer.and_then(|t| t.bos_id()).map(Value::from).or_else(|| from_config("bos_token_id"));
+    let eos = tokenizer.and_then(|t| t.eos_id()).map(Value::from).or_else(|| from_config("eos_token_id"));
+    if let Some(b) = bos {
+        generation.insert("bos_token_id".into(), b);
+    }
+    if let Some(e) = eos {
+        generation.insert("eos_token_id".into(), e);
+    }
+    write_json("config.json", config)?;
+    write_json("generation_config.json", &Value::Object(generation))?;
+    if let Some(t) = tokenizer {
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, t.to_tokenizer_json()?).map_err(|e| ModelError::io(&path, e))?;
+        write_json("tokenizer_config.json", &t.hf_tokenizer_config(config.get("max_position_embeddings").cloned().unwrap_or(Value::Null)))?;
+    }
+    Ok(())
 }

@@ -967,16 +967,8 @@ impl GgufFile {
 
     /// A tensor dequantized to f32, row-major, `n_elements` long.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
+        self.check_dequantizable(name)?;
         let info = self.find(name)?;
-        if !info.ggml_type.can_dequantize() {
-            return Err(GgufError::UnsupportedTensorType {
-                path: self.path.clone(),
-                tensor: info.name.clone(),
-                type_id: info.ggml_type.id(),
-                type_name: info.ggml_type.name(),
-                supported: supported_types_list(),
-            });
-        }
         let n = info.n_elements() as usize;
         let values = dequantize(info.ggml_type, self.bytes_of(info), n).map_err(|source| GgufError::Dequant {
             path: self.path.clone(),

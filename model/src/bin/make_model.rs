@@ -51,11 +51,6 @@ fn fail(message: String) -> ! {
     std::process::exit(2);
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) {
-    let text = serde_json::to_string_pretty(value).expect("JSON values serialise") + "\n";
-    std::fs::write(path, text).unwrap_or_else(|e| fail(format!("writing {}: {e}", path.display())));
-}
-
 fn main() {
     let shape: String = arg("--shape", String::new());
     let out: PathBuf = arg("--out", PathBuf::new());
@@ -104,14 +99,7 @@ fn main() {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = parent.join(format!(".{}.tmp-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap_or_else(|e| fail(format!("creating {}: {e}", tmp.display())));
-    write_json(&tmp.join("config.json"), &config);
-    write_json(
-        &tmp.join("generation_config.json"),
-        &serde_json::json!({"bos_token_id": tokenizer.bos_id(), "eos_token_id": tokenizer.eos_id()}),
-    );
-    let json = tokenizer.to_tokenizer_json().unwrap_or_else(|e| fail(format!("{e}")));
-    std::fs::write(tmp.join("tokenizer.json"), json).unwrap_or_else(|e| fail(format!("writing tokenizer.json: {e}")));
-    write_json(&tmp.join("tokenizer_config.json"), &tokenizer.hf_tokenizer_config(config["max_position_embeddings"].clone()));
+    model::write_hf_metadata(&tmp, &config, Some(&tokenizer)).unwrap_or_else(|e| fail(format!("{e}")));
     std::fs::write(
         tmp.join("README.md"),
         format!(
