@@ -155,7 +155,7 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
 #[command(name = "cargo xtask bench scale --")]
 struct ScaleBench {
     /// Layer shapes of the made model.
-    #[arg(long, default_value = "llama-2-7b", value_parser = ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "gemma-2-9b"])]
+    #[arg(long, default_value = "llama-2-7b", value_parser = crate::MODEL_SHAPES)]
     shape: String,
     /// Fewer layers than the shape has (0: all of them), for a quick run.
     #[arg(long, default_value_t = 0)]

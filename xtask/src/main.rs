@@ -79,11 +79,15 @@ enum Command {
     Bench(BenchCommand),
 }
 
+/// The real models whose layer shapes `make-model` copies (the names of
+/// `model::arch::shapes::SHAPES`, which xtask does not link).
+const MODEL_SHAPES: [&str; 4] = ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "gemma-2-9b"];
+
 /// Arguments of `make-model`.
 #[derive(Debug, Args)]
 struct MakeModelArgs {
     /// The real model whose layer shapes to copy.
-    #[arg(long, value_parser = ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "gemma-2-9b"])]
+    #[arg(long, value_parser = MODEL_SHAPES)]
     shape: String,
     /// Storage type of the weights.
     #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
