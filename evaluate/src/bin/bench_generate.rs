@@ -6,6 +6,11 @@
 //! fetches the model and sets `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`):
 //! `--device cpu|wgpu|auto` (default cpu), `--new-tokens N` (default 64),
 //! `--prompts N` (default 4), `--batch N` (default 1; also run batched when above 1).
+//!
+//! The "decode steps" rows time decoding alone, as llama.cpp's `llama-bench
+//! -n N` and `llama-batched-bench` do: from one start token per sequence,
+//! N single-token steps through the cache, each picking its argmax.
+//! `--decode-only` runs only those rows.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +43,7 @@ fn main() {
     let new_tokens: usize = arg("--new-tokens", 64);
     let n_prompts: usize = arg("--prompts", 4).clamp(1, PROMPTS.len());
     let batch: usize = arg("--batch", 1).max(1);
+    let decode_only = std::env::args().any(|a| a == "--decode-only");
 
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let selected = select_device(device_choice).expect("device");
@@ -54,7 +60,9 @@ fn main() {
     println!("device: {} ({:?} kernels)", selected.description, model.kernels());
     println!("greedy decoding of {n_prompts} prompts ({prompt_tokens} prompt tokens), at most {new_tokens} new tokens each");
     let mut runs = vec![(true, 1), (false, 1)];
-    if batch > 1 {
+    if decode_only {
+        runs.clear();
+    } else if batch > 1 {
         runs.extend([(true, batch), (false, batch)]);
     }
     let mut cached_tokens = None;
@@ -78,8 +86,32 @@ fn main() {
             total as f64 / seconds
         );
     }
+    let start = tokenizer.bos_id().unwrap_or(0);
+    let mut widths = vec![1];
+    if batch > 1 {
+        widths.push(batch);
+    }
+    for width in widths {
+        let (tokens, seconds) = decode_steps(&model, start, width, new_tokens);
+        println!("decode steps batch {width}: {tokens} tokens in {seconds:.2} s = {:.1} tokens/s", tokens as f64 / seconds);
+    }
     match model::device::peak_rss_mib() {
         Some(mib) => println!("peak RSS: {mib:.0} MiB (the model kept in its stored form)"),
         None => println!("peak RSS: unavailable (no /proc/self/status)"),
     }
+}
+
+/// Times `steps` cached single-token decoding steps of `width` sequences
+/// that all start from token `start`; gives (tokens decoded, seconds).
+fn decode_steps(model: &model::Decoder, start: u32, width: usize, steps: usize) -> (usize, f64) {
+    let mut cache = model.new_cache(width);
+    let mut next: Vec<Vec<u32>> = vec![vec![start]; width];
+    let started = Instant::now();
+    for _ in 0..steps {
+        let logits = model.forward_cached_last(&next, &mut cache).expect("decoding step");
+        let values = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+        let vocab = values.len() / width;
+        next = values.chunks_exact(vocab).map(|row| vec![evaluate::generate::argmax(row) as u32]).collect();
+    }
+    (width * steps, started.elapsed().as_secs_f64())
 }
