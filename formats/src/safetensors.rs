@@ -280,6 +280,19 @@ impl SafetensorsCheckpoint {
         self.files[i].tensor_bytes(name)
     }
 
+    /// Which shard holds tensor `name` and where its bytes lie in
+    /// [`SafetensorsCheckpoint::shard_bytes`]: for readers that slice them
+    /// often, without looking the name up again.
+    pub fn tensor_location(&self, name: &str) -> Result<(usize, std::ops::Range<usize>), FormatError> {
+        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        Ok((i, self.files[i].info(name)?.range.clone()))
+    }
+
+    /// The whole mapped file of shard `shard`.
+    pub fn shard_bytes(&self, shard: usize) -> &[u8] {
+        &self.files[shard].map
+    }
+
     /// Tensor `name` decoded to f32 (see [`SafetensorsFile::tensor_f32`]).
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor, FormatError> {
         let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;

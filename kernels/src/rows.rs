@@ -593,7 +593,7 @@ pub fn cached_attention(
 pub const SMALL_MATMUL_ROWS: usize = 64;
 
 /// Output columns handed to one parallel task by [`small_matmul`].
-const COLUMNS_PER_TASK: usize = 64;
+const COLUMNS_PER_TASK: usize = 32;
 
 /// Dot products of rows `x[r]` with weight rows `w[c]` (each `inner` long)
 /// for a tile of `R` rows and `C` weight rows, into `out[r][c]`. Every
@@ -680,14 +680,15 @@ unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f3
     finish_dot_tile(&x, &w, &lanes, body, out);
 }
 
-/// [`small_matmul`] of the weight rows in `w` into `out` ([rows, w.len() / inner]).
-fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32]) {
-    // `out` is [rows, width] for the `width` weight rows of `w`.
+/// [`small_matmul`] of the weight rows in `w` into columns `first..first +
+/// w.len() / inner` of `out`, whose rows are `stride` long.
+pub(crate) fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32], stride: usize, first: usize) {
     const C: usize = 4;
     let inner = x.len() / rows;
     let width = w.len() / inner;
     let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
     let w_row = |c: usize| &w[c * inner..(c + 1) * inner];
+    let at = |r: usize, c: usize| r * stride + first + c;
     let mut c0 = 0;
     while c0 < width {
         let cols = C.min(width - c0);
@@ -697,19 +698,19 @@ fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32]) {
                 let mut tile = [[0.0f32; C]; 2];
                 dot_tile([x_row(r0), x_row(r0 + 1)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
                 for (r, tile) in tile.iter().enumerate() {
-                    out[(r0 + r) * width + c0..(r0 + r) * width + c0 + C].copy_from_slice(tile);
+                    out[at(r0 + r, c0)..at(r0 + r, c0 + C)].copy_from_slice(tile);
                 }
                 r0 += 2;
             } else if cols == C {
                 let mut tile = [[0.0f32; C]; 1];
                 dot_tile([x_row(r0)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
-                out[r0 * width + c0..r0 * width + c0 + C].copy_from_slice(&tile[0]);
+                out[at(r0, c0)..at(r0, c0 + C)].copy_from_slice(&tile[0]);
                 r0 += 1;
             } else {
                 for c in c0..c0 + cols {
                     let mut tile = [[0.0f32; 1]; 1];
                     dot_tile([x_row(r0)], [w_row(c)], &mut tile);
-                    out[r0 * width + c] = tile[0][0];
+                    out[at(r0, c)] = tile[0][0];
                 }
                 r0 += 1;
             }
@@ -726,49 +727,29 @@ fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32]) {
 pub fn small_matmul(x: &[f32], rows: usize, w: &[f32], cols: usize) -> Vec<f32> {
     let inner = x.len() / rows;
     assert_eq!(w.len(), inner * cols, "small_matmul: the weight is not [{cols}, {inner}]");
-    small_matmul_blocks(x, rows, cols, |first, count, _| Some(&w[first * inner..(first + count) * inner]))
+    small_matmul_tasks(rows, cols, |first, out| small_matmul_block(x, rows, &w[first * inner..(first + out.len() / rows) * inner], out, out.len() / rows, 0))
 }
 
-/// [`small_matmul`] of a weight whose rows are decoded on demand (from f16,
-/// bf16 or quantized blocks): `decode(first, out)` writes weight rows
-/// `first..first + out.len() / inner` into `out` as f32. Each block of weight
-/// rows is decoded once into a scratch buffer and multiplied exactly as
-/// [`small_matmul`] multiplies the same f32 rows, so the result is bit for bit
-/// that of [`small_matmul`] on the decoded weight, without ever holding the
-/// weight in f32.
-pub fn small_matmul_decoded(x: &[f32], rows: usize, cols: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
-    let inner = x.len() / rows;
-    small_matmul_blocks(x, rows, cols, |first, count, scratch: &mut Vec<f32>| {
-        scratch.resize(count * inner, 0.0);
-        decode(first, scratch);
-        None
-    })
-}
-
-/// The block loop of [`small_matmul`]: `weight_rows(first, count, scratch)`
-/// gives weight rows `first..first + count`, or writes them into `scratch`
-/// and gives `None`.
-fn small_matmul_blocks<'w, F>(x: &[f32], rows: usize, cols: usize, weight_rows: F) -> Vec<f32>
+/// The task loop of [`small_matmul`]: `block(first, out)` writes the
+/// products of weight rows `first..first + out.len() / rows` into `out`
+/// ([rows, out.len() / rows]).
+pub(crate) fn small_matmul_tasks<F>(rows: usize, cols: usize, block: F) -> Vec<f32>
 where
-    F: Fn(usize, usize, &mut Vec<f32>) -> Option<&'w [f32]> + Sync,
+    F: Fn(usize, &mut [f32]) + Sync,
 {
     let blocks: Vec<Vec<f32>> = (0..cols.div_ceil(COLUMNS_PER_TASK))
         .into_par_iter()
-        .map_init(Vec::new, |scratch, block| {
-            let first = block * COLUMNS_PER_TASK;
+        .map(|task| {
+            let first = task * COLUMNS_PER_TASK;
             let count = COLUMNS_PER_TASK.min(cols - first);
-            let w = match weight_rows(first, count, scratch) {
-                Some(w) => w,
-                None => &scratch[..],
-            };
             let mut out = vec![0.0f32; rows * count];
-            small_matmul_block(x, rows, w, &mut out);
+            block(first, &mut out);
             out
         })
         .collect();
     let mut out = vec![0.0f32; rows * cols];
-    for (block, values) in blocks.iter().enumerate() {
-        let first = block * COLUMNS_PER_TASK;
+    for (task, values) in blocks.iter().enumerate() {
+        let first = task * COLUMNS_PER_TASK;
         let width = values.len() / rows;
         for (r, values) in values.chunks_exact(width).enumerate() {
             out[r * cols + first..r * cols + first + width].copy_from_slice(values);
@@ -920,27 +901,6 @@ mod tests {
         }
         let three = small_matmul(&x[..3 * inner], 3, &w, cols);
         assert_eq!(three, all[..3 * cols]);
-    }
-
-    #[test]
-    fn decoded_weights_give_small_matmul_s_products_bit_for_bit() {
-        // The weight is "stored" as every value times 4 (exact in f32); the
-        // decoder divides by 4 row block by row block, as a dequantizer would.
-        let (inner, cols) = (45, 3 * COLUMNS_PER_TASK + 5);
-        let mut rng = crate::rng::Rng::new(9);
-        let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32()).collect();
-        let stored: Vec<f32> = w.iter().map(|v| v * 4.0).collect();
-        let decode = |first: usize, out: &mut [f32]| {
-            assert_eq!(out.len() % inner, 0, "whole rows are asked for");
-            for (o, s) in out.iter_mut().zip(&stored[first * inner..]) {
-                *o = s / 4.0;
-            }
-        };
-        for rows in [1, 2, 7, SMALL_MATMUL_ROWS] {
-            let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32()).collect();
-            let (plain, decoded) = (small_matmul(&x, rows, &w, cols), small_matmul_decoded(&x, rows, cols, &decode));
-            assert!(plain.iter().zip(&decoded).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows} rows");
-        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::gguf::{GgmlType, GgufFile};
 use crate::safetensors::{SafetensorsCheckpoint, StoredDtype};
 use crate::weights::{HostTensor, WeightMap};
 use formats::FormatError;
+use kernels::encoded::Encoding;
 
 /// How a tensor is stored in its checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,9 +276,14 @@ impl Checkpoint {
             Fixup::UnpermuteRows { heads } => Some(heads),
             Fixup::SubtractOne => return None,
         };
+        let location = match &*self.store {
+            Store::Safetensors(file) => file.tensor_location(&entry.stored).ok()?,
+            Store::Gguf(file) => (0, file.tensor_range(&entry.stored).ok()?),
+        };
         Some(StoredRows {
             store: Arc::clone(&self.store),
             stored: entry.stored.clone(),
+            location,
             stored_type: entry.stored_type,
             first,
             rows,
@@ -298,6 +304,8 @@ impl Checkpoint {
 pub struct StoredRows {
     store: Arc<Store>,
     stored: String,
+    /// The stored tensor's shard and byte range in it.
+    location: (usize, Range<usize>),
     stored_type: StoredType,
     /// First row of the stored tensor that is row 0 here (a part of a fused projection).
     first: usize,
@@ -342,37 +350,63 @@ impl StoredRows {
         self.first + row
     }
 
-    /// Decodes `count` consecutive stored rows from `stored_row` into `out`.
-    fn decode_stored(&self, stored_row: usize, out: &mut [f32]) {
+    /// The stored bytes of the whole tensor.
+    fn bytes(&self) -> &[u8] {
+        let (shard, range) = &self.location;
+        match &*self.store {
+            Store::Safetensors(file) => &file.shard_bytes(*shard)[range.clone()],
+            Store::Gguf(file) => &file.mapped()[range.clone()],
+        }
+    }
+
+    /// Decodes `out.len() / cols` consecutive stored rows of `bytes`, from `stored_row`, into `out`.
+    fn decode_stored(&self, bytes: &[u8], stored_row: usize, out: &mut [f32]) {
         let count = out.len() / self.cols;
-        let range = stored_row * self.row_bytes..(stored_row + count) * self.row_bytes;
-        match (&*self.store, self.stored_type) {
-            (Store::Safetensors(file), StoredType::Float(dtype)) => {
-                let bytes = &file.tensor_bytes(&self.stored).expect("rows of a tensor of the file")[range];
-                dtype.decode_into(bytes, out);
-            }
-            (Store::Gguf(file), StoredType::Gguf(ty)) => {
-                let bytes = &file.tensor_bytes(&self.stored).expect("rows of a tensor of the file")[range];
-                formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened");
-            }
-            _ => unreachable!("rows are made only for a store of their type"),
+        let bytes = &bytes[stored_row * self.row_bytes..(stored_row + count) * self.row_bytes];
+        match self.stored_type {
+            StoredType::Float(dtype) => dtype.decode_into(bytes, out),
+            StoredType::Gguf(ty) => formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened"),
+        }
+    }
+
+    /// The encoding of the stored rows, where [`kernels::encoded`] decodes it in registers.
+    pub fn encoding(&self) -> Option<Encoding> {
+        Some(match self.stored_type {
+            StoredType::Float(StoredDtype::F32) | StoredType::Gguf(GgmlType::F32) => Encoding::F32,
+            StoredType::Float(StoredDtype::F16) | StoredType::Gguf(GgmlType::F16) => Encoding::F16,
+            StoredType::Float(StoredDtype::BF16) | StoredType::Gguf(GgmlType::BF16) => Encoding::BF16,
+            StoredType::Gguf(GgmlType::Q4_0) => Encoding::Q4_0,
+            StoredType::Gguf(GgmlType::Q4_1) => Encoding::Q4_1,
+            StoredType::Gguf(GgmlType::Q5_0) => Encoding::Q5_0,
+            StoredType::Gguf(GgmlType::Q8_0) => Encoding::Q8_0,
+            StoredType::Gguf(GgmlType::Q4K) => Encoding::Q4K,
+            StoredType::Gguf(GgmlType::Q6K) => Encoding::Q6K,
+            StoredType::Gguf(_) => return None,
+        })
+    }
+
+    /// Appends the stored bytes of rows `first..first + count` (llama.cpp's
+    /// interleaving undone) and their keep bits, where the matrix is masked.
+    pub fn rows_into<'a>(&'a self, first: usize, count: usize, out: &mut Vec<kernels::encoded::StoredRow<'a>>) {
+        let bytes = self.bytes();
+        let keep_bytes = self.cols.div_ceil(8);
+        for row in first..first + count {
+            let stored = self.stored_row(row);
+            let keep = self.keep_bits.as_ref().map(|keep| &keep[row * keep_bytes..(row + 1) * keep_bytes]);
+            out.push((&bytes[stored * self.row_bytes..(stored + 1) * self.row_bytes], keep));
         }
     }
 
     /// Writes rows `first..first + out.len() / cols` into `out` as f32.
     pub fn decode(&self, first: usize, out: &mut [f32]) {
         let count = out.len() / self.cols;
+        let bytes = self.bytes();
         match self.heads {
-            None => self.decode_stored(self.first + first, out),
+            None => self.decode_stored(bytes, self.first + first, out),
+            // Interleaved rows are decoded one by one, straight into place.
             Some(_) => {
-                // The rows asked for lie within the stored rows they span
-                // (the interleaving stays inside each head): decode those once.
-                let stored: Vec<usize> = (first..first + count).map(|r| self.stored_row(r)).collect();
-                let (low, high) = (*stored.iter().min().expect("rows"), *stored.iter().max().expect("rows"));
-                let mut span = vec![0.0f32; (high - low + 1) * self.cols];
-                self.decode_stored(low, &mut span);
-                for (row, &s) in out.chunks_exact_mut(self.cols).zip(&stored) {
-                    row.copy_from_slice(&span[(s - low) * self.cols..(s - low + 1) * self.cols]);
+                for (i, row) in out.chunks_exact_mut(self.cols).enumerate() {
+                    self.decode_stored(bytes, self.stored_row(first + i), row);
                 }
             }
         }

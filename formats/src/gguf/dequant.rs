@@ -163,17 +163,22 @@ fn kernel(ty: GgmlType) -> Kernel {
             GgmlType::F32 => avx2::dequant_f32,
             GgmlType::F16 => avx2::dequant_f16,
             GgmlType::BF16 => avx2::dequant_bf16,
-            GgmlType::Q4_0 => avx2::dequant_q4_0,
-            GgmlType::Q4_1 => avx2::dequant_q4_1,
-            GgmlType::Q5_0 => avx2::dequant_q5_0,
+            GgmlType::Q4_0 => avx2::q4_0,
+            GgmlType::Q4_1 => avx2::q4_1,
+            GgmlType::Q5_0 => avx2::q5_0,
             GgmlType::Q5_1 => avx2::dequant_q5_1,
-            GgmlType::Q8_0 => avx2::dequant_q8_0,
-            GgmlType::Q4K => avx2::dequant_q4_k,
+            GgmlType::Q8_0 => avx2::q8_0,
+            GgmlType::Q4K => avx2::q4_k,
             GgmlType::Q5K => avx2::dequant_q5_k,
-            GgmlType::Q6K => avx2::dequant_q6_k,
+            GgmlType::Q6K => avx2::q6_k,
             _ => dequant_none,
         };
     }
+    portable_kernel(ty)
+}
+
+/// The kernel of `ty` in plain Rust: the reference the vector kernels match.
+fn portable_kernel(ty: GgmlType) -> Kernel {
     match ty {
         GgmlType::F32 => dequant_f32,
         GgmlType::F16 => dequant_f16,
@@ -204,12 +209,15 @@ fn has_avx2() -> bool {
     })
 }
 
-/// The same kernels compiled for AVX2 (the compiler vectorises their loops
-/// with 256-bit registers): the same operations on every value, so the same
-/// results bit for bit. Decoding a model's rows at every generated token
-/// spends most of its time here.
+/// The kernels for AVX2: the register decoders of [`kernels::encoded`]
+/// for the quantized types they cover (the usual GGUF types), and the
+/// portable kernels compiled for AVX2 for the rest (float types included:
+/// their tensors need not be whole blocks of eight). Both give the portable kernels'
+/// values bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use kernels::encoded::{decode, Encoding};
+
     macro_rules! avx2_kernels {
         ($($name:ident),*) => {$(
             pub(super) fn $name(src: &[u8], dst: &mut [f32]) {
@@ -222,19 +230,17 @@ mod avx2 {
             }
         )*};
     }
-    avx2_kernels!(
-        dequant_f32,
-        dequant_f16,
-        dequant_bf16,
-        dequant_q4_0,
-        dequant_q4_1,
-        dequant_q5_0,
-        dequant_q5_1,
-        dequant_q8_0,
-        dequant_q4_k,
-        dequant_q5_k,
-        dequant_q6_k
-    );
+    avx2_kernels!(dequant_f32, dequant_f16, dequant_bf16, dequant_q5_1, dequant_q5_k);
+
+    macro_rules! register_kernels {
+        ($($name:ident => $encoding:ident),*) => {$(
+            pub(super) fn $name(src: &[u8], dst: &mut [f32]) {
+                let decoded = decode(Encoding::$encoding, src, dst);
+                debug_assert!(decoded, "chosen only where `has_avx2` found AVX2, FMA and F16C");
+            }
+        )*};
+    }
+    register_kernels!(q4_0 => Q4_0, q4_1 => Q4_1, q5_0 => Q5_0, q8_0 => Q8_0, q4_k => Q4K, q6_k => Q6K);
 }
 
 /// The little-endian f16 at byte `i` of `b`, as f32.
@@ -708,6 +714,29 @@ mod tests {
             let mut serial = vec![0f32; n];
             kernel(ty)(&bytes, &mut serial);
             assert!(parallel.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty}: parallel result differs from serial");
+        }
+    }
+
+    #[test]
+    fn vector_kernels_match_the_portable_ones_bit_for_bit() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for &ty in SUPPORTED_TYPES {
+            let (block, size) = (ty.block_size().unwrap(), ty.type_size().unwrap());
+            let n_blocks = 97;
+            let bytes: Vec<u8> = (0..n_blocks * size)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect();
+            let (mut fast, mut portable) = (vec![0f32; n_blocks * block], vec![1f32; n_blocks * block]);
+            kernel(ty)(&bytes, &mut fast);
+            portable_kernel(ty)(&bytes, &mut portable);
+            for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{ty} value {i}: {a} against the portable {b}");
+            }
         }
     }
 

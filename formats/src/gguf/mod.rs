@@ -940,14 +940,28 @@ impl GgufFile {
         Ok(self.bytes_of(info))
     }
 
-    /// The data of a tensor validated by `open`.
-    fn bytes_of(&self, info: &GgufTensorInfo) -> &[u8] {
+    /// Where the stored blocks of a tensor lie in [`GgufFile::mapped`]:
+    /// for readers that slice them often, without looking the name up again.
+    pub fn tensor_range(&self, name: &str) -> Result<std::ops::Range<usize>, GgufError> {
+        Ok(self.range_of(self.find(name)?))
+    }
+
+    /// The whole mapped file (empty when it holds no tensor data).
+    pub fn mapped(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// The byte range of a tensor validated by `open`.
+    fn range_of(&self, info: &GgufTensorInfo) -> std::ops::Range<usize> {
         // `open` checked that the type layout is known, that sizes do not
         // overflow and that the range lies inside the mapped file.
         let start = self.data_start + info.offset as usize;
-        let len = info.n_bytes().unwrap_or(0) as usize;
-        let bytes: &[u8] = self.map.as_deref().unwrap_or(&[]);
-        &bytes[start..start + len]
+        start..start + info.n_bytes().unwrap_or(0) as usize
+    }
+
+    /// The data of a tensor validated by `open`.
+    fn bytes_of(&self, info: &GgufTensorInfo) -> &[u8] {
+        &self.mapped()[self.range_of(info)]
     }
 
     /// Whether tensor `name` is of a type subprune can dequantize (an error saying which types are, if not).

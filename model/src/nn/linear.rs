@@ -35,8 +35,8 @@ enum LinearWeight {
     /// the same products, skipping the zeros.
     Sparse(Arc<sparse_gemm::SparseRhs>),
     /// In its stored form (f16, bf16 or GGUF blocks in the file's memory
-    /// map), on host-memory devices: the few-row product decodes it block by
-    /// block ([`kernels::small_matmul_decoded`]); a product of more rows
+    /// map), on host-memory devices: the few-row product decodes it as it
+    /// multiplies ([`kernels::encoded::small_matmul_stored`]); a product of more rows
     /// decodes it into a transient packed weight. Either way the products
     /// are those of the f32 weight, bit for bit, and no f32 copy is kept.
     Stored(Arc<StoredParts>),
@@ -57,7 +57,7 @@ impl StoredParts {
         let (mut row, mut done) = (first, 0);
         let count = out.len() / self.inner;
         while done < count {
-            let part = self.starts.partition_point(|&s| s <= row) - 1;
+            let part = self.part_of(row);
             let n = (count - done).min(self.starts[part + 1] - row);
             self.parts[part].decode(row - self.starts[part], &mut out[done * self.inner..(done + n) * self.inner]);
             row += n;
@@ -67,6 +67,33 @@ impl StoredParts {
 
     fn rows(&self) -> usize {
         *self.starts.last().expect("at least one part")
+    }
+
+    /// The part holding stacked row `row`.
+    fn part_of(&self, row: usize) -> usize {
+        self.starts.partition_point(|&s| s <= row) - 1
+    }
+}
+
+impl kernels::encoded::StoredWeight for StoredParts {
+    fn encoding(&self, first: usize, count: usize) -> Option<kernels::encoded::Encoding> {
+        let part = self.part_of(first);
+        // One part (one encoding) for all the rows asked for.
+        (first + count <= self.starts[part + 1]).then(|| self.parts[part].encoding()).flatten()
+    }
+
+    fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<kernels::encoded::StoredRow<'a>>) {
+        let (mut row, end) = (first, first + count);
+        while row < end {
+            let part = self.part_of(row);
+            let n = (end - row).min(self.starts[part + 1] - row);
+            self.parts[part].rows_into(row - self.starts[part], n, out);
+            row += n;
+        }
+    }
+
+    fn decode(&self, first: usize, out: &mut [f32]) {
+        StoredParts::decode(self, first, out)
     }
 }
 
@@ -193,8 +220,7 @@ impl Linear {
         let y = if let LinearWeight::Stored(stored) = &self.weight {
             let cols = stored.rows();
             if rows <= kernels::SMALL_MATMUL_ROWS {
-                let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
-                from_values(kernels::small_matmul_decoded(&host_values(x), rows, cols, &decode), [rows, cols], &device)
+                from_values(kernels::encoded::small_matmul_stored(&host_values(x), rows, cols, stored.as_ref()), [rows, cols], &device)
             } else {
                 let mut values = vec![0.0f32; cols * stored.inner];
                 stored.decode(0, &mut values);

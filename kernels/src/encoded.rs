@@ -1,0 +1,636 @@
+//! Few-row products with weights kept in their stored encoding (f32, f16,
+//! bf16 or ggml's quantized blocks), as a model decodes from its file.
+//!
+//! [`small_matmul_stored`] gives exactly [`crate::small_matmul`]'s products
+//! of the decoded f32 weight, bit for bit. Where the CPU has AVX2, FMA and
+//! F16C, the usual encodings ([`Encoding`]) are decoded eight values at a
+//! time into registers and multiplied there, in the order
+//! [`crate::small_matmul`] uses: the weight streams from memory once, in its
+//! stored size, and is never written out as f32. More rows, other encodings
+//! and other CPUs decode a few weight rows at a time into a small buffer
+//! that stays in cache, once for all the rows.
+//!
+//! Each decoder produces the values of ggml's reference dequantization
+//! (`dequantize_row_*` of ggml-quants.c) bit for bit: an exact integer,
+//! converted to f32, then the reference's multiplications and additions.
+//! Where the reference multiplies and then adds, the decoders fuse the two
+//! only when the product is exact (a 4-bit integer times a scale of at most
+//! 17 significant bits), so the one rounding is the reference's.
+//! [`decode`] writes the decoded values out, for whole-tensor dequantization.
+
+use crate::rows::{small_matmul_block, small_matmul_tasks};
+
+/// The stored encodings the register decoders read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Little-endian f32.
+    F32,
+    /// Little-endian IEEE half precision.
+    F16,
+    /// Little-endian bfloat16.
+    BF16,
+    /// ggml block_q4_0: f16 scale, 32 4-bit values.
+    Q4_0,
+    /// ggml block_q4_1: f16 scale and minimum, 32 4-bit values.
+    Q4_1,
+    /// ggml block_q5_0: f16 scale, 32 5-bit values.
+    Q5_0,
+    /// ggml block_q8_0: f16 scale, 32 8-bit values.
+    Q8_0,
+    /// ggml block_q4_K: super-block of 256 4-bit values in 8 scaled groups.
+    Q4K,
+    /// ggml block_q6_K: super-block of 256 6-bit values in 16 scaled groups.
+    Q6K,
+}
+
+impl Encoding {
+    /// Values and bytes of one block of this encoding.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Encoding::F32 => (8, 32),
+            Encoding::F16 | Encoding::BF16 => (8, 16),
+            Encoding::Q4_0 => (32, 18),
+            Encoding::Q4_1 => (32, 20),
+            Encoding::Q5_0 => (32, 22),
+            Encoding::Q8_0 => (32, 34),
+            Encoding::Q4K => (256, 144),
+            Encoding::Q6K => (256, 210),
+        }
+    }
+}
+
+/// A weight row in its stored form: its bytes, and its keep bits where masked.
+pub type StoredRow<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// A weight matrix ([cols, inner], one row per output) in its stored form,
+/// as [`small_matmul_stored`] reads it.
+pub trait StoredWeight: Sync {
+    /// The encoding shared by rows `first..first + count`, if they all have
+    /// one of the [`Encoding`]s (None sends those rows through [`StoredWeight::decode`]).
+    fn encoding(&self, first: usize, count: usize) -> Option<Encoding>;
+    /// Appends to `out`, for each of rows `first..first + count`, its stored
+    /// bytes (a whole number of blocks of its encoding) and its keep bits
+    /// where the weight is masked: one bit per value, least significant
+    /// first, 0 for a pruned value (read as 0).
+    fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>);
+    /// Writes rows `first..first + out.len() / inner` into `out` as f32, masked.
+    fn decode(&self, first: usize, out: &mut [f32]);
+}
+
+/// Most rows whose products [`small_matmul_stored`] takes with weights
+/// decoded in registers: one tile of rows, decoding each weight value once.
+const REGISTER_ROWS: usize = 2;
+
+/// Bytes of f32 weight rows that the fallback of [`small_matmul_stored`]
+/// decodes at a time: small enough to stay in the level-1 cache between
+/// being written and being read.
+const DECODED_BYTES: usize = 16 << 10;
+
+thread_local! {
+    /// Each thread's buffer of decoded weight rows for the fallback of [`small_matmul_stored`].
+    static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `x w^T` for a few rows `x` ([rows, inner]) and a weight `w` kept in its
+/// stored form, [cols, inner]: bit for bit [`crate::small_matmul`] of the
+/// decoded (and masked) f32 weight, without ever holding it in f32.
+pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn StoredWeight) -> Vec<f32> {
+    let inner = x.len() / rows;
+    // Decoding in registers decodes the weight again for every pair of
+    // rows, so more rows decode into the buffer once instead.
+    let registers = avx2::available() && inner % 8 == 0 && rows <= REGISTER_ROWS;
+    // Whole tiles of four weight rows (see small_matmul_block).
+    let step = (DECODED_BYTES / (4 * inner.max(1)) / 4).max(1) * 4;
+    small_matmul_tasks(rows, cols, |first, out| {
+        let count = out.len() / rows;
+        if let Some(encoding) = weight.encoding(first, count).filter(|e| registers && inner % e.block().0 == 0) {
+            avx2::small_matmul_task(encoding, x, rows, weight, first, out);
+            return;
+        }
+        DECODED.with_borrow_mut(|decoded| {
+            decoded.resize(step.min(count) * inner, 0.0);
+            for at in (0..count).step_by(step) {
+                let n = step.min(count - at);
+                let w = &mut decoded[..n * inner];
+                weight.decode(first + at, w);
+                small_matmul_block(x, rows, w, out, count, at);
+            }
+        })
+    })
+}
+
+/// Decodes whole blocks of `src` in `encoding` into `dst` with the register
+/// decoders; false (and `dst` untouched) where the CPU lacks AVX2, FMA or F16C.
+pub fn decode(encoding: Encoding, src: &[u8], dst: &mut [f32]) -> bool {
+    if !avx2::available() {
+        return false;
+    }
+    avx2::decode(encoding, src, dst);
+    true
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    use super::{Encoding, StoredWeight};
+
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) fn small_matmul_task(_: Encoding, _: &[f32], _: usize, _: &dyn StoredWeight, _: usize, _: &mut [f32]) {
+        unreachable!("only where available() is true")
+    }
+
+    pub(super) fn decode(_: Encoding, _: &[u8], _: &mut [f32]) {
+        unreachable!("only where available() is true")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::{Encoding, StoredWeight};
+
+    /// Whether the CPU has AVX2, FMA and F16C (checked once).
+    pub(super) fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+    }
+
+    /// How many weight rows ahead [`tile`] prefetches.
+    const PREFETCH_ROWS: usize = 16;
+
+    /// Up to four vectors of eight decoded values.
+    type Group = [__m256; 4];
+
+    /// One encoding's block layout and its decoder.
+    trait Format {
+        /// Values of a block.
+        const VALUES: usize;
+        /// Bytes of a block.
+        const BYTES: usize;
+        /// Vectors of a group (groups of `8 * VECTORS` values make a block).
+        const VECTORS: usize;
+        /// Values `8 * VECTORS * g..` of `block` (`BYTES` long), in the
+        /// first `VECTORS` vectors.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C.
+        unsafe fn group(block: &[u8], g: usize) -> Group;
+    }
+
+    /// The little-endian f16 at byte `i` of `b`, as f32 (exact).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_at(b: &[u8], i: usize) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[i], b[i + 1]])))))
+    }
+
+    /// Bytes `at..at + 8` of `b` widened to eight u32 (or, `signed`, i32) lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn widen8(b: &[u8], at: usize, signed: bool) -> __m256i {
+        let bytes: &[u8; 8] = b[at..at + 8].try_into().expect("eight bytes");
+        // SAFETY: `bytes` is 8 readable bytes, what the load reads.
+        let bytes = unsafe { _mm_loadl_epi64(bytes.as_ptr() as *const __m128i) };
+        if signed {
+            _mm256_cvtepi8_epi32(bytes)
+        } else {
+            _mm256_cvtepu8_epi32(bytes)
+        }
+    }
+
+    /// Bit `first + lane` of `qh` moved to bit 4 of each lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fifth_bits(qh: __m256i, first: i32) -> __m256i {
+        let bits = _mm256_srlv_epi32(qh, _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(first)));
+        _mm256_slli_epi32::<4>(_mm256_and_si256(bits, _mm256_set1_epi32(1)))
+    }
+
+    /// Bits `shift..shift + 2` of each lane of `h` moved to bits 4..6.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn high_pair(h: __m256i, shift: i32) -> __m256i {
+        _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srl_epi32(h, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(3)))
+    }
+
+    /// The low (`high` false) or high nibbles of eight bytes, as lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nibbles(q: __m256i, high: bool) -> __m256i {
+        if high {
+            _mm256_srli_epi32::<4>(q)
+        } else {
+            _mm256_and_si256(q, _mm256_set1_epi32(0x0F))
+        }
+    }
+
+    /// The 6-bit scale and min of sub-block `j` of a Q4_K super-block
+    /// (ggml's `get_scale_min_k4`).
+    #[inline]
+    fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+        if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        }
+    }
+
+    struct F32;
+    impl Format for F32 {
+        const VALUES: usize = 8;
+        const BYTES: usize = 32;
+        const VECTORS: usize = 1;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(block: &[u8], _: usize) -> Group {
+            let bytes: &[u8; 32] = block[..32].try_into().expect("a block");
+            // SAFETY: `bytes` is 32 readable bytes, eight f32.
+            let v = unsafe { _mm256_loadu_ps(bytes.as_ptr() as *const f32) };
+            [v; 4]
+        }
+    }
+
+    struct F16;
+    impl Format for F16 {
+        const VALUES: usize = 8;
+        const BYTES: usize = 16;
+        const VECTORS: usize = 1;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(block: &[u8], _: usize) -> Group {
+            let bytes: &[u8; 16] = block[..16].try_into().expect("a block");
+            // SAFETY: `bytes` is 16 readable bytes, eight f16.
+            let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bytes.as_ptr() as *const __m128i) });
+            [v; 4]
+        }
+    }
+
+    struct BF16;
+    impl Format for BF16 {
+        const VALUES: usize = 8;
+        const BYTES: usize = 16;
+        const VECTORS: usize = 1;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(block: &[u8], _: usize) -> Group {
+            let bytes: &[u8; 16] = block[..16].try_into().expect("a block");
+            // SAFETY: `bytes` is 16 readable bytes, eight bf16.
+            let halves = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr() as *const __m128i) });
+            // A bf16 is the high half of the f32 with the same value.
+            [_mm256_castsi256_ps(_mm256_slli_epi32::<16>(halves)); 4]
+        }
+    }
+
+    struct Q4_0;
+    impl Format for Q4_0 {
+        const VALUES: usize = 32;
+        const BYTES: usize = 18;
+        const VECTORS: usize = 4;
+        /// y = (q - 8) * d.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], _: usize) -> Group {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let eight = _mm256_set1_epi32(8);
+            let (q0, q1) = (widen8(b, 2, false), widen8(b, 10, false));
+            let value = |q: __m256i, high: bool| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(nibbles(q, high), eight)), d);
+            [value(q0, false), value(q1, false), value(q0, true), value(q1, true)]
+        }
+    }
+
+    struct Q4_1;
+    impl Format for Q4_1 {
+        const VALUES: usize = 32;
+        const BYTES: usize = 20;
+        const VECTORS: usize = 4;
+        /// y = q * d + m (q * d is exact: fused).
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], _: usize) -> Group {
+            let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_set1_ps(f16_at(b, 2)));
+            let (q0, q1) = (widen8(b, 4, false), widen8(b, 12, false));
+            let value = |q: __m256i, high: bool| _mm256_fmadd_ps(_mm256_cvtepi32_ps(nibbles(q, high)), d, m);
+            [value(q0, false), value(q1, false), value(q0, true), value(q1, true)]
+        }
+    }
+
+    struct Q5_0;
+    impl Format for Q5_0 {
+        const VALUES: usize = 32;
+        const BYTES: usize = 22;
+        const VECTORS: usize = 4;
+        /// y[i] = ((nibble | bit i of qh << 4) - 16) * d.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], _: usize) -> Group {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let qh = _mm256_set1_epi32(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+            let sixteen = _mm256_set1_epi32(16);
+            let (q0, q1) = (widen8(b, 6, false), widen8(b, 14, false));
+            let value = |q: __m256i, high: bool, first: i32| {
+                let q = _mm256_sub_epi32(_mm256_or_si256(nibbles(q, high), fifth_bits(qh, first)), sixteen);
+                _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)
+            };
+            [value(q0, false, 0), value(q1, false, 8), value(q0, true, 16), value(q1, true, 24)]
+        }
+    }
+
+    struct Q8_0;
+    impl Format for Q8_0 {
+        const VALUES: usize = 32;
+        const BYTES: usize = 34;
+        const VECTORS: usize = 4;
+        /// y = q * d.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], _: usize) -> Group {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let value = |at: usize| _mm256_mul_ps(_mm256_cvtepi32_ps(widen8(b, at, true)), d);
+            [value(2), value(10), value(18), value(26)]
+        }
+    }
+
+    struct Q4K;
+    impl Format for Q4K {
+        const VALUES: usize = 256;
+        const BYTES: usize = 144;
+        const VECTORS: usize = 4;
+        /// Sub-block g: y = (d * scale) * q - dmin * min (the product is exact: fused).
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], g: usize) -> Group {
+            let (sc, m) = scale_min_k4(g, &b[4..16]);
+            let scale = _mm256_set1_ps(f16_at(b, 0) * f32::from(sc));
+            let min = _mm256_set1_ps(f16_at(b, 2) * f32::from(m));
+            let (at, high) = (16 + 32 * (g / 2), g % 2 == 1);
+            let value = |k: usize| _mm256_fmsub_ps(scale, _mm256_cvtepi32_ps(nibbles(widen8(b, at + 8 * k, false), high)), min);
+            [value(0), value(1), value(2), value(3)]
+        }
+    }
+
+    struct Q6K;
+    impl Format for Q6K {
+        const VALUES: usize = 256;
+        const BYTES: usize = 210;
+        const VECTORS: usize = 4;
+        /// Quarter `g % 4` of half `g / 4`: y = (d * scale) * (q - 32).
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn group(b: &[u8], g: usize) -> Group {
+            let d = f16_at(b, 208);
+            let (half, quarter) = (g / 4, g % 4);
+            let (ql, qh, sc) = (64 * half + 32 * (quarter % 2), 128 + 32 * half, 192 + 8 * half);
+            let bias = _mm256_set1_epi32(32);
+            let value = |k: usize| {
+                let low = nibbles(widen8(b, ql + 8 * k, false), quarter >= 2);
+                let q = _mm256_sub_epi32(_mm256_or_si256(low, high_pair(widen8(b, qh + 8 * k, false), 2 * quarter as i32)), bias);
+                let scale = d * f32::from(b[sc + k / 2 + 2 * quarter] as i8);
+                _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(q))
+            };
+            [value(0), value(1), value(2), value(3)]
+        }
+    }
+
+    /// Calls `$body::<F>` with the format type of `$encoding`.
+    macro_rules! with_format {
+        ($encoding:expr, $body:ident ( $($arg:expr),* )) => {
+            match $encoding {
+                Encoding::F32 => $body::<F32>($($arg),*),
+                Encoding::F16 => $body::<F16>($($arg),*),
+                Encoding::BF16 => $body::<BF16>($($arg),*),
+                Encoding::Q4_0 => $body::<Q4_0>($($arg),*),
+                Encoding::Q4_1 => $body::<Q4_1>($($arg),*),
+                Encoding::Q5_0 => $body::<Q5_0>($($arg),*),
+                Encoding::Q8_0 => $body::<Q8_0>($($arg),*),
+                Encoding::Q4K => $body::<Q4K>($($arg),*),
+                Encoding::Q6K => $body::<Q6K>($($arg),*),
+            }
+        };
+    }
+
+    /// Decodes whole blocks of `src` into `dst`.
+    pub(super) fn decode(encoding: Encoding, src: &[u8], dst: &mut [f32]) {
+        // SAFETY: called only where `available` found AVX2, FMA and F16C.
+        unsafe { with_format!(encoding, decode_blocks(src, dst)) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn decode_blocks<F: Format>(src: &[u8], dst: &mut [f32]) {
+        for (block, out) in src.chunks_exact(F::BYTES).zip(dst.chunks_exact_mut(F::VALUES)) {
+            for (g, out) in out.chunks_exact_mut(8 * F::VECTORS).enumerate() {
+                // SAFETY: this function runs only with AVX2, FMA and F16C.
+                let group = unsafe { F::group(block, g) };
+                for (v, out) in group.iter().zip(out.chunks_exact_mut(8)) {
+                    let out: &mut [f32; 8] = out.try_into().expect("eight values");
+                    // SAFETY: `out` is eight writable f32.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), *v) };
+                }
+            }
+        }
+    }
+
+    /// Products of rows `x` with weight rows `first..first + out.len() /
+    /// rows` into `out` ([rows, out.len() / rows]), tiled as
+    /// `small_matmul_block` tiles them (the tiling changes no bit).
+    pub(super) fn small_matmul_task(encoding: Encoding, x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+        // SAFETY: called only where `available` found AVX2, FMA and F16C.
+        unsafe { with_format!(encoding, task(x, rows, weight, first, out)) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn task<F: Format>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+        let inner = x.len() / rows;
+        let width = out.len() / rows;
+        let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
+        let mut stored = Vec::with_capacity(width);
+        weight.rows(first, width, &mut stored);
+        assert_eq!(stored.len(), width, "the weight gave {} rows of the {width} asked for", stored.len());
+        for (c, (bytes, keep)) in stored.iter().enumerate() {
+            assert_eq!(bytes.len(), inner / F::VALUES * F::BYTES, "weight row {} is not {inner} values in its encoding", first + c);
+            assert!(keep.is_none_or(|keep| keep.len() * 8 >= inner), "the keep bits of weight row {} are too short", first + c);
+        }
+        let w_row = |c: usize| stored[c];
+        let mut c0 = 0;
+        while c0 + 4 <= width {
+            let w = [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)];
+            let mut r0 = 0;
+            while r0 < rows {
+                if rows - r0 >= 2 {
+                    let tile = tile::<F, 2, 4>([x_row(r0), x_row(r0 + 1)], w);
+                    for (r, tile) in tile.iter().enumerate() {
+                        out[(r0 + r) * width + c0..(r0 + r) * width + c0 + 4].copy_from_slice(tile);
+                    }
+                    r0 += 2;
+                } else {
+                    let tile = tile::<F, 1, 4>([x_row(r0)], w);
+                    out[r0 * width + c0..r0 * width + c0 + 4].copy_from_slice(&tile[0]);
+                    r0 += 1;
+                }
+            }
+            c0 += 4;
+        }
+        for c in c0..width {
+            let w = [w_row(c)];
+            for r in 0..rows {
+                out[r * width + c] = tile::<F, 1, 1>([x_row(r)], w)[0][0];
+            }
+        }
+    }
+
+    /// Keeps the lanes of `v` whose bit in `bits` is set, zeroing the others.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn keep_lanes(v: __m256, bits: u8) -> __m256 {
+        let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        let set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(i32::from(bits)), select), select);
+        _mm256_and_ps(v, _mm256_castsi256_ps(set))
+    }
+
+    /// Dot products of `R` rows with `C` stored weight rows: eight partial
+    /// sums per product, each the fused multiply-add chain over the values
+    /// in order, then added lane by lane, as `dot_tile` sums f32 rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [(&[u8], Option<&[u8]>); C]) -> [[f32; C]; R] {
+        let inner = x[0].len();
+        let groups = F::VALUES / (8 * F::VECTORS);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for block in 0..inner / F::VALUES {
+            for c in 0..C {
+                let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
+                // The weight streams from memory: ask for what the tile after
+                // next reads here (rows lie one after another), so that more
+                // loads are in flight than the decoding alone would issue.
+                _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(PREFETCH_ROWS * w[c].0.len()) as *const i8);
+                for g in 0..groups {
+                    // SAFETY: this function runs only with AVX2, FMA and F16C.
+                    let mut values = unsafe { F::group(bytes, g) };
+                    let at = block * F::VALUES + g * 8 * F::VECTORS;
+                    if let Some(keep) = w[c].1 {
+                        for (k, v) in values.iter_mut().take(F::VECTORS).enumerate() {
+                            *v = keep_lanes(*v, keep[at / 8 + k]);
+                        }
+                    }
+                    for (k, v) in values.iter().take(F::VECTORS).enumerate() {
+                        for r in 0..R {
+                            let xs: &[f32; 8] = x[r][at + 8 * k..at + 8 * k + 8].try_into().expect("eight values");
+                            // SAFETY: `xs` is eight readable f32.
+                            let xv = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
+                            acc[r][c] = _mm256_fmadd_ps(xv, *v, acc[r][c]);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` is eight writable f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]) };
+                let mut total = 0.0f32;
+                for v in lanes {
+                    total += v;
+                }
+                out[r][c] = total;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A weight stored as f32 bytes, decoded by copying: its products must
+    /// be those of the plain f32 weight, with and without keep bits.
+    struct PlainStored {
+        bytes: Vec<u8>,
+        inner: usize,
+        keep: Option<Vec<u8>>,
+        encoding: Option<Encoding>,
+    }
+
+    impl StoredWeight for PlainStored {
+        fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
+            self.encoding
+        }
+
+        fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
+            let keep_bytes = self.inner.div_ceil(8);
+            for row in first..first + count {
+                let bytes = &self.bytes[row * self.inner * 4..(row + 1) * self.inner * 4];
+                out.push((bytes, self.keep.as_deref().map(|k| &k[row * keep_bytes..(row + 1) * keep_bytes])));
+            }
+        }
+
+        fn decode(&self, first: usize, out: &mut [f32]) {
+            let keep_bytes = self.inner.div_ceil(8);
+            for (i, (o, b)) in out.iter_mut().zip(self.bytes[first * self.inner * 4..].chunks_exact(4)).enumerate() {
+                let (row, col) = (first + i / self.inner, i % self.inner);
+                let kept = self.keep.as_ref().is_none_or(|k| k[row * keep_bytes + col / 8] >> (col % 8) & 1 == 1);
+                *o = if kept { f32::from_le_bytes([b[0], b[1], b[2], b[3]]) } else { 0.0 };
+            }
+        }
+    }
+
+    #[test]
+    fn stored_products_are_small_matmul_s_bit_for_bit_in_registers_and_through_the_buffer() {
+        let mut rng = Rng::new(21);
+        for (inner, cols) in [(64usize, 3 * 64 + 7), (45, 70), (8, 5)] {
+            let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32() - 0.5).collect();
+            let keep: Vec<u8> = (0..cols * inner.div_ceil(8)).map(|i| (i * 37 % 256) as u8).collect();
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let masked: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let (row, col) = (i / inner, i % inner);
+                    if keep[row * inner.div_ceil(8) + col / 8] >> (col % 8) & 1 == 1 { v } else { 0.0 }
+                })
+                .collect();
+            for rows in [1, 2, 3, 8] {
+                let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+                for (keep, want) in [(None, &w), (Some(keep.clone()), &masked)] {
+                    let want = crate::small_matmul(&x, rows, want, cols);
+                    for encoding in [Some(Encoding::F32), None] {
+                        let stored = PlainStored { bytes: bytes.clone(), inner, keep: keep.clone(), encoding };
+                        let got = small_matmul_stored(&x, rows, cols, &stored);
+                        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "inner {inner}, {rows} rows, keep bits {}, encoding {encoding:?}", keep.is_some());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encodings_decode_their_block_layout_by_hand() {
+        if !avx2::available() {
+            return;
+        }
+        // f16: 1.0, -2.0, 0.5, 65504; bf16: 1.0, -3.0.
+        let f16: Vec<u8> = [0x3C00u16, 0xC000, 0x3800, 0x7BFF, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = [0f32; 8];
+        assert!(decode(Encoding::F16, &f16, &mut out));
+        assert_eq!(out, [1.0, -2.0, 0.5, 65504.0, 0.0, 0.0, 0.0, 0.0]);
+        let bf16: Vec<u8> = [0x3F80u16, 0xC040, 0, 0, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(decode(Encoding::BF16, &bf16, &mut out));
+        assert_eq!(out, [1.0, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        // Q4_1 with d = 0.25, m = -1: qs[j] = j | (15 - j) << 4 gives
+        // y[j] = j / 4 - 1 and y[j + 16] = (15 - j) / 4 - 1.
+        let mut q4_1 = vec![0x00, 0x34, 0x00, 0xBC];
+        q4_1.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut out = [0f32; 32];
+        assert!(decode(Encoding::Q4_1, &q4_1, &mut out));
+        for j in 0..16 {
+            assert_eq!((out[j], out[j + 16]), (j as f32 / 4.0 - 1.0, (15 - j) as f32 / 4.0 - 1.0), "value {j}");
+        }
+    }
+}
