@@ -611,6 +611,28 @@ pub fn metric_heatmap(metric: &str, rows: Vec<String>, cols: Vec<String>, values
     }
 }
 
+/// A heatmap of each task's change against the dense model (score minus the
+/// dense score) by calibration source (rows) and task (columns), on a scale
+/// centred at no change.
+pub fn task_change_heatmap(rows: Vec<String>, cols: Vec<String>, values: Vec<Vec<Option<f64>>>) -> Heatmap {
+    let largest = values.iter().flatten().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    let bound = if largest > 0.0 { largest } else { 1.0 };
+    Heatmap {
+        title: "Task scores against the dense model".to_string(),
+        subtitle: "rows: calibration source (mask), columns: task and metric; value: score minus the dense score".to_string(),
+        row_axis: "calibration".to_string(),
+        col_axis: "task".to_string(),
+        rows,
+        cols,
+        values,
+        scale_label: "change".to_string(),
+        log_scale: false,
+        range: Some((-bound, bound)),
+        decimals: None,
+        grey_diagonal: false,
+    }
+}
+
 /// The mask names of jaccard rows, in order of first appearance.
 pub fn mask_names(rows: &[JaccardRow]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::io_err;
 use crate::figures::{
-    draw_curves, existing, is_pair, jaccard_heatmap, mask_diff_figure, metric_heatmap, per_layer_series, task_domain, whole_model_distance,
+    draw_curves, existing, is_pair, jaccard_heatmap, mask_diff_figure, metric_heatmap, per_layer_series, task_change_heatmap, task_domain,
+    whole_model_distance,
 };
 use crate::jaccard::LAYER_ROW;
 use crate::raster::format_value;
@@ -42,6 +43,9 @@ pub struct RunManifest {
     pub masks: Vec<MaskEntry>,
     /// The evaluation results of the run, one file per (mask or dense, evaluation domain).
     pub results: Vec<ResultEntry>,
+    /// The task results of the run, one file per (mask or dense, task).
+    #[serde(default)]
+    pub task_results: Vec<TaskResultEntry>,
     /// The Jaccard artifact comparing the masks (written by `analyze jaccard`);
     /// `null` or absent when the run has fewer than two masks.
     #[serde(default)]
@@ -111,10 +115,23 @@ pub struct ResultEntry {
     pub path: PathBuf,
 }
 
-/// A perplexity and its 95% confidence interval.
+/// One task's results file of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResultEntry {
+    /// The mask evaluated; `None` (JSON null) for the dense model.
+    pub mask: Option<String>,
+    /// The task's column name, e.g. `humaneval-x-python`.
+    pub task: String,
+    /// The metric shown, e.g. `pass@1`.
+    pub metric: String,
+    /// The results artifact.
+    pub path: PathBuf,
+}
+
+/// A metric's value (a perplexity, an accuracy, a pass@1) and its 95% confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Perplexity {
-    /// The perplexity.
+pub struct Estimate {
+    /// The value.
     pub value: f64,
     /// Lower end of the 95% confidence interval, if known.
     pub ci_low: Option<f64>,
@@ -122,7 +139,7 @@ pub struct Perplexity {
     pub ci_high: Option<f64>,
 }
 
-impl Perplexity {
+impl Estimate {
     /// `12.34 [11.90, 12.80]`, or the value alone without an interval.
     pub fn cell(&self) -> String {
         match (self.ci_low, self.ci_high) {
@@ -132,7 +149,7 @@ impl Perplexity {
     }
 
     /// Whether the two confidence intervals overlap; `None` when either is unknown.
-    fn overlaps(&self, other: &Perplexity) -> Option<bool> {
+    fn overlaps(&self, other: &Estimate) -> Option<bool> {
         let (l1, h1, l2, h2) = (self.ci_low?, self.ci_high?, other.ci_low?, other.ci_high?);
         Some(l1 <= h2 && l2 <= h1)
     }
@@ -199,10 +216,11 @@ pub fn read_manifest(run_dir: &Path) -> Result<RunManifest, AnalyzeError> {
             return Err(bad(format!("mask name `{}` is listed twice", mask.name)));
         }
     }
-    for r in &m.results {
-        if let Some(name) = &r.mask {
+    let masks_named = m.results.iter().map(|r| (&r.mask, &r.path)).chain(m.task_results.iter().map(|r| (&r.mask, &r.path)));
+    for (mask, path) in masks_named {
+        if let Some(name) = mask {
             if !names.contains(name.as_str()) {
-                return Err(bad(format!("result {} names mask `{name}`, which is not in `masks`", r.path.display())));
+                return Err(bad(format!("result {} names mask `{name}`, which is not in `masks`", path.display())));
             }
         }
     }
@@ -218,11 +236,17 @@ pub fn read_manifest(run_dir: &Path) -> Result<RunManifest, AnalyzeError> {
 
 /// The perplexity row of a results file: the only `perplexity` row, or the one whose
 /// task names `domain`.
-fn perplexity_of(path: &Path, domain: &str) -> Result<Option<Perplexity>, AnalyzeError> {
+fn perplexity_of(path: &Path, domain: &str) -> Result<Option<Estimate>, AnalyzeError> {
     let (_, rows) = read_results(&existing(path, "results artifact listed in run.json:")?)?;
     let ppl: Vec<_> = rows.into_iter().filter(|r| r.metric == "perplexity").collect();
     let chosen = if ppl.len() == 1 { ppl.first() } else { ppl.iter().find(|r| task_domain(&r.task) == domain).or(ppl.first()) };
-    Ok(chosen.map(|r| Perplexity { value: r.value, ci_low: r.ci_low, ci_high: r.ci_high }))
+    Ok(chosen.map(|r| Estimate { value: r.value, ci_low: r.ci_low, ci_high: r.ci_high }))
+}
+
+/// The row of `metric` in a task's results file (the first, if several).
+fn metric_of(path: &Path, metric: &str) -> Result<Option<Estimate>, AnalyzeError> {
+    let (_, rows) = read_results(&existing(path, "task results artifact listed in run.json:")?)?;
+    Ok(rows.iter().find(|r| r.metric == metric).map(|r| Estimate { value: r.value, ci_low: r.ci_low, ci_high: r.ci_high }))
 }
 
 /// `target` relative to directory `base` (both are made absolute first).
@@ -258,6 +282,16 @@ fn fmt_gap(gap: f64) -> String {
 }
 
 /// A mask's sparsity from its `subprune.mask.sparsity` metadata, to four decimals.
+/// A change against the dense model with its sign: `+0.0123`, `-1.5`.
+fn fmt_change(change: f64) -> String {
+    let text = format_value(change.abs());
+    if change < 0.0 {
+        format!("-{text}")
+    } else {
+        format!("+{text}")
+    }
+}
+
 fn fmt_sparsity(p: &Provenance) -> String {
     match p.extra.get("sparsity") {
         Some(s) => s.trim().parse::<f64>().map_or_else(|_| s.clone(), |v| format!("{v:.4}")),
@@ -279,7 +313,13 @@ struct Run {
     /// Calibrations (`None` = dense), in table order.
     calibrations: Vec<Option<String>>,
     /// (calibration, domain, perplexity).
-    cells: Vec<(Option<String>, String, Perplexity)>,
+    cells: Vec<(Option<String>, String, Estimate)>,
+    /// Tasks (column, metric), in order of first appearance in `task_results`.
+    tasks: Vec<(String, String)>,
+    /// Calibrations with task results (`None` = dense), in table order.
+    task_rows: Vec<Option<String>>,
+    /// (calibration, task, score).
+    task_cells: Vec<(Option<String>, String, Estimate)>,
     jaccard: Vec<JaccardRow>,
     notes: Vec<String>,
 }
@@ -289,8 +329,12 @@ impl Run {
         self.manifest.masks.iter().find(|m| m.name == name)
     }
 
-    fn cell(&self, calibration: Option<&str>, domain: &str) -> Option<Perplexity> {
+    fn cell(&self, calibration: Option<&str>, domain: &str) -> Option<Estimate> {
         self.cells.iter().find(|(c, d, _)| c.as_deref() == calibration && d == domain).map(|c| c.2)
+    }
+
+    fn task_cell(&self, calibration: Option<&str>, task: &str) -> Option<Estimate> {
+        self.task_cells.iter().find(|(c, t, _)| c.as_deref() == calibration && t == task).map(|c| c.2)
     }
 
     fn distance(&self, a: &str, b: &str) -> Option<f64> {
@@ -338,6 +382,28 @@ impl Run {
                 .filter(|m| manifest.results.iter().any(|r| r.mask.as_ref() == Some(&m.name)))
                 .map(|m| Some(m.name.clone())),
         );
+        let mut tasks: Vec<(String, String)> = Vec::new();
+        let mut task_cells = Vec::new();
+        for r in &manifest.task_results {
+            if !tasks.iter().any(|(t, _)| t == &r.task) {
+                tasks.push((r.task.clone(), r.metric.clone()));
+            }
+            match metric_of(&dir.join(&r.path), &r.metric)? {
+                Some(score) => task_cells.push((r.mask.clone(), r.task.clone(), score)),
+                None => notes.push(format!("{} has no `{}` result", r.path.display(), r.metric)),
+            }
+        }
+        let mut task_rows: Vec<Option<String>> = Vec::new();
+        if manifest.task_results.iter().any(|r| r.mask.is_none()) {
+            task_rows.push(None);
+        }
+        task_rows.extend(
+            manifest
+                .masks
+                .iter()
+                .filter(|m| manifest.task_results.iter().any(|r| r.mask.as_ref() == Some(&m.name)))
+                .map(|m| Some(m.name.clone())),
+        );
         let mut jaccard = Vec::new();
         if let Some(rel) = &manifest.jaccard {
             let path = existing(&dir.join(rel), "Jaccard artifact listed in run.json:")?;
@@ -351,7 +417,7 @@ impl Run {
         } else if manifest.masks.len() >= 2 {
             notes.push("run.json names no Jaccard artifact: no distances between masks".to_string());
         }
-        Ok(Run { dir: dir.to_path_buf(), manifest, provenances, domains, calibrations, cells, jaccard, notes })
+        Ok(Run { dir: dir.to_path_buf(), manifest, provenances, domains, calibrations, cells, tasks, task_rows, task_cells, jaccard, notes })
     }
 
     /// Cross-domain pairs of masks of one method and pattern (calibration domain `none`
@@ -385,7 +451,7 @@ impl Run {
         for pattern in &patterns {
             for domain in &self.domains {
                 let subject = format!("{domain} ({pattern})");
-                let scored: Vec<(&MaskEntry, Perplexity)> = wanda
+                let scored: Vec<(&MaskEntry, Estimate)> = wanda
                     .iter()
                     .filter(|m| m.pattern == *pattern)
                     .filter_map(|m| self.cell(Some(&m.name), domain).map(|p| (*m, p)))
@@ -554,6 +620,16 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
         metric_heatmap("perplexity", rows, run.domains.clone(), values).draw().save_png(&path)?;
         figures.push(("Perplexity by calibration (rows) and evaluation domain (columns)".to_string(), path));
     }
+    let scored: Vec<&(String, String)> = run.tasks.iter().filter(|(_, metric)| metric != "perplexity").collect();
+    let sub_models: Vec<&String> = run.task_rows.iter().flatten().collect();
+    if !scored.is_empty() && !sub_models.is_empty() && run.task_rows.contains(&None) {
+        let change = |mask: &str, task: &str| Some(run.task_cell(Some(mask), task)?.value - run.task_cell(None, task)?.value);
+        let values = sub_models.iter().map(|m| scored.iter().map(|(t, _)| change(m, t)).collect()).collect();
+        let rows = sub_models.iter().map(|m| run.mask(m).map_or_else(|| m.to_string(), |e| format!("{m} ({})", e.domain))).collect();
+        let path = fig_dir.join("task-change-heatmap.png");
+        task_change_heatmap(rows, scored.iter().map(|(t, m)| format!("{t} {m}")).collect(), values).draw().save_png(&path)?;
+        figures.push(("Change of each task's score against the dense model, by calibration source (rows) and task (columns)".to_string(), path));
+    }
     if !jaccard_names.is_empty() {
         let path = fig_dir.join("jaccard-matrix.png");
         jaccard_heatmap(&run.jaccard, &jaccard_names).draw().save_png(&path)?;
@@ -642,21 +718,50 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
         );
     }
 
-    let _ = writeln!(w, "\n## Perplexity: calibration x evaluation domain\n");
-    let _ = writeln!(
-        w,
-        "Perplexity on each domain's held-out set (lower is better), with its 95% confidence interval in brackets; `n/a`: no result.\n"
-    );
-    let _ = writeln!(w, "| calibration | {} |", run.domains.join(" | "));
-    let _ = writeln!(w, "|---|{}", "---|".repeat(run.domains.len()));
-    for c in &run.calibrations {
-        let label = match c {
-            None => "dense".to_string(),
-            Some(n) => run.mask(n).map_or_else(|| n.clone(), |e| format!("{n} ({})", e.domain)),
-        };
-        let cells: Vec<String> =
-            run.domains.iter().map(|d| run.cell(c.as_deref(), d).map_or_else(|| "n/a".to_string(), |p| p.cell())).collect();
-        let _ = writeln!(w, "| {label} | {} |", cells.join(" | "));
+    if !run.domains.is_empty() {
+        let _ = writeln!(w, "\n## Perplexity: calibration x evaluation domain\n");
+        let _ = writeln!(
+            w,
+            "Perplexity on each domain's held-out set (lower is better), with its 95% confidence interval in brackets; `n/a`: no result.\n"
+        );
+        let _ = writeln!(w, "| calibration | {} |", run.domains.join(" | "));
+        let _ = writeln!(w, "|---|{}", "---|".repeat(run.domains.len()));
+        for c in &run.calibrations {
+            let label = match c {
+                None => "dense".to_string(),
+                Some(n) => run.mask(n).map_or_else(|| n.clone(), |e| format!("{n} ({})", e.domain)),
+            };
+            let cells: Vec<String> =
+                run.domains.iter().map(|d| run.cell(c.as_deref(), d).map_or_else(|| "n/a".to_string(), |p| p.cell())).collect();
+            let _ = writeln!(w, "| {label} | {} |", cells.join(" | "));
+        }
+    }
+
+    if !run.tasks.is_empty() {
+        let _ = writeln!(w, "\n## Task scores: calibration source x task\n");
+        let _ = writeln!(
+            w,
+            "Each task's score (perplexity: lower is better; every other metric: higher is better) with its 95% confidence interval in brackets, and its change against the dense model; `n/a`: no result.\n"
+        );
+        let heads: Vec<String> = run.tasks.iter().map(|(t, m)| format!("{t} ({m})")).collect();
+        let _ = writeln!(w, "| calibration | {} |", heads.join(" | "));
+        let _ = writeln!(w, "|---|{}", "---|".repeat(heads.len()));
+        for c in &run.task_rows {
+            let label = match c {
+                None => "dense".to_string(),
+                Some(n) => run.mask(n).map_or_else(|| n.clone(), |e| format!("{n} ({})", e.domain)),
+            };
+            let cells: Vec<String> = run
+                .tasks
+                .iter()
+                .map(|(t, _)| match (run.task_cell(c.as_deref(), t), run.task_cell(None, t)) {
+                    (None, _) => "n/a".to_string(),
+                    (Some(score), Some(dense)) if c.is_some() => format!("{} ({})", score.cell(), fmt_change(score.value - dense.value)),
+                    (Some(score), _) => score.cell(),
+                })
+                .collect();
+            let _ = writeln!(w, "| {label} | {} |", cells.join(" | "));
+        }
     }
 
     let _ = writeln!(w, "\n## Jaccard distance of pruned weights\n");

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use analyze::{compute_jaccard, write_report, write_table, NamedMask, Verdict};
-use common::{decode_png, naive_distance, write_ppl, write_test_mask, Lcg};
+use common::{decode_png, naive_distance, write_metric, write_ppl, write_test_mask, Lcg};
 use indicatif::ProgressBar;
 use serde_json::json;
 
@@ -130,6 +130,50 @@ fn report_has_the_tables_figures_and_claim_verdicts_of_the_constructed_run() {
     assert_eq!(report.figures.len(), 5);
     assert!(report.summary.contains("claim (a) own-domain calibration wins: held on 1 of 2"), "{}", report.summary);
     assert!(report.summary.contains("py-a") && report.summary.contains("13.50"), "{}", report.summary);
+}
+
+#[test]
+fn report_tables_task_scores_by_calibration_source_with_the_change_against_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let py_a = random(1);
+    make_run(dir, &py_a, &perturbed(&py_a), &random(2));
+    // Task results: pass@1 of humaneval-x-python (dense, py-a, java-a) and
+    // accuracy of piqa (dense and py-a); run.json lists them.
+    let scores = [
+        (None, "humaneval-x-python", "pass@1", 0.30, Some((0.23, 0.37))),
+        (Some("py-a"), "humaneval-x-python", "pass@1", 0.25, Some((0.18, 0.32))),
+        (Some("java-a"), "humaneval-x-python", "pass@1", 0.125, None),
+        (None, "piqa", "acc", 0.70, Some((0.68, 0.72))),
+        (Some("py-a"), "piqa", "acc", 0.66, Some((0.64, 0.68))),
+    ];
+    let mut entries = Vec::new();
+    for (mask, task, metric, value, ci) in scores {
+        let file = format!("results/{}--task-{task}.parquet", mask.unwrap_or("dense"));
+        write_metric(&dir.join(&file), mask, task, metric, value, ci);
+        entries.push(json!({"mask": mask, "task": task, "metric": metric, "path": file}));
+    }
+    let run_json = dir.join("run.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    manifest["task_results"] = json!(entries);
+    std::fs::write(&run_json, serde_json::to_string(&manifest).unwrap()).unwrap();
+
+    let out = dir.join("report.md");
+    let report = write_report(dir, &out).unwrap();
+    let md = &report.markdown;
+    for row in [
+        "| calibration | humaneval-x-python (pass@1) | piqa (acc) |",
+        "| dense | 0.300 [0.230, 0.370] | 0.700 [0.680, 0.720] |",
+        "| py-a (python) | 0.250 [0.180, 0.320] (-0.050) | 0.660 [0.640, 0.680] (-0.040) |",
+        "| java-a (java) | 0.125 (no CI) (-0.175) | n/a |",
+    ] {
+        assert!(md.contains(row), "missing `{row}` in\n{md}");
+    }
+    // py-b has no task result: no row.
+    assert!(!md.contains("| py-b (python) | 0."), "{md}");
+    let (w, h, _) = decode_png(&dir.join("figures/task-change-heatmap.png"));
+    assert!(w > 100 && h > 50, "{w} x {h}");
+    assert!(md.contains("](figures/task-change-heatmap.png)"), "{md}");
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub struct CollectOptions {
     pub heldout_fraction: f64,
     /// Stop after this many (unique) documents.
     pub max_docs: Option<usize>,
+    /// Skip the first this many records of every data file, in file order
+    /// (`--skip-records`): the items an evaluation reads first stay out.
+    pub skip_records: usize,
     /// File extensions of a tree for a domain without built-in rules (`--ext`).
     pub extensions: Vec<String>,
     /// Also walk vendored directories (`node_modules`, `vendor`, ...) below a root.
@@ -72,6 +75,8 @@ pub struct CollectReport {
     pub null_records: usize,
     /// Records dropped by `--split`.
     pub other_split: usize,
+    /// Leading records passed over by `--skip-records`.
+    pub skipped_records: usize,
     /// Vendored directories not walked.
     pub vendored_dirs: usize,
     /// Documents dropped as exact duplicates of earlier ones.
@@ -264,7 +269,13 @@ impl Collector<'_> {
         columns.push("split".to_string());
         let split_filter = self.opts.split_filter.clone();
         let mut saw_split_field = false;
+        let mut to_skip = self.opts.skip_records;
         let mut cb = |label: String, record: Value| -> Result<bool, DatasetsError> {
+            if to_skip > 0 {
+                to_skip -= 1;
+                self.report.skipped_records += 1;
+                return Ok(true);
+            }
             let Value::Object(map) = &record else {
                 return Err(DatasetsError::NotAnObject {
                     path: path.to_path_buf(),

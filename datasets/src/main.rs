@@ -57,6 +57,10 @@ struct CollectArgs {
     /// Stop after this many unique documents.
     #[arg(long)]
     max_docs: Option<usize>,
+    /// Skip the first N records of every data file, in file order (e.g. the
+    /// HellaSwag validation items an evaluation reads, which then never calibrate).
+    #[arg(long, default_value_t = 0)]
+    skip_records: usize,
     /// File extensions to collect from trees (comma separated or repeated), for domains without built-in rules.
     #[arg(long, value_delimiter = ',')]
     ext: Vec<String>,
@@ -147,6 +151,7 @@ fn run_collect(a: CollectArgs) -> Result<()> {
         split_filter: a.split.clone(),
         heldout_fraction: a.heldout_fraction,
         max_docs: a.max_docs,
+        skip_records: a.skip_records,
         extensions: a.ext.clone(),
         include_vendored: a.include_vendored,
         shard: a.shard,
@@ -164,6 +169,7 @@ fn run_collect(a: CollectArgs) -> Result<()> {
         "preset": a.preset,
         "heldout_fraction": a.heldout_fraction,
         "max_docs": a.max_docs,
+        "skip_records": a.skip_records,
         "ext": a.ext,
         "include_vendored": a.include_vendored,
         "shard": a.shard.map(|(i, n)| format!("{i}/{n}")),
@@ -179,8 +185,8 @@ fn run_collect(a: CollectArgs) -> Result<()> {
         a.out.display()
     );
     println!(
-        "read {} files and {} records; skipped {} duplicates, {} minified, {} generated, {} binary, {} empty, {} null-field records, {} of other splits, {} vendored dirs",
-        r.files, r.records, r.duplicates, r.minified, r.generated, r.binary, r.empty, r.null_records, r.other_split, r.vendored_dirs
+        "read {} files and {} records (past {} skipped); skipped {} duplicates, {} minified, {} generated, {} binary, {} empty, {} null-field records, {} of other splits, {} vendored dirs",
+        r.files, r.records, r.skipped_records, r.duplicates, r.minified, r.generated, r.binary, r.empty, r.null_records, r.other_split, r.vendored_dirs
     );
     Ok(())
 }

@@ -22,6 +22,7 @@ fn opts(domain: &str, from: &[&Path]) -> CollectOptions {
         split_filter: None,
         heldout_fraction: 0.1,
         max_docs: None,
+        skip_records: 0,
         extensions: vec![],
         include_vendored: false,
         shard: None,
@@ -180,6 +181,21 @@ fn split_fraction_is_near_requested_and_depends_only_on_text() {
     assert_eq!(collect(&o).unwrap().count(Split::Calib), 0);
     o.max_docs = Some(10);
     assert_eq!(collect(&o).unwrap().documents.len(), 10);
+}
+
+#[test]
+fn skip_records_passes_over_the_leading_records_of_each_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    fs::write(&a, (0..5).map(|i| json!({"ctx": format!("a{i}")}).to_string() + "\n").collect::<String>()).unwrap();
+    fs::write(&b, (0..3).map(|i| json!({"ctx": format!("b{i}")}).to_string() + "\n").collect::<String>()).unwrap();
+    let mut o = opts("csr", &[&a, &b]);
+    o.text = Some(TextSpec::field("ctx").unwrap());
+    o.heldout_fraction = 0.0;
+    o.skip_records = 2;
+    let c = collect(&o).unwrap();
+    assert_eq!(c.documents.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), vec!["a2", "a3", "a4", "b2"]);
+    assert_eq!((c.report.skipped_records, c.report.records), (4, 4));
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn smollm2_samples_of_mbpp_are_slices_of_calib_documents() {
         split_filter: None,
         heldout_fraction: 0.1,
         max_docs: None,
+        skip_records: 0,
         extensions: vec![],
         include_vendored: false,
         shard: None,

@@ -151,7 +151,7 @@ pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Resul
     let run_dir = workspace::absolute(run_dir)?;
     let scratch = run_dir.join("corpora");
     let mut resolve = |name: &str| corpus::builtin(name, &scratch);
-    let plan = experiment::plan(exp, &model, &run_dir, device.as_arg(), &mut resolve)?;
+    let plan = experiment::plan(exp, &model, &run_dir, device.as_arg(), &workspace::data_root(), &mut resolve)?;
     let mut domains: Vec<&str> = plan.manifest.masks.iter().map(|m| m.domain.as_str()).filter(|d| *d != "none").collect();
     domains.dedup();
     eprintln!("model: {}", model.display());
@@ -270,9 +270,11 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
             shard: None,
             max_docs: None,
             concat: false,
+            skip_records: 0,
         }],
         prune: vec![Prune { sources: vec!["*".into()], methods: vec![args.method.clone()], patterns: vec![pattern] }],
         apply: Apply { masks: vec![name], dtype: Some(args.dtype.clone()) },
+        tasks: Vec::new(),
     };
     experiment::check(&exp)?;
     Ok(exp)
@@ -364,7 +366,7 @@ patterns = ["unstructured-0.5"]
         let exp: Experiment = toml::from_str(EXAMPLE).unwrap();
         let run = |model: &Path| {
             let mut resolve = |name: &str| Ok(Some(vec![corpora.join(name)]));
-            let plan = experiment::plan(&exp, model, &run_dir, "cpu", &mut resolve).unwrap();
+            let plan = experiment::plan(&exp, model, &run_dir, "cpu", Path::new("/data"), &mut resolve).unwrap();
             let mut runner = FakeRunner::default();
             Graph::open(&run_dir).unwrap().execute(&plan.steps, &mut runner).unwrap();
             let names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();

@@ -34,6 +34,152 @@ pub struct Experiment {
     /// Masks to write as pruned Hugging Face directories.
     #[serde(default)]
     pub apply: Apply,
+    /// Tasks scored for the dense model and every sub-model.
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+/// The tasks an experiment can score, as `evaluate` names its subcommands.
+pub const TASKS: &[&str] =
+    &["humaneval-x", "mbpp", "gsm8k", "piqa", "hellaswag", "arc-easy", "arc-challenge", "winogrande", "boolq", "translation", "ppl"];
+
+/// One task scored for the dense model and every sub-model (`[[tasks]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// One of [`TASKS`].
+    pub task: String,
+    /// Its column in the report (default: the task, with the language for humaneval-x).
+    pub name: Option<String>,
+    /// HumanEval-X's language: python, cpp, java or js.
+    pub language: Option<String>,
+    /// The data file or directory; `data:REL` is REL under the data root
+    /// (`SUBPRUNE_DATA`, else `../shared/data` beside the workspace). Default: the task's shipped copy.
+    pub data: Option<String>,
+    /// Only the first N items, in the data's order.
+    pub limit: Option<usize>,
+    /// Samples per problem (code tasks: n of pass@k).
+    pub samples: Option<usize>,
+    /// Sampling temperature (code tasks; 0 is greedy).
+    pub temperature: Option<f64>,
+    /// Most tokens generated per answer (generation tasks).
+    pub max_new_tokens: Option<usize>,
+    /// Sequences per forward pass (speed only).
+    pub batch: Option<usize>,
+    /// Code tasks: `completion` or `instruct`.
+    pub protocol: Option<String>,
+    /// The metric the report shows (default: pass@1, exact_match, acc, meteor or perplexity by task).
+    pub metric: Option<String>,
+    /// Tokens per window (ppl).
+    pub seqlen: Option<usize>,
+    /// Windows (ppl).
+    pub max_windows: Option<usize>,
+}
+
+impl Task {
+    /// The task's column name in the report and its file names.
+    pub fn column(&self) -> String {
+        match (&self.name, &self.language) {
+            (Some(name), _) => name.clone(),
+            (None, Some(language)) => format!("{}-{language}", self.task),
+            (None, None) => self.task.clone(),
+        }
+    }
+
+    /// The metric the report shows.
+    pub fn metric(&self) -> String {
+        if let Some(m) = &self.metric {
+            return m.clone();
+        }
+        match self.task.as_str() {
+            "humaneval-x" | "mbpp" => "pass@1",
+            "gsm8k" => "exact_match",
+            "translation" => "meteor",
+            "ppl" => "perplexity",
+            _ => "acc",
+        }
+        .to_string()
+    }
+
+    /// The shipped copy of the task's data, relative to the data root.
+    fn default_data(&self) -> &'static str {
+        match self.task.as_str() {
+            "humaneval-x" => "humaneval-x",
+            "mbpp" => "mbpp/mbpp.jsonl",
+            "gsm8k" => "gsm8k/test.jsonl",
+            "piqa" => "piqa",
+            "hellaswag" => "hellaswag/hellaswag_val.jsonl.gz",
+            "arc-easy" => "arc/arc_easy.jsonl",
+            "arc-challenge" => "arc/arc_challenge.jsonl",
+            "winogrande" => "winogrande",
+            "boolq" => "boolq/boolq.jsonl.gz",
+            "translation" => "multi30k-en-de/test.en-de.jsonl",
+            _ => "wikitext-2-raw/wiki.test.raw",
+        }
+    }
+
+    /// Checks the task name and the options that apply to it.
+    fn check(&self) -> Result<()> {
+        let task = self.task.as_str();
+        if !TASKS.contains(&task) {
+            bail!("unknown task `{task}`: expected one of {}", TASKS.join(", "));
+        }
+        let code = task == "humaneval-x" || task == "mbpp";
+        match (task, self.language.as_deref()) {
+            ("humaneval-x", None) => bail!("task humaneval-x needs `language` (python, cpp, java or js)"),
+            ("humaneval-x", Some("python" | "cpp" | "java" | "js")) | (_, None) => {}
+            ("humaneval-x", Some(other)) => bail!("task humaneval-x: unknown language `{other}` (expected python, cpp, java or js)"),
+            (_, Some(_)) => bail!("task `{task}` takes no `language` (only humaneval-x does)"),
+        }
+        for (option, given, applies) in [
+            ("samples", self.samples.is_some(), code),
+            ("temperature", self.temperature.is_some(), code),
+            ("protocol", self.protocol.is_some(), code),
+            ("max_new_tokens", self.max_new_tokens.is_some(), code || task == "gsm8k" || task == "translation"),
+            ("seqlen", self.seqlen.is_some(), task == "ppl"),
+            ("max_windows", self.max_windows.is_some(), task == "ppl"),
+            ("limit", self.limit.is_some(), task != "ppl"),
+        ] {
+            if given && !applies {
+                bail!("task `{}`: option `{option}` does not apply to it", self.column());
+            }
+        }
+        if let Some(p) = &self.protocol {
+            if p != "completion" && p != "instruct" {
+                bail!("task `{}`: unknown protocol `{p}` (expected completion or instruct)", self.column());
+            }
+        }
+        if self.column().is_empty() || !self.column().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@') {
+            bail!("task name `{}`: use letters, digits, `-`, `_` and `@`", self.column());
+        }
+        Ok(())
+    }
+
+    /// The `evaluate` arguments of the task on `data`, before `--model`, `--mask`, `--device` and `--out`.
+    fn args(&self, data: &Path) -> Vec<String> {
+        let mut args = vec![self.task.clone()];
+        if let Some(language) = &self.language {
+            args.extend(["--lang".to_string(), language.clone()]);
+        }
+        args.extend([if self.task == "ppl" { "--text" } else { "--data" }.to_string(), path_arg(data)]);
+        let options: [(&str, Option<String>); 8] = [
+            ("--limit", self.limit.map(|v| v.to_string())),
+            ("--samples", self.samples.map(|v| v.to_string())),
+            ("--temperature", self.temperature.map(|v| v.to_string())),
+            ("--max-new-tokens", self.max_new_tokens.map(|v| v.to_string())),
+            ("--batch", self.batch.map(|v| v.to_string())),
+            ("--protocol", self.protocol.clone()),
+            ("--seqlen", self.seqlen.map(|v| v.to_string())),
+            ("--max-windows", self.max_windows.map(|v| v.to_string())),
+        ];
+        for (flag, value) in options {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v]);
+            }
+        }
+        args.push("--quiet".to_string());
+        args
+    }
 }
 
 /// Calibration options (`datasets sample` and `calibrate`).
@@ -101,6 +247,10 @@ pub struct Source {
     /// Join short documents before sampling (`datasets sample --concat`).
     #[serde(default)]
     pub concat: bool,
+    /// Skip the first N records of every data file (`datasets collect
+    /// --skip-records`): e.g. the items of a set that a task evaluates.
+    #[serde(default)]
+    pub skip_records: usize,
 }
 
 /// A set of sub-models: sources x methods x patterns.
@@ -191,6 +341,8 @@ pub struct Manifest {
     pub masks: Vec<ManifestMask>,
     /// Every perplexity result.
     pub results: Vec<ManifestResult>,
+    /// Every task result.
+    pub task_results: Vec<ManifestTaskResult>,
     /// The Jaccard artifact, when there are two masks or more.
     pub jaccard: Option<String>,
     /// Pairs of masks from two sources of the same domain, method and pattern.
@@ -222,6 +374,19 @@ pub struct ManifestMask {
     /// The pattern label.
     pub pattern: String,
     /// The mask artifact, relative to the run directory.
+    pub path: String,
+}
+
+/// A task result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestTaskResult {
+    /// The mask evaluated, `None` for the dense model.
+    pub mask: Option<String>,
+    /// The task's column name.
+    pub task: String,
+    /// The metric the report shows.
+    pub metric: String,
+    /// The results artifact, relative to the run directory.
     pub path: String,
 }
 
@@ -273,6 +438,13 @@ pub fn check(exp: &Experiment) -> Result<()> {
             bail!("source `{}` has an empty `from`", s.name);
         }
     }
+    let mut columns = std::collections::BTreeSet::new();
+    for t in &exp.tasks {
+        t.check()?;
+        if !columns.insert(t.column()) {
+            bail!("two tasks are named `{}`: give one a `name`", t.column());
+        }
+    }
     for p in &exp.prune {
         for m in &p.methods {
             if m != "wanda" && m != "magnitude" {
@@ -303,13 +475,15 @@ fn path_arg(p: &Path) -> String {
 /// Plans the experiment in `run_dir` for the model at `model_path`.
 ///
 /// `resolve` turns `@name` entries into paths, or `None` when that corpus is not
-/// on this machine (the source is then skipped with a note); `device` is passed
-/// to the compute stages.
+/// on this machine (the source is then skipped with a note); `data:REL`
+/// entries are REL under `data_root`; `device` is passed to the compute stages.
+/// A calibration source that reads items a task evaluates is refused.
 pub fn plan(
     exp: &Experiment,
     model_path: &Path,
     run_dir: &Path,
     device: &str,
+    data_root: &Path,
     resolve: &mut dyn FnMut(&str) -> Result<Option<Vec<PathBuf>>>,
 ) -> Result<Plan> {
     let model = path_arg(model_path);
@@ -329,7 +503,7 @@ pub fn plan(
                         continue 'sources;
                     }
                 },
-                None => paths.push(PathBuf::from(entry)),
+                None => paths.push(data_path(entry, data_root)),
             }
         }
         from_paths.insert(source.name.as_str(), paths);
@@ -337,6 +511,24 @@ pub fn plan(
     }
     if sources.is_empty() {
         bail!("none of the experiment's sources is available: {}", skipped.join("; "));
+    }
+    let task_data: Vec<PathBuf> =
+        exp.tasks.iter().map(|t| data_path(t.data.as_deref().map_or_else(|| format!("data:{}", t.default_data()), str::to_string).as_str(), data_root)).collect();
+    for (task, data) in exp.tasks.iter().zip(&task_data) {
+        for s in &sources {
+            for from in &from_paths[s.name.as_str()] {
+                if let Some(why) = overlap(from, s.skip_records, data, task.limit) {
+                    bail!(
+                        "calibration source `{}` reads {}, which task `{}` evaluates ({}): calibrating on evaluated data would flatter the sub-model. {}",
+                        s.name,
+                        from.display(),
+                        task.column(),
+                        data.display(),
+                        why
+                    );
+                }
+            }
+        }
     }
 
     // Documents and calibration samples of every source.
@@ -357,6 +549,9 @@ pub fn plan(
         }
         if let Some(n) = s.max_docs {
             args.extend(["--max-docs".to_string(), n.to_string()]);
+        }
+        if s.skip_records > 0 {
+            args.extend(["--skip-records".to_string(), s.skip_records.to_string()]);
         }
         args.extend(["--out".to_string(), path_arg(&docs)]);
         steps.push(Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()]));
@@ -475,6 +670,26 @@ pub fn plan(
         }
     }
 
+    // Every task for the dense model and every sub-model.
+    let mut task_results = Vec::new();
+    for mask in std::iter::once(None).chain(masks.iter().map(Some)) {
+        for (task, data) in exp.tasks.iter().zip(&task_data) {
+            let label = mask.map_or("dense", |m| m.name.as_str());
+            let column = task.column();
+            let rel = format!("results/{label}--task-{column}.parquet");
+            let mut args = task.args(data);
+            args.extend(["--model".to_string(), model.clone()]);
+            let mut inputs = vec![model_path.to_path_buf(), data.clone()];
+            if let Some(m) = mask {
+                args.extend(["--mask".to_string(), path_arg(&run_dir.join(&m.path))]);
+                inputs.push(run_dir.join(&m.path));
+            }
+            args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
+            steps.push(Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)]));
+            task_results.push(ManifestTaskResult { mask: mask.map(|m| m.name.clone()), task: column, metric: task.metric(), path: rel });
+        }
+    }
+
     // Jaccard distances between all masks, then the report.
     let jaccard = (masks.len() >= 2).then(|| "jaccard.parquet".to_string());
     if let Some(rel) = &jaccard {
@@ -497,18 +712,51 @@ pub fn plan(
         model: ManifestModel { name: exp.model.clone(), path: model.clone() },
         masks,
         results,
+        task_results,
         jaccard,
         same_domain_pairs,
         figures_dir: "figures".to_string(),
     };
     let mut report_inputs: Vec<PathBuf> = manifest.results.iter().map(|r| run_dir.join(&r.path)).collect();
+    report_inputs.extend(manifest.task_results.iter().map(|r| run_dir.join(&r.path)));
     report_inputs.extend(manifest.jaccard.iter().map(|j| run_dir.join(j)));
-    if evaluate {
+    if evaluate || !manifest.task_results.is_empty() {
         let report = at("report.md");
         let args = strings(&["report", "--run", &path_arg(run_dir), "--out", &path_arg(&report)]);
         steps.push(Step::new("report", "analyze", args, report_inputs, vec![report]).always().with_stdout());
     }
     Ok(Plan { steps, manifest, skipped })
+}
+
+/// `entry` as a path: `data:REL` is REL under `data_root`.
+fn data_path(entry: &str, data_root: &Path) -> PathBuf {
+    match entry.strip_prefix("data:") {
+        Some(rel) => data_root.join(rel),
+        None => PathBuf::from(entry),
+    }
+}
+
+/// Why calibration path `from` (its first `skip` records of each data file
+/// passed over) reads what a task evaluates in `data` (its first `limit`
+/// items, or all), or `None` when they are apart. Paths are compared as
+/// written and, where they exist, canonical; a directory covers its files.
+fn overlap(from: &Path, skip: usize, data: &Path, limit: Option<usize>) -> Option<String> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (from, data) = (canonical(from), canonical(data));
+    if from == data {
+        return match limit {
+            Some(limit) if skip >= limit => None,
+            Some(limit) => Some(format!("The task reads its first {limit} items; give the source `skip_records = {limit}` (it skips {skip}).")),
+            None => Some("The task reads every item; give it a `limit` and the source `skip_records` of at least that.".to_string()),
+        };
+    }
+    if data.starts_with(&from) {
+        return Some(format!("{} lies inside it.", data.display()));
+    }
+    if from.starts_with(&data) {
+        return Some(format!("it lies inside {}.", data.display()));
+    }
+    None
 }
 
 fn mask_names(masks: &[ManifestMask]) -> String {
@@ -613,7 +861,7 @@ dtype = "bf16"
         let exp: Experiment = toml::from_str(EXAMPLE).unwrap();
         check(&exp).unwrap();
         let mut resolve = |name: &str| Ok((name == "py").then(|| vec![PathBuf::from("/usr/lib/python3")]));
-        plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", &mut resolve).unwrap()
+        plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap()
     }
 
     #[test]
@@ -649,6 +897,75 @@ dtype = "bf16"
                 assert!(plan.steps[..i].iter().any(|s| s.outputs.contains(input)), "{} needs {}", step.name, input.display());
             }
         }
+    }
+
+    const TASKS_EXAMPLE: &str = r#"
+[[tasks]]
+task = "humaneval-x"
+language = "python"
+limit = 20
+samples = 1
+temperature = 0.0
+protocol = "instruct"
+[[tasks]]
+task = "hellaswag"
+limit = 100
+"#;
+
+    #[test]
+    fn tasks_run_for_the_dense_model_and_every_mask() {
+        let exp: Experiment = toml::from_str(&format!("{EXAMPLE}{TASKS_EXAMPLE}")).unwrap();
+        check(&exp).unwrap();
+        let mut resolve = |name: &str| Ok((name == "py").then(|| vec![PathBuf::from("/usr/lib/python3")]));
+        let plan = plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+        // Dense + 8 masks, 2 tasks each.
+        let tasks: Vec<&Step> = plan.steps.iter().filter(|s| s.name.starts_with("task ")).collect();
+        assert_eq!(tasks.len(), 9 * 2);
+        assert_eq!(plan.manifest.task_results.len(), 9 * 2);
+        let dense = tasks.iter().find(|s| s.name == "task humaneval-x-python dense").unwrap();
+        let want = "humaneval-x --lang python --data /data/humaneval-x --limit 20 --samples 1 --temperature 0 --protocol instruct --quiet --model /m.gguf --device cpu --out /run/results/dense--task-humaneval-x-python.parquet";
+        assert_eq!(dense.args.join(" "), want);
+        let masked = tasks.iter().find(|s| s.name == "task hellaswag py-a-wanda-u0.5").unwrap();
+        assert!(masked.args.join(" ").contains("--mask /run/masks/py-a-wanda-u0.5.parquet"), "{:?}", masked.args);
+        assert_eq!(plan.manifest.task_results[1].metric, "acc");
+        assert!(plan.steps.last().unwrap().inputs.contains(&PathBuf::from("/run/results/dense--task-hellaswag.parquet")));
+    }
+
+    #[test]
+    fn a_calibration_source_reading_evaluated_items_is_refused() {
+        let source = |from: &str, skip: usize| {
+            format!("{EXAMPLE}{TASKS_EXAMPLE}\n[[sources]]\nname = \"csr\"\ndomain = \"csr\"\nfrom = [\"{from}\"]\nfield = \"ctx\"\nskip_records = {skip}\n")
+        };
+        let run = |text: String| {
+            let exp: Experiment = toml::from_str(&text).unwrap();
+            check(&exp).unwrap();
+            let mut resolve = |name: &str| Ok((name == "py").then(|| vec![PathBuf::from("/usr/lib/python3")]));
+            plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).map(|_| ())
+        };
+        // HellaSwag's first 100 items are evaluated: skipping 50 is not enough, 100 is.
+        let err = run(source("data:hellaswag/hellaswag_val.jsonl.gz", 50)).unwrap_err().to_string();
+        assert!(err.contains("`csr`") && err.contains("`hellaswag`") && err.contains("skip_records = 100"), "{err}");
+        run(source("data:hellaswag/hellaswag_val.jsonl.gz", 100)).unwrap();
+        // A directory holding evaluated data, and a file inside an evaluated directory.
+        assert!(run(source("data:hellaswag", 0)).unwrap_err().to_string().contains("lies inside it"));
+        assert!(run(source("data:humaneval-x/humaneval_python.jsonl.gz", 500)).unwrap_err().to_string().contains("it lies inside"));
+        // Other files of the same sets are fine (GSM8K's train split is never evaluated here).
+        run(source("data:gsm8k/train.jsonl", 0)).unwrap();
+    }
+
+    #[test]
+    fn bad_tasks_are_refused_with_the_reason() {
+        let refused = |extra: &str| {
+            let exp: Experiment = toml::from_str(&format!("{EXAMPLE}\n[[tasks]]\n{extra}\n")).unwrap();
+            check(&exp).unwrap_err().to_string()
+        };
+        assert!(refused("task = \"humaneval\"").contains("unknown task `humaneval`"));
+        assert!(refused("task = \"humaneval-x\"").contains("needs `language`"));
+        assert!(refused("task = \"humaneval-x\"\nlanguage = \"rust\"").contains("unknown language `rust`"));
+        assert!(refused("task = \"piqa\"\nsamples = 5").contains("option `samples` does not apply"));
+        assert!(refused("task = \"mbpp\"\nprotocol = \"chat\"").contains("unknown protocol `chat`"));
+        let twice = "task = \"piqa\"\n[[tasks]]\ntask = \"piqa\"";
+        assert!(refused(twice).contains("two tasks are named `piqa`"));
     }
 
     #[test]

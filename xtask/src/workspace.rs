@@ -146,3 +146,12 @@ mod tests {
         }
     }
 }
+
+/// Where experiment files' `data:REL` paths point: `SUBPRUNE_DATA`, else the
+/// `shared/data` directory beside the workspace.
+pub fn data_root() -> PathBuf {
+    match std::env::var_os("SUBPRUNE_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => root().join("../shared/data"),
+    }
+}

@@ -51,11 +51,16 @@ pub fn write_test_mask(path: &Path, modules: &[(&str, Vec<Vec<bool>>)]) -> PathB
 
 /// Writes a results file with one perplexity row.
 pub fn write_ppl(path: &Path, mask: Option<&str>, domain: &str, value: f64, ci: Option<(f64, f64)>) -> PathBuf {
+    write_metric(path, mask, &format!("perplexity/{domain}"), "perplexity", value, ci)
+}
+
+/// Writes a results file with one row of `metric` for `task`.
+pub fn write_metric(path: &Path, mask: Option<&str>, task: &str, metric: &str, value: f64, ci: Option<(f64, f64)>) -> PathBuf {
     let row = ResultRow {
         model: MODEL.into(),
         mask: mask.map(str::to_string),
-        task: format!("perplexity/{domain}"),
-        metric: "perplexity".into(),
+        task: task.into(),
+        metric: metric.into(),
         value,
         n: 1000,
         stderr: None,
