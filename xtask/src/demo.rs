@@ -14,6 +14,8 @@ use crate::{corpus, models, prereqs, workspace};
 
 /// The demo's experiment file, relative to the workspace root.
 pub const DEMO_EXPERIMENT: &str = "experiments/demo.toml";
+/// The paper's experiment, relative to the workspace root.
+pub const PAPER_EXPERIMENT: &str = "experiments/paper.toml";
 
 /// The compute device of the project's binaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +54,25 @@ pub struct DemoArgs {
     /// Model to run the experiment on instead of the file's `model`: a model id of fetch-model (e.g. gemma3-270m), a GGUF file or a Hugging Face directory.
     #[arg(long)]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub prereqs: prereqs::SkipPrereqs,
+}
+
+/// Options of `cargo xtask paper`.
+#[derive(Debug, Args)]
+pub struct PaperArgs {
+    /// Model instead of the file's (Qwen2.5-Coder-0.5B-Instruct): a model id of fetch-model, a GGUF file or a Hugging Face directory.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A small version of every cell: 8 calibration sequences of 256 tokens per source and the first items of each task.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run directory [default: out/paper-<MODEL>, with -quick for --quick].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device the model runs on.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
     #[command(flatten)]
     pub prereqs: prereqs::SkipPrereqs,
 }
@@ -223,6 +244,28 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
     run_experiment(&exp, &out, args.device)?;
     println!("report: {}", workspace::absolute(&out.join("report.md"))?.display());
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask paper`.
+pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    workspace::require_target("analyze", "bin", "analyze")?;
+    args.prereqs.ensure()?;
+    let mut exp = experiment::load(&workspace::root().join(PAPER_EXPERIMENT))?;
+    if let Some(model) = &args.model {
+        exp = with_model(exp, model);
+    }
+    if args.quick {
+        exp = experiment::quick(exp);
+    }
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => PathBuf::from(format!("out/paper-{}{}", model_slug(&exp.model), if args.quick { "-quick" } else { "" })),
+    };
+    run_experiment(&exp, &out, args.device)?;
+    println!("report: {}", workspace::absolute(&out.join("report.md"))?.display());
+    eprintln!("paper experiment finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -412,6 +412,38 @@ pub struct Plan {
     pub skipped: Vec<String>,
 }
 
+/// Calibration sequences per source of a [`quick`] run.
+const QUICK_NSAMPLES: usize = 8;
+/// Tokens per calibration sequence of a [`quick`] run.
+const QUICK_SEQLEN: usize = 256;
+/// Items of each generation task (code, GSM8K, translation) in a [`quick`] run.
+const QUICK_GENERATED_ITEMS: usize = 20;
+/// Items of each log-likelihood task (multiple choice) in a [`quick`] run.
+const QUICK_SCORED_ITEMS: usize = 100;
+/// Windows of held-out and task perplexity in a [`quick`] run.
+const QUICK_WINDOWS: usize = 2;
+
+/// The experiment in small: fewer and shorter calibration sequences, fewer
+/// perplexity windows, and only the first items of each task. Every cell is
+/// still measured, so the whole pipeline runs; the numbers are rough.
+pub fn quick(mut exp: Experiment) -> Experiment {
+    exp.title = format!("{} (quick: first items of each task)", exp.title);
+    exp.calibration.nsamples = exp.calibration.nsamples.min(QUICK_NSAMPLES);
+    exp.calibration.seqlen = exp.calibration.seqlen.min(QUICK_SEQLEN);
+    exp.evaluation.max_windows = exp.evaluation.max_windows.min(QUICK_WINDOWS);
+    for task in &mut exp.tasks {
+        let generated = matches!(task.task.as_str(), "humaneval-x" | "mbpp" | "gsm8k" | "translation");
+        match task.task.as_str() {
+            "ppl" => task.max_windows = Some(task.max_windows.unwrap_or(QUICK_WINDOWS).min(QUICK_WINDOWS)),
+            _ => {
+                let items = if generated { QUICK_GENERATED_ITEMS } else { QUICK_SCORED_ITEMS };
+                task.limit = Some(task.limit.unwrap_or(items).min(items));
+            }
+        }
+    }
+    exp
+}
+
 /// Reads and checks an experiment file.
 pub fn load(path: &Path) -> Result<Experiment> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment file {}", path.display()))?;
@@ -951,6 +983,26 @@ limit = 100
         assert!(run(source("data:humaneval-x/humaneval_python.jsonl.gz", 500)).unwrap_err().to_string().contains("it lies inside"));
         // Other files of the same sets are fine (GSM8K's train split is never evaluated here).
         run(source("data:gsm8k/train.jsonl", 0)).unwrap();
+    }
+
+    #[test]
+    fn the_paper_experiment_plans_every_cell_and_its_quick_version_limits_each_task() {
+        let exp = load(&crate::workspace::root().join("experiments/paper.toml")).unwrap();
+        let mut resolve = |name: &str| Ok(Some(vec![PathBuf::from(format!("/corpora/{name}"))]));
+        let full = plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+        // 8 calibration domains, one Wanda mask each; every task for dense + 8 masks.
+        assert_eq!(full.manifest.masks.len(), 8);
+        assert_eq!(full.manifest.task_results.len(), 9 * exp.tasks.len());
+        let quick = quick(exp.clone());
+        assert_eq!((quick.calibration.nsamples, quick.calibration.seqlen), (8, 256));
+        for (t, q) in exp.tasks.iter().zip(&quick.tasks) {
+            match t.task.as_str() {
+                "ppl" => assert_eq!(q.max_windows, Some(2)),
+                "humaneval-x" | "mbpp" | "gsm8k" | "translation" => assert_eq!(q.limit, Some(20), "{}", t.column()),
+                _ => assert_eq!(q.limit, Some(100), "{}", t.column()),
+            }
+        }
+        plan(&quick, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
     }
 
     #[test]

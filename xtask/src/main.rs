@@ -59,6 +59,17 @@ enum Command {
     /// --model runs it on another model (e.g. gemma3-270m), in out/demo-<MODEL>.
     /// A rerun reuses every artifact whose inputs and options are unchanged.
     Demo(demo::DemoArgs),
+    /// The paper's table: one Wanda sub-model per calibration domain of Qwen2.5-Coder-0.5B-Instruct, scored on every task.
+    ///
+    /// Runs experiments/paper.toml: calibration on Python, Java, C++,
+    /// JavaScript, math, commonsense, translation and general text (never on
+    /// evaluated items), then HumanEval-X in four languages, MBPP, GSM8K,
+    /// PIQA, HellaSwag, ARC, WinoGrande, BoolQ, Multi30k translation and
+    /// WikiText-2 perplexity for the dense model and every sub-model; the
+    /// report has the calibration-source x task table. Hours on a CPU: a
+    /// rerun resumes, reusing every finished step. --quick runs the first
+    /// items of each task.
+    Paper(demo::PaperArgs),
     /// Run an experiment file (TOML): sources x methods x patterns x evaluations, with artifact reuse.
     Experiment(demo::ExperimentArgs),
     /// Derive one domain's sub-model: collect, sample, calibrate, score, mask, apply (with artifact reuse).
@@ -192,6 +203,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Test(args) => test(args),
         Command::Demo(args) => demo::demo(&args),
         Command::Experiment(args) => demo::run_file(&args),
+        Command::Paper(args) => demo::paper(&args),
         Command::Prune(args) => demo::prune(&args),
         Command::MakeModel(args) => make_model(&args),
         Command::Bench(BenchCommand::Forward(args)) => bench_binary("model", "bench-forward", args),
