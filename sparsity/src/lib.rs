@@ -1,6 +1,7 @@
 //! Pruning kernels shared by the `calibrate`, `score` and `mask` stages:
 //! importance metrics (magnitude, Wanda), the selection of the weights to
-//! prune (per output row, per layer, or N:M), and the bit packing of masks.
+//! prune (per output row, per layer, or N:M), the bit packing of masks, and
+//! SparseGPT's pruning with weight reconstruction ([`sparsegpt`]).
 //!
 //! Everything here is plain host code on row-major `[out, in]` matrices in
 //! Hugging Face layout, so that sequential calibration (which prunes as it
@@ -11,6 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use rayon::prelude::*;
+
+pub mod sparsegpt;
 
 /// Errors of pruning parameters and shapes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

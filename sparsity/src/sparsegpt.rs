@@ -1,0 +1,391 @@
+//! SparseGPT (Frantar and Alistarh, 2023): prune a linear layer and update
+//! its remaining weights to compensate, from the Hessian of the layer's
+//! reconstruction error, `H = 2 XᵀX` over the calibration inputs `X`.
+//!
+//! This follows the authors' `SparseGPT.fasterprune` (IST-DASLab/sparsegpt,
+//! `sparsegpt.py`) step for step, in f64: dead inputs (a zero diagonal) get
+//! a unit diagonal and zero weights; the diagonal is dampened by `percdamp`
+//! times its mean; the upper Cholesky factor of `H⁻¹` drives column blocks
+//! of optimal-brain-surgeon updates. Unstructured masks are chosen per block
+//! of columns over all rows (the lowest `w² / [H⁻¹]ⱼⱼ²` of the block, as the
+//! reference does), N:M masks per group of M columns, each from the weights
+//! as updated so far.
+
+use crate::{Pattern, SparsityError};
+
+/// SparseGPT's default block of columns pruned and updated together.
+pub const DEFAULT_BLOCKSIZE: usize = 128;
+/// SparseGPT's default dampening, as a fraction of the Hessian's mean diagonal.
+pub const DEFAULT_PERCDAMP: f64 = 0.01;
+
+/// The Hessian `2 XᵀX / n` of one linear layer's inputs, accumulated in f64
+/// batch by batch as the reference's `add_batch` does (`n` counts sequences).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hessian {
+    /// Row-major [cols, cols].
+    values: Vec<f64>,
+    cols: usize,
+    sequences: usize,
+}
+
+impl Hessian {
+    /// An empty Hessian over `cols` inputs.
+    pub fn new(cols: usize) -> Self {
+        Hessian { values: vec![0.0; cols * cols], cols, sequences: 0 }
+    }
+
+    /// Adds the inputs of `sequences` sequences, `x` holding their tokens'
+    /// rows ([tokens, cols], f32 as the layer saw them).
+    pub fn add_batch(&mut self, x: &[f32], sequences: usize) -> Result<(), SparsityError> {
+        let cols = self.cols;
+        if cols == 0 || x.len() % cols != 0 {
+            return Err(SparsityError::Shape { what: "Hessian inputs".into(), expected: cols, found: x.len() });
+        }
+        let before = self.sequences as f64;
+        self.sequences += sequences;
+        let after = self.sequences as f64;
+        let keep = before / after;
+        let scale = 2.0 / after;
+        for v in &mut self.values {
+            *v *= keep;
+        }
+        // H += (√(2/n) x)ᵀ (√(2/n) x), as the reference scales the inputs first.
+        let root = scale.sqrt();
+        let scaled: Vec<f64> = x.iter().map(|&v| root * f64::from(v)).collect();
+        for token in scaled.chunks_exact(cols) {
+            for (i, &a) in token.iter().enumerate() {
+                if a == 0.0 {
+                    continue;
+                }
+                let row = &mut self.values[i * cols..(i + 1) * cols];
+                for (h, &b) in row.iter_mut().zip(token) {
+                    *h += a * b;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The accumulated matrix, row-major [cols, cols].
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
+    /// Inputs (rows and columns of the matrix).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Sequences accumulated.
+    pub fn sequences(&self) -> usize {
+        self.sequences
+    }
+
+    /// A Hessian from its matrix and sequence count (as read back from an artifact).
+    pub fn from_values(values: Vec<f64>, cols: usize, sequences: usize) -> Result<Self, SparsityError> {
+        if values.len() != cols * cols {
+            return Err(SparsityError::Shape { what: "Hessian".into(), expected: cols * cols, found: values.len() });
+        }
+        Ok(Hessian { values, cols, sequences })
+    }
+}
+
+/// How SparseGPT prunes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseGptOptions {
+    /// Which weights are pruned: a fraction per column block, or N of every M inputs of a row.
+    pub pattern: Pattern,
+    /// Columns pruned and updated together (the lazy-batch width).
+    pub blocksize: usize,
+    /// Dampening of the diagonal, as a fraction of its mean.
+    pub percdamp: f64,
+}
+
+impl SparseGptOptions {
+    /// The reference's defaults (blocks of 128, 1% dampening) for `pattern`.
+    pub fn new(pattern: Pattern) -> Self {
+        SparseGptOptions { pattern, blocksize: DEFAULT_BLOCKSIZE, percdamp: DEFAULT_PERCDAMP }
+    }
+}
+
+/// A pruned and updated weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseGptResult {
+    /// The weight after pruning and compensation, row-major [rows, cols] (pruned weights are 0).
+    pub weight: Vec<f64>,
+    /// Which weights are kept, row-major.
+    pub keep: Vec<bool>,
+    /// The reference's loss estimate: Σ (w - q)² / [H⁻¹]ⱼⱼ² / 2 over every weight.
+    pub loss: f64,
+}
+
+/// Errors of SparseGPT beyond bad shapes.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SparseGptError {
+    /// Shapes or pattern parameters that do not fit.
+    #[error(transparent)]
+    Shape(#[from] SparsityError),
+    /// The dampened Hessian is not positive definite (too few or degenerate inputs).
+    #[error("the dampened Hessian is not positive definite (pivot {pivot} is {value}): calibrate with more data or a larger percdamp")]
+    NotPositiveDefinite {
+        /// The failing pivot.
+        pivot: usize,
+        /// Its value.
+        value: f64,
+    },
+}
+
+/// Prunes `weight` ([rows, cols], row-major) with SparseGPT given its inputs' Hessian.
+pub fn sparsegpt(weight: &[f64], rows: usize, cols: usize, hessian: &Hessian, options: &SparseGptOptions) -> Result<SparseGptResult, SparseGptError> {
+    if weight.len() != rows * cols {
+        return Err(SparsityError::Shape { what: "weight".into(), expected: rows * cols, found: weight.len() }.into());
+    }
+    if hessian.cols != cols {
+        return Err(SparsityError::Shape { what: "Hessian columns".into(), expected: cols, found: hessian.cols }.into());
+    }
+    if let Pattern::NM { n, m } = options.pattern {
+        if cols % m != 0 {
+            return Err(SparsityError::Divisibility { n, m, cols }.into());
+        }
+    }
+    let blocksize = options.blocksize.max(1);
+    let mut w = weight.to_vec();
+    let mut h = hessian.values.clone();
+    for j in 0..cols {
+        if h[j * cols + j] == 0.0 {
+            h[j * cols + j] = 1.0;
+            for r in 0..rows {
+                w[r * cols + j] = 0.0;
+            }
+        }
+    }
+    let mean_diagonal = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
+    let damp = options.percdamp * mean_diagonal;
+    for j in 0..cols {
+        h[j * cols + j] += damp;
+    }
+    let hinv = upper_cholesky_of_inverse(&h, cols)?;
+
+    let mut pruned = vec![false; rows * cols];
+    let mut loss = 0.0;
+    for i1 in (0..cols).step_by(blocksize) {
+        let i2 = (i1 + blocksize).min(cols);
+        let count = i2 - i1;
+        let hinv_at = |i: usize, j: usize| hinv[i * cols + j];
+        if let Pattern::Unstructured { sparsity } = options.pattern {
+            // tmp = W1² / diag(Hinv1)², the block's threshold its sorted value at ⌊numel · sparsity⌋.
+            let mut tmp: Vec<f64> = Vec::with_capacity(rows * count);
+            for r in 0..rows {
+                for j in i1..i2 {
+                    let d = hinv_at(j, j);
+                    tmp.push(w[r * cols + j] * w[r * cols + j] / (d * d));
+                }
+            }
+            let mut sorted = tmp.clone();
+            sorted.sort_by(f64::total_cmp);
+            let thresh = sorted[((tmp.len() as f64) * sparsity) as usize];
+            for r in 0..rows {
+                for (k, j) in (i1..i2).enumerate() {
+                    pruned[r * cols + j] = tmp[r * count + k] <= thresh;
+                }
+            }
+        }
+        // Err1, one column per pruned column of the block.
+        let mut errors = vec![0.0f64; rows * count];
+        for i in 0..count {
+            let col = i1 + i;
+            let d = hinv_at(col, col);
+            if let Pattern::NM { n, m } = options.pattern {
+                if i % m == 0 {
+                    for r in 0..rows {
+                        let mut group: Vec<(f64, usize)> = (col..col + m)
+                            .map(|j| {
+                                let dj = hinv_at(j, j);
+                                (w[r * cols + j] * w[r * cols + j] / (dj * dj), j)
+                            })
+                            .collect();
+                        group.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                        for &(_, j) in &group[..n] {
+                            pruned[r * cols + j] = true;
+                        }
+                    }
+                }
+            }
+            for r in 0..rows {
+                let value = w[r * cols + col];
+                let q = if pruned[r * cols + col] { 0.0 } else { value };
+                loss += (value - q) * (value - q) / (d * d) / 2.0;
+                let err = (value - q) / d;
+                errors[r * count + i] = err;
+                w[r * cols + col] = q;
+                if err != 0.0 {
+                    for j in col + 1..i2 {
+                        w[r * cols + j] -= err * hinv_at(col, j);
+                    }
+                }
+            }
+        }
+        // W[:, i2:] -= Err1 · Hinv[i1:i2, i2:].
+        for r in 0..rows {
+            let err_row = &errors[r * count..(r + 1) * count];
+            for (i, &err) in err_row.iter().enumerate() {
+                if err == 0.0 {
+                    continue;
+                }
+                let hrow = &hinv[(i1 + i) * cols + i2..(i1 + i + 1) * cols];
+                let wrow = &mut w[r * cols + i2..(r + 1) * cols];
+                for (wv, &hv) in wrow.iter_mut().zip(hrow) {
+                    *wv -= err * hv;
+                }
+            }
+        }
+    }
+    let keep = pruned.iter().map(|&p| !p).collect();
+    Ok(SparseGptResult { weight: w, keep, loss })
+}
+
+/// The upper Cholesky factor `U` of `A⁻¹` (`A⁻¹ = UᵀU`) for a symmetric
+/// positive definite `a` ([n, n], row-major): `torch.linalg.cholesky(
+/// torch.cholesky_inverse(torch.linalg.cholesky(A)), upper=True)`.
+fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
+    let l = lower_cholesky(a, n)?;
+    // A⁻¹ = L⁻ᵀ L⁻¹: invert the lower factor by forward substitution.
+    let mut linv = vec![0.0f64; n * n];
+    for j in 0..n {
+        linv[j * n + j] = 1.0 / l[j * n + j];
+        for i in j + 1..n {
+            let mut s = 0.0;
+            for k in j..i {
+                s += l[i * n + k] * linv[k * n + j];
+            }
+            linv[i * n + j] = -s / l[i * n + i];
+        }
+    }
+    let mut inverse = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            // (L⁻ᵀ L⁻¹)ᵢⱼ = Σₖ L⁻¹ₖᵢ L⁻¹ₖⱼ over k ≥ max(i, j).
+            let mut s = 0.0;
+            for k in i..n {
+                s += linv[k * n + i] * linv[k * n + j];
+            }
+            inverse[i * n + j] = s;
+            inverse[j * n + i] = s;
+        }
+    }
+    // The upper factor is the transpose of the lower one.
+    let lower = lower_cholesky(&inverse, n)?;
+    let mut upper = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            upper[j * n + i] = lower[i * n + j];
+        }
+    }
+    Ok(upper)
+}
+
+/// The lower Cholesky factor `L` of a symmetric positive definite `a` (`A = LLᵀ`).
+fn lower_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
+    let mut l = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return Err(SparseGptError::NotPositiveDefinite { pivot: i, value: s });
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                c[i * n + j] = (0..n).map(|k| a[i * n + k] * b[k * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn the_upper_factor_of_the_inverse_multiplies_back_to_the_inverse() {
+        // A = [[4, 2, 0], [2, 5, 1], [0, 1, 3]]: UᵀU · A = I.
+        let a = [4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let u = upper_cholesky_of_inverse(&a, 3).unwrap();
+        for i in 0..3 {
+            for j in 0..i {
+                assert_eq!(u[i * 3 + j], 0.0, "U is upper triangular");
+            }
+        }
+        let mut ut = vec![0.0; 9];
+        for i in 0..3 {
+            for j in 0..3 {
+                ut[i * 3 + j] = u[j * 3 + i];
+            }
+        }
+        let identity = matmul(&matmul(&ut, &u, 3), &a, 3);
+        for i in 0..3 {
+            for j in 0..3 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((identity[i * 3 + j] - want).abs() < 1e-12, "{identity:?}");
+            }
+        }
+        let not_pd = [1.0, 2.0, 2.0, 1.0];
+        assert!(matches!(upper_cholesky_of_inverse(&not_pd, 2), Err(SparseGptError::NotPositiveDefinite { pivot: 1, .. })));
+    }
+
+    #[test]
+    fn the_hessian_is_twice_the_mean_outer_product_over_sequences() {
+        // Two batches: one sequence of tokens (1, 2), (0, 1); one of (2, 0).
+        let mut h = Hessian::new(2);
+        h.add_batch(&[1.0, 2.0, 0.0, 1.0], 1).unwrap();
+        h.add_batch(&[2.0, 0.0], 1).unwrap();
+        // Σ xxᵀ = [[1+0+4, 2+0+0], [2+0+0, 4+1+0]] = [[5, 2], [2, 5]]; H = 2/2 · that.
+        for (got, want) in h.values().iter().zip([5.0, 2.0, 2.0, 5.0]) {
+            assert!((got - want).abs() < 1e-12, "{:?}", h.values());
+        }
+        assert_eq!(h.sequences(), 2);
+    }
+
+    #[test]
+    fn with_a_diagonal_hessian_it_prunes_by_scaled_magnitude_and_updates_nothing() {
+        // H = diag(1, 4, 9, 16) (no dampening): Hinv's upper factor is diag(1, 1/2, 1/3, 1/4),
+        // so tmp = w² · h_jj and the off-diagonal updates vanish.
+        let h = Hessian::from_values(vec![1.0, 0.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 16.0], 4, 1).unwrap();
+        let weight = [4.0, 1.5, 1.0, 0.5, -1.0, 3.0, 0.2, 1.0];
+        let options = SparseGptOptions { pattern: Pattern::NM { n: 2, m: 4 }, blocksize: 128, percdamp: 0.0 };
+        let out = sparsegpt(&weight, 2, 4, &h, &options).unwrap();
+        // Row 0: tmp = 16, 9, 9, 4 -> prune the two lowest: cols 3 and (tie 1, 2) the lower index 1.
+        // Row 1: tmp = 1, 36, 0.36, 16 -> prune cols 2 and 0.
+        assert_eq!(out.keep, [true, false, true, false, false, true, false, true]);
+        assert_eq!(out.weight, [4.0, 0.0, 1.0, 0.0, 0.0, 3.0, 0.0, 1.0]);
+        // loss = Σ pruned tmp / 2 = (9 + 4 + 1 + 0.36) / 2.
+        assert!((out.loss - 7.18).abs() < 1e-12, "{}", out.loss);
+    }
+
+    #[test]
+    fn pruning_one_weight_moves_its_error_onto_the_correlated_input() {
+        // Two perfectly correlated inputs (x₀ = x₁) made definite by dampening:
+        // pruning w₀ must push its value onto w₁ (almost all of it), which
+        // keeps the layer's output on the calibration inputs.
+        let mut h = Hessian::new(2);
+        h.add_batch(&[1.0, 1.0, -2.0, -2.0, 0.5, 0.5], 1).unwrap();
+        let options = SparseGptOptions { pattern: Pattern::NM { n: 1, m: 2 }, blocksize: 128, percdamp: 0.01 };
+        let out = sparsegpt(&[0.3, 1.0], 1, 2, &h, &options).unwrap();
+        assert_eq!(out.keep, [false, true]);
+        assert!((out.weight[1] - 1.3).abs() < 0.01, "{:?}", out.weight);
+    }
+}
