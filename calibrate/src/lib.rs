@@ -39,6 +39,8 @@ pub struct CalibrateOptions {
     pub pattern: Pattern,
     /// Comparison group of unstructured pruning.
     pub group: Group,
+    /// Scores the layers are pruned by (sequential mode): Wanda or RIA.
+    pub method: Method,
     /// Gather every layer's statistics from the dense model in one pass.
     pub oneshot: bool,
     /// Samples per forward pass: a throughput knob only.
@@ -311,7 +313,7 @@ pub fn calibrate(
             if !options.oneshot {
                 let name = format!("{module}.weight");
                 let weight = loaded.weights.load(&name)?;
-                let scores = sparsity::scores(Method::Wanda, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
+                let scores = sparsity::scores(options.method, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
                 drop(weight);
                 let keep = sparsity::keep_mask(&scores, out_features, in_features, options.pattern, options.group)?;
                 applied_masks.insert(module.clone(), mask_digest(&keep));

@@ -30,9 +30,12 @@ struct Cli {
     /// N:M pattern the layers are pruned with while calibrating, e.g. 2:4.
     #[arg(long)]
     nm: Option<String>,
-    /// Comparison group of unstructured pruning: row (Wanda's default) or layer.
+    /// Comparison group of unstructured pruning: row (Wanda's default) or layer (RIA's default).
     #[arg(long, default_value = "row")]
     group: Group,
+    /// Scores the layers are pruned by while calibrating (sequential mode): wanda or ria.
+    #[arg(long, default_value = "wanda")]
+    method: sparsity::Method,
     /// Gather every layer's statistics from the dense model in one pass instead of sequentially.
     #[arg(long)]
     oneshot: bool,
@@ -87,7 +90,10 @@ fn main() -> Result<()> {
         "bf16" => Activations::Bf16,
         _ => Activations::F32,
     };
-    let options = CalibrateOptions { pattern, group: cli.group, oneshot: cli.oneshot, batch: cli.batch, activations };
+    if !cli.method.needs_stats() {
+        bail!("--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria); {} needs no calibration", cli.method, cli.method);
+    }
+    let options = CalibrateOptions { pattern, group: cli.group, method: cli.method, oneshot: cli.oneshot, batch: cli.batch, activations };
 
     let layers = loaded.config.num_layers();
     let bar = ProgressBar::new(layers as u64);
@@ -105,7 +111,7 @@ fn main() -> Result<()> {
         Pattern::NM { n, m } => (None, Some(format!("{n}:{m}"))),
     };
     let params = serde_json::json!({
-        "method": "wanda",
+        "method": cli.method.as_str(),
         "pattern": pattern.label(),
         "sparsity": sparsity,
         "nm": nm,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference of Wanda's sequential pruning.
+"""Independent PyTorch reference of Wanda's (and RIA's) sequential pruning.
 
 A transcription of locuslab/wanda `lib/prune.py::prune_wanda` (with
 `lib/layerwrapper.py::WrappedGPT.add_batch` and `prepare_calibration_input`)
@@ -16,6 +16,13 @@ compared bit for bit with `mask` output (compare_masks.py).
 With --dtype f64 the whole model, the statistics and the scores are float64
 (an exact-arithmetic reference); f32 follows Wanda (model in the given dtype,
 scaler_row in float32).
+
+--method ria transcribes RIA's `prune_ria` (biomedical-cybernetics/
+Relative-importance-and-activation-pruning, lib/prune.py, commit b87b897)
+with its defaults: the score (|W|/sum(|W|, dim=0) + |W|/sum(|W|, dim=1)) *
+sqrt(scaler_row)**0.5, unstructured masks by one threshold over the whole
+matrix (per_outneuron off: prune scores <= the sorted score at
+int(numel * sparsity)), N:M directly (no channel reallocation).
 """
 
 import argparse
@@ -73,7 +80,7 @@ def layer_out(layer, x, kwargs):
 
 
 @torch.no_grad()
-def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype):
+def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda"):
     layers = model.model.layers
     inps, cache = [], {}
     layers[0] = Catcher(layers[0], inps, cache)
@@ -101,7 +108,13 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype):
             h.remove()
         for name in subset:
             weight = subset[name].weight.data
-            w_metric = torch.abs(weight) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1)))
+            if method == "ria":
+                a = 0.5
+                w_metric = (torch.abs(weight) / torch.sum(torch.abs(weight), dim=0) + torch.abs(weight) / torch.sum(torch.abs(weight), dim=1).reshape(-1, 1)) * (
+                    torch.sqrt(wrapped[name].scaler_row.reshape((1, -1)))
+                ) ** a
+            else:
+                w_metric = torch.abs(weight) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1)))
             w_mask = torch.zeros_like(w_metric) == 1  # True = pruned
             if prune_n != 0:
                 for ii in range(w_metric.shape[1]):
@@ -109,6 +122,9 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype):
                         tmp = w_metric[:, ii : (ii + prune_m)]
                         tmp = tmp.float() if stat_dtype == torch.float32 else tmp
                         w_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+            elif method == "ria":
+                thresh = torch.sort(w_metric.flatten())[0][int(weight.shape[0] * weight.shape[1] * sparsity)]
+                w_mask = w_metric <= thresh
             else:
                 sort_res = torch.sort(w_metric, dim=-1, stable=True)
                 indices = sort_res[1][:, : int(w_metric.shape[1] * sparsity)]
@@ -130,6 +146,7 @@ def main():
     g.add_argument("--sparsity", type=float, help="unstructured per-row sparsity, e.g. 0.5")
     g.add_argument("--nm", help="N:M pattern, e.g. 2:4")
     ap.add_argument("--nsamples", type=int, default=None, help="use only the first K windows")
+    ap.add_argument("--method", choices=["wanda", "ria"], default="wanda")
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
     ap.add_argument("--threads", type=int, default=2)
@@ -145,7 +162,7 @@ def main():
     windows = read_windows(args.samples, args.nsamples)
     print(f"{len(windows)} windows of {len(windows[0])} tokens, {args.dtype}, attn {args.attn}, {torch.get_num_threads()} threads")
     t0 = time.time()
-    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype)
+    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method)
     wall = time.time() - t0
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.size for m in masks.values())

@@ -45,7 +45,7 @@ struct MakeArgs {
     /// The model the statistics were gathered on (with --stats).
     #[arg(long, requires = "stats")]
     model: Option<PathBuf>,
-    /// Scoring method with --stats: wanda or magnitude.
+    /// Scoring method with --stats: wanda, ria or magnitude.
     #[arg(long, default_value = "wanda", requires = "stats")]
     method: sparsity::Method,
     /// Unstructured pruning: the fraction of weights pruned in every comparison group, in [0, 1).

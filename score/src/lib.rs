@@ -222,14 +222,14 @@ pub fn module_scores<'a>(
     progress: &'a ProgressBar,
 ) -> Result<impl Iterator<Item = Result<Vec<ScoreRow>, ScoreError>> + 'a, ScoreError> {
     let by_name = stats.map(|s| check_stats(model, s)).transpose()?;
-    if method == Method::Wanda && by_name.is_none() {
+    if method.needs_stats() && by_name.is_none() {
         return Err(ScoreError::StatsRequired { method });
     }
     let modules = linear_modules(model);
     progress.set_length(modules.len() as u64);
     Ok(modules.into_iter().map(move |(name, rows, cols)| {
         let stat = match method {
-            Method::Wanda => by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice()),
+            Method::Wanda | Method::Ria => by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice()),
             Method::Magnitude => None,
         };
         let scored = score_module(model, method, stat, &name, rows, cols);

@@ -21,7 +21,7 @@ struct Cli {
     /// Stats artifact written by `calibrate` (required for wanda, optional for magnitude).
     #[arg(long)]
     stats: Option<PathBuf>,
-    /// Scoring method: wanda or magnitude.
+    /// Scoring method: wanda, ria (both need --stats) or magnitude.
     #[arg(long, default_value = "wanda")]
     method: Method,
     /// Scores artifact to write (Parquet).

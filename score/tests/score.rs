@@ -211,5 +211,5 @@ fn the_binary_scores_and_reports() {
         .args(["--model", model_path.to_str().unwrap(), "--method", "rand", "--out", "x"])
         .output()
         .unwrap();
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected wanda or magnitude"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected wanda, ria or magnitude"));
 }

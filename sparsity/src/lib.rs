@@ -61,7 +61,13 @@ pub enum Method {
     Magnitude,
     /// |W_ij| * sqrt(stat_j), stat_j the mean squared norm of input column j (Wanda).
     Wanda,
+    /// Relative importance and activations (RIA, Zhang et al. 2024):
+    /// (|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) * sqrt(stat_j)^a, a = [`RIA_EXPONENT`].
+    Ria,
 }
+
+/// RIA's exponent of the input norms (the authors' default `a`).
+pub const RIA_EXPONENT: f32 = 0.5;
 
 impl Method {
     /// Name used on the command line and in artifact metadata.
@@ -69,7 +75,13 @@ impl Method {
         match self {
             Method::Magnitude => "magnitude",
             Method::Wanda => "wanda",
+            Method::Ria => "ria",
         }
+    }
+
+    /// Whether the method's scores need the inputs' statistics.
+    pub fn needs_stats(self) -> bool {
+        !matches!(self, Method::Magnitude)
     }
 }
 
@@ -80,7 +92,8 @@ impl FromStr for Method {
         match s {
             "magnitude" => Ok(Method::Magnitude),
             "wanda" => Ok(Method::Wanda),
-            other => Err(format!("unknown method `{other}`; expected wanda or magnitude")),
+            "ria" => Ok(Method::Ria),
+            other => Err(format!("unknown method `{other}`; expected wanda, ria or magnitude")),
         }
     }
 }
@@ -183,13 +196,36 @@ fn check_len(what: &str, expected: usize, found: usize) -> Result<(), SparsityEr
     Ok(())
 }
 
-/// Scores of a `[rows, cols]` weight matrix. For Wanda, `column_stat[j]` is
-/// the mean squared L2 norm of input column j; scores are computed in f32
-/// as `|W_ij| * sqrt(stat_j)`, the operations and rounding of the reference.
+/// Scores of a `[rows, cols]` weight matrix. For Wanda and RIA,
+/// `column_stat[j]` is the mean squared L2 norm of input column j; scores
+/// are computed in f32 as `|W_ij| * sqrt(stat_j)` (Wanda) and
+/// `(|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) * sqrt(stat_j)^a` (RIA), the
+/// operations of the references (their sums' rounding order aside).
 pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_stat: Option<&[f32]>) -> Result<Vec<f32>, SparsityError> {
     check_len("weight", rows * cols, weight.len())?;
     match method {
         Method::Magnitude => Ok(weight.iter().map(|w| w.abs()).collect()),
+        Method::Ria => {
+            let stat = column_stat.ok_or(SparsityError::Shape { what: "ria column statistics".into(), expected: cols, found: 0 })?;
+            check_len("column statistics", cols, stat.len())?;
+            let activation: Vec<f32> = stat.iter().map(|s| s.sqrt().powf(RIA_EXPONENT)).collect();
+            let mut column_sums = vec![0.0f32; cols];
+            for row in weight.chunks_exact(cols.max(1)) {
+                for (sum, w) in column_sums.iter_mut().zip(row) {
+                    *sum += w.abs();
+                }
+            }
+            let mut out = vec![0.0f32; weight.len()];
+            if cols > 0 {
+                out.par_chunks_mut(cols).zip(weight.par_chunks(cols)).for_each(|(out, row)| {
+                    let row_sum: f32 = row.iter().map(|w| w.abs()).sum();
+                    for (j, (o, w)) in out.iter_mut().zip(row).enumerate() {
+                        *o = (w.abs() / column_sums[j] + w.abs() / row_sum) * activation[j];
+                    }
+                });
+            }
+            Ok(out)
+        }
         Method::Wanda => {
             let stat = column_stat.ok_or(SparsityError::Shape { what: "wanda column statistics".into(), expected: cols, found: 0 })?;
             check_len("column statistics", cols, stat.len())?;
@@ -409,6 +445,20 @@ pub fn apply_packed_rows(weight: &mut [f32], rows: usize, cols: usize, packed: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ria_scores_add_the_weight_s_share_of_its_column_and_of_its_row_times_the_input_norm_to_the_half() {
+        // |W| = [[1, 3], [2, 2]]: column sums 3, 5; row sums 4, 4. Stats [16, 1]
+        // -> sqrt(stat)^0.5 = [2, 1].
+        let got = scores(Method::Ria, &[1.0, -3.0, -2.0, 2.0], 2, 2, Some(&[16.0, 1.0])).unwrap();
+        let want = [(1.0 / 3.0 + 1.0 / 4.0) * 2.0, (3.0 / 5.0 + 3.0 / 4.0) * 1.0, (2.0 / 3.0 + 2.0 / 4.0) * 2.0, (2.0 / 5.0 + 2.0 / 4.0) * 1.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert!(scores(Method::Ria, &[1.0, 2.0], 1, 2, None).is_err(), "RIA needs the statistics");
+        assert_eq!("ria".parse::<Method>(), Ok(Method::Ria));
+        assert!(Method::Ria.needs_stats() && !Method::Magnitude.needs_stats());
+    }
 
     #[test]
     fn wanda_scores_scale_magnitudes_by_root_column_statistic() {

@@ -260,7 +260,7 @@ pub struct Prune {
     /// Source names, or `["*"]` for all (ignored by magnitude, which needs no data).
     #[serde(default = "all_sources")]
     pub sources: Vec<String>,
-    /// `wanda` and/or `magnitude`.
+    /// `wanda`, `ria` and/or `magnitude`.
     pub methods: Vec<String>,
     /// `unstructured-<s>` (e.g. `unstructured-0.5`) and/or `N:M` (e.g. `2:4`).
     pub patterns: Vec<String>,
@@ -479,8 +479,8 @@ pub fn check(exp: &Experiment) -> Result<()> {
     }
     for p in &exp.prune {
         for m in &p.methods {
-            if m != "wanda" && m != "magnitude" {
-                bail!("unknown method `{m}`: expected wanda or magnitude");
+            if m != "wanda" && m != "ria" && m != "magnitude" {
+                bail!("unknown method `{m}`: expected wanda, ria or magnitude");
             }
         }
         for pat in &p.patterns {
@@ -647,10 +647,16 @@ pub fn plan(
                         continue;
                     }
                     let calib = at(&format!("samples/{}-calib.parquet", s.name));
-                    let stats = at(&format!("stats/{}-{}.parquet", s.name, pattern.tag()));
+                    // Sequential calibration prunes by the method as it goes: one statistics file per method
+                    // (Wanda's keeps its historical name).
+                    let method_tag = if method == "wanda" { String::new() } else { format!("{method}-") };
+                    let stats = at(&format!("stats/{}-{method_tag}{}.parquet", s.name, pattern.tag()));
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
                         args.extend(pattern.flags());
+                        if method != "wanda" {
+                            args.extend(["--method".to_string(), method.clone()]);
+                        }
                         if exp.calibration.oneshot {
                             args.push("--oneshot".into());
                         }
