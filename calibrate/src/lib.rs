@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor};
 use model::stream::{equal_length_batches, hidden_tensor, hidden_values, BatchRunner};
 use model::LinearObserver;
 use model::{Decoder, LoadedModel, MaskedWeights, ModelError};
+use sparsity::owl::{layer_sparsities, OutlierCount, SparsityProfile};
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -41,6 +42,9 @@ pub struct CalibrateOptions {
     pub group: Group,
     /// Scores the layers are pruned by (sequential mode): Wanda or RIA.
     pub method: Method,
+    /// How the pattern's sparsity is spread over the layers: uniform, or
+    /// OWL's per-layer sparsities from a first, dense pass (unstructured only).
+    pub profile: SparsityProfile,
     /// Gather every layer's statistics from the dense model in one pass.
     pub oneshot: bool,
     /// Samples per forward pass: a throughput knob only.
@@ -119,6 +123,9 @@ pub struct Calibration {
     /// check it against another mask, at a size that does not grow with the
     /// model (the masks themselves are as many bits as the model has weights).
     pub applied_masks: BTreeMap<String, String>,
+    /// Each layer's sparsity under an OWL profile (from the dense model's
+    /// statistics); `None` for a uniform profile.
+    pub layer_sparsities: Option<Vec<f64>>,
 }
 
 /// Running Wanda statistics of one linear module.
@@ -243,9 +250,37 @@ pub fn calibrate(
     options: &CalibrateOptions,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Calibration, CalibrateError> {
+    calibrate_layers(loaded, device, samples, options, &mut on_layer)
+}
+
+/// [`calibrate`], its progress callback a trait object (OWL's dense pass calls it again).
+fn calibrate_layers(
+    loaded: &LoadedModel,
+    device: &Device,
+    samples: &[Vec<u32>],
+    options: &CalibrateOptions,
+    on_layer: &mut dyn FnMut(usize),
+) -> Result<Calibration, CalibrateError> {
     if samples.is_empty() || samples.iter().any(Vec::is_empty) {
         return Err(CalibrateError::Input("expected at least one non-empty calibration sample".into()));
     }
+    let layer_sparsities = match (options.profile, options.pattern) {
+        (SparsityProfile::Uniform, _) => None,
+        (SparsityProfile::Owl { outlier_multiple, lambda }, Pattern::Unstructured { sparsity }) => {
+            // OWL's first pass: the dense model's statistics give each layer's outlier ratio.
+            let dense_options = CalibrateOptions { oneshot: true, profile: SparsityProfile::Uniform, ..*options };
+            let dense = calibrate_layers(loaded, device, samples, &dense_options, &mut |_| {})?;
+            let ratios = outlier_ratios(loaded, &dense.stats, outlier_multiple)?;
+            let sparsities = layer_sparsities(&ratios, sparsity, lambda);
+            if options.oneshot {
+                return Ok(Calibration { layer_sparsities: Some(sparsities), ..dense });
+            }
+            Some(sparsities)
+        }
+        (SparsityProfile::Owl { .. }, Pattern::NM { .. }) => {
+            return Err(CalibrateError::Input("the OWL sparsity profile spreads an unstructured sparsity over the layers; N:M patterns are uniform".into()))
+        }
+    };
     let config = &loaded.config;
     // One decoder layer is resident at a time: the model is read from its
     // checkpoint layer by layer, so calibration needs the memory of one layer
@@ -315,7 +350,11 @@ pub fn calibrate(
                 let weight = loaded.weights.load(&name)?;
                 let scores = sparsity::scores(options.method, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
                 drop(weight);
-                let keep = sparsity::keep_mask(&scores, out_features, in_features, options.pattern, options.group)?;
+                let pattern = match &layer_sparsities {
+                    Some(layers) => Pattern::unstructured(layers[layer])?,
+                    None => options.pattern,
+                };
+                let keep = sparsity::keep_mask(&scores, out_features, in_features, pattern, options.group)?;
                 applied_masks.insert(module.clone(), mask_digest(&keep));
                 keep_bits.insert(name, keep.chunks(in_features.max(1)).flat_map(sparsity::pack_bits).collect::<Vec<u8>>());
             }
@@ -343,5 +382,22 @@ pub fn calibrate(
         hidden = outputs;
         on_layer(layer);
     }
-    Ok(Calibration { stats, applied_masks })
+    Ok(Calibration { stats, applied_masks, layer_sparsities })
+}
+
+/// Each layer's OWL outlier ratio: the share of the Wanda scores of all its
+/// linear modules (from `stats` and the weights) above `multiple` times their mean.
+fn outlier_ratios(loaded: &LoadedModel, stats: &[ModuleStats], multiple: f64) -> Result<Vec<f64>, CalibrateError> {
+    let config = &loaded.config;
+    let mut ratios = Vec::with_capacity(config.num_layers());
+    for layer in 0..config.num_layers() {
+        let mut count = OutlierCount::new();
+        for (module, rows, cols) in config.linear_modules(layer) {
+            let stat = stats.iter().find(|s| s.module == module).ok_or_else(|| CalibrateError::Input(format!("no statistics for {module}")))?;
+            let weight = loaded.weights.load(&format!("{module}.weight"))?;
+            count.add(sparsity::scores(Method::Wanda, &weight.data, rows, cols, Some(&stat.scaler_row))?);
+        }
+        ratios.push(count.ratio(multiple));
+    }
+    Ok(ratios)
 }

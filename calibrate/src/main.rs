@@ -36,6 +36,11 @@ struct Cli {
     /// Scores the layers are pruned by while calibrating (sequential mode): wanda or ria.
     #[arg(long, default_value = "wanda")]
     method: sparsity::Method,
+    /// How --sparsity is spread over the layers: uniform, or owl (OWL's
+    /// outlier-weighted layer sparsities, M = 5, lambda = 0.08, from a first
+    /// pass over the dense model; recorded in the statistics for `mask`).
+    #[arg(long, default_value = "uniform")]
+    sparsity_profile: sparsity::owl::SparsityProfile,
     /// Gather every layer's statistics from the dense model in one pass instead of sequentially.
     #[arg(long)]
     oneshot: bool,
@@ -93,7 +98,15 @@ fn main() -> Result<()> {
     if !cli.method.needs_stats() {
         bail!("--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria); {} needs no calibration", cli.method, cli.method);
     }
-    let options = CalibrateOptions { pattern, group: cli.group, method: cli.method, oneshot: cli.oneshot, batch: cli.batch, activations };
+    let options = CalibrateOptions {
+        pattern,
+        group: cli.group,
+        method: cli.method,
+        profile: cli.sparsity_profile,
+        oneshot: cli.oneshot,
+        batch: cli.batch,
+        activations,
+    };
 
     let layers = loaded.config.num_layers();
     let bar = ProgressBar::new(layers as u64);
@@ -112,6 +125,8 @@ fn main() -> Result<()> {
     };
     let params = serde_json::json!({
         "method": cli.method.as_str(),
+        "sparsity_profile": cli.sparsity_profile.as_str(),
+        "layer_sparsities": result.layer_sparsities,
         "pattern": pattern.label(),
         "sparsity": sparsity,
         "nm": nm,

@@ -5,6 +5,7 @@
 use calibrate::{calibrate, Activations, CalibrateOptions};
 use model::safetensors::StoredDtype;
 use model::{load_model, select_device, DeviceChoice, LoadedModel};
+use sparsity::owl::SparsityProfile;
 use sparsity::{Group, Method, Pattern};
 use testkit::*;
 
@@ -19,7 +20,7 @@ fn samples() -> Vec<Vec<u32>> {
 }
 
 fn options(oneshot: bool, batch: usize, pattern: Pattern) -> CalibrateOptions {
-    CalibrateOptions { pattern, group: Group::Row, method: Method::Wanda, oneshot, batch, activations: Activations::F32 }
+    CalibrateOptions { pattern, group: Group::Row, method: Method::Wanda, profile: SparsityProfile::Uniform, oneshot, batch, activations: Activations::F32 }
 }
 
 fn cpu() -> burn::tensor::Device {
@@ -121,6 +122,55 @@ fn masks_rebuilt_from_written_stats_equal_the_applied_ones() {
             assert_eq!(pruned, rows * pattern.pruned_per_row(cols));
         }
     }
+}
+
+#[test]
+fn owl_spreads_the_sparsity_by_the_dense_model_s_outliers_and_prunes_each_layer_at_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 8);
+    let target = 0.5;
+    // The tiny model's random weights have no scores above 5 x the mean: outliers above 2 x.
+    let profile = SparsityProfile::Owl { outlier_multiple: 2.0, lambda: 0.08 };
+    let owl = CalibrateOptions { profile, ..options(false, 2, Pattern::unstructured(target).unwrap()) };
+    let result = calibrate(&loaded, &cpu(), &samples(), &owl, |_| {}).unwrap();
+    let layers = result.layer_sparsities.clone().expect("OWL records its layer sparsities");
+    assert_eq!(layers.len(), TINY.layers);
+    // Independently: the dense (one-shot) statistics, each layer's share of Wanda
+    // scores above 2 x their mean (in f64 throughout), OWL's scaling by 2 x 0.08.
+    let dense = calibrate(&loaded, &cpu(), &samples(), &options(true, 1, Pattern::unstructured(target).unwrap()), |_| {}).unwrap();
+    let ratios: Vec<f64> = (0..TINY.layers)
+        .map(|layer| {
+            let mut all = Vec::new();
+            for stat in dense.stats.iter().filter(|s| s.layer as usize == layer) {
+                let w = loaded.weights.load(&format!("{}.weight", stat.module)).unwrap();
+                let cols = w.shape[1];
+                all.extend(w.data.iter().enumerate().map(|(i, v)| f64::from(v.abs()) * f64::from(stat.scaler_row[i % cols]).sqrt()));
+            }
+            let mean = all.iter().sum::<f64>() / all.len() as f64;
+            100.0 * all.iter().filter(|&&v| v > 2.0 * mean).count() as f64 / all.len() as f64
+        })
+        .collect();
+    let (lo, hi) = (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max));
+    let scaled: Vec<f64> = ratios.iter().map(|r| (r - lo) / (hi - lo) * 0.16).collect();
+    let mean = scaled.iter().sum::<f64>() / scaled.len() as f64;
+    for (got, d) in layers.iter().zip(&scaled) {
+        assert!((got - (1.0 - (d - mean + 1.0 - target))).abs() < 1e-6, "{layers:?} against ratios {ratios:?}");
+    }
+    assert!((layers.iter().sum::<f64>() / layers.len() as f64 - target).abs() < 1e-12);
+    assert!(layers.iter().any(|s| (s - target).abs() > 0.01), "the tiny model's layers differ: {layers:?}");
+    // Each layer was pruned at its own sparsity, per row.
+    let uniform = calibrate(&loaded, &cpu(), &samples(), &options(false, 2, Pattern::unstructured(target).unwrap()), |_| {}).unwrap();
+    assert_ne!(uniform.applied_masks, result.applied_masks);
+    let first = &result.stats[0];
+    assert_eq!(first.layer, 0);
+    let w = loaded.weights.load(&format!("{}.weight", first.module)).unwrap();
+    let (rows, cols) = (w.shape[0], w.shape[1]);
+    let scores = sparsity::scores(Method::Wanda, &w.data, rows, cols, Some(&first.scaler_row)).unwrap();
+    let keep = sparsity::keep_mask(&scores, rows, cols, Pattern::unstructured(layers[0]).unwrap(), Group::Row).unwrap();
+    assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[&first.module]);
+    // N:M patterns are not spread.
+    let nm = CalibrateOptions { profile: SparsityProfile::owl(), ..options(false, 1, Pattern::parse_nm("2:4").unwrap()) };
+    assert!(calibrate(&loaded, &cpu(), &samples(), &nm, |_| {}).is_err());
 }
 
 #[test]

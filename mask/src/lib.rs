@@ -15,6 +15,7 @@ use indicatif::ProgressBar;
 use model::safetensors::{ShardedWriter, StoredDtype, TensorLayout};
 use model::{LoadedModel, ModelError, StoredType};
 use serde_json::Value;
+use sparsity::owl::SparsityProfile;
 use sparsity::{Group, Pattern, SparsityError};
 
 /// Everything that can go wrong while making or applying a mask.
@@ -338,13 +339,14 @@ pub fn make_mask_from_stats(
     model_path: &Path,
     stats_path: &Path,
     method: sparsity::Method,
-    pattern: Pattern,
+    (pattern, profile): (Pattern, SparsityProfile),
     group: Group,
     out: &Path,
     progress: &ProgressBar,
 ) -> Result<MakeSummary, MaskError> {
     check_group(pattern, group)?;
     let (stats_provenance, stats) = artifacts::read_stats(stats_path)?;
+    let layer_patterns = layer_patterns(stats_path, &stats_provenance, pattern, profile)?;
     let stats_hash = artifacts::content_hash(stats_path)?;
     let model = model::load_model(model_path)?;
     if stats_provenance.model != model.fingerprint {
@@ -359,7 +361,8 @@ pub fn make_mask_from_stats(
     let by_module: BTreeMap<&str, &artifacts::ModuleStats> = stats.iter().map(|s| (s.module.as_str(), s)).collect();
     // The provenance `score` would give these scores, so that the mask's
     // params (and the calibration check) are those of the two-stage path.
-    let scores_params = serde_json::json!({"method": method.as_str(), "stats_params": stats_provenance.params});
+    let scores_params =
+        serde_json::json!({"method": method.as_str(), "sparsity_profile": profile.as_str(), "stats_params": stats_provenance.params});
     let scores_provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), scores_params, created_by());
     let warning = calibration_mismatch(stats_path, &scores_provenance, pattern, group);
     let modules: Vec<(String, usize, usize)> = (0..model.config.num_layers()).flat_map(|l| model.config.linear_modules(l)).collect();
@@ -388,13 +391,46 @@ pub fn make_mask_from_stats(
             source,
         })?;
         drop(weight);
+        let module_pattern = match (&layer_patterns, layer_of(&module)) {
+            (Some(layers), Some(layer)) => *layers.get(layer as usize).ok_or_else(|| {
+                MaskError::Options(format!("{} has OWL sparsities for {} layers; {module} is past them", stats_path.display(), layers.len()))
+            })?,
+            _ => pattern,
+        };
         let module_scores = [ModuleScores { module, rows, cols, scores }];
-        let (rows, module_summary) = build_mask(stats_path, &module_scores, pattern, group, &ProgressBar::hidden())?;
+        let (rows, module_summary) = build_mask(stats_path, &module_scores, module_pattern, group, &ProgressBar::hidden())?;
         mask_rows.extend(rows);
         summary.extend(module_summary);
         progress.inc(1);
     }
     write_made_mask(out, &mask_rows, summary, &scores_provenance, ("stats", stats_hash), pattern, group, warning)
+}
+
+/// The pattern of each layer under `profile`: `None` for a uniform profile;
+/// for OWL, the layer sparsities the statistics' calibrate run chose
+/// (`calibrate --sparsity-profile owl`), which must average `pattern`'s.
+fn layer_patterns(stats_path: &Path, stats: &Provenance, pattern: Pattern, profile: SparsityProfile) -> Result<Option<Vec<Pattern>>, MaskError> {
+    if profile == SparsityProfile::Uniform {
+        return Ok(None);
+    }
+    let Pattern::Unstructured { sparsity } = pattern else {
+        return Err(MaskError::Options("the OWL sparsity profile spreads an unstructured sparsity (--sparsity) over the layers; N:M is uniform".into()));
+    };
+    let recorded = stats.params.get("layer_sparsities").and_then(Value::as_array).ok_or_else(|| {
+        MaskError::Options(format!(
+            "{} holds no OWL layer sparsities: calibrate with --sparsity-profile owl (and the same --sparsity) to make them",
+            stats_path.display()
+        ))
+    })?;
+    let layers: Vec<f64> = recorded.iter().filter_map(Value::as_f64).collect();
+    let mean = layers.iter().sum::<f64>() / layers.len().max(1) as f64;
+    if layers.len() != recorded.len() || layers.is_empty() || (mean - sparsity).abs() > 0.01 {
+        return Err(MaskError::Options(format!(
+            "{}: its OWL layer sparsities average {mean:.4}, but this mask asks for --sparsity {sparsity}: calibrate again with it",
+            stats_path.display()
+        )));
+    }
+    layers.into_iter().map(|s| Pattern::unstructured(s).map_err(|e| MaskError::Options(format!("{}: {e}", stats_path.display())))).collect::<Result<_, _>>().map(Some)
 }
 
 /// Storage type of the weights `mask apply` writes.

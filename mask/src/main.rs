@@ -48,6 +48,10 @@ struct MakeArgs {
     /// Scoring method with --stats: wanda, ria or magnitude.
     #[arg(long, default_value = "wanda", requires = "stats")]
     method: sparsity::Method,
+    /// With --stats: uniform, or owl (each layer at the OWL sparsity that
+    /// `calibrate --sparsity-profile owl` recorded in the statistics).
+    #[arg(long, default_value = "uniform", requires = "stats")]
+    sparsity_profile: sparsity::owl::SparsityProfile,
     /// Unstructured pruning: the fraction of weights pruned in every comparison group, in [0, 1).
     #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
     sparsity: Option<f64>,
@@ -120,7 +124,7 @@ fn run_make(args: MakeArgs) -> Result<()> {
     let summary = match (&args.scores, &args.stats, &args.model) {
         (Some(scores), None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
             .with_context(|| format!("making a {} mask from {}", pattern.label(), scores.display()))?,
-        (None, Some(stats), Some(model)) => mask::make_mask_from_stats(model, stats, args.method, pattern, args.group, &out, &bar)
+        (None, Some(stats), Some(model)) => mask::make_mask_from_stats(model, stats, args.method, (pattern, args.sparsity_profile), args.group, &out, &bar)
             .with_context(|| {
                 format!("making a {} {} mask from {} and {}", args.method, pattern.label(), stats.display(), model.display())
             })?,

@@ -1,7 +1,8 @@
 //! Pruning kernels shared by the `calibrate`, `score` and `mask` stages:
 //! importance metrics (magnitude, Wanda), the selection of the weights to
-//! prune (per output row, per layer, or N:M), the bit packing of masks, and
-//! SparseGPT's pruning with weight reconstruction ([`sparsegpt`]).
+//! prune (per output row, per layer, or N:M), the bit packing of masks,
+//! OWL's per-layer sparsities ([`owl`]) and SparseGPT's pruning with weight
+//! reconstruction ([`sparsegpt`]).
 //!
 //! Everything here is plain host code on row-major `[out, in]` matrices in
 //! Hugging Face layout, so that sequential calibration (which prunes as it
@@ -13,6 +14,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
+pub mod owl;
 pub mod sparsegpt;
 
 /// Errors of pruning parameters and shapes.

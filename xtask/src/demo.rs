@@ -315,7 +315,12 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
             concat: false,
             skip_records: 0,
         }],
-        prune: vec![Prune { sources: vec!["*".into()], methods: vec![args.method.clone()], patterns: vec![pattern] }],
+        prune: vec![Prune {
+            sources: vec!["*".into()],
+            methods: vec![args.method.clone()],
+            patterns: vec![pattern],
+            profiles: vec!["uniform".into()],
+        }],
         apply: Apply { masks: vec![name], dtype: Some(args.dtype.clone()) },
         tasks: Vec::new(),
     };

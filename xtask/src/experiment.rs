@@ -264,6 +264,14 @@ pub struct Prune {
     pub methods: Vec<String>,
     /// `unstructured-<s>` (e.g. `unstructured-0.5`) and/or `N:M` (e.g. `2:4`).
     pub patterns: Vec<String>,
+    /// How each unstructured sparsity is spread over the layers: `uniform`
+    /// and/or `owl` (OWL's outlier-weighted layer sparsities; wanda and ria).
+    #[serde(default = "uniform_profile")]
+    pub profiles: Vec<String>,
+}
+
+fn uniform_profile() -> Vec<String> {
+    vec!["uniform".to_string()]
 }
 
 fn all_sources() -> Vec<String> {
@@ -486,6 +494,16 @@ pub fn check(exp: &Experiment) -> Result<()> {
         for pat in &p.patterns {
             Pattern::parse(pat)?;
         }
+        for profile in &p.profiles {
+            match profile.as_str() {
+                "uniform" => {}
+                "owl" if p.patterns.iter().any(|pat| matches!(Pattern::parse(pat), Ok(Pattern::NofM(_)))) => {
+                    bail!("profile owl spreads an unstructured sparsity over the layers; give it unstructured patterns only (N:M is uniform)")
+                }
+                "owl" => {}
+                other => bail!("unknown sparsity profile `{other}`: expected uniform or owl"),
+            }
+        }
         for s in &p.sources {
             if s != "*" && !names.contains(s.as_str()) {
                 bail!("prune names source `{s}`, which is not among the sources");
@@ -641,34 +659,40 @@ pub fn plan(
                     push_mask(&mut steps, &mut masks, run_dir, &name, MaskSource::Scores(&scores), &pattern, ("none", "none", "magnitude"));
                     continue;
                 }
-                for s in chosen {
-                    let name = format!("{}-{method}-{}", s.name, pattern.tag());
+                for (s, profile) in chosen.iter().flat_map(|s| p.profiles.iter().map(move |profile| (s, profile))) {
+                    // OWL's masks carry the profile in their names and methods.
+                    let (profile_tag, method_label) =
+                        if profile == "owl" { ("owl-", format!("{method}+owl")) } else { ("", method.clone()) };
+                    let name = format!("{}-{method}-{profile_tag}{}", s.name, pattern.tag());
                     if !made.insert(name.clone()) {
                         continue;
                     }
                     let calib = at(&format!("samples/{}-calib.parquet", s.name));
-                    // Sequential calibration prunes by the method as it goes: one statistics file per method
-                    // (Wanda's keeps its historical name).
+                    // Sequential calibration prunes by the method and profile as it goes: one statistics
+                    // file for each (Wanda's uniform one keeps its historical name).
                     let method_tag = if method == "wanda" { String::new() } else { format!("{method}-") };
-                    let stats = at(&format!("stats/{}-{method_tag}{}.parquet", s.name, pattern.tag()));
+                    let stats = at(&format!("stats/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag()));
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
                         args.extend(pattern.flags());
                         if method != "wanda" {
                             args.extend(["--method".to_string(), method.clone()]);
                         }
+                        if profile == "owl" {
+                            args.extend(["--sparsity-profile".to_string(), "owl".to_string()]);
+                        }
                         if exp.calibration.oneshot {
                             args.push("--oneshot".into());
                         }
                         args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
-                        let name = format!("calibrate {} {}", s.name, pattern.label());
+                        let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern.label());
                         steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]));
                     }
                     // The mask's scores come from the statistics and the weights
                     // module by module (`mask --stats`): no scores file, whose size
                     // (one f32 per weight) would limit large models.
-                    let source = MaskSource::Stats { stats: &stats, model: &model, model_path, method };
-                    push_mask(&mut steps, &mut masks, run_dir, &name, source, &pattern, (&s.domain, &s.name, method));
+                    let source = MaskSource::Stats { stats: &stats, model: &model, model_path, method, owl: profile == "owl" };
+                    push_mask(&mut steps, &mut masks, run_dir, &name, source, &pattern, (&s.domain, &s.name, &method_label));
                 }
             }
         }
@@ -815,6 +839,8 @@ enum MaskSource<'a> {
         model_path: &'a Path,
         /// The scoring method.
         method: &'a str,
+        /// Each layer at its OWL sparsity (recorded in the statistics).
+        owl: bool,
     },
 }
 
@@ -831,10 +857,13 @@ fn push_mask(
     let rel = format!("masks/{name}.parquet");
     let (mut args, inputs) = match from {
         MaskSource::Scores(scores) => (strings(&["--scores", &path_arg(scores)]), vec![scores.to_path_buf()]),
-        MaskSource::Stats { stats, model, model_path, method } => (
-            strings(&["--stats", &path_arg(stats), "--model", model, "--method", method]),
-            vec![model_path.to_path_buf(), stats.to_path_buf()],
-        ),
+        MaskSource::Stats { stats, model, model_path, method, owl } => {
+            let mut args = strings(&["--stats", &path_arg(stats), "--model", model, "--method", method]);
+            if owl {
+                args.extend(strings(&["--sparsity-profile", "owl"]));
+            }
+            (args, vec![model_path.to_path_buf(), stats.to_path_buf()])
+        }
     };
     args.extend(pattern.flags());
     args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
@@ -1009,6 +1038,32 @@ limit = 100
             }
         }
         plan(&quick, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+    }
+
+    #[test]
+    fn methods_and_profiles_each_calibrate_and_mask_once_per_source() {
+        let text = EXAMPLE.replace(
+            "methods = [\"wanda\", \"magnitude\"]\npatterns = [\"unstructured-0.5\", \"2:4\"]",
+            "methods = [\"wanda\", \"ria\"]\npatterns = [\"unstructured-0.5\"]\nprofiles = [\"uniform\", \"owl\"]",
+        );
+        let exp: Experiment = toml::from_str(&text).unwrap();
+        check(&exp).unwrap();
+        let mut resolve = |name: &str| Ok((name == "py").then(|| vec![PathBuf::from("/usr/lib/python3")]));
+        let plan = plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+        // 3 sources x 2 methods x 2 profiles, each its own statistics and mask.
+        let calibrations: Vec<&Step> = plan.steps.iter().filter(|s| s.program == "calibrate").collect();
+        assert_eq!(calibrations.len(), 12);
+        let ria_owl = calibrations.iter().find(|s| s.outputs[0] == Path::new("/run/stats/py-a-ria-owl-u0.5.parquet")).unwrap();
+        let args = ria_owl.args.join(" ");
+        assert!(args.contains("--method ria") && args.contains("--sparsity-profile owl"), "{args}");
+        let mask = plan.manifest.masks.iter().find(|m| m.name == "py-a-ria-owl-u0.5").unwrap();
+        assert_eq!(mask.method, "ria+owl");
+        let mask_step = plan.steps.iter().find(|s| s.name == "mask py-a-ria-owl-u0.5").unwrap();
+        assert!(mask_step.args.join(" ").contains("--method ria --sparsity-profile owl"), "{:?}", mask_step.args);
+        // OWL spreads unstructured sparsities only.
+        let nm = text.replace("patterns = [\"unstructured-0.5\"]", "patterns = [\"2:4\"]");
+        let exp: Experiment = toml::from_str(&nm).unwrap();
+        assert!(check(&exp).unwrap_err().to_string().contains("N:M is uniform"));
     }
 
     #[test]
