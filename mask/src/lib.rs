@@ -361,8 +361,11 @@ pub fn make_mask_from_stats(
     let by_module: BTreeMap<&str, &artifacts::ModuleStats> = stats.iter().map(|s| (s.module.as_str(), s)).collect();
     // The provenance `score` would give these scores, so that the mask's
     // params (and the calibration check) are those of the two-stage path.
-    let scores_params =
-        serde_json::json!({"method": method.as_str(), "sparsity_profile": profile.as_str(), "stats_params": stats_provenance.params});
+    let mut scores_params = serde_json::json!({"method": method.as_str(), "stats_params": stats_provenance.params});
+    if profile != SparsityProfile::Uniform {
+        // Only OWL's masks say so: a uniform one has the params of the two-stage path.
+        scores_params["sparsity_profile"] = profile.as_str().into();
+    }
     let scores_provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), scores_params, created_by());
     let warning = calibration_mismatch(stats_path, &scores_provenance, pattern, group);
     let modules: Vec<(String, usize, usize)> = (0..model.config.num_layers()).flat_map(|l| model.config.linear_modules(l)).collect();
