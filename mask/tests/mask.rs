@@ -458,6 +458,11 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
 /// Statistics of every linear module of a model (random positive scaler
 /// rows), written as a stats artifact of that model.
 fn random_stats(model_path: &Path, out: &Path, seed: u64) {
+    random_stats_with(model_path, out, seed, json!({"oneshot": true}));
+}
+
+/// [`random_stats`] with the given provenance params.
+fn random_stats_with(model_path: &Path, out: &Path, seed: u64, params: serde_json::Value) {
     let loaded = model::load_model(model_path).unwrap();
     let mut rng = testkit::Rng::new(seed);
     let mut stats = Vec::new();
@@ -475,8 +480,30 @@ fn random_stats(model_path: &Path, out: &Path, seed: u64) {
             });
         }
     }
-    let params = json!({"oneshot": true});
     artifacts::write_stats(out, &stats, &Provenance::new(ArtifactKind::Stats, loaded.fingerprint, params, "test")).unwrap();
+}
+
+#[test]
+fn an_owl_mask_prunes_each_layer_at_the_sparsity_its_statistics_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 41);
+    let stats = dir.path().join("owl-stats.parquet");
+    random_stats_with(&model_path, &stats, 42, json!({"oneshot": false, "sparsity": 0.5, "layer_sparsities": [0.375, 0.625]}));
+    let out = dir.path().join("owl.parquet");
+    let owl = (Pattern::unstructured(0.5).unwrap(), SparsityProfile::owl());
+    let summary = mask::make_mask_from_stats(&model_path, &stats, Method::Wanda, owl, Group::Row, &out, &hidden()).unwrap();
+    for (layer, pruned, total) in mask::per_layer(&summary.modules) {
+        let want = [0.375, 0.625][layer.unwrap() as usize];
+        assert_eq!(pruned as f64 / total as f64, want, "layer {layer:?}");
+    }
+    // Statistics without OWL sparsities, or for another target, are refused.
+    let plain = dir.path().join("plain.parquet");
+    random_stats(&model_path, &plain, 43);
+    let err = mask::make_mask_from_stats(&model_path, &plain, Method::Wanda, owl, Group::Row, &out, &hidden()).unwrap_err().to_string();
+    assert!(err.contains("--sparsity-profile owl"), "{err}");
+    let other = (Pattern::unstructured(0.7).unwrap(), SparsityProfile::owl());
+    let err = mask::make_mask_from_stats(&model_path, &stats, Method::Wanda, other, Group::Row, &out, &hidden()).unwrap_err().to_string();
+    assert!(err.contains("average 0.5000") && err.contains("--sparsity 0.7"), "{err}");
 }
 
 #[test]
