@@ -127,7 +127,7 @@ fn main() -> Result<()> {
         "method": cli.method.as_str(),
         "sparsity_profile": cli.sparsity_profile.as_str(),
         "layer_sparsities": result.layer_sparsities,
-        "pattern": pattern.label(),
+        "pattern": pattern.to_string(),
         "sparsity": sparsity,
         "nm": nm,
         "group": cli.group.to_string(),

@@ -117,7 +117,7 @@ fn masks_rebuilt_from_written_stats_equal_the_applied_ones() {
             let (rows, cols) = (w.shape[0], w.shape[1]);
             let scores = sparsity::scores(Method::Wanda, &w.data, rows, cols, Some(&stat.scaler_row)).unwrap();
             let keep = sparsity::keep_mask(&scores, rows, cols, pattern, Group::Row).unwrap();
-            assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[&stat.module], "{} ({})", stat.module, pattern.label());
+            assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[&stat.module], "{} ({})", stat.module, pattern);
             let pruned = keep.iter().filter(|k| !**k).count();
             assert_eq!(pruned, rows * pattern.pruned_per_row(cols));
         }
@@ -185,7 +185,7 @@ fn samples_run_in_parallel_give_the_statistics_and_masks_of_a_serial_run() {
             pool.install(|| calibrate(&loaded, &cpu(), &samples(), &options(false, 1, pattern), |_| {}).unwrap())
         };
         let (a, b) = (run(&parallel), run(&serial));
-        assert_eq!(a.applied_masks, b.applied_masks, "{}", pattern.label());
+        assert_eq!(a.applied_masks, b.applied_masks, "{}", pattern);
         for (x, y) in a.stats.iter().zip(&b.stats) {
             assert_eq!((&x.module, &x.scaler_row, &x.sum_sq, x.n_tokens), (&y.module, &y.scaler_row, &y.sum_sq, y.n_tokens));
         }

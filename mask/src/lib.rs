@@ -224,14 +224,6 @@ pub fn build_mask(
     Ok((rows, summary))
 }
 
-/// Parses a pattern label as [`Pattern::label`] writes it ("unstructured-0.5", "2:4").
-pub fn parse_pattern_label(label: &str) -> Option<Pattern> {
-    match label.strip_prefix("unstructured-") {
-        Some(s) => Pattern::unstructured(s.parse().ok()?).ok(),
-        None => Pattern::parse_nm(label).ok(),
-    }
-}
-
 /// A warning when the scores come from the statistics of a sequential
 /// `calibrate` run whose method, pattern or group differ from this mask's:
 /// calibration then pruned layers differently while gathering the statistics
@@ -245,7 +237,7 @@ pub fn calibration_mismatch(scores_path: &Path, scores: &Provenance, pattern: Pa
     let cal_method = stats.get("method").and_then(Value::as_str).unwrap_or("");
     let cal_pattern_label = stats.get("pattern").and_then(Value::as_str).unwrap_or("");
     let cal_group = stats.get("group").and_then(Value::as_str).unwrap_or("row");
-    let cal_pattern = parse_pattern_label(cal_pattern_label);
+    let cal_pattern = cal_pattern_label.parse::<Pattern>().ok();
     let same_group = matches!(pattern, Pattern::NM { .. }) || cal_group == group.to_string();
     if cal_method == method && cal_pattern == Some(pattern) && same_group {
         return None;
@@ -255,7 +247,7 @@ pub fn calibration_mismatch(scores_path: &Path, scores: &Provenance, pattern: Pa
          pattern {cal_pattern_label}, group {cal_group}; this mask uses method {method}, pattern {}, group {group}, so it will \
          not equal the mask calibrate applied while gathering the statistics (use --oneshot calibration, or the same options)",
         scores_path.display(),
-        pattern.label()
+        pattern.to_string()
     ))
 }
 
@@ -289,7 +281,7 @@ fn check_group(pattern: Pattern, group: Group) -> Result<(), MaskError> {
     if matches!(pattern, Pattern::NM { .. }) && group != Group::Row {
         return Err(MaskError::Options(format!(
             "--group {group} has no meaning with an N:M pattern ({}): N:M compares the weights of each group of M inputs of a row",
-            pattern.label()
+            pattern.to_string()
         )));
     }
     Ok(())
@@ -311,14 +303,14 @@ fn write_made_mask(
 ) -> Result<MakeSummary, MaskError> {
     let method = scores.params.get("method").and_then(Value::as_str).unwrap_or("unknown").to_string();
     let sparsity = overall(&summary);
-    let info = MaskInfo { method: method.clone(), sparsity, pattern: pattern.label(), group: group.to_string() };
+    let info = MaskInfo { method: method.clone(), sparsity, pattern: pattern.to_string(), group: group.to_string() };
     let (ratio, nm) = match pattern {
         Pattern::Unstructured { sparsity } => (Value::from(sparsity), Value::Null),
-        Pattern::NM { .. } => (Value::Null, Value::from(pattern.label())),
+        Pattern::NM { .. } => (Value::Null, Value::from(pattern.to_string())),
     };
     let params = serde_json::json!({
         "method": method,
-        "pattern": pattern.label(),
+        "pattern": pattern.to_string(),
         "sparsity": ratio,
         "nm": nm,
         "group": group.to_string(),

@@ -448,10 +448,10 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
         let dense = perplexity(&build(model_path), &windows);
         let in_memory = perplexity(&masked_in_memory(model_path, &mask_path), &windows);
         let reloaded = perplexity(&build(&out), &windows);
-        assert!(in_memory.is_finite() && in_memory > 1.0, "{}: perplexity {in_memory}", pattern.label());
+        assert!(in_memory.is_finite() && in_memory > 1.0, "{}: perplexity {in_memory}", pattern);
         // The mask changes the model, so equal perplexities say something.
-        assert!((in_memory / dense - 1.0).abs() > 1e-4, "{}: masked {in_memory} vs dense {dense}", pattern.label());
-        assert_eq!(reloaded.to_bits(), in_memory.to_bits(), "{}: reloaded {reloaded} vs in memory {in_memory}", pattern.label());
+        assert!((in_memory / dense - 1.0).abs() > 1e-4, "{}: masked {in_memory} vs dense {dense}", pattern);
+        assert_eq!(reloaded.to_bits(), in_memory.to_bits(), "{}: reloaded {reloaded} vs in memory {in_memory}", pattern);
     }
 }
 
@@ -529,10 +529,10 @@ fn a_mask_from_statistics_equals_the_mask_from_their_scores() {
         let (from_scores, from_stats) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
         let a = mask::make_mask(&scores, pattern, Group::Row, &from_scores, &hidden()).unwrap();
         let b = mask::make_mask_from_stats(&model_path, &stats, Method::Wanda, (pattern, SparsityProfile::Uniform), Group::Row, &from_stats, &hidden()).unwrap();
-        assert_eq!(a.modules, b.modules, "{}", pattern.label());
+        assert_eq!(a.modules, b.modules, "{}", pattern);
         let (pa, _, ra) = artifacts::read_mask(&from_scores).unwrap();
         let (pb, _, rb) = artifacts::read_mask(&from_stats).unwrap();
-        assert_eq!(ra, rb, "{}", pattern.label());
+        assert_eq!(ra, rb, "{}", pattern);
         assert_eq!(pa.params, pb.params, "the same params, whichever path made the mask");
         assert_eq!(pb.inputs.get("stats").map(String::as_str), Some(artifacts::content_hash(&stats).unwrap().as_str()));
     }

@@ -26,6 +26,9 @@ pub enum SparsityError {
     /// An N:M pattern that is not 0 < N < M.
     #[error("N:M pattern must satisfy 0 < N < M (e.g. 2:4); found {0}")]
     Pattern(String),
+    /// Text that is no pattern.
+    #[error("unknown pattern `{0}`: expected unstructured-<sparsity> (e.g. unstructured-0.5) or N:M (e.g. 2:4)")]
+    UnknownPattern(String),
     /// Data whose length does not match the stated shape.
     #[error("{what}: expected {expected} values, found {found}")]
     Shape {
@@ -143,11 +146,11 @@ impl Pattern {
         Ok(Pattern::NM { n, m })
     }
 
-    /// "unstructured-0.5" or "2:4", for metadata and file names.
-    pub fn label(&self) -> String {
+    /// The short form for file and mask names: `u0.5` or `2of4`.
+    pub fn tag(&self) -> String {
         match self {
-            Pattern::Unstructured { sparsity } => format!("unstructured-{sparsity}"),
-            Pattern::NM { n, m } => format!("{n}:{m}"),
+            Pattern::Unstructured { sparsity } => format!("u{sparsity}"),
+            Pattern::NM { n, m } => format!("{n}of{m}"),
         }
     }
 
@@ -157,6 +160,43 @@ impl Pattern {
             Pattern::Unstructured { sparsity } => (cols as f64 * sparsity) as usize,
             Pattern::NM { n, m } => cols / m * n,
         }
+    }
+}
+
+/// `unstructured-0.5` or `2:4`: the label in metadata, experiment files and
+/// reports, which [`Pattern`]'s `FromStr` reads back.
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Unstructured { sparsity } => write!(f, "unstructured-{sparsity}"),
+            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+        }
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = SparsityError;
+
+    /// Reads `unstructured-<sparsity>` or `N:M`, checking the values.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.strip_prefix("unstructured-") {
+            Some(value) => Pattern::unstructured(value.parse().map_err(|_| SparsityError::UnknownPattern(text.to_string()))?),
+            None if text.contains(':') => Pattern::parse_nm(text),
+            None => Err(SparsityError::UnknownPattern(text.to_string())),
+        }
+    }
+}
+
+impl serde::Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -463,6 +503,20 @@ mod tests {
     }
 
     #[test]
+    fn patterns_read_back_what_they_write() {
+        for text in ["unstructured-0.5", "unstructured-0.55", "2:4", "4:8"] {
+            let pattern: Pattern = text.parse().unwrap();
+            assert_eq!(pattern.to_string(), text);
+        }
+        assert_eq!("unstructured-0.5".parse::<Pattern>().unwrap().tag(), "u0.5");
+        assert_eq!("2:4".parse::<Pattern>().unwrap().tag(), "2of4");
+        assert_eq!("unstructured-1.5".parse::<Pattern>(), Err(SparsityError::Ratio("1.5".into())));
+        assert_eq!("4:2".parse::<Pattern>(), Err(SparsityError::Pattern("4:2".into())));
+        assert!(matches!("half".parse::<Pattern>(), Err(SparsityError::UnknownPattern(t)) if t == "half"));
+        assert!("unstructured-x".parse::<Pattern>().unwrap_err().to_string().contains("expected unstructured-<sparsity>"));
+    }
+
+    #[test]
     fn wanda_scores_scale_magnitudes_by_root_column_statistic() {
         // |W| = [[1, 2], [3, 4]] (signs dropped), stats [4, 9] -> roots [2, 3].
         let s = scores(Method::Wanda, &[-1.0, 2.0, 3.0, -4.0], 2, 2, Some(&[4.0, 9.0])).unwrap();
@@ -554,13 +608,13 @@ mod tests {
         for (pattern, group) in patterns {
             let want = keep_by_stable_sort(&scores, rows, cols, pattern, group);
             let got = keep_mask(&scores, rows, cols, pattern, group).unwrap();
-            assert_eq!(got, want, "{} by {group}", pattern.label());
+            assert_eq!(got, want, "{} by {group}", pattern);
             let pruned = got.iter().filter(|k| !**k).count();
             let expected = match (pattern, group) {
                 (Pattern::Unstructured { sparsity }, Group::Layer) => (rows as f64 * cols as f64 * sparsity) as usize,
                 _ => rows * pattern.pruned_per_row(cols),
             };
-            assert_eq!(pruned, expected, "{} by {group}", pattern.label());
+            assert_eq!(pruned, expected, "{} by {group}", pattern);
         }
     }
 

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Step;
+use sparsity::Pattern;
 
 /// An experiment file.
 #[derive(Debug, Clone, Deserialize)]
@@ -289,52 +290,11 @@ pub struct Apply {
     pub dtype: Option<String>,
 }
 
-/// A pruning pattern as the stage binaries take it.
-#[derive(Debug, Clone, PartialEq)]
-enum Pattern {
-    Unstructured(String),
-    NofM(String),
-}
-
-impl Pattern {
-    fn parse(text: &str) -> Result<Self> {
-        if let Some(s) = text.strip_prefix("unstructured-") {
-            let v: f64 = s.parse().with_context(|| format!("pattern `{text}`: `{s}` is not a number"))?;
-            if !(0.0..1.0).contains(&v) {
-                bail!("pattern `{text}`: the sparsity must be in [0, 1)");
-            }
-            return Ok(Pattern::Unstructured(s.to_string()));
-        }
-        if let Some((n, m)) = text.split_once(':') {
-            if n.parse::<u32>().is_ok() && m.parse::<u32>().is_ok() {
-                return Ok(Pattern::NofM(text.to_string()));
-            }
-        }
-        bail!("unknown pattern `{text}`: expected unstructured-<sparsity> (e.g. unstructured-0.5) or N:M (e.g. 2:4)")
-    }
-
-    /// The flags of calibrate and mask.
-    fn flags(&self) -> Vec<String> {
-        match self {
-            Pattern::Unstructured(s) => vec!["--sparsity".into(), s.clone()],
-            Pattern::NofM(nm) => vec!["--nm".into(), nm.clone()],
-        }
-    }
-
-    /// The short label in file names: `u0.5` or `2of4`.
-    fn tag(&self) -> String {
-        match self {
-            Pattern::Unstructured(s) => format!("u{s}"),
-            Pattern::NofM(nm) => nm.replace(':', "of"),
-        }
-    }
-
-    /// The label stored in masks: `unstructured-0.5` or `2:4`.
-    fn label(&self) -> String {
-        match self {
-            Pattern::Unstructured(s) => format!("unstructured-{s}"),
-            Pattern::NofM(nm) => nm.clone(),
-        }
+/// The flags of calibrate and mask for `pattern`.
+fn pattern_flags(pattern: &Pattern) -> Vec<String> {
+    match pattern {
+        Pattern::Unstructured { sparsity } => vec!["--sparsity".into(), sparsity.to_string()],
+        Pattern::NM { .. } => vec!["--nm".into(), pattern.to_string()],
     }
 }
 
@@ -492,12 +452,12 @@ pub fn check(exp: &Experiment) -> Result<()> {
             }
         }
         for pat in &p.patterns {
-            Pattern::parse(pat)?;
+            pat.parse::<Pattern>()?;
         }
         for profile in &p.profiles {
             match profile.as_str() {
                 "uniform" => {}
-                "owl" if p.patterns.iter().any(|pat| matches!(Pattern::parse(pat), Ok(Pattern::NofM(_)))) => {
+                "owl" if p.patterns.iter().any(|pat| matches!(pat.parse(), Ok(Pattern::NM { .. }))) => {
                     bail!("profile owl spreads an unstructured sparsity over the layers; give it unstructured patterns only (N:M is uniform)")
                 }
                 "owl" => {}
@@ -639,7 +599,7 @@ pub fn plan(
     let mut made = std::collections::BTreeSet::new();
     for p in &exp.prune {
         for pattern_text in &p.patterns {
-            let pattern = Pattern::parse(pattern_text)?;
+            let pattern: Pattern = pattern_text.parse()?;
             for method in &p.methods {
                 let chosen: Vec<&&Source> = if method == "magnitude" {
                     Vec::new()
@@ -674,7 +634,7 @@ pub fn plan(
                     let stats = at(&format!("stats/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag()));
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
-                        args.extend(pattern.flags());
+                        args.extend(pattern_flags(&pattern));
                         if method != "wanda" {
                             args.extend(["--method".to_string(), method.clone()]);
                         }
@@ -685,7 +645,7 @@ pub fn plan(
                             args.push("--oneshot".into());
                         }
                         args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
-                        let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern.label());
+                        let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
                         steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]));
                     }
                     // The mask's scores come from the statistics and the weights
@@ -865,7 +825,7 @@ fn push_mask(
             (args, vec![model_path.to_path_buf(), stats.to_path_buf()])
         }
     };
-    args.extend(pattern.flags());
+    args.extend(pattern_flags(&pattern));
     args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
     steps.push(Step::new(format!("mask {name}"), "mask", args, inputs, vec![run_dir.join(&rel)]));
     masks.push(ManifestMask {
@@ -873,7 +833,7 @@ fn push_mask(
         domain: domain.to_string(),
         source: source.to_string(),
         method: method.to_string(),
-        pattern: pattern.label(),
+        pattern: pattern.to_string(),
         path: rel,
     });
 }
