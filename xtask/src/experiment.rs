@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::Step;
+use crate::graph::{SpeedFlag, Step};
 use sparsity::Pattern;
 
 /// An experiment file.
@@ -290,6 +290,14 @@ pub struct Apply {
     pub dtype: Option<String>,
 }
 
+/// Speed-only flags of the stages that compute with the model (calibrate,
+/// score, evaluate): the device, the rows per pass, the display.
+const COMPUTE_SPEED: &[SpeedFlag] = &[("--device", true), ("--batch", true), ("--quiet", false)];
+/// Speed-only flags of the code tasks (evaluate humaneval-x, mbpp): also the programs run at once.
+const CODE_SPEED: &[SpeedFlag] = &[("--device", true), ("--batch", true), ("--quiet", false), ("--jobs", true)];
+/// Speed-only flags of datasets and mask: the display (and apply's overwrite permission).
+const FILE_SPEED: &[SpeedFlag] = &[("--quiet", false), ("--force", false)];
+
 /// The flags of calibrate and mask for `pattern`.
 fn pattern_flags(pattern: &Pattern) -> Vec<String> {
     match pattern {
@@ -564,7 +572,9 @@ pub fn plan(
             args.extend(["--skip-records".to_string(), s.skip_records.to_string()]);
         }
         args.extend(["--out".to_string(), path_arg(&docs)]);
-        steps.push(Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()]));
+        steps.push(
+            Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()]).speed_only(FILE_SPEED),
+        );
 
         let calib = at(&format!("samples/{}-calib.parquet", s.name));
         let c = &exp.calibration;
@@ -574,7 +584,9 @@ pub fn plan(
             args.push("--concat".into());
         }
         args.extend(["--out".to_string(), path_arg(&calib)]);
-        steps.push(Step::new(format!("calibration samples {}", s.name), "datasets", args, vec![docs, model_path.into()], vec![calib]));
+        steps.push(
+            Step::new(format!("calibration samples {}", s.name), "datasets", args, vec![docs, model_path.into()], vec![calib]).speed_only(FILE_SPEED),
+        );
     }
 
     // Held-out windows of every domain, from its first source.
@@ -591,7 +603,7 @@ pub fn plan(
         let e = &exp.evaluation;
         let mut args = strings(&["sample", "--documents", &path_arg(&docs), "--model", &model, "--split", "heldout", "--windows"]);
         args.extend(strings(&["--seqlen", &e.seqlen.to_string(), "--max-windows", &e.max_windows.to_string(), "--out", &path_arg(&out)]));
-        steps.push(Step::new(format!("held-out windows {domain}"), "datasets", args, vec![docs, model_path.into()], vec![out]));
+        steps.push(Step::new(format!("held-out windows {domain}"), "datasets", args, vec![docs, model_path.into()], vec![out]).speed_only(FILE_SPEED));
     }
 
     // Statistics, scores and masks.
@@ -614,7 +626,7 @@ pub fn plan(
                     let scores = at("scores/magnitude.parquet");
                     if !steps.iter().any(|s: &Step| s.outputs.contains(&scores)) {
                         let args = strings(&["--model", &model, "--method", "magnitude", "--out", &path_arg(&scores)]);
-                        steps.push(Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()]));
+                        steps.push(Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()]).speed_only(COMPUTE_SPEED));
                     }
                     push_mask(&mut steps, &mut masks, run_dir, &name, MaskSource::Scores(&scores), &pattern, ("none", "none", "magnitude"));
                     continue;
@@ -646,7 +658,7 @@ pub fn plan(
                         }
                         args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
                         let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
-                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]));
+                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]).speed_only(COMPUTE_SPEED));
                     }
                     // The mask's scores come from the statistics and the weights
                     // module by module (`mask --stats`): no scores file, whose size
@@ -669,7 +681,7 @@ pub fn plan(
         if let Some(dtype) = &exp.apply.dtype {
             args.extend(["--dtype".to_string(), dtype.clone()]);
         }
-        steps.push(Step::new(format!("apply {name}"), "mask", args, vec![model_path.into(), mask], vec![out]));
+        steps.push(Step::new(format!("apply {name}"), "mask", args, vec![model_path.into(), mask], vec![out]).speed_only(FILE_SPEED));
     }
 
     // Perplexity of the dense model and every sub-model on every domain.
@@ -687,7 +699,7 @@ pub fn plan(
                 inputs.push(run_dir.join(&m.path));
             }
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
-            steps.push(Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]));
+            steps.push(Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(COMPUTE_SPEED));
             results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
         }
     }
@@ -707,7 +719,8 @@ pub fn plan(
                 inputs.push(run_dir.join(&m.path));
             }
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
-            steps.push(Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)]));
+            let speed = if task.task == "humaneval-x" || task.task == "mbpp" { CODE_SPEED } else { COMPUTE_SPEED };
+            steps.push(Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(speed));
             task_results.push(ManifestTaskResult { mask: mask.map(|m| m.name.clone()), task: column, metric: task.metric(), path: rel });
         }
     }
@@ -827,7 +840,7 @@ fn push_mask(
     };
     args.extend(pattern_flags(&pattern));
     args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
-    steps.push(Step::new(format!("mask {name}"), "mask", args, inputs, vec![run_dir.join(&rel)]));
+    steps.push(Step::new(format!("mask {name}"), "mask", args, inputs, vec![run_dir.join(&rel)]).speed_only(FILE_SPEED));
     masks.push(ManifestMask {
         name: name.to_string(),
         domain: domain.to_string(),

@@ -3,8 +3,8 @@
 //! Each [`Step`] is one run of a stage binary: its arguments, the files it
 //! reads and the files (or directories) it writes. A step's *recipe* is a hash
 //! of its program (its name and the content hash of its binary, so a rebuilt
-//! stage reruns), its arguments (less the ones that only change speed or
-//! display, see [`NEUTRAL_FLAGS`]) and the content hashes of its inputs. The
+//! stage reruns), its arguments (less the ones the step declares to change
+//! only speed or display, [`Step::speed_only`]) and the content hashes of its inputs. The
 //! run directory's ledger records, for every step that succeeded, its recipe
 //! and the content hashes of its outputs. A step is reused when its recipe is
 //! unchanged and its outputs are still there with the recorded content;
@@ -21,8 +21,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Flags whose value changes only speed or display, not results; left out of recipes.
-pub const NEUTRAL_FLAGS: &[(&str, bool)] = &[("--device", true), ("--batch", true), ("--quiet", false), ("--force", false)];
+/// A flag that changes only speed or display, not results, and whether it takes a value.
+pub type SpeedFlag = (&'static str, bool);
 
 /// One run of a stage binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +41,32 @@ pub struct Step {
     pub always: bool,
     /// Pass the stage's stdout through (a summary for the user) instead of discarding it.
     pub show_stdout: bool,
+    /// This step's flags that change only speed or display; left out of its recipe.
+    pub speed_only: Vec<SpeedFlag>,
 }
 
 impl Step {
     /// A step of `program` with `args`, reading `inputs` and writing `outputs`.
     pub fn new(name: impl Into<String>, program: &str, args: Vec<String>, inputs: Vec<PathBuf>, outputs: Vec<PathBuf>) -> Self {
-        Step { name: name.into(), program: program.to_string(), args, inputs, outputs, always: false, show_stdout: false }
+        Step {
+            name: name.into(),
+            program: program.to_string(),
+            args,
+            inputs,
+            outputs,
+            always: false,
+            show_stdout: false,
+            speed_only: Vec::new(),
+        }
+    }
+
+    /// The same step with `flags` declared as changing only speed or display:
+    /// another value of one of them reuses the step's outputs. Each step
+    /// declares its own, since a flag name may mean speed in one stage and
+    /// results in another.
+    pub fn speed_only(mut self, flags: &[SpeedFlag]) -> Self {
+        self.speed_only.extend_from_slice(flags);
+        self
     }
 
     /// The same step, run every time.
@@ -61,7 +81,7 @@ impl Step {
         self
     }
 
-    /// The arguments that determine the results: all but [`NEUTRAL_FLAGS`].
+    /// The arguments that determine the results: all but the step's speed-only flags.
     pub fn result_args(&self) -> Vec<&str> {
         let mut kept = Vec::with_capacity(self.args.len());
         let mut skip_value = false;
@@ -70,11 +90,11 @@ impl Step {
                 skip_value = false;
                 continue;
             }
-            if let Some((_, takes_value)) = NEUTRAL_FLAGS.iter().find(|(flag, _)| arg == flag) {
+            if let Some((_, takes_value)) = self.speed_only.iter().find(|(flag, _)| arg == flag) {
                 skip_value = *takes_value;
                 continue;
             }
-            if NEUTRAL_FLAGS.iter().any(|(flag, takes)| *takes && arg.starts_with(&format!("{flag}="))) {
+            if self.speed_only.iter().any(|(flag, takes)| *takes && arg.starts_with(&format!("{flag}="))) {
                 continue;
             }
             kept.push(arg.as_str());
@@ -349,7 +369,8 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         vec![
             Step::new("sample", "datasets", s(&["sample", "--seed", seed]), vec![p("corpus.txt")], vec![p("samples")]),
-            Step::new("calibrate", "calibrate", s(&["--device", device, "--sparsity", "0.5"]), vec![p("samples")], vec![p("stats")]),
+            Step::new("calibrate", "calibrate", s(&["--device", device, "--sparsity", "0.5"]), vec![p("samples")], vec![p("stats")])
+                .speed_only(&[("--device", true)]),
             Step::new("score a", "score", s(&["--method", "wanda"]), vec![p("stats")], vec![p("scores-a")]),
             Step::new("mask a", "mask", s(&["--sparsity", "0.5"]), vec![p("scores-a")], vec![p("mask-a")]),
             Step::new("score b", "score", s(&["--method", method_b]), vec![p("stats")], vec![p("scores-b")]),
@@ -442,15 +463,14 @@ mod tests {
     }
 
     #[test]
-    fn neutral_flags_are_left_out_of_the_recipe() {
-        let step = Step::new(
-            "x",
-            "evaluate",
-            ["ppl", "--device", "wgpu", "--batch=4", "--quiet", "--seqlen", "512"].iter().map(|s| s.to_string()).collect(),
-            vec![],
-            vec![],
-        );
+    fn a_step_s_speed_only_flags_are_left_out_of_its_recipe_and_no_other_step_s() {
+        let args: Vec<String> = ["ppl", "--device", "wgpu", "--batch=4", "--quiet", "--seqlen", "512"].iter().map(|s| s.to_string()).collect();
+        let step = Step::new("x", "evaluate", args.clone(), vec![], vec![])
+            .speed_only(&[("--device", true), ("--batch", true), ("--quiet", false)]);
         assert_eq!(step.result_args(), ["ppl", "--seqlen", "512"]);
+        // A stage where --batch changes results declares only what is speed there.
+        let other = Step::new("y", "other", args, vec![], vec![]).speed_only(&[("--quiet", false)]);
+        assert_eq!(other.result_args(), ["ppl", "--device", "wgpu", "--batch=4", "--seqlen", "512"]);
     }
 
     #[test]
