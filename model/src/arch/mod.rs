@@ -113,6 +113,11 @@ pub const FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen3::FAMILY, &phi3::FAMILY
 /// more is refused before anything is allocated per layer.
 pub const MAX_LAYERS: usize = 4096;
 
+/// Wider attention heads than any real model has (they reach 256): a
+/// configuration declaring wider ones is refused before rotary tables of
+/// that width are allocated.
+pub const MAX_HEAD_DIM: usize = 4096;
+
 /// The configuration of a model of any supported family, with the decoder
 /// spec it implies.
 pub struct ModelConfig {
@@ -282,6 +287,10 @@ impl Dims {
         let num_hidden_layers = usize_field(json, "num_hidden_layers", path)?;
         check_layer_count(num_hidden_layers, path)?;
         let opt_usize = |key: &str| json.get(key).and_then(Value::as_u64).map(|v| v as usize);
+        let head_dim = opt_usize("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        if head_dim > MAX_HEAD_DIM {
+            return Err(ModelError::config(path, format!("expected a head_dim of at most {MAX_HEAD_DIM}; found {head_dim}")));
+        }
         Ok(Dims {
             vocab_size: usize_field(json, "vocab_size", path)?,
             hidden_size,
@@ -289,7 +298,7 @@ impl Dims {
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: opt_usize("num_key_value_heads").unwrap_or(num_attention_heads),
-            head_dim: opt_usize("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1)),
+            head_dim,
             rms_norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         })
     }
