@@ -271,7 +271,8 @@ fn definition_follows(rest: &[u8], javascript: bool) -> bool {
 }
 
 /// Removes from `code` the first top-level block (its line to its closing
-/// brace) whose line has, at depth 0 and in code, a word where `starts` holds.
+/// brace, or to the end where it is not closed, as when generation ran out of
+/// tokens) whose line has, at depth 0 and in code, a word where `starts` holds.
 fn remove_top_level_block(code: &str, backticks: bool, starts: impl Fn(&str) -> bool) -> String {
     let b = code.as_bytes();
     let (mut state, mut depth) = (Lex::Code, 0i64);
@@ -288,7 +289,7 @@ fn remove_top_level_block(code: &str, backticks: bool, starts: impl Fn(&str) -> 
                     return format!("{}{}", &code[..line_start], &code[i..]);
                 }
             }
-            return code.to_string();
+            return code[..line_start].to_string();
         }
         i += lex_step(b, i, &mut state, &mut depth, backticks);
     }
@@ -421,6 +422,8 @@ mod tests {
         let full = "```cpp\n#include<vector>\nint add(int a, int b) {\n    return a + b;\n}\n\nint main() {\n    printf(\"%d\", add(1, 2));\n}\n```";
         let source = instruct_source(CPP, &p, full);
         assert_eq!(source, "#include<vector>\nint add(int a, int b) {\n    return a + b;\n}\n\n\n", "the answer's own main is dropped");
+        let truncated = "```cpp\nint add(int a, int b) {\n    return a + b;\n}\nint main() {\n    assert(add(1, 2) == 3);\n    assert(add(";
+        assert_eq!(instruct_source(CPP, &p, truncated), "int add(int a, int b) {\n    return a + b;\n}\n", "a main cut short goes too");
         let program = program_of_source(CPP, &p, &source);
         assert!(program.starts_with("#include<stdlib.h>\n#include<algorithm>\n"), "{program}");
         assert_eq!(program.matches("#include<vector>").count(), 1, "headers the source holds are not repeated: {program}");
