@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use evaluate::chat::render_model_chat;
+use evaluate::code_instruct::{instruct_prompt, instruct_stops, response_prefix, Protocol};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
 use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
+use model::{LoadedModel, ModelFormat};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 
 use crate::progress;
@@ -59,6 +62,14 @@ pub struct CodeArgs {
     /// Most tokens generated per sample.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
+    /// How the model is asked: `completion` continues the raw prompt (MBPP:
+    /// 3-shot) and cuts where the function ends; `instruct` poses the problem
+    /// through the model's chat template as evalplus's instruct mode does and
+    /// runs the first fenced code block of the answer (with the prompt's
+    /// signature when it is only a body). With --completions or --canonical,
+    /// `instruct` treats each text as such an answer.
+    #[arg(long, value_enum, default_value_t = Protocol::Completion)]
+    pub protocol: Protocol,
     /// Values of k for pass@k (those above the sample count are skipped).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10])]
     pub k: Vec<usize>,
@@ -149,8 +160,9 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         &[task.language()],
     )?;
     eprintln!(
-        "{}: {} problems from {}; sandbox: {:?}, {} jobs",
+        "{} ({} protocol): {} problems from {}; sandbox: {:?}, {} jobs",
         task.name(),
+        args.protocol.name(),
         data.problems.len(),
         data.files[0].display(),
         sandbox.isolation(),
@@ -178,17 +190,32 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             format!("--model is required to generate completions for {} (or pass --canonical, or --completions FILE.jsonl)", task.name())
         })?;
         let (loaded, mask) = load_masked(model_path, args.task.mask.as_deref())?;
+        if args.protocol == Protocol::Instruct {
+            require_chat_template(&loaded)?;
+        }
         let selected = model::select_device(args.task.device)?;
         eprintln!("device: {}", selected.description);
         let model = loaded.build_stored(&selected.device)?;
-        let prompts: Vec<String> = data.problems.iter().map(|p| data.generation_prompt(p)).collect::<Result<_, _>>()?;
-        let stop = task.stop_sequences();
+        let (prompts, stop): (Vec<String>, Vec<String>) = match args.protocol {
+            Protocol::Completion => {
+                (data.problems.iter().map(|p| data.generation_prompt(p)).collect::<Result<_, _>>()?, task.stop_sequences())
+            }
+            Protocol::Instruct => (
+                data.problems
+                    .iter()
+                    .map(|p| instruct_prompt(task, p, |m| render_model_chat(&loaded, m, true)))
+                    .collect::<Result<_, _>>()?,
+                instruct_stops(task),
+            ),
+        };
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,
             top_p: args.top_p,
             seed: args.seed,
             stop: stop.clone(),
+            // A rendered chat template holds its own special tokens.
+            add_special_tokens: args.protocol == Protocol::Completion,
             ..GenerationConfig::default()
         };
         let bar = progress(prompts.len() * args.samples, args.task.quiet, "generating");
@@ -196,13 +223,27 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         bar.finish_and_clear();
         // The generator cuts text before a stop sequence; C-like tasks stop at a
         // closing brace in column 0, which belongs to the function: put it back.
-        let reattach = matches!(task, CodeTask::HumanEvalX(l) if l != Language::Python);
+        // Under the instruct protocol the answer is the response prefix (which
+        // opens the code block) and what the model wrote after it.
+        let reattach = matches!(task, CodeTask::HumanEvalX(l) if l != Language::Python) && args.protocol == Protocol::Completion;
+        let prefix = match args.protocol {
+            Protocol::Completion => String::new(),
+            Protocol::Instruct => response_prefix(task.language()),
+        };
         let completions = generated
             .into_iter()
             .map(|samples| {
                 samples
                     .into_iter()
-                    .map(|g| if reattach && g.finish == FinishReason::Stop { format!("{}{}", g.text, stop[0]) } else { g.text })
+                    .map(|g| {
+                        if reattach && g.finish == FinishReason::Stop {
+                            format!("{}{}", g.text, stop[0])
+                        } else if prefix.is_empty() {
+                            g.text
+                        } else {
+                            format!("{prefix}{}", g.text)
+                        }
+                    })
                     .collect()
             })
             .collect();
@@ -212,7 +253,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
     let total: usize = completions.iter().map(Vec::len).sum();
     let bar = progress(total, args.task.quiet, "running programs");
     let run_started = Instant::now();
-    let scores = score(task, &data.problems, &completions, &sandbox, &args.k, &|| bar.inc(1))?;
+    let scores = score(task, args.protocol, &data.problems, &completions, &sandbox, &args.k, &|| bar.inc(1))?;
     bar.finish_and_clear();
     let passed: usize = scores.counts.iter().map(|c| c.1).sum();
     let failed: Vec<&artifacts::ItemRow> = scores.rows.iter().filter(|r| r.passed == Some(false)).collect();
@@ -239,6 +280,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
     }
     let params = serde_json::json!({
         "task": task.name(),
+        "protocol": args.protocol.name(),
         "source": source,
         "limit": args.task.limit,
         "problems": n_problems,
@@ -254,5 +296,22 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         "max_processes": args.max_processes,
         "isolation": format!("{:?}", sandbox.isolation()),
     });
-    write_task_outputs(args.task.out.as_deref(), &label, &task.name(), &data.files[0], params, &metrics, &scores.rows)
+    write_task_outputs(args.task.out.as_deref(), &label, &args.protocol.task_name(task), &data.files[0], params, &metrics, &scores.rows)
+}
+
+/// An error naming the file that should hold `loaded`'s chat template when
+/// it has none: the instruct protocol needs one.
+fn require_chat_template(loaded: &LoadedModel) -> Result<()> {
+    if loaded.chat_template.is_some() {
+        return Ok(());
+    }
+    let place = match loaded.format {
+        ModelFormat::Gguf => format!("the GGUF file {} has no `tokenizer.chat_template` metadata", loaded.path.display()),
+        ModelFormat::HuggingFace => format!(
+            "{} holds no `chat_template` and there is no {}",
+            loaded.path.join("tokenizer_config.json").display(),
+            loaded.path.join("chat_template.jinja").display()
+        ),
+    };
+    bail!("--protocol instruct renders the problem through the model's chat template, but {place}; --protocol completion works without one")
 }

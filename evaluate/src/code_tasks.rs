@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use artifacts::records::{read_records, DataFormat};
 use serde_json::Value;
 
+use crate::code_instruct::{instruct_source, Protocol};
 use crate::sandbox::Language;
 
 /// The stop sequences of Python completions of HumanEval: Codex's
@@ -381,62 +382,66 @@ pub fn postprocess(task: CodeTask, prompt: &str, completion: &str) -> String {
 
 /// Scanner state of C-like source: inside a string, a comment, or code.
 #[derive(Clone, Copy, PartialEq)]
-enum Lex {
+pub(crate) enum Lex {
     Code,
     LineComment,
     BlockComment,
     Str(u8),
 }
 
+/// Scans one step of C-like source at `bytes[i]`: updates the scanner
+/// state and the depth of code braces, and returns how many bytes it read.
+/// `backticks`: JavaScript's template strings are strings too.
+pub(crate) fn lex_step(bytes: &[u8], i: usize, state: &mut Lex, depth: &mut i64, backticks: bool) -> usize {
+    let c = bytes[i];
+    let next = bytes.get(i + 1).copied();
+    match *state {
+        Lex::Code => match c {
+            b'/' if next == Some(b'/') => {
+                *state = Lex::LineComment;
+                return 2;
+            }
+            b'/' if next == Some(b'*') => {
+                *state = Lex::BlockComment;
+                return 2;
+            }
+            b'"' | b'\'' => *state = Lex::Str(c),
+            b'`' if backticks => *state = Lex::Str(c),
+            b'{' => *depth += 1,
+            b'}' => *depth -= 1,
+            _ => {}
+        },
+        Lex::LineComment => {
+            if c == b'\n' {
+                *state = Lex::Code;
+            }
+        }
+        Lex::BlockComment => {
+            if c == b'*' && next == Some(b'/') {
+                *state = Lex::Code;
+                return 2;
+            }
+        }
+        Lex::Str(q) => {
+            if c == b'\\' {
+                return 2;
+            }
+            if c == q || (c == b'\n' && q != b'`') {
+                *state = Lex::Code;
+            }
+        }
+    }
+    1
+}
+
 /// Keeps `completion` up to the `}` that closes every brace `prompt` left open.
 fn cut_at_closing_brace(prompt: &str, completion: &str, backticks: bool) -> String {
     let mut state = Lex::Code;
     let mut depth: i64 = 0;
-    let step = |bytes: &[u8], i: usize, state: &mut Lex, depth: &mut i64| -> usize {
-        let c = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        match *state {
-            Lex::Code => match c {
-                b'/' if next == Some(b'/') => {
-                    *state = Lex::LineComment;
-                    return 2;
-                }
-                b'/' if next == Some(b'*') => {
-                    *state = Lex::BlockComment;
-                    return 2;
-                }
-                b'"' | b'\'' => *state = Lex::Str(c),
-                b'`' if backticks => *state = Lex::Str(c),
-                b'{' => *depth += 1,
-                b'}' => *depth -= 1,
-                _ => {}
-            },
-            Lex::LineComment => {
-                if c == b'\n' {
-                    *state = Lex::Code;
-                }
-            }
-            Lex::BlockComment => {
-                if c == b'*' && next == Some(b'/') {
-                    *state = Lex::Code;
-                    return 2;
-                }
-            }
-            Lex::Str(q) => {
-                if c == b'\\' {
-                    return 2;
-                }
-                if c == q || (c == b'\n' && q != b'`') {
-                    *state = Lex::Code;
-                }
-            }
-        }
-        1
-    };
     let p = prompt.as_bytes();
     let mut i = 0;
     while i < p.len() {
-        i += step(p, i, &mut state, &mut depth);
+        i += lex_step(p, i, &mut state, &mut depth, backticks);
     }
     if depth <= 0 {
         return completion.to_string();
@@ -445,7 +450,7 @@ fn cut_at_closing_brace(prompt: &str, completion: &str, backticks: bool) -> Stri
     let mut i = 0;
     while i < b.len() {
         let was_code = state == Lex::Code && b[i] == b'}';
-        i += step(b, i, &mut state, &mut depth);
+        i += lex_step(b, i, &mut state, &mut depth, backticks);
         if was_code && depth == 0 {
             return completion[..i].to_string();
         }
@@ -456,12 +461,27 @@ fn cut_at_closing_brace(prompt: &str, completion: &str, backticks: bool) -> Stri
 /// The whole program that tests `completion` of `problem`.
 pub fn program(task: CodeTask, problem: &Problem, completion: &str) -> String {
     match task {
-        CodeTask::Mbpp => format!("{completion}\n{}", problem.test),
+        CodeTask::Mbpp => with_tests(task, problem, completion, ""),
+        CodeTask::HumanEvalX(_) => with_tests(task, problem, &format!("{}{completion}", problem.prompt), &problem.prompt),
+    }
+}
+
+/// The whole program that tests `source`, a solution complete in itself
+/// (as the instruct protocol's answers are): the same harness as [`program`].
+pub fn program_of_source(task: CodeTask, problem: &Problem, source: &str) -> String {
+    with_tests(task, problem, source, source)
+}
+
+/// `source` followed by the task's tests (C++: after the standard headers
+/// of CodeGeeX's harness that `included` does not already hold).
+fn with_tests(task: CodeTask, problem: &Problem, source: &str, included: &str) -> String {
+    match task {
+        CodeTask::Mbpp => format!("{source}\n{}", problem.test),
         CodeTask::HumanEvalX(Language::Cpp) => {
-            let headers: String = CPP_HEADERS.iter().filter(|h| !problem.prompt.contains(*h)).map(|h| format!("{h}\n")).collect();
-            format!("{headers}{}{completion}\n{}", problem.prompt, problem.test)
+            let headers: String = CPP_HEADERS.iter().filter(|h| !included.contains(*h)).map(|h| format!("{h}\n")).collect();
+            format!("{headers}{source}\n{}", problem.test)
         }
-        CodeTask::HumanEvalX(_) => format!("{}{completion}\n{}\n", problem.prompt, problem.test),
+        CodeTask::HumanEvalX(_) => format!("{source}\n{}\n", problem.test),
     }
 }
 
@@ -477,10 +497,13 @@ pub struct CodeScores {
 }
 
 /// Runs every completion of every problem in `sandbox` and computes pass@k
-/// for each of `ks`. `completions[i]` are the raw completions of `problems[i]`;
-/// each is cut with [`postprocess`] before it runs. `done` is called after each program.
+/// for each of `ks`. `completions[i]` are the raw completions of `problems[i]`
+/// (under [`Protocol::Instruct`], the model's whole answers): each is cut
+/// with [`postprocess`] (answers: made into source with [`instruct_source`])
+/// before it runs. `done` is called after each program.
 pub fn score(
     task: CodeTask,
+    protocol: Protocol,
     problems: &[Problem],
     completions: &[Vec<String>],
     sandbox: &crate::sandbox::Sandbox,
@@ -492,8 +515,19 @@ pub fn score(
     let mut programs = Vec::new();
     for (p, (problem, samples)) in problems.iter().zip(completions).enumerate() {
         for (s, raw) in samples.iter().enumerate() {
-            let completion = postprocess(task, &problem.prompt, raw);
-            programs.push((language, program(task, problem, &completion)));
+            let (completion, source) = match protocol {
+                Protocol::Completion => {
+                    let completion = postprocess(task, &problem.prompt, raw);
+                    let source = program(task, problem, &completion);
+                    (completion, source)
+                }
+                Protocol::Instruct => {
+                    let code = instruct_source(task, problem, raw);
+                    let source = program_of_source(task, problem, &code);
+                    (code, source)
+                }
+            };
+            programs.push((language, source));
             cut.push((p, s as u32, completion));
         }
     }

@@ -1,5 +1,5 @@
 //! Evaluation stage of subprune: generation ([`generate`], [`chat`]),
-//! pass@k of generated code in a sandbox ([`code_tasks`], [`passk`],
+//! pass@k of generated code in a sandbox ([`code_tasks`], [`code_instruct`], [`passk`],
 //! [`sandbox`]), multiple-choice tasks ([`choice`]), GSM8K ([`gsm8k`]),
 //! translation with METEOR ([`translation`], [`meteor`]), and
 //! perplexity as Wanda defines it —
@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod choice;
+pub mod code_instruct;
 pub mod code_tasks;
 pub mod generate;
 pub mod gsm8k;

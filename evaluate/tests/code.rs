@@ -71,6 +71,53 @@ fn mbpp_canonical() {
     canonical(&["mbpp"], &data().join("mbpp/mbpp.jsonl"), 20);
 }
 
+/// Runs the canonical solutions of the first `limit` problems under
+/// `--protocol instruct`, each as an answer that holds only the body (or,
+/// for MBPP, the whole function): every one must pass, the results must be
+/// recorded under the instruct task name and the protocol in the provenance.
+fn canonical_instruct(task: &[&str], data_file: &Path, limit: usize, task_name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.parquet");
+    let limit_s = limit.to_string();
+    let mut args: Vec<&str> = task.to_vec();
+    args.extend(["--data", data_file.to_str().unwrap(), "--canonical", "--protocol", "instruct", "--limit", &limit_s, "--quiet"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, stdout, stderr) = evaluate(&args);
+    assert!(ok, "{task:?} failed: {stderr}");
+    assert_eq!(stdout.lines().last(), Some("pass@1: 1.0000"), "{task:?}: {stdout}\n{stderr}");
+    let (provenance, results) = artifacts::read_results(&out).unwrap();
+    assert_eq!(results[0].task, task_name);
+    assert_eq!(provenance.params["protocol"], "instruct");
+    let (items_provenance, items) = artifacts::read_items(&artifacts::items_path_for(&out)).unwrap();
+    assert_eq!(items_provenance.params["protocol"], "instruct");
+    for row in &items {
+        let gold = row.gold.as_deref().unwrap().trim();
+        assert!(row.generation.as_deref().unwrap().contains(gold), "{task:?} item {}: the source holds the answer", row.item);
+    }
+}
+
+#[test]
+fn instruct_protocol_completes_bodies_with_the_signature() {
+    let hx = data().join("humaneval-x");
+    canonical_instruct(&["humaneval-x", "--lang", "python"], &hx.join("humaneval_python.jsonl.gz"), 20, "humaneval-x/python-instruct");
+    canonical_instruct(&["humaneval-x", "--lang", "cpp"], &hx.join("humaneval_cpp.jsonl.gz"), 5, "humaneval-x/cpp-instruct");
+    canonical_instruct(&["humaneval-x", "--lang", "java"], &hx.join("humaneval_java.jsonl.gz"), 5, "humaneval-x/java-instruct");
+    canonical_instruct(&["humaneval-x", "--lang", "js"], &hx.join("humaneval_js.jsonl.gz"), 10, "humaneval-x/js-instruct");
+    canonical_instruct(&["mbpp"], &data().join("mbpp/mbpp.jsonl"), 10, "mbpp-instruct");
+}
+
+#[test]
+fn instruct_protocol_refuses_a_model_without_chat_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    testkit::write_hf_dir(&model_dir, &testkit::TINY, &testkit::tiny_weights(&testkit::TINY, 5), model::safetensors::StoredDtype::F32);
+    let data_file = data().join("humaneval-x/humaneval_python.jsonl.gz");
+    let args = ["humaneval-x", "--lang", "python", "--data", data_file.to_str().unwrap(), "--limit", "1", "--device", "cpu", "--quiet"];
+    let (ok, _, stderr) = evaluate(&[&args[..], &["--protocol", "instruct", "--model", model_dir.to_str().unwrap()]].concat());
+    assert!(!ok);
+    assert!(stderr.contains("tokenizer_config.json") && stderr.contains("--protocol completion works"), "{stderr}");
+}
+
 #[test]
 fn wrong_and_mixed_completions() {
     let dir = tempfile::tempdir().unwrap();
