@@ -393,9 +393,9 @@ const QUICK_NSAMPLES: usize = 8;
 /// Tokens per calibration sequence of a [`quick`] run.
 const QUICK_SEQLEN: usize = 256;
 /// Items of each generation task (code, GSM8K, translation) in a [`quick`] run.
-const QUICK_GENERATED_ITEMS: usize = 20;
+const QUICK_GENERATED_ITEMS: usize = 10;
 /// Items of each log-likelihood task (multiple choice) in a [`quick`] run.
-const QUICK_SCORED_ITEMS: usize = 100;
+const QUICK_SCORED_ITEMS: usize = 50;
 /// Windows of held-out and task perplexity in a [`quick`] run.
 const QUICK_WINDOWS: usize = 2;
 
@@ -1006,8 +1006,8 @@ limit = 100
         for (t, q) in exp.tasks.iter().zip(&quick.tasks) {
             match t.task.as_str() {
                 "ppl" => assert_eq!(q.max_windows, Some(2)),
-                "humaneval-x" | "mbpp" | "gsm8k" | "translation" => assert_eq!(q.limit, Some(20), "{}", t.column()),
-                _ => assert_eq!(q.limit, Some(100), "{}", t.column()),
+                "humaneval-x" | "mbpp" | "gsm8k" | "translation" => assert_eq!(q.limit, Some(10), "{}", t.column()),
+                _ => assert_eq!(q.limit, Some(50), "{}", t.column()),
             }
         }
         plan(&quick, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
