@@ -145,6 +145,9 @@ impl Task {
                 bail!("task `{}`: option `{option}` does not apply to it", self.column());
             }
         }
+        if task == "ppl" && self.seqlen.is_none() {
+            bail!("task `{}`: ppl needs `seqlen` (tokens per window)", self.column());
+        }
         if let Some(p) = &self.protocol {
             if p != "completion" && p != "instruct" {
                 bail!("task `{}`: unknown protocol `{p}` (expected completion or instruct)", self.column());
@@ -1050,6 +1053,7 @@ limit = 100
         assert!(refused("task = \"humaneval-x\"\nlanguage = \"rust\"").contains("unknown language `rust`"));
         assert!(refused("task = \"piqa\"\nsamples = 5").contains("option `samples` does not apply"));
         assert!(refused("task = \"mbpp\"\nprotocol = \"chat\"").contains("unknown protocol `chat`"));
+        assert!(refused("task = \"ppl\"").contains("ppl needs `seqlen`"));
         let twice = "task = \"piqa\"\n[[tasks]]\ntask = \"piqa\"";
         assert!(refused(twice).contains("two tasks are named `piqa`"));
     }
