@@ -243,6 +243,15 @@ fn perplexity_of(path: &Path, domain: &str) -> Result<Option<Estimate>, AnalyzeE
     Ok(chosen.map(|r| Estimate { value: r.value, ci_low: r.ci_low, ci_high: r.ci_high }))
 }
 
+/// The rows of a results table: the dense model first when it has a
+/// result, then every mask with one, in the manifest's order; `evaluated`
+/// gives each result's mask (`None` for dense).
+fn table_rows<'a>(masks: &[MaskEntry], evaluated: impl Iterator<Item = &'a Option<String>>) -> Vec<Option<String>> {
+    let evaluated: Vec<&Option<String>> = evaluated.collect();
+    let dense = evaluated.iter().any(|m| m.is_none()).then_some(None);
+    dense.into_iter().chain(masks.iter().filter(|m| evaluated.iter().any(|e| e.as_ref() == Some(&m.name))).map(|m| Some(m.name.clone()))).collect()
+}
+
 /// The row of `metric` in a task's results file (the first, if several).
 fn metric_of(path: &Path, metric: &str) -> Result<Option<Estimate>, AnalyzeError> {
     let (_, rows) = read_results(&existing(path, "task results artifact listed in run.json:")?)?;
@@ -371,17 +380,7 @@ impl Run {
                 None => notes.push(format!("{} has no `perplexity` result", r.path.display())),
             }
         }
-        let mut calibrations: Vec<Option<String>> = Vec::new();
-        if manifest.results.iter().any(|r| r.mask.is_none()) {
-            calibrations.push(None);
-        }
-        calibrations.extend(
-            manifest
-                .masks
-                .iter()
-                .filter(|m| manifest.results.iter().any(|r| r.mask.as_ref() == Some(&m.name)))
-                .map(|m| Some(m.name.clone())),
-        );
+        let calibrations = table_rows(&manifest.masks, manifest.results.iter().map(|r| &r.mask));
         let mut tasks: Vec<(String, String)> = Vec::new();
         let mut task_cells = Vec::new();
         for r in &manifest.task_results {
@@ -393,17 +392,7 @@ impl Run {
                 None => notes.push(format!("{} has no `{}` result", r.path.display(), r.metric)),
             }
         }
-        let mut task_rows: Vec<Option<String>> = Vec::new();
-        if manifest.task_results.iter().any(|r| r.mask.is_none()) {
-            task_rows.push(None);
-        }
-        task_rows.extend(
-            manifest
-                .masks
-                .iter()
-                .filter(|m| manifest.task_results.iter().any(|r| r.mask.as_ref() == Some(&m.name)))
-                .map(|m| Some(m.name.clone())),
-        );
+        let task_rows = table_rows(&manifest.masks, manifest.task_results.iter().map(|r| &r.mask));
         let mut jaccard = Vec::new();
         if let Some(rel) = &manifest.jaccard {
             let path = existing(&dir.join(rel), "Jaccard artifact listed in run.json:")?;
