@@ -606,7 +606,99 @@ pub fn write_hf_dir(
     Ok(summary)
 }
 
-/// Removes a directory tree when dropped, unless disarmed.
+/// Storage type of the pruned linears in a GGUF written by [`write_gguf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufWeightType {
+    /// float32: the masked weights exactly.
+    F32,
+    /// float16, rounded to nearest even.
+    F16,
+    /// ggml's Q8_0 blocks (llama.cpp's reference quantization); pruned weights stay exact zeros.
+    Q8_0,
+}
+
+impl GgufWeightType {
+    /// The ggml type.
+    pub fn ggml(self) -> model::gguf::GgmlType {
+        match self {
+            GgufWeightType::F32 => model::gguf::GgmlType::F32,
+            GgufWeightType::F16 => model::gguf::GgmlType::F16,
+            GgufWeightType::Q8_0 => model::gguf::GgmlType::Q8_0,
+        }
+    }
+
+    /// `values` in this type's blocks.
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            GgufWeightType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            GgufWeightType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            GgufWeightType::Q8_0 => model::gguf::quantize::quantize_q8_0(values),
+        }
+    }
+}
+
+/// Writes `model` (a GGUF file) with the weights `masks` prune zeroed, as a
+/// GGUF file at `out` that llama.cpp loads: the source's metadata (tokenizer
+/// included) and tensors in the source's order and names; each pruned
+/// linear decoded, masked and stored as `ty` with its rows back in
+/// llama.cpp's order; every other tensor copied byte for byte. The mask's
+/// content hash is recorded as `subprune.mask`.
+pub fn write_gguf(
+    model: &LoadedModel,
+    masks: &BTreeMap<String, Vec<MaskRow>>,
+    mask_path: &Path,
+    out: &Path,
+    ty: GgufWeightType,
+    progress: &ProgressBar,
+) -> Result<ApplySummary, MaskError> {
+    use model::gguf::{GgufValue, GgufWriter};
+    let source = model.weights.gguf_file().ok_or_else(|| {
+        MaskError::Options(format!(
+            "{} is not a GGUF file: --format gguf copies a GGUF source's metadata and tokenizer; write a Hugging Face directory instead (--format hf)",
+            model.path.display()
+        ))
+    })?;
+    let mut writer = GgufWriter::new();
+    for (key, value) in source.metadata() {
+        writer.add_metadata(key, value.clone());
+    }
+    writer.add_metadata("subprune.mask", GgufValue::String(artifacts::content_hash(mask_path)?));
+    let mut summary = ApplySummary { modules: masks.len(), total: 0, masked: 0, zeros: 0 };
+    progress.set_length(source.tensors().len() as u64);
+    for info in source.tensors() {
+        let shape = info.shape();
+        let parts: Vec<_> = model.weights.parts_of(&info.name).into_iter().filter(|p| p.name.strip_suffix(".weight").is_some_and(|m| masks.contains_key(m))).collect();
+        if parts.is_empty() {
+            let bytes = source.tensor_bytes(&info.name).map_err(ModelError::from)?;
+            writer.add_tensor(&info.name, &shape, info.ggml_type, bytes.to_vec());
+        } else {
+            let cols = shape[1];
+            if ty == GgufWeightType::Q8_0 && cols % 32 != 0 {
+                return Err(MaskError::Options(format!("{}: {cols} columns are not whole Q8_0 blocks of 32; use --type f16", info.name)));
+            }
+            // The stored tensor in Hugging Face row order, each masked part zeroed, then back in llama.cpp's.
+            let heads = parts[0].interleaved_heads;
+            let mut data = source.tensor_f32(&info.name).map_err(ModelError::from)?;
+            if let Some(heads) = heads {
+                data = model::arch::unpermute_rows(&data, heads, cols);
+            }
+            for part in &parts {
+                let module = part.name.strip_suffix(".weight").expect("filtered above");
+                let rows = part.rows.clone().unwrap_or(0..shape[0]);
+                apply_rows(&mut data[rows.start * cols..rows.end * cols], module, &masks[module], mask_path, &mut summary)?;
+            }
+            if let Some(heads) = heads {
+                data = model::arch::permute_rows(&data, heads, cols);
+            }
+            writer.add_tensor(&info.name, &shape, ty.ggml(), ty.encode(&data));
+        }
+        progress.inc(1);
+    }
+    writer.write(out).map_err(io_err(out))?;
+    Ok(summary)
+}
+
+/// Removes a directory tree (or a file) when dropped, unless disarmed.
 struct DirGuard {
     path: PathBuf,
     armed: bool,
@@ -615,7 +707,7 @@ struct DirGuard {
 impl Drop for DirGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = fs::remove_dir_all(&self.path);
+            let _ = if self.path.is_dir() { fs::remove_dir_all(&self.path) } else { fs::remove_file(&self.path) };
         }
     }
 }
@@ -642,6 +734,8 @@ pub struct ApplyOptions {
     /// Storage type of the written weights; `None` keeps a safetensors
     /// source's types and writes float32 for a GGUF source.
     pub dtype: Option<OutputDtype>,
+    /// Write a GGUF file of a GGUF source (its pruned linears in this type) instead of a Hugging Face directory.
+    pub gguf: Option<GgufWeightType>,
     /// Replace a non-empty output directory.
     pub force: bool,
 }
@@ -669,12 +763,17 @@ pub fn apply(opts: &ApplyOptions, progress: &ProgressBar) -> Result<ApplySummary
     };
     fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
+    if tmp.is_dir() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
-    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let mut guard = DirGuard { path: tmp.clone(), armed: true };
-    let summary = write_hf_dir(&loaded, &masks, &opts.mask, &tmp, opts.dtype, MAX_SHARD_BYTES, progress)?;
+    let summary = match opts.gguf {
+        Some(ty) => write_gguf(&loaded, &masks, &opts.mask, &tmp, ty, progress)?,
+        None => {
+            fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+            write_hf_dir(&loaded, &masks, &opts.mask, &tmp, opts.dtype, MAX_SHARD_BYTES, progress)?
+        }
+    };
 
     match fs::metadata(&opts.out) {
         Ok(m) if m.is_dir() => {

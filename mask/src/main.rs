@@ -79,6 +79,25 @@ enum DtypeArg {
     Bf16,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum FormatArg {
+    /// A Hugging Face directory (config.json, safetensors, tokenizer).
+    Hf,
+    /// One GGUF file that llama.cpp loads (GGUF sources only: their metadata and tokenizer are carried over).
+    Gguf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgufTypeArg {
+    /// float32: the masked weights exactly.
+    F32,
+    /// float16.
+    F16,
+    /// ggml's Q8_0 blocks.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
 #[derive(Args)]
 struct ApplyArgs {
     /// Model the mask was made for: a Hugging Face checkpoint directory or a GGUF file.
@@ -87,9 +106,16 @@ struct ApplyArgs {
     /// Mask artifact written by `mask`.
     #[arg(long)]
     mask: PathBuf,
-    /// Output directory (Hugging Face layout); must not exist or be empty unless --force.
+    /// Output directory (Hugging Face layout), or file with --format gguf; must not exist or be empty unless --force.
     #[arg(long)]
     out: PathBuf,
+    /// What to write: a Hugging Face directory, or a GGUF file (the source's
+    /// tensors and metadata, its pruned linears in --type).
+    #[arg(long, value_enum, default_value = "hf")]
+    format: FormatArg,
+    /// With --format gguf: storage type of the pruned linears (the other tensors keep theirs).
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    gguf_type: GgufTypeArg,
     /// Storage type of the written weights [default: each tensor's type in a
     /// safetensors source (bf16 stays bf16); f32 for a GGUF source].
     #[arg(long, value_enum)]
@@ -152,12 +178,23 @@ fn run_apply(args: ApplyArgs) -> Result<()> {
         DtypeArg::F16 => OutputDtype::F16,
         DtypeArg::Bf16 => OutputDtype::Bf16,
     });
-    let opts = ApplyOptions { model: args.model.clone(), mask: args.mask.clone(), out: args.out.clone(), dtype, force: args.force };
+    if args.format == FormatArg::Gguf && dtype.is_some() {
+        anyhow::bail!("--dtype is for --format hf; with --format gguf give --type f32|f16|q8_0");
+    }
+    let gguf = (args.format == FormatArg::Gguf).then_some(match args.gguf_type {
+        GgufTypeArg::F32 => mask::GgufWeightType::F32,
+        GgufTypeArg::F16 => mask::GgufWeightType::F16,
+        GgufTypeArg::Q8_0 => mask::GgufWeightType::Q8_0,
+    });
+    let opts = ApplyOptions { model: args.model.clone(), mask: args.mask.clone(), out: args.out.clone(), dtype, gguf, force: args.force };
     let bar = progress(args.quiet, "applying");
     let summary = mask::apply(&opts, &bar)
         .with_context(|| format!("applying {} to {} into {}", args.mask.display(), args.model.display(), args.out.display()))?;
     bar.finish_and_clear();
-    let stored = dtype.map_or("the source's types", OutputDtype::torch_name);
+    let stored = match gguf {
+        Some(ty) => ty.ggml().name(),
+        None => dtype.map_or("the source's types", OutputDtype::torch_name).to_string(),
+    };
     eprintln!("wrote {} ({stored}) in {:.2} s", args.out.display(), started.elapsed().as_secs_f64());
     println!(
         "pruned linear layers: {} modules, {} of {} weights zero, sparsity {:.6} (mask prunes {:.6})",

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use artifacts::{ArtifactKind, Provenance, ScoreRow};
 use indicatif::ProgressBar;
-use mask::{ApplyOptions, MaskError, OutputDtype};
+use mask::{ApplyOptions, GgufWeightType, MaskError, OutputDtype};
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
 use serde_json::json;
@@ -193,7 +193,7 @@ fn masks_differing_from_sequential_calibration_warn() {
 }
 
 fn apply_opts(model: &Path, mask: &Path, out: &Path, dtype: OutputDtype, force: bool) -> ApplyOptions {
-    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype: Some(dtype), force }
+    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype: Some(dtype), gguf: None, force }
 }
 
 /// Names in `dir` starting with a dot: leftovers of an atomic write.
@@ -292,6 +292,76 @@ fn apply_reads_gguf_and_writes_hf_names_and_order() {
     let (orig, pruned) = (&weights[q].data, &output.weights.load(q).unwrap().data);
     assert!(orig.iter().zip(pruned.iter()).all(|(a, b)| *b == 0.0 || a.to_bits() == b.to_bits()));
     assert_eq!(pruned.iter().filter(|v| **v == 0.0).count(), orig.len() / 2);
+}
+
+#[test]
+fn a_gguf_export_holds_the_masked_weights_in_llama_cpp_s_order_and_everything_else_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 12);
+    // Q8_0 source: the masked linears are decoded, zeroed and re-encoded; the rest is copied.
+    let gguf = dir.path().join("tiny.gguf");
+    write_gguf(&gguf, &TINY, &weights, GgmlType::Q8_0);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&gguf, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let source_model = model::load_model(&gguf).unwrap();
+    let mut masked = source_model.weights.load_all().unwrap();
+    for row in &artifacts::read_mask(&mask_path).unwrap().2 {
+        let cols = row.in_features as usize;
+        let weight = masked.get_mut(&format!("{}.weight", row.module)).unwrap();
+        for (value, keep) in weight.data[row.row as usize * cols..][..cols].iter_mut().zip(unpacked(row)) {
+            if !keep {
+                *value = 0.0;
+            }
+        }
+    }
+    for ty in [GgufWeightType::F32, GgufWeightType::F16] {
+        let out = dir.path().join(format!("pruned-{ty:?}.gguf"));
+        let opts = ApplyOptions { gguf: Some(ty), ..apply_opts(&gguf, &mask_path, &out, OutputDtype::F32, false) };
+        let summary = mask::apply(&opts, &hidden()).unwrap();
+        assert_eq!(summary.masked * 2, summary.total);
+        let (source, written) = (model::gguf::GgufFile::open(&gguf).unwrap(), model::gguf::GgufFile::open(&out).unwrap());
+        // The source's metadata (tokenizer included), and the mask's hash.
+        for (key, value) in source.metadata() {
+            assert_eq!(written.get(key), Some(value), "{key}");
+        }
+        assert_eq!(written.get("subprune.mask").and_then(|v| v.as_str()), Some(artifacts::content_hash(&mask_path).unwrap().as_str()));
+        let reloaded = model::load_model(&out).unwrap();
+        assert_eq!(reloaded.fingerprint, source_model.fingerprint);
+        for (info, info_out) in source.tensors().iter().zip(written.tensors()) {
+            assert_eq!(info.name, info_out.name);
+            let hf = reloaded.weights.parts_of(&info.name);
+            let pruned = hf.iter().any(|p| p.name.contains("_proj"));
+            if !pruned {
+                assert_eq!(source.tensor_bytes(&info.name).unwrap(), written.tensor_bytes(&info.name).unwrap(), "{}", info.name);
+                continue;
+            }
+            // Read back through the loader (which undoes llama.cpp's q/k order): the masked weights, exactly in f32.
+            for part in hf {
+                let (want, got) = (masked.get(&part.name).unwrap().data.clone(), reloaded.weights.load(&part.name).unwrap().data);
+                match ty {
+                    GgufWeightType::F32 => assert_eq!(want, got, "{}", part.name),
+                    _ => assert!(
+                        want.iter().zip(&got).all(|(a, b)| (*a == 0.0) == (*b == 0.0) && (a - b).abs() <= 1e-3 * a.abs().max(1e-3)),
+                        "{}",
+                        part.name
+                    ),
+                }
+            }
+        }
+    }
+    // A Hugging Face source has no GGUF metadata to carry over.
+    let hf = tiny_model(dir.path(), "hf", &TINY, 3);
+    let hf_scores = dir.path().join("hf-scores.parquet");
+    magnitude_scores(&hf, &hf_scores, serde_json::Value::Null);
+    let hf_mask = dir.path().join("hf-mask.parquet");
+    mask::make_mask(&hf_scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &hf_mask, &hidden()).unwrap();
+    let out = dir.path().join("hf.gguf");
+    let opts = ApplyOptions { gguf: Some(GgufWeightType::F16), ..apply_opts(&hf, &hf_mask, &out, OutputDtype::F32, false) };
+    let err = mask::apply(&opts, &hidden()).unwrap_err().to_string();
+    assert!(err.contains("is not a GGUF file") && err.contains("--format hf"), "{err}");
+    assert!(!out.exists(), "nothing is left behind");
 }
 
 #[test]

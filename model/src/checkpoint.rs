@@ -261,7 +261,43 @@ impl Checkpoint {
     }
 }
 
+/// A decoder tensor read from a stored (GGUF) tensor: its Hugging Face
+/// name, the stored rows it takes, and llama.cpp's q/k interleaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    /// The decoder (Hugging Face) name.
+    pub name: String,
+    /// Rows of the stored tensor, in Hugging Face order, when it takes only some (a fused projection's part).
+    pub rows: Option<Range<usize>>,
+    /// The heads of llama.cpp's q/k row interleaving of the stored tensor, if any.
+    pub interleaved_heads: Option<usize>,
+}
+
 impl Checkpoint {
+    /// The GGUF file behind the checkpoint, if it is one.
+    pub fn gguf_file(&self) -> Option<&GgufFile> {
+        match &*self.store {
+            Store::Gguf(file) => Some(file),
+            Store::Safetensors(_) => None,
+        }
+    }
+
+    /// The decoder tensors read from stored tensor `stored`, in name order.
+    pub fn parts_of(&self, stored: &str) -> Vec<StoredPart> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.stored == stored)
+            .map(|(name, e)| StoredPart {
+                name: name.clone(),
+                rows: e.rows.clone(),
+                interleaved_heads: match e.fixup {
+                    Fixup::UnpermuteRows { heads } => Some(heads),
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
     /// The rows of matrix `name` in their stored form (see [`StoredRows`]).
     pub fn rows_of(&self, name: &str) -> Option<StoredRows> {
         let entry = self.entries.get(name)?;

@@ -624,6 +624,25 @@ pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     out
 }
 
+/// The inverse of [`unpermute_rows`]: Hugging Face's q/k row order back to
+/// llama.cpp's interleaved one (for writing a GGUF file).
+pub fn permute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
+    let rows = data.len() / row_len;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for h in 0..heads {
+        for t in 0..2 {
+            for j in 0..half {
+                let interleaved = h * head_dim + 2 * j + t;
+                let split = h * head_dim + t * half + j;
+                out[interleaved * row_len..(interleaved + 1) * row_len].copy_from_slice(&data[split * row_len..(split + 1) * row_len]);
+            }
+        }
+    }
+    out
+}
+
 /// Rounds an f64 hyper-parameter to the f32 it is used as (see [`ArchConfig::canonical_json`]).
 pub(crate) fn as_f32(value: f64) -> f64 {
     f64::from(value as f32)
