@@ -23,9 +23,16 @@ with its defaults: the score (|W|/sum(|W|, dim=0) + |W|/sum(|W|, dim=1)) *
 sqrt(scaler_row)**0.5, unstructured masks by one threshold over the whole
 matrix (per_outneuron off: prune scores <= the sorted score at
 int(numel * sparsity)), N:M directly (no channel reallocation).
+
+--owl-ratios FILE transcribes the first pass of OWL's `prune_wanda_outlier`
+(luuyin/OWL, lib/prune_all.py): on the dense model, each layer's Wanda
+scores of all its linears, `check_outlier_mean` (the share above M x their
+mean, M = 5), and the scaling to a spread of 2 lambda (0.08) around 1 -
+sparsity; it writes the layer sparsities (1 - ratio) as JSON and stops.
 """
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -138,6 +145,49 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
     return masks
 
 
+def check_outlier_mean(metric, threshold):
+    """OWL's check_outlier_mean: percent of values above threshold x their mean."""
+    max_shred = torch.mean(metric) * threshold
+    return float((metric > max_shred).sum().item()) / metric.numel() * 100
+
+
+@torch.no_grad()
+def owl_layer_sparsities(model, windows, sparsity, stat_dtype, hyper_m=5.0, lamda=0.08):
+    """OWL's first pass (dense model) and its layer sparsities."""
+    layers = model.model.layers
+    inps, cache = [], {}
+    layers[0] = Catcher(layers[0], inps, cache)
+    for w in windows:
+        try:
+            model(torch.tensor([w], dtype=torch.long))
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    kwargs = cache["kwargs"]
+    outs = [None] * len(inps)
+    all_layer_ratio = []
+    for i in range(len(layers)):
+        layer = layers[i]
+        subset = {name: layer.get_submodule(name) for name in LINEARS}
+        wrapped = {name: WrappedGPT(subset[name], stat_dtype) for name in subset}
+        handles = [
+            subset[name].register_forward_hook(lambda _m, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data))
+            for name in subset
+        ]
+        for j in range(len(inps)):
+            outs[j] = layer_out(layer, inps[j], kwargs)
+        for h in handles:
+            h.remove()
+        metrics = [torch.abs(subset[name].weight.data) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1))) for name in subset]
+        layer_wmetric = torch.cat([torch.flatten(x.cpu()) for x in metrics])
+        all_layer_ratio.append(check_outlier_mean(layer_wmetric, hyper_m))
+        inps, outs = outs, inps
+    ratio = np.array(all_layer_ratio)
+    ratio = (ratio - ratio.min()) * (1 / (ratio.max() - ratio.min()) * lamda * 2)
+    ratio = ratio - np.mean(ratio) + (1 - sparsity)
+    return [float(1 - r) if 1 - r > 0 else 0.01 for r in ratio], all_layer_ratio
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", required=True, help="dense Hugging Face model directory")
@@ -147,6 +197,7 @@ def main():
     g.add_argument("--nm", help="N:M pattern, e.g. 2:4")
     ap.add_argument("--nsamples", type=int, default=None, help="use only the first K windows")
     ap.add_argument("--method", choices=["wanda", "ria"], default="wanda")
+    ap.add_argument("--owl-ratios", help="write OWL's layer sparsities (JSON) here and stop")
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
     ap.add_argument("--threads", type=int, default=2)
@@ -162,6 +213,12 @@ def main():
     windows = read_windows(args.samples, args.nsamples)
     print(f"{len(windows)} windows of {len(windows[0])} tokens, {args.dtype}, attn {args.attn}, {torch.get_num_threads()} threads")
     t0 = time.time()
+    if args.owl_ratios:
+        sparsities, ratios = owl_layer_sparsities(model, windows, args.sparsity, dtype)
+        with open(args.owl_ratios, "w") as f:
+            json.dump({"layer_sparsities": sparsities, "outlier_ratios": ratios}, f)
+        print(f"wrote {args.owl_ratios}: OWL layer sparsities, wall time {time.time() - t0:.1f} s")
+        return
     masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method)
     wall = time.time() - t0
     kept = sum(int(m.sum()) for m in masks.values())

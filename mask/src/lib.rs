@@ -627,6 +627,15 @@ impl GgufWeightType {
         }
     }
 
+    /// llama.cpp's `general.file_type` (`llama_ftype`) of a file mostly of this type.
+    fn file_type(self) -> u32 {
+        match self {
+            GgufWeightType::F32 => 0,
+            GgufWeightType::F16 => 1,
+            GgufWeightType::Q8_0 => 7,
+        }
+    }
+
     /// `values` in this type's blocks.
     fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {
@@ -663,6 +672,8 @@ pub fn write_gguf(
         writer.add_metadata(key, value.clone());
     }
     writer.add_metadata("subprune.mask", GgufValue::String(artifacts::content_hash(mask_path)?));
+    // llama.cpp's "mostly" type of the file: the pruned linears' type.
+    writer.add_metadata("general.file_type", GgufValue::U32(ty.file_type()));
     let mut summary = ApplySummary { modules: masks.len(), total: 0, masked: 0, zeros: 0 };
     progress.set_length(source.tensors().len() as u64);
     for info in source.tensors() {
