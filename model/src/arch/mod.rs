@@ -608,25 +608,20 @@ pub fn hf_tensors<'n>(names: impl IntoIterator<Item = &'n String>, fused: &[Fuse
 /// head_dim, in] or biases [heads * head_dim]): GGUF row `h*d + 2j + t` is
 /// Hugging Face row `h*d + t*d/2 + j`.
 pub fn unpermute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
-    let rows = data.len() / row_len;
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0.0f32; data.len()];
-    for h in 0..heads {
-        for t in 0..2 {
-            for j in 0..half {
-                let src = h * head_dim + 2 * j + t;
-                let dst = h * head_dim + t * half + j;
-                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    out
+    reorder_rows(data, heads, row_len, |interleaved, split| (interleaved, split))
 }
 
 /// The inverse of [`unpermute_rows`]: Hugging Face's q/k row order back to
 /// llama.cpp's interleaved one (for writing a GGUF file).
 pub fn permute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
+    reorder_rows(data, heads, row_len, |interleaved, split| (split, interleaved))
+}
+
+/// Copies every row of `data` to its place in the other q/k order:
+/// `source_and_target(interleaved, split)` picks which of a row's two
+/// positions (llama.cpp's `h*d + 2j + t`, Hugging Face's `h*d + t*d/2 + j`)
+/// it is read from and which it is written to.
+fn reorder_rows(data: &[f32], heads: usize, row_len: usize, source_and_target: fn(usize, usize) -> (usize, usize)) -> Vec<f32> {
     let rows = data.len() / row_len;
     let head_dim = rows / heads;
     let half = head_dim / 2;
@@ -634,9 +629,8 @@ pub fn permute_rows(data: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     for h in 0..heads {
         for t in 0..2 {
             for j in 0..half {
-                let interleaved = h * head_dim + 2 * j + t;
-                let split = h * head_dim + t * half + j;
-                out[interleaved * row_len..(interleaved + 1) * row_len].copy_from_slice(&data[split * row_len..(split + 1) * row_len]);
+                let (src, dst) = source_and_target(h * head_dim + 2 * j + t, h * head_dim + t * half + j);
+                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -660,5 +654,8 @@ mod tests {
         let gguf: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let hf = unpermute_rows(&gguf, 2, 2);
         assert_eq!(hf, vec![0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0, 12.0, 13.0, 10.0, 11.0, 14.0, 15.0]);
+        // And back: permute_rows is the inverse.
+        assert_eq!(permute_rows(&hf, 2, 2), gguf);
+        assert_eq!(permute_rows(&[10.0, 12.0, 11.0, 13.0], 1, 1), vec![10.0, 11.0, 12.0, 13.0]);
     }
 }
