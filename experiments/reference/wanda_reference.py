@@ -81,13 +81,8 @@ class WrappedGPT:
         self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
 
 
-def layer_out(layer, x, kwargs):
-    out = layer(x.unsqueeze(0), **kwargs)
-    return (out[0] if isinstance(out, tuple) else out)[0]
-
-
-@torch.no_grad()
-def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda"):
+def first_layer_inputs(model, windows):
+    """Wanda's prepare_calibration_input: the inputs of layer 0 for every window, and its keyword arguments."""
     layers = model.model.layers
     inps, cache = [], {}
     layers[0] = Catcher(layers[0], inps, cache)
@@ -97,7 +92,18 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
         except ValueError:
             pass
     layers[0] = layers[0].module
-    kwargs = cache["kwargs"]
+    return inps, cache["kwargs"]
+
+
+def layer_out(layer, x, kwargs):
+    out = layer(x.unsqueeze(0), **kwargs)
+    return (out[0] if isinstance(out, tuple) else out)[0]
+
+
+@torch.no_grad()
+def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda"):
+    layers = model.model.layers
+    inps, kwargs = first_layer_inputs(model, windows)
     outs = [None] * len(inps)
     masks = {}
     for i in range(len(layers)):
@@ -155,15 +161,7 @@ def check_outlier_mean(metric, threshold):
 def owl_layer_sparsities(model, windows, sparsity, stat_dtype, hyper_m=5.0, lamda=0.08):
     """OWL's first pass (dense model) and its layer sparsities."""
     layers = model.model.layers
-    inps, cache = [], {}
-    layers[0] = Catcher(layers[0], inps, cache)
-    for w in windows:
-        try:
-            model(torch.tensor([w], dtype=torch.long))
-        except ValueError:
-            pass
-    layers[0] = layers[0].module
-    kwargs = cache["kwargs"]
+    inps, kwargs = first_layer_inputs(model, windows)
     outs = [None] * len(inps)
     all_layer_ratio = []
     for i in range(len(layers)):
