@@ -249,7 +249,10 @@ fn perplexity_of(path: &Path, domain: &str) -> Result<Option<Estimate>, AnalyzeE
 fn table_rows<'a>(masks: &[MaskEntry], evaluated: impl Iterator<Item = &'a Option<String>>) -> Vec<Option<String>> {
     let evaluated: Vec<&Option<String>> = evaluated.collect();
     let dense = evaluated.iter().any(|m| m.is_none()).then_some(None);
-    dense.into_iter().chain(masks.iter().filter(|m| evaluated.iter().any(|e| e.as_ref() == Some(&m.name))).map(|m| Some(m.name.clone()))).collect()
+    dense
+        .into_iter()
+        .chain(masks.iter().filter(|m| evaluated.iter().any(|e| e.as_ref() == Some(&m.name))).map(|m| Some(m.name.clone())))
+        .collect()
 }
 
 /// The row of `metric` in a task's results file (the first, if several).
@@ -406,7 +409,19 @@ impl Run {
         } else if manifest.masks.len() >= 2 {
             notes.push("run.json names no Jaccard artifact: no distances between masks".to_string());
         }
-        Ok(Run { dir: dir.to_path_buf(), manifest, provenances, domains, calibrations, cells, tasks, task_rows, task_cells, jaccard, notes })
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            manifest,
+            provenances,
+            domains,
+            calibrations,
+            cells,
+            tasks,
+            task_rows,
+            task_cells,
+            jaccard,
+            notes,
+        })
     }
 
     /// Cross-domain pairs of masks of one method and pattern (calibration domain `none`
@@ -617,7 +632,10 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
         let rows = sub_models.iter().map(|m| run.mask(m).map_or_else(|| m.to_string(), |e| format!("{m} ({})", e.domain))).collect();
         let path = fig_dir.join("task-change-heatmap.png");
         task_change_heatmap(rows, scored.iter().map(|(t, m)| format!("{t} {m}")).collect(), values).draw().save_png(&path)?;
-        figures.push(("Change of each task's score against the dense model, by calibration source (rows) and task (columns)".to_string(), path));
+        figures.push((
+            "Change of each task's score against the dense model, by calibration source (rows) and task (columns)".to_string(),
+            path,
+        ));
     }
     if !jaccard_names.is_empty() {
         let path = fig_dir.join("jaccard-matrix.png");

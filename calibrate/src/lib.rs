@@ -278,7 +278,9 @@ fn calibrate_layers(
             Some(sparsities)
         }
         (SparsityProfile::Owl { .. }, Pattern::NM { .. }) => {
-            return Err(CalibrateError::Input("the OWL sparsity profile spreads an unstructured sparsity over the layers; N:M patterns are uniform".into()))
+            return Err(CalibrateError::Input(
+                "the OWL sparsity profile spreads an unstructured sparsity over the layers; N:M patterns are uniform".into(),
+            ))
         }
     };
     let config = &loaded.config;
@@ -393,7 +395,8 @@ fn outlier_ratios(loaded: &LoadedModel, stats: &[ModuleStats], multiple: f64) ->
     for layer in 0..config.num_layers() {
         let mut count = OutlierCount::new();
         for (module, rows, cols) in config.linear_modules(layer) {
-            let stat = stats.iter().find(|s| s.module == module).ok_or_else(|| CalibrateError::Input(format!("no statistics for {module}")))?;
+            let stat =
+                stats.iter().find(|s| s.module == module).ok_or_else(|| CalibrateError::Input(format!("no statistics for {module}")))?;
             let weight = loaded.weights.load(&format!("{module}.weight"))?;
             count.add(sparsity::scores(Method::Wanda, &weight.data, rows, cols, Some(&stat.scaler_row))?);
         }

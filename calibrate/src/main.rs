@@ -96,7 +96,11 @@ fn main() -> Result<()> {
         _ => Activations::F32,
     };
     if !cli.method.needs_stats() {
-        bail!("--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria); {} needs no calibration", cli.method, cli.method);
+        bail!(
+            "--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria); {} needs no calibration",
+            cli.method,
+            cli.method
+        );
     }
     let options = CalibrateOptions {
         pattern,

@@ -20,7 +20,15 @@ fn samples() -> Vec<Vec<u32>> {
 }
 
 fn options(oneshot: bool, batch: usize, pattern: Pattern) -> CalibrateOptions {
-    CalibrateOptions { pattern, group: Group::Row, method: Method::Wanda, profile: SparsityProfile::Uniform, oneshot, batch, activations: Activations::F32 }
+    CalibrateOptions {
+        pattern,
+        group: Group::Row,
+        method: Method::Wanda,
+        profile: SparsityProfile::Uniform,
+        oneshot,
+        batch,
+        activations: Activations::F32,
+    }
 }
 
 fn cpu() -> burn::tensor::Device {

@@ -10,8 +10,8 @@ use evaluate::chat::render_model_chat;
 use evaluate::code_instruct::{instruct_prompt, instruct_stops, response_prefix, Protocol};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
 use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
-use model::{LoadedModel, ModelFormat};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
+use model::{LoadedModel, ModelFormat};
 
 use crate::progress;
 use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel, TaskArgs};

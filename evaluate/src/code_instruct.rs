@@ -312,7 +312,8 @@ fn without_own_main(language: Language, code: &str) -> String {
         Language::Cpp => remove_top_level_block(code, false, |t| word_then(t, "main", "(")),
         Language::Java => {
             let code = remove_top_level_block(code, false, |t| {
-                t.strip_prefix("class").is_some_and(|rest| rest.starts_with(char::is_whitespace) && word_then(rest.trim_start(), "Main", ""))
+                t.strip_prefix("class")
+                    .is_some_and(|rest| rest.starts_with(char::is_whitespace) && word_then(rest.trim_start(), "Main", ""))
             });
             code.replace("public class Solution", "class Solution")
         }
@@ -353,19 +354,13 @@ mod tests {
     use crate::code_tasks::{program_of_source, MbppText};
 
     fn problem(prompt: &str) -> Problem {
-        Problem {
-            item: 0,
-            task_id: "t".into(),
-            prompt: prompt.into(),
-            canonical: String::new(),
-            test: "TEST".into(),
-            mbpp: None,
-        }
+        Problem { item: 0, task_id: "t".into(), prompt: prompt.into(), canonical: String::new(), test: "TEST".into(), mbpp: None }
     }
 
     const PY: CodeTask = CodeTask::HumanEvalX(Language::Python);
     const CPP: CodeTask = CodeTask::HumanEvalX(Language::Cpp);
-    const PY_PROMPT: &str = "from typing import List\n\n\ndef helper(x):\n    return x\n\n\ndef add(a: int, b: int) -> int:\n    \"\"\" Add. \"\"\"\n";
+    const PY_PROMPT: &str =
+        "from typing import List\n\n\ndef helper(x):\n    return x\n\n\ndef add(a: int, b: int) -> int:\n    \"\"\" Add. \"\"\"\n";
     const CPP_PROMPT: &str = "/*\nSum.\n>>> add({1, 2})\n3\n*/\n#include<stdio.h>\nusing namespace std;\nint add(int a, int b){\n";
 
     #[test]
@@ -374,7 +369,11 @@ mod tests {
         assert_eq!(first_code_block("```\nx = 1\n```\n"), "x = 1\n");
         assert_eq!(first_code_block("def f():\n    return 1\n"), "def f():\n    return 1\n", "no fence: the whole answer");
         assert_eq!(first_code_block("a\n```py\nfirst\n```\nb\n```py\nsecond\n```\n"), "first\n", "several blocks: the first");
-        assert_eq!(first_code_block("prefix\n```cpp\nint f(){\n    return 1;\n}"), "int f(){\n    return 1;\n}", "an unclosed block runs to the end");
+        assert_eq!(
+            first_code_block("prefix\n```cpp\nint f(){\n    return 1;\n}"),
+            "int f(){\n    return 1;\n}",
+            "an unclosed block runs to the end"
+        );
     }
 
     #[test]
@@ -444,8 +443,14 @@ mod tests {
     #[test]
     fn mbpp_answers_are_their_code_block() {
         let mut p = problem("ignored");
-        p.mbpp = Some(MbppText { text: "Write a function to add.".into(), tests: vec!["assert add(1, 2) == 3".into(), "assert add(0, 0) == 0".into()] });
-        assert_eq!(instruct_source(CodeTask::Mbpp, &p, "```python\ndef add(a, b):\n    return a + b\n```"), "def add(a, b):\n    return a + b\n");
+        p.mbpp = Some(MbppText {
+            text: "Write a function to add.".into(),
+            tests: vec!["assert add(1, 2) == 3".into(), "assert add(0, 0) == 0".into()],
+        });
+        assert_eq!(
+            instruct_source(CodeTask::Mbpp, &p, "```python\ndef add(a, b):\n    return a + b\n```"),
+            "def add(a, b):\n    return a + b\n"
+        );
         assert_eq!(
             instruct_message(CodeTask::Mbpp, &p),
             "Please provide a self-contained Python script that solves the following problem in a markdown code block:\n```\n\"\"\"\nWrite a function to add.\nassert add(1, 2) == 3\n\"\"\"\n```\n"

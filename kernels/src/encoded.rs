@@ -592,7 +592,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, &v)| {
                     let (row, col) = (i / inner, i % inner);
-                    if keep[row * inner.div_ceil(8) + col / 8] >> (col % 8) & 1 == 1 { v } else { 0.0 }
+                    if keep[row * inner.div_ceil(8) + col / 8] >> (col % 8) & 1 == 1 {
+                        v
+                    } else {
+                        0.0
+                    }
                 })
                 .collect();
             for rows in [1, 2, 3, 8] {

@@ -727,7 +727,9 @@ pub(crate) fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f
 pub fn small_matmul(x: &[f32], rows: usize, w: &[f32], cols: usize) -> Vec<f32> {
     let inner = x.len() / rows;
     assert_eq!(w.len(), inner * cols, "small_matmul: the weight is not [{cols}, {inner}]");
-    small_matmul_tasks(rows, cols, |first, out| small_matmul_block(x, rows, &w[first * inner..(first + out.len() / rows) * inner], out, out.len() / rows, 0))
+    small_matmul_tasks(rows, cols, |first, out| {
+        small_matmul_block(x, rows, &w[first * inner..(first + out.len() / rows) * inner], out, out.len() / rows, 0)
+    })
 }
 
 /// The task loop of [`small_matmul`]: `block(first, out)` writes the

@@ -388,7 +388,11 @@ pub fn make_mask_from_stats(
         drop(weight);
         let module_pattern = match (&layer_patterns, layer_of(&module)) {
             (Some(layers), Some(layer)) => *layers.get(layer as usize).ok_or_else(|| {
-                MaskError::Options(format!("{} has OWL sparsities for {} layers; {module} is past them", stats_path.display(), layers.len()))
+                MaskError::Options(format!(
+                    "{} has OWL sparsities for {} layers; {module} is past them",
+                    stats_path.display(),
+                    layers.len()
+                ))
             })?,
             _ => pattern,
         };
@@ -404,12 +408,19 @@ pub fn make_mask_from_stats(
 /// The pattern of each layer under `profile`: `None` for a uniform profile;
 /// for OWL, the layer sparsities the statistics' calibrate run chose
 /// (`calibrate --sparsity-profile owl`), which must average `pattern`'s.
-fn layer_patterns(stats_path: &Path, stats: &Provenance, pattern: Pattern, profile: SparsityProfile) -> Result<Option<Vec<Pattern>>, MaskError> {
+fn layer_patterns(
+    stats_path: &Path,
+    stats: &Provenance,
+    pattern: Pattern,
+    profile: SparsityProfile,
+) -> Result<Option<Vec<Pattern>>, MaskError> {
     if profile == SparsityProfile::Uniform {
         return Ok(None);
     }
     let Pattern::Unstructured { sparsity } = pattern else {
-        return Err(MaskError::Options("the OWL sparsity profile spreads an unstructured sparsity (--sparsity) over the layers; N:M is uniform".into()));
+        return Err(MaskError::Options(
+            "the OWL sparsity profile spreads an unstructured sparsity (--sparsity) over the layers; N:M is uniform".into(),
+        ));
     };
     let recorded = stats.params.get("layer_sparsities").and_then(Value::as_array).ok_or_else(|| {
         MaskError::Options(format!(
@@ -425,7 +436,11 @@ fn layer_patterns(stats_path: &Path, stats: &Provenance, pattern: Pattern, profi
             stats_path.display()
         )));
     }
-    layers.into_iter().map(|s| Pattern::unstructured(s).map_err(|e| MaskError::Options(format!("{}: {e}", stats_path.display())))).collect::<Result<_, _>>().map(Some)
+    layers
+        .into_iter()
+        .map(|s| Pattern::unstructured(s).map_err(|e| MaskError::Options(format!("{}: {e}", stats_path.display()))))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// Storage type of the weights `mask apply` writes.
@@ -678,7 +693,12 @@ pub fn write_gguf(
     progress.set_length(source.tensors().len() as u64);
     for info in source.tensors() {
         let shape = info.shape();
-        let parts: Vec<_> = model.weights.parts_of(&info.name).into_iter().filter(|p| p.name.strip_suffix(".weight").is_some_and(|m| masks.contains_key(m))).collect();
+        let parts: Vec<_> = model
+            .weights
+            .parts_of(&info.name)
+            .into_iter()
+            .filter(|p| p.name.strip_suffix(".weight").is_some_and(|m| masks.contains_key(m)))
+            .collect();
         if parts.is_empty() {
             let bytes = source.tensor_bytes(&info.name).map_err(ModelError::from)?;
             writer.add_tensor(&info.name, &shape, info.ggml_type, bytes.to_vec());

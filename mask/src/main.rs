@@ -150,10 +150,10 @@ fn run_make(args: MakeArgs) -> Result<()> {
     let summary = match (&args.scores, &args.stats, &args.model) {
         (Some(scores), None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
             .with_context(|| format!("making a {} mask from {}", pattern, scores.display()))?,
-        (None, Some(stats), Some(model)) => mask::make_mask_from_stats(model, stats, args.method, (pattern, args.sparsity_profile), args.group, &out, &bar)
-            .with_context(|| {
-                format!("making a {} {} mask from {} and {}", args.method, pattern, stats.display(), model.display())
-            })?,
+        (None, Some(stats), Some(model)) => {
+            mask::make_mask_from_stats(model, stats, args.method, (pattern, args.sparsity_profile), args.group, &out, &bar)
+                .with_context(|| format!("making a {} {} mask from {} and {}", args.method, pattern, stats.display(), model.display()))?
+        }
         _ => anyhow::bail!("give --scores, or --stats with --model"),
     };
     bar.finish_and_clear();

@@ -600,7 +600,16 @@ fn a_mask_from_statistics_equals_the_mask_from_their_scores() {
     for pattern in [Pattern::unstructured(0.5).unwrap(), Pattern::parse_nm("2:4").unwrap()] {
         let (from_scores, from_stats) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
         let a = mask::make_mask(&scores, pattern, Group::Row, &from_scores, &hidden()).unwrap();
-        let b = mask::make_mask_from_stats(&model_path, &stats, Method::Wanda, (pattern, SparsityProfile::Uniform), Group::Row, &from_stats, &hidden()).unwrap();
+        let b = mask::make_mask_from_stats(
+            &model_path,
+            &stats,
+            Method::Wanda,
+            (pattern, SparsityProfile::Uniform),
+            Group::Row,
+            &from_stats,
+            &hidden(),
+        )
+        .unwrap();
         assert_eq!(a.modules, b.modules, "{}", pattern);
         let (pa, _, ra) = artifacts::read_mask(&from_scores).unwrap();
         let (pb, _, rb) = artifacts::read_mask(&from_stats).unwrap();

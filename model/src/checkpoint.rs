@@ -401,7 +401,9 @@ impl StoredRows {
         let bytes = &bytes[stored_row * self.row_bytes..(stored_row + count) * self.row_bytes];
         match self.stored_type {
             StoredType::Float(dtype) => dtype.decode_into(bytes, out),
-            StoredType::Gguf(ty) => formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened"),
+            StoredType::Gguf(ty) => {
+                formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened")
+            }
         }
     }
 

@@ -73,7 +73,9 @@ fn config_without_required_field_is_refused() {
 fn absurd_declared_sizes_are_refused_before_anything_is_allocated_for_them() {
     // Every size of config.json at 2^40 (layers, widths, heads, vocabulary):
     // a clear error naming the file, never an allocation of that size.
-    for key in ["num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim"] {
+    for key in
+        ["num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim"]
+    {
         let dir = tempfile::tempdir().unwrap();
         write_hf_dir(dir.path(), &TINY, &tiny_weights(&TINY, 1), StoredDtype::F32);
         let mut config = hf_config_json(&TINY);

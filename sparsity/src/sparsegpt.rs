@@ -136,7 +136,13 @@ pub enum SparseGptError {
 }
 
 /// Prunes `weight` ([rows, cols], row-major) with SparseGPT given its inputs' Hessian.
-pub fn sparsegpt(weight: &[f64], rows: usize, cols: usize, hessian: &Hessian, options: &SparseGptOptions) -> Result<SparseGptResult, SparseGptError> {
+pub fn sparsegpt(
+    weight: &[f64],
+    rows: usize,
+    cols: usize,
+    hessian: &Hessian,
+    options: &SparseGptOptions,
+) -> Result<SparseGptResult, SparseGptError> {
     if weight.len() != rows * cols {
         return Err(SparsityError::Shape { what: "weight".into(), expected: rows * cols, found: weight.len() }.into());
     }

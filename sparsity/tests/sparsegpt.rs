@@ -36,7 +36,10 @@ fn masks_and_updated_weights_match_the_reference_s_float64_run() {
         let want_weight = numbers(&reference["f64"]["weight"]);
         let largest = out.weight.iter().zip(&want_weight).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         let f32_largest = reference["f32_max_weight_difference"].as_f64().unwrap();
-        assert!(largest < 1e-9 && largest < f32_largest, "{label}: updated weights differ by {largest} (the reference's f32 run: {f32_largest})");
+        assert!(
+            largest < 1e-9 && largest < f32_largest,
+            "{label}: updated weights differ by {largest} (the reference's f32 run: {f32_largest})"
+        );
         // The pruned weights are exactly zero and the pattern's count is pruned.
         assert!(out.weight.iter().zip(&out.keep).all(|(w, k)| *k || *w == 0.0));
         if label == "2:4" {

@@ -469,7 +469,9 @@ pub fn check(exp: &Experiment) -> Result<()> {
             match profile.as_str() {
                 "uniform" => {}
                 "owl" if p.patterns.iter().any(|pat| matches!(pat.parse(), Ok(Pattern::NM { .. }))) => {
-                    bail!("profile owl spreads an unstructured sparsity over the layers; give it unstructured patterns only (N:M is uniform)")
+                    bail!(
+                        "profile owl spreads an unstructured sparsity over the layers; give it unstructured patterns only (N:M is uniform)"
+                    )
                 }
                 "owl" => {}
                 other => bail!("unknown sparsity profile `{other}`: expected uniform or owl"),
@@ -533,8 +535,11 @@ pub fn plan(
     if sources.is_empty() {
         bail!("none of the experiment's sources is available: {}", skipped.join("; "));
     }
-    let task_data: Vec<PathBuf> =
-        exp.tasks.iter().map(|t| data_path(t.data.as_deref().map_or_else(|| format!("data:{}", t.default_data()), str::to_string).as_str(), data_root)).collect();
+    let task_data: Vec<PathBuf> = exp
+        .tasks
+        .iter()
+        .map(|t| data_path(t.data.as_deref().map_or_else(|| format!("data:{}", t.default_data()), str::to_string).as_str(), data_root))
+        .collect();
     for (task, data) in exp.tasks.iter().zip(&task_data) {
         for s in &sources {
             for from in &from_paths[s.name.as_str()] {
@@ -576,7 +581,8 @@ pub fn plan(
         }
         args.extend(["--out".to_string(), path_arg(&docs)]);
         steps.push(
-            Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()]).speed_only(FILE_SPEED),
+            Step::new(format!("collect {}", s.name), "datasets", args, from_paths[s.name.as_str()].clone(), vec![docs.clone()])
+                .speed_only(FILE_SPEED),
         );
 
         let calib = at(&format!("samples/{}-calib.parquet", s.name));
@@ -588,7 +594,8 @@ pub fn plan(
         }
         args.extend(["--out".to_string(), path_arg(&calib)]);
         steps.push(
-            Step::new(format!("calibration samples {}", s.name), "datasets", args, vec![docs, model_path.into()], vec![calib]).speed_only(FILE_SPEED),
+            Step::new(format!("calibration samples {}", s.name), "datasets", args, vec![docs, model_path.into()], vec![calib])
+                .speed_only(FILE_SPEED),
         );
     }
 
@@ -606,7 +613,10 @@ pub fn plan(
         let e = &exp.evaluation;
         let mut args = strings(&["sample", "--documents", &path_arg(&docs), "--model", &model, "--split", "heldout", "--windows"]);
         args.extend(strings(&["--seqlen", &e.seqlen.to_string(), "--max-windows", &e.max_windows.to_string(), "--out", &path_arg(&out)]));
-        steps.push(Step::new(format!("held-out windows {domain}"), "datasets", args, vec![docs, model_path.into()], vec![out]).speed_only(FILE_SPEED));
+        steps.push(
+            Step::new(format!("held-out windows {domain}"), "datasets", args, vec![docs, model_path.into()], vec![out])
+                .speed_only(FILE_SPEED),
+        );
     }
 
     // Statistics, scores and masks.
@@ -629,7 +639,10 @@ pub fn plan(
                     let scores = at("scores/magnitude.parquet");
                     if !steps.iter().any(|s: &Step| s.outputs.contains(&scores)) {
                         let args = strings(&["--model", &model, "--method", "magnitude", "--out", &path_arg(&scores)]);
-                        steps.push(Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()]).speed_only(COMPUTE_SPEED));
+                        steps.push(
+                            Step::new("score magnitude", "score", args, vec![model_path.into()], vec![scores.clone()])
+                                .speed_only(COMPUTE_SPEED),
+                        );
                     }
                     push_mask(&mut steps, &mut masks, run_dir, &name, MaskSource::Scores(&scores), &pattern, ("none", "none", "magnitude"));
                     continue;
@@ -661,7 +674,10 @@ pub fn plan(
                         }
                         args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
                         let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
-                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()]).speed_only(COMPUTE_SPEED));
+                        steps.push(
+                            Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()])
+                                .speed_only(COMPUTE_SPEED),
+                        );
                     }
                     // The mask's scores come from the statistics and the weights
                     // module by module (`mask --stats`): no scores file, whose size
@@ -702,7 +718,9 @@ pub fn plan(
                 inputs.push(run_dir.join(&m.path));
             }
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
-            steps.push(Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(COMPUTE_SPEED));
+            steps.push(
+                Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(COMPUTE_SPEED),
+            );
             results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
         }
     }
@@ -784,7 +802,9 @@ fn overlap(from: &Path, skip: usize, data: &Path, limit: Option<usize>) -> Optio
     if from == data {
         return match limit {
             Some(limit) if skip >= limit => None,
-            Some(limit) => Some(format!("The task reads its first {limit} items; give the source `skip_records = {limit}` (it skips {skip}).")),
+            Some(limit) => {
+                Some(format!("The task reads its first {limit} items; give the source `skip_records = {limit}` (it skips {skip})."))
+            }
             None => Some("The task reads every item; give it a `limit` and the source `skip_records` of at least that.".to_string()),
         };
     }

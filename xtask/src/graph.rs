@@ -464,9 +464,13 @@ mod tests {
 
     #[test]
     fn a_step_s_speed_only_flags_are_left_out_of_its_recipe_and_no_other_step_s() {
-        let args: Vec<String> = ["ppl", "--device", "wgpu", "--batch=4", "--quiet", "--seqlen", "512"].iter().map(|s| s.to_string()).collect();
-        let step = Step::new("x", "evaluate", args.clone(), vec![], vec![])
-            .speed_only(&[("--device", true), ("--batch", true), ("--quiet", false)]);
+        let args: Vec<String> =
+            ["ppl", "--device", "wgpu", "--batch=4", "--quiet", "--seqlen", "512"].iter().map(|s| s.to_string()).collect();
+        let step = Step::new("x", "evaluate", args.clone(), vec![], vec![]).speed_only(&[
+            ("--device", true),
+            ("--batch", true),
+            ("--quiet", false),
+        ]);
         assert_eq!(step.result_args(), ["ppl", "--seqlen", "512"]);
         // A stage where --batch changes results declares only what is speed there.
         let other = Step::new("y", "other", args, vec![], vec![]).speed_only(&[("--quiet", false)]);
