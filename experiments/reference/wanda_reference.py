@@ -100,6 +100,22 @@ def layer_out(layer, x, kwargs):
     return (out[0] if isinstance(out, tuple) else out)[0]
 
 
+def dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype):
+    """Runs every input through the (still dense) layer into `outs`, gathering
+    each linear's scaler_row; gives the linears and their statistics."""
+    subset = {name: layer.get_submodule(name) for name in LINEARS}
+    wrapped = {name: WrappedGPT(subset[name], stat_dtype) for name in subset}
+    handles = [
+        subset[name].register_forward_hook(lambda _m, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data))
+        for name in subset
+    ]
+    for j in range(len(inps)):
+        outs[j] = layer_out(layer, inps[j], kwargs)
+    for h in handles:
+        h.remove()
+    return subset, wrapped
+
+
 @torch.no_grad()
 def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda"):
     layers = model.model.layers
@@ -109,16 +125,7 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
     for i in range(len(layers)):
         t0 = time.time()
         layer = layers[i]
-        subset = {name: layer.get_submodule(name) for name in LINEARS}
-        wrapped = {name: WrappedGPT(subset[name], stat_dtype) for name in subset}
-        handles = [
-            subset[name].register_forward_hook(lambda _m, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data))
-            for name in subset
-        ]
-        for j in range(len(inps)):
-            outs[j] = layer_out(layer, inps[j], kwargs)
-        for h in handles:
-            h.remove()
+        subset, wrapped = dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype)
         for name in subset:
             weight = subset[name].weight.data
             if method == "ria":
@@ -166,16 +173,7 @@ def owl_layer_sparsities(model, windows, sparsity, stat_dtype, hyper_m=5.0, lamd
     all_layer_ratio = []
     for i in range(len(layers)):
         layer = layers[i]
-        subset = {name: layer.get_submodule(name) for name in LINEARS}
-        wrapped = {name: WrappedGPT(subset[name], stat_dtype) for name in subset}
-        handles = [
-            subset[name].register_forward_hook(lambda _m, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data))
-            for name in subset
-        ]
-        for j in range(len(inps)):
-            outs[j] = layer_out(layer, inps[j], kwargs)
-        for h in handles:
-            h.remove()
+        subset, wrapped = dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype)
         metrics = [torch.abs(subset[name].weight.data) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1))) for name in subset]
         layer_wmetric = torch.cat([torch.flatten(x.cpu()) for x in metrics])
         all_layer_ratio.append(check_outlier_mean(layer_wmetric, hyper_m))
