@@ -276,7 +276,7 @@ impl SafetensorsCheckpoint {
 
     /// The stored bytes of tensor `name`.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], FormatError> {
-        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        let i = self.shard_of(name)?;
         self.files[i].tensor_bytes(name)
     }
 
@@ -284,8 +284,13 @@ impl SafetensorsCheckpoint {
     /// [`SafetensorsCheckpoint::shard_bytes`]: for readers that slice them
     /// often, without looking the name up again.
     pub fn tensor_location(&self, name: &str) -> Result<(usize, std::ops::Range<usize>), FormatError> {
-        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        let i = self.shard_of(name)?;
         Ok((i, self.files[i].info(name)?.range.clone()))
+    }
+
+    /// The shard holding tensor `name`, or an error naming the checkpoint.
+    fn shard_of(&self, name: &str) -> Result<usize, FormatError> {
+        self.by_name.get(name).copied().ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))
     }
 
     /// The whole mapped file of shard `shard`.
@@ -295,7 +300,7 @@ impl SafetensorsCheckpoint {
 
     /// Tensor `name` decoded to f32 (see [`SafetensorsFile::tensor_f32`]).
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor, FormatError> {
-        let &i = self.by_name.get(name).ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))?;
+        let i = self.shard_of(name)?;
         self.files[i].tensor_f32(name)
     }
 }
