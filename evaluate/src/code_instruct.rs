@@ -306,7 +306,9 @@ fn word_then(text: &str, word: &str, then: &str) -> bool {
 /// `code` without the entry point it brings of its own, where the
 /// harness's would clash with it: C++'s top-level `main` function, Java's
 /// top-level class `Main` (and `public` dropped from `public class
-/// Solution`, which the harness's `Main.java` cannot hold).
+/// Solution`, which the harness's `Main.java` cannot hold), and
+/// JavaScript's top-level `console` calls, whose output the harness reads as
+/// a failure.
 fn without_own_main(language: Language, code: &str) -> String {
     match language {
         Language::Cpp => remove_top_level_block(code, false, |t| word_then(t, "main", "(")),
@@ -317,8 +319,63 @@ fn without_own_main(language: Language, code: &str) -> String {
             });
             code.replace("public class Solution", "class Solution")
         }
-        Language::Python | Language::JavaScript => code.to_string(),
+        Language::JavaScript => without_top_level_console(code),
+        Language::Python => code.to_string(),
     }
+}
+
+/// `code` without its top-level statements that start with `console.`: the
+/// example calls (`console.log(f(1))`) that instruct answers end with. The
+/// harness counts any printed output as a failed test, as CodeGeeX's does,
+/// so these would fail a correct function.
+fn without_top_level_console(code: &str) -> String {
+    let b = code.as_bytes();
+    let (mut state, mut depth) = (Lex::Code, 0i64);
+    let mut kept = String::with_capacity(code.len());
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        let line_start = i == 0 || b[i - 1] == b'\n';
+        if line_start && state == Lex::Code && depth == 0 {
+            let indent = code[i..].len() - code[i..].trim_start_matches([' ', '\t']).len();
+            if code[i + indent..].starts_with("console.") {
+                kept.push_str(&code[copied..i]);
+                i = statement_end(b, i + indent);
+                copied = i;
+                continue;
+            }
+        }
+        i += lex_step(b, i, &mut state, &mut depth, true);
+    }
+    kept.push_str(&code[copied..]);
+    kept
+}
+
+/// Where the JavaScript statement starting at `start` ends: past its `;` or
+/// the newline after it, once its parentheses, brackets and braces are
+/// closed (or at the end of `code`).
+fn statement_end(b: &[u8], start: usize) -> usize {
+    let (mut state, mut braces, mut nesting) = (Lex::Code, 0i64, 0i64);
+    let mut i = start;
+    while i < b.len() {
+        let in_code = state == Lex::Code;
+        let c = b[i];
+        if in_code && braces == 0 && nesting <= 0 && (c == b';' || c == b'\n') {
+            let mut end = i + 1;
+            if c == b';' && b.get(end) == Some(&b'\n') {
+                end += 1;
+            }
+            return end;
+        }
+        if in_code {
+            match c {
+                b'(' | b'[' => nesting += 1,
+                b')' | b']' => nesting -= 1,
+                _ => {}
+            }
+        }
+        i += lex_step(b, i, &mut state, &mut braces, true);
+    }
+    b.len()
 }
 
 /// Python body lines written without the function's indentation, indented by four spaces.
@@ -437,6 +494,18 @@ mod tests {
         assert_eq!(
             instruct_source(java, &p, answer),
             "import java.util.*;\n\nclass Solution {\n    public int add(int a, int b) {\n        return a + b;\n    }\n}\n\n\n"
+        );
+    }
+
+    #[test]
+    fn javascript_answers_lose_their_top_level_console_calls() {
+        let js = CodeTask::HumanEvalX(Language::JavaScript);
+        let p = problem("const add = (a, b) => {\n");
+        let answer = "```javascript\nconst add = (a, b) => {\n  console.log('inside');\n  return a + b;\n}\n\nconsole.log(add(1, 2)); // 3\nconsole.log(\n  add(\n    [1, 2].length, 3)\n)\nconst s = ';';\n  console.assert(add(1, 1) === 2)\n```";
+        assert_eq!(
+            instruct_source(js, &p, answer),
+            "const add = (a, b) => {\n  console.log('inside');\n  return a + b;\n}\n\n // 3\nconst s = ';';\n",
+            "calls inside the function stay; top-level ones go, however many lines they span"
         );
     }
 
