@@ -12,6 +12,9 @@ pub enum ArtifactKind {
     Samples,
     /// One row per linear module: activation statistics (`stats`).
     Stats,
+    /// One row per distinct input of a layer's linear modules: SparseGPT's
+    /// Hessian of it (`hessians`).
+    Hessians,
     /// One row per output row of a linear: importance scores (`scores`).
     Scores,
     /// One row per output row of a linear: packed keep bits (`mask`).
@@ -27,10 +30,11 @@ pub enum ArtifactKind {
 
 impl ArtifactKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [ArtifactKind; 8] = [
+    pub const ALL: [ArtifactKind; 9] = [
         ArtifactKind::Documents,
         ArtifactKind::Samples,
         ArtifactKind::Stats,
+        ArtifactKind::Hessians,
         ArtifactKind::Scores,
         ArtifactKind::Mask,
         ArtifactKind::Results,
@@ -44,6 +48,7 @@ impl ArtifactKind {
             ArtifactKind::Documents => "documents",
             ArtifactKind::Samples => "samples",
             ArtifactKind::Stats => "stats",
+            ArtifactKind::Hessians => "hessians",
             ArtifactKind::Scores => "scores",
             ArtifactKind::Mask => "mask",
             ArtifactKind::Results => "results",

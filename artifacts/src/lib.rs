@@ -9,6 +9,7 @@
 mod columns;
 mod documents;
 mod error;
+mod hessians;
 mod items;
 mod jaccard;
 mod kind;
@@ -36,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 pub use documents::{documents_content_hash, documents_schema, read_documents, write_documents, Document, Split, EXTRA_CONTENT_HASH};
 pub use error::ArtifactError;
+pub use hessians::{hessians_schema, write_hessians, HessiansReader, InputHessian};
 pub use items::{items_path_for, items_schema, read_items, write_items, ItemRow};
 pub use jaccard::{jaccard_schema, read_jaccard, write_jaccard, JaccardRow};
 pub use kind::{ArtifactKind, UnknownKindError};

@@ -1,6 +1,8 @@
 //! The `mask` artifact: which weights a pruning keeps, one row per output row of
 //! a linear module, as packed bits (1 = kept, least significant bit first, the
-//! last byte zero-padded).
+//! last byte zero-padded). A method that updates the weights it keeps
+//! (SparseGPT) also stores each row's kept values, in column order, in a
+//! `values` column: the mask and its values are then the whole sub-model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columns::{check_field, Accept};
 use crate::open_streamed_counted;
-use crate::scores::{text_column, u32_column, ROWS_PER_BATCH};
+use crate::scores::{check_float_list, f32_list_array, f32_list_column, text_column, u32_column, ROWS_PER_BATCH};
 use crate::write_parquet_streamed;
 use crate::{ArtifactError, ArtifactKind, Provenance};
 
@@ -26,7 +28,7 @@ const EXTRA_PATTERN: &str = "pattern";
 const EXTRA_GROUP: &str = "group";
 
 /// The keep bits of one output row of a linear module.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MaskRow {
     /// Hugging Face parameter name without `.weight`, e.g. `model.layers.3.mlp.down_proj`.
     pub module: String,
@@ -36,6 +38,9 @@ pub struct MaskRow {
     pub in_features: u32,
     /// Keep flags packed LSB first, `ceil(in_features / 8)` bytes, padding bits zero.
     pub keep: Vec<u8>,
+    /// The kept weights' values after the method's update, in column order
+    /// (one per set bit of `keep`); `None` for methods that only select weights.
+    pub values: Option<Vec<f32>>,
 }
 
 /// File-level facts about a mask, stored as `subprune.mask.*` metadata.
@@ -51,14 +56,36 @@ pub struct MaskInfo {
     pub group: String,
 }
 
-/// The Arrow schema of a mask artifact: module Utf8, row UInt32, in_features UInt32, keep Binary.
-pub fn mask_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// The Arrow schema of a mask artifact: module Utf8, row UInt32, in_features
+/// UInt32, keep Binary, and with `values` a List<Float32> column of the kept
+/// weights' updated values.
+pub fn mask_schema(values: bool) -> SchemaRef {
+    let mut fields = vec![
         Field::new("module", DataType::Utf8, false),
         Field::new("row", DataType::UInt32, false),
         Field::new("in_features", DataType::UInt32, false),
         Field::new("keep", DataType::Binary, false),
-    ]))
+    ];
+    if values {
+        fields.push(Field::new("values", DataType::List(Arc::new(Field::new_list_field(DataType::Float32, false))), false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Checks that a row's `values`, if any, hold one value per kept weight.
+fn check_values(path: &Path, row: usize, keep: &[u8], values: Option<&[f32]>) -> Result<(), ArtifactError> {
+    let Some(values) = values else { return Ok(()) };
+    let kept: usize = keep.iter().map(|b| b.count_ones() as usize).sum();
+    if values.len() != kept {
+        return Err(ArtifactError::BadValue {
+            path: path.to_path_buf(),
+            column: "values".to_string(),
+            row,
+            expected: format!("{kept} values (one per kept weight of the row)"),
+            found: format!("{} values", values.len()),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that `keep` is `ceil(in_features / 8)` bytes with zero padding bits.
@@ -80,26 +107,42 @@ fn check_bits(path: &Path, row: usize, in_features: u32, keep: &[u8]) -> Result<
     Ok(())
 }
 
-fn mask_batch(path: &Path, chunk: &[MaskRow]) -> Result<RecordBatch, ArtifactError> {
-    let columns: Vec<ArrayRef> = vec![
+fn mask_batch(path: &Path, first_row: usize, chunk: &[MaskRow], values: bool) -> Result<RecordBatch, ArtifactError> {
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.module.as_str()))),
         Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.row))),
         Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.in_features))),
         Arc::new(BinaryArray::from_iter_values(chunk.iter().map(|r| r.keep.as_slice()))),
     ];
-    RecordBatch::try_new(mask_schema(), columns).map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
+    if values {
+        let rows = chunk.iter().map(|r| r.values.as_deref().unwrap_or_default());
+        columns.push(Arc::new(f32_list_array(path, "values", first_row, rows)?));
+    }
+    RecordBatch::try_new(mask_schema(values), columns).map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
 }
 
 /// Writes a mask artifact atomically; returns its content hash.
 ///
 /// `provenance` must be of kind `mask`; `info` is added to it as
-/// `subprune.mask.*` extras. Every row's bits must be well formed (see [`MaskRow::keep`]).
+/// `subprune.mask.*` extras. Every row's bits must be well formed (see
+/// [`MaskRow::keep`]); either every row has values (one per kept weight) or none.
 pub fn write_mask(path: &Path, rows: &[MaskRow], info: &MaskInfo, provenance: &Provenance) -> Result<String, ArtifactError> {
     if provenance.kind != ArtifactKind::Mask {
         return Err(ArtifactError::ProvenanceKind { path: path.to_path_buf(), expected: ArtifactKind::Mask, found: provenance.kind });
     }
+    let values = rows.first().is_some_and(|r| r.values.is_some());
     for (i, r) in rows.iter().enumerate() {
         check_bits(path, i, r.in_features, &r.keep)?;
+        if r.values.is_some() != values {
+            return Err(ArtifactError::BadValue {
+                path: path.to_path_buf(),
+                column: "values".to_string(),
+                row: i,
+                expected: format!("values {} as on the first row", if values { "present" } else { "absent" }),
+                found: format!("values {}", if values { "absent" } else { "present" }),
+            });
+        }
+        check_values(path, i, &r.keep, r.values.as_deref())?;
     }
     let provenance = provenance
         .clone()
@@ -108,8 +151,8 @@ pub fn write_mask(path: &Path, rows: &[MaskRow], info: &MaskInfo, provenance: &P
         .with_extra(EXTRA_PATTERN, info.pattern.clone())
         .with_extra(EXTRA_GROUP, info.group.clone());
     let chunks: Vec<&[MaskRow]> = if rows.is_empty() { vec![rows] } else { rows.chunks(ROWS_PER_BATCH).collect() };
-    let batches = chunks.into_iter().map(|chunk| mask_batch(path, chunk));
-    write_parquet_streamed(path, mask_schema(), batches, &provenance)
+    let batches = chunks.into_iter().enumerate().map(|(i, chunk)| mask_batch(path, i * ROWS_PER_BATCH, chunk, values));
+    write_parquet_streamed(path, mask_schema(values), batches, &provenance)
 }
 
 fn mask_info(path: &Path, p: &Provenance) -> Result<MaskInfo, ArtifactError> {
@@ -199,6 +242,7 @@ pub struct MaskReader {
     pending: std::vec::IntoIter<MaskRow>,
     first: usize,
     done: bool,
+    values: bool,
 }
 
 impl MaskReader {
@@ -210,6 +254,10 @@ impl MaskReader {
         check_field(path, &schema, "row", Accept::Int)?;
         check_field(path, &schema, "in_features", Accept::Int)?;
         binary_field(path, &schema, "keep")?;
+        let values = schema.index_of("values").is_ok();
+        if values {
+            check_float_list(path, &schema, "values")?;
+        }
         Ok(MaskReader {
             path: path.to_path_buf(),
             provenance,
@@ -219,7 +267,13 @@ impl MaskReader {
             pending: Vec::new().into_iter(),
             first: 0,
             done: false,
+            values,
         })
+    }
+
+    /// Whether the rows carry the kept weights' updated values.
+    pub fn has_values(&self) -> bool {
+        self.values
     }
 
     /// The file being read.
@@ -255,10 +309,16 @@ impl MaskReader {
             let rows = u32_column(path, "row", &batch, first)?;
             let in_features = u32_column(path, "in_features", &batch, first)?;
             let keeps = binary_column(path, "keep", &batch, first)?;
+            let mut values: Vec<Option<Vec<f32>>> = match self.values {
+                true => f32_list_column(path, "values", &batch, first)?.into_iter().map(Some).collect(),
+                false => vec![None; batch.num_rows()],
+            };
             let mut out = Vec::with_capacity(batch.num_rows());
             for (i, (((module, row), in_features), keep)) in modules.into_iter().zip(rows).zip(in_features).zip(keeps).enumerate() {
                 check_bits(path, first + i, in_features, &keep)?;
-                out.push(MaskRow { module, row, in_features, keep });
+                let values = values[i].take();
+                check_values(path, first + i, &keep, values.as_deref())?;
+                out.push(MaskRow { module, row, in_features, keep, values });
             }
             Ok(out)
         })();

@@ -85,6 +85,7 @@ fn streamed_mask_reader_yields_the_rows_of_read_mask_across_batches() {
             row: i % 5000,
             in_features: 12,
             keep: vec![i as u8, 0x0f & (i >> 8) as u8],
+            values: None,
         })
         .collect();
     write_mask(&path, &rows, &info, &prov(ArtifactKind::Mask)).unwrap();

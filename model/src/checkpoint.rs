@@ -72,12 +72,15 @@ enum Store {
 
 /// A checkpoint whose tensors are read on demand; see the module docs.
 /// A tensor can be masked ([`Checkpoint::set_keep_bits`]): its pruned
-/// weights read as zeros.
+/// weights read as zeros; or replaced ([`Checkpoint::set_values`]) by the
+/// weights of a method that updates what it keeps.
 pub struct Checkpoint {
     source: PathBuf,
     store: Arc<Store>,
     entries: BTreeMap<String, Entry>,
     keep_bits: BTreeMap<String, Arc<Vec<u8>>>,
+    /// Replaced matrices, as little-endian f32 bytes row by row.
+    replaced: BTreeMap<String, Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -102,8 +105,13 @@ impl Checkpoint {
             };
             entries.insert(name.clone(), entry);
         }
-        let mut checkpoint =
-            Checkpoint { source: dir.to_path_buf(), store: Arc::new(Store::Safetensors(file)), entries, keep_bits: BTreeMap::new() };
+        let mut checkpoint = Checkpoint {
+            source: dir.to_path_buf(),
+            store: Arc::new(Store::Safetensors(file)),
+            entries,
+            keep_bits: BTreeMap::new(),
+            replaced: BTreeMap::new(),
+        };
         checkpoint.split_fused(fused)?;
         Ok(checkpoint)
     }
@@ -118,8 +126,13 @@ impl Checkpoint {
             let ggml_type = file.tensor_info(&stored).expect("mapped from the file's own tensors").ggml_type;
             entries.insert(hf, Entry { shape, stored, fixup, rows: None, stored_type: StoredType::Gguf(ggml_type) });
         }
-        let mut checkpoint =
-            Checkpoint { source: file.path().to_path_buf(), store: Arc::new(Store::Gguf(file)), entries, keep_bits: BTreeMap::new() };
+        let mut checkpoint = Checkpoint {
+            source: file.path().to_path_buf(),
+            store: Arc::new(Store::Gguf(file)),
+            entries,
+            keep_bits: BTreeMap::new(),
+            replaced: BTreeMap::new(),
+        };
         checkpoint.split_fused(fused)?;
         Ok(checkpoint)
     }
@@ -197,6 +210,11 @@ impl Checkpoint {
     /// the converter's fixups undone, masked if a mask was set), read from the file now.
     pub fn load(&self, name: &str) -> Result<HostTensor, ModelError> {
         let entry = self.entries.get(name).ok_or_else(|| ModelError::format(&self.source, format!("has no tensor `{name}`")))?;
+        if let Some(bytes) = self.replaced.get(name) {
+            let mut data = vec![0.0f32; bytes.len() / 4];
+            StoredDtype::F32.decode_into(bytes, &mut data);
+            return Ok(HostTensor::new(entry.shape.clone(), data));
+        }
         let (stored_shape, mut data) = match &*self.store {
             Store::Safetensors(file) => {
                 let tensor = file.tensor_f32(&entry.stored)?;
@@ -243,6 +261,31 @@ impl Checkpoint {
             )));
         }
         self.keep_bits.insert(name.to_string(), Arc::new(keep));
+        Ok(())
+    }
+
+    /// Replaces, from now on, matrix `name` ([rows, cols]) by `values`
+    /// (row-major): the pruned and updated weights of a method such as
+    /// SparseGPT. The replacement is held in memory, 4 bytes per weight.
+    pub fn set_values(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        let Some(entry) = self.entries.get(name) else {
+            return Err(ModelError::format(&self.source, format!("has no tensor `{name}` to replace")));
+        };
+        let &[rows, cols] = entry.shape.as_slice() else {
+            return Err(ModelError::format(
+                &self.source,
+                format!("tensor `{name}` has shape {:?}; only matrices are replaced", entry.shape),
+            ));
+        };
+        if values.len() != rows * cols {
+            return Err(ModelError::Input(format!(
+                "values of `{name}` ([{rows}, {cols}]): expected {} values, found {}",
+                rows * cols,
+                values.len()
+            )));
+        }
+        self.keep_bits.remove(name);
+        self.replaced.insert(name.to_string(), Arc::new(values.iter().flat_map(|v| v.to_le_bytes()).collect()));
         Ok(())
     }
 
@@ -302,6 +345,21 @@ impl Checkpoint {
     pub fn rows_of(&self, name: &str) -> Option<StoredRows> {
         let entry = self.entries.get(name)?;
         let &[rows, cols] = entry.shape.as_slice() else { return None };
+        if let Some(bytes) = self.replaced.get(name) {
+            return Some(StoredRows {
+                store: Arc::clone(&self.store),
+                stored: name.to_string(),
+                location: (0, 0..bytes.len()),
+                replaced: Some(Arc::clone(bytes)),
+                stored_type: StoredType::Float(StoredDtype::F32),
+                first: 0,
+                rows,
+                cols,
+                row_bytes: cols * 4,
+                heads: None,
+                keep_bits: None,
+            });
+        }
         let (first, row_bytes) = match (&*self.store, entry.stored_type) {
             (Store::Safetensors(_), StoredType::Float(dtype)) => (entry.rows.as_ref().map_or(0, |r| r.start), cols * dtype.size()),
             (Store::Gguf(_), StoredType::Gguf(ty)) => (entry.rows.as_ref().map_or(0, |r| r.start), ty.n_bytes(cols as u64)? as usize),
@@ -320,6 +378,7 @@ impl Checkpoint {
             store: Arc::clone(&self.store),
             stored: entry.stored.clone(),
             location,
+            replaced: None,
             stored_type: entry.stored_type,
             first,
             rows,
@@ -342,6 +401,8 @@ pub struct StoredRows {
     stored: String,
     /// The stored tensor's shard and byte range in it.
     location: (usize, Range<usize>),
+    /// The matrix's replacement (little-endian f32), where it was replaced.
+    replaced: Option<Arc<Vec<u8>>>,
     stored_type: StoredType,
     /// First row of the stored tensor that is row 0 here (a part of a fused projection).
     first: usize,
@@ -388,6 +449,9 @@ impl StoredRows {
 
     /// The stored bytes of the whole tensor.
     fn bytes(&self) -> &[u8] {
+        if let Some(bytes) = &self.replaced {
+            return bytes;
+        }
         let (shard, range) = &self.location;
         match &*self.store {
             Store::Safetensors(file) => &file.shard_bytes(*shard)[range.clone()],
@@ -534,6 +598,33 @@ impl Weights for MaskedWeights<'_> {
                 Err(ModelError::Input(format!("keep bits of `{name}` ({} bytes) do not fit its shape {expected:?}", keep.len())))
             }
             (None, _) => Ok(tensor),
+        }
+    }
+}
+
+/// Weights of which some matrices are replaced by given values (sequential
+/// SparseGPT rebuilds a layer from its pruned and updated weights, so that
+/// the next layer sees their outputs).
+pub struct ReplacedWeights<'a> {
+    weights: &'a dyn Weights,
+    replaced: BTreeMap<String, HostTensor>,
+}
+
+impl<'a> ReplacedWeights<'a> {
+    /// `weights` with the tensors of `replaced` served instead of theirs.
+    pub fn new(weights: &'a dyn Weights, replaced: BTreeMap<String, HostTensor>) -> Self {
+        ReplacedWeights { weights, replaced }
+    }
+}
+
+impl Weights for ReplacedWeights<'_> {
+    fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
+        match self.replaced.get(name) {
+            Some(tensor) if tensor.shape == expected => Ok(Cow::Borrowed(tensor)),
+            Some(tensor) => {
+                Err(ModelError::Input(format!("the replacement of `{name}` has shape {:?}; expected {expected:?}", tensor.shape)))
+            }
+            None => self.weights.tensor(name, expected, architecture),
         }
     }
 }

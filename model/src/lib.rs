@@ -15,7 +15,7 @@ pub mod nn;
 pub mod stream;
 
 pub use arch::ModelConfig;
-pub use checkpoint::{Checkpoint, MaskedWeights, StoredPart, StoredRows, StoredType, Weights};
+pub use checkpoint::{Checkpoint, MaskedWeights, ReplacedWeights, StoredPart, StoredRows, StoredType, Weights};
 pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;

@@ -49,6 +49,11 @@ pub enum SparsityError {
         /// Row length.
         cols: usize,
     },
+    /// A method without per-weight scores asked for them.
+    #[error(
+        "{0} has no per-weight scores: it chooses the weights to prune while it updates the others (use `mask --hessians` for its mask)"
+    )]
+    NoScores(&'static str),
     /// Packed mask rows that do not cover a matrix row for row.
     #[error("mask rows: expected {expected}; found {found}")]
     MaskRows {
@@ -69,6 +74,9 @@ pub enum Method {
     /// Relative importance and activations (RIA, Zhang et al. 2024):
     /// (|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) * sqrt(stat_j)^a, a = [`RIA_EXPONENT`].
     Ria,
+    /// SparseGPT ([`sparsegpt`]): weights chosen block by block from the
+    /// inputs' Hessian while the kept ones are updated; it has no scores.
+    SparseGpt,
 }
 
 /// RIA's exponent of the input norms (the authors' default `a`).
@@ -81,12 +89,19 @@ impl Method {
             Method::Magnitude => "magnitude",
             Method::Wanda => "wanda",
             Method::Ria => "ria",
+            Method::SparseGpt => "sparsegpt",
         }
     }
 
     /// Whether the method's scores need the inputs' statistics.
     pub fn needs_stats(self) -> bool {
         !matches!(self, Method::Magnitude)
+    }
+
+    /// Whether the method changes the weights it keeps (so a mask alone does
+    /// not give the sub-model: its artifact carries the kept values).
+    pub fn updates_weights(self) -> bool {
+        matches!(self, Method::SparseGpt)
     }
 }
 
@@ -98,7 +113,8 @@ impl FromStr for Method {
             "magnitude" => Ok(Method::Magnitude),
             "wanda" => Ok(Method::Wanda),
             "ria" => Ok(Method::Ria),
-            other => Err(format!("unknown method `{other}`; expected wanda, ria or magnitude")),
+            "sparsegpt" => Ok(Method::SparseGpt),
+            other => Err(format!("unknown method `{other}`; expected wanda, ria, sparsegpt or magnitude")),
         }
     }
 }
@@ -246,6 +262,7 @@ fn check_len(what: &str, expected: usize, found: usize) -> Result<(), SparsityEr
 pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_stat: Option<&[f32]>) -> Result<Vec<f32>, SparsityError> {
     check_len("weight", rows * cols, weight.len())?;
     match method {
+        Method::SparseGpt => Err(SparsityError::NoScores(method.as_str())),
         Method::Magnitude => Ok(weight.iter().map(|w| w.abs()).collect()),
         Method::Ria => {
             let stat = column_stat.ok_or(SparsityError::Shape { what: "ria column statistics".into(), expected: cols, found: 0 })?;

@@ -81,6 +81,19 @@ impl Hessian {
         self.sequences
     }
 
+    /// The Hessian `2/n Σₛ XₛᵀXₛ` of `sequences` sequences from the sum of
+    /// their Gram matrices `XₛᵀXₛ` ([cols, cols], row-major): what
+    /// [`Hessian::add_batch`] gives in exact arithmetic, from products
+    /// computed by a fast kernel sequence by sequence.
+    pub fn from_gram_sum(mut gram_sum: Vec<f64>, cols: usize, sequences: usize) -> Result<Self, SparsityError> {
+        if gram_sum.len() != cols * cols {
+            return Err(SparsityError::Shape { what: "Gram matrix".into(), expected: cols * cols, found: gram_sum.len() });
+        }
+        let scale = 2.0 / sequences.max(1) as f64;
+        gram_sum.iter_mut().for_each(|v| *v *= scale);
+        Ok(Hessian { values: gram_sum, cols, sequences })
+    }
+
     /// A Hessian from its matrix and sequence count (as read back from an artifact).
     pub fn from_values(values: Vec<f64>, cols: usize, sequences: usize) -> Result<Self, SparsityError> {
         if values.len() != cols * cols {
@@ -133,6 +146,21 @@ pub enum SparseGptError {
         /// Its value.
         value: f64,
     },
+}
+
+/// [`sparsegpt`] on an f32 weight, as the stages run it: computed in f64,
+/// the updated weight rounded to f32 (what later layers see and what a
+/// pruned model holds) and the keep mask.
+pub fn sparsegpt_f32(
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: &Hessian,
+    options: &SparseGptOptions,
+) -> Result<(Vec<f32>, Vec<bool>), SparseGptError> {
+    let values: Vec<f64> = weight.iter().map(|&v| f64::from(v)).collect();
+    let result = sparsegpt(&values, rows, cols, hessian, options)?;
+    Ok((result.weight.iter().map(|&v| v as f32).collect(), result.keep))
 }
 
 /// Prunes `weight` ([rows, cols], row-major) with SparseGPT given its inputs' Hessian.
