@@ -11,12 +11,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use artifacts::ModuleStats;
+use artifacts::{InputHessian, ModuleStats};
 use burn::tensor::{Device, Tensor};
 use model::stream::{equal_length_batches, hidden_tensor, hidden_values, BatchRunner};
 use model::LinearObserver;
-use model::{Decoder, LoadedModel, MaskedWeights, ModelError};
+use model::{Decoder, HostTensor, LoadedModel, MaskedWeights, ModelError, ReplacedWeights};
 use sparsity::owl::{layer_sparsities, OutlierCount, SparsityProfile};
+use sparsity::sparsegpt::{sparsegpt_f32, Hessian, SparseGptError, SparseGptOptions};
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -28,6 +29,15 @@ pub enum CalibrateError {
     /// A pruning kernel refused its input.
     #[error(transparent)]
     Sparsity(#[from] SparsityError),
+    /// SparseGPT failed on a module.
+    #[error("SparseGPT on {module}: {source}")]
+    SparseGpt {
+        /// The module.
+        module: String,
+        /// What failed.
+        #[source]
+        source: SparseGptError,
+    },
     /// Samples that cannot be used.
     #[error("{0}")]
     Input(String),
@@ -40,8 +50,11 @@ pub struct CalibrateOptions {
     pub pattern: Pattern,
     /// Comparison group of unstructured pruning.
     pub group: Group,
-    /// Scores the layers are pruned by (sequential mode): Wanda or RIA.
+    /// How the layers are pruned (sequential mode): by Wanda's or RIA's
+    /// scores, or by SparseGPT (which also gathers the inputs' Hessians).
     pub method: Method,
+    /// SparseGPT's column block and dampening (with `method` SparseGPT).
+    pub sparsegpt: SparseGptSettings,
     /// How the pattern's sparsity is spread over the layers: uniform, or
     /// OWL's per-layer sparsities from a first, dense pass (unstructured only).
     pub profile: SparsityProfile,
@@ -51,6 +64,29 @@ pub struct CalibrateOptions {
     pub batch: usize,
     /// Precision the hidden states are kept in between layers.
     pub activations: Activations,
+}
+
+/// SparseGPT's settings: columns pruned and updated together, and the
+/// dampening of the Hessian's diagonal as a fraction of its mean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseGptSettings {
+    /// Columns per block (the reference's default: 128).
+    pub blocksize: usize,
+    /// Dampening fraction (the reference's default: 0.01).
+    pub percdamp: f64,
+}
+
+impl Default for SparseGptSettings {
+    fn default() -> Self {
+        SparseGptSettings { blocksize: sparsity::sparsegpt::DEFAULT_BLOCKSIZE, percdamp: sparsity::sparsegpt::DEFAULT_PERCDAMP }
+    }
+}
+
+impl SparseGptSettings {
+    /// SparseGPT's options for `pattern` with these settings.
+    pub fn options(self, pattern: Pattern) -> SparseGptOptions {
+        SparseGptOptions { pattern, blocksize: self.blocksize, percdamp: self.percdamp }
+    }
 }
 
 /// Precision of the hidden states kept between decoder layers for every
@@ -168,6 +204,10 @@ struct ObservedSquares {
     in_features: usize,
     /// `[batch, in_features]`: one row of sums per sample of the group.
     per_sample: Vec<f32>,
+    /// `[batch, in_features, in_features]`: each sample's Gram matrix `XᵀX`
+    /// (SparseGPT), kept per sample so that the running sum adds the
+    /// samples in their order whatever ran in parallel.
+    grams: Option<Vec<f32>>,
 }
 
 /// Records, for every linear input a layer reports, the sum over each
@@ -177,12 +217,13 @@ struct ObservedSquares {
 struct SquaresObserver {
     batch: usize,
     seq: usize,
+    grams: bool,
     observed: Vec<ObservedSquares>,
 }
 
 impl SquaresObserver {
-    fn new(batch: usize, seq: usize) -> Self {
-        SquaresObserver { batch, seq, observed: Vec::new() }
+    fn new(batch: usize, seq: usize, grams: bool) -> Self {
+        SquaresObserver { batch, seq, grams, observed: Vec::new() }
     }
 }
 
@@ -190,7 +231,57 @@ impl LinearObserver for SquaresObserver {
     fn observe(&mut self, modules: &[String], input: &Tensor<2>) {
         let [_, in_features] = input.dims();
         let per_sample = column_squares(input, self.batch, self.seq);
-        self.observed.push(ObservedSquares { modules: modules.to_vec(), in_features, per_sample });
+        let grams = self.grams.then(|| sample_grams(&model::shared_values(input), self.seq, in_features));
+        self.observed.push(ObservedSquares { modules: modules.to_vec(), in_features, per_sample, grams });
+    }
+}
+
+/// Each sample's Gram matrix `XₛᵀXₛ` ([n, n]) of `values` [samples * seq, n],
+/// computed by the f32 gemm kernel (whose sums do not depend on threads).
+fn sample_grams(values: &[f32], seq: usize, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(values.len() / seq.max(1) / n.max(1) * n * n);
+    let mut transposed = vec![0.0f32; n * seq];
+    for sample in values.chunks_exact(seq * n) {
+        for (t, row) in sample.chunks_exact(n).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                transposed[j * seq + t] = v;
+            }
+        }
+        let rhs = kernels::gemm::PackedRhs::from_rows(sample, seq, n);
+        out.extend(kernels::gemm::matmul(&transposed, n, &rhs));
+    }
+    out
+}
+
+/// The running sum of the Gram matrices of one input of a layer (SparseGPT).
+struct GramAccumulator {
+    modules: Vec<String>,
+    in_features: usize,
+    sum: Vec<f64>,
+    n_samples: u64,
+    n_tokens: u64,
+}
+
+impl GramAccumulator {
+    /// The Hessian `2/n Σ XᵀX`, made exactly symmetric from the upper
+    /// triangle (so that it equals what the artifact's triangle gives back).
+    fn hessian(mut self, layer: usize) -> Result<(InputHessian, Hessian), SparsityError> {
+        let n = self.in_features;
+        for i in 0..n {
+            for j in i + 1..n {
+                self.sum[j * n + i] = self.sum[i * n + j];
+            }
+        }
+        let hessian = Hessian::from_gram_sum(self.sum, n, self.n_samples as usize)?;
+        let row = InputHessian {
+            layer: layer as u32,
+            modules: self.modules,
+            in_features: n as u32,
+            n_samples: self.n_samples,
+            n_tokens: self.n_tokens,
+            upper: InputHessian::upper_of(hessian.values(), n),
+        };
+        Ok((row, hessian))
     }
 }
 
@@ -222,9 +313,30 @@ fn column_squares(input: &Tensor<2>, batch: usize, seq: usize) -> Vec<f32> {
 /// Adds what each group's run observed to the running statistics, group by
 /// group and sample by sample, so that the f32 running mean sees the samples
 /// in their order whatever ran in parallel.
-fn accumulate(accumulators: &mut HashMap<String, Accumulator>, observed: Vec<(usize, Vec<ObservedSquares>)>) {
+fn accumulate(
+    accumulators: &mut HashMap<String, Accumulator>,
+    grams: &mut BTreeMap<String, GramAccumulator>,
+    observed: Vec<(usize, Vec<ObservedSquares>)>,
+) {
     for (seq, inputs) in observed {
         for input in inputs {
+            if let Some(sample_grams) = &input.grams {
+                let n = input.in_features;
+                let acc = grams.entry(input.modules[0].clone()).or_insert_with(|| GramAccumulator {
+                    modules: input.modules.clone(),
+                    in_features: n,
+                    sum: vec![0.0; n * n],
+                    n_samples: 0,
+                    n_tokens: 0,
+                });
+                for gram in sample_grams.chunks_exact(n * n) {
+                    for (total, &g) in acc.sum.iter_mut().zip(gram) {
+                        *total += f64::from(g);
+                    }
+                    acc.n_samples += 1;
+                    acc.n_tokens += seq as u64;
+                }
+            }
             for module in input.modules {
                 let acc = accumulators.entry(module).or_insert_with(|| Accumulator::new(input.in_features));
                 for sample in input.per_sample.chunks_exact(input.in_features) {
@@ -250,16 +362,34 @@ pub fn calibrate(
     options: &CalibrateOptions,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Calibration, CalibrateError> {
-    calibrate_layers(loaded, device, samples, options, &mut on_layer)
+    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut |_| {})
 }
 
-/// [`calibrate`], its progress callback a trait object (OWL's dense pass calls it again).
+/// [`calibrate`] with SparseGPT (`options.method`), handing each input's
+/// Hessian to `on_hessian` as its layer is done (layer by layer, in module
+/// name order), so that the Hessians are written without being held.
+pub fn calibrate_with_hessians(
+    loaded: &LoadedModel,
+    device: &Device,
+    samples: &[Vec<u32>],
+    options: &CalibrateOptions,
+    mut on_layer: impl FnMut(usize),
+    mut on_hessian: impl FnMut(InputHessian),
+) -> Result<Calibration, CalibrateError> {
+    if options.method != Method::SparseGpt {
+        return Err(CalibrateError::Input(format!("Hessians are gathered for SparseGPT; the method is {}", options.method)));
+    }
+    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut on_hessian)
+}
+
+/// [`calibrate`], its callbacks trait objects (OWL's dense pass calls it again).
 fn calibrate_layers(
     loaded: &LoadedModel,
     device: &Device,
     samples: &[Vec<u32>],
     options: &CalibrateOptions,
     on_layer: &mut dyn FnMut(usize),
+    on_hessian: &mut dyn FnMut(InputHessian),
 ) -> Result<Calibration, CalibrateError> {
     if samples.is_empty() || samples.iter().any(Vec::is_empty) {
         return Err(CalibrateError::Input("expected at least one non-empty calibration sample".into()));
@@ -268,11 +398,11 @@ fn calibrate_layers(
         (SparsityProfile::Uniform, _) => None,
         (SparsityProfile::Owl { outlier_multiple, lambda }, Pattern::Unstructured { sparsity }) => {
             // OWL's first pass: the dense model's statistics give each layer's outlier ratio.
-            let dense_options = CalibrateOptions { oneshot: true, profile: SparsityProfile::Uniform, ..*options };
-            let dense = calibrate_layers(loaded, device, samples, &dense_options, &mut |_| {})?;
+            let dense_options = CalibrateOptions { oneshot: true, profile: SparsityProfile::Uniform, method: Method::Wanda, ..*options };
+            let dense = calibrate_layers(loaded, device, samples, &dense_options, &mut |_| {}, &mut |_| {})?;
             let ratios = outlier_ratios(loaded, &dense.stats, outlier_multiple)?;
             let sparsities = layer_sparsities(&ratios, sparsity, lambda);
-            if options.oneshot {
+            if options.oneshot && !options.method.updates_weights() {
                 return Ok(Calibration { layer_sparsities: Some(sparsities), ..dense });
             }
             Some(sparsities)
@@ -313,15 +443,17 @@ fn calibrate_layers(
 
     let mut stats = Vec::new();
     let mut applied_masks = BTreeMap::new();
+    let grams = options.method.updates_weights();
     for layer in 0..config.num_layers() {
         network.load_layer(&loaded.weights, layer)?;
         let mut accumulators = HashMap::new();
+        let mut gram_sums = BTreeMap::new();
         let observed: Vec<(usize, Vec<ObservedSquares>)>;
         let mut outputs = Vec::new();
         if options.oneshot {
             let runs = runner.map(std::mem::take(&mut hidden), |index, x| {
                 let (batch, seq) = shape(index);
-                let mut observer = SquaresObserver::new(batch, seq);
+                let mut observer = SquaresObserver::new(batch, seq, grams);
                 let out =
                     hidden_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&(batch, seq)], Some(&mut observer)));
                 (Hidden::keep(out, precision), (seq, observer.observed))
@@ -330,33 +462,45 @@ fn calibrate_layers(
         } else {
             observed = runner.map(hidden.iter().collect(), |index, x: &Hidden| {
                 let (batch, seq) = shape(index);
-                let mut observer = SquaresObserver::new(batch, seq);
+                let mut observer = SquaresObserver::new(batch, seq, grams);
                 // The dense layer's output is not needed: the pruned layer is run for the next one.
                 network.layer_observe_inputs(layer, tensor(x.values().into_owned()), &contexts[&(batch, seq)], &mut observer);
                 (seq, observer.observed)
             });
         }
-        accumulate(&mut accumulators, observed);
+        accumulate(&mut accumulators, &mut gram_sums, observed);
         // The dense layer is freed; each module's weight is read again, alone,
         // to choose its mask, and the pruned layer is built from the
         // checkpoint with the masks applied as it is read: the layer is never
         // held twice.
         let mut keep_bits = BTreeMap::new();
+        let mut replaced = BTreeMap::new();
         if !options.oneshot {
             network.unload_layer(layer);
         }
+        let layer_pattern = match &layer_sparsities {
+            Some(layers) => Pattern::unstructured(layers[layer])?,
+            None => options.pattern,
+        };
+        for (_, acc) in std::mem::take(&mut gram_sums) {
+            let (row, hessian) = acc.hessian(layer)?;
+            if !options.oneshot {
+                for module in &row.modules {
+                    let (weight, keep) = sparsegpt_module(loaded, module, &hessian, options.sparsegpt.options(layer_pattern))?;
+                    applied_masks.insert(module.clone(), mask_digest(&keep));
+                    replaced.insert(format!("{module}.weight"), weight);
+                }
+            }
+            on_hessian(row);
+        }
         for (module, out_features, in_features) in config.linear_modules(layer) {
             let acc = accumulators.remove(&module).ok_or_else(|| CalibrateError::Input(format!("no input was observed for {module}")))?;
-            if !options.oneshot {
+            if !options.oneshot && !grams {
                 let name = format!("{module}.weight");
                 let weight = loaded.weights.load(&name)?;
                 let scores = sparsity::scores(options.method, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
                 drop(weight);
-                let pattern = match &layer_sparsities {
-                    Some(layers) => Pattern::unstructured(layers[layer])?,
-                    None => options.pattern,
-                };
-                let keep = sparsity::keep_mask(&scores, out_features, in_features, pattern, options.group)?;
+                let keep = sparsity::keep_mask(&scores, out_features, in_features, layer_pattern, options.group)?;
                 applied_masks.insert(module.clone(), mask_digest(&keep));
                 keep_bits.insert(name, keep.chunks(in_features.max(1)).flat_map(sparsity::pack_bits).collect::<Vec<u8>>());
             }
@@ -372,7 +516,11 @@ fn calibrate_layers(
         }
         // The last layer's pruned output feeds nothing that calibration measures.
         if !options.oneshot && layer + 1 < config.num_layers() {
-            network.load_layer(&MaskedWeights::new(&loaded.weights, keep_bits), layer)?;
+            if grams {
+                network.load_layer(&ReplacedWeights::new(&loaded.weights, replaced), layer)?;
+            } else {
+                network.load_layer(&MaskedWeights::new(&loaded.weights, keep_bits), layer)?;
+            }
             outputs = runner.map(std::mem::take(&mut hidden), |index, x| {
                 Hidden::keep(
                     hidden_values(network.layer_forward(layer, tensor(x.into_values()), &contexts[&shape(index)], None)),
@@ -385,6 +533,23 @@ fn calibrate_layers(
         on_layer(layer);
     }
     Ok(Calibration { stats, applied_masks, layer_sparsities })
+}
+
+/// Prunes and updates `module` with SparseGPT from its input's Hessian:
+/// the updated weight (as later layers and `mask apply` see it) and the keep mask.
+fn sparsegpt_module(
+    loaded: &LoadedModel,
+    module: &str,
+    hessian: &Hessian,
+    options: SparseGptOptions,
+) -> Result<(HostTensor, Vec<bool>), CalibrateError> {
+    let weight = loaded.weights.load(&format!("{module}.weight"))?;
+    let &[rows, cols] = weight.shape.as_slice() else {
+        return Err(CalibrateError::Input(format!("{module}.weight has shape {:?}; expected a matrix", weight.shape)));
+    };
+    let (updated, keep) = sparsegpt_f32(&weight.data, rows, cols, hessian, &options)
+        .map_err(|source| CalibrateError::SparseGpt { module: module.to_string(), source })?;
+    Ok((HostTensor::new(vec![rows, cols], updated), keep))
 }
 
 /// Each layer's OWL outlier ratio: the share of the Wanda scores of all its

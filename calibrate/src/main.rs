@@ -1,5 +1,6 @@
 //! `calibrate`: Wanda's activation statistics of a model on calibration
-//! samples, sequential (pruning layer by layer, as the reference) or one-shot.
+//! samples, sequential (pruning layer by layer, as the reference) or one-shot;
+//! with SparseGPT also the inputs' Hessians.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use artifacts::{ArtifactKind, Provenance};
-use calibrate::{calibrate, Activations, CalibrateOptions};
+use calibrate::{calibrate, calibrate_with_hessians, Activations, CalibrateOptions, SparseGptSettings};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{load_model, select_device, DeviceChoice};
@@ -33,9 +34,21 @@ struct Cli {
     /// Comparison group of unstructured pruning: row (Wanda's default) or layer (RIA's default).
     #[arg(long, default_value = "row")]
     group: Group,
-    /// Scores the layers are pruned by while calibrating (sequential mode): wanda or ria.
+    /// How the layers are pruned while calibrating (sequential mode): wanda
+    /// or ria (by their scores), or sparsegpt (which also writes the inputs'
+    /// Hessians to --hessians, for `mask --hessians`).
     #[arg(long, default_value = "wanda")]
     method: sparsity::Method,
+    /// Hessians artifact to write with --method sparsegpt (Parquet; one
+    /// in_features² / 2 f64 matrix per distinct input of each layer).
+    #[arg(long)]
+    hessians: Option<PathBuf>,
+    /// SparseGPT: columns pruned and updated together.
+    #[arg(long, default_value_t = sparsity::sparsegpt::DEFAULT_BLOCKSIZE)]
+    blocksize: usize,
+    /// SparseGPT: dampening of the Hessian's diagonal, as a fraction of its mean.
+    #[arg(long, default_value_t = sparsity::sparsegpt::DEFAULT_PERCDAMP)]
+    percdamp: f64,
     /// How --sparsity is spread over the layers: uniform, or owl (OWL's
     /// outlier-weighted layer sparsities, M = 5, lambda = 0.08, from a first
     /// pass over the dense model; recorded in the statistics for `mask`).
@@ -97,15 +110,31 @@ fn main() -> Result<()> {
     };
     if !cli.method.needs_stats() {
         bail!(
-            "--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria); {} needs no calibration",
+            "--method {}: calibration prunes by scores that use the inputs' statistics (wanda or ria) or by SparseGPT; {} needs no calibration",
             cli.method,
             cli.method
         );
+    }
+    let sparsegpt = cli.method.updates_weights();
+    match (sparsegpt, &cli.hessians) {
+        (true, None) => bail!("--method sparsegpt writes the inputs' Hessians, which `mask` needs: give --hessians hessians.parquet"),
+        (false, Some(_)) => bail!("--hessians is written by --method sparsegpt only; the method is {}", cli.method),
+        _ => {}
+    }
+    if sparsegpt && cli.group != Group::Row {
+        bail!(
+            "--group {}: SparseGPT chooses the weights to prune per block of columns, not by a comparison group; leave --group out",
+            cli.group
+        );
+    }
+    if cli.blocksize == 0 || !(cli.percdamp.is_finite() && cli.percdamp >= 0.0) {
+        bail!("--blocksize must be at least 1 and --percdamp a finite number >= 0; found {} and {}", cli.blocksize, cli.percdamp);
     }
     let options = CalibrateOptions {
         pattern,
         group: cli.group,
         method: cli.method,
+        sparsegpt: SparseGptSettings { blocksize: cli.blocksize, percdamp: cli.percdamp },
         profile: cli.sparsity_profile,
         oneshot: cli.oneshot,
         batch: cli.batch,
@@ -120,7 +149,51 @@ fn main() -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("calibrate [{bar:40}] layer {pos}/{len} ({elapsed} elapsed, eta {eta})").expect("valid template"),
     );
-    let result = calibrate(&loaded, &selected.device, &windows, &options, |_| bar.inc(1))?;
+    let samples_hash = artifacts::content_hash(&cli.samples)?;
+    let created_by = format!("subprune-calibrate {}", env!("CARGO_PKG_VERSION"));
+    let result = match &cli.hessians {
+        None => calibrate(&loaded, &selected.device, &windows, &options, |_| bar.inc(1))?,
+        Some(path) => {
+            // The Hessians are written by a thread of their own as each layer
+            // yields them; a failed calibration abandons the file.
+            let params = serde_json::json!({
+                "method": cli.method.as_str(),
+                "pattern": pattern.to_string(),
+                "sparsity_profile": cli.sparsity_profile.as_str(),
+                "oneshot": cli.oneshot,
+                "blocksize": cli.blocksize,
+                "percdamp": cli.percdamp,
+                "activations": activations.as_str(),
+                "nsamples": windows.len(),
+                "seqlen": info.seqlen,
+            });
+            let provenance = Provenance::new(ArtifactKind::Hessians, loaded.fingerprint.clone(), params, created_by.clone())
+                .with_input("samples", samples_hash.clone());
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<artifacts::InputHessian>>(1);
+            let writer = {
+                let path = path.clone();
+                std::thread::spawn(move || artifacts::write_hessians(&path, receiver, &provenance))
+            };
+            let result = calibrate_with_hessians(
+                &loaded,
+                &selected.device,
+                &windows,
+                &options,
+                |_| bar.inc(1),
+                |h| {
+                    let _ = sender.send(Ok(h));
+                },
+            );
+            if let Err(e) = &result {
+                let _ = sender.send(Err(anyhow::anyhow!("calibration failed: {e}")));
+            }
+            drop(sender);
+            let written = writer.join().map_err(|_| anyhow::anyhow!("the Hessians writer panicked"))?;
+            let result = result?;
+            written.with_context(|| format!("writing {}", path.display()))?;
+            result
+        }
+    };
     bar.finish_and_clear();
 
     let (sparsity, nm) = match pattern {
@@ -137,17 +210,14 @@ fn main() -> Result<()> {
         "group": cli.group.to_string(),
         "oneshot": cli.oneshot,
         "activations": activations.as_str(),
+        "blocksize": cli.blocksize,
+        "percdamp": cli.percdamp,
         "batch": cli.batch,
         "nsamples": windows.len(),
         "seqlen": info.seqlen,
     });
-    let provenance = Provenance::new(
-        ArtifactKind::Stats,
-        loaded.fingerprint.clone(),
-        params,
-        format!("subprune-calibrate {}", env!("CARGO_PKG_VERSION")),
-    )
-    .with_input("samples", artifacts::content_hash(&cli.samples)?);
+    let provenance =
+        Provenance::new(ArtifactKind::Stats, loaded.fingerprint.clone(), params, created_by).with_input("samples", samples_hash);
     artifacts::write_stats(&cli.out, &result.stats, &provenance).with_context(|| format!("writing {}", cli.out.display()))?;
     let tokens: usize = windows.iter().map(Vec::len).sum();
     eprintln!(
@@ -158,5 +228,8 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("wrote {}", cli.out.display());
+    if let Some(path) = &cli.hessians {
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

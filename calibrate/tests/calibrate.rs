@@ -24,6 +24,7 @@ fn options(oneshot: bool, batch: usize, pattern: Pattern) -> CalibrateOptions {
         pattern,
         group: Group::Row,
         method: Method::Wanda,
+        sparsegpt: Default::default(),
         profile: SparsityProfile::Uniform,
         oneshot,
         batch,
@@ -245,4 +246,146 @@ fn half_precision_activations_are_what_the_first_layer_reads() {
             }
         }
     }
+}
+
+fn sparsegpt_options(oneshot: bool, batch: usize, pattern: Pattern) -> CalibrateOptions {
+    CalibrateOptions { method: Method::SparseGpt, ..options(oneshot, batch, pattern) }
+}
+
+/// Runs SparseGPT calibration and returns its result and the Hessians it handed out.
+fn run_sparsegpt(loaded: &LoadedModel, options: &CalibrateOptions) -> (calibrate::Calibration, Vec<artifacts::InputHessian>) {
+    let mut hessians = Vec::new();
+    let result = calibrate::calibrate_with_hessians(loaded, &cpu(), &samples(), options, |_| {}, |h| hessians.push(h)).unwrap();
+    (result, hessians)
+}
+
+#[test]
+fn sparsegpt_layer0_hessian_matches_hand_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 11);
+    let samples = samples();
+    let (_, hessians) = run_sparsegpt(&loaded, &sparsegpt_options(true, 1, Pattern::unstructured(0.5).unwrap()));
+    // One Hessian per distinct input: attention in, o_proj in, MLP in, down_proj in; per layer.
+    assert_eq!(hessians.len(), 4 * TINY.layers);
+    let first = hessians.iter().find(|h| h.modules.iter().any(|m| m == "model.layers.0.self_attn.q_proj")).unwrap();
+    assert_eq!(first.layer, 0);
+    let qkv = ["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"];
+    let mut modules = first.modules.clone();
+    modules.sort();
+    assert_eq!(modules, qkv, "q, k and v share one input and one Hessian");
+    // H = 2/N Σ_s Σ_t x xᵀ over the RMS-normed embeddings, by hand in f64.
+    let emb = loaded.weights.load("model.embed_tokens.weight").unwrap();
+    let norm_w = loaded.weights.load("model.layers.0.input_layernorm.weight").unwrap();
+    let h = TINY.hidden;
+    let mut expected = vec![0.0f64; h * h];
+    for s in &samples {
+        for &t in s {
+            let x: Vec<f64> = emb.data[t as usize * h..(t as usize + 1) * h].iter().map(|&v| f64::from(v)).collect();
+            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / h as f64 + TINY.eps).sqrt();
+            let y: Vec<f64> = (0..h).map(|j| x[j] * inv * f64::from(norm_w.data[j])).collect();
+            for i in 0..h {
+                for j in 0..h {
+                    expected[i * h + j] += 2.0 / samples.len() as f64 * y[i] * y[j];
+                }
+            }
+        }
+    }
+    let got = first.full();
+    let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "H[{}][{}]: {a} vs {b}", i / h, i % h);
+    }
+    assert_eq!((first.n_samples, first.n_tokens), (4, 40));
+}
+
+#[test]
+fn sparsegpt_hessians_and_masks_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 12);
+    let pattern = Pattern::unstructured(0.5).unwrap();
+    let (one, h1) = run_sparsegpt(&loaded, &sparsegpt_options(false, 1, pattern));
+    let (four, h4) = run_sparsegpt(&loaded, &sparsegpt_options(false, 4, pattern));
+    assert_eq!(h1, h4, "the Gram matrices are summed sample by sample in order");
+    assert_eq!(one.applied_masks, four.applied_masks);
+    assert_eq!(one.applied_masks.len(), 7 * TINY.layers);
+}
+
+#[test]
+fn sequential_sparsegpt_masks_rebuilt_from_written_hessians_equal_the_applied_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(&dir.path().join("m"), 13);
+    for pattern in [Pattern::unstructured(0.5).unwrap(), Pattern::parse_nm("2:4").unwrap()] {
+        let (result, hessians) = run_sparsegpt(&loaded, &sparsegpt_options(false, 2, pattern));
+        let path = dir.path().join("hessians.parquet");
+        let provenance =
+            artifacts::Provenance::new(artifacts::ArtifactKind::Hessians, loaded.fingerprint.clone(), serde_json::json!({}), "test");
+        artifacts::write_hessians(&path, hessians.into_iter().map(Ok::<_, artifacts::ArtifactError>), &provenance).unwrap();
+        let mut covered = 0;
+        for row in artifacts::HessiansReader::open(&path).unwrap() {
+            let row = row.unwrap();
+            let n = row.in_features as usize;
+            let hessian = sparsity::sparsegpt::Hessian::from_values(row.full(), n, row.n_samples as usize).unwrap();
+            for module in &row.modules {
+                let w = loaded.weights.load(&format!("{module}.weight")).unwrap();
+                let (rows, cols) = (w.shape[0], w.shape[1]);
+                let options = sparsity::sparsegpt::SparseGptOptions::new(pattern);
+                let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&w.data, rows, cols, &hessian, &options).unwrap();
+                assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[module], "{module} ({pattern})");
+                assert!(updated.iter().zip(&keep).all(|(v, k)| *k || *v == 0.0), "pruned weights are zero");
+                assert!(updated.iter().zip(&w.data).zip(&keep).any(|((u, w), k)| *k && u != w), "kept weights are updated");
+                if let Pattern::NM { n, m } = pattern {
+                    assert!(keep.chunks(m).all(|g| g.iter().filter(|k| !**k).count() == n), "{module}: {n} of every {m} pruned");
+                }
+                covered += 1;
+            }
+        }
+        assert_eq!(covered, 7 * TINY.layers);
+    }
+}
+
+#[test]
+fn sequential_sparsegpt_feeds_later_layers_the_updated_weights() {
+    // Layer 1's Hessians in sequential mode are those of a one-shot run on
+    // the model whose layer 0 holds the updated weights.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 14);
+    write_hf_dir(&dir.path().join("dense"), &TINY, &weights, StoredDtype::F32);
+    let dense = load_model(&dir.path().join("dense")).unwrap();
+    let pattern = Pattern::parse_nm("2:4").unwrap();
+    let (_, sequential) = run_sparsegpt(&dense, &sparsegpt_options(false, 1, pattern));
+    let mut updated = weights.clone();
+    for row in sequential.iter().filter(|h| h.layer == 0) {
+        let n = row.in_features as usize;
+        let hessian = sparsity::sparsegpt::Hessian::from_values(row.full(), n, row.n_samples as usize).unwrap();
+        for module in &row.modules {
+            let name = format!("{module}.weight");
+            let w = dense.weights.load(&name).unwrap();
+            let options = sparsity::sparsegpt::SparseGptOptions::new(pattern);
+            let (values, _) = sparsity::sparsegpt::sparsegpt_f32(&w.data, w.shape[0], w.shape[1], &hessian, &options).unwrap();
+            updated.insert(name, model::HostTensor::new(w.shape.clone(), values));
+        }
+    }
+    write_hf_dir(&dir.path().join("updated"), &TINY, &updated, StoredDtype::F32);
+    let updated = load_model(&dir.path().join("updated")).unwrap();
+    let (_, oneshot) = run_sparsegpt(&updated, &sparsegpt_options(true, 1, pattern));
+    let layer1 = |h: &[artifacts::InputHessian]| h.iter().filter(|h| h.layer == 1).cloned().collect::<Vec<_>>();
+    let (a, b) = (layer1(&sequential), layer1(&oneshot));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.modules, y.modules);
+        let scale = y.upper.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = x.upper.iter().zip(&y.upper).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff <= 1e-6 * scale, "{:?}: differs by {diff} (scale {scale})", x.modules);
+    }
+    let dense_layer1 = layer1(&run_sparsegpt(&dense, &sparsegpt_options(true, 1, pattern)).1);
+    assert_ne!(dense_layer1[0].upper, a[0].upper, "the dense model's layer-1 inputs differ");
+}
+
+#[test]
+fn hessians_are_only_for_sparsegpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = tiny_model(dir.path(), 15);
+    let wanda = options(false, 1, Pattern::unstructured(0.5).unwrap());
+    let err = calibrate::calibrate_with_hessians(&loaded, &cpu(), &samples(), &wanda, |_| {}, |_| {}).err().unwrap();
+    assert!(err.to_string().contains("Hessians are gathered for SparseGPT"), "{err}");
 }

@@ -214,22 +214,27 @@ pub struct MaskedCounts {
 }
 
 /// Reads a mask artifact and masks `loaded`'s weights with it (they read as
-/// zeros from then on), so the model is evaluated as the sub-model the mask defines.
+/// zeros from then on), so the model is evaluated as the sub-model the mask
+/// defines. A mask that carries its kept weights' updated values (SparseGPT)
+/// replaces its modules' weights by them.
 ///
 /// Refuses a mask of another model fingerprint, modules the model lacks or has
 /// in another shape, and rows that do not cover a module exactly.
 pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<MaskedCounts, EvalError> {
     let reader = artifacts::MaskReader::open(mask_path)?;
+    let reader_has_values = reader.has_values();
     let mismatch = |what: String| EvalError::Mask { path: mask_path.to_path_buf(), model: loaded.path.clone(), what };
     if reader.provenance().model != loaded.fingerprint {
         return Err(mismatch(format!("the mask was made for model {}, this model is {}", reader.provenance().model, loaded.fingerprint)));
     }
     // Rows are read a batch at a time and packed straight into each module's
     // keep bits, so the mask is held once, as bits (as many as the model has weights).
-    let mut modules: BTreeMap<String, (usize, Vec<u8>)> = BTreeMap::new();
-    let mut current: Option<(String, usize, usize, Vec<u8>)> = None;
-    let mut finish = |done: Option<(String, usize, usize, Vec<u8>)>| -> Result<(), EvalError> {
-        let Some((module, rows, cols, keep)) = done else { return Ok(()) };
+    // Updated values, where the mask has them, are kept as the rows' kept
+    // values one after another until the module's dense weight is made.
+    let mut modules: BTreeMap<String, (usize, usize, Vec<u8>, Vec<f32>)> = BTreeMap::new();
+    let mut current: Option<(String, usize, usize, Vec<u8>, Vec<f32>)> = None;
+    let mut finish = |done: Option<(String, usize, usize, Vec<u8>, Vec<f32>)>| -> Result<(), EvalError> {
+        let Some((module, rows, cols, keep, values)) = done else { return Ok(()) };
         let name = format!("{module}.weight");
         match loaded.weights.shape(&name) {
             None => return Err(mismatch(format!("the model has no tensor {name}"))),
@@ -238,7 +243,7 @@ pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<Mas
             }
             Some(_) => {}
         }
-        if modules.insert(module.clone(), (rows * cols, keep)).is_some() {
+        if modules.insert(module.clone(), (rows, cols, keep, values)).is_some() {
             return Err(mismatch(format!("module {module}: its rows are not together in the file")));
         }
         Ok(())
@@ -248,9 +253,9 @@ pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<Mas
         let continues = matches!(&current, Some((module, ..)) if *module == row.module);
         if !continues {
             finish(current.take())?;
-            current = Some((row.module.clone(), 0, row.in_features as usize, Vec::new()));
+            current = Some((row.module.clone(), 0, row.in_features as usize, Vec::new(), Vec::new()));
         }
-        let (module, rows, cols, keep) = current.as_mut().expect("set above");
+        let (module, rows, cols, keep, values) = current.as_mut().expect("set above");
         if row.row as usize != *rows || row.in_features as usize != *cols {
             return Err(mismatch(format!(
                 "module {module}: expected row {rows} of {cols} bits; found row {} of {} bits",
@@ -258,15 +263,28 @@ pub fn apply_mask_file(loaded: &mut LoadedModel, mask_path: &Path) -> Result<Mas
             )));
         }
         keep.extend_from_slice(&row.keep);
+        values.extend(row.values.into_iter().flatten());
         *rows += 1;
     }
     finish(current.take())?;
     let mut counts = MaskedCounts { modules: modules.len(), total: 0, masked: 0 };
-    for (module, (total, keep)) in modules {
+    let with_values = reader_has_values;
+    for (module, (rows, cols, keep, values)) in modules {
+        let total = (rows * cols) as u64;
         let kept: u64 = keep.iter().map(|b| u64::from(b.count_ones())).sum();
-        loaded.weights.set_keep_bits(&format!("{module}.weight"), keep)?;
-        counts.total += total as u64;
-        counts.masked += total as u64 - kept;
+        let name = format!("{module}.weight");
+        if with_values {
+            let mut dense = vec![0.0f32; rows * cols];
+            let positions = (0..rows * cols).filter(|i| keep[(i / cols) * cols.div_ceil(8) + (i % cols) / 8] >> (i % cols % 8) & 1 == 1);
+            for (i, v) in positions.zip(values) {
+                dense[i] = v;
+            }
+            loaded.weights.set_values(&name, &dense)?;
+        } else {
+            loaded.weights.set_keep_bits(&name, keep)?;
+        }
+        counts.total += total;
+        counts.masked += total - kept;
     }
     Ok(counts)
 }

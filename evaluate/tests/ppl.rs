@@ -178,7 +178,13 @@ fn write_tiny_mask(path: &std::path::Path, fingerprint: &str, weights: &std::col
             let module = name.trim_end_matches(".weight").to_string();
             (0..out).map(move |row| {
                 let keep: Vec<bool> = (0..cols).map(|c| c != 0).collect();
-                artifacts::MaskRow { module: module.clone(), row: row as u32, in_features: cols as u32, keep: sparsity::pack_bits(&keep) }
+                artifacts::MaskRow {
+                    module: module.clone(),
+                    row: row as u32,
+                    in_features: cols as u32,
+                    keep: sparsity::pack_bits(&keep),
+                    values: None,
+                }
             })
         })
         .collect();

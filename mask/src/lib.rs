@@ -216,7 +216,13 @@ pub fn build_mask(
         })?;
         let pruned = keep.iter().filter(|k| !**k).count() as u64;
         for (r, row) in keep.chunks_exact(m.cols.max(1)).take(m.rows).enumerate() {
-            rows.push(MaskRow { module: m.module.clone(), row: r as u32, in_features: m.cols as u32, keep: sparsity::pack_bits(row) });
+            rows.push(MaskRow {
+                module: m.module.clone(),
+                row: r as u32,
+                in_features: m.cols as u32,
+                keep: sparsity::pack_bits(row),
+                values: None,
+            });
         }
         summary.push(ModuleSummary { module: m.module.clone(), layer: layer_of(&m.module), total: keep.len() as u64, pruned });
         progress.inc(1);
@@ -405,6 +411,144 @@ pub fn make_mask_from_stats(
     write_made_mask(out, &mask_rows, summary, &scores_provenance, ("stats", stats_hash), pattern, group, warning)
 }
 
+/// Prunes every linear module with SparseGPT from the Hessians artifact
+/// that `calibrate --method sparsegpt` wrote (with its block size and
+/// dampening) and writes the mask artifact with the kept weights' updated
+/// values: the masks and values sequential calibration applied, bit for bit,
+/// when the pattern is calibration's. With the OWL profile, each layer's
+/// sparsity comes from `stats_path` (the statistics of the same run). One
+/// Hessian and one weight are held at a time, besides the mask being built.
+pub fn make_mask_from_hessians(
+    model_path: &Path,
+    hessians_path: &Path,
+    stats_path: Option<&Path>,
+    (pattern, profile): (Pattern, SparsityProfile),
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<MakeSummary, MaskError> {
+    let reader = artifacts::HessiansReader::open(hessians_path)?;
+    let hessians = reader.provenance().clone();
+    let model = model::load_model(model_path)?;
+    if hessians.model != model.fingerprint {
+        return Err(MaskError::Options(format!(
+            "{} was gathered on model {}, but {} is model {}: Hessians and weights must be of one model",
+            hessians_path.display(),
+            hessians.model,
+            model_path.display(),
+            model.fingerprint
+        )));
+    }
+    let setting = |key: &str| {
+        hessians.params.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            MaskError::Options(format!("{} has no SparseGPT `{key}` in its params (subprune.params)", hessians_path.display()))
+        })
+    };
+    let (blocksize, percdamp) = (setting("blocksize")? as usize, setting("percdamp")?);
+    let options = |pattern| sparsity::sparsegpt::SparseGptOptions { pattern, blocksize, percdamp };
+    let layer_patterns = match (profile, stats_path) {
+        (SparsityProfile::Uniform, _) => None,
+        (_, None) => {
+            return Err(MaskError::Options(
+                "the OWL profile takes each layer's sparsity from the statistics of the calibrate run: give --stats too".into(),
+            ))
+        }
+        (_, Some(stats_path)) => {
+            let (stats, _) = artifacts::read_stats(stats_path)?;
+            if stats.inputs.get("samples") != hessians.inputs.get("samples") || stats.model != hessians.model {
+                return Err(MaskError::Options(format!(
+                    "{} and {} come from different calibrate runs (other samples or model)",
+                    stats_path.display(),
+                    hessians_path.display()
+                )));
+            }
+            layer_patterns(stats_path, &stats, pattern, profile)?
+        }
+    };
+    let calibrated = hessians.params.get("pattern").and_then(Value::as_str).and_then(|p| p.parse::<Pattern>().ok());
+    let sequential = hessians.params.get("oneshot").and_then(Value::as_bool) == Some(false);
+    let warning = (sequential && calibrated != Some(pattern)).then(|| {
+        format!(
+            "warning: {} comes from a sequential SparseGPT calibration with pattern {}; this mask uses {}, so it will not equal              the mask calibrate applied while gathering the Hessians of later layers",
+            hessians_path.display(),
+            calibrated.map_or_else(|| "?".to_string(), |p| p.to_string()),
+            pattern
+        )
+    });
+    let expected: Vec<(String, usize, usize)> = (0..model.config.num_layers()).flat_map(|l| model.config.linear_modules(l)).collect();
+    progress.set_length(expected.len() as u64);
+    let shapes: BTreeMap<&str, (usize, usize)> = expected.iter().map(|(m, r, c)| (m.as_str(), (*r, *c))).collect();
+    let mut done: BTreeMap<String, ModuleSummary> = BTreeMap::new();
+    let mut mask_rows = Vec::new();
+    for row in reader {
+        let row = row?;
+        let n = row.in_features as usize;
+        let hessian = sparsity::sparsegpt::Hessian::from_values(row.full(), n, row.n_samples as usize)
+            .map_err(|source| MaskError::Kernel { path: hessians_path.to_path_buf(), module: row.modules[0].clone(), source })?;
+        let module_pattern = match &layer_patterns {
+            Some(layers) => *layers.get(row.layer as usize).ok_or_else(|| {
+                MaskError::Options(format!(
+                    "{} has OWL sparsities for {} layers; layer {} is past them",
+                    hessians_path.display(),
+                    layers.len(),
+                    row.layer
+                ))
+            })?,
+            None => pattern,
+        };
+        for module in &row.modules {
+            let Some(&(rows, cols)) = shapes.get(module.as_str()) else {
+                return Err(MaskError::Rows {
+                    path: hessians_path.to_path_buf(),
+                    module: module.clone(),
+                    expected: format!("a linear module of {}", model_path.display()),
+                    found: "a module the model does not prune".into(),
+                });
+            };
+            if cols != n || done.contains_key(module) {
+                return Err(MaskError::Rows {
+                    path: hessians_path.to_path_buf(),
+                    module: module.clone(),
+                    expected: format!("one Hessian of {cols} inputs"),
+                    found: if cols != n { format!("a Hessian of {n} inputs") } else { "a second Hessian".into() },
+                });
+            }
+            let weight = model.weights.load(&format!("{module}.weight"))?;
+            let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&weight.data, rows, cols, &hessian, &options(module_pattern))
+                .map_err(|e| MaskError::Options(format!("SparseGPT on {module} ({}): {e}", hessians_path.display())))?;
+            drop(weight);
+            for (r, (bits, values)) in keep.chunks_exact(cols).zip(updated.chunks_exact(cols)).enumerate() {
+                let kept: Vec<f32> = bits.iter().zip(values).filter(|(k, _)| **k).map(|(_, v)| *v).collect();
+                mask_rows.push(MaskRow {
+                    module: module.clone(),
+                    row: r as u32,
+                    in_features: cols as u32,
+                    keep: sparsity::pack_bits(bits),
+                    values: Some(kept),
+                });
+            }
+            let pruned = keep.iter().filter(|k| !**k).count() as u64;
+            done.insert(
+                module.clone(),
+                ModuleSummary { module: module.clone(), layer: layer_of(module), total: keep.len() as u64, pruned },
+            );
+            progress.inc(1);
+        }
+    }
+    if let Some((missing, _, _)) = expected.iter().find(|(m, _, _)| !done.contains_key(m)) {
+        return Err(MaskError::Rows {
+            path: hessians_path.to_path_buf(),
+            module: missing.clone(),
+            expected: format!("a Hessian for every linear module of {}", model_path.display()),
+            found: "none for this module".into(),
+        });
+    }
+    let summary = expected.iter().map(|(m, _, _)| done.remove(m).expect("checked above")).collect();
+    let params = serde_json::json!({"method": sparsity::Method::SparseGpt.as_str(), "hessians_params": hessians.params});
+    let provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), params, created_by());
+    let hash = artifacts::content_hash(hessians_path)?;
+    write_made_mask(out, &mask_rows, summary, &provenance, ("hessians", hash), pattern, Group::Row, warning)
+}
+
 /// The pattern of each layer under `profile`: `None` for a uniform profile;
 /// for OWL, the layer sparsities the statistics' calibrate run chose
 /// (`calibrate --sparsity-profile owl`), which must average `pattern`'s.
@@ -529,9 +673,27 @@ pub fn check_mask(
     Ok(by_module)
 }
 
-/// Zeroes the weights `rows` prune in `weight` ([out, in], f32) and adds to `summary`.
+/// Zeroes the weights `rows` prune in `weight` ([out, in], f32), first
+/// setting the kept ones to the rows' values where the mask carries them
+/// (SparseGPT's updates), and adds to `summary`.
 fn apply_rows(weight: &mut [f32], module: &str, rows: &[MaskRow], mask_path: &Path, summary: &mut ApplySummary) -> Result<(), MaskError> {
     let cols = rows[0].in_features as usize;
+    for r in rows {
+        let Some(values) = &r.values else { continue };
+        let start = r.row as usize * cols;
+        let Some(target) = weight.get_mut(start..start + cols).filter(|_| r.in_features as usize == cols) else {
+            return Err(MaskError::Rows {
+                path: mask_path.to_path_buf(),
+                module: module.to_string(),
+                expected: format!("rows of {cols} inputs within the weight's {} rows", weight.len() / cols.max(1)),
+                found: format!("row {} of {} inputs", r.row, r.in_features),
+            });
+        };
+        let kept = (0..cols).filter(|j| r.keep[j / 8] >> (j % 8) & 1 == 1);
+        for (j, &v) in kept.zip(values) {
+            target[j] = v;
+        }
+    }
     let packed: Vec<sparsity::PackedRow> =
         rows.iter().map(|r| sparsity::PackedRow { row: r.row, in_features: r.in_features, keep: &r.keep }).collect();
     let counts = sparsity::apply_packed_rows(weight, packed.len(), cols, &packed).map_err(|source| match source {

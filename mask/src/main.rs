@@ -1,7 +1,8 @@
 //! `mask`: the keep-mask of every prunable linear module from a scores
 //! artifact (or from statistics and the model's weights, for models whose
-//! scores file would be too large); `mask apply` writes the pruned model as
-//! a Hugging Face directory.
+//! scores file would be too large, or, for SparseGPT, from the inputs'
+//! Hessians, with the updated kept weights); `mask apply` writes the pruned
+//! model as a Hugging Face directory or a GGUF file.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mask::{ApplyOptions, OutputDtype};
-use sparsity::{Group, Pattern};
+use sparsity::{Group, Method, Pattern};
 
 /// Selects the weights to prune from a scores artifact and writes a mask
 /// artifact; `mask apply` zeroes them in a model and writes it out.
@@ -35,22 +36,28 @@ enum Command {
 #[derive(Args)]
 struct MakeArgs {
     /// Scores artifact written by `score`.
-    #[arg(long, required_unless_present = "stats", conflicts_with = "stats")]
+    #[arg(long, required_unless_present_any = ["stats", "hessians"], conflicts_with_all = ["stats", "hessians"])]
     scores: Option<PathBuf>,
     /// Statistics artifact written by `calibrate`: compute the scores module by
     /// module from it and --model's weights instead of reading --scores (no
-    /// scores file, whose size would limit large models).
+    /// scores file, whose size would limit large models). With --hessians:
+    /// the same run's statistics, for OWL's layer sparsities.
     #[arg(long, requires = "model")]
     stats: Option<PathBuf>,
-    /// The model the statistics were gathered on (with --stats).
-    #[arg(long, requires = "stats")]
+    /// Hessians artifact written by `calibrate --method sparsegpt`: prune
+    /// every module with SparseGPT, whose updated kept weights the mask
+    /// artifact then carries.
+    #[arg(long, requires = "model")]
+    hessians: Option<PathBuf>,
+    /// The model the statistics or Hessians were gathered on.
+    #[arg(long)]
     model: Option<PathBuf>,
-    /// Scoring method with --stats: wanda, ria or magnitude.
-    #[arg(long, default_value = "wanda", requires = "stats")]
-    method: sparsity::Method,
-    /// With --stats: uniform, or owl (each layer at the OWL sparsity that
-    /// `calibrate --sparsity-profile owl` recorded in the statistics).
-    #[arg(long, default_value = "uniform", requires = "stats")]
+    /// Method: with --stats wanda (default), ria or magnitude; with --hessians sparsegpt.
+    #[arg(long)]
+    method: Option<sparsity::Method>,
+    /// With --stats or --hessians: uniform, or owl (each layer at the OWL
+    /// sparsity that `calibrate --sparsity-profile owl` recorded in the statistics).
+    #[arg(long, default_value = "uniform")]
     sparsity_profile: sparsity::owl::SparsityProfile,
     /// Unstructured pruning: the fraction of weights pruned in every comparison group, in [0, 1).
     #[arg(long, conflicts_with = "nm", required_unless_present = "nm")]
@@ -147,14 +154,33 @@ fn run_make(args: MakeArgs) -> Result<()> {
     };
     let started = Instant::now();
     let bar = progress(args.quiet, "masking");
-    let summary = match (&args.scores, &args.stats, &args.model) {
-        (Some(scores), None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
+    let profile = args.sparsity_profile;
+    if args.scores.is_some() && (args.method.is_some() || profile != sparsity::owl::SparsityProfile::Uniform || args.model.is_some()) {
+        anyhow::bail!("--scores already holds the method's scores: --method, --sparsity-profile and --model go with --stats or --hessians");
+    }
+    let summary = match (&args.scores, &args.stats, &args.hessians, &args.model) {
+        (Some(scores), None, None, _) => mask::make_mask(scores, pattern, args.group, &out, &bar)
             .with_context(|| format!("making a {} mask from {}", pattern, scores.display()))?,
-        (None, Some(stats), Some(model)) => {
-            mask::make_mask_from_stats(model, stats, args.method, (pattern, args.sparsity_profile), args.group, &out, &bar)
-                .with_context(|| format!("making a {} {} mask from {} and {}", args.method, pattern, stats.display(), model.display()))?
+        (None, stats, Some(hessians), Some(model)) => {
+            let method = args.method.unwrap_or(Method::SparseGpt);
+            if method != Method::SparseGpt || args.group != Group::Row {
+                anyhow::bail!(
+                    "--hessians makes SparseGPT masks (--method sparsegpt, no --group); found --method {method} --group {}",
+                    args.group
+                );
+            }
+            mask::make_mask_from_hessians(model, hessians, stats.as_deref(), (pattern, profile), &out, &bar)
+                .with_context(|| format!("making a SparseGPT {} mask from {} and {}", pattern, hessians.display(), model.display()))?
         }
-        _ => anyhow::bail!("give --scores, or --stats with --model"),
+        (None, Some(stats), None, Some(model)) => {
+            let method = args.method.unwrap_or(Method::Wanda);
+            if method.updates_weights() {
+                anyhow::bail!("--method {method} is made from the Hessians of `calibrate --method {method}`: give --hessians");
+            }
+            mask::make_mask_from_stats(model, stats, method, (pattern, profile), args.group, &out, &bar)
+                .with_context(|| format!("making a {} {} mask from {} and {}", method, pattern, stats.display(), model.display()))?
+        }
+        _ => anyhow::bail!("give --scores, or --stats with --model, or --hessians with --model"),
     };
     bar.finish_and_clear();
     if let Some(w) = &summary.warning {

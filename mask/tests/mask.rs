@@ -676,3 +676,141 @@ fn apply_streams_into_shards_and_keeps_a_bf16_source_bf16() {
         }
     }
 }
+
+/// A Hessians artifact of a model: for every linear module, `2/N XᵀX` of
+/// random inputs X (40 tokens, 4 sequences), with the SparseGPT params
+/// `calibrate` records.
+fn random_hessians(model_path: &Path, out: &Path, seed: u64) {
+    let loaded = model::load_model(model_path).unwrap();
+    let mut rng = testkit::Rng::new(seed);
+    let mut rows = Vec::new();
+    for layer in 0..loaded.config.num_layers() {
+        for (module, _, n) in loaded.config.linear_modules(layer) {
+            let x: Vec<f64> = (0..40 * n).map(|_| f64::from(rng.next_f32())).collect();
+            let mut h = vec![0.0f64; n * n];
+            for t in x.chunks_exact(n) {
+                for i in 0..n {
+                    for j in 0..n {
+                        h[i * n + j] += 2.0 / 4.0 * t[i] * t[j];
+                    }
+                }
+            }
+            let upper = artifacts::InputHessian::upper_of(&h, n);
+            rows.push(Ok::<_, artifacts::ArtifactError>(artifacts::InputHessian {
+                layer: layer as u32,
+                modules: vec![module],
+                in_features: n as u32,
+                n_samples: 4,
+                n_tokens: 40,
+                upper,
+            }));
+        }
+    }
+    let params = json!({"method": "sparsegpt", "pattern": "2:4", "oneshot": true, "blocksize": 16, "percdamp": 0.01});
+    artifacts::write_hessians(out, rows, &Provenance::new(ArtifactKind::Hessians, loaded.fingerprint, params, "test")).unwrap();
+}
+
+/// `tr(D H Dᵀ)` for D = `a` - `b` ([rows, n]): the output error on the Hessian's inputs.
+fn output_error(a: &[f32], b: &[f32], h: &[f64], n: usize) -> f64 {
+    a.chunks_exact(n)
+        .zip(b.chunks_exact(n))
+        .map(|(x, y)| {
+            let d: Vec<f64> = x.iter().zip(y).map(|(p, q)| f64::from(*p) - f64::from(*q)).collect();
+            (0..n).map(|i| (0..n).map(|j| d[i] * h[i * n + j] * d[j]).sum::<f64>()).sum::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn sparsegpt_masks_carry_updated_weights_that_lower_the_output_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 21);
+    let hessians = dir.path().join("hessians.parquet");
+    random_hessians(&model_path, &hessians, 3);
+    let out = dir.path().join("mask.parquet");
+    let pattern = Pattern::parse_nm("2:4").unwrap();
+    let summary =
+        mask::make_mask_from_hessians(&model_path, &hessians, None, (pattern, SparsityProfile::Uniform), &out, &hidden()).unwrap();
+    assert!(summary.warning.is_none(), "one-shot Hessians give no warning");
+    assert!((summary.sparsity - 0.5).abs() < 1e-12);
+    let (provenance, info, rows) = artifacts::read_mask(&out).unwrap();
+    assert_eq!(info.method, "sparsegpt");
+    assert!(provenance.inputs.contains_key("hessians"));
+    let loaded = model::load_model(&model_path).unwrap();
+    let by_module: std::collections::BTreeMap<String, artifacts::InputHessian> = artifacts::HessiansReader::open(&hessians)
+        .unwrap()
+        .map(|h| {
+            let h = h.unwrap();
+            (h.modules[0].clone(), h)
+        })
+        .collect();
+    let mut checked = 0;
+    for (module, h) in &by_module {
+        let n = h.in_features as usize;
+        let w = loaded.weights.load(&format!("{module}.weight")).unwrap();
+        let module_rows: Vec<&artifacts::MaskRow> = rows.iter().filter(|r| &r.module == module).collect();
+        assert_eq!(module_rows.len(), w.shape[0]);
+        let (mut updated, mut masked) = (Vec::new(), Vec::new());
+        for (r, row) in module_rows.iter().enumerate() {
+            let keep = unpacked(row);
+            assert!(keep.chunks(4).all(|g| g.iter().filter(|k| !**k).count() == 2), "{module}: 2 of every 4 pruned");
+            let mut values = row.values.as_ref().unwrap().iter();
+            for (j, k) in keep.iter().enumerate() {
+                let original = w.data[r * n + j];
+                masked.push(if *k { original } else { 0.0 });
+                updated.push(if *k { *values.next().unwrap() } else { 0.0 });
+            }
+            assert!(values.next().is_none());
+        }
+        let full = h.full();
+        let (with_update, mask_only) = (output_error(&updated, &w.data, &full, n), output_error(&masked, &w.data, &full, n));
+        assert!(with_update < mask_only, "{module}: the OBS update lowers the error ({with_update} vs {mask_only})");
+        checked += 1;
+    }
+    assert_eq!(checked, 7 * TINY.layers);
+
+    // The written model holds the updated values; reloaded, it has the
+    // perplexity of the model with the mask's values set in memory.
+    let pruned = dir.path().join("pruned");
+    mask::apply(&apply_opts(&model_path, &out, &pruned, OutputDtype::F32, false), &hidden()).unwrap();
+    let written = model::load_model(&pruned).unwrap();
+    let mut in_memory = model::load_model(&model_path).unwrap();
+    for module in by_module.keys() {
+        let name = format!("{module}.weight");
+        let shape = loaded.weights.shape(&name).unwrap().to_vec();
+        let mut dense = vec![0.0f32; shape[0] * shape[1]];
+        for row in rows.iter().filter(|r| &r.module == module) {
+            let kept = unpacked(row).into_iter().enumerate().filter(|(_, k)| *k).map(|(j, _)| j);
+            for (j, v) in kept.zip(row.values.as_ref().unwrap()) {
+                dense[row.row as usize * shape[1] + j] = *v;
+            }
+        }
+        assert_eq!(written.weights.load(&name).unwrap().data, dense, "{name}");
+        in_memory.weights.set_values(&name, &dense).unwrap();
+        assert_eq!(in_memory.weights.rows_of(&name).unwrap().decode_all(), dense, "{name} decoded for generation");
+    }
+    let mut rng = testkit::Rng::new(5);
+    let windows: Vec<Vec<u32>> = (0..2).map(|_| (0..12).map(|_| ((rng.next_f32() + 1.0) / 2.0 * 95.0) as u32).collect()).collect();
+    let device = model::select_device(model::DeviceChoice::Cpu).unwrap().device;
+    let (a, b) = (perplexity(&written.build(&device).unwrap(), &windows), perplexity(&in_memory.build(&device).unwrap(), &windows));
+    assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+    let dense_ppl = perplexity(&loaded.build(&device).unwrap(), &windows);
+    assert!((a / dense_ppl - 1.0).abs() > 1e-4, "the sub-model differs from the dense model");
+}
+
+#[test]
+fn sparsegpt_masks_refuse_missing_or_foreign_hessians() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "m", &TINY, 22);
+    let other = tiny_model(dir.path(), "other", &TinyConfig { layers: 1, ..TINY }, 22);
+    let hessians = dir.path().join("hessians.parquet");
+    random_hessians(&other, &hessians, 3);
+    let out = dir.path().join("mask.parquet");
+    let pattern = Pattern::unstructured(0.5).unwrap();
+    let err =
+        mask::make_mask_from_hessians(&model_path, &hessians, None, (pattern, SparsityProfile::Uniform), &out, &hidden()).unwrap_err();
+    assert!(err.to_string().contains("Hessians and weights must be of one model"), "{err}");
+    let err = mask::make_mask_from_hessians(&other, &hessians, None, (pattern, SparsityProfile::owl()), &out, &hidden()).unwrap_err();
+    assert!(err.to_string().contains("give --stats too"), "{err}");
+    assert!(!out.exists());
+}

@@ -32,6 +32,12 @@ pub enum ScoreError {
         #[source]
         source: SparsityError,
     },
+    /// A method without per-weight scores (SparseGPT).
+    #[error("method `{method}` has no per-weight scores: it chooses what to prune while updating the kept weights; make its mask with `mask --method {method} --hessians hessians.parquet --model MODEL`")]
+    NoScores {
+        /// The method asked for.
+        method: Method,
+    },
     /// Wanda needs statistics and none were given.
     #[error("method `{method}` needs activation statistics: pass --stats stats.parquet (written by `calibrate`)")]
     StatsRequired {
@@ -221,6 +227,9 @@ pub fn module_scores<'a>(
     stats: Option<&'a StatsInput>,
     progress: &'a ProgressBar,
 ) -> Result<impl Iterator<Item = Result<Vec<ScoreRow>, ScoreError>> + 'a, ScoreError> {
+    if method.updates_weights() {
+        return Err(ScoreError::NoScores { method });
+    }
     let by_name = stats.map(|s| check_stats(model, s)).transpose()?;
     if method.needs_stats() && by_name.is_none() {
         return Err(ScoreError::StatsRequired { method });
@@ -229,7 +238,9 @@ pub fn module_scores<'a>(
     progress.set_length(modules.len() as u64);
     Ok(modules.into_iter().map(move |(name, rows, cols)| {
         let stat = match method {
-            Method::Wanda | Method::Ria => by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice()),
+            Method::Wanda | Method::Ria | Method::SparseGpt => {
+                by_name.as_ref().and_then(|m| m.get(name.as_str())).map(|s| s.scaler_row.as_slice())
+            }
             Method::Magnitude => None,
         };
         let scored = score_module(model, method, stat, &name, rows, cols);

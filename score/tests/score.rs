@@ -173,7 +173,7 @@ fn a_mask_or_a_newer_schema_given_as_stats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (model_path, fp) = tiny_model(dir.path(), "m", &TINY, 1);
     let mask_path = dir.path().join("mask.parquet");
-    let rows = vec![MaskRow { module: "model.layers.0.mlp.up_proj".into(), row: 0, in_features: 8, keep: vec![0xff] }];
+    let rows = vec![MaskRow { module: "model.layers.0.mlp.up_proj".into(), row: 0, in_features: 8, keep: vec![0xff], values: None }];
     let info = MaskInfo { method: "wanda".into(), sparsity: 0.0, pattern: "unstructured-0.5".into(), group: "row".into() };
     artifacts::write_mask(&mask_path, &rows, &info, &Provenance::new(ArtifactKind::Mask, fp.clone(), json!({}), "test")).unwrap();
     let out = dir.path().join("s.parquet");
@@ -211,5 +211,14 @@ fn the_binary_scores_and_reports() {
         .args(["--model", model_path.to_str().unwrap(), "--method", "rand", "--out", "x"])
         .output()
         .unwrap();
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected wanda, ria or magnitude"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("expected wanda, ria, sparsegpt or magnitude"));
+    let sparsegpt = Command::new(env!("CARGO_BIN_EXE_score"))
+        .args(["--model", model_path.to_str().unwrap(), "--method", "sparsegpt", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&sparsegpt.stderr);
+    assert!(
+        !sparsegpt.status.success() && stderr.contains("has no per-weight scores") && stderr.contains("mask --method sparsegpt --hessians"),
+        "{stderr}"
+    );
 }
