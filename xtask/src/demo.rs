@@ -116,9 +116,13 @@ pub struct PruneArgs {
     /// N:M pattern, e.g. 2:4.
     #[arg(long)]
     pub nm: Option<String>,
-    /// Scoring method: wanda or magnitude.
-    #[arg(long, default_value = "wanda")]
+    /// Pruning method: wanda, ria, sparsegpt (which updates the weights it keeps) or magnitude.
+    #[arg(long, default_value = "wanda", value_parser = ["wanda", "ria", "sparsegpt", "magnitude"])]
     pub method: String,
+    /// How the sparsity is spread over the layers: uniform, or owl (OWL's
+    /// outlier-weighted layer sparsities; unstructured only, not magnitude).
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "owl"])]
+    pub sparsity_profile: String,
     /// Calibration sequences.
     #[arg(long, default_value_t = 128)]
     pub nsamples: usize,
@@ -289,7 +293,12 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
         (_, Some(nm)) => nm.replace(':', "of"),
         _ => unreachable!("checked above"),
     };
-    let name = if args.method == "magnitude" { format!("magnitude-{tag}") } else { format!("{}-{}-{tag}", args.domain, args.method) };
+    let profile_tag = if args.sparsity_profile == "owl" { "owl-" } else { "" };
+    if args.method == "magnitude" && !profile_tag.is_empty() {
+        bail!("--sparsity-profile owl weighs layers by their activation outliers; magnitude pruning has no calibration");
+    }
+    let name =
+        if args.method == "magnitude" { format!("magnitude-{tag}") } else { format!("{}-{}-{profile_tag}{tag}", args.domain, args.method) };
     let exp = Experiment {
         title: format!("{} sub-model of {}", args.domain, args.model),
         model: args.model.clone(),
@@ -319,7 +328,7 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
             sources: vec!["*".into()],
             methods: vec![args.method.clone()],
             patterns: vec![pattern],
-            profiles: vec!["uniform".into()],
+            profiles: vec![args.sparsity_profile.clone()],
         }],
         apply: Apply { masks: vec![name], dtype: Some(args.dtype.clone()) },
         tasks: Vec::new(),

@@ -458,8 +458,8 @@ pub fn check(exp: &Experiment) -> Result<()> {
     }
     for p in &exp.prune {
         for m in &p.methods {
-            if m != "wanda" && m != "ria" && m != "magnitude" {
-                bail!("unknown method `{m}`: expected wanda, ria or magnitude");
+            if !["wanda", "ria", "sparsegpt", "magnitude"].contains(&m.as_str()) {
+                bail!("unknown method `{m}`: expected wanda, ria, sparsegpt or magnitude");
             }
         }
         for pat in &p.patterns {
@@ -660,6 +660,9 @@ pub fn plan(
                     // file for each (Wanda's uniform one keeps its historical name).
                     let method_tag = if method == "wanda" { String::new() } else { format!("{method}-") };
                     let stats = at(&format!("stats/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag()));
+                    // SparseGPT's masks come from the inputs' Hessians, which its calibration writes too.
+                    let hessians = (method == "sparsegpt")
+                        .then(|| at(&format!("hessians/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag())));
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
                         args.extend(pattern_flags(&pattern));
@@ -673,16 +676,25 @@ pub fn plan(
                             args.push("--oneshot".into());
                         }
                         args.extend(strings(&["--device", device, "--out", &path_arg(&stats)]));
+                        let mut outputs = vec![stats.clone()];
+                        if let Some(hessians) = &hessians {
+                            args.extend(["--hessians".to_string(), path_arg(hessians)]);
+                            outputs.push(hessians.clone());
+                        }
                         let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
-                        steps.push(
-                            Step::new(name, "calibrate", args, vec![model_path.into(), calib], vec![stats.clone()])
-                                .speed_only(COMPUTE_SPEED),
-                        );
+                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], outputs).speed_only(COMPUTE_SPEED));
                     }
                     // The mask's scores come from the statistics and the weights
                     // module by module (`mask --stats`): no scores file, whose size
                     // (one f32 per weight) would limit large models.
-                    let source = MaskSource::Stats { stats: &stats, model: &model, model_path, method, owl: profile == "owl" };
+                    let source = MaskSource::Stats {
+                        stats: &stats,
+                        hessians: hessians.as_deref(),
+                        model: &model,
+                        model_path,
+                        method,
+                        owl: profile == "owl",
+                    };
                     push_mask(&mut steps, &mut masks, run_dir, &name, source, &pattern, (&s.domain, &s.name, &method_label));
                 }
             }
@@ -825,10 +837,14 @@ fn mask_names(masks: &[ManifestMask]) -> String {
 enum MaskSource<'a> {
     /// A scores artifact (`mask --scores`).
     Scores(&'a Path),
-    /// Statistics and the model's weights (`mask --stats --model --method`).
+    /// Statistics and the model's weights (`mask --stats --model --method`),
+    /// or for SparseGPT the Hessians (`mask --hessians --model`, the
+    /// statistics only for OWL's layer sparsities).
     Stats {
         /// The statistics artifact.
         stats: &'a Path,
+        /// The Hessians artifact (SparseGPT).
+        hessians: Option<&'a Path>,
         /// The model as given on the stages' command lines.
         model: &'a str,
         /// The model's path, an input of the step.
@@ -853,12 +869,21 @@ fn push_mask(
     let rel = format!("masks/{name}.parquet");
     let (mut args, inputs) = match from {
         MaskSource::Scores(scores) => (strings(&["--scores", &path_arg(scores)]), vec![scores.to_path_buf()]),
-        MaskSource::Stats { stats, model, model_path, method, owl } => {
+        MaskSource::Stats { stats, hessians: None, model, model_path, method, owl } => {
             let mut args = strings(&["--stats", &path_arg(stats), "--model", model, "--method", method]);
             if owl {
                 args.extend(strings(&["--sparsity-profile", "owl"]));
             }
             (args, vec![model_path.to_path_buf(), stats.to_path_buf()])
+        }
+        MaskSource::Stats { stats, hessians: Some(hessians), model, model_path, method, owl } => {
+            let mut args = strings(&["--hessians", &path_arg(hessians), "--model", model, "--method", method]);
+            let mut inputs = vec![model_path.to_path_buf(), hessians.to_path_buf()];
+            if owl {
+                args.extend(strings(&["--stats", &path_arg(stats), "--sparsity-profile", "owl"]));
+                inputs.push(stats.to_path_buf());
+            }
+            (args, inputs)
         }
     };
     args.extend(pattern_flags(&pattern));
@@ -1056,6 +1081,23 @@ limit = 100
         assert_eq!(mask.method, "ria+owl");
         let mask_step = plan.steps.iter().find(|s| s.name == "mask py-a-ria-owl-u0.5").unwrap();
         assert!(mask_step.args.join(" ").contains("--method ria --sparsity-profile owl"), "{:?}", mask_step.args);
+        // SparseGPT's calibration also writes the Hessians its masks come from;
+        // the statistics serve only OWL's layer sparsities.
+        let sparsegpt =
+            text.replace("methods = [\"wanda\", \"ria\"]", "methods = [\"sparsegpt\"]").replace("py-a-wanda-u0.5", "py-a-sparsegpt-u0.5");
+        let exp: Experiment = toml::from_str(&sparsegpt).unwrap();
+        check(&exp).unwrap();
+        let plan = super::plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+        let calibrate = plan.steps.iter().find(|s| s.name == "calibrate py-a sparsegpt-owl-unstructured-0.5").unwrap();
+        assert_eq!(calibrate.outputs[1], Path::new("/run/hessians/py-a-sparsegpt-owl-u0.5.parquet"));
+        assert!(calibrate.args.join(" ").contains("--hessians /run/hessians/py-a-sparsegpt-owl-u0.5.parquet"), "{:?}", calibrate.args);
+        let owl = plan.steps.iter().find(|s| s.name == "mask py-a-sparsegpt-owl-u0.5").unwrap();
+        let args = owl.args.join(" ");
+        assert!(args.starts_with("--hessians /run/hessians/py-a-sparsegpt-owl-u0.5.parquet --model /m.gguf --method sparsegpt"), "{args}");
+        assert!(args.contains("--stats /run/stats/py-a-sparsegpt-owl-u0.5.parquet --sparsity-profile owl"), "{args}");
+        let uniform = plan.steps.iter().find(|s| s.name == "mask py-a-sparsegpt-u0.5").unwrap();
+        assert!(!uniform.args.contains(&"--stats".to_string()), "{:?}", uniform.args);
+        assert_eq!(uniform.inputs, [Path::new("/m.gguf"), Path::new("/run/hessians/py-a-sparsegpt-u0.5.parquet")]);
         // OWL spreads unstructured sparsities only.
         let nm = text.replace("patterns = [\"unstructured-0.5\"]", "patterns = [\"2:4\"]");
         let exp: Experiment = toml::from_str(&nm).unwrap();
@@ -1080,9 +1122,9 @@ limit = 100
 
     #[test]
     fn bad_files_are_refused_with_the_reason() {
-        let bad_method = EXAMPLE.replace("\"wanda\", \"magnitude\"", "\"sparsegpt\"");
+        let bad_method = EXAMPLE.replace("\"wanda\", \"magnitude\"", "\"obs\"");
         let exp: Experiment = toml::from_str(&bad_method).unwrap();
-        assert!(check(&exp).unwrap_err().to_string().contains("sparsegpt"));
+        assert!(check(&exp).unwrap_err().to_string().contains("unknown method `obs`"));
         let bad_pattern = EXAMPLE.replace("\"2:4\"", "\"half\"");
         let exp: Experiment = toml::from_str(&bad_pattern).unwrap();
         assert!(check(&exp).unwrap_err().to_string().contains("half"));
