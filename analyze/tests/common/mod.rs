@@ -34,7 +34,13 @@ pub fn write_test_mask_for(path: &Path, modules: &[(&str, Vec<Vec<bool>>)], mode
         for (r, bits) in matrix.iter().enumerate() {
             kept += bits.iter().filter(|b| **b).count();
             total += bits.len();
-            out.push(MaskRow { module: (*name).to_string(), row: r as u32, in_features: bits.len() as u32, keep: pack(bits) });
+            out.push(MaskRow {
+                module: (*name).to_string(),
+                row: r as u32,
+                in_features: bits.len() as u32,
+                keep: pack(bits),
+                values: None,
+            });
         }
     }
     let sparsity = 1.0 - kept as f64 / total.max(1) as f64;
