@@ -27,6 +27,13 @@ struct PruneBench {
     /// Prune with this N:M pattern (e.g. 2:4) instead of 50% unstructured.
     #[arg(long)]
     nm: Option<String>,
+    /// Pruning method: wanda, ria (calibrate + score + mask), sparsegpt
+    /// (calibrate with Hessians + mask from them) or magnitude (score + mask).
+    #[arg(long, default_value = "wanda", value_parser = ["wanda", "ria", "sparsegpt", "magnitude"])]
+    method: String,
+    /// uniform, or owl (OWL's layer sparsities; unstructured, not magnitude).
+    #[arg(long, default_value = "uniform", value_parser = ["uniform", "owl"])]
+    sparsity_profile: String,
     /// Working directory for the inputs and outputs of the benchmark.
     #[arg(long, default_value = "out/bench-prune")]
     out: PathBuf,
@@ -112,36 +119,69 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
         None => ["--sparsity", "0.5"],
     };
     let stats = dir.join("stats.parquet");
+    let hessians = dir.join("hessians.parquet");
     let scores = dir.join("scores.parquet");
     let mask = dir.join("mask.parquet");
-    let calibrate =
-        measure(
-            Command::new(bin.join("calibrate"))
-                .args(["--model", &path(&model), "--samples", &path(&samples), "--quiet"])
-                .args(pattern)
-                .args(["--device", opts.device.as_arg(), "--out", &path(&stats)]),
-        )?;
-    let score = measure(Command::new(bin.join("score")).args([
-        "--model",
-        &path(&model),
-        "--stats",
-        &path(&stats),
-        "--method",
-        "wanda",
-        "--quiet",
-        "--out",
-        &path(&scores),
-    ]))?;
-    let masking =
-        measure(Command::new(bin.join("mask")).args(["--scores", &path(&scores), "--quiet", "--out", &path(&mask)]).args(pattern))?;
+    let (method, owl) = (opts.method.as_str(), opts.sparsity_profile == "owl");
+    if owl && (opts.nm.is_some() || method == "magnitude") {
+        bail!("--sparsity-profile owl spreads an unstructured sparsity by activation outliers: not with --nm or magnitude");
+    }
+    let profile: &[&str] = if owl { &["--sparsity-profile", "owl"] } else { &[] };
+    let model_arg = path(&model);
+    let mut stages: Vec<(&str, Measured)> = Vec::new();
+    if method != "magnitude" {
+        let mut calibrate = Command::new(bin.join("calibrate"));
+        calibrate.args(["--model", &model_arg, "--samples", &path(&samples), "--quiet", "--method", method]).args(pattern).args(profile);
+        if method == "sparsegpt" {
+            calibrate.args(["--hessians", &path(&hessians)]);
+        }
+        if method == "ria" && opts.nm.is_none() {
+            calibrate.args(["--group", "layer"]);
+        }
+        calibrate.args(["--device", opts.device.as_arg(), "--out", &path(&stats)]);
+        stages.push(("calibrate (stats + prune)", measure(&mut calibrate)?));
+    }
+    let mut masking = Command::new(bin.join("mask"));
+    match method {
+        "sparsegpt" => {
+            masking.args(["--hessians", &path(&hessians), "--model", &model_arg]);
+            if owl {
+                masking.args(["--stats", &path(&stats)]);
+            }
+        }
+        // OWL's layer sparsities are recorded in the statistics: its masks come from them.
+        _ if owl => {
+            masking.args(["--stats", &path(&stats), "--model", &model_arg, "--method", method]);
+            if method == "ria" {
+                masking.args(["--group", "layer"]);
+            }
+        }
+        _ => {
+            let mut score = Command::new(bin.join("score"));
+            score.args(["--model", &model_arg, "--method", method, "--quiet", "--out", &path(&scores)]);
+            if method != "magnitude" {
+                score.args(["--stats", &path(&stats)]);
+            }
+            stages.push(("score", measure(&mut score)?));
+            masking.args(["--scores", &path(&scores)]);
+            if method == "ria" && opts.nm.is_none() {
+                masking.args(["--group", "layer"]);
+            }
+        }
+    }
+    masking.args(profile).args(["--quiet", "--out", &path(&mask)]).args(pattern);
+    stages.push(("mask", measure(&mut masking)?));
 
     println!();
     let label = opts.nm.as_deref().map_or_else(|| "50% unstructured".to_string(), str::to_string);
-    println!("bench prune: SmolLM2-135M, {} windows x {} tokens of Python, wanda {label}, sequential", opts.nsamples, opts.seqlen);
+    println!(
+        "bench prune: SmolLM2-135M, {} windows x {} tokens of Python, {method} {label}, {} profile, sequential",
+        opts.nsamples, opts.seqlen, opts.sparsity_profile
+    );
     println!("device: {}; {} CPU threads available", opts.device.as_arg(), std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("{:<28} {:>10} {:>14}", "stage", "wall (s)", "peak RSS (MiB)");
     let mut total = 0.0;
-    for (name, m) in [("calibrate (stats + prune)", &calibrate), ("score", &score), ("mask", &masking)] {
+    for (name, m) in &stages {
         total += m.seconds;
         let rss = m.peak_rss_mib.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
         println!("{name:<28} {:>10.2} {rss:>14}", m.seconds);
