@@ -389,3 +389,59 @@ fn hessians_are_only_for_sparsegpt() {
     let err = calibrate::calibrate_with_hessians(&loaded, &cpu(), &samples(), &wanda, |_| {}, |_| {}).err().unwrap();
     assert!(err.to_string().contains("Hessians are gathered for SparseGPT"), "{err}");
 }
+
+#[test]
+fn the_binary_writes_sparsegpt_hessians_and_refuses_what_does_not_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("m");
+    let loaded = tiny_model(&model_dir, 16);
+    let samples_path = dir.path().join("samples.parquet");
+    let rows: Vec<artifacts::Sample> = samples()
+        .into_iter()
+        .enumerate()
+        .map(|(i, tokens)| artifacts::Sample { sample_id: i as u64, domain: "x".into(), tokens })
+        .collect();
+    let info = artifacts::SamplesInfo { tokenizer_hash: "none".into(), seqlen: 10, seed: Some(0) };
+    let provenance =
+        artifacts::Provenance::new(artifacts::ArtifactKind::Samples, loaded.fingerprint.clone(), serde_json::json!({}), "test");
+    artifacts::write_samples(&samples_path, &rows, &info, &provenance).unwrap();
+    let (stats, hessians) = (dir.path().join("stats.parquet"), dir.path().join("hessians.parquet"));
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_calibrate"))
+            .arg("--model")
+            .arg(&model_dir)
+            .arg("--samples")
+            .arg(&samples_path)
+            .args(["--device", "cpu", "--quiet", "--out"])
+            .arg(&stats)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let h = hessians.to_str().unwrap();
+    let ok = run(&["--method", "sparsegpt", "--nm", "2:4", "--hessians", h]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (provenance, read) = artifacts::read_stats(&stats).unwrap();
+    assert_eq!(read.len(), 7 * TINY.layers);
+    assert_eq!(provenance.params["method"], "sparsegpt");
+    let reader = artifacts::HessiansReader::open(&hessians).unwrap();
+    assert_eq!(
+        (reader.provenance().params["blocksize"].as_u64(), reader.provenance().params["pattern"].as_str()),
+        (Some(128), Some("2:4"))
+    );
+    assert_eq!(reader.provenance().inputs, provenance.inputs, "both artifacts come from the same samples");
+    assert_eq!(reader.count(), 4 * TINY.layers);
+
+    std::fs::remove_file(&stats).unwrap();
+    for (extra, message) in [
+        (vec!["--method", "sparsegpt", "--sparsity", "0.5"], "give --hessians"),
+        (vec!["--method", "wanda", "--sparsity", "0.5", "--hessians", h], "written by --method sparsegpt only"),
+        (vec!["--method", "sparsegpt", "--sparsity", "0.5", "--group", "layer", "--hessians", h], "per block of columns"),
+        (vec!["--method", "sparsegpt", "--sparsity", "0.5", "--blocksize", "0", "--hessians", h], "--blocksize must be at least 1"),
+    ] {
+        let refused = run(&extra);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!stats.exists(), "{extra:?} wrote statistics");
+    }
+}
