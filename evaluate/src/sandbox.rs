@@ -1151,3 +1151,60 @@ fn first_error_line(stderr: &str) -> String {
     let line = stderr.lines().find(|l| l.contains("error")).map(str::trim).unwrap_or_else(|| stderr.lines().next().unwrap_or("").trim());
     line.chars().take(200).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_step() -> Step {
+        Step { program: PathBuf::from("/usr/bin/python3"), args: vec![], timeout: Duration::from_secs(3), memory_mb: 512, compile: false }
+    }
+
+    fn end(code: i32, left_running: u32, stderr: &str) -> StepEnd {
+        StepEnd {
+            status: Some(std::process::ExitStatus::from_raw(code << 8)),
+            timed_out: false,
+            left_running,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_limit_or_the_leftover() {
+        assert_eq!(judge(&run_step(), &end(0, 0, ""), 64).reason, "passed");
+        let daemon = judge(&run_step(), &end(0, 2, ""), 64);
+        assert!(!daemon.passed);
+        assert_eq!(daemon.reason, "left 2 processes running after it exited (killed with the run)");
+        let big = judge(&run_step(), &end(1, 0, "OSError: [Errno 27] File too large\n"), 64);
+        assert_eq!(big.reason, "file size limit (16 MiB): OSError: [Errno 27] File too large");
+        let full = judge(&run_step(), &end(1, 0, "OSError: [Errno 28] No space left on device\n"), 64);
+        assert_eq!(full.reason, "disk limit (64 MiB): OSError: [Errno 28] No space left on device");
+        let timed_out = StepEnd { status: None, timed_out: true, left_running: 0, stdout: String::new(), stderr: String::new() };
+        assert_eq!(judge(&run_step(), &timed_out, 64).reason, "timeout after 3 s");
+    }
+
+    #[test]
+    fn the_allow_list_holds_system_paths_and_outside_prefixes() {
+        let tools = vec![
+            ("python3".to_string(), PathBuf::from("/opt/private-home/.pyenv/versions/3.11.7/bin/python3.11")),
+            ("node".to_string(), PathBuf::from("/opt/node-v20/node")),
+            ("g++".to_string(), PathBuf::from("/usr/bin/x86_64-linux-gnu-g++-12")),
+        ];
+        let allowed = allow_list(&tools);
+        assert!(allowed.contains(&Allowed::Dir(PathBuf::from("/opt/private-home/.pyenv/versions/3.11.7"))), "{allowed:?}");
+        assert!(allowed.contains(&Allowed::Dir(PathBuf::from("/opt/node-v20"))), "{allowed:?}");
+        assert!(allowed.iter().any(|a| a.path() == Path::new("/usr")));
+        // Nothing that would expose the host beyond the toolchains.
+        for forbidden in ["/", "/etc", "/etc/shadow", "/root", "/home", "/tmp", "/run", "/proc", "/sys", "/dev"] {
+            assert!(!allowed.iter().any(|a| a.path() == Path::new(forbidden)), "{forbidden} is allowed");
+        }
+    }
+
+    #[test]
+    fn the_command_line_range_spans_the_arguments() {
+        let (start, end) = command_line_memory().expect("arg_start and arg_end in /proc/self/stat");
+        let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+        assert_eq!(end - start, cmdline.len(), "the range spans the command line");
+    }
+}

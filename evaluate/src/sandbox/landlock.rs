@@ -139,3 +139,49 @@ impl Policy {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restricted_process_reaches_only_its_rules() {
+        let abi = match abi() {
+            Ok(abi) => abi,
+            Err(why) => {
+                eprintln!("skipped: no Landlock here ({why})");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let inside = CString::new(dir.path().join("inside.txt").into_os_string().into_encoded_bytes()).unwrap();
+        let mut policy = Policy::new(abi);
+        policy.allow(CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap(), ALL, true);
+        // A file rule given directory rights keeps only the file rights (else the kernel refuses it).
+        policy.allow(c"/etc/hostname".into(), READ_FILE | READ_DIR, false);
+        assert_eq!(policy.rules.last().map(|r| r.access), Some(READ_FILE));
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || policy.restrict_self().is_err() {
+                    libc::_exit(100);
+                }
+                let created = libc::open(inside.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600);
+                let outside = libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY);
+                let denied = *libc::__errno_location();
+                let listed = libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                libc::_exit(match (created >= 0, outside < 0 && denied == libc::EACCES, listed < 0) {
+                    (true, true, true) => 0,
+                    (false, _, _) => 1,
+                    (_, false, _) => 2,
+                    _ => 3,
+                });
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            assert_eq!(libc::WEXITSTATUS(status), 0, "status {status:#x}");
+        }
+        assert!(dir.path().join("inside.txt").exists());
+    }
+}
