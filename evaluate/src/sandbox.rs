@@ -36,8 +36,9 @@
 //!   of the namespace when the step ends (a step that left one running, a
 //!   daemon for instance, fails with the reason `left N processes running`)
 //!   and at the time limit, and when the init exits the kernel kills anything
-//!   left. The init dies with the parent's thread (`PR_SET_PDEATHSIG`) and is
-//!   not dumpable, so the program cannot read its memory or environment.
+//!   left. The init dies with the parent's thread (`PR_SET_PDEATHSIG`), is
+//!   not dumpable and blanks its copy of the parent's command line, so the
+//!   program cannot read the parent's memory, environment or arguments.
 //!
 //! Each step's process then, before `exec`:
 //!
