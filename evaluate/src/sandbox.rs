@@ -75,7 +75,8 @@
 //!   aarch64 have one) the sandbox refuses to run, unless `allow_network` is
 //!   set: then [`Isolation::Open`] runs programs in their host directories with
 //!   the limits above only (network, the file system and the host's processes
-//!   open; leftover processes killed by process group) and warns.
+//!   open; leftover processes killed by process group, so one that calls
+//!   `setsid` escapes) and warns.
 //!
 //! Standard output and error go to memory files, of which the first
 //! [`KEPT_OUTPUT`] bytes are kept. The host directory of a run is removed
