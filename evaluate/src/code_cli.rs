@@ -91,10 +91,13 @@ pub struct CodeArgs {
     /// Processes and threads each program may have.
     #[arg(long, default_value_t = 64)]
     pub max_processes: u64,
+    /// Disk each program's run may fill, in MiB (its directory is a tmpfs of this size).
+    #[arg(long, default_value_t = 64)]
+    pub disk_mb: u64,
     /// Programs run at once (default: the number of cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Run programs even where no network namespace can be made: they then have network access and a writable file system.
+    /// Run programs even where they cannot be isolated: they then have network access, a writable file system and the host's processes in reach.
     #[arg(long)]
     pub allow_network: bool,
     /// Directory for the programs' temporary directories (default: the system's temporary directory).
@@ -153,6 +156,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             compile_timeout: Duration::from_secs_f64(args.compile_timeout),
             memory_mb: args.memory_mb,
             max_processes: args.max_processes,
+            disk_mb: args.disk_mb,
             jobs: args.jobs.unwrap_or_else(|| SandboxConfig::default().jobs),
             allow_network: args.allow_network,
             root: args.sandbox_dir.clone(),
@@ -160,12 +164,12 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         &[task.language()],
     )?;
     eprintln!(
-        "{} ({} protocol): {} problems from {}; sandbox: {:?}, {} jobs",
+        "{} ({} protocol): {} problems from {}; sandbox: {}, {} jobs",
         task.name(),
         args.protocol.name(),
         data.problems.len(),
         data.files[0].display(),
-        sandbox.isolation(),
+        sandbox.describe(),
         sandbox.config().jobs
     );
 
@@ -295,6 +299,8 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         "memory_mb": args.memory_mb,
         "max_processes": args.max_processes,
         "isolation": format!("{:?}", sandbox.isolation()),
+        "landlock_abi": sandbox.landlock_abi(),
+        "disk_mb": args.disk_mb,
     });
     write_task_outputs(args.task.out.as_deref(), &label, &args.protocol.task_name(task), &data.files[0], params, &metrics, &scores.rows)
 }

@@ -2,11 +2,13 @@
 //! (`evaluate humaneval-x --canonical`, `evaluate mbpp --canonical`), wrong and
 //! mixed completions, and the sandbox's containment of misbehaving programs.
 
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
+use evaluate::sandbox::{Isolation, Language, Sandbox, SandboxConfig};
 
 fn data() -> PathBuf {
     testkit::shared_data()
@@ -197,64 +199,128 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// A hostile program, the reason its run must fail with (every sign in it), and what it tried.
+struct Attempt {
+    what: &'static str,
+    language: Language,
+    source: String,
+    signs: &'static [&'static str],
+}
+
+fn attempt(what: &'static str, language: Language, source: impl Into<String>, signs: &'static [&'static str]) -> Attempt {
+    Attempt { what, language, source: source.into(), signs }
+}
+
+/// Runs every attempt in `sandbox`; each must fail with its reason. Prints the list tried.
+fn expect_failures(sandbox: &Sandbox, attempts: &[Attempt]) {
+    let runs: Vec<(Language, String)> = attempts.iter().map(|a| (a.language, a.source.clone())).collect();
+    let outcomes = sandbox.run_all(&runs, &|| {});
+    let mut failures = Vec::new();
+    for (attempt, outcome) in attempts.iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|e| panic!("{}: {e}", attempt.what));
+        eprintln!("{:<6} {:<48} -> {}", attempt.language.name(), attempt.what, outcome.reason);
+        if outcome.passed {
+            failures.push(format!("{} passed: {}{}", attempt.what, outcome.stdout, outcome.stderr));
+        }
+        for sign in attempt.signs {
+            if !outcome.reason.contains(sign) {
+                failures.push(format!("{}: reason `{}` lacks `{sign}`", attempt.what, outcome.reason));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A sandbox for Python and C++ programs whose directories are made in `root`.
+fn hostile_sandbox(root: &Path) -> Sandbox {
+    let config = SandboxConfig {
+        timeout: Duration::from_secs(3),
+        memory_mb: 512,
+        jobs: 2,
+        root: Some(root.to_path_buf()),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(config, &[Language::Python, Language::Cpp]).expect("a sandbox with isolation");
+    assert_ne!(sandbox.isolation(), Isolation::Open);
+    assert!(sandbox.describe().contains("seccomp filter"), "{}", sandbox.describe());
+    sandbox
+}
+
+/// Python that calls the C library's `name(args)` and raises the errno as an OSError when it fails.
+fn python_libc_call(call: &str) -> String {
+    format!(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nif libc.{call} != 0:\n    e = ctypes.get_errno()\n    raise OSError(e, os.strerror(e))\n"
+    )
+}
+
 #[test]
 fn sandbox_contains_misbehaving_programs() {
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("escaped.txt");
-    let config = SandboxConfig {
-        timeout: Duration::from_secs(2),
-        memory_mb: 512,
-        jobs: 2,
-        root: Some(root.path().to_path_buf()),
-        ..SandboxConfig::default()
-    };
-    let sandbox = Sandbox::new(config, &[Language::Python, Language::Cpp]).expect("a sandbox with network isolation");
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sandbox = hostile_sandbox(root.path());
     let marker = format!("{}", root.path().display());
-    let programs: Vec<(&str, Language, String, &[&str])> = vec![
-        ("infinite loop", Language::Python, "while True:\n    pass\n".into(), &["timeout"]),
-        (
-            "fork bomb",
-            Language::Python,
-            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n".into(),
-            &["timeout"],
-        ),
-        ("unbounded allocation", Language::Python, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n".into(), &["memory"]),
-        (
-            "unbounded allocation in C++",
+    let toolchain_dir = evaluate::sandbox::find_in_path("g++").unwrap().canonicalize().unwrap().parent().unwrap().join("escaped.txt");
+    let write = |path: &Path| format!("open({:?}, 'w').write('escaped')\n", path.display().to_string());
+    let attempts = vec![
+        attempt("read a root-only file outside", Language::Python, format!("print(open({:?}).read())\n", secret.display().to_string()), &[
+            "exit code 1",
+            "FileNotFoundError",
+        ]),
+        attempt("read /etc/shadow", Language::Python, "print(open('/etc/shadow').read())\n", &["exit code 1", "FileNotFoundError"]),
+        attempt("read the init's environment", Language::Python, "print(open('/proc/1/environ').read())\n", &[
+            "exit code 1",
+            "PermissionError",
+        ]),
+        attempt(
+            "read /etc/shadow in C++",
             Language::Cpp,
-            "#include<vector>\nint main(){ std::vector<std::vector<char>> v; while(true) v.emplace_back(10000000, 'x'); }\n".into(),
+            "#include <cstdio>\nint main(){ FILE* f = std::fopen(\"/etc/shadow\", \"r\"); if (!f) { std::perror(\"/etc/shadow\"); return 1; } return 0; }\n",
+            &["exit code 1", "No such file or directory"],
+        ),
+        attempt("write outside its directory", Language::Python, write(&target), &["exit code 1", "FileNotFoundError"]),
+        attempt("write into the sandbox's root", Language::Python, write(&root.path().join("sibling.txt")), &[
+            "exit code 1",
+            "Read-only file system",
+        ]),
+        attempt("write into the toolchain", Language::Python, write(&toolchain_dir), &["exit code 1", "Read-only file system"]),
+        attempt("write to /", Language::Python, write(Path::new("/escaped.txt")), &["exit code 1", "Read-only file system"]),
+        attempt("exhaust memory", Language::Python, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", &["memory"]),
+        attempt(
+            "exhaust memory in C++",
+            Language::Cpp,
+            "#include<vector>\nint main(){ std::vector<std::vector<char>> v; while(true) v.emplace_back(10000000, 'x'); }\n",
             &["memory"],
         ),
-        (
-            "network connection",
+        attempt(
+            "fill the disk with many files",
             Language::Python,
-            "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\n".into(),
-            &["exit code 1", "Network is unreachable"],
+            "for i in range(1000):\n    open(f'fill{i}', 'wb').write(b'x' * (8 << 20))\n",
+            &["disk limit (64 MiB)", "No space left on device"],
         ),
-        (
-            "write outside its directory",
-            Language::Python,
-            format!("open({:?}, 'w').write('escaped')\n", target.display().to_string()),
-            &["exit code 1", "Read-only file system"],
-        ),
-        (
-            "write into the temporary directory",
-            Language::Python,
-            format!("open({:?}, 'w').write('escaped')\n", root.path().join("sibling.txt").display().to_string()),
-            &["exit code 1", "Read-only file system"],
-        ),
+        attempt("write one huge file", Language::Python, "open('huge', 'wb').write(b'x' * (64 << 20))\n", &["file size limit"]),
+        attempt("flood standard output", Language::Python, "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", &[
+            "file size limit",
+        ]),
     ];
-    let runs: Vec<(Language, String)> = programs.iter().map(|(_, l, s, _)| (*l, s.clone())).collect();
-    let outcomes = sandbox.run_all(&runs, &|| {});
-    for ((what, _, _, signs), outcome) in programs.iter().zip(outcomes) {
-        let outcome = outcome.unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(!outcome.passed, "{what} passed");
-        for sign in *signs {
-            assert!(outcome.reason.contains(sign), "{what}: reason `{}` lacks `{sign}`", outcome.reason);
-        }
-    }
+    expect_failures(&sandbox, &attempts);
+    // The CPU hogs run after the rest, so that they cannot starve a program of its time limit.
+    let hogs = vec![
+        attempt(
+            "fork bomb",
+            Language::Python,
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            &["timeout"],
+        ),
+        attempt("infinite loop", Language::Python, "while True:\n    pass\n", &["timeout"]),
+    ];
+    expect_failures(&sandbox, &hogs);
     assert!(!target.exists(), "a program wrote outside its directory");
+    assert!(!toolchain_dir.exists(), "a program wrote into the toolchain");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "secret");
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     let procs = processes_mentioning(&marker);
@@ -265,4 +331,145 @@ fn sandbox_contains_misbehaving_programs() {
     assert!(ok.passed, "{}", ok.reason);
     let bad = sandbox.run(Language::Python, "assert 1 == 2\n").unwrap();
     assert!(!bad.passed && bad.reason.starts_with("exit code 1"), "{}", bad.reason);
+}
+
+/// A child process killed (and reaped) when the test ends, passed or failed.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sandbox_hides_and_protects_host_processes() {
+    let root = tempfile::tempdir().unwrap();
+    let sandbox = hostile_sandbox(root.path());
+    // A host process the programs look for and try to kill.
+    let mut host = KilledOnDrop(Command::new("sleep").arg("987654.321").spawn().expect("sleep runs"));
+    let host_pid = host.0.id();
+    let marker = "987654.321";
+    let attempts = vec![
+        attempt(
+            "list host processes in /proc",
+            Language::Python,
+            format!(
+                "import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nfound = [p for p in pids if b{marker:?} in open(f'/proc/{{p}}/cmdline', 'rb').read()]\nassert found, f'no host process visible; the namespace holds {{pids}}'\n"
+            ),
+            &["exit code 1", "AssertionError: no host process visible; the namespace holds [1, 2]"],
+        ),
+        attempt(
+            "list host processes with ps",
+            Language::Python,
+            format!(
+                "import subprocess\nout = subprocess.run(['ps', '-eo', 'pid,args'], capture_output=True, text=True, check=True).stdout\nassert {marker:?} in out, 'ps shows only ' + ', '.join(out.split(chr(10))[1:])\n"
+            ),
+            &["exit code 1", "AssertionError: ps shows only"],
+        ),
+        attempt(
+            "read the parent's command line as the init's",
+            Language::Python,
+            "line = open('/proc/1/cmdline', 'rb').read().strip(b'\\0')\nassert line, 'the init shows no command line'\nprint(line)\n",
+            &["exit code 1", "AssertionError: the init shows no command line"],
+        ),
+        attempt("signal a host process", Language::Python, format!("import os\nos.kill({host_pid}, 9)\n"), &[
+            "exit code 1",
+            "ProcessLookupError",
+        ]),
+        // No other process of the run exists, and the init cannot be signalled from inside: ESRCH.
+        attempt("signal every process (kill -1)", Language::Python, "import os, signal\nos.kill(-1, signal.SIGKILL)\n", &[
+            "exit code 1",
+            "ProcessLookupError",
+        ]),
+        attempt(
+            "leave a daemon running",
+            Language::Python,
+            "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\nos.waitpid(pid, 0)\n",
+            &["left 1 process running after it exited"],
+        ),
+        attempt("ptrace the init", Language::Python, python_libc_call("ptrace(16, 1, None, None)"), &[
+            "exit code 1",
+            "PermissionError: [Errno 1] Operation not permitted",
+        ]),
+        attempt(
+            "ptrace itself in C++",
+            Language::Cpp,
+            "#include <sys/ptrace.h>\n#include <cstdio>\nint main(){ if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) == -1) { std::perror(\"ptrace\"); return 1; } return 0; }\n",
+            &["exit code 1", "ptrace: Operation not permitted"],
+        ),
+        attempt("mount a file system", Language::Python, python_libc_call("mount(b'none', b'.', b'tmpfs', 0, None)"), &[
+            "exit code 1",
+            "PermissionError: [Errno 1] Operation not permitted",
+        ]),
+        attempt("unshare a user namespace", Language::Python, python_libc_call("unshare(0x10000000 | 0x00020000)"), &[
+            "exit code 1",
+            "PermissionError: [Errno 1] Operation not permitted",
+        ]),
+    ];
+    expect_failures(&sandbox, &attempts);
+    assert!(host.0.try_wait().unwrap().is_none(), "the host process was killed");
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let procs = processes_mentioning(&root.path().display().to_string());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+#[test]
+fn sandbox_has_no_network() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let sandbox = hostile_sandbox(root.path());
+    // A UNIX socket of the host, on the file system and in the abstract namespace.
+    let socket_path = outside.path().join("host.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let abstract_name = format!("subprune-sandbox-test-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+    let _abstract_listener = std::os::unix::net::UnixListener::bind_addr(&address).unwrap();
+    let connect = |family: &str, address: &str| {
+        format!("import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(1)\ns.connect({address})\n")
+    };
+    let attempts = vec![
+        attempt("connect over IPv4", Language::Python, connect("AF_INET", "('1.1.1.1', 80)"), &[
+            "exit code 1",
+            "PermissionError: [Errno 1] Operation not permitted",
+        ]),
+        attempt("connect over IPv4 to the loopback", Language::Python, connect("AF_INET", "('127.0.0.1', 22)"), &[
+            "exit code 1",
+            "PermissionError",
+        ]),
+        attempt("connect over IPv6", Language::Python, connect("AF_INET6", "('::1', 22)"), &["exit code 1", "PermissionError"]),
+        attempt("open a UDP socket", Language::Python, "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n", &[
+            "exit code 1",
+            "PermissionError",
+        ]),
+        attempt("open a raw packet socket", Language::Python, "import socket\nsocket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n", &[
+            "exit code 1",
+            "PermissionError",
+        ]),
+        attempt("open a netlink socket", Language::Python, "import socket\nsocket.socket(socket.AF_NETLINK, socket.SOCK_RAW)\n", &[
+            "exit code 1",
+            "PermissionError",
+        ]),
+        attempt(
+            "open a raw socket in C++",
+            Language::Cpp,
+            "#include <sys/socket.h>\n#include <netinet/in.h>\n#include <cstdio>\nint main(){ if (socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) == -1) { std::perror(\"socket\"); return 1; } return 0; }\n",
+            &["exit code 1", "socket: Operation not permitted"],
+        ),
+        attempt("connect to a host UNIX socket", Language::Python, connect("AF_UNIX", &format!("{:?}", socket_path.display().to_string())), &[
+            "exit code 1",
+            "FileNotFoundError",
+        ]),
+        attempt("connect to a host abstract UNIX socket", Language::Python, connect("AF_UNIX", &format!("'\\0{abstract_name}'")), &[
+            "exit code 1",
+            "ConnectionRefusedError",
+        ]),
+    ];
+    expect_failures(&sandbox, &attempts);
+    // UNIX sockets within the program still work (multiprocessing, asyncio).
+    let pair =
+        sandbox.run(Language::Python, "import socket\na, b = socket.socketpair()\na.send(b'x')\nassert b.recv(1) == b'x'\n").unwrap();
+    assert!(pair.passed, "{}", pair.reason);
 }
