@@ -16,8 +16,9 @@ use burn::tensor::{Device, Tensor};
 use model::stream::{equal_length_batches, hidden_tensor, hidden_values, BatchRunner};
 use model::LinearObserver;
 use model::{Decoder, HostTensor, LoadedModel, MaskedWeights, ModelError, ReplacedWeights};
+use rayon::prelude::*;
 use sparsity::owl::{layer_sparsities, OutlierCount, SparsityProfile};
-use sparsity::sparsegpt::{sparsegpt_f32, Hessian, SparseGptError, SparseGptOptions};
+use sparsity::sparsegpt::{sparsegpt_f32, Hessian, PreparedHessian, SparseGptError, SparseGptOptions};
 use sparsity::{Group, Method, Pattern, SparsityError};
 
 /// Errors of calibration.
@@ -485,8 +486,15 @@ fn calibrate_layers(
         for (_, acc) in std::mem::take(&mut gram_sums) {
             let (row, hessian) = acc.hessian(layer)?;
             if !options.oneshot {
-                for module in &row.modules {
-                    let (weight, keep) = sparsegpt_module(loaded, module, &hessian, options.sparsegpt.options(layer_pattern))?;
+                // The modules of one input share its factored Hessian and are pruned in parallel.
+                let prepared = PreparedHessian::new(&hessian, options.sparsegpt.percdamp)
+                    .map_err(|source| CalibrateError::SparseGpt { module: row.modules.join(", "), source })?;
+                let pruned: Vec<(HostTensor, Vec<bool>)> = row
+                    .modules
+                    .par_iter()
+                    .map(|module| sparsegpt_module(loaded, module, &prepared, options.sparsegpt.options(layer_pattern)))
+                    .collect::<Result<_, _>>()?;
+                for (module, (weight, keep)) in row.modules.iter().zip(pruned) {
                     applied_masks.insert(module.clone(), mask_digest(&keep));
                     replaced.insert(format!("{module}.weight"), weight);
                 }
@@ -500,7 +508,7 @@ fn calibrate_layers(
                 let weight = loaded.weights.load(&name)?;
                 let scores = sparsity::scores(options.method, &weight.data, out_features, in_features, Some(&acc.scaler_row))?;
                 drop(weight);
-                let keep = sparsity::keep_mask(&scores, out_features, in_features, layer_pattern, options.group)?;
+                let keep = sparsity::select(options.method, &scores, out_features, in_features, layer_pattern, options.group)?;
                 applied_masks.insert(module.clone(), mask_digest(&keep));
                 keep_bits.insert(name, keep.chunks(in_features.max(1)).flat_map(sparsity::pack_bits).collect::<Vec<u8>>());
             }
@@ -540,14 +548,14 @@ fn calibrate_layers(
 fn sparsegpt_module(
     loaded: &LoadedModel,
     module: &str,
-    hessian: &Hessian,
+    prepared: &PreparedHessian,
     options: SparseGptOptions,
 ) -> Result<(HostTensor, Vec<bool>), CalibrateError> {
     let weight = loaded.weights.load(&format!("{module}.weight"))?;
     let &[rows, cols] = weight.shape.as_slice() else {
         return Err(CalibrateError::Input(format!("{module}.weight has shape {:?}; expected a matrix", weight.shape)));
     };
-    let (updated, keep) = sparsegpt_f32(&weight.data, rows, cols, hessian, &options)
+    let (updated, keep) = sparsegpt_f32(&weight.data, rows, cols, prepared, &options)
         .map_err(|source| CalibrateError::SparseGpt { module: module.to_string(), source })?;
     Ok((HostTensor::new(vec![rows, cols], updated), keep))
 }

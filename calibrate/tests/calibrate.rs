@@ -329,7 +329,8 @@ fn sequential_sparsegpt_masks_rebuilt_from_written_hessians_equal_the_applied_on
                 let w = loaded.weights.load(&format!("{module}.weight")).unwrap();
                 let (rows, cols) = (w.shape[0], w.shape[1]);
                 let options = sparsity::sparsegpt::SparseGptOptions::new(pattern);
-                let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&w.data, rows, cols, &hessian, &options).unwrap();
+                let prepared = sparsity::sparsegpt::PreparedHessian::new(&hessian, options.percdamp).unwrap();
+                let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&w.data, rows, cols, &prepared, &options).unwrap();
                 assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[module], "{module} ({pattern})");
                 assert!(updated.iter().zip(&keep).all(|(v, k)| *k || *v == 0.0), "pruned weights are zero");
                 assert!(updated.iter().zip(&w.data).zip(&keep).any(|((u, w), k)| *k && u != w), "kept weights are updated");
@@ -361,7 +362,8 @@ fn sequential_sparsegpt_feeds_later_layers_the_updated_weights() {
             let name = format!("{module}.weight");
             let w = dense.weights.load(&name).unwrap();
             let options = sparsity::sparsegpt::SparseGptOptions::new(pattern);
-            let (values, _) = sparsity::sparsegpt::sparsegpt_f32(&w.data, w.shape[0], w.shape[1], &hessian, &options).unwrap();
+            let prepared = sparsity::sparsegpt::PreparedHessian::new(&hessian, options.percdamp).unwrap();
+            let (values, _) = sparsity::sparsegpt::sparsegpt_f32(&w.data, w.shape[0], w.shape[1], &prepared, &options).unwrap();
             updated.insert(name, model::HostTensor::new(w.shape.clone(), values));
         }
     }

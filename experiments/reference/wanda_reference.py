@@ -22,7 +22,8 @@ Relative-importance-and-activation-pruning, lib/prune.py, commit b87b897)
 with its defaults: the score (|W|/sum(|W|, dim=0) + |W|/sum(|W|, dim=1)) *
 sqrt(scaler_row)**0.5, unstructured masks by one threshold over the whole
 matrix (per_outneuron off: prune scores <= the sorted score at
-int(numel * sparsity)), N:M directly (no channel reallocation).
+int(numel * sparsity)), N:M directly, or with --reallocation after the
+heuristic channel reallocation (importance `sum`), as subprune prunes RIA N:M.
 
 --owl-ratios FILE transcribes the first pass of OWL's `prune_wanda_outlier`
 (luuyin/OWL, lib/prune_all.py): on the dense model, each layer's Wanda
@@ -117,7 +118,7 @@ def dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype):
 
 
 @torch.no_grad()
-def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda"):
+def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda", reallocation=False):
     layers = model.model.layers
     inps, kwargs = first_layer_inputs(model, windows)
     outs = [None] * len(inps)
@@ -136,7 +137,25 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
             else:
                 w_metric = torch.abs(weight) * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1)))
             w_mask = torch.zeros_like(w_metric) == 1  # True = pruned
-            if prune_n != 0:
+            if prune_n != 0 and method == "ria" and reallocation:
+                # prune_ria's --reallocation (importance "sum"): channels sorted by summed
+                # score dealt into M stripes, every other one flipped; N:M on the permuted
+                # matrix, the mask mapped back with W_mask[:, index] = W_mask_permute.
+                sorted_idx = torch.sort(torch.sum(w_metric, dim=0))[1]
+                index = torch.zeros_like(sorted_idx)
+                cols = w_metric.shape[1]
+                for ii in range(1, prune_m + 1):
+                    chunk = sorted_idx[int(cols * (ii - 1) / prune_m) : int(cols * ii / prune_m)]
+                    index[ii - 1 :: prune_m] = chunk if ii % 2 == 1 else chunk.flip(0)
+                resort = w_metric[:, index].clone()
+                mask_permute = torch.zeros_like(w_metric) == 1
+                for ii in range(cols):
+                    if ii % prune_m == 0:
+                        tmp = resort[:, ii : (ii + prune_m)]
+                        tmp = tmp.float() if stat_dtype == torch.float32 else tmp
+                        mask_permute.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+                w_mask[:, index] = mask_permute
+            elif prune_n != 0:
                 for ii in range(w_metric.shape[1]):
                     if ii % prune_m == 0:
                         tmp = w_metric[:, ii : (ii + prune_m)]
@@ -193,6 +212,7 @@ def main():
     g.add_argument("--nm", help="N:M pattern, e.g. 2:4")
     ap.add_argument("--nsamples", type=int, default=None, help="use only the first K windows")
     ap.add_argument("--method", choices=["wanda", "ria"], default="wanda")
+    ap.add_argument("--reallocation", action="store_true", help="ria N:M: the authors' heuristic channel reallocation (as subprune does)")
     ap.add_argument("--owl-ratios", help="write OWL's layer sparsities (JSON) here and stop")
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
@@ -215,7 +235,7 @@ def main():
             json.dump({"layer_sparsities": sparsities, "outlier_ratios": ratios}, f)
         print(f"wrote {args.owl_ratios}: OWL layer sparsities, wall time {time.time() - t0:.1f} s")
         return
-    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method)
+    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method, args.reallocation)
     wall = time.time() - t0
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.size for m in masks.values())

@@ -14,6 +14,7 @@ use artifacts::{ArtifactError, ArtifactKind, MaskInfo, MaskRow, Provenance, Scor
 use indicatif::ProgressBar;
 use model::safetensors::{ShardedWriter, StoredDtype, TensorLayout};
 use model::{LoadedModel, ModelError, StoredType};
+use rayon::prelude::*;
 use serde_json::Value;
 use sparsity::owl::SparsityProfile;
 use sparsity::{Group, Pattern, SparsityError};
@@ -195,13 +196,13 @@ pub fn overall(summary: &[ModuleSummary]) -> f64 {
     }
 }
 
-/// The keep-masks of every module under `pattern` and `group` (via
-/// [`sparsity::keep_mask`]), as mask rows, plus a per-module summary.
-/// `progress` advances by one per module; `path` names the scores in errors.
+/// The keep-masks `method` selects in every module under `pattern` and
+/// `group` (via [`sparsity::select`]), as mask rows, plus a per-module
+/// summary. `progress` advances by one per module; `path` names the scores in errors.
 pub fn build_mask(
     path: &Path,
     modules: &[ModuleScores],
-    pattern: Pattern,
+    (method, pattern): (sparsity::Method, Pattern),
     group: Group,
     progress: &ProgressBar,
 ) -> Result<(Vec<MaskRow>, Vec<ModuleSummary>), MaskError> {
@@ -209,7 +210,7 @@ pub fn build_mask(
     let mut rows = Vec::with_capacity(modules.iter().map(|m| m.rows).sum());
     let mut summary = Vec::with_capacity(modules.len());
     for m in modules {
-        let keep = sparsity::keep_mask(&m.scores, m.rows, m.cols, pattern, group).map_err(|source| MaskError::Kernel {
+        let keep = sparsity::select(method, &m.scores, m.rows, m.cols, pattern, group).map_err(|source| MaskError::Kernel {
             path: path.to_path_buf(),
             module: m.module.clone(),
             source,
@@ -277,7 +278,10 @@ pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path,
     let hash = artifacts::content_hash(scores_path)?;
     let warning = calibration_mismatch(scores_path, &provenance, pattern, group);
     let modules = group_scores(scores_path, rows)?;
-    let (mask_rows, summary) = build_mask(scores_path, &modules, pattern, group, progress)?;
+    // The method the scores were made by decides how they are selected (RIA's N:M reallocates channels).
+    let method =
+        provenance.params.get("method").and_then(Value::as_str).and_then(|m| m.parse().ok()).unwrap_or(sparsity::Method::Magnitude);
+    let (mask_rows, summary) = build_mask(scores_path, &modules, (method, pattern), group, progress)?;
     drop(modules);
     write_made_mask(out, &mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
 }
@@ -403,7 +407,7 @@ pub fn make_mask_from_stats(
             _ => pattern,
         };
         let module_scores = [ModuleScores { module, rows, cols, scores }];
-        let (rows, module_summary) = build_mask(stats_path, &module_scores, module_pattern, group, &ProgressBar::hidden())?;
+        let (rows, module_summary) = build_mask(stats_path, &module_scores, (method, module_pattern), group, &ProgressBar::hidden())?;
         mask_rows.extend(rows);
         summary.extend(module_summary);
         progress.inc(1);
@@ -496,7 +500,7 @@ pub fn make_mask_from_hessians(
             None => pattern,
         };
         for module in &row.modules {
-            let Some(&(rows, cols)) = shapes.get(module.as_str()) else {
+            let Some(&(_, cols)) = shapes.get(module.as_str()) else {
                 return Err(MaskError::Rows {
                     path: hessians_path.to_path_buf(),
                     module: module.clone(),
@@ -504,7 +508,7 @@ pub fn make_mask_from_hessians(
                     found: "a module the model does not prune".into(),
                 });
             };
-            if cols != n || done.contains_key(module) {
+            if cols != n || done.contains_key(module) || row.modules.iter().filter(|m| *m == module).count() > 1 {
                 return Err(MaskError::Rows {
                     path: hessians_path.to_path_buf(),
                     module: module.clone(),
@@ -512,10 +516,22 @@ pub fn make_mask_from_hessians(
                     found: if cols != n { format!("a Hessian of {n} inputs") } else { "a second Hessian".into() },
                 });
             }
-            let weight = model.weights.load(&format!("{module}.weight"))?;
-            let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&weight.data, rows, cols, &hessian, &options(module_pattern))
-                .map_err(|e| MaskError::Options(format!("SparseGPT on {module} ({}): {e}", hessians_path.display())))?;
-            drop(weight);
+        }
+        // The modules of one input share its factored Hessian and are pruned in parallel.
+        let prepared = sparsity::sparsegpt::PreparedHessian::new(&hessian, percdamp)
+            .map_err(|e| MaskError::Options(format!("SparseGPT on {} ({}): {e}", row.modules.join(", "), hessians_path.display())))?;
+        let pruned: Vec<(Vec<f32>, Vec<bool>)> = row
+            .modules
+            .par_iter()
+            .map(|module| {
+                let (rows, cols) = shapes[module.as_str()];
+                let weight = model.weights.load(&format!("{module}.weight"))?;
+                sparsity::sparsegpt::sparsegpt_f32(&weight.data, rows, cols, &prepared, &options(module_pattern))
+                    .map_err(|e| MaskError::Options(format!("SparseGPT on {module} ({}): {e}", hessians_path.display())))
+            })
+            .collect::<Result<_, _>>()?;
+        for (module, (updated, keep)) in row.modules.iter().zip(pruned) {
+            let cols = n;
             for (r, (bits, values)) in keep.chunks_exact(cols).zip(updated.chunks_exact(cols)).enumerate() {
                 let kept: Vec<f32> = bits.iter().zip(values).filter(|(k, _)| **k).map(|(_, v)| *v).collect();
                 mask_rows.push(MaskRow {

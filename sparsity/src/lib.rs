@@ -415,6 +415,77 @@ pub fn keep_mask(scores: &[f32], rows: usize, cols: usize, pattern: Pattern, gro
     Ok(keep)
 }
 
+/// RIA's heuristic channel reallocation for N:M (its authors' `prune_ria`
+/// with `--reallocation`, importance `sum`): the input channels sorted by
+/// their summed score, ascending, are dealt out in M stripes (stripe `i`
+/// takes the `i`-th fraction of the order, every other stripe reversed) so
+/// that each group of M holds channels of every importance. Returns
+/// `index`: position `k` of the permuted matrix is input channel `index[k]`.
+pub fn channel_reallocation(scores: &[f32], rows: usize, cols: usize, m: usize) -> Result<Vec<usize>, SparsityError> {
+    check_len("scores", rows * cols, scores.len())?;
+    if m == 0 || cols % m != 0 {
+        return Err(SparsityError::Divisibility { n: 0, m, cols });
+    }
+    let mut sums = vec![0.0f32; cols];
+    for row in scores.chunks_exact(cols.max(1)) {
+        for (sum, &v) in sums.iter_mut().zip(row) {
+            *sum += v;
+        }
+    }
+    let mut sorted: Vec<usize> = (0..cols).collect();
+    sorted.sort_by(|&a, &b| sums[a].total_cmp(&sums[b]).then(a.cmp(&b)));
+    let stripe = cols / m;
+    let mut index = vec![0usize; cols];
+    for i in 0..m {
+        let chunk = &sorted[i * stripe..(i + 1) * stripe];
+        for (g, &channel) in chunk.iter().enumerate() {
+            // Odd stripes (the 2nd, 4th, ...) are dealt in reverse order.
+            let at = if i % 2 == 0 { g } else { stripe - 1 - g };
+            index[at * m + i] = channel;
+        }
+    }
+    Ok(index)
+}
+
+/// The N:M keep-mask of RIA with channel reallocation: the N lowest scores
+/// of every group of M inputs of a row *after* [`channel_reallocation`],
+/// mapped back to the original input order (so the written weights keep
+/// their order; permuting their columns by the index makes them N:M).
+pub fn keep_mask_reallocated(scores: &[f32], rows: usize, cols: usize, n: usize, m: usize) -> Result<Vec<bool>, SparsityError> {
+    let index = channel_reallocation(scores, rows, cols, m)?;
+    let mut permuted = vec![0.0f32; scores.len()];
+    for (out, row) in permuted.chunks_exact_mut(cols).zip(scores.chunks_exact(cols)) {
+        for (o, &channel) in out.iter_mut().zip(&index) {
+            *o = row[channel];
+        }
+    }
+    let keep_permuted = keep_mask(&permuted, rows, cols, Pattern::NM { n, m }, Group::Row)?;
+    let mut keep = vec![true; scores.len()];
+    for (out, row) in keep.chunks_exact_mut(cols).zip(keep_permuted.chunks_exact(cols)) {
+        for (&k, &channel) in row.iter().zip(&index) {
+            out[channel] = k;
+        }
+    }
+    Ok(keep)
+}
+
+/// The keep-mask `method` selects from its `scores`: [`keep_mask`], except
+/// RIA's N:M masks, which come after its channel reallocation
+/// ([`keep_mask_reallocated`]) as its authors prune N:M.
+pub fn select(
+    method: Method,
+    scores: &[f32],
+    rows: usize,
+    cols: usize,
+    pattern: Pattern,
+    group: Group,
+) -> Result<Vec<bool>, SparsityError> {
+    match (method, pattern) {
+        (Method::Ria, Pattern::NM { n, m }) if n > 0 && n < m => keep_mask_reallocated(scores, rows, cols, n, m),
+        _ => keep_mask(scores, rows, cols, pattern, group),
+    }
+}
+
 /// Packs a row of keep flags into bytes, least significant bit first, the
 /// last byte zero-padded.
 pub fn pack_bits(keep: &[bool]) -> Vec<u8> {
@@ -504,6 +575,37 @@ pub fn apply_packed_rows(weight: &mut [f32], rows: usize, cols: usize, packed: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ria_channel_reallocation_deals_channels_in_zigzag_stripes() {
+        // One row whose scores are its column sums, 1..8: direct 2:4 keeps
+        // 3 + 4 + 7 + 8 = 22; after reallocation the groups are
+        // {c0, c3, c4, c7} and {c1, c2, c5, c6} (index by hand from the
+        // authors' `index[ii-1::m] = sorted[...]`, even stripes flipped), which
+        // keep c4..c7: 26.
+        let scores = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(channel_reallocation(&scores, 1, 8, 4).unwrap(), [0, 3, 4, 7, 1, 2, 5, 6]);
+        let keep = keep_mask_reallocated(&scores, 1, 8, 2, 4).unwrap();
+        assert_eq!(keep, [false, false, false, false, true, true, true, true]);
+        let direct = keep_mask(&scores, 1, 8, Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap();
+        assert_eq!(direct, [false, false, true, true, false, false, true, true]);
+        // Sums over rows decide the order: a second row moves c0 to the top.
+        let two = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(channel_reallocation(&two, 2, 8, 4).unwrap(), [1, 4, 5, 0, 2, 3, 6, 7]);
+        let keep = keep_mask_reallocated(&two, 2, 8, 2, 4).unwrap();
+        for row in keep.chunks(8) {
+            let index = [1, 4, 5, 0, 2, 3, 6, 7];
+            for group in index.chunks(4) {
+                assert_eq!(group.iter().filter(|&&c| !row[c]).count(), 2, "2 of each permuted group pruned");
+            }
+        }
+        assert_eq!(
+            select(Method::Ria, &scores, 1, 8, Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap(),
+            [false, false, false, false, true, true, true, true]
+        );
+        assert_eq!(select(Method::Wanda, &scores, 1, 8, Pattern::NM { n: 2, m: 4 }, Group::Row).unwrap(), direct);
+        assert!(channel_reallocation(&scores, 1, 8, 3).is_err());
+    }
 
     #[test]
     fn ria_scores_add_the_weight_s_share_of_its_column_and_of_its_row_times_the_input_norm_to_the_half() {

@@ -148,19 +148,54 @@ pub enum SparseGptError {
     },
 }
 
-/// [`sparsegpt`] on an f32 weight, as the stages run it: computed in f64,
-/// the updated weight rounded to f32 (what later layers see and what a
-/// pruned model holds) and the keep mask.
+/// [`sparsegpt_prepared`] on an f32 weight, as the stages run it: computed
+/// in f64, the updated weight rounded to f32 (what later layers see and
+/// what a pruned model holds) and the keep mask.
 pub fn sparsegpt_f32(
     weight: &[f32],
     rows: usize,
     cols: usize,
-    hessian: &Hessian,
+    prepared: &PreparedHessian,
     options: &SparseGptOptions,
 ) -> Result<(Vec<f32>, Vec<bool>), SparseGptError> {
     let values: Vec<f64> = weight.iter().map(|&v| f64::from(v)).collect();
-    let result = sparsegpt(&values, rows, cols, hessian, options)?;
+    let result = sparsegpt_prepared(&values, rows, cols, prepared, options)?;
     Ok((result.weight.iter().map(|&v| v as f32).collect(), result.keep))
+}
+
+/// What SparseGPT derives from a Hessian alone, shared by every module that
+/// reads the same input (q, k and v; gate and up): the upper Cholesky factor
+/// of the dampened inverse, and the dead inputs (zero diagonal) whose
+/// weights are zeroed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedHessian {
+    /// Row-major [cols, cols] upper factor `U` of `(H + λI)⁻¹ = UᵀU`.
+    hinv: Vec<f64>,
+    /// Inputs never seen nonzero.
+    dead: Vec<bool>,
+    cols: usize,
+}
+
+impl PreparedHessian {
+    /// Dampens `hessian` by `percdamp` times its mean diagonal (dead inputs
+    /// given a unit diagonal first) and factors its inverse.
+    pub fn new(hessian: &Hessian, percdamp: f64) -> Result<Self, SparseGptError> {
+        let cols = hessian.cols;
+        let mut h = hessian.values.clone();
+        let mut dead = vec![false; cols];
+        for j in 0..cols {
+            if h[j * cols + j] == 0.0 {
+                h[j * cols + j] = 1.0;
+                dead[j] = true;
+            }
+        }
+        let mean_diagonal = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
+        let damp = percdamp * mean_diagonal;
+        for j in 0..cols {
+            h[j * cols + j] += damp;
+        }
+        Ok(PreparedHessian { hinv: upper_cholesky_of_inverse(&h, cols)?, dead, cols })
+    }
 }
 
 /// Prunes `weight` ([rows, cols], row-major) with SparseGPT given its inputs' Hessian.
@@ -171,11 +206,25 @@ pub fn sparsegpt(
     hessian: &Hessian,
     options: &SparseGptOptions,
 ) -> Result<SparseGptResult, SparseGptError> {
+    if hessian.cols != cols {
+        return Err(SparsityError::Shape { what: "Hessian columns".into(), expected: cols, found: hessian.cols }.into());
+    }
+    sparsegpt_prepared(weight, rows, cols, &PreparedHessian::new(hessian, options.percdamp)?, options)
+}
+
+/// [`sparsegpt`] from a Hessian already prepared with `options.percdamp`.
+pub fn sparsegpt_prepared(
+    weight: &[f64],
+    rows: usize,
+    cols: usize,
+    prepared: &PreparedHessian,
+    options: &SparseGptOptions,
+) -> Result<SparseGptResult, SparseGptError> {
     if weight.len() != rows * cols {
         return Err(SparsityError::Shape { what: "weight".into(), expected: rows * cols, found: weight.len() }.into());
     }
-    if hessian.cols != cols {
-        return Err(SparsityError::Shape { what: "Hessian columns".into(), expected: cols, found: hessian.cols }.into());
+    if prepared.cols != cols {
+        return Err(SparsityError::Shape { what: "Hessian columns".into(), expected: cols, found: prepared.cols }.into());
     }
     if let Pattern::NM { n, m } = options.pattern {
         if cols % m != 0 {
@@ -184,21 +233,12 @@ pub fn sparsegpt(
     }
     let blocksize = options.blocksize.max(1);
     let mut w = weight.to_vec();
-    let mut h = hessian.values.clone();
-    for j in 0..cols {
-        if h[j * cols + j] == 0.0 {
-            h[j * cols + j] = 1.0;
-            for r in 0..rows {
-                w[r * cols + j] = 0.0;
-            }
+    for (j, _) in prepared.dead.iter().enumerate().filter(|(_, d)| **d) {
+        for r in 0..rows {
+            w[r * cols + j] = 0.0;
         }
     }
-    let mean_diagonal = (0..cols).map(|j| h[j * cols + j]).sum::<f64>() / cols as f64;
-    let damp = options.percdamp * mean_diagonal;
-    for j in 0..cols {
-        h[j * cols + j] += damp;
-    }
-    let hinv = upper_cholesky_of_inverse(&h, cols)?;
+    let hinv = &prepared.hinv;
 
     let mut pruned = vec![false; rows * cols];
     let mut loss = 0.0;
@@ -283,28 +323,39 @@ pub fn sparsegpt(
 /// torch.cholesky_inverse(torch.linalg.cholesky(A)), upper=True)`.
 fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
     let l = lower_cholesky(a, n)?;
-    // A⁻¹ = L⁻ᵀ L⁻¹: invert the lower factor by forward substitution.
+    // A⁻¹ = L⁻ᵀ L⁻¹: invert the lower factor by forward substitution, row
+    // by row: row i of L⁻¹ is -Σₖ Lᵢₖ (row k of L⁻¹) / Lᵢᵢ over k < i, each
+    // element's terms added in ascending k (rows, not strided columns, are read).
     let mut linv = vec![0.0f64; n * n];
-    for j in 0..n {
-        linv[j * n + j] = 1.0 / l[j * n + j];
-        for i in j + 1..n {
-            let mut s = 0.0;
-            for k in j..i {
-                s += l[i * n + k] * linv[k * n + j];
+    let mut sums = vec![0.0f64; n];
+    for i in 0..n {
+        sums[..i].fill(0.0);
+        for k in 0..i {
+            let lik = l[i * n + k];
+            for (s, &v) in sums[..=k].iter_mut().zip(&linv[k * n..k * n + k + 1]) {
+                *s += lik * v;
             }
-            linv[i * n + j] = -s / l[i * n + i];
+        }
+        let lii = l[i * n + i];
+        for (out, &s) in linv[i * n..i * n + i].iter_mut().zip(&sums[..i]) {
+            *out = -s / lii;
+        }
+        linv[i * n + i] = 1.0 / lii;
+    }
+    // (L⁻ᵀ L⁻¹)ᵢⱼ = Σₖ L⁻¹ₖᵢ L⁻¹ₖⱼ over k ≥ max(i, j): the outer products of
+    // the rows of L⁻¹, added in ascending k.
+    let mut inverse = vec![0.0f64; n * n];
+    for k in 0..n {
+        let row = &linv[k * n..k * n + k + 1];
+        for (i, &lki) in row.iter().enumerate() {
+            for (out, &lkj) in inverse[i * n..i * n + i + 1].iter_mut().zip(&row[..=i]) {
+                *out += lki * lkj;
+            }
         }
     }
-    let mut inverse = vec![0.0f64; n * n];
     for i in 0..n {
-        for j in 0..=i {
-            // (L⁻ᵀ L⁻¹)ᵢⱼ = Σₖ L⁻¹ₖᵢ L⁻¹ₖⱼ over k ≥ max(i, j).
-            let mut s = 0.0;
-            for k in i..n {
-                s += linv[k * n + i] * linv[k * n + j];
-            }
-            inverse[i * n + j] = s;
-            inverse[j * n + i] = s;
+        for j in 0..i {
+            inverse[j * n + i] = inverse[i * n + j];
         }
     }
     // The upper factor is the transpose of the lower one.
@@ -318,15 +369,30 @@ fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptE
     Ok(upper)
 }
 
+/// `Σ aₖ bₖ` in eight interleaved partial sums added pairwise at the end: a
+/// fixed order (so results are reproducible), and one the compiler turns
+/// into vector instructions, unlike a single chain of additions.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        lanes[l] += x * y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+}
+
 /// The lower Cholesky factor `L` of a symmetric positive definite `a` (`A = LLᵀ`).
 fn lower_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
     let mut l = vec![0.0f64; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= l[i * n + k] * l[j * n + k];
-            }
+            let s = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 if s <= 0.0 || !s.is_finite() {
                     return Err(SparseGptError::NotPositiveDefinite { pivot: i, value: s });
