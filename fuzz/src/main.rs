@@ -76,6 +76,9 @@ struct Cli {
     /// what the reader said, instead of fuzzing.
     #[arg(long, num_args = 1..)]
     replay: Vec<PathBuf>,
+    /// Write the target's seeds (made in code) to this directory and exit.
+    #[arg(long)]
+    write_seeds: Option<PathBuf>,
     /// Internal: run as the worker in this work directory.
     #[arg(long, hide = true)]
     worker_dir: Option<PathBuf>,
@@ -105,6 +108,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     if !cli.replay.is_empty() {
         return replay(target, &cli);
+    }
+    if let Some(dir) = &cli.write_seeds {
+        let scratch = dir.join(".scratch");
+        std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        let ext = Path::new(target.file_name).extension().and_then(|e| e.to_str()).unwrap_or("bin");
+        for (i, seed) in (target.seeds)(&scratch).iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}.{ext}")), seed)?;
+        }
+        std::fs::remove_dir_all(&scratch)?;
+        return Ok(ExitCode::SUCCESS);
     }
     match &cli.worker_dir {
         Some(dir) => worker(target, &cli, dir),
