@@ -198,6 +198,7 @@ fn open_parquet(path: &Path) -> Result<File, ArtifactError> {
             String::from_utf8_lossy(&tail)
         )));
     }
+    parquet_guard::check_footer(&file, len).map_err(pq_err(path))?;
     Ok(file)
 }
 

@@ -13,6 +13,9 @@
 //!   bytes or more than [`MAX_PAGE_VALUES`] values (or a negative count);
 //! - a dictionary-encoded data page in a column chunk with no dictionary page.
 //!
+//! [`check_footer`] runs before the crate decodes the footer, whose schema
+//! elements' child counts it would otherwise trust.
+//!
 //! What no header check can see (for example a page whose value count
 //! disagrees with its levels) still makes the crate panic; [`Guarded`] and
 //! [`catch`] turn such a panic into an error.
@@ -176,6 +179,60 @@ impl Thrift<'_> {
         })?;
         Ok(h)
     }
+}
+
+/// Checks the footer before the `parquet` crate decodes it: every schema
+/// element's child count must be one the schema can hold (the crate
+/// reserves room for that many children first).
+pub fn check_footer(file: &File, file_len: u64) -> Result<(), ParquetError> {
+    check_footer_inner(file, file_len).map_err(|e| ParquetError::General(format!("corrupt Parquet file: {e}")))
+}
+
+fn check_footer_inner(file: &File, file_len: u64) -> Result<(), String> {
+    if file_len < 12 {
+        return Ok(());
+    }
+    let mut tail = [0u8; 4];
+    file.read_exact_at(&mut tail, file_len - 8).map_err(|e| format!("cannot read the footer length: {e}"))?;
+    let footer_len = u64::from(u32::from_le_bytes(tail));
+    if footer_len > file_len - 12 {
+        // The parquet crate reports this one itself.
+        return Ok(());
+    }
+    let mut buf = vec![0u8; footer_len as usize];
+    file.read_exact_at(&mut buf, file_len - 8 - footer_len).map_err(|e| format!("cannot read the footer: {e}"))?;
+    let mut t = Thrift { buf: &buf, pos: 0 };
+    // FileMetaData field 2 is the schema: a list of SchemaElement, whose
+    // field 5 is num_children.
+    t.each_field(0, &mut |t, id, ty| {
+        if id != 2 || ty != 9 {
+            return t.skip(ty, 1);
+        }
+        let head = t.byte()?;
+        let n = if head >> 4 == 15 { t.varint()? } else { u64::from(head >> 4) };
+        if head & 0x0f != T_STRUCT || n > buf.len() as u64 {
+            return Err(format!("the footer's schema is a list of {n} elements of Thrift type {}, expected structs", head & 0x0f));
+        }
+        for i in 0..n {
+            t.each_field(1, &mut |t, sub, ty| match (sub, ty) {
+                (5, 5) => {
+                    let children = t.int()?;
+                    if children < 0 || children as u64 >= n {
+                        return Err(format!(
+                            "schema element {i} declares {children} children, expected 0 to {} (the schema has {n} elements)",
+                            n.saturating_sub(1)
+                        ));
+                    }
+                    Ok(())
+                }
+                (_, ty) => t.skip(ty, 2),
+            })?;
+        }
+        Ok(())
+    })
+    // A footer that does not parse here is left to the parquet crate, whose
+    // errors say more.
+    .or_else(|e| if e.starts_with("schema element") || e.starts_with("the footer's schema") { Err(e) } else { Ok(()) })
 }
 
 /// Reads the page header at `offset`, growing the read window up to

@@ -193,6 +193,7 @@ fn parquet_rows<E: From<RecordsError>>(path: &Path, columns: &[String], f: &mut 
     let pq = |source| RecordsError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
+    parquet_guard::check_footer(&file, len).map_err(pq)?;
     let checked = file.try_clone().map_err(io_err(path))?;
     let builder = parquet_guard::catch(|| ParquetRecordBatchReaderBuilder::try_new(file)).map_err(pq)?;
     parquet_guard::check(&checked, len, builder.metadata()).map_err(pq)?;
@@ -242,6 +243,8 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>, RecordsError> {
 /// The top-level column names of a Parquet file (for error messages).
 pub fn parquet_columns(path: &Path) -> Result<Vec<String>, RecordsError> {
     let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    parquet_guard::check_footer(&file, len).map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
     let builder = parquet_guard::catch(|| ParquetRecordBatchReaderBuilder::try_new(file))
         .map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
     Ok(builder.schema().fields().iter().map(|fl| fl.name().clone()).collect())

@@ -20,6 +20,17 @@ fn expect_refused(result: Result<impl Sized, impl std::fmt::Display>, expected: 
 }
 
 #[test]
+fn schema_element_with_two_billion_children_is_refused() {
+    // Found by the fuzzer as is: the footer decoder reserved 16 GiB for the
+    // children of the root before reading any of them.
+    let path = input("artifacts", "schema-children-2g.parquet");
+    let expected = "schema element 0 declares 2147483647 children, expected 0 to 11 (the schema has 12 elements)";
+    expect_refused(artifacts::read_provenance(&path), expected);
+    expect_refused(artifacts::read_items(&path), expected);
+    expect_refused(artifacts::records::read_records(&path), expected);
+}
+
+#[test]
 fn negative_column_chunk_size_is_refused() {
     expect_refused(
         artifacts::read_jaccard(&input("artifacts", "jaccard-chunk-size-negative.parquet")),
