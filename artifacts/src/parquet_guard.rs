@@ -202,20 +202,46 @@ fn check_footer_inner(file: &File, file_len: u64) -> Result<(), String> {
     let mut buf = vec![0u8; footer_len as usize];
     file.read_exact_at(&mut buf, file_len - 8 - footer_len).map_err(|e| format!("cannot read the footer: {e}"))?;
     let mut t = Thrift { buf: &buf, pos: 0 };
-    // FileMetaData field 2 is the schema: a list of SchemaElement, whose
-    // field 5 is num_children.
-    t.each_field(0, &mut |t, id, ty| {
-        if id != 2 || ty != 9 {
-            return t.skip(ty, 1);
-        }
+    // A footer this walk cannot follow is left to the parquet crate, whose
+    // errors say more; only a child count found out of range is refused.
+    match schema_children(&mut t) {
+        Err(e) if e.starts_with("schema element") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Walks FileMetaData up to its schema (field 2, a list of SchemaElement)
+/// and checks each element's num_children (field 5). Known fields are read
+/// by their declared Parquet types whatever type the field header names, as
+/// the parquet crate reads them.
+fn schema_children(t: &mut Thrift<'_>) -> Result<(), String> {
+    let mut id = 0i64;
+    loop {
         let head = t.byte()?;
-        let n = if head >> 4 == 15 { t.varint()? } else { u64::from(head >> 4) };
-        if head & 0x0f != T_STRUCT || n > buf.len() as u64 {
-            return Err(format!("the footer's schema is a list of {n} elements of Thrift type {}, expected structs", head & 0x0f));
+        if head == 0 {
+            return Ok(());
         }
-        for i in 0..n {
-            t.each_field(1, &mut |t, sub, ty| match (sub, ty) {
-                (5, 5) => {
+        id = if head >> 4 == 0 { t.int()? } else { id + i64::from(head >> 4) };
+        match id {
+            1 => {
+                t.varint()?;
+            }
+            2 => break,
+            _ => t.skip(head & 0x0f, 1)?,
+        }
+    }
+    let head = t.byte()?;
+    let n = if head >> 4 == 15 { t.varint()? } else { u64::from(head >> 4) };
+    for i in 0..n {
+        let mut sub = 0i64;
+        loop {
+            let head = t.byte()?;
+            if head == 0 {
+                break;
+            }
+            sub = if head >> 4 == 0 { t.int()? } else { sub + i64::from(head >> 4) };
+            match sub {
+                5 => {
                     let children = t.int()?;
                     if children < 0 || children as u64 >= n {
                         return Err(format!(
@@ -223,16 +249,19 @@ fn check_footer_inner(file: &File, file_len: u64) -> Result<(), String> {
                             n.saturating_sub(1)
                         ));
                     }
-                    Ok(())
                 }
-                (_, ty) => t.skip(ty, 2),
-            })?;
+                1..=3 | 6..=9 => {
+                    t.varint()?;
+                }
+                4 => {
+                    let len = t.varint()?;
+                    t.advance(usize::try_from(len).map_err(|_| "a name longer than the footer")?)?;
+                }
+                _ => t.skip(head & 0x0f, 2)?,
+            }
         }
-        Ok(())
-    })
-    // A footer that does not parse here is left to the parquet crate, whose
-    // errors say more.
-    .or_else(|e| if e.starts_with("schema element") || e.starts_with("the footer's schema") { Err(e) } else { Ok(()) })
+    }
+    Ok(())
 }
 
 /// Reads the page header at `offset`, growing the read window up to

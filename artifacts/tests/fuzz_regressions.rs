@@ -31,6 +31,15 @@ fn schema_element_with_two_billion_children_is_refused() {
 }
 
 #[test]
+fn schema_children_behind_a_mistyped_field_are_refused() {
+    // Found by the fuzzer as is: the footer's version field is typed as a
+    // struct; the parquet crate reads it as the i32 it expects anyway and
+    // went on to reserve 16 GiB for the root's children.
+    let path = input("artifacts", "schema-children-2g-mistyped-version.parquet");
+    expect_refused(artifacts::read_provenance(&path), "schema element 0 declares 2147483647 children, expected 0 to 11");
+}
+
+#[test]
 fn negative_column_chunk_size_is_refused() {
     expect_refused(
         artifacts::read_jaccard(&input("artifacts", "jaccard-chunk-size-negative.parquet")),
