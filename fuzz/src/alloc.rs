@@ -157,3 +157,13 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bound_is_64_mib_or_64_bytes_per_input_byte() {
+        assert_eq!(super::bound_for(0), 64 << 20);
+        assert_eq!(super::bound_for(1 << 20), 64 << 20);
+        assert_eq!(super::bound_for(2 << 20), 128 << 20);
+    }
+}

@@ -361,3 +361,34 @@ pub fn mutate_json(root: &mut Value, keys: &[&str], rng: &mut Rng) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let bytes = varint(v);
+            assert_eq!(read_varint(&bytes, 0), Some((v, bytes.len())));
+        }
+    }
+
+    #[test]
+    fn little_endian_rewrites_keep_the_length() {
+        let mut rng = Rng::new(1);
+        for _ in 0..100 {
+            let mut data = vec![7u8; 16];
+            rewrite_field(&mut data, Field { at: 4, width: Width::Le(8) }, &mut rng);
+            assert_eq!(data.len(), 16);
+            assert_eq!(&data[..4], &[7, 7, 7, 7]);
+        }
+    }
+
+    #[test]
+    fn json_numbers_are_fields() {
+        let fields = decimal_fields(br#"{"a": 12, "b": [-3, 4.5]}"#);
+        let found: Vec<(usize, Width)> = fields.iter().map(|f| (f.at, f.width)).collect();
+        assert_eq!(found, [(6, Width::Decimal(2)), (16, Width::Decimal(2)), (20, Width::Decimal(1)), (22, Width::Decimal(1))]);
+    }
+}

@@ -131,3 +131,22 @@ pub fn parquet_fields(data: &[u8]) -> Vec<Field> {
     }
     fields
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footer_length_and_page_header_fields_are_found() {
+        // PAR1, a page header {1: i32 0, 2: i32 3, 3: i32 3, stop} and 3 data
+        // bytes, a footer {1: i32 1, stop}, its length and PAR1.
+        let mut file = b"PAR1".to_vec();
+        file.extend([0x15, 0x00, 0x15, 0x06, 0x15, 0x06, 0x00, 9, 9, 9]);
+        let footer = [0x15, 0x02, 0x00];
+        file.extend(footer);
+        file.extend((footer.len() as u32).to_le_bytes());
+        file.extend(b"PAR1");
+        let at: Vec<usize> = parquet_fields(&file).iter().map(|f| f.at).collect();
+        assert_eq!(at, [file.len() - 8, 15, 5, 7, 9]);
+    }
+}
