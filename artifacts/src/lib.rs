@@ -14,6 +14,7 @@ mod items;
 mod jaccard;
 mod kind;
 mod mask;
+pub mod parquet_guard;
 mod provenance;
 pub mod records;
 mod results;
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
@@ -199,6 +200,7 @@ fn open_parquet(path: &Path) -> Result<File, ArtifactError> {
             String::from_utf8_lossy(&tail)
         )));
     }
+    parquet_guard::check_footer(&file, len).map_err(pq_err(path))?;
     Ok(file)
 }
 
@@ -232,10 +234,7 @@ pub(crate) fn read_with_schema(path: &Path, expected: ArtifactKind) -> Result<(P
 ///
 /// Refuses, as [`crate::read_parquet`] does, a file that is not Parquet, has no
 /// subprune metadata, or is of another kind or schema version.
-pub(crate) fn open_streamed(
-    path: &Path,
-    expected: ArtifactKind,
-) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader), ArtifactError> {
+pub(crate) fn open_streamed(path: &Path, expected: ArtifactKind) -> Result<(Provenance, SchemaRef, parquet_guard::Guarded), ArtifactError> {
     let (provenance, schema, reader, _) = open_streamed_counted(path, expected)?;
     Ok((provenance, schema, reader))
 }
@@ -244,16 +243,19 @@ pub(crate) fn open_streamed(
 pub(crate) fn open_streamed_counted(
     path: &Path,
     expected: ArtifactKind,
-) -> Result<(Provenance, SchemaRef, ParquetRecordBatchReader, u64), ArtifactError> {
+) -> Result<(Provenance, SchemaRef, parquet_guard::Guarded, u64), ArtifactError> {
     let file = open_parquet(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let checked = file.try_clone().map_err(io_err(path))?;
+    let builder = parquet_guard::catch(|| ParquetRecordBatchReaderBuilder::try_new(file)).map_err(pq_err(path))?;
     let pairs = kv_pairs(builder.metadata().file_metadata().key_value_metadata());
     let provenance = Provenance::from_metadata(path, &pairs, Some(expected))?;
     check_version(path, &provenance)?;
+    parquet_guard::check(&checked, len, builder.metadata()).map_err(pq_err(path))?;
     let num_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     let schema = builder.schema().clone();
-    let reader = builder.build().map_err(pq_err(path))?;
-    Ok((provenance, schema, reader, num_rows))
+    let reader = parquet_guard::catch(|| builder.build()).map_err(pq_err(path))?;
+    Ok((provenance, schema, parquet_guard::Guarded::new(reader), num_rows))
 }
 
 /// Reads an artifact of kind `expected`: its provenance and all record batches.
@@ -271,7 +273,7 @@ pub fn read_parquet(path: &Path, expected: ArtifactKind) -> Result<(Provenance, 
 /// Fails on a file that is not Parquet or has no subprune metadata.
 pub fn read_provenance(path: &Path) -> Result<Provenance, ArtifactError> {
     let file = open_parquet(path)?;
-    let metadata = ParquetMetaDataReader::new().parse_and_finish(&file).map_err(pq_err(path))?;
+    let metadata = parquet_guard::catch(|| ParquetMetaDataReader::new().parse_and_finish(&file)).map_err(pq_err(path))?;
     let pairs = kv_pairs(metadata.file_metadata().key_value_metadata());
     Provenance::from_metadata(path, &pairs, None)
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columns::{check_field, Accept};
 use crate::open_streamed_counted;
@@ -238,7 +237,7 @@ pub struct MaskReader {
     provenance: Provenance,
     info: MaskInfo,
     num_rows: u64,
-    reader: ParquetRecordBatchReader,
+    reader: crate::parquet_guard::Guarded,
     pending: std::vec::IntoIter<MaskRow>,
     first: usize,
     done: bool,

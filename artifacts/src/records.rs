@@ -20,6 +20,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde_json::{Map, Value};
 
+use crate::parquet_guard;
+
 /// What can go wrong while reading a data file; every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -190,11 +192,16 @@ fn json_file<E: From<RecordsError>>(path: &Path, f: &mut RecordFn<'_, E>) -> Res
 fn parquet_rows<E: From<RecordsError>>(path: &Path, columns: &[String], f: &mut RecordFn<'_, E>) -> Result<(), E> {
     let pq = |source| RecordsError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    parquet_guard::check_footer(&file, len).map_err(pq)?;
+    let checked = file.try_clone().map_err(io_err(path))?;
+    let builder = parquet_guard::catch(|| ParquetRecordBatchReaderBuilder::try_new(file)).map_err(pq)?;
+    parquet_guard::check(&checked, len, builder.metadata()).map_err(pq)?;
     let schema = builder.schema().clone();
     let roots: Vec<usize> = schema.fields().iter().enumerate().filter(|(_, fl)| columns.contains(fl.name())).map(|(i, _)| i).collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder.with_projection(mask).with_batch_size(1024).build().map_err(pq)?;
+    let reader =
+        parquet_guard::Guarded::new(parquet_guard::catch(|| builder.with_projection(mask).with_batch_size(1024).build()).map_err(pq)?);
     let mut row = 0usize;
     for batch in reader {
         let batch = batch.map_err(|source| RecordsError::Arrow { path: path.to_path_buf(), source })?;
@@ -236,8 +243,10 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>, RecordsError> {
 /// The top-level column names of a Parquet file (for error messages).
 pub fn parquet_columns(path: &Path) -> Result<Vec<String>, RecordsError> {
     let file = File::open(path).map_err(io_err(path))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    parquet_guard::check_footer(&file, len).map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
+    let builder = parquet_guard::catch(|| ParquetRecordBatchReaderBuilder::try_new(file))
+        .map_err(|source| RecordsError::Parquet { path: path.to_path_buf(), source })?;
     Ok(builder.schema().fields().iter().map(|fl| fl.name().clone()).collect())
 }
 

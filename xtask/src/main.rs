@@ -88,6 +88,37 @@ enum Command {
     /// Run a benchmark of the workspace.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Fuzz one of the readers of files from strangers for N seconds (without TARGET: list the targets).
+    ///
+    /// Targets: gguf, safetensors, config, gguf-tokenizer, artifacts (every
+    /// Parquet artifact kind), datasets-jsonl, datasets-parquet. Builds the
+    /// workspace, then runs `subprune-fuzz` (crate `fuzz/`) at nice 10 on one
+    /// thread: a structure-aware mutation fuzzer seeded with real files, which
+    /// fails an input that panics, runs past --timeout, or allocates more
+    /// than max(64 MiB, 64 x its size), under a --memory-mib address-space
+    /// cap. Failing inputs and a summary (executions per second) go to
+    /// fuzz/out/TARGET; fuzz/seeds/TARGET and fuzz/regressions/TARGET are
+    /// added to the seeds. The exit status is 1 if anything failed.
+    Fuzz(FuzzArgs),
+}
+
+/// Arguments of `fuzz`.
+#[derive(Debug, Args)]
+struct FuzzArgs {
+    /// The target to fuzz; an unknown or missing one lists the targets.
+    target: Option<String>,
+    /// How long to fuzz, in seconds.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// An input running longer than this many seconds counts as a hang.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Address-space limit of the fuzzing process, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory_mib: u64,
+    /// Seed of the mutations (a run is reproducible up to timing).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// The real models whose layer shapes `make-model` copies (the names of
@@ -217,7 +248,31 @@ fn run(command: Command) -> Result<ExitCode> {
             args.prereqs.ensure()?;
             bench::scale(&args.bench_args)
         }
+        Command::Fuzz(args) => fuzz(&args),
     }
+}
+
+/// `cargo xtask fuzz`: the workspace build, then `subprune-fuzz` on one
+/// thread at low priority, with the committed seeds and regression inputs.
+fn fuzz(args: &FuzzArgs) -> Result<ExitCode> {
+    let bin = workspace::build_binaries()?.join("subprune-fuzz");
+    let mut cmd = std::process::Command::new("nice");
+    cmd.args(["-n", "10"]).arg(&bin).env("RAYON_NUM_THREADS", "1").env("TOKENIZERS_PARALLELISM", "false");
+    let Some(target) = &args.target else {
+        cmd.arg("--list");
+        return Ok(process::exit_code(process::run_status(&mut cmd)?));
+    };
+    let fuzz_dir = workspace::root().join("fuzz");
+    cmd.arg(target).args(["--seconds", &args.seconds.to_string()]);
+    cmd.args(["--timeout", &args.timeout.to_string()]).args(["--memory-mib", &args.memory_mib.to_string()]);
+    cmd.args(["--seed", &args.seed.to_string()]).arg("--out").arg(fuzz_dir.join("out").join(target));
+    for corpus in ["seeds", "regressions"] {
+        let dir = fuzz_dir.join(corpus).join(target);
+        if dir.is_dir() {
+            cmd.arg("--corpus").arg(dir);
+        }
+    }
+    Ok(process::exit_code(process::run_status(&mut cmd)?))
 }
 
 /// `cargo xtask test`: prerequisites, the real model, then `cargo test`.
@@ -318,6 +373,16 @@ mod tests {
         assert_eq!(args(&["--", "-p"]), ["test", "--release", "--workspace", "--", "-p"]);
         assert_eq!(args(&["-p", "model"]), ["test", "--release", "-p", "model"]);
         assert_eq!(args(&["--package=model"]), ["test", "--release", "--package=model"]);
+    }
+
+    #[test]
+    fn fuzz_takes_an_optional_target() {
+        let cli = Cli::try_parse_from(["cargo xtask", "fuzz", "gguf", "--seconds", "5"]).unwrap();
+        match cli.command {
+            Command::Fuzz(args) => assert_eq!((args.target.as_deref(), args.seconds), (Some("gguf"), 5)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(Cli::try_parse_from(["cargo xtask", "fuzz"]).unwrap().command, Command::Fuzz(FuzzArgs { target: None, .. })));
     }
 
     #[test]

@@ -18,7 +18,12 @@ use crate::gguf::GgufFile;
 use crate::nn::rope::inverse_frequencies;
 use crate::nn::{Activation, RopeScaling};
 
+/// The largest magnitude below which every integral f64 is exact (2^53):
+/// `query_pre_attn_scalar` is written as a JSON integer only below it.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
 /// The family's entry in the registry.
+
 pub const FAMILY: Family = Family {
     hf_model_types: &["gemma", "gemma2", "gemma3", "gemma3_text"],
     gguf_architectures: &["gemma", "gemma2", "gemma3"],
@@ -216,8 +221,11 @@ impl GemmaConfig {
         if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window.is_none_or(|w| w == 0) {
             return Err(ModelError::config(path, "sliding-window layers need a positive `sliding_window`; found none"));
         }
-        if self.query_pre_attn_scalar <= 0.0 {
-            return Err(ModelError::config(path, format!("query_pre_attn_scalar must be positive; found {}", self.query_pre_attn_scalar)));
+        if !(self.query_pre_attn_scalar > 0.0 && self.query_pre_attn_scalar.is_finite()) {
+            return Err(ModelError::config(
+                path,
+                format!("query_pre_attn_scalar must be a positive finite number; found {}", self.query_pre_attn_scalar),
+            ));
         }
         Ok(())
     }
@@ -282,19 +290,26 @@ impl ArchConfig for GemmaConfig {
                 self.layer_types.iter().map(|t| if *t == LayerType::Sliding { "sliding_attention" } else { "full_attention" }).collect();
             json["layer_types"] = serde_json::json!(kinds);
             json["sliding_window"] = serde_json::json!(self.sliding_window);
-            // transformers declares it an integer and refuses `256.0`.
+            // transformers declares it an integer and refuses `256.0`; an
+            // integral value past 2^53 stays a float, which `as u64` would
+            // change (it saturates at 2^64).
             let scalar = self.query_pre_attn_scalar;
-            json["query_pre_attn_scalar"] =
-                if scalar.fract() == 0.0 { serde_json::json!(scalar as u64) } else { serde_json::json!(scalar) };
+            json["query_pre_attn_scalar"] = if scalar.fract() == 0.0 && scalar.abs() < MAX_EXACT_INTEGER {
+                serde_json::json!(scalar as u64)
+            } else {
+                serde_json::json!(scalar)
+            };
             json["attn_logit_softcapping"] = serde_json::json!(self.attn_logit_softcapping);
             json["final_logit_softcapping"] = serde_json::json!(self.final_logit_softcapping);
         }
+        // Every version applies a linear factor read from config.json, so
+        // every version writes it back.
+        let rope_scaling = self.rope_scaling_factor.map(|factor| serde_json::json!({"rope_type": "linear", "factor": factor}));
         if self.version == GemmaVersion::Gemma3 {
             json["rope_local_base_freq"] = serde_json::json!(self.rope_local_base_freq);
-            json["rope_scaling"] = match self.rope_scaling_factor {
-                Some(factor) => serde_json::json!({"rope_type": "linear", "factor": factor}),
-                None => Value::Null,
-            };
+            json["rope_scaling"] = rope_scaling.unwrap_or(Value::Null);
+        } else if let Some(scaling) = rope_scaling {
+            json["rope_scaling"] = scaling;
         }
         json
     }
