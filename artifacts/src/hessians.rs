@@ -14,7 +14,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::columns::{check_field, column, u64_column, Accept};
 use crate::scores::u32_column;
@@ -148,7 +147,7 @@ pub fn write_hessians<E: From<ArtifactError>>(
 pub struct HessiansReader {
     path: std::path::PathBuf,
     provenance: Provenance,
-    reader: ParquetRecordBatchReader,
+    reader: crate::parquet_guard::Guarded,
     pending: std::vec::IntoIter<InputHessian>,
     first: usize,
     done: bool,

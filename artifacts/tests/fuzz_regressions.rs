@@ -94,7 +94,13 @@ fn every_seed_kind_still_reads() {
     let path = dir.path().join("mask.parquet");
     let provenance = artifacts::Provenance::new(artifacts::ArtifactKind::Mask, "m", serde_json::json!({}), "test");
     let rows: Vec<artifacts::MaskRow> = (0..3000)
-        .map(|row| artifacts::MaskRow { module: "model.layers.0.mlp.up_proj".into(), row, in_features: 4096, keep: vec![0xff; 512] })
+        .map(|row| artifacts::MaskRow {
+            module: "model.layers.0.mlp.up_proj".into(),
+            row,
+            in_features: 4096,
+            keep: vec![0xff; 512],
+            values: None,
+        })
         .collect();
     let info = artifacts::MaskInfo { method: "wanda".into(), sparsity: 0.0, pattern: "unstructured".into(), group: "row".into() };
     artifacts::write_mask(&path, &rows, &info, &provenance).unwrap();

@@ -1,6 +1,7 @@
 //! The artifacts target: Parquet files of every artifact kind (documents,
-//! samples, stats, scores, mask, results, items, jaccard) through the
-//! artifacts crate's readers, the streaming mask reader included.
+//! samples, stats, scores, mask (with and without SparseGPT's values),
+//! hessians, results, items, jaccard) through the artifacts crate's
+//! readers, the streaming mask and Hessian readers included.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use arrow_array::{new_null_array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field as ArrowField, Schema};
 use artifacts::{
     read_documents, read_items, read_jaccard, read_mask, read_provenance, read_results, read_samples, read_scores, read_stats,
-    write_documents, write_items, write_jaccard, write_mask, write_parquet, write_results, write_samples, write_scores, write_stats,
-    ArtifactKind, Document, ItemRow, JaccardRow, MaskInfo, MaskReader, MaskRow, ModuleStats, Provenance, ResultRow, Sample, SamplesInfo,
-    ScoreRow, Split,
+    write_documents, write_hessians, write_items, write_jaccard, write_mask, write_parquet, write_results, write_samples, write_scores,
+    write_stats, ArtifactError, ArtifactKind, Document, HessiansReader, InputHessian, ItemRow, JaccardRow, MaskInfo, MaskReader, MaskRow,
+    ModuleStats, Provenance, ResultRow, Sample, SamplesInfo, ScoreRow, Split,
 };
 use serde_json::json;
 
@@ -22,12 +23,13 @@ use super::Outcome;
 use crate::mutate::{Field, Rng};
 
 /// Every artifact kind, in the order seeds are made.
-const KINDS: [ArtifactKind; 8] = [
+const KINDS: [ArtifactKind; 9] = [
     ArtifactKind::Documents,
     ArtifactKind::Samples,
     ArtifactKind::Stats,
     ArtifactKind::Scores,
     ArtifactKind::Mask,
+    ArtifactKind::Hessians,
     ArtifactKind::Results,
     ArtifactKind::Items,
     ArtifactKind::Jaccard,
@@ -67,6 +69,7 @@ fn read_kind(path: &Path, kind: ArtifactKind) -> Outcome {
             }
             Ok(())
         }),
+        ArtifactKind::Hessians => HessiansReader::open(path).and_then(|reader| reader.map(|row| row.map(drop)).collect()),
         ArtifactKind::Results => read_results(path).map(drop),
         ArtifactKind::Items => read_items(path).map(drop),
         ArtifactKind::Jaccard => read_jaccard(path).map(drop),
@@ -84,6 +87,7 @@ fn kind_label(kind: ArtifactKind) -> &'static str {
         ArtifactKind::Stats => "stats",
         ArtifactKind::Scores => "scores",
         ArtifactKind::Mask => "mask",
+        ArtifactKind::Hessians => "hessians",
         ArtifactKind::Results => "results",
         ArtifactKind::Items => "items",
         ArtifactKind::Jaccard => "jaccard",
@@ -158,10 +162,48 @@ pub fn seeds(scratch: &Path) -> Vec<Vec<u8>> {
             ArtifactKind::Mask => write_mask(
                 &path,
                 &[
-                    MaskRow { module: "model.layers.0.mlp.up_proj".into(), row: 0, in_features: 10, keep: vec![0b1010_1010, 0b01] },
-                    MaskRow { module: "model.layers.0.mlp.up_proj".into(), row: 1, in_features: 10, keep: vec![0xff, 0b11] },
+                    MaskRow {
+                        module: "model.layers.0.mlp.up_proj".into(),
+                        row: 0,
+                        in_features: 10,
+                        keep: vec![0b1010_1010, 0b01],
+                        values: None,
+                    },
+                    MaskRow { module: "model.layers.0.mlp.up_proj".into(), row: 1, in_features: 10, keep: vec![0xff, 0b11], values: None },
                 ],
                 &MaskInfo { method: "wanda".into(), sparsity: 0.5, pattern: "unstructured".into(), group: "row".into() },
+                &p,
+            )
+            .map(drop)
+            .and_then(|()| {
+                // SparseGPT's masks carry the updated value of every kept weight.
+                out.extend(std::fs::read(&path).ok());
+                write_mask(
+                    &path,
+                    &[MaskRow {
+                        module: "model.layers.0.mlp.up_proj".into(),
+                        row: 0,
+                        in_features: 4,
+                        keep: vec![0b1001],
+                        values: Some(vec![0.5, -1.25]),
+                    }],
+                    &MaskInfo { method: "sparsegpt".into(), sparsity: 0.5, pattern: "unstructured".into(), group: "row".into() },
+                    &p,
+                )
+                .map(drop)
+            }),
+            ArtifactKind::Hessians => write_hessians::<ArtifactError>(
+                &path,
+                [InputHessian {
+                    layer: 0,
+                    modules: vec!["model.layers.0.self_attn.q_proj".into(), "model.layers.0.self_attn.k_proj".into()],
+                    in_features: 3,
+                    n_samples: 2,
+                    n_tokens: 8,
+                    upper: vec![4.0, 0.5, -1.0, 3.0, 0.25, 2.0],
+                }]
+                .into_iter()
+                .map(Ok),
                 &p,
             )
             .map(drop),
@@ -363,7 +405,8 @@ pub fn structured(data: &[u8], rng: &mut Rng, scratch: &Path) -> Option<Vec<u8>>
         ArtifactKind::Samples => artifacts::samples_schema(),
         ArtifactKind::Stats => artifacts::stats_schema(),
         ArtifactKind::Scores => artifacts::scores_schema(),
-        ArtifactKind::Mask => artifacts::mask_schema(),
+        ArtifactKind::Mask => artifacts::mask_schema(rng.one_in(2)),
+        ArtifactKind::Hessians => artifacts::hessians_schema(),
         ArtifactKind::Results => artifacts::results_schema(),
         ArtifactKind::Items => artifacts::items_schema(),
         ArtifactKind::Jaccard => artifacts::jaccard_schema(),

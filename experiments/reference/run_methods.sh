@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# SparseGPT and RIA against their authors' code: subprune and the PyTorch
+# references prune the same dense model on the same windows; the masks are
+# compared bit for bit (each against the float64 reference, beside the f32
+# reference's own distance from it) and every pruned model's held-out
+# perplexity is measured in transformers. Run after run_all.sh, whose dense HF
+# copy and held-out windows in $R it reuses (it makes them when missing).
+# Every command, its wall time and its output go to $R/logs/ and
+# $R/commands.log; a step whose output exists is skipped, so a rerun resumes.
+#
+#   B=$CARGO_TARGET_DIR/release M=model.gguf CALIB=calib.parquet DOCS=docs.parquet \
+#   R=/tmp/ref PY=/tmp/refenv/bin/python SPARSEGPT=/tmp/sparsegpt \
+#   bash experiments/reference/run_methods.sh [sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4 ...]
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+B=${B:-/root/.cache/subprune/target/release}
+M=${M:-/root/.cache/subprune/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+CALIB=${CALIB:?a samples artifact of calibration windows}
+DOCS=${DOCS:?the documents artifact whose held-out split gives the perplexity windows}
+R=${R:-/tmp/ref}
+PY=${PY:-/tmp/refenv/bin/python}
+SPARSEGPT=${SPARSEGPT:-/tmp/sparsegpt}
+F64=${F64:-1}
+mkdir -p "$R/logs"
+export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
+
+# run NAME OUTPUT CMD...: runs CMD unless OUTPUT exists; logs output and wall time
+# (and peak RSS, from /usr/bin/time when present).
+run() {
+  local name=$1 out=$2; shift 2
+  if [[ -e $out ]]; then echo "skip $name ($out exists)"; return; fi
+  echo "== $name: $*" | tee -a "$R/commands.log"
+  local t0=$(date +%s.%N) timer=()
+  [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f "peak RSS %M KiB")
+  "${timer[@]}" "$@" >"$R/logs/$name.log" 2>&1 || { mv "$R/logs/$name.log" "$R/logs/$name.failed"; echo "FAILED $name"; tail -20 "$R/logs/$name.failed"; exit 1; }
+  local t1=$(date +%s.%N)
+  awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "   %s: %.1f s\n", n, b - a }' | tee -a "$R/commands.log"
+  grep -E 'perplexity|sparsity|wall|differing|peak RSS|modules, ' "$R/logs/$name.log" | tail -6 | sed 's/^/   /' | tee -a "$R/commands.log" || true
+}
+ppl_sub() { "$B/evaluate" ppl --model "$1" --samples "$R/heldout.parquet" --max-windows 16 --seqlen 512 --device cpu --quiet "${@:2}"; }
+ppl_hf() { "$PY" "$HERE/ppl.py" --model-dir "$1" --samples "$R/heldout.parquet" --max-windows 16 "${@:2}"; }
+cmp() { "$PY" "$HERE/compare_masks.py" "$1" "$2" --per-layer --weights "$R/dense-hf"; }
+
+# The dense HF copy (a mask that prunes nothing) and the held-out windows, as in run_all.sh.
+run dense-stats "$R/dense-stats.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --oneshot --device cpu --quiet --out "$R/dense-stats.parquet"
+run dense-scores "$R/dense-scores.parquet" "$B/score" --model "$M" --stats "$R/dense-stats.parquet" --method magnitude --quiet --out "$R/dense-scores.parquet"
+run dense-mask "$R/dense-mask.parquet" "$B/mask" --scores "$R/dense-scores.parquet" --sparsity 0 --quiet --out "$R/dense-mask.parquet"
+run dense-hf "$R/dense-hf" "$B/mask" apply --model "$M" --mask "$R/dense-mask.parquet" --quiet --out "$R/dense-hf"
+run heldout "$R/heldout.parquet" "$B/datasets" sample --documents "$DOCS" --model "$M" --split heldout --windows --seqlen 512 --quiet --out "$R/heldout.parquet"
+
+CASES=("$@")
+[[ ${#CASES[@]} -eq 0 ]] && CASES=(sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4)
+for C in "${CASES[@]}"; do
+  METHOD=${C%%-*} P=${C#*-}
+  case $P in
+    u0.5) PAT=(--sparsity 0.5) ;;
+    2of4) PAT=(--nm 2:4) ;;
+    *) echo "unknown pattern in $C (u0.5 or 2of4)"; exit 2 ;;
+  esac
+  case $METHOD in
+    sparsegpt)
+      # Sequential SparseGPT: calibrate writes each layer's input Hessians; mask prunes and updates from them.
+      run "calibrate-$C" "$R/hessians-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method sparsegpt "${PAT[@]}" --device cpu --quiet --out "$R/stats-$C.parquet" --hessians "$R/hessians-$C.parquet"
+      run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --hessians "$R/hessians-$C.parquet" --model "$M" "${PAT[@]}" --quiet --out "$R/mask-$C.parquet"
+      REF=("$PY" "$HERE/sparsegpt_reference.py" --sparsegpt-repo "$SPARSEGPT")
+      ;;
+    ria)
+      run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method ria "${PAT[@]}" --device cpu --quiet --out "$R/stats-$C.parquet"
+      run "score-$C" "$R/scores-$C.parquet" "$B/score" --model "$M" --stats "$R/stats-$C.parquet" --method ria --quiet --out "$R/scores-$C.parquet"
+      run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --scores "$R/scores-$C.parquet" "${PAT[@]}" --quiet --out "$R/mask-$C.parquet"
+      REF=("$PY" "$HERE/wanda_reference.py" --method ria --reallocation)
+      ;;
+    *) echo "unknown method in $C (sparsegpt or ria)"; exit 2 ;;
+  esac
+  # The pruned models (SparseGPT's hold updated weights) and their perplexities.
+  run "apply-$C" "$R/sub-$C-hf" "$B/mask" apply --model "$M" --mask "$R/mask-$C.parquet" --quiet --out "$R/sub-$C-hf"
+  run "ppl-sub-$C" "$R/logs/ppl-sub-$C.log" ppl_sub "$M" --mask "$R/mask-$C.parquet"
+  run "ppl-sub-hf-$C" "$R/logs/ppl-sub-hf-$C.log" ppl_hf "$R/sub-$C-hf"
+  run "ref-$C" "$R/ref-$C.parquet" "${REF[@]}" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --out "$R/ref-$C.parquet" --save-model "$R/ref-$C-hf"
+  run "ppl-ref-$C" "$R/logs/ppl-ref-$C.log" ppl_hf "$R/ref-$C-hf"
+  run "cmp-$C" "$R/logs/cmp-$C.log" cmp "$R/mask-$C.parquet" "$R/ref-$C.parquet"
+  if [[ $F64 == 1 ]]; then
+    run "ref-$C-f64" "$R/ref-$C-f64.parquet" "${REF[@]}" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype f64 --out "$R/ref-$C-f64.parquet"
+    run "cmp-$C-f64-sub" "$R/logs/cmp-$C-f64-sub.log" cmp "$R/mask-$C.parquet" "$R/ref-$C-f64.parquet"
+    run "cmp-$C-f64-ref" "$R/logs/cmp-$C-f64-ref.log" cmp "$R/ref-$C.parquet" "$R/ref-$C-f64.parquet"
+  fi
+done
+echo "done; see $R/commands.log"
