@@ -43,7 +43,7 @@ pub use items::{items_path_for, items_schema, read_items, write_items, ItemRow};
 pub use jaccard::{jaccard_schema, read_jaccard, write_jaccard, JaccardRow};
 pub use kind::{ArtifactKind, UnknownKindError};
 pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskReader, MaskRow};
-pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION};
+pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION, PARAM_LAYER_SPARSITIES};
 pub use results::{read_results, results_schema, write_results, ResultRow};
 pub use samples::{read_samples, samples_schema, write_samples, Sample, SamplesInfo};
 pub use scores::{read_scores, scores_schema, write_scores, write_scores_streamed, ScoreRow};

@@ -17,6 +17,9 @@ pub const KEY_INPUTS: &str = "subprune.inputs";
 pub const KEY_PARAMS: &str = "subprune.params";
 /// Metadata key of the tool and version that wrote the artifact.
 pub const KEY_CREATED_BY: &str = "subprune.created_by";
+/// Key, in a stats artifact's params, of the per-layer sparsities that
+/// calibration applied (OWL's profile), which `mask` reads back.
+pub const PARAM_LAYER_SPARSITIES: &str = "layer_sparsities";
 
 /// Where an artifact comes from: its kind, schema version, model, inputs and options.
 ///

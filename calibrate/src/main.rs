@@ -200,10 +200,9 @@ fn main() -> Result<()> {
         Pattern::Unstructured { sparsity } => (Some(sparsity), None),
         Pattern::NM { n, m } => (None, Some(format!("{n}:{m}"))),
     };
-    let params = serde_json::json!({
+    let mut params = serde_json::json!({
         "method": cli.method.as_str(),
         "sparsity_profile": cli.sparsity_profile.as_str(),
-        "layer_sparsities": result.layer_sparsities,
         "pattern": pattern.to_string(),
         "sparsity": sparsity,
         "nm": nm,
@@ -216,6 +215,7 @@ fn main() -> Result<()> {
         "nsamples": windows.len(),
         "seqlen": info.seqlen,
     });
+    params[artifacts::PARAM_LAYER_SPARSITIES] = serde_json::json!(result.layer_sparsities);
     let provenance =
         Provenance::new(ArtifactKind::Stats, loaded.fingerprint.clone(), params, created_by).with_input("samples", samples_hash);
     artifacts::write_stats(&cli.out, &result.stats, &provenance).with_context(|| format!("writing {}", cli.out.display()))?;

@@ -31,7 +31,7 @@ run() {
   if [[ -e $out ]]; then echo "skip $name ($out exists)"; return; fi
   echo "== $name: $*" | tee -a "$R/commands.log"
   local t0=$(date +%s.%N) timer=()
-  [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f "peak RSS %M KiB")
+  [[ -x /usr/bin/time && $(type -t "$1") == file ]] && timer=(/usr/bin/time -f "peak RSS %M KiB")
   "${timer[@]}" "$@" >"$R/logs/$name.log" 2>&1 || { mv "$R/logs/$name.log" "$R/logs/$name.failed"; echo "FAILED $name"; tail -20 "$R/logs/$name.failed"; exit 1; }
   local t1=$(date +%s.%N)
   awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "   %s: %.1f s\n", n, b - a }' | tee -a "$R/commands.log"
@@ -65,9 +65,12 @@ for C in "${CASES[@]}"; do
       REF=("$PY" "$HERE/sparsegpt_reference.py" --sparsegpt-repo "$SPARSEGPT")
       ;;
     ria)
-      run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method ria "${PAT[@]}" --device cpu --quiet --out "$R/stats-$C.parquet"
+      # RIA's authors choose unstructured masks over the whole matrix (per_outneuron off).
+      GROUP=()
+      [[ $P == u0.5 ]] && GROUP=(--group layer)
+      run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method ria "${PAT[@]}" "${GROUP[@]}" --device cpu --quiet --out "$R/stats-$C.parquet"
       run "score-$C" "$R/scores-$C.parquet" "$B/score" --model "$M" --stats "$R/stats-$C.parquet" --method ria --quiet --out "$R/scores-$C.parquet"
-      run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --scores "$R/scores-$C.parquet" "${PAT[@]}" --quiet --out "$R/mask-$C.parquet"
+      run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --scores "$R/scores-$C.parquet" "${PAT[@]}" "${GROUP[@]}" --quiet --out "$R/mask-$C.parquet"
       REF=("$PY" "$HERE/wanda_reference.py" --method ria --reallocation)
       ;;
     *) echo "unknown method in $C (sparsegpt or ria)"; exit 2 ;;
@@ -80,7 +83,8 @@ for C in "${CASES[@]}"; do
   run "ppl-ref-$C" "$R/logs/ppl-ref-$C.log" ppl_hf "$R/ref-$C-hf"
   run "cmp-$C" "$R/logs/cmp-$C.log" cmp "$R/mask-$C.parquet" "$R/ref-$C.parquet"
   if [[ $F64 == 1 ]]; then
-    run "ref-$C-f64" "$R/ref-$C-f64.parquet" "${REF[@]}" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype f64 --out "$R/ref-$C-f64.parquet"
+    run "ref-$C-f64" "$R/ref-$C-f64.parquet" "${REF[@]}" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype f64 --out "$R/ref-$C-f64.parquet" --save-model "$R/ref-$C-f64-hf"
+    run "ppl-ref-$C-f64" "$R/logs/ppl-ref-$C-f64.log" ppl_hf "$R/ref-$C-f64-hf"
     run "cmp-$C-f64-sub" "$R/logs/cmp-$C-f64-sub.log" cmp "$R/mask-$C.parquet" "$R/ref-$C-f64.parquet"
     run "cmp-$C-f64-ref" "$R/logs/cmp-$C-f64-ref.log" cmp "$R/ref-$C.parquet" "$R/ref-$C-f64.parquet"
   fi

@@ -582,7 +582,7 @@ fn layer_patterns(
             "the OWL sparsity profile spreads an unstructured sparsity (--sparsity) over the layers; N:M is uniform".into(),
         ));
     };
-    let recorded = stats.params.get("layer_sparsities").and_then(Value::as_array).ok_or_else(|| {
+    let recorded = stats.params.get(artifacts::PARAM_LAYER_SPARSITIES).and_then(Value::as_array).ok_or_else(|| {
         MaskError::Options(format!(
             "{} holds no OWL layer sparsities: calibrate with --sparsity-profile owl (and the same --sparsity) to make them",
             stats_path.display()

@@ -11,6 +11,8 @@
 //! reference does), N:M masks per group of M columns, each from the weights
 //! as updated so far.
 
+use rayon::prelude::*;
+
 use crate::{Pattern, SparsityError};
 
 /// SparseGPT's default block of columns pruned and updated together.
@@ -246,124 +248,111 @@ pub fn sparsegpt_prepared(
         let i2 = (i1 + blocksize).min(cols);
         let count = i2 - i1;
         let hinv_at = |i: usize, j: usize| hinv[i * cols + j];
-        if let Pattern::Unstructured { sparsity } = options.pattern {
-            // tmp = W1² / diag(Hinv1)², the block's threshold its sorted value at ⌊numel · sparsity⌋.
-            let mut tmp: Vec<f64> = Vec::with_capacity(rows * count);
-            for r in 0..rows {
-                for j in i1..i2 {
-                    let d = hinv_at(j, j);
-                    tmp.push(w[r * cols + j] * w[r * cols + j] / (d * d));
-                }
+        let scaled = |wrow: &[f64], j: usize| {
+            let d = hinv_at(j, j);
+            wrow[j] * wrow[j] / (d * d)
+        };
+        // Unstructured: tmp = W1² / diag(Hinv1)² over the whole block, its
+        // threshold the sorted value at ⌊numel · sparsity⌋.
+        let threshold = match options.pattern {
+            Pattern::Unstructured { sparsity } => {
+                let mut tmp: Vec<f64> = w.chunks_exact(cols).flat_map(|wrow| (i1..i2).map(move |j| scaled(wrow, j))).collect();
+                let at = ((tmp.len() as f64) * sparsity) as usize;
+                tmp.sort_by(f64::total_cmp);
+                Some(tmp[at])
             }
-            let mut sorted = tmp.clone();
-            sorted.sort_by(f64::total_cmp);
-            let thresh = sorted[((tmp.len() as f64) * sparsity) as usize];
-            for r in 0..rows {
-                for (k, j) in (i1..i2).enumerate() {
-                    pruned[r * cols + j] = tmp[r * count + k] <= thresh;
+            Pattern::NM { .. } => None,
+        };
+        // Every row on its own from here: the block's columns one by one,
+        // each pruned column's error spread over the block's later columns,
+        // then W[r, i2:] -= Err1[r] · Hinv[i1:i2, i2:]. Rows run in parallel;
+        // the losses are added in row order.
+        let losses: Vec<f64> = w
+            .par_chunks_mut(cols)
+            .zip(pruned.par_chunks_mut(cols))
+            .map(|(wrow, prow)| {
+                if let Some(threshold) = threshold {
+                    for j in i1..i2 {
+                        prow[j] = scaled(wrow, j) <= threshold;
+                    }
                 }
-            }
-        }
-        // Err1, one column per pruned column of the block.
-        let mut errors = vec![0.0f64; rows * count];
-        for i in 0..count {
-            let col = i1 + i;
-            let d = hinv_at(col, col);
-            if let Pattern::NM { n, m } = options.pattern {
-                if i % m == 0 {
-                    for r in 0..rows {
-                        let mut group: Vec<(f64, usize)> = (col..col + m)
-                            .map(|j| {
-                                let dj = hinv_at(j, j);
-                                (w[r * cols + j] * w[r * cols + j] / (dj * dj), j)
-                            })
-                            .collect();
-                        group.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                        for &(_, j) in &group[..n] {
-                            pruned[r * cols + j] = true;
+                let mut errors = vec![0.0f64; count];
+                let mut row_loss = 0.0;
+                for i in 0..count {
+                    let col = i1 + i;
+                    let d = hinv_at(col, col);
+                    if let Pattern::NM { n, m } = options.pattern {
+                        if i % m == 0 {
+                            let mut group: Vec<(f64, usize)> = (col..col + m).map(|j| (scaled(wrow, j), j)).collect();
+                            group.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                            for &(_, j) in &group[..n] {
+                                prow[j] = true;
+                            }
+                        }
+                    }
+                    let value = wrow[col];
+                    let q = if prow[col] { 0.0 } else { value };
+                    row_loss += (value - q) * (value - q) / (d * d) / 2.0;
+                    let err = (value - q) / d;
+                    errors[i] = err;
+                    wrow[col] = q;
+                    if err != 0.0 {
+                        for j in col + 1..i2 {
+                            wrow[j] -= err * hinv_at(col, j);
                         }
                     }
                 }
-            }
-            for r in 0..rows {
-                let value = w[r * cols + col];
-                let q = if pruned[r * cols + col] { 0.0 } else { value };
-                loss += (value - q) * (value - q) / (d * d) / 2.0;
-                let err = (value - q) / d;
-                errors[r * count + i] = err;
-                w[r * cols + col] = q;
-                if err != 0.0 {
-                    for j in col + 1..i2 {
-                        w[r * cols + j] -= err * hinv_at(col, j);
+                for (i, &err) in errors.iter().enumerate() {
+                    if err == 0.0 {
+                        continue;
+                    }
+                    let hrow = &hinv[(i1 + i) * cols + i2..(i1 + i + 1) * cols];
+                    for (wv, &hv) in wrow[i2..].iter_mut().zip(hrow) {
+                        *wv -= err * hv;
                     }
                 }
-            }
-        }
-        // W[:, i2:] -= Err1 · Hinv[i1:i2, i2:].
-        for r in 0..rows {
-            let err_row = &errors[r * count..(r + 1) * count];
-            for (i, &err) in err_row.iter().enumerate() {
-                if err == 0.0 {
-                    continue;
-                }
-                let hrow = &hinv[(i1 + i) * cols + i2..(i1 + i + 1) * cols];
-                let wrow = &mut w[r * cols + i2..(r + 1) * cols];
-                for (wv, &hv) in wrow.iter_mut().zip(hrow) {
-                    *wv -= err * hv;
-                }
-            }
-        }
+                row_loss
+            })
+            .collect();
+        loss += losses.iter().sum::<f64>();
     }
     let keep = pruned.iter().map(|&p| !p).collect();
     Ok(SparseGptResult { weight: w, keep, loss })
 }
 
 /// The upper Cholesky factor `U` of `A⁻¹` (`A⁻¹ = UᵀU`) for a symmetric
-/// positive definite `a` ([n, n], row-major): `torch.linalg.cholesky(
-/// torch.cholesky_inverse(torch.linalg.cholesky(A)), upper=True)`.
+/// positive definite `a` ([n, n], row-major), what the reference gets from
+/// `torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(A)),
+/// upper=True)`, with one factorization instead of two and no inverse: with
+/// `P` the order reversal, `PAP = LLᵀ` gives `A = VVᵀ` for the upper
+/// `V = PLP`, so `A⁻¹ = V⁻ᵀV⁻¹` and `V⁻¹ = PL⁻¹P` is upper with a positive
+/// diagonal: the (unique) factor. Both steps run on every core; each value
+/// is the same whatever the number of threads.
 fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
-    let l = lower_cholesky(a, n)?;
-    // A⁻¹ = L⁻ᵀ L⁻¹: invert the lower factor by forward substitution, row
-    // by row: row i of L⁻¹ is -Σₖ Lᵢₖ (row k of L⁻¹) / Lᵢᵢ over k < i, each
-    // element's terms added in ascending k (rows, not strided columns, are read).
-    let mut linv = vec![0.0f64; n * n];
-    let mut sums = vec![0.0f64; n];
-    for i in 0..n {
-        sums[..i].fill(0.0);
-        for k in 0..i {
-            let lik = l[i * n + k];
-            for (s, &v) in sums[..=k].iter_mut().zip(&linv[k * n..k * n + k + 1]) {
-                *s += lik * v;
-            }
-        }
-        let lii = l[i * n + i];
-        for (out, &s) in linv[i * n..i * n + i].iter_mut().zip(&sums[..i]) {
-            *out = -s / lii;
-        }
-        linv[i * n + i] = 1.0 / lii;
-    }
-    // (L⁻ᵀ L⁻¹)ᵢⱼ = Σₖ L⁻¹ₖᵢ L⁻¹ₖⱼ over k ≥ max(i, j): the outer products of
-    // the rows of L⁻¹, added in ascending k.
-    let mut inverse = vec![0.0f64; n * n];
-    for k in 0..n {
-        let row = &linv[k * n..k * n + k + 1];
-        for (i, &lki) in row.iter().enumerate() {
-            for (out, &lkj) in inverse[i * n..i * n + i + 1].iter_mut().zip(&row[..=i]) {
-                *out += lki * lkj;
-            }
+    let mut reversed = vec![0.0f64; n * n];
+    for (i, row) in reversed.chunks_exact_mut(n.max(1)).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = a[(n - 1 - i) * n + (n - 1 - j)];
         }
     }
-    for i in 0..n {
-        for j in 0..i {
-            inverse[j * n + i] = inverse[i * n + j];
+    let l = lower_cholesky(&reversed, n).map_err(|e| match e {
+        SparseGptError::NotPositiveDefinite { pivot, value } => SparseGptError::NotPositiveDefinite { pivot: n - 1 - pivot, value },
+        other => other,
+    })?;
+    // Column j of L⁻¹ by forward substitution (xⱼ = 1/Lⱼⱼ, xᵢ = -Σₖ Lᵢₖxₖ / Lᵢᵢ
+    // over j ≤ k < i), stored as row j of `columns`; the columns are independent.
+    let mut columns = vec![0.0f64; n * n];
+    columns.par_chunks_mut(n.max(1)).enumerate().for_each(|(j, x)| {
+        x[j] = 1.0 / l[j * n + j];
+        for i in j + 1..n {
+            x[i] = -dot(&l[i * n + j..i * n + i], &x[j..i]) / l[i * n + i];
         }
-    }
-    // The upper factor is the transpose of the lower one.
-    let lower = lower_cholesky(&inverse, n)?;
+    });
+    // U = P L⁻¹ P: Uᵢⱼ = (L⁻¹)₍ₙ₋₁₋ᵢ₎₍ₙ₋₁₋ⱼ₎, the column n-1-j's entry n-1-i.
     let mut upper = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            upper[j * n + i] = lower[i * n + j];
+    for (i, row) in upper.chunks_exact_mut(n.max(1)).enumerate() {
+        for (j, v) in row.iter_mut().enumerate().skip(i) {
+            *v = columns[(n - 1 - j) * n + (n - 1 - i)];
         }
     }
     Ok(upper)
@@ -387,21 +376,26 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
-/// The lower Cholesky factor `L` of a symmetric positive definite `a` (`A = LLᵀ`).
+/// The lower Cholesky factor `L` of a symmetric positive definite `a`
+/// (`A = LLᵀ`), column by column (Crout): `Lⱼⱼ = √(Aⱼⱼ - Lⱼ·Lⱼ)`, then the
+/// rows below it in parallel, `Lᵢⱼ = (Aᵢⱼ - Lᵢ·Lⱼ) / Lⱼⱼ` over the first j
+/// entries of rows i and j.
 fn lower_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
     let mut l = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
-            if i == j {
-                if s <= 0.0 || !s.is_finite() {
-                    return Err(SparseGptError::NotPositiveDefinite { pivot: i, value: s });
-                }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
-            }
+    for j in 0..n {
+        let (head, tail) = l.split_at_mut((j + 1) * n);
+        let row_j = &mut head[j * n..];
+        let s = a[j * n + j] - dot(&row_j[..j], &row_j[..j]);
+        if s <= 0.0 || !s.is_finite() {
+            return Err(SparseGptError::NotPositiveDefinite { pivot: j, value: s });
         }
+        let d = s.sqrt();
+        row_j[j] = d;
+        let row_j = &head[j * n..j * n + j];
+        tail.par_chunks_mut(n).with_min_len(16).enumerate().for_each(|(k, row_i)| {
+            let i = j + 1 + k;
+            row_i[j] = (a[i * n + j] - dot(&row_i[..j], row_j)) / d;
+        });
     }
     Ok(l)
 }
@@ -444,7 +438,12 @@ mod tests {
             }
         }
         let not_pd = [1.0, 2.0, 2.0, 1.0];
-        assert!(matches!(upper_cholesky_of_inverse(&not_pd, 2), Err(SparseGptError::NotPositiveDefinite { pivot: 1, .. })));
+        // Factored from the last input back, the failing pivot is input 0:
+        // 1 - 2²/1 = -3.
+        assert!(matches!(
+            upper_cholesky_of_inverse(&not_pd, 2),
+            Err(SparseGptError::NotPositiveDefinite { pivot: 0, value }) if value == -3.0
+        ));
     }
 
     #[test]
