@@ -363,12 +363,15 @@ pub fn calibrate(
     options: &CalibrateOptions,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Calibration, CalibrateError> {
-    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut |_| {})
+    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut |_| {}, &mut |_, _, _, _| {})
 }
 
 /// [`calibrate`] with SparseGPT (`options.method`), handing each input's
 /// Hessian to `on_hessian` as its layer is done (layer by layer, in module
-/// name order), so that the Hessians are written without being held.
+/// name order), so that the Hessians are written without being held, and
+/// (sequential mode) each module's name, input count, keep flags and
+/// updated weight (`[out, in]`, row-major) to `on_pruned` as it is pruned: the mask and
+/// values `mask --hessians` would compute again from the Hessians.
 pub fn calibrate_with_hessians(
     loaded: &LoadedModel,
     device: &Device,
@@ -376,11 +379,12 @@ pub fn calibrate_with_hessians(
     options: &CalibrateOptions,
     mut on_layer: impl FnMut(usize),
     mut on_hessian: impl FnMut(InputHessian),
+    mut on_pruned: impl FnMut(&str, usize, &[bool], &[f32]),
 ) -> Result<Calibration, CalibrateError> {
     if options.method != Method::SparseGpt {
         return Err(CalibrateError::Input(format!("Hessians are gathered for SparseGPT; the method is {}", options.method)));
     }
-    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut on_hessian)
+    calibrate_layers(loaded, device, samples, options, &mut on_layer, &mut on_hessian, &mut on_pruned)
 }
 
 /// [`calibrate`], its callbacks trait objects (OWL's dense pass calls it again).
@@ -391,6 +395,7 @@ fn calibrate_layers(
     options: &CalibrateOptions,
     on_layer: &mut dyn FnMut(usize),
     on_hessian: &mut dyn FnMut(InputHessian),
+    on_pruned: &mut dyn FnMut(&str, usize, &[bool], &[f32]),
 ) -> Result<Calibration, CalibrateError> {
     if samples.is_empty() || samples.iter().any(Vec::is_empty) {
         return Err(CalibrateError::Input("expected at least one non-empty calibration sample".into()));
@@ -400,7 +405,7 @@ fn calibrate_layers(
         (SparsityProfile::Owl { outlier_multiple, lambda }, Pattern::Unstructured { sparsity }) => {
             // OWL's first pass: the dense model's statistics give each layer's outlier ratio.
             let dense_options = CalibrateOptions { oneshot: true, profile: SparsityProfile::Uniform, method: Method::Wanda, ..*options };
-            let dense = calibrate_layers(loaded, device, samples, &dense_options, &mut |_| {}, &mut |_| {})?;
+            let dense = calibrate_layers(loaded, device, samples, &dense_options, &mut |_| {}, &mut |_| {}, &mut |_, _, _, _| {})?;
             let ratios = outlier_ratios(loaded, &dense.stats, outlier_multiple)?;
             let sparsities = layer_sparsities(&ratios, sparsity, lambda);
             if options.oneshot && !options.method.updates_weights() {
@@ -495,6 +500,7 @@ fn calibrate_layers(
                     .map(|module| sparsegpt_module(loaded, module, &prepared, options.sparsegpt.options(layer_pattern)))
                     .collect::<Result<_, _>>()?;
                 for (module, (weight, keep)) in row.modules.iter().zip(pruned) {
+                    on_pruned(module, weight.shape[1], &keep, &weight.data);
                     applied_masks.insert(module.clone(), mask_digest(&keep));
                     replaced.insert(format!("{module}.weight"), weight);
                 }

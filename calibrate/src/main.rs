@@ -1,6 +1,6 @@
 //! `calibrate`: Wanda's activation statistics of a model on calibration
 //! samples, sequential (pruning layer by layer, as the reference) or one-shot;
-//! with SparseGPT also the inputs' Hessians.
+//! with SparseGPT also the inputs' Hessians and the mask it applied.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,13 +36,20 @@ struct Cli {
     group: Group,
     /// How the layers are pruned while calibrating (sequential mode): wanda
     /// or ria (by their scores), or sparsegpt (which also writes the inputs'
-    /// Hessians to --hessians, for `mask --hessians`).
+    /// Hessians to --hessians, for `mask --hessians`, and/or the mask it
+    /// applied to --mask).
     #[arg(long, default_value = "wanda")]
     method: sparsity::Method,
     /// Hessians artifact to write with --method sparsegpt (Parquet; one
     /// in_features² / 2 f64 matrix per distinct input of each layer).
     #[arg(long)]
     hessians: Option<PathBuf>,
+    /// Mask artifact to write with sequential --method sparsegpt: the masks
+    /// and updated weights calibration applied, the very artifact `mask
+    /// --hessians` would compute again from the Hessians with the same
+    /// pattern (uniform profile) — without that second pass.
+    #[arg(long, conflicts_with = "oneshot")]
+    mask: Option<PathBuf>,
     /// SparseGPT: columns pruned and updated together.
     #[arg(long, default_value_t = sparsity::sparsegpt::DEFAULT_BLOCKSIZE)]
     blocksize: usize,
@@ -116,9 +123,17 @@ fn main() -> Result<()> {
         );
     }
     let sparsegpt = cli.method.updates_weights();
-    match (sparsegpt, &cli.hessians) {
-        (true, None) => bail!("--method sparsegpt writes the inputs' Hessians, which `mask` needs: give --hessians hessians.parquet"),
-        (false, Some(_)) => bail!("--hessians is written by --method sparsegpt only; the method is {}", cli.method),
+    match (sparsegpt, &cli.hessians, &cli.mask) {
+        (true, None, None) => bail!(
+            "--method sparsegpt writes the inputs' Hessians, which `mask --hessians` needs, or the mask it applied: give --hessians \
+             hessians.parquet and/or --mask mask.parquet"
+        ),
+        (true, None, Some(_)) if cli.oneshot => bail!("--oneshot prunes nothing: give --hessians for `mask --hessians`"),
+        (false, Some(_), _) => bail!("--hessians is written by --method sparsegpt only; the method is {}", cli.method),
+        (false, _, Some(_)) => bail!(
+            "--mask is written by --method sparsegpt only (its mask is the costly part); with {} make the mask with `mask --stats`",
+            cli.method
+        ),
         _ => {}
     }
     if sparsegpt && cli.group != Group::Row {
@@ -151,8 +166,28 @@ fn main() -> Result<()> {
     );
     let samples_hash = artifacts::content_hash(&cli.samples)?;
     let created_by = format!("subprune-calibrate {}", env!("CARGO_PKG_VERSION"));
+    // SparseGPT's applied masks, as mask rows, when --mask is given.
+    let mut mask_rows: Vec<artifacts::MaskRow> = Vec::new();
+    let mut pruned_weights = (0u64, 0u64);
+    let mut collect_mask = |module: &str, cols: usize, keep: &[bool], updated: &[f32]| {
+        if cli.mask.is_none() {
+            return;
+        }
+        for (r, (bits, kept)) in sparsity::sparsegpt::kept_rows(keep, updated, cols).enumerate() {
+            mask_rows.push(artifacts::MaskRow {
+                module: module.to_string(),
+                row: r as u32,
+                in_features: cols as u32,
+                keep: bits,
+                values: Some(kept),
+            });
+        }
+        pruned_weights.0 += keep.iter().filter(|k| !**k).count() as u64;
+        pruned_weights.1 += keep.len() as u64;
+    };
     let result = match &cli.hessians {
-        None => calibrate(&loaded, &selected.device, &windows, &options, |_| bar.inc(1))?,
+        None if !sparsegpt => calibrate(&loaded, &selected.device, &windows, &options, |_| bar.inc(1))?,
+        None => calibrate_with_hessians(&loaded, &selected.device, &windows, &options, |_| bar.inc(1), |_| {}, &mut collect_mask)?,
         Some(path) => {
             // The Hessians are written by a thread of their own as each layer
             // yields them; a failed calibration abandons the file.
@@ -183,6 +218,7 @@ fn main() -> Result<()> {
                 |h| {
                     let _ = sender.send(Ok(h));
                 },
+                &mut collect_mask,
             );
             if let Err(e) = &result {
                 let _ = sender.send(Err(anyhow::anyhow!("calibration failed: {e}")));
@@ -216,9 +252,32 @@ fn main() -> Result<()> {
         "seqlen": info.seqlen,
     });
     params[artifacts::PARAM_LAYER_SPARSITIES] = serde_json::json!(result.layer_sparsities);
-    let provenance =
-        Provenance::new(ArtifactKind::Stats, loaded.fingerprint.clone(), params, created_by).with_input("samples", samples_hash);
+    let provenance = Provenance::new(ArtifactKind::Stats, loaded.fingerprint.clone(), params.clone(), created_by.clone())
+        .with_input("samples", samples_hash.clone());
     artifacts::write_stats(&cli.out, &result.stats, &provenance).with_context(|| format!("writing {}", cli.out.display()))?;
+    if let Some(path) = &cli.mask {
+        // The mask artifact `mask --hessians` writes, with the calibration's params in place of the Hessians'.
+        let (pruned, total) = pruned_weights;
+        let overall = if total == 0 { 0.0 } else { pruned as f64 / total as f64 };
+        let info = artifacts::MaskInfo {
+            method: cli.method.as_str().to_string(),
+            sparsity: overall,
+            pattern: pattern.to_string(),
+            group: Group::Row.to_string(),
+        };
+        let mask_params = serde_json::json!({
+            "method": cli.method.as_str(),
+            "pattern": pattern.to_string(),
+            "sparsity": sparsity,
+            "nm": params["nm"],
+            "group": Group::Row.to_string(),
+            "calibrate_params": params,
+        });
+        let mask_provenance =
+            Provenance::new(ArtifactKind::Mask, loaded.fingerprint.clone(), mask_params, created_by).with_input("samples", samples_hash);
+        artifacts::write_mask(path, &mask_rows, &info, &mask_provenance).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("mask: {} modules, sparsity {overall:.6}", result.applied_masks.len());
+    }
     let tokens: usize = windows.iter().map(Vec::len).sum();
     eprintln!(
         "{} modules, {} samples, {tokens} tokens, {} mode, in {:.1} s",
@@ -228,7 +287,7 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("wrote {}", cli.out.display());
-    if let Some(path) = &cli.hessians {
+    for path in cli.hessians.iter().chain(&cli.mask) {
         println!("wrote {}", path.display());
     }
     Ok(())

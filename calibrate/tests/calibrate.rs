@@ -252,10 +252,33 @@ fn sparsegpt_options(oneshot: bool, batch: usize, pattern: Pattern) -> Calibrate
     CalibrateOptions { method: Method::SparseGpt, ..options(oneshot, batch, pattern) }
 }
 
+/// Each pruned module's input count, keep flags and updated weight, by name.
+type Pruned = std::collections::BTreeMap<String, (usize, Vec<bool>, Vec<f32>)>;
+
+/// Runs SparseGPT calibration and returns its result and the Hessians and pruned modules it handed out.
+fn run_sparsegpt_pruned(
+    loaded: &LoadedModel,
+    options: &CalibrateOptions,
+) -> (calibrate::Calibration, Vec<artifacts::InputHessian>, Pruned) {
+    let (mut hessians, mut pruned) = (Vec::new(), Pruned::new());
+    let result = calibrate::calibrate_with_hessians(
+        loaded,
+        &cpu(),
+        &samples(),
+        options,
+        |_| {},
+        |h| hessians.push(h),
+        |module, cols, keep, updated| {
+            assert!(pruned.insert(module.to_string(), (cols, keep.to_vec(), updated.to_vec())).is_none(), "{module} pruned twice");
+        },
+    )
+    .unwrap();
+    (result, hessians, pruned)
+}
+
 /// Runs SparseGPT calibration and returns its result and the Hessians it handed out.
 fn run_sparsegpt(loaded: &LoadedModel, options: &CalibrateOptions) -> (calibrate::Calibration, Vec<artifacts::InputHessian>) {
-    let mut hessians = Vec::new();
-    let result = calibrate::calibrate_with_hessians(loaded, &cpu(), &samples(), options, |_| {}, |h| hessians.push(h)).unwrap();
+    let (result, hessians, _) = run_sparsegpt_pruned(loaded, options);
     (result, hessians)
 }
 
@@ -315,7 +338,8 @@ fn sequential_sparsegpt_masks_rebuilt_from_written_hessians_equal_the_applied_on
     let dir = tempfile::tempdir().unwrap();
     let loaded = tiny_model(&dir.path().join("m"), 13);
     for pattern in [Pattern::unstructured(0.5).unwrap(), Pattern::parse_nm("2:4").unwrap()] {
-        let (result, hessians) = run_sparsegpt(&loaded, &sparsegpt_options(false, 2, pattern));
+        let (result, hessians, handed_out) = run_sparsegpt_pruned(&loaded, &sparsegpt_options(false, 2, pattern));
+        assert_eq!(handed_out.len(), 7 * TINY.layers, "every module is handed out once");
         let path = dir.path().join("hessians.parquet");
         let provenance =
             artifacts::Provenance::new(artifacts::ArtifactKind::Hessians, loaded.fingerprint.clone(), serde_json::json!({}), "test");
@@ -332,6 +356,12 @@ fn sequential_sparsegpt_masks_rebuilt_from_written_hessians_equal_the_applied_on
                 let prepared = sparsity::sparsegpt::PreparedHessian::new(&hessian, options.percdamp).unwrap();
                 let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&w.data, rows, cols, &prepared, &options).unwrap();
                 assert_eq!(calibrate::mask_digest(&keep), result.applied_masks[module], "{module} ({pattern})");
+                let (handed_cols, handed_keep, handed_values) = &handed_out[module];
+                assert_eq!((*handed_cols, handed_keep), (cols, &keep), "{module}: the mask handed out is the applied one");
+                assert!(
+                    handed_values.iter().zip(&updated).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{module}: the updated weights handed out are those rebuilt from the Hessians"
+                );
                 assert!(updated.iter().zip(&keep).all(|(v, k)| *k || *v == 0.0), "pruned weights are zero");
                 assert!(updated.iter().zip(&w.data).zip(&keep).any(|((u, w), k)| *k && u != w), "kept weights are updated");
                 if let Pattern::NM { n, m } = pattern {
@@ -388,7 +418,7 @@ fn hessians_are_only_for_sparsegpt() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = tiny_model(dir.path(), 15);
     let wanda = options(false, 1, Pattern::unstructured(0.5).unwrap());
-    let err = calibrate::calibrate_with_hessians(&loaded, &cpu(), &samples(), &wanda, |_| {}, |_| {}).err().unwrap();
+    let err = calibrate::calibrate_with_hessians(&loaded, &cpu(), &samples(), &wanda, |_| {}, |_| {}, |_, _, _, _| {}).err().unwrap();
     assert!(err.to_string().contains("Hessians are gathered for SparseGPT"), "{err}");
 }
 
@@ -421,7 +451,9 @@ fn the_binary_writes_sparsegpt_hessians_and_refuses_what_does_not_go_together() 
             .unwrap()
     };
     let h = hessians.to_str().unwrap();
-    let ok = run(&["--method", "sparsegpt", "--nm", "2:4", "--hessians", h]);
+    let mask_path = dir.path().join("mask.parquet");
+    let mask = mask_path.to_str().unwrap();
+    let ok = run(&["--method", "sparsegpt", "--nm", "2:4", "--hessians", h, "--mask", mask]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let (provenance, read) = artifacts::read_stats(&stats).unwrap();
     assert_eq!(read.len(), 7 * TINY.layers);
@@ -433,6 +465,43 @@ fn the_binary_writes_sparsegpt_hessians_and_refuses_what_does_not_go_together() 
     );
     assert_eq!(reader.provenance().inputs, provenance.inputs, "both artifacts come from the same samples");
     assert_eq!(reader.count(), 4 * TINY.layers);
+    // The mask written is the one SparseGPT computes again from the written Hessians, values included.
+    let (mask_provenance, mask_info, mask_rows) = artifacts::read_mask(&mask_path).unwrap();
+    assert_eq!((mask_provenance.kind, &mask_provenance.model), (artifacts::ArtifactKind::Mask, &loaded.fingerprint));
+    assert_eq!((mask_info.method.as_str(), mask_info.pattern.as_str(), mask_info.sparsity), ("sparsegpt", "2:4", 0.5));
+    assert_eq!(mask_provenance.inputs, provenance.inputs, "the mask comes from the same samples");
+    let mut rebuilt = Vec::new();
+    for row in artifacts::HessiansReader::open(&hessians).unwrap() {
+        let row = row.unwrap();
+        let n = row.in_features as usize;
+        let hessian = sparsity::sparsegpt::Hessian::from_values(row.full(), n, row.n_samples as usize).unwrap();
+        let options = sparsity::sparsegpt::SparseGptOptions::new(Pattern::parse_nm("2:4").unwrap());
+        let prepared = sparsity::sparsegpt::PreparedHessian::new(&hessian, options.percdamp).unwrap();
+        for module in &row.modules {
+            let w = loaded.weights.load(&format!("{module}.weight")).unwrap();
+            let (updated, keep) = sparsity::sparsegpt::sparsegpt_f32(&w.data, w.shape[0], w.shape[1], &prepared, &options).unwrap();
+            for (r, (bits, kept)) in sparsity::sparsegpt::kept_rows(&keep, &updated, n).enumerate() {
+                rebuilt.push((module.clone(), r as u32, bits, kept));
+            }
+        }
+    }
+    let mut written: Vec<_> = mask_rows.into_iter().map(|r| (r.module, r.row, r.keep, r.values.expect("values"))).collect();
+    rebuilt.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    written.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(written.len(), rebuilt.len());
+    for (w, r) in written.iter().zip(&rebuilt) {
+        assert_eq!((&w.0, w.1, &w.2), (&r.0, r.1, &r.2));
+        assert!(w.3.iter().zip(&r.3).all(|(a, b)| a.to_bits() == b.to_bits()), "{} row {}: values", w.0, w.1);
+    }
+    // --mask alone (no Hessians) writes the same mask.
+    std::fs::remove_file(&mask_path).unwrap();
+    let alone = run(&["--method", "sparsegpt", "--nm", "2:4", "--mask", mask]);
+    assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+    let mut again: Vec<_> =
+        artifacts::read_mask(&mask_path).unwrap().2.into_iter().map(|r| (r.module, r.row, r.keep, r.values.unwrap())).collect();
+    again.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(again, written);
+    std::fs::remove_file(&mask_path).unwrap();
 
     std::fs::remove_file(&stats).unwrap();
     for (extra, message) in [
@@ -440,10 +509,12 @@ fn the_binary_writes_sparsegpt_hessians_and_refuses_what_does_not_go_together() 
         (vec!["--method", "wanda", "--sparsity", "0.5", "--hessians", h], "written by --method sparsegpt only"),
         (vec!["--method", "sparsegpt", "--sparsity", "0.5", "--group", "layer", "--hessians", h], "per block of columns"),
         (vec!["--method", "sparsegpt", "--sparsity", "0.5", "--blocksize", "0", "--hessians", h], "--blocksize must be at least 1"),
+        (vec!["--method", "wanda", "--sparsity", "0.5", "--mask", mask], "written by --method sparsegpt only"),
+        (vec!["--method", "sparsegpt", "--oneshot", "--mask", mask], "cannot be used with"),
     ] {
         let refused = run(&extra);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && stderr.contains(message), "{extra:?}: {stderr}");
-        assert!(!stats.exists(), "{extra:?} wrote statistics");
+        assert!(!stats.exists() && !mask_path.exists(), "{extra:?} wrote statistics or a mask");
     }
 }

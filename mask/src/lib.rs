@@ -532,15 +532,8 @@ pub fn make_mask_from_hessians(
             .collect::<Result<_, _>>()?;
         for (module, (updated, keep)) in row.modules.iter().zip(pruned) {
             let cols = n;
-            for (r, (bits, values)) in keep.chunks_exact(cols).zip(updated.chunks_exact(cols)).enumerate() {
-                let kept: Vec<f32> = bits.iter().zip(values).filter(|(k, _)| **k).map(|(_, v)| *v).collect();
-                mask_rows.push(MaskRow {
-                    module: module.clone(),
-                    row: r as u32,
-                    in_features: cols as u32,
-                    keep: sparsity::pack_bits(bits),
-                    values: Some(kept),
-                });
+            for (r, (bits, kept)) in sparsity::sparsegpt::kept_rows(&keep, &updated, cols).enumerate() {
+                mask_rows.push(MaskRow { module: module.clone(), row: r as u32, in_features: cols as u32, keep: bits, values: Some(kept) });
             }
             let pruned = keep.iter().filter(|k| !**k).count() as u64;
             done.insert(

@@ -165,6 +165,16 @@ pub fn sparsegpt_f32(
     Ok((result.weight.iter().map(|&v| v as f32).collect(), result.keep))
 }
 
+/// The rows of a pruned and updated `[rows, cols]` weight as a mask artifact
+/// stores them: each row's keep flags packed (as [`crate::pack_bits`]) and
+/// the updated values of its kept weights, in column order.
+pub fn kept_rows<'a>(keep: &'a [bool], updated: &'a [f32], cols: usize) -> impl Iterator<Item = (Vec<u8>, Vec<f32>)> + 'a {
+    keep.chunks_exact(cols.max(1)).zip(updated.chunks_exact(cols.max(1))).map(|(bits, values)| {
+        let kept = bits.iter().zip(values).filter(|(k, _)| **k).map(|(_, v)| *v).collect();
+        (crate::pack_bits(bits), kept)
+    })
+}
+
 /// What SparseGPT derives from a Hessian alone, shared by every module that
 /// reads the same input (q, k and v; gate and up): the upper Cholesky factor
 /// of the dampened inverse, and the dead inputs (zero diagonal) whose
@@ -258,8 +268,8 @@ pub fn sparsegpt_prepared(
             Pattern::Unstructured { sparsity } => {
                 let mut tmp: Vec<f64> = w.chunks_exact(cols).flat_map(|wrow| (i1..i2).map(move |j| scaled(wrow, j))).collect();
                 let at = ((tmp.len() as f64) * sparsity) as usize;
-                tmp.sort_by(f64::total_cmp);
-                Some(tmp[at])
+                // The value a full sort would put at `at`.
+                Some(*tmp.select_nth_unstable_by(at, f64::total_cmp).1)
             }
             Pattern::NM { .. } => None,
         };
@@ -297,19 +307,14 @@ pub fn sparsegpt_prepared(
                     errors[i] = err;
                     wrow[col] = q;
                     if err != 0.0 {
-                        for j in col + 1..i2 {
-                            wrow[j] -= err * hinv_at(col, j);
-                        }
+                        axpy(&mut wrow[col + 1..i2], err, &hinv[col * cols + col + 1..col * cols + i2]);
                     }
                 }
                 for (i, &err) in errors.iter().enumerate() {
                     if err == 0.0 {
                         continue;
                     }
-                    let hrow = &hinv[(i1 + i) * cols + i2..(i1 + i + 1) * cols];
-                    for (wv, &hv) in wrow[i2..].iter_mut().zip(hrow) {
-                        *wv -= err * hv;
-                    }
+                    axpy(&mut wrow[i2..], err, &hinv[(i1 + i) * cols + i2..(i1 + i + 1) * cols]);
                 }
                 row_loss
             })
@@ -340,12 +345,23 @@ fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptE
         other => other,
     })?;
     // Column j of L⁻¹ by forward substitution (xⱼ = 1/Lⱼⱼ, xᵢ = -Σₖ Lᵢₖxₖ / Lᵢᵢ
-    // over j ≤ k < i), stored as row j of `columns`; the columns are independent.
+    // over j ≤ k < i), stored as row j of `columns`. The columns are
+    // independent; a task takes COLUMN_GROUP of them, so that each row of L
+    // it reads from memory serves all of them.
     let mut columns = vec![0.0f64; n * n];
-    columns.par_chunks_mut(n.max(1)).enumerate().for_each(|(j, x)| {
-        x[j] = 1.0 / l[j * n + j];
-        for i in j + 1..n {
-            x[i] = -dot(&l[i * n + j..i * n + i], &x[j..i]) / l[i * n + i];
+    columns.par_chunks_mut((n * COLUMN_GROUP).max(1)).enumerate().for_each(|(g, group)| {
+        let j0 = g * COLUMN_GROUP;
+        for (c, x) in group.chunks_exact_mut(n).enumerate() {
+            x[j0 + c] = 1.0 / l[(j0 + c) * n + j0 + c];
+        }
+        for i in j0 + 1..n {
+            let row = &l[i * n..i * n + i];
+            for (c, x) in group.chunks_exact_mut(n).enumerate() {
+                let j = j0 + c;
+                if j < i {
+                    x[i] = -dot(&row[j..i], &x[j..i]) / l[i * n + i];
+                }
+            }
         }
     });
     // U = P L⁻¹ P: Uᵢⱼ = (L⁻¹)₍ₙ₋₁₋ᵢ₎₍ₙ₋₁₋ⱼ₎, the column n-1-j's entry n-1-i.
@@ -358,47 +374,160 @@ fn upper_cholesky_of_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptE
     Ok(upper)
 }
 
-/// `Σ aₖ bₖ` in eight interleaved partial sums added pairwise at the end: a
+/// `Σ aₖ bₖ` in 32 interleaved partial sums added pairwise at the end: a
 /// fixed order (so results are reproducible), and one the compiler turns
 /// into vector instructions, unlike a single chain of additions.
 fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (a8.remainder(), b8.remainder());
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
+    match wide_vectors() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx512 => unsafe { dot_avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx2 => unsafe { dot_avx2(a, b) },
+        Wide::Baseline => dot_lanes(a, b),
+    }
+}
+
+/// `w -= c · h`, element by element.
+fn axpy(w: &mut [f64], c: f64, h: &[f64]) {
+    match wide_vectors() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx512 => unsafe { axpy_avx512(w, c, h) },
+        #[cfg(target_arch = "x86_64")]
+        Wide::Avx2 => unsafe { axpy_avx2(w, c, h) },
+        Wide::Baseline => axpy_lanes(w, c, h),
+    }
+}
+
+/// The widest vectors this CPU has for [`dot`] and [`axpy`]. Every width
+/// runs the same unfused multiplications and additions in the same order,
+/// so the results are the same bits on every x86-64 processor.
+#[derive(Clone, Copy)]
+enum Wide {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Baseline,
+}
+
+fn wide_vectors() -> Wide {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static WIDE: std::sync::OnceLock<Wide> = std::sync::OnceLock::new();
+        *WIDE.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f") {
+                Wide::Avx512
+            } else if is_x86_feature_detected!("avx2") {
+                Wide::Avx2
+            } else {
+                Wide::Baseline
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Wide::Baseline
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_avx512(a: &[f64], b: &[f64]) -> f64 {
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn axpy_avx512(w: &mut [f64], c: f64, h: &[f64]) {
+    axpy_lanes(w, c, h)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn axpy_avx2(w: &mut [f64], c: f64, h: &[f64]) {
+    axpy_lanes(w, c, h)
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f64], b: &[f64]) -> f64 {
+    // 32 partial sums: four independent chains of eight lanes, so the
+    // additions' latency does not bound the speed.
+    let mut lanes = [0.0f64; 32];
+    let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (ra, rb) = (a32.remainder(), b32.remainder());
+    for (x, y) in a32.zip(b32) {
+        for l in 0..32 {
             lanes[l] += x[l] * y[l];
         }
     }
     for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
         lanes[l] += x * y;
     }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+    let mut width = 16;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+#[inline(always)]
+fn axpy_lanes(w: &mut [f64], c: f64, h: &[f64]) {
+    for (wv, &hv) in w.iter_mut().zip(h) {
+        *wv -= c * hv;
+    }
 }
 
 /// The lower Cholesky factor `L` of a symmetric positive definite `a`
-/// (`A = LLᵀ`), column by column (Crout): `Lⱼⱼ = √(Aⱼⱼ - Lⱼ·Lⱼ)`, then the
-/// rows below it in parallel, `Lᵢⱼ = (Aᵢⱼ - Lᵢ·Lⱼ) / Lⱼⱼ` over the first j
-/// entries of rows i and j.
+/// (`A = LLᵀ`): `Lⱼⱼ = √(Aⱼⱼ - Lⱼ·Lⱼ)` and `Lᵢⱼ = (Aᵢⱼ - Lᵢ·Lⱼ) / Lⱼⱼ`, the
+/// dot products over the first j entries of rows i and j.
 fn lower_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
     let mut l = vec![0.0f64; n * n];
-    for j in 0..n {
-        let (head, tail) = l.split_at_mut((j + 1) * n);
-        let row_j = &mut head[j * n..];
-        let s = a[j * n + j] - dot(&row_j[..j], &row_j[..j]);
-        if s <= 0.0 || !s.is_finite() {
-            return Err(SparseGptError::NotPositiveDefinite { pivot: j, value: s });
+    // Panels of COLUMN_GROUP columns: the panel's own rows first, one by one;
+    // then every later row, in parallel, takes the panel's columns in order,
+    // reading its own row once for all of them.
+    for j0 in (0..n).step_by(COLUMN_GROUP) {
+        let j1 = (j0 + COLUMN_GROUP).min(n);
+        for j in j0..j1 {
+            let (head, tail) = l.split_at_mut(j * n);
+            let row_j = &mut tail[..n];
+            for k in j0..j {
+                row_j[k] = (a[j * n + k] - dot(&row_j[..k], &head[k * n..k * n + k])) / head[k * n + k];
+            }
+            let s = a[j * n + j] - dot(&row_j[..j], &row_j[..j]);
+            if s <= 0.0 || !s.is_finite() {
+                return Err(SparseGptError::NotPositiveDefinite { pivot: j, value: s });
+            }
+            row_j[j] = s.sqrt();
         }
-        let d = s.sqrt();
-        row_j[j] = d;
-        let row_j = &head[j * n..j * n + j];
-        tail.par_chunks_mut(n).with_min_len(16).enumerate().for_each(|(k, row_i)| {
-            let i = j + 1 + k;
-            row_i[j] = (a[i * n + j] - dot(&row_i[..j], row_j)) / d;
+        let (head, tail) = l.split_at_mut(j1 * n);
+        let panel = &head[j0 * n..];
+        tail.par_chunks_mut(n).enumerate().for_each(|(k, row_i)| {
+            let i = j1 + k;
+            for j in j0..j1 {
+                let row_j = &panel[(j - j0) * n..(j - j0) * n + j];
+                row_i[j] = (a[i * n + j] - dot(&row_i[..j], row_j)) / row_j_diagonal(panel, j0, j, n);
+            }
         });
     }
     Ok(l)
 }
+
+/// `Lⱼⱼ` of a panel holding rows `j0..` of `L`.
+fn row_j_diagonal(panel: &[f64], j0: usize, j: usize, n: usize) -> f64 {
+    panel[(j - j0) * n + j]
+}
+
+/// Columns a task of the factorization and of the inverse handles together.
+const COLUMN_GROUP: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -412,6 +541,28 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn wide_vectors_give_the_bits_of_the_baseline_lanes() {
+        // Odd lengths exercise the remainders; values of mixed magnitude make
+        // any change of summation order visible in the last bits.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 1537] {
+            let a: Vec<f64> = (0..len).map(|i| next() * 10f64.powi((i % 7) as i32 - 3)).collect();
+            let b: Vec<f64> = (0..len).map(|_| next()).collect();
+            assert_eq!(dot(&a, &b).to_bits(), dot_lanes(&a, &b).to_bits(), "dot of {len}");
+            let (mut wide, mut base) = (a.clone(), a.clone());
+            axpy(&mut wide, 0.3, &b);
+            axpy_lanes(&mut base, 0.3, &b);
+            assert!(wide.iter().zip(&base).all(|(x, y)| x.to_bits() == y.to_bits()), "axpy of {len}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ struct PruneBench {
     #[arg(long)]
     nm: Option<String>,
     /// Pruning method: wanda, ria (calibrate + score + mask), sparsegpt
-    /// (calibrate with Hessians + mask from them) or magnitude (score + mask).
+    /// (calibrate, which writes the mask it applied) or magnitude (score + mask).
     #[arg(long, default_value = "wanda", value_parser = ["wanda", "ria", "sparsegpt", "magnitude"])]
     method: String,
     /// uniform, or owl (OWL's layer sparsities; unstructured, not magnitude).
@@ -119,7 +119,6 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
         None => ["--sparsity", "0.5"],
     };
     let stats = dir.join("stats.parquet");
-    let hessians = dir.join("hessians.parquet");
     let scores = dir.join("scores.parquet");
     let mask = dir.join("mask.parquet");
     let (method, owl) = (opts.method.as_str(), opts.sparsity_profile == "owl");
@@ -132,23 +131,20 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
     if method != "magnitude" {
         let mut calibrate = Command::new(bin.join("calibrate"));
         calibrate.args(["--model", &model_arg, "--samples", &path(&samples), "--quiet", "--method", method]).args(pattern).args(profile);
+        // Sequential SparseGPT writes the mask it applied: no second pass from Hessians.
         if method == "sparsegpt" {
-            calibrate.args(["--hessians", &path(&hessians)]);
+            calibrate.args(["--mask", &path(&mask)]);
         }
         if method == "ria" && opts.nm.is_none() {
             calibrate.args(["--group", "layer"]);
         }
         calibrate.args(["--device", opts.device.as_arg(), "--out", &path(&stats)]);
-        stages.push(("calibrate (stats + prune)", measure(&mut calibrate)?));
+        let label = if method == "sparsegpt" { "calibrate (stats + mask)" } else { "calibrate (stats + prune)" };
+        stages.push((label, measure(&mut calibrate)?));
     }
     let mut masking = Command::new(bin.join("mask"));
     match method {
-        "sparsegpt" => {
-            masking.args(["--hessians", &path(&hessians), "--model", &model_arg]);
-            if owl {
-                masking.args(["--stats", &path(&stats)]);
-            }
-        }
+        "sparsegpt" => {}
         // OWL's layer sparsities are recorded in the statistics: its masks come from them.
         _ if owl => {
             masking.args(["--stats", &path(&stats), "--model", &model_arg, "--method", method]);
@@ -169,8 +165,10 @@ pub fn prune(bench_args: &[String]) -> Result<ExitCode> {
             }
         }
     }
-    masking.args(profile).args(["--quiet", "--out", &path(&mask)]).args(pattern);
-    stages.push(("mask", measure(&mut masking)?));
+    if method != "sparsegpt" {
+        masking.args(profile).args(["--quiet", "--out", &path(&mask)]).args(pattern);
+        stages.push(("mask", measure(&mut masking)?));
+    }
 
     println!();
     let label = opts.nm.as_deref().map_or_else(|| "50% unstructured".to_string(), str::to_string);

@@ -660,8 +660,12 @@ pub fn plan(
                     // file for each (Wanda's uniform one keeps its historical name).
                     let method_tag = if method == "wanda" { String::new() } else { format!("{method}-") };
                     let stats = at(&format!("stats/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag()));
-                    // SparseGPT's masks come from the inputs' Hessians, which its calibration writes too.
-                    let hessians = (method == "sparsegpt")
+                    // Sequential SparseGPT writes the mask (and updated weights) it applied as it
+                    // calibrates; one-shot calibration prunes nothing, so its masks come from the
+                    // inputs' Hessians, which it writes instead.
+                    let calibrate_writes_mask = method == "sparsegpt" && !exp.calibration.oneshot;
+                    let mask_path = at(&format!("masks/{name}.parquet"));
+                    let hessians = (method == "sparsegpt" && exp.calibration.oneshot)
                         .then(|| at(&format!("hessians/{}-{method_tag}{profile_tag}{}.parquet", s.name, pattern.tag())));
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
@@ -681,8 +685,16 @@ pub fn plan(
                             args.extend(["--hessians".to_string(), path_arg(hessians)]);
                             outputs.push(hessians.clone());
                         }
+                        if calibrate_writes_mask {
+                            args.extend(["--mask".to_string(), path_arg(&mask_path)]);
+                            outputs.push(mask_path.clone());
+                        }
                         let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
                         steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], outputs).speed_only(COMPUTE_SPEED));
+                    }
+                    if calibrate_writes_mask {
+                        record_mask(&mut masks, &name, &pattern, (&s.domain, &s.name, &method_label));
+                        continue;
                     }
                     // The mask's scores come from the statistics and the weights
                     // module by module (`mask --stats`): no scores file, whose size
@@ -889,13 +901,18 @@ fn push_mask(
     args.extend(pattern_flags(&pattern));
     args.extend(["--out".to_string(), path_arg(&run_dir.join(&rel))]);
     steps.push(Step::new(format!("mask {name}"), "mask", args, inputs, vec![run_dir.join(&rel)]).speed_only(FILE_SPEED));
+    record_mask(masks, name, pattern, (domain, source, method));
+}
+
+/// Records the mask `name` (at `masks/{name}.parquet` in the run directory) in the manifest.
+fn record_mask(masks: &mut Vec<ManifestMask>, name: &str, pattern: &Pattern, (domain, source, method): (&str, &str, &str)) {
     masks.push(ManifestMask {
         name: name.to_string(),
         domain: domain.to_string(),
         source: source.to_string(),
         method: method.to_string(),
         pattern: pattern.to_string(),
-        path: rel,
+        path: format!("masks/{name}.parquet"),
     });
 }
 
@@ -1081,16 +1098,30 @@ limit = 100
         assert_eq!(mask.method, "ria+owl");
         let mask_step = plan.steps.iter().find(|s| s.name == "mask py-a-ria-owl-u0.5").unwrap();
         assert!(mask_step.args.join(" ").contains("--method ria --sparsity-profile owl"), "{:?}", mask_step.args);
-        // SparseGPT's calibration also writes the Hessians its masks come from;
-        // the statistics serve only OWL's layer sparsities.
+        // Sequential SparseGPT's calibration writes the mask it applied (OWL's
+        // layer sparsities included): no Hessians and no mask step.
         let sparsegpt =
             text.replace("methods = [\"wanda\", \"ria\"]", "methods = [\"sparsegpt\"]").replace("py-a-wanda-u0.5", "py-a-sparsegpt-u0.5");
         let exp: Experiment = toml::from_str(&sparsegpt).unwrap();
         check(&exp).unwrap();
         let plan = super::plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
         let calibrate = plan.steps.iter().find(|s| s.name == "calibrate py-a sparsegpt-owl-unstructured-0.5").unwrap();
+        assert_eq!(
+            calibrate.outputs,
+            [Path::new("/run/stats/py-a-sparsegpt-owl-u0.5.parquet"), Path::new("/run/masks/py-a-sparsegpt-owl-u0.5.parquet")]
+        );
+        let args = calibrate.args.join(" ");
+        assert!(args.contains("--sparsity-profile owl") && args.contains("--mask /run/masks/py-a-sparsegpt-owl-u0.5.parquet"), "{args}");
+        assert!(!args.contains("--hessians"), "{args}");
+        let mask_steps: Vec<&str> = plan.steps.iter().filter(|s| s.program == "mask").map(|s| s.name.as_str()).collect();
+        assert!(!mask_steps.iter().any(|n| n.starts_with("mask py-a-sparsegpt")), "no mask step for SparseGPT: {mask_steps:?}");
+        let mask = plan.manifest.masks.iter().find(|m| m.name == "py-a-sparsegpt-owl-u0.5").unwrap();
+        assert_eq!((mask.method.as_str(), mask.path.as_str()), ("sparsegpt+owl", "masks/py-a-sparsegpt-owl-u0.5.parquet"));
+        // One-shot calibration prunes nothing: its masks come from the Hessians it writes.
+        let oneshot: Experiment = toml::from_str(&sparsegpt.replace("[calibration]", "[calibration]\noneshot = true")).unwrap();
+        let plan = super::plan(&oneshot, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
+        let calibrate = plan.steps.iter().find(|s| s.name == "calibrate py-a sparsegpt-owl-unstructured-0.5").unwrap();
         assert_eq!(calibrate.outputs[1], Path::new("/run/hessians/py-a-sparsegpt-owl-u0.5.parquet"));
-        assert!(calibrate.args.join(" ").contains("--hessians /run/hessians/py-a-sparsegpt-owl-u0.5.parquet"), "{:?}", calibrate.args);
         let owl = plan.steps.iter().find(|s| s.name == "mask py-a-sparsegpt-owl-u0.5").unwrap();
         let args = owl.args.join(" ");
         assert!(args.starts_with("--hessians /run/hessians/py-a-sparsegpt-owl-u0.5.parquet --model /m.gguf --method sparsegpt"), "{args}");
