@@ -264,12 +264,12 @@ pub struct Prune {
     /// Source names, or `["*"]` for all (ignored by magnitude, which needs no data).
     #[serde(default = "all_sources")]
     pub sources: Vec<String>,
-    /// `wanda`, `ria` and/or `magnitude`.
+    /// `wanda`, `ria` (unstructured: per matrix, as its authors), `sparsegpt` and/or `magnitude`.
     pub methods: Vec<String>,
     /// `unstructured-<s>` (e.g. `unstructured-0.5`) and/or `N:M` (e.g. `2:4`).
     pub patterns: Vec<String>,
     /// How each unstructured sparsity is spread over the layers: `uniform`
-    /// and/or `owl` (OWL's outlier-weighted layer sparsities; wanda and ria).
+    /// and/or `owl` (OWL's outlier-weighted layer sparsities; not magnitude).
     #[serde(default = "uniform_profile")]
     pub profiles: Vec<String>,
 }
@@ -302,6 +302,16 @@ const CODE_SPEED: &[SpeedFlag] = &[("--device", true), ("--batch", true), ("--qu
 const FILE_SPEED: &[SpeedFlag] = &[("--quiet", false), ("--force", false)];
 
 /// The flags of calibrate and mask for `pattern`.
+/// The comparison group a method's authors choose among weights: RIA's
+/// unstructured masks compare the whole matrix (`--group layer`); the
+/// others keep the stages' default (per row).
+fn group_flags(method: &str, pattern: &Pattern) -> Vec<String> {
+    match (method, pattern) {
+        ("ria", Pattern::Unstructured { .. }) => vec!["--group".into(), "layer".into()],
+        _ => Vec::new(),
+    }
+}
+
 fn pattern_flags(pattern: &Pattern) -> Vec<String> {
     match pattern {
         Pattern::Unstructured { sparsity } => vec!["--sparsity".into(), sparsity.to_string()],
@@ -670,6 +680,7 @@ pub fn plan(
                     if !steps.iter().any(|st: &Step| st.outputs.contains(&stats)) {
                         let mut args = strings(&["--model", &model, "--samples", &path_arg(&calib)]);
                         args.extend(pattern_flags(&pattern));
+                        args.extend(group_flags(method, &pattern));
                         if method != "wanda" {
                             args.extend(["--method".to_string(), method.clone()]);
                         }
@@ -883,6 +894,7 @@ fn push_mask(
         MaskSource::Scores(scores) => (strings(&["--scores", &path_arg(scores)]), vec![scores.to_path_buf()]),
         MaskSource::Stats { stats, hessians: None, model, model_path, method, owl } => {
             let mut args = strings(&["--stats", &path_arg(stats), "--model", model, "--method", method]);
+            args.extend(group_flags(method, pattern));
             if owl {
                 args.extend(strings(&["--sparsity-profile", "owl"]));
             }
@@ -1094,10 +1106,11 @@ limit = 100
         let ria_owl = calibrations.iter().find(|s| s.outputs[0] == Path::new("/run/stats/py-a-ria-owl-u0.5.parquet")).unwrap();
         let args = ria_owl.args.join(" ");
         assert!(args.contains("--method ria") && args.contains("--sparsity-profile owl"), "{args}");
+        assert!(args.contains("--group layer"), "RIA's unstructured masks compare the whole matrix: {args}");
         let mask = plan.manifest.masks.iter().find(|m| m.name == "py-a-ria-owl-u0.5").unwrap();
         assert_eq!(mask.method, "ria+owl");
         let mask_step = plan.steps.iter().find(|s| s.name == "mask py-a-ria-owl-u0.5").unwrap();
-        assert!(mask_step.args.join(" ").contains("--method ria --sparsity-profile owl"), "{:?}", mask_step.args);
+        assert!(mask_step.args.join(" ").contains("--method ria --group layer --sparsity-profile owl"), "{:?}", mask_step.args);
         // Sequential SparseGPT's calibration writes the mask it applied (OWL's
         // layer sparsities included): no Hessians and no mask step.
         let sparsegpt =
