@@ -8,6 +8,7 @@ mod bench;
 mod corpus;
 mod demo;
 mod experiment;
+mod faults;
 mod graph;
 mod models;
 mod prereqs;
@@ -100,6 +101,15 @@ enum Command {
     /// fuzz/out/TARGET; fuzz/seeds/TARGET and fuzz/regressions/TARGET are
     /// added to the seeds. The exit status is 1 if anything failed.
     Fuzz(FuzzArgs),
+    /// Kill an experiment with `kill -9` at random moments, rerun it after each kill, and compare the result with an uninterrupted run's.
+    ///
+    /// Runs the experiment (default experiments/demo.toml) once without
+    /// interruption, then again in the same directory, killed --kills times
+    /// (its whole process group, stage binaries included) after a random
+    /// delay and restarted each time; a round that finishes is compared and
+    /// started afresh. Fails unless every round's report.md and figures equal
+    /// the uninterrupted run's, byte for byte, and every rerun succeeds.
+    Faults(faults::FaultsArgs),
 }
 
 /// Arguments of `fuzz`.
@@ -234,6 +244,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Test(args) => test(args),
         Command::Demo(args) => demo::demo(&args),
         Command::Experiment(args) => demo::run_file(&args),
+        Command::Faults(args) => faults::faults(&args),
         Command::Paper(args) => demo::paper(&args),
         Command::Prune(args) => demo::prune(&args),
         Command::MakeModel(args) => make_model(&args),
