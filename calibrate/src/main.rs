@@ -275,6 +275,9 @@ fn main() -> Result<()> {
         });
         let mask_provenance =
             Provenance::new(ArtifactKind::Mask, loaded.fingerprint.clone(), mask_params, created_by).with_input("samples", samples_hash);
+        // Modules were pruned input by input; masks list them in the model's order.
+        let order = loaded.config.linear_module_order();
+        mask_rows.sort_by_key(|r| (order.get(&r.module).copied(), r.row));
         artifacts::write_mask(path, &mask_rows, &info, &mask_provenance).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("mask: {} modules, sparsity {overall:.6}", result.applied_masks.len());
     }

@@ -485,6 +485,12 @@ fn the_binary_writes_sparsegpt_hessians_and_refuses_what_does_not_go_together() 
             }
         }
     }
+    let listed: Vec<(String, u32)> = mask_rows.iter().map(|r| (r.module.clone(), r.row)).collect();
+    let canonical: Vec<(String, u32)> = (0..loaded.config.num_layers())
+        .flat_map(|l| loaded.config.linear_modules(l))
+        .flat_map(|(m, out, _)| (0..out as u32).map(move |r| (m.clone(), r)))
+        .collect();
+    assert_eq!(listed, canonical, "rows in the model's order, as every mask lists them");
     let mut written: Vec<_> = mask_rows.into_iter().map(|r| (r.module, r.row, r.keep, r.values.expect("values"))).collect();
     rebuilt.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     written.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));

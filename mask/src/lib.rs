@@ -552,6 +552,9 @@ pub fn make_mask_from_hessians(
         });
     }
     let summary = expected.iter().map(|(m, _, _)| done.remove(m).expect("checked above")).collect();
+    // The Hessians come input by input; masks list their rows in the model's order.
+    let order = model.config.linear_module_order();
+    mask_rows.sort_by_key(|r| (order.get(&r.module).copied(), r.row));
     let params = serde_json::json!({"method": sparsity::Method::SparseGpt.as_str(), "hessians_params": hessians.params});
     let provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), params, created_by());
     let hash = artifacts::content_hash(hessians_path)?;

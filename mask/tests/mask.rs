@@ -737,6 +737,13 @@ fn sparsegpt_masks_carry_updated_weights_that_lower_the_output_error() {
     assert_eq!(info.method, "sparsegpt");
     assert!(provenance.inputs.contains_key("hessians"));
     let loaded = model::load_model(&model_path).unwrap();
+    // Rows in the model's order (layer by layer, q k v o gate up down), as every mask lists them.
+    let listed: Vec<(String, u32)> = rows.iter().map(|r| (r.module.clone(), r.row)).collect();
+    let canonical: Vec<(String, u32)> = (0..loaded.config.num_layers())
+        .flat_map(|l| loaded.config.linear_modules(l))
+        .flat_map(|(m, out, _)| (0..out as u32).map(move |r| (m.clone(), r)))
+        .collect();
+    assert_eq!(listed, canonical);
     let by_module: std::collections::BTreeMap<String, artifacts::InputHessian> = artifacts::HessiansReader::open(&hessians)
         .unwrap()
         .map(|h| {

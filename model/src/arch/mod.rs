@@ -198,6 +198,13 @@ impl ModelConfig {
         self.spec.linear_modules(layer)
     }
 
+    /// Each prunable linear module's position in the model's canonical
+    /// order (layer by layer, each layer's modules as [`Self::linear_modules`]
+    /// lists them): the order mask artifacts list their rows in.
+    pub fn linear_module_order(&self) -> std::collections::HashMap<String, usize> {
+        (0..self.num_layers()).flat_map(|l| self.linear_modules(l)).enumerate().map(|(i, (m, _, _))| (m, i)).collect()
+    }
+
     /// Hugging Face `model_type` of the architecture.
     pub fn model_type(&self) -> String {
         self.arch.model_type()
