@@ -76,12 +76,11 @@ fn finished_steps(dir: &Path) -> Result<usize> {
     Ok(ledger.get("steps").and_then(serde_json::Value::as_object).map_or(0, serde_json::Map::len))
 }
 
-/// Starts `xtask experiment` in a process group of its own, its output appended to `log`.
-fn start(experiment: &Path, dir: &Path, log: &Path) -> Result<Child> {
+/// Starts `xtask experiment` (the binary `xtask`) in a process group of its own, its output appended to `log`.
+fn start(xtask: &Path, experiment: &Path, dir: &Path, log: &Path) -> Result<Child> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
-    Command::new(exe)
+    Command::new(xtask)
         .arg("experiment")
         .arg(experiment)
         .arg("--out")
@@ -134,8 +133,12 @@ pub fn faults(args: &FaultsArgs) -> Result<std::process::ExitCode> {
         bail!("--max-delay must be a positive number of seconds; found {}", args.max_delay);
     }
     args.prereqs.ensure()?;
-    crate::workspace::build_binaries()?;
+    let bin = crate::workspace::build_binaries()?;
     let dir = crate::workspace::absolute(&args.out)?;
+    // A private copy of xtask: cargo relinks target/release/xtask whenever it
+    // is built alone (`cargo xtask`) after a workspace build, or back.
+    let xtask = PathBuf::from(format!("{}.xtask", dir.display()));
+    std::fs::copy(bin.join("xtask"), &xtask).with_context(|| format!("copying {} to {}", bin.join("xtask").display(), xtask.display()))?;
     let clean_dir = PathBuf::from(format!("{}.clean", dir.display()));
     let log = PathBuf::from(format!("{}.log", dir.display()));
     let remove = |d: &Path| -> Result<()> {
@@ -149,7 +152,7 @@ pub fn faults(args: &FaultsArgs) -> Result<std::process::ExitCode> {
     remove(&dir)?;
     let started = Instant::now();
     eprintln!("faults: uninterrupted run of {} in {} (log: {})", args.experiment.display(), dir.display(), log.display());
-    let status = start(&args.experiment, &dir, &log)?.wait()?;
+    let status = start(&xtask, &args.experiment, &dir, &log)?.wait()?;
     if !status.success() {
         bail!("the uninterrupted run failed ({status}); see {}", log.display());
     }
@@ -166,7 +169,7 @@ pub fn faults(args: &FaultsArgs) -> Result<std::process::ExitCode> {
     let faulted_started = Instant::now();
     while kills < args.kills {
         let before = finished_steps(&dir)?;
-        let mut child = start(&args.experiment, &dir, &log)?;
+        let mut child = start(&xtask, &args.experiment, &dir, &log)?;
         restarts += 1;
         let delay = Duration::from_secs_f64(uniform(&mut state) * cap);
         match wait_at_most(&mut child, delay)? {
@@ -198,7 +201,7 @@ pub fn faults(args: &FaultsArgs) -> Result<std::process::ExitCode> {
         }
     }
     // Finish the last round without interruption.
-    let status = start(&args.experiment, &dir, &log)?.wait()?;
+    let status = start(&xtask, &args.experiment, &dir, &log)?.wait()?;
     if !status.success() {
         bail!("the final rerun after {kills} kills failed ({status}); see {}", log.display());
     }
