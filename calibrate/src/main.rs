@@ -45,9 +45,9 @@ struct Cli {
     #[arg(long)]
     hessians: Option<PathBuf>,
     /// Mask artifact to write with sequential --method sparsegpt: the masks
-    /// and updated weights calibration applied, the very artifact `mask
-    /// --hessians` would compute again from the Hessians with the same
-    /// pattern (uniform profile) — without that second pass.
+    /// and updated weights calibration applied (under its pattern and
+    /// sparsity profile), the very artifact `mask --hessians` would compute
+    /// again from the Hessians, without that second pass.
     #[arg(long, conflicts_with = "oneshot")]
     mask: Option<PathBuf>,
     /// SparseGPT: columns pruned and updated together.
