@@ -46,3 +46,14 @@ fn non_finite_query_pre_attn_scalar_is_refused() {
     let err = ModelConfig::from_hf_json(&json, Path::new("config.json")).unwrap_err().to_string();
     assert!(err.contains("query_pre_attn_scalar must be a positive finite number; found -4"), "{err}");
 }
+
+#[test]
+fn gemma1_ignores_query_pre_attn_scalar_as_transformers_does() {
+    // Gemma 1 read query_pre_attn_scalar from config.json but never wrote
+    // it (transformers' Gemma 1 has no such field and scales scores by
+    // head_dim^-0.5), so the written model scaled its scores differently.
+    let written = assert_round_trip(&input("gemma1-query-pre-attn-scalar.json"));
+    assert!(written.get("query_pre_attn_scalar").is_none(), "{written}");
+    let config = read(&input("gemma1-query-pre-attn-scalar.json"));
+    assert_eq!(config.spec().attention_scale, 0.0625, "256^-0.5");
+}

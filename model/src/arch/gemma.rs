@@ -157,7 +157,11 @@ impl GemmaConfig {
         let cap = |key: &str| opt_f64(key).filter(|v| *v > 0.0 && version != GemmaVersion::Gemma1);
         let config = GemmaConfig {
             version,
-            query_pre_attn_scalar: opt_f64("query_pre_attn_scalar").unwrap_or(dims.head_dim as f64),
+            // Gemma 1 scales by head_dim^-0.5 whatever config.json says, as transformers does.
+            query_pre_attn_scalar: match version {
+                GemmaVersion::Gemma1 => dims.head_dim as f64,
+                _ => opt_f64("query_pre_attn_scalar").unwrap_or(dims.head_dim as f64),
+            },
             dims,
             rope_theta,
             rope_local_base_freq: match version {
