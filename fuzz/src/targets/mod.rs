@@ -95,7 +95,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "artifacts",
-        about: "Parquet artifacts of every kind (documents, samples, stats, scores, mask, results, items, jaccard) through their readers",
+        about: "Parquet artifacts of every kind (documents, samples, stats, scores, mask, hessians, results, items, jaccard) through their readers",
         file_name: "artifact.parquet",
         seeds: artifacts::seeds,
         fields: artifacts::fields,
