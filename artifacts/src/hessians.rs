@@ -148,9 +148,8 @@ pub struct HessiansReader {
     path: std::path::PathBuf,
     provenance: Provenance,
     reader: crate::parquet_guard::Guarded,
-    pending: std::vec::IntoIter<InputHessian>,
+    rows: crate::RowQueue<InputHessian>,
     first: usize,
-    done: bool,
 }
 
 impl HessiansReader {
@@ -177,7 +176,7 @@ impl HessiansReader {
                 });
             }
         }
-        Ok(HessiansReader { path: path.to_path_buf(), provenance, reader, pending: Vec::new().into_iter(), first: 0, done: false })
+        Ok(HessiansReader { path: path.to_path_buf(), provenance, reader, rows: crate::RowQueue::new(), first: 0 })
     }
 
     /// The provenance of the artifact.
@@ -241,25 +240,22 @@ impl HessiansReader {
     }
 }
 
+impl crate::BatchRows for HessiansReader {
+    type Row = InputHessian;
+
+    fn queue(&mut self) -> &mut crate::RowQueue<InputHessian> {
+        &mut self.rows
+    }
+
+    fn read_batch(&mut self) -> Option<Result<Vec<InputHessian>, ArtifactError>> {
+        self.next_batch()
+    }
+}
+
 impl Iterator for HessiansReader {
     type Item = Result<InputHessian, ArtifactError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(row) = self.pending.next() {
-                return Some(Ok(row));
-            }
-            if self.done {
-                return None;
-            }
-            match self.next_batch() {
-                None => self.done = true,
-                Some(Ok(rows)) => self.pending = rows.into_iter(),
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+        crate::BatchRows::next_row(self)
     }
 }

@@ -310,3 +310,51 @@ pub fn check_same_model(a: &Provenance, a_path: &Path, b: &Provenance, b_path: &
         })
     }
 }
+
+/// The rows a streamed reader has decoded from its last record batch and
+/// not yet handed out, and whether it has reached its end.
+pub(crate) struct RowQueue<T> {
+    pending: std::vec::IntoIter<T>,
+    done: bool,
+}
+
+impl<T> RowQueue<T> {
+    /// An empty queue of a reader at its start.
+    pub(crate) fn new() -> Self {
+        RowQueue { pending: Vec::new().into_iter(), done: false }
+    }
+}
+
+/// A streamed reader that decodes record batches into rows; its
+/// [`BatchRows::next_row`] is the one implementation of their iterators.
+pub(crate) trait BatchRows {
+    /// The row type.
+    type Row;
+
+    /// The reader's queue of decoded rows.
+    fn queue(&mut self) -> &mut RowQueue<Self::Row>;
+
+    /// Reads and checks the next record batch; `None` at the end of the file.
+    fn read_batch(&mut self) -> Option<Result<Vec<Self::Row>, ArtifactError>>;
+
+    /// The next row; after an error, nothing more.
+    fn next_row(&mut self) -> Option<Result<Self::Row, ArtifactError>> {
+        loop {
+            let queue = self.queue();
+            if let Some(row) = queue.pending.next() {
+                return Some(Ok(row));
+            }
+            if queue.done {
+                return None;
+            }
+            match self.read_batch() {
+                None => self.queue().done = true,
+                Some(Ok(rows)) => self.queue().pending = rows.into_iter(),
+                Some(Err(e)) => {
+                    self.queue().done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

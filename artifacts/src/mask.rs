@@ -238,9 +238,8 @@ pub struct MaskReader {
     info: MaskInfo,
     num_rows: u64,
     reader: crate::parquet_guard::Guarded,
-    pending: std::vec::IntoIter<MaskRow>,
+    rows: crate::RowQueue<MaskRow>,
     first: usize,
-    done: bool,
     values: bool,
 }
 
@@ -257,17 +256,7 @@ impl MaskReader {
         if values {
             check_float_list(path, &schema, "values")?;
         }
-        Ok(MaskReader {
-            path: path.to_path_buf(),
-            provenance,
-            info,
-            num_rows,
-            reader,
-            pending: Vec::new().into_iter(),
-            first: 0,
-            done: false,
-            values,
-        })
+        Ok(MaskReader { path: path.to_path_buf(), provenance, info, num_rows, reader, rows: crate::RowQueue::new(), first: 0, values })
     }
 
     /// Whether the rows carry the kept weights' updated values.
@@ -326,26 +315,23 @@ impl MaskReader {
     }
 }
 
+impl crate::BatchRows for MaskReader {
+    type Row = MaskRow;
+
+    fn queue(&mut self) -> &mut crate::RowQueue<MaskRow> {
+        &mut self.rows
+    }
+
+    fn read_batch(&mut self) -> Option<Result<Vec<MaskRow>, ArtifactError>> {
+        self.next_batch()
+    }
+}
+
 impl Iterator for MaskReader {
     type Item = Result<MaskRow, ArtifactError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(row) = self.pending.next() {
-                return Some(Ok(row));
-            }
-            if self.done {
-                return None;
-            }
-            match self.next_batch() {
-                None => self.done = true,
-                Some(Ok(rows)) => self.pending = rows.into_iter(),
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+        crate::BatchRows::next_row(self)
     }
 }
 
