@@ -513,17 +513,12 @@ fn lower_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, SparseGptError> {
         tail.par_chunks_mut(n).enumerate().for_each(|(k, row_i)| {
             let i = j1 + k;
             for j in j0..j1 {
-                let row_j = &panel[(j - j0) * n..(j - j0) * n + j];
-                row_i[j] = (a[i * n + j] - dot(&row_i[..j], row_j)) / row_j_diagonal(panel, j0, j, n);
+                let row_j = &panel[(j - j0) * n..(j - j0) * n + j + 1];
+                row_i[j] = (a[i * n + j] - dot(&row_i[..j], &row_j[..j])) / row_j[j];
             }
         });
     }
     Ok(l)
-}
-
-/// `Lⱼⱼ` of a panel holding rows `j0..` of `L`.
-fn row_j_diagonal(panel: &[f64], j0: usize, j: usize, n: usize) -> f64 {
-    panel[(j - j0) * n + j]
 }
 
 /// Columns a task of the factorization and of the inverse handles together.
