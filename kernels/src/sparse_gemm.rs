@@ -79,24 +79,47 @@ struct Entry {
 }
 
 impl SparseRhs {
-    /// Lists the nonzero values of `w` [n, k] in row-major order.
+    /// Lists the nonzero values of `w` [n, k] in row-major order. Columns
+    /// are listed in parallel, each slice's nonzeros compacted without
+    /// branches (a pruned weight's zeros fall at random, where a branch per
+    /// value would be mispredicted half the time).
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "SparseRhs::from_transposed: the weight is not [{n}, {k}]");
         let slices = slices(k);
-        let nonzero = w.iter().filter(|&&v| v != 0.0).count();
-        let mut entries = Vec::with_capacity(nonzero);
+        let columns = || w.par_chunks_exact(k.max(1)).take(n);
+        // counts[j * slices + s]: the nonzeros of column j in slice s.
+        let counts: Vec<usize> = columns()
+            .flat_map_iter(|column| {
+                slices.iter().map(move |slice| column[slice.steps.clone()].iter().map(|&v| usize::from(v != 0.0)).sum())
+            })
+            .collect();
         let mut starts = Vec::with_capacity(slices.len() * n + 1);
         starts.push(0);
-        for slice in &slices {
-            for column in w.chunks_exact(k.max(1)).take(n) {
-                for (line, &v) in column[slice.steps.clone()].iter().enumerate() {
-                    if v != 0.0 {
-                        entries.push(Entry { offset: (line * BLOCK_ROWS * size_of::<f32>()) as u32, value: v });
-                    }
-                }
-                starts.push(entries.len());
+        for s in 0..slices.len() {
+            for j in 0..n {
+                starts.push(starts[s * n + j] + counts[j * slices.len() + s]);
             }
         }
+        let total = starts[slices.len() * n];
+        let mut entries: Vec<Entry> = Vec::with_capacity(total);
+        let out = SharedEntries(entries.spare_capacity_mut().as_mut_ptr());
+        columns().enumerate().for_each(|(j, column)| {
+            let mut scratch = [Entry { offset: 0, value: 0.0 }; SLICE + 1];
+            for (s, slice) in slices.iter().enumerate() {
+                let mut kept = 0;
+                for (line, &v) in column[slice.steps.clone()].iter().enumerate() {
+                    scratch[kept] = Entry { offset: (line * BLOCK_ROWS * size_of::<f32>()) as u32, value: v };
+                    kept += usize::from(v != 0.0);
+                }
+                let start = starts[s * n + j];
+                debug_assert_eq!(kept, starts[s * n + j + 1] - start);
+                // SAFETY: column j's entries of slice s go to starts[s * n + j]..starts[s * n + j + 1],
+                // inside the capacity (`total` entries) and written by this column alone.
+                unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), out.at(start).cast::<Entry>(), kept) };
+            }
+        });
+        // SAFETY: the ranges of all (slice, column) pairs tile 0..total, and each was written above.
+        unsafe { entries.set_len(total) };
         SparseRhs { inner: k, cols: n, slices, starts, entries }
     }
 
@@ -117,6 +140,21 @@ impl SparseRhs {
             }
         }
         out
+    }
+}
+
+/// The uninitialized entries of a [`SparseRhs`] being listed, written by
+/// columns in parallel at disjoint positions.
+struct SharedEntries(*mut MaybeUninit<Entry>);
+
+// SAFETY: every writer writes a range of positions no other writer touches.
+unsafe impl Sync for SharedEntries {}
+
+impl SharedEntries {
+    /// The position `at`.
+    fn at(&self, at: usize) -> *mut MaybeUninit<Entry> {
+        // SAFETY (of callers' writes): `at` is within the capacity reserved for the entries.
+        self.0.wrapping_add(at)
     }
 }
 
