@@ -17,7 +17,7 @@ use model::tokenizer::Tokenizer;
 use model::Decoder;
 use serde_json::Value;
 
-use crate::{token_nlls, EvalError};
+use crate::{position_logprobs, EvalError};
 
 /// One multiple-choice item: a `(context, continuation)` request per choice,
 /// the choice texts whose lengths normalise `acc_norm`, and the gold index.
@@ -416,12 +416,18 @@ pub fn request_logliks(
                 t
             })
             .collect();
-        let nlls = token_nlls(model, &padded)?;
-        for (&i, nll) in group.iter().zip(&nlls) {
-            let r = &requests[i];
-            // nll[p] is -log p(tokens[p + 1] | tokens[..=p]).
-            let end = r.tokens.len() - 1;
-            out[i] = -nll[end - r.continuation..end].iter().map(|&v| f64::from(v)).sum::<f64>();
+        // The positions predicting each continuation token: p predicts tokens[p + 1].
+        let spans: Vec<std::ops::Range<usize>> = group
+            .iter()
+            .map(|&i| {
+                let end = requests[i].tokens.len() - 1;
+                end - requests[i].continuation..end
+            })
+            .collect();
+        let positions: Vec<(usize, usize)> = spans.iter().enumerate().flat_map(|(row, span)| span.clone().map(move |p| (row, p))).collect();
+        let mut logprobs = position_logprobs(model, &padded, &positions)?.into_iter();
+        for (&i, span) in group.iter().zip(&spans) {
+            out[i] = logprobs.by_ref().take(span.len()).map(f64::from).sum::<f64>();
         }
         on_done(group.len());
     }
