@@ -64,7 +64,7 @@ pub struct PaperArgs {
     /// Model instead of the file's (Qwen2.5-Coder-0.5B-Instruct): a model id of fetch-model, a GGUF file or a Hugging Face directory.
     #[arg(long)]
     pub model: Option<String>,
-    /// A small version of every cell: 8 calibration sequences of 256 tokens per source and the first items of each task.
+    /// A small version of every cell: 8 calibration sequences of 256 tokens per source, the first 4 items of each generation task and 20 of each multiple-choice task, 2 perplexity windows of 256 tokens.
     #[arg(long)]
     pub quick: bool,
     /// Run directory [default: out/paper-<MODEL>, with -quick for --quick].
