@@ -99,10 +99,7 @@ fn popcount_and(a: &[u8], b: &[u8]) -> u64 {
     n
 }
 
-/// The decoder layer of a module named `model.layers.<L>.…`, if any.
-pub fn layer_of(module: &str) -> Option<u32> {
-    module.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
-}
+pub use artifacts::layer_of;
 
 /// Counts of one module, accumulated over its rows.
 struct ModuleCounts {

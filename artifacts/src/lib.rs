@@ -42,7 +42,7 @@ pub use hessians::{hessians_schema, write_hessians, HessiansReader, InputHessian
 pub use items::{items_path_for, items_schema, read_items, write_items, ItemRow};
 pub use jaccard::{jaccard_schema, read_jaccard, write_jaccard, JaccardRow};
 pub use kind::{ArtifactKind, UnknownKindError};
-pub use mask::{mask_schema, read_mask, write_mask, MaskInfo, MaskReader, MaskRow};
+pub use mask::{layer_of, mask_schema, read_mask, write_mask, LayerOrderedMaskWriter, MaskInfo, MaskReader, MaskRow, MaskWriter};
 pub use provenance::{Provenance, KEY_CREATED_BY, KEY_INPUTS, KEY_KIND, KEY_MODEL, KEY_PARAMS, KEY_SCHEMA_VERSION, PARAM_LAYER_SPARSITIES};
 pub use results::{read_results, results_schema, write_results, ResultRow};
 pub use samples::{read_samples, samples_schema, write_samples, Sample, SamplesInfo};
@@ -143,39 +143,82 @@ where
     I: IntoIterator<Item = Result<RecordBatch, E>>,
     E: From<ArtifactError>,
 {
-    let file_name = path.file_name().ok_or_else(|| ArtifactError::NoFileName { path: path.to_path_buf() })?.to_string_lossy().into_owned();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_path = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
-    let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path).map_err(io_err(&tmp_path))?;
-    let mut guard = TempGuard { path: tmp_path.clone(), armed: true };
-
-    let kv = provenance.to_metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv));
-    if let Some(rows) = max_row_group_rows {
-        props = props.set_max_row_group_row_count(Some(rows));
-    }
-    let props = props.build();
-    let sink = HashingWriter { file, hasher: Sha256::new() };
-    let mut writer = ArrowWriter::try_new(sink, schema, Some(props)).map_err(pq_err(path))?;
+    let mut file = ParquetFile::create(path, schema, &provenance.to_metadata(), max_row_group_rows)?;
     for batch in batches {
-        writer.write(&batch?).map_err(pq_err(path))?;
+        file.write(&batch?)?;
     }
-    let mut sink = writer.into_inner().map_err(pq_err(path))?;
-    sink.flush().map_err(io_err(path))?;
-    sink.file.sync_all().map_err(io_err(path))?;
-    let hash = format_hash(&sink.hasher.finalize());
+    Ok(file.finish(&[])?)
+}
 
-    fs::rename(&tmp_path, path).map_err(io_err(path))?;
-    guard.armed = false;
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
+/// A Parquet artifact being written: batches go to a temp file
+/// `.<name>.tmp-<pid>-<n>` in the target's directory (created if missing);
+/// [`ParquetFile::finish`] fsyncs it and renames it over the target.
+/// Dropped unfinished (an error, a panic), it removes the temp file and
+/// leaves an existing target untouched.
+pub(crate) struct ParquetFile {
+    path: PathBuf,
+    dir: PathBuf,
+    tmp_path: PathBuf,
+    writer: ArrowWriter<HashingWriter>,
+    guard: TempGuard,
+}
+
+impl ParquetFile {
+    /// Starts the artifact `path` of `schema` with key-value `metadata`
+    /// (a provenance's, or none until [`ParquetFile::finish`]) and row
+    /// groups of at most `max_row_group_rows` rows (default: a million).
+    pub(crate) fn create(
+        path: &Path,
+        schema: SchemaRef,
+        metadata: &[(String, String)],
+        max_row_group_rows: Option<usize>,
+    ) -> Result<Self, ArtifactError> {
+        let file_name =
+            path.file_name().ok_or_else(|| ArtifactError::NoFileName { path: path.to_path_buf() })?.to_string_lossy().into_owned();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path).map_err(io_err(&tmp_path))?;
+        let guard = TempGuard { path: tmp_path.clone(), armed: true };
+        let kv = metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        let mut props =
+            WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_key_value_metadata(Some(kv));
+        if let Some(rows) = max_row_group_rows {
+            props = props.set_max_row_group_row_count(Some(rows));
+        }
+        let sink = HashingWriter { file, hasher: Sha256::new() };
+        let writer = ArrowWriter::try_new(sink, schema, Some(props.build())).map_err(pq_err(path))?;
+        Ok(ParquetFile { path: path.to_path_buf(), dir, tmp_path, writer, guard })
     }
-    Ok(hash)
+
+    /// Appends one batch (of the artifact's schema).
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<(), ArtifactError> {
+        self.writer.write(batch).map_err(pq_err(&self.path))
+    }
+
+    /// Adds the metadata known only at the end (`extra`, key and value),
+    /// then closes, fsyncs and renames the file into place; returns its
+    /// content hash (`sha256:<hex>`).
+    pub(crate) fn finish(mut self, extra: &[(String, String)]) -> Result<String, ArtifactError> {
+        let path = self.path.clone();
+        for (key, value) in extra {
+            self.writer.append_key_value_metadata(KeyValue::new(key.clone(), value.clone()));
+        }
+        let mut sink = self.writer.into_inner().map_err(pq_err(&path))?;
+        sink.flush().map_err(io_err(&path))?;
+        sink.file.sync_all().map_err(io_err(&path))?;
+        let hash = format_hash(&sink.hasher.finalize());
+        fs::rename(&self.tmp_path, &path).map_err(io_err(&path))?;
+        self.guard.armed = false;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(hash)
+    }
 }
 
 /// Opens `path` and checks the Parquet magic at both ends.

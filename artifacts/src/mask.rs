@@ -14,7 +14,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crate::columns::{check_field, Accept};
 use crate::open_streamed_counted;
 use crate::scores::{check_float_list, f32_list_array, f32_list_column, text_column, u32_column, ROWS_PER_BATCH};
-use crate::write_parquet_streamed;
+use crate::ParquetFile;
 use crate::{ArtifactError, ArtifactKind, Provenance};
 
 /// Extra key (under `subprune.mask.`) of the scoring method.
@@ -129,29 +129,152 @@ pub fn write_mask(path: &Path, rows: &[MaskRow], info: &MaskInfo, provenance: &P
     if provenance.kind != ArtifactKind::Mask {
         return Err(ArtifactError::ProvenanceKind { path: path.to_path_buf(), expected: ArtifactKind::Mask, found: provenance.kind });
     }
-    let values = rows.first().is_some_and(|r| r.values.is_some());
-    for (i, r) in rows.iter().enumerate() {
-        check_bits(path, i, r.in_features, &r.keep)?;
-        if r.values.is_some() != values {
+    let mut writer = MaskWriter::create(path, rows.first().is_some_and(|r| r.values.is_some()))?;
+    for row in rows {
+        writer.push(row.clone())?;
+    }
+    writer.finish(info, provenance)
+}
+
+/// Writes a mask artifact row by row as modules are pruned, so that a
+/// model's keep bits (and SparseGPT's kept values) are never all held at
+/// once: rows go to the file in batches as they come, and
+/// [`MaskWriter::finish`] adds what is known only at the end (the overall
+/// sparsity, the provenance) and moves the file into place. Dropped
+/// unfinished (an error, a panic), it leaves no file and an existing target
+/// untouched.
+pub struct MaskWriter {
+    path: PathBuf,
+    values: bool,
+    /// Rows not yet written, fewer than a batch.
+    pending: Vec<MaskRow>,
+    /// Rows written.
+    written: usize,
+    file: ParquetFile,
+}
+
+impl MaskWriter {
+    /// Starts the mask artifact `path`; `values` says whether its rows carry
+    /// the kept weights' values (every row then does).
+    pub fn create(path: &Path, values: bool) -> Result<Self, ArtifactError> {
+        let file = ParquetFile::create(path, mask_schema(values), &[], None)?;
+        Ok(MaskWriter { path: path.to_path_buf(), values, pending: Vec::with_capacity(ROWS_PER_BATCH), written: 0, file })
+    }
+
+    /// Appends one row, refusing ill-formed bits and values absent where
+    /// the mask has them (or present where it has none).
+    pub fn push(&mut self, row: MaskRow) -> Result<(), ArtifactError> {
+        let index = self.written + self.pending.len();
+        check_bits(&self.path, index, row.in_features, &row.keep)?;
+        if row.values.is_some() != self.values {
+            let state = |present: bool| if present { "present" } else { "absent" };
             return Err(ArtifactError::BadValue {
-                path: path.to_path_buf(),
+                path: self.path.clone(),
                 column: "values".to_string(),
-                row: i,
-                expected: format!("values {} as on the first row", if values { "present" } else { "absent" }),
-                found: format!("values {}", if values { "absent" } else { "present" }),
+                row: index,
+                expected: format!("values {} as in the rest of the mask", state(self.values)),
+                found: format!("values {}", state(row.values.is_some())),
             });
         }
-        check_values(path, i, &r.keep, r.values.as_deref())?;
+        check_values(&self.path, index, &row.keep, row.values.as_deref())?;
+        self.pending.push(row);
+        if self.pending.len() == ROWS_PER_BATCH {
+            self.write_pending()?;
+        }
+        Ok(())
     }
-    let provenance = provenance
-        .clone()
-        .with_extra(EXTRA_METHOD, info.method.clone())
-        .with_extra(EXTRA_SPARSITY, info.sparsity.to_string())
-        .with_extra(EXTRA_PATTERN, info.pattern.clone())
-        .with_extra(EXTRA_GROUP, info.group.clone());
-    let chunks: Vec<&[MaskRow]> = if rows.is_empty() { vec![rows] } else { rows.chunks(ROWS_PER_BATCH).collect() };
-    let batches = chunks.into_iter().enumerate().map(|(i, chunk)| mask_batch(path, i * ROWS_PER_BATCH, chunk, values));
-    write_parquet_streamed(path, mask_schema(values), batches, &provenance)
+
+    fn write_pending(&mut self) -> Result<(), ArtifactError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = mask_batch(&self.path, self.written, &self.pending, self.values)?;
+        self.file.write(&batch)?;
+        self.written += self.pending.len();
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the last rows, `provenance` (of kind `mask`) with `info` as
+    /// its `subprune.mask.*` extras, and moves the file into place; returns
+    /// its content hash.
+    pub fn finish(mut self, info: &MaskInfo, provenance: &Provenance) -> Result<String, ArtifactError> {
+        if provenance.kind != ArtifactKind::Mask {
+            return Err(ArtifactError::ProvenanceKind { path: self.path.clone(), expected: ArtifactKind::Mask, found: provenance.kind });
+        }
+        self.write_pending()?;
+        let provenance = provenance
+            .clone()
+            .with_extra(EXTRA_METHOD, info.method.clone())
+            .with_extra(EXTRA_SPARSITY, info.sparsity.to_string())
+            .with_extra(EXTRA_PATTERN, info.pattern.clone())
+            .with_extra(EXTRA_GROUP, info.group.clone());
+        self.file.finish(&provenance.to_metadata())
+    }
+}
+
+/// The decoder layer of a module named `model.layers.<L>.…`, if any.
+pub fn layer_of(module: &str) -> Option<u32> {
+    module.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+}
+
+/// A [`MaskWriter`] for rows that come module by module in any order within
+/// a decoder layer (SparseGPT prunes input by input) but layer after layer:
+/// it holds one layer's rows and writes them in the model's module order
+/// once a later layer's rows come, so the mask lists modules as the model
+/// does while only one layer is ever held.
+pub struct LayerOrderedMaskWriter {
+    writer: MaskWriter,
+    /// Each module's position in the model's order.
+    order: std::collections::HashMap<String, usize>,
+    /// The layer whose rows are held, and the rows.
+    held: Option<(Option<u32>, Vec<MaskRow>)>,
+}
+
+impl LayerOrderedMaskWriter {
+    /// Writes through `writer`, modules ordered by `order` (module name to
+    /// its position in the model; modules it lacks go last, by name).
+    pub fn new(writer: MaskWriter, order: std::collections::HashMap<String, usize>) -> Self {
+        LayerOrderedMaskWriter { writer, order, held: None }
+    }
+
+    /// Takes one row; refuses a row of a layer before the held one (its
+    /// rows were already written).
+    pub fn push(&mut self, row: MaskRow) -> Result<(), ArtifactError> {
+        let layer = layer_of(&row.module);
+        match &mut self.held {
+            Some((held, rows)) if *held == layer => rows.push(row),
+            Some((held, _)) if layer < *held => {
+                return Err(ArtifactError::BadValue {
+                    path: self.writer.path.clone(),
+                    column: "module".to_string(),
+                    row: self.writer.written,
+                    expected: format!("rows of layer {held:?} or later (earlier layers are written)"),
+                    found: format!("a row of {} (layer {layer:?})", row.module),
+                });
+            }
+            _ => {
+                self.write_held()?;
+                self.held = Some((layer, vec![row]));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_held(&mut self) -> Result<(), ArtifactError> {
+        let Some((_, mut rows)) = self.held.take() else { return Ok(()) };
+        rows.sort_by(|a, b| {
+            let position = |r: &MaskRow| self.order.get(&r.module).copied().unwrap_or(usize::MAX);
+            (position(a), &a.module, a.row).cmp(&(position(b), &b.module, b.row))
+        });
+        rows.into_iter().try_for_each(|row| self.writer.push(row))
+    }
+
+    /// Writes the held rows, then finishes the mask as [`MaskWriter::finish`] does.
+    pub fn finish(mut self, info: &MaskInfo, provenance: &Provenance) -> Result<String, ArtifactError> {
+        self.write_held()?;
+        self.writer.finish(info, provenance)
+    }
 }
 
 fn mask_info(path: &Path, p: &Provenance) -> Result<MaskInfo, ArtifactError> {

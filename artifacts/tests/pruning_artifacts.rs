@@ -184,7 +184,7 @@ fn mask_values_round_trip_one_per_kept_weight() {
     let mut mixed = rows;
     mixed[1].values = None;
     let err = write_mask(&dir.path().join("mixed.parquet"), &mixed, &info(), &prov(ArtifactKind::Mask)).unwrap_err();
-    assert!(err.to_string().contains("values present as on the first row"), "{err}");
+    assert!(err.to_string().contains("expected values present as in the rest of the mask, found values absent"), "{err}");
 
     // Values written by another tool that do not fit the bits are refused on reading.
     let raw = dir.path().join("raw.parquet");

@@ -166,21 +166,26 @@ fn main() -> Result<()> {
     );
     let samples_hash = artifacts::content_hash(&cli.samples)?;
     let created_by = format!("subprune-calibrate {}", env!("CARGO_PKG_VERSION"));
-    // SparseGPT's applied masks, as mask rows, when --mask is given.
-    let mut mask_rows: Vec<artifacts::MaskRow> = Vec::new();
+    // SparseGPT's applied masks, written as each module is pruned when --mask
+    // is given (in the model's module order, one layer's rows held at a time).
+    let mut mask_writer = match &cli.mask {
+        Some(path) => Some(artifacts::LayerOrderedMaskWriter::new(
+            artifacts::MaskWriter::create(path, true).with_context(|| format!("writing {}", path.display()))?,
+            loaded.config.linear_module_order(),
+        )),
+        None => None,
+    };
+    let mut mask_error: Option<artifacts::ArtifactError> = None;
     let mut pruned_weights = (0u64, 0u64);
     let mut collect_mask = |module: &str, cols: usize, keep: &[bool], updated: &[f32]| {
-        if cli.mask.is_none() {
-            return;
-        }
+        let Some(writer) = mask_writer.as_mut().filter(|_| mask_error.is_none()) else { return };
         for (r, (bits, kept)) in sparsity::sparsegpt::kept_rows(keep, updated, cols).enumerate() {
-            mask_rows.push(artifacts::MaskRow {
-                module: module.to_string(),
-                row: r as u32,
-                in_features: cols as u32,
-                keep: bits,
-                values: Some(kept),
-            });
+            let row =
+                artifacts::MaskRow { module: module.to_string(), row: r as u32, in_features: cols as u32, keep: bits, values: Some(kept) };
+            if let Err(e) = writer.push(row) {
+                mask_error = Some(e);
+                return;
+            }
         }
         pruned_weights.0 += keep.iter().filter(|k| !**k).count() as u64;
         pruned_weights.1 += keep.len() as u64;
@@ -275,10 +280,11 @@ fn main() -> Result<()> {
         });
         let mask_provenance =
             Provenance::new(ArtifactKind::Mask, loaded.fingerprint.clone(), mask_params, created_by).with_input("samples", samples_hash);
-        // Modules were pruned input by input; masks list them in the model's order.
-        let order = loaded.config.linear_module_order();
-        mask_rows.sort_by_key(|r| (order.get(&r.module).copied(), r.row));
-        artifacts::write_mask(path, &mask_rows, &info, &mask_provenance).with_context(|| format!("writing {}", path.display()))?;
+        if let Some(e) = mask_error {
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
+        let writer = mask_writer.expect("created with --mask");
+        writer.finish(&info, &mask_provenance).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("mask: {} modules, sparsity {overall:.6}", result.applied_masks.len());
     }
     let tokens: usize = windows.iter().map(Vec::len).sum();

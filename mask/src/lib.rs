@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use artifacts::{ArtifactError, ArtifactKind, MaskInfo, MaskRow, Provenance, ScoreRow};
+use artifacts::{ArtifactError, ArtifactKind, LayerOrderedMaskWriter, MaskInfo, MaskRow, MaskWriter, Provenance, ScoreRow};
 use indicatif::ProgressBar;
 use model::safetensors::{ShardedWriter, StoredDtype, TensorLayout};
 use model::{LoadedModel, ModelError, StoredType};
@@ -110,10 +110,7 @@ pub fn created_by() -> String {
     format!("subprune-mask {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The decoder layer of a module named `model.layers.<L>.…`, if any.
-pub fn layer_of(module: &str) -> Option<u32> {
-    module.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
-}
+pub use artifacts::layer_of;
 
 /// The scores of one linear module as a row-major `[rows, cols]` matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,7 +280,7 @@ pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path,
         provenance.params.get("method").and_then(Value::as_str).and_then(|m| m.parse().ok()).unwrap_or(sparsity::Method::Magnitude);
     let (mask_rows, summary) = build_mask(scores_path, &modules, (method, pattern), group, progress)?;
     drop(modules);
-    write_made_mask(out, &mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
+    write_made_mask(out, mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
 }
 
 /// Refuses a comparison group other than rows with an N:M pattern.
@@ -297,13 +294,32 @@ fn check_group(pattern: Pattern, group: Group) -> Result<(), MaskError> {
     Ok(())
 }
 
-/// Writes a made mask with its provenance: the scores' provenance
-/// (`scores`, as `score` writes it, or as it would for scores computed in
-/// place) under `scores_params`, and `input` (name, content hash) as the input.
+/// Writes a made mask's rows (see [`finish_made_mask`]).
 #[allow(clippy::too_many_arguments)]
 fn write_made_mask(
     out: &Path,
-    rows: &[MaskRow],
+    rows: Vec<MaskRow>,
+    summary: Vec<ModuleSummary>,
+    scores: &Provenance,
+    input: (&str, String),
+    pattern: Pattern,
+    group: Group,
+    warning: Option<String>,
+) -> Result<MakeSummary, MaskError> {
+    let mut writer = MaskWriter::create(out, rows.first().is_some_and(|r| r.values.is_some()))?;
+    for row in rows {
+        writer.push(row)?;
+    }
+    finish_made_mask(|info, provenance| writer.finish(info, provenance), summary, scores, input, pattern, group, warning)
+}
+
+/// Finishes a made mask (`finish` writes it with its info and provenance):
+/// the provenance holds the scores' provenance (`scores`, as `score`
+/// writes it, or as it would for scores computed in place) under
+/// `scores_params`, and `input` (name, content hash) as the input.
+#[allow(clippy::too_many_arguments)]
+fn finish_made_mask(
+    finish: impl FnOnce(&MaskInfo, &Provenance) -> Result<String, artifacts::ArtifactError>,
     summary: Vec<ModuleSummary>,
     scores: &Provenance,
     (input, hash): (&str, String),
@@ -327,7 +343,7 @@ fn write_made_mask(
         "scores_params": scores.params,
     });
     let mask_provenance = Provenance::new(ArtifactKind::Mask, scores.model.clone(), params, created_by()).with_input(input, hash);
-    let written = artifacts::write_mask(out, rows, &info, &mask_provenance)?;
+    let written = finish(&info, &mask_provenance)?;
     Ok(MakeSummary { modules: summary, sparsity, hash: written, warning })
 }
 
@@ -372,7 +388,8 @@ pub fn make_mask_from_stats(
     let warning = calibration_mismatch(stats_path, &scores_provenance, pattern, group);
     let modules: Vec<(String, usize, usize)> = (0..model.config.num_layers()).flat_map(|l| model.config.linear_modules(l)).collect();
     progress.set_length(modules.len() as u64);
-    let mut mask_rows = Vec::new();
+    // Each module's rows are written as soon as they are chosen.
+    let mut writer = MaskWriter::create(out, false)?;
     let mut summary = Vec::with_capacity(modules.len());
     for (module, rows, cols) in modules {
         let stat = by_module.get(module.as_str()).ok_or_else(|| MaskError::Rows {
@@ -408,11 +425,12 @@ pub fn make_mask_from_stats(
         };
         let module_scores = [ModuleScores { module, rows, cols, scores }];
         let (rows, module_summary) = build_mask(stats_path, &module_scores, (method, module_pattern), group, &ProgressBar::hidden())?;
-        mask_rows.extend(rows);
+        rows.into_iter().try_for_each(|row| writer.push(row))?;
         summary.extend(module_summary);
         progress.inc(1);
     }
-    write_made_mask(out, &mask_rows, summary, &scores_provenance, ("stats", stats_hash), pattern, group, warning)
+    let finish = |info: &MaskInfo, provenance: &Provenance| writer.finish(info, provenance);
+    finish_made_mask(finish, summary, &scores_provenance, ("stats", stats_hash), pattern, group, warning)
 }
 
 /// Prunes every linear module with SparseGPT from the Hessians artifact
@@ -482,7 +500,9 @@ pub fn make_mask_from_hessians(
     progress.set_length(expected.len() as u64);
     let shapes: BTreeMap<&str, (usize, usize)> = expected.iter().map(|(m, r, c)| (m.as_str(), (*r, *c))).collect();
     let mut done: BTreeMap<String, ModuleSummary> = BTreeMap::new();
-    let mut mask_rows = Vec::new();
+    // The Hessians come input by input, layer after layer; the mask lists
+    // modules in the model's order, holding one layer's rows at a time.
+    let mut writer = LayerOrderedMaskWriter::new(MaskWriter::create(out, true)?, model.config.linear_module_order());
     for row in reader {
         let row = row?;
         let n = row.in_features as usize;
@@ -533,7 +553,7 @@ pub fn make_mask_from_hessians(
         for (module, (updated, keep)) in row.modules.iter().zip(pruned) {
             let cols = n;
             for (r, (bits, kept)) in sparsity::sparsegpt::kept_rows(&keep, &updated, cols).enumerate() {
-                mask_rows.push(MaskRow { module: module.clone(), row: r as u32, in_features: cols as u32, keep: bits, values: Some(kept) });
+                writer.push(MaskRow { module: module.clone(), row: r as u32, in_features: cols as u32, keep: bits, values: Some(kept) })?;
             }
             let pruned = keep.iter().filter(|k| !**k).count() as u64;
             done.insert(
@@ -552,13 +572,11 @@ pub fn make_mask_from_hessians(
         });
     }
     let summary = expected.iter().map(|(m, _, _)| done.remove(m).expect("checked above")).collect();
-    // The Hessians come input by input; masks list their rows in the model's order.
-    let order = model.config.linear_module_order();
-    mask_rows.sort_by_key(|r| (order.get(&r.module).copied(), r.row));
     let params = serde_json::json!({"method": sparsity::Method::SparseGpt.as_str(), "hessians_params": hessians.params});
     let provenance = Provenance::new(ArtifactKind::Scores, model.fingerprint.clone(), params, created_by());
     let hash = artifacts::content_hash(hessians_path)?;
-    write_made_mask(out, &mask_rows, summary, &provenance, ("hessians", hash), pattern, Group::Row, warning)
+    let finish = |info: &MaskInfo, provenance: &Provenance| writer.finish(info, provenance);
+    finish_made_mask(finish, summary, &provenance, ("hessians", hash), pattern, Group::Row, warning)
 }
 
 /// The pattern of each layer under `profile`: `None` for a uniform profile;
