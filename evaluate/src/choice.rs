@@ -13,11 +13,13 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
 use model::tokenizer::Tokenizer;
 use model::Decoder;
 use serde_json::Value;
 
-use crate::{position_logprobs, EvalError};
+use crate::EvalError;
 
 /// One multiple-choice item: a `(context, continuation)` request per choice,
 /// the choice texts whose lengths normalise `acc_norm`, and the gold index.
@@ -390,46 +392,114 @@ pub fn tokenize_requests(tokenizer: &Tokenizer, requests: &[(String, String)], m
 }
 
 /// Log-likelihood of each request's continuation given its context: sum of
-/// log p(token | prefix) over the continuation tokens. Requests are sorted
-/// by length and run `batch` at a time, right-padded to the batch's longest
-/// (causal attention keeps the padding out of the real positions).
-/// `on_done` is called with the number of requests finished after each batch.
+/// log p(token | prefix) over the continuation tokens.
+///
+/// Requests with the same context tokens (an item's choices) share one
+/// pass over it: contexts run `batch` at a time, left-padded to the
+/// longest, into a key/value cache whose rows are then copied out to each
+/// request; the continuations (all but their last token) run after it,
+/// right-padded (causal attention keeps the padding out of the real
+/// positions). The LM head runs only on the positions that predict a
+/// continuation token. `on_done` is called with the number of requests
+/// finished after each batch.
 pub fn request_logliks(
     model: &Decoder,
     requests: &[TokenRequest],
     batch: usize,
     mut on_done: impl FnMut(usize),
 ) -> Result<Vec<f64>, EvalError> {
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(requests[i].tokens.len()));
+    if let Some(r) = requests.iter().find(|r| r.continuation == 0 || r.continuation >= r.tokens.len()) {
+        return Err(EvalError::Input(format!(
+            "a request needs at least a context token and a continuation token; found {} tokens of which {} continue",
+            r.tokens.len(),
+            r.continuation
+        )));
+    }
+    let context = |i: usize| &requests[i].tokens[..requests[i].tokens.len() - requests[i].continuation];
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    for i in 0..requests.len() {
+        let g = *group_of.entry(context(i)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    // Longest contexts first, so that a batch's rows have similar lengths.
+    groups.sort_by_key(|g| (std::cmp::Reverse(context(g[0]).len()), g[0]));
     let mut out = vec![0.0; requests.len()];
-    for group in order.chunks(batch.max(1)) {
-        let longest = group.iter().map(|&i| requests[i].tokens.len()).max().unwrap_or(0);
-        if longest < 2 {
-            return Err(EvalError::Input("a request needs at least a context token and a continuation token".into()));
-        }
-        let padded: Vec<Vec<u32>> = group
+    for chunk in groups.chunks(batch.max(1)) {
+        let longest = chunk.iter().map(|g| context(g[0]).len()).max().unwrap_or(0);
+        let padding: Vec<usize> = chunk.iter().map(|g| longest - context(g[0]).len()).collect();
+        // Padding slots hold the row's first token: any valid id does, none is attended to.
+        let contexts: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|&i| {
-                let mut t = requests[i].tokens.clone();
-                t.resize(longest, 0);
-                t
-            })
+            .zip(&padding)
+            .map(|(g, &p)| std::iter::repeat_n(context(g[0])[0], p).chain(context(g[0]).iter().copied()).collect())
             .collect();
-        // The positions predicting each continuation token: p predicts tokens[p + 1].
-        let spans: Vec<std::ops::Range<usize>> = group
-            .iter()
-            .map(|&i| {
-                let end = requests[i].tokens.len() - 1;
-                end - requests[i].continuation..end
-            })
-            .collect();
-        let positions: Vec<(usize, usize)> = spans.iter().enumerate().flat_map(|(row, span)| span.clone().map(move |p| (row, p))).collect();
-        let mut logprobs = position_logprobs(model, &padded, &positions)?.into_iter();
-        for (&i, span) in group.iter().zip(&spans) {
-            out[i] = logprobs.by_ref().take(span.len()).map(f64::from).sum::<f64>();
+        let mut cache = model.new_padded_cache(padding);
+        let context_hidden = model.forward_cached_hidden(&contexts, &mut cache, model.kernels())?;
+        let members: Vec<(usize, usize)> = chunk.iter().enumerate().flat_map(|(row, g)| g.iter().map(move |&i| (row, i))).collect();
+        // Each request's continuation but its last token, which is only predicted.
+        let steps = members.iter().map(|&(_, i)| requests[i].continuation - 1).max().unwrap_or(0);
+        let continuation_hidden = if steps > 0 {
+            cache.select_rows(&members.iter().map(|&(row, _)| row).collect::<Vec<_>>());
+            let rows: Vec<Vec<u32>> = members
+                .iter()
+                .map(|&(_, i)| {
+                    let r = &requests[i];
+                    let mut t = r.tokens[r.tokens.len() - r.continuation..r.tokens.len() - 1].to_vec();
+                    t.resize(steps, 0);
+                    t
+                })
+                .collect();
+            Some(model.forward_cached_hidden(&rows, &mut cache, model.kernels())?)
+        } else {
+            None
+        };
+        // Hidden rows predicting each continuation token, in request order: the
+        // context's last position, then the continuation's own positions.
+        let (mut from_context, mut from_continuation, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        let mut order = Vec::new();
+        for (member, &(row, i)) in members.iter().enumerate() {
+            let r = &requests[i];
+            let continuation = &r.tokens[r.tokens.len() - r.continuation..];
+            order.push((true, from_context.len()));
+            from_context.push((row * longest + longest - 1) as i32);
+            targets.push(continuation[0]);
+            for (j, &token) in continuation.iter().enumerate().skip(1) {
+                order.push((false, from_continuation.len()));
+                from_continuation.push((member * steps + j - 1) as i32);
+                targets.push(token);
+            }
         }
-        on_done(group.len());
+        let device = context_hidden.device();
+        let pick = |hidden: Tensor<2>, rows: Vec<i32>| {
+            let n = rows.len();
+            hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device))
+        };
+        let n_context = from_context.len();
+        let mut parts = vec![pick(context_hidden, from_context)];
+        if let Some(hidden) = continuation_hidden {
+            parts.push(pick(hidden, from_continuation));
+        }
+        // Rows of `parts` concatenated: context rows first; `order` maps each target to its row.
+        let rows: Vec<i32> = order.iter().map(|&(first, k)| if first { k as i32 } else { (n_context + k) as i32 }).collect();
+        let hidden = pick(Tensor::cat(parts, 0), rows);
+        let n = targets.len();
+        let logp = log_softmax(model.head(hidden), 1);
+        let target_ids =
+            Tensor::<2, Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i32).collect::<Vec<_>>(), [n, 1]), &device);
+        let values: Vec<f32> = logp
+            .gather(1, target_ids)
+            .into_data()
+            .try_into_vec()
+            .map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))?;
+        let mut values = values.into_iter();
+        for &(_, i) in &members {
+            out[i] = values.by_ref().take(requests[i].continuation).map(f64::from).sum::<f64>();
+        }
+        on_done(members.len());
     }
     Ok(out)
 }

@@ -105,39 +105,6 @@ pub fn token_nlls(model: &Decoder, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>
     nlls_of_logits(model.forward(windows)?, windows)
 }
 
-/// Log-probabilities of chosen positions of equal-length sequences: for
-/// each `(row, position)`, log p(sequences[row][position + 1] |
-/// sequences[row][..=position]). The LM head runs on those positions only
-/// (a multiple-choice request needs its continuation's few, not the
-/// vocabulary-wide logits of every token). Each value is [`token_nlls`]'s
-/// at that position, negated, up to f32 rounding: the head's product runs
-/// over other rows (1e-5 apart on Qwen2.5-Coder-0.5B's PIQA items).
-pub fn position_logprobs(model: &Decoder, sequences: &[Vec<u32>], positions: &[(usize, usize)]) -> Result<Vec<f32>, EvalError> {
-    let seq = sequences.first().map_or(0, Vec::len);
-    let mut rows = Vec::with_capacity(positions.len());
-    let mut targets = Vec::with_capacity(positions.len());
-    for &(row, position) in positions {
-        let Some(&target) = sequences.get(row).and_then(|s| s.get(position + 1)) else {
-            return Err(EvalError::Input(format!(
-                "position {position} of sequence {row} has no next token to predict ({} sequences of {seq} tokens)",
-                sequences.len()
-            )));
-        };
-        rows.push((row * seq + position) as i32);
-        targets.push(target as i32);
-    }
-    if positions.is_empty() {
-        return Ok(Vec::new());
-    }
-    let hidden = model.forward_hidden(sequences)?;
-    let device = hidden.device();
-    let n = rows.len();
-    let chosen = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
-    let logp = log_softmax(model.head(chosen), 1);
-    let picked = logp.gather(1, Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device));
-    picked.into_data().try_into_vec().map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))
-}
-
 /// Per-position NLLs of `windows` from their logits [batch, seq, vocab].
 fn nlls_of_logits(logits: Tensor<3>, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EvalError> {
     let [batch, seq, _] = logits.dims();

@@ -195,6 +195,9 @@ fn choice_loglik_matches_reference_forward_whatever_the_batch() {
         TokenRequest { tokens: vec![5, 17, 33, 2, 90, 41], continuation: 2 },
         TokenRequest { tokens: vec![7, 8, 9], continuation: 1 },
         TokenRequest { tokens: vec![60, 61, 62, 63, 64, 65, 66, 67, 1], continuation: 4 },
+        // Choices of the first request's item: the same context (5, 17, 33, 2), passed once.
+        TokenRequest { tokens: vec![5, 17, 33, 2, 8], continuation: 1 },
+        TokenRequest { tokens: vec![5, 17, 33, 2, 70, 71, 72], continuation: 3 },
     ];
     let one = request_logliks(&model, &requests, 1, |_| {}).unwrap();
     let padded = request_logliks(&model, &requests, 3, |_| {}).unwrap();
@@ -331,21 +334,4 @@ fn evaluate_translation_and_gsm8k_end_to_end_on_a_tiny_model() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("needs --data") && stderr.contains("test.jsonl"), "{stderr}");
-}
-
-#[test]
-fn position_logprobs_are_the_full_forwards_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let weights = tiny_weights(&TINY, 32);
-    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
-    let model = load_model(dir.path()).unwrap().build(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
-    let sequences = vec![vec![5, 17, 33, 2, 90, 41, 7], vec![60, 61, 62, 63, 64, 65, 66]];
-    let full = evaluate::token_nlls(&model, &sequences).unwrap();
-    let positions = [(0, 5), (1, 0), (0, 2), (1, 5), (1, 3)];
-    let picked = evaluate::position_logprobs(&model, &sequences, &positions).unwrap();
-    for (&(row, p), &v) in positions.iter().zip(&picked) {
-        assert!((v + full[row][p]).abs() <= 1e-5 * v.abs().max(1.0), "row {row} position {p}: {v} vs {}", -full[row][p]);
-    }
-    let err = evaluate::position_logprobs(&model, &sequences, &[(0, 6)]).unwrap_err().to_string();
-    assert!(err.contains("position 6 of sequence 0 has no next token"), "{err}");
 }
