@@ -60,6 +60,27 @@ enum Command {
     /// pass@k on MBPP (3-shot prompt, test tasks 11..510), run in the sandbox;
     /// prints `pass@1: <value>` (and pass@10) last.
     Mbpp(code_cli::CodeArgs),
+    /// This machine's speed on a model, for time estimates: prefill tokens/s
+    /// of one sequence (as perplexity and multiple-choice tasks run) and
+    /// greedy decode tokens/s at batch 1 with the cache (as generation runs);
+    /// prints one JSON line.
+    Speed(SpeedArgs),
+}
+
+#[derive(Args)]
+struct SpeedArgs {
+    /// Model: a Hugging Face checkpoint directory or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Tokens of the timed prefill.
+    #[arg(long, default_value_t = 256)]
+    prefill_tokens: usize,
+    /// Timed decoding steps.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
 }
 
 #[derive(Args)]
@@ -345,6 +366,35 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_speed(args: SpeedArgs) -> Result<()> {
+    if args.prefill_tokens < 2 || args.decode_tokens == 0 {
+        bail!("expected --prefill-tokens of at least 2 and --decode-tokens of at least 1");
+    }
+    let loaded = model::load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    // Token ids spread over the vocabulary: the speed does not depend on which.
+    let vocab = loaded.config.vocab_size() as u64;
+    let tokens: Vec<u32> = (0..args.prefill_tokens as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let model = loaded.build(&selected.device)?;
+    model.forward(&[tokens[..2].to_vec()])?.into_data();
+    let started = Instant::now();
+    model.forward(&[tokens.clone()])?.into_data();
+    let prefill = args.prefill_tokens as f64 / started.elapsed().as_secs_f64();
+    drop(model);
+    let model = loaded.build_stored(&selected.device)?;
+    let mut cache = model.new_cache(1);
+    let mut logits = model.forward_cached_last(&[tokens[..16.min(tokens.len())].to_vec()], &mut cache)?;
+    let started = Instant::now();
+    for _ in 0..args.decode_tokens {
+        let next = logits.argmax(1).into_data().iter::<i64>().next().context("no logits")? as u32;
+        logits = model.forward_cached_last(&[vec![next]], &mut cache)?;
+    }
+    let decode = args.decode_tokens as f64 / started.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({ "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode }));
+    Ok(())
+}
+
 /// The name a mask is known by in results: its file stem.
 pub(crate) fn mask_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
@@ -373,6 +423,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
+        Command::Speed(args) => run_speed(args),
         Command::HumanevalX(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::HumanEvalX(args.lang.into()), args.code),
         Command::Mbpp(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::Mbpp, args),
         Command::Piqa(args) => tasks::run_choice(ChoiceTask::Piqa, args),

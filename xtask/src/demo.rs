@@ -8,8 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use crate::estimate::{self, Speed, Work};
 use crate::experiment::{self, Apply, Calibration, Evaluation, Experiment, Prune, Source};
-use crate::graph::{BinaryRunner, Graph};
+use crate::graph::{BinaryRunner, Graph, Outcome, Step};
 use crate::{corpus, models, prereqs, workspace};
 
 /// The demo's experiment file, relative to the workspace root.
@@ -85,6 +86,9 @@ pub struct ExperimentArgs {
     /// Run directory: artifacts, ledger, report and figures.
     #[arg(long)]
     pub out: PathBuf,
+    /// Model instead of the file's: a model id of fetch-model (e.g. gemma3-270m), a GGUF file or a Hugging Face directory.
+    #[arg(long)]
+    pub model: Option<String>,
     /// Device the model runs on.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
@@ -169,9 +173,15 @@ fn model_path(model: &str) -> Result<PathBuf> {
 
 /// Plans and runs an experiment in `run_dir`; returns the paths of the pruned models.
 pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Result<Vec<PathBuf>> {
+    let bin_dir = workspace::build_binaries()?;
+    Ok(run_experiment_with(exp, run_dir, device, bin_dir)?.0)
+}
+
+/// [`run_experiment`] with the stage binaries of `bin_dir`, as built; also
+/// returns which steps ran and which were reused.
+fn run_experiment_with(exp: &Experiment, run_dir: &Path, device: Device, bin_dir: PathBuf) -> Result<(Vec<PathBuf>, Outcome)> {
     let started = Instant::now();
     let model = model_path(&exp.model)?;
-    let bin_dir = workspace::build_binaries()?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir = workspace::absolute(run_dir)?;
     let scratch = run_dir.join("corpora");
@@ -186,7 +196,11 @@ pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Resul
     }
     experiment::write_manifest(&run_dir, &plan.manifest)?;
     let mut graph = Graph::open(&run_dir)?;
-    let outcome = graph.execute(&plan.steps, &mut BinaryRunner { bin_dir })?;
+    let mut runner = BinaryRunner { bin_dir };
+    if !exp.tasks.is_empty() {
+        print_estimate(&mut graph, &plan.steps, &runner, &model, device)?;
+    }
+    let outcome = graph.execute(&plan.steps, &mut runner)?;
     eprintln!(
         "{} steps ran, {} reused, in {:.0} s; outputs in {}",
         outcome.ran.len(),
@@ -194,7 +208,29 @@ pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Resul
         started.elapsed().as_secs_f64(),
         run_dir.display()
     );
-    Ok(exp.apply.masks.iter().map(|m| run_dir.join("models").join(m)).collect())
+    Ok((exp.apply.masks.iter().map(|m| run_dir.join("models").join(m)).collect(), outcome))
+}
+
+/// Prints how long the steps that will run should take: their expected
+/// work at the model's speeds, measured now on this machine by a short
+/// prefill and decode (`evaluate speed`).
+fn print_estimate(graph: &mut Graph, steps: &[Step], runner: &BinaryRunner, model: &Path, device: Device) -> Result<()> {
+    let pending = graph.pending(steps, runner)?;
+    let to_run: Vec<&Step> = steps.iter().zip(&pending).filter(|(_, &runs)| runs).map(|(step, _)| step).collect();
+    if to_run.iter().all(|step| step.work == Work::default()) {
+        return Ok(());
+    }
+    let speed = Speed::measure(&runner.bin_dir, model, device.as_arg())?;
+    let seconds: f64 = to_run.iter().map(|step| speed.seconds(&step.work)).sum();
+    eprintln!(
+        "estimated time: about {} for {} of {} steps (the model measured now: {:.0} prefill and {:.1} decode tokens/s; expect +-30%)",
+        estimate::human(seconds),
+        to_run.len(),
+        steps.len(),
+        speed.prefill_tokens_per_s,
+        speed.decode_tokens_per_s
+    );
+    Ok(())
 }
 
 /// A model id or path as a part of a file name: a path's file name without
@@ -276,7 +312,10 @@ pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
 /// `cargo xtask experiment FILE --out DIR`.
 pub fn run_file(args: &ExperimentArgs) -> Result<ExitCode> {
     args.prereqs.ensure()?;
-    let exp = experiment::load(&args.file)?;
+    let mut exp = experiment::load(&args.file)?;
+    if let Some(model) = &args.model {
+        exp = with_model(exp, model);
+    }
     run_experiment(&exp, &args.out, args.device)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -351,6 +390,47 @@ pub fn prune(args: &PruneArgs) -> Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::graph::{Runner, Step};
+
+    /// The paper's graph in miniature on SmolLM2, with the stage binaries
+    /// `cargo test` built: two calibration sources, every task on 2 items
+    /// with short generations. Every block runs, and a rerun reuses all of
+    /// it (only the report, which always runs, runs again).
+    #[test]
+    fn the_paper_graph_in_miniature_runs_every_task_and_a_rerun_reuses_it() {
+        let model =
+            std::env::var("SUBPRUNE_SMOLLM2_GGUF").expect("SUBPRUNE_SMOLLM2_GGUF is not set: run the tests through `cargo xtask test`");
+        // The test runs as target/<profile>/deps/xtask-<hash>; the stage binaries are in target/<profile>.
+        let bin_dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
+        assert!(bin_dir.join("evaluate").is_file(), "no stage binaries in {}: run the tests through `cargo xtask test`", bin_dir.display());
+        let mut exp = with_model(experiment::quick(experiment::load(&workspace::root().join(PAPER_EXPERIMENT)).unwrap()), &model);
+        exp.sources.retain(|s| s.name == "python" || s.name == "math");
+        (exp.calibration.nsamples, exp.calibration.seqlen) = (2, 64);
+        (exp.evaluation.seqlen, exp.evaluation.max_windows) = (64, 2);
+        for task in &mut exp.tasks {
+            if task.task == "ppl" {
+                (task.seqlen, task.max_windows) = (Some(64), Some(2));
+            } else {
+                task.limit = Some(2);
+                if matches!(task.task.as_str(), "humaneval-x" | "mbpp" | "gsm8k" | "translation") {
+                    task.max_new_tokens = Some(24);
+                }
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, first) = run_experiment_with(&exp, tmp.path(), Device::Cpu, bin_dir.clone()).unwrap();
+        assert!(first.reused.is_empty(), "a fresh run reused {:?}", first.reused);
+        let report = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+        for label in ["dense", "python-wanda-u0.5", "math-wanda-u0.5"] {
+            for task in &exp.tasks {
+                let result = tmp.path().join(format!("results/{label}--task-{}.parquet", task.column()));
+                assert!(result.is_file(), "{} is missing", result.display());
+                assert!(report.contains(&task.column()), "the report has no column {}", task.column());
+            }
+        }
+        let (_, second) = run_experiment_with(&exp, tmp.path(), Device::Cpu, bin_dir).unwrap();
+        assert_eq!(second.ran, vec!["report".to_string()]);
+        assert_eq!(second.reused.len(), first.ran.len() - 1);
+    }
 
     #[test]
     fn a_chosen_model_gets_a_run_directory_of_its_own() {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::estimate::{self, Work};
 use crate::graph::{SpeedFlag, Step};
 use sparsity::Pattern;
 
@@ -78,6 +79,20 @@ pub struct Task {
 }
 
 impl Task {
+    /// Its expected work, for time estimates.
+    pub fn work(&self) -> Work {
+        if self.task == "ppl" {
+            let tokens = match (self.max_windows, self.seqlen) {
+                (Some(windows), Some(seqlen)) => windows * seqlen,
+                _ => estimate::PPL_TEXT_TOKENS,
+            };
+            return Work { prefill_tokens: tokens as f64, decode_tokens: 0.0 };
+        }
+        let work = estimate::task_work(&self.task, self.language.as_deref(), estimate::task_items(&self.task, self.limit));
+        let samples = self.samples.unwrap_or(1) as f64;
+        Work { prefill_tokens: work.prefill_tokens, decode_tokens: samples * work.decode_tokens }
+    }
+
     /// The task's column name in the report and its file names.
     pub fn column(&self) -> String {
         match (&self.name, &self.language) {
@@ -709,7 +724,18 @@ pub fn plan(
                             outputs.push(mask_path.clone());
                         }
                         let name = format!("calibrate {} {method_tag}{profile_tag}{}", s.name, pattern);
-                        steps.push(Step::new(name, "calibrate", args, vec![model_path.into(), calib], outputs).speed_only(COMPUTE_SPEED));
+                        // Every calibration token goes through the model once; SparseGPT's
+                        // Hessians and reconstruction take about as long again.
+                        let passes = if method == "sparsegpt" { 2.0 } else { 1.0 };
+                        let work = Work {
+                            prefill_tokens: passes * (exp.calibration.nsamples * exp.calibration.seqlen) as f64,
+                            decode_tokens: 0.0,
+                        };
+                        steps.push(
+                            Step::new(name, "calibrate", args, vec![model_path.into(), calib], outputs)
+                                .speed_only(COMPUTE_SPEED)
+                                .with_work(work),
+                        );
                     }
                     if calibrate_writes_mask {
                         record_mask(&mut masks, &name, &pattern, (&s.domain, &s.name, &method_label));
@@ -761,8 +787,11 @@ pub fn plan(
                 inputs.push(run_dir.join(&m.path));
             }
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
+            let work = Work { prefill_tokens: (exp.evaluation.max_windows * exp.evaluation.seqlen) as f64, decode_tokens: 0.0 };
             steps.push(
-                Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(COMPUTE_SPEED),
+                Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)])
+                    .speed_only(COMPUTE_SPEED)
+                    .with_work(work),
             );
             results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
         }
@@ -784,7 +813,11 @@ pub fn plan(
             }
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
             let speed = if task.task == "humaneval-x" || task.task == "mbpp" { CODE_SPEED } else { COMPUTE_SPEED };
-            steps.push(Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)]).speed_only(speed));
+            steps.push(
+                Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)])
+                    .speed_only(speed)
+                    .with_work(task.work()),
+            );
             task_results.push(ManifestTaskResult { mask: mask.map(|m| m.name.clone()), task: column, metric: task.metric(), path: rel });
         }
     }

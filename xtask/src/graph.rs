@@ -21,11 +21,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::estimate::Work;
+
 /// A flag that changes only speed or display, not results, and whether it takes a value.
 pub type SpeedFlag = (&'static str, bool);
 
 /// One run of a stage binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     /// A unique, human-readable name, e.g. `calibrate python-a`.
     pub name: String,
@@ -43,6 +45,8 @@ pub struct Step {
     pub show_stdout: bool,
     /// This step's flags that change only speed or display; left out of its recipe.
     pub speed_only: Vec<SpeedFlag>,
+    /// Its expected work, for time estimates.
+    pub work: Work,
 }
 
 impl Step {
@@ -57,7 +61,14 @@ impl Step {
             always: false,
             show_stdout: false,
             speed_only: Vec::new(),
+            work: Work::default(),
         }
+    }
+
+    /// The same step with its expected work, for time estimates.
+    pub fn with_work(mut self, work: Work) -> Self {
+        self.work = work;
+        self
     }
 
     /// The same step with `flags` declared as changing only speed or display:
@@ -208,6 +219,26 @@ impl Graph {
             outcome.ran.push(step.name.clone());
         }
         Ok(outcome)
+    }
+
+    /// Which of `steps` [`Graph::execute`] would run, as far as can be told
+    /// before running any: a step runs when it always does, when an earlier
+    /// step that runs makes one of its inputs (whose new content may differ),
+    /// or when its recipe or outputs changed.
+    pub fn pending(&mut self, steps: &[Step], runner: &dyn Runner) -> Result<Vec<bool>> {
+        let mut remade = std::collections::BTreeSet::new();
+        let mut pending = Vec::with_capacity(steps.len());
+        for step in steps {
+            let runs = step.always || step.inputs.iter().any(|input| remade.contains(input)) || {
+                let recipe = self.recipe(step, runner.program_file(&step.program))?;
+                !self.is_fresh(step, &recipe)?
+            };
+            if runs {
+                remade.extend(step.outputs.iter().cloned());
+            }
+            pending.push(runs);
+        }
+        Ok(pending)
     }
 
     /// The recipe of a step: program (name, and content of `program_file`),

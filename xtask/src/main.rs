@@ -7,6 +7,7 @@
 mod bench;
 mod corpus;
 mod demo;
+mod estimate;
 mod experiment;
 mod faults;
 mod graph;

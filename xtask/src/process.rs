@@ -60,6 +60,16 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs the command with stderr inherited and returns its stdout; fails
+/// unless it exits successfully.
+pub fn output_checked(cmd: &mut Command) -> Result<Vec<u8>> {
+    let shown = display_short(cmd);
+    eprintln!("running: {shown}");
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("could not start `{shown}`"))?;
+    anyhow::ensure!(out.status.success(), "`{shown}` failed ({})", out.status);
+    Ok(out.stdout)
+}
+
 /// Whether `program args...` can be started and exits successfully (output discarded).
 pub fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
