@@ -392,15 +392,18 @@ pub fn tokenize_requests(tokenizer: &Tokenizer, requests: &[(String, String)], m
 }
 
 /// Log-likelihood of each request's continuation given its context: sum of
-/// log p(token | prefix) over the continuation tokens.
+/// log p(token | prefix) over the continuation tokens. The LM head runs
+/// only on the positions that predict a continuation token.
 ///
-/// Requests with the same context tokens (an item's choices) share one
-/// pass over it: contexts run `batch` at a time, left-padded to the
-/// longest, into a key/value cache whose rows are then copied out to each
-/// request; the continuations (all but their last token) run after it,
-/// right-padded (causal attention keeps the padding out of the real
-/// positions). The LM head runs only on the positions that predict a
-/// continuation token. `on_done` is called with the number of requests
+/// Requests whose context other requests share (an item's choices) and is
+/// at least as long as their continuations (BoolQ's passage, an ARC
+/// question) share one pass over it: contexts run `batch` at a time,
+/// left-padded to the longest, into a key/value cache whose rows are then
+/// copied out to each request, and the continuations (all but their last
+/// token) run after it. The others (short contexts, as PIQA's, or contexts
+/// of their own, as WinoGrande's) run whole, `batch` at a time, sorted by
+/// length and right-padded (causal attention keeps the padding out of the
+/// real positions). `on_done` is called with the number of requests
 /// finished after each batch.
 pub fn request_logliks(
     model: &Decoder,
@@ -415,93 +418,145 @@ pub fn request_logliks(
             r.continuation
         )));
     }
-    let context = |i: usize| &requests[i].tokens[..requests[i].tokens.len() - requests[i].continuation];
+    let batch = batch.max(1);
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut group_of: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
-    for i in 0..requests.len() {
-        let g = *group_of.entry(context(i)).or_insert_with(|| {
+    for (i, r) in requests.iter().enumerate() {
+        let g = *group_of.entry(r.context()).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
         groups[g].push(i);
     }
-    // Longest contexts first, so that a batch's rows have similar lengths.
-    groups.sort_by_key(|g| (std::cmp::Reverse(context(g[0]).len()), g[0]));
+    let worth_sharing =
+        |g: &Vec<usize>| g.len() > 1 && g.iter().all(|&i| requests[i].continuation <= requests[i].tokens.len() - requests[i].continuation);
+    let (mut shared, whole): (Vec<Vec<usize>>, Vec<Vec<usize>>) = groups.into_iter().partition(worth_sharing);
     let mut out = vec![0.0; requests.len()];
-    for chunk in groups.chunks(batch.max(1)) {
-        let longest = chunk.iter().map(|g| context(g[0]).len()).max().unwrap_or(0);
-        let padding: Vec<usize> = chunk.iter().map(|g| longest - context(g[0]).len()).collect();
-        // Padding slots hold the row's first token: any valid id does, none is attended to.
-        let contexts: Vec<Vec<u32>> = chunk
-            .iter()
-            .zip(&padding)
-            .map(|(g, &p)| std::iter::repeat_n(context(g[0])[0], p).chain(context(g[0]).iter().copied()).collect())
-            .collect();
-        let mut cache = model.new_padded_cache(padding);
-        let context_hidden = model.forward_cached_hidden(&contexts, &mut cache, model.kernels())?;
+    let mut whole: Vec<usize> = whole.into_iter().flatten().collect();
+    whole.sort_by_key(|&i| (std::cmp::Reverse(requests[i].tokens.len()), i));
+    for chunk in whole.chunks(batch) {
+        for (&i, loglik) in chunk.iter().zip(whole_logliks(model, requests, chunk)?) {
+            out[i] = loglik;
+        }
+        on_done(chunk.len());
+    }
+    // Longest contexts first, so that a batch's rows have similar lengths.
+    shared.sort_by_key(|g| (std::cmp::Reverse(requests[g[0]].context().len()), g[0]));
+    for chunk in shared.chunks(batch) {
         let members: Vec<(usize, usize)> = chunk.iter().enumerate().flat_map(|(row, g)| g.iter().map(move |&i| (row, i))).collect();
-        // Each request's continuation but its last token, which is only predicted.
-        let steps = members.iter().map(|&(_, i)| requests[i].continuation - 1).max().unwrap_or(0);
-        let continuation_hidden = if steps > 0 {
-            cache.select_rows(&members.iter().map(|&(row, _)| row).collect::<Vec<_>>());
-            let rows: Vec<Vec<u32>> = members
-                .iter()
-                .map(|&(_, i)| {
-                    let r = &requests[i];
-                    let mut t = r.tokens[r.tokens.len() - r.continuation..r.tokens.len() - 1].to_vec();
-                    t.resize(steps, 0);
-                    t
-                })
-                .collect();
-            Some(model.forward_cached_hidden(&rows, &mut cache, model.kernels())?)
-        } else {
-            None
-        };
-        // Hidden rows predicting each continuation token, in request order: the
-        // context's last position, then the continuation's own positions.
-        let (mut from_context, mut from_continuation, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        let mut order = Vec::new();
-        for (member, &(row, i)) in members.iter().enumerate() {
-            let r = &requests[i];
-            let continuation = &r.tokens[r.tokens.len() - r.continuation..];
-            order.push((true, from_context.len()));
-            from_context.push((row * longest + longest - 1) as i32);
-            targets.push(continuation[0]);
-            for (j, &token) in continuation.iter().enumerate().skip(1) {
-                order.push((false, from_continuation.len()));
-                from_continuation.push((member * steps + j - 1) as i32);
-                targets.push(token);
-            }
-        }
-        let device = context_hidden.device();
-        let pick = |hidden: Tensor<2>, rows: Vec<i32>| {
-            let n = rows.len();
-            hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device))
-        };
-        let n_context = from_context.len();
-        let mut parts = vec![pick(context_hidden, from_context)];
-        if let Some(hidden) = continuation_hidden {
-            parts.push(pick(hidden, from_continuation));
-        }
-        // Rows of `parts` concatenated: context rows first; `order` maps each target to its row.
-        let rows: Vec<i32> = order.iter().map(|&(first, k)| if first { k as i32 } else { (n_context + k) as i32 }).collect();
-        let hidden = pick(Tensor::cat(parts, 0), rows);
-        let n = targets.len();
-        let logp = log_softmax(model.head(hidden), 1);
-        let target_ids =
-            Tensor::<2, Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i32).collect::<Vec<_>>(), [n, 1]), &device);
-        let values: Vec<f32> = logp
-            .gather(1, target_ids)
-            .into_data()
-            .try_into_vec()
-            .map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))?;
-        let mut values = values.into_iter();
-        for &(_, i) in &members {
-            out[i] = values.by_ref().take(requests[i].continuation).map(f64::from).sum::<f64>();
+        for (&(_, i), loglik) in members.iter().zip(shared_logliks(model, requests, chunk, &members)?) {
+            out[i] = loglik;
         }
         on_done(members.len());
     }
     Ok(out)
+}
+
+impl TokenRequest {
+    /// The context tokens (all before the continuation).
+    fn context(&self) -> &[u32] {
+        &self.tokens[..self.tokens.len() - self.continuation]
+    }
+
+    /// The continuation tokens.
+    fn continuation_tokens(&self) -> &[u32] {
+        &self.tokens[self.tokens.len() - self.continuation..]
+    }
+}
+
+/// Log-likelihoods of `chunk`'s requests, each run whole, right-padded to the longest.
+fn whole_logliks(model: &Decoder, requests: &[TokenRequest], chunk: &[usize]) -> Result<Vec<f64>, EvalError> {
+    let longest = chunk.iter().map(|&i| requests[i].tokens.len()).max().unwrap_or(0);
+    let padded: Vec<Vec<u32>> = chunk
+        .iter()
+        .map(|&i| {
+            let mut t = requests[i].tokens.clone();
+            t.resize(longest, 0);
+            t
+        })
+        .collect();
+    let hidden = model.forward_hidden(&padded)?;
+    // Position p predicts token p + 1.
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (b, &i) in chunk.iter().enumerate() {
+        let r = &requests[i];
+        let end = r.tokens.len() - 1;
+        rows.extend((end - r.continuation..end).map(|p| b * longest + p));
+        targets.extend_from_slice(r.continuation_tokens());
+    }
+    let logprobs = target_logprobs(model, hidden, &rows, &targets)?;
+    Ok(sums(chunk.iter().map(|&i| requests[i].continuation), logprobs))
+}
+
+/// Log-likelihoods of the requests `members` ((context row, request)) of
+/// `chunk`'s groups: each group's context once, then every continuation
+/// after a copy of its context's cache rows.
+fn shared_logliks(
+    model: &Decoder,
+    requests: &[TokenRequest],
+    chunk: &[Vec<usize>],
+    members: &[(usize, usize)],
+) -> Result<Vec<f64>, EvalError> {
+    let context = |g: &Vec<usize>| requests[g[0]].context();
+    let longest = chunk.iter().map(|g| context(g).len()).max().unwrap_or(0);
+    let padding: Vec<usize> = chunk.iter().map(|g| longest - context(g).len()).collect();
+    // Padding slots hold the row's first token: any valid id does, none is attended to.
+    let contexts: Vec<Vec<u32>> = chunk
+        .iter()
+        .zip(&padding)
+        .map(|(g, &p)| std::iter::repeat_n(context(g)[0], p).chain(context(g).iter().copied()).collect())
+        .collect();
+    let mut cache = model.new_padded_cache(padding);
+    let context_hidden = model.forward_cached_hidden(&contexts, &mut cache, model.kernels())?;
+    // Each request's continuation but its last token, which is only predicted.
+    let steps = members.iter().map(|&(_, i)| requests[i].continuation - 1).max().unwrap_or(0);
+    // Rows of the concatenated hidden states (the contexts', then the
+    // continuations') predicting each continuation token, in request order:
+    // the context's last position, then the continuation's own positions.
+    let context_rows = chunk.len() * longest;
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (member, &(row, i)) in members.iter().enumerate() {
+        let continuation = requests[i].continuation_tokens();
+        rows.push(row * longest + longest - 1);
+        rows.extend((1..continuation.len()).map(|j| context_rows + member * steps + j - 1));
+        targets.extend_from_slice(continuation);
+    }
+    let hidden = if steps > 0 {
+        cache.select_rows(&members.iter().map(|&(row, _)| row).collect::<Vec<_>>());
+        let continuations: Vec<Vec<u32>> = members
+            .iter()
+            .map(|&(_, i)| {
+                let continuation = requests[i].continuation_tokens();
+                let mut t = continuation[..continuation.len() - 1].to_vec();
+                t.resize(steps, 0);
+                t
+            })
+            .collect();
+        let continuation_hidden = model.forward_cached_hidden(&continuations, &mut cache, model.kernels())?;
+        Tensor::cat(vec![context_hidden, continuation_hidden], 0)
+    } else {
+        context_hidden
+    };
+    let logprobs = target_logprobs(model, hidden, &rows, &targets)?;
+    Ok(sums(members.iter().map(|&(_, i)| requests[i].continuation), logprobs))
+}
+
+/// log p(target | the position's prefix) of each chosen row of `hidden`
+/// (the LM head runs on those rows only).
+fn target_logprobs(model: &Decoder, hidden: Tensor<2>, rows: &[usize], targets: &[u32]) -> Result<Vec<f32>, EvalError> {
+    let device = hidden.device();
+    let n = rows.len();
+    let rows: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+    let chosen = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
+    let targets: Vec<i32> = targets.iter().map(|&t| t as i32).collect();
+    let picked = log_softmax(model.head(chosen), 1).gather(1, Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device));
+    picked.into_data().try_into_vec().map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))
+}
+
+/// Consecutive runs of `values` of the given lengths, each summed in f64.
+fn sums(lengths: impl Iterator<Item = usize>, values: Vec<f32>) -> Vec<f64> {
+    let mut values = values.into_iter();
+    lengths.map(|n| values.by_ref().take(n).map(f64::from).sum()).collect()
 }
 
 /// The predictions of one item: by raw log-likelihood and by log-likelihood

@@ -707,12 +707,27 @@ impl Decoder {
     /// [`Decoder::forward`] with the given kernels.
     pub fn forward_with(&self, tokens: &[Vec<u32>], kernels: Kernels) -> Result<Tensor<3>, ModelError> {
         let (batch, seq) = batch_shape(tokens)?;
+        let hidden = self.forward_hidden_with(tokens, kernels)?;
+        Ok(self.head(hidden).reshape([batch, seq, self.spec.vocab_size]))
+    }
+
+    /// Hidden states [batch * seq, hidden] of equal-length token sequences
+    /// after the last decoder layer, before the final norm: [`Decoder::head`]
+    /// of the rows a caller needs gives their logits without computing the
+    /// LM head for the others.
+    pub fn forward_hidden(&self, tokens: &[Vec<u32>]) -> Result<Tensor<2>, ModelError> {
+        self.forward_hidden_with(tokens, self.kernels())
+    }
+
+    /// [`Decoder::forward_hidden`] with the given kernels.
+    pub fn forward_hidden_with(&self, tokens: &[Vec<u32>], kernels: Kernels) -> Result<Tensor<2>, ModelError> {
+        let (batch, seq) = batch_shape(tokens)?;
         let ctx = self.context_with(batch, seq, kernels);
         let mut hidden = self.embed(tokens)?;
         for l in 0..self.layers.len() {
             hidden = self.layer(l).forward(hidden, &ctx, &format!("model.layers.{l}"), None);
         }
-        Ok(self.head(hidden).reshape([batch, seq, self.spec.vocab_size]))
+        Ok(hidden)
     }
 
     /// An empty key/value cache for `batch` unpadded rows.
