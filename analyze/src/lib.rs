@@ -7,6 +7,7 @@
 
 mod error;
 pub mod figures;
+pub mod items;
 pub mod jaccard;
 pub mod raster;
 pub mod report;

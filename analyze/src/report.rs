@@ -1,7 +1,7 @@
 //! The Markdown report of a run: setup, perplexity with confidence intervals,
 //! Jaccard tables, figures and a verdict on the run's two claims.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -126,6 +126,11 @@ pub struct TaskResultEntry {
     pub metric: String,
     /// The results artifact.
     pub path: PathBuf,
+    /// The calibration domain the task measures (e.g. `python` for
+    /// HumanEval-X Python), for the claim that a domain's own calibration
+    /// gives its best task score; absent for a task of no domain.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// A metric's value (a perplexity, an accuracy, a pass@1) and its 95% confidence interval.
@@ -201,6 +206,8 @@ pub struct ReportOutput {
     pub own_domain_wins: Vec<ClaimCheck>,
     /// Claim (b), one check per same-domain pair.
     pub same_domain_closer: Vec<ClaimCheck>,
+    /// Claim (c), one check per (task of a domain, method and pattern).
+    pub own_domain_tasks: Vec<ClaimCheck>,
 }
 
 /// Reads and checks the manifest `run.json` of a run directory.
@@ -332,6 +339,8 @@ struct Run {
     task_rows: Vec<Option<String>>,
     /// (calibration, task, score).
     task_cells: Vec<(Option<String>, String, Estimate)>,
+    /// (calibration, task, each item's score), where the items artifact gives them.
+    task_items: Vec<(Option<String>, String, BTreeMap<u64, f64>)>,
     jaccard: Vec<JaccardRow>,
     notes: Vec<String>,
 }
@@ -386,12 +395,35 @@ impl Run {
         let calibrations = table_rows(&manifest.masks, manifest.results.iter().map(|r| &r.mask));
         let mut tasks: Vec<(String, String)> = Vec::new();
         let mut task_cells = Vec::new();
+        let mut task_items = Vec::new();
         for r in &manifest.task_results {
             if !tasks.iter().any(|(t, _)| t == &r.task) {
                 tasks.push((r.task.clone(), r.metric.clone()));
             }
-            match metric_of(&dir.join(&r.path), &r.metric)? {
-                Some(score) => task_cells.push((r.mask.clone(), r.task.clone(), score)),
+            let path = dir.join(&r.path);
+            match metric_of(&path, &r.metric)? {
+                Some(mut score) => {
+                    if let Some(items) = crate::items::item_scores(&path, &r.metric)? {
+                        let values: Vec<f64> = items.values().copied().collect();
+                        let mean = values.iter().sum::<f64>() / values.len() as f64;
+                        if (mean - score.value).abs() > 1e-3 {
+                            notes.push(format!(
+                                "{}: its items' mean {} is not its {} {}; its items are left out",
+                                r.path.display(),
+                                format_value(mean),
+                                r.metric,
+                                format_value(score.value)
+                            ));
+                        } else {
+                            if score.ci_low.is_none() {
+                                // No interval in the results: a bootstrap over the items.
+                                (score.ci_low, score.ci_high) = crate::items::mean_interval(&values).unzip();
+                            }
+                            task_items.push((r.mask.clone(), r.task.clone(), items));
+                        }
+                    }
+                    task_cells.push((r.mask.clone(), r.task.clone(), score))
+                }
                 None => notes.push(format!("{} has no `{}` result", r.path.display(), r.metric)),
             }
         }
@@ -419,6 +451,7 @@ impl Run {
             tasks,
             task_rows,
             task_cells,
+            task_items,
             jaccard,
             notes,
         })
@@ -514,6 +547,101 @@ impl Run {
         out
     }
 
+    fn task_item_scores(&self, calibration: Option<&str>, task: &str) -> Option<&BTreeMap<u64, f64>> {
+        self.task_items.iter().find(|(c, t, _)| c.as_deref() == calibration && t == task).map(|c| &c.2)
+    }
+
+    /// Claim (c), per task of a domain: the best mask calibrated on the
+    /// task's domain against the best mask of another domain (same method
+    /// and pattern), with the paired bootstrap interval of the difference
+    /// over the items both were scored on.
+    fn claim_own_domain_tasks(&self) -> Vec<ClaimCheck> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for entry in &self.manifest.task_results {
+            let Some(domain) = &entry.domain else { continue };
+            if !seen.insert((entry.task.clone(), domain.clone())) {
+                continue;
+            }
+            let lower_is_better = entry.metric == "perplexity";
+            let better = |x: f64, y: f64| if lower_is_better { x < y } else { x > y };
+            let mut groups: Vec<(&str, &str)> = Vec::new();
+            for m in &self.manifest.masks {
+                if m.domain == *domain && !groups.contains(&(m.method.as_str(), m.pattern.as_str())) {
+                    groups.push((&m.method, &m.pattern));
+                }
+            }
+            let subject_of = |method: &str, pattern: &str| format!("{} on {domain} ({method}, {pattern})", entry.task);
+            if groups.is_empty() {
+                out.push(ClaimCheck {
+                    subject: format!("{} on {domain}", entry.task),
+                    verdict: Verdict::NotTested,
+                    detail: format!("no mask was calibrated on {domain}"),
+                });
+            }
+            for (method, pattern) in groups {
+                let scored: Vec<(&MaskEntry, Estimate)> = self
+                    .manifest
+                    .masks
+                    .iter()
+                    .filter(|m| m.method == method && m.pattern == pattern && m.domain != NO_DOMAIN)
+                    .filter_map(|m| self.task_cell(Some(&m.name), &entry.task).map(|e| (m, e)))
+                    .collect();
+                let best = |own: bool| {
+                    scored.iter().filter(|(m, _)| (m.domain == *domain) == own).fold(None::<(&MaskEntry, Estimate)>, |b, &(m, e)| match b {
+                        Some((_, be)) if !better(e.value, be.value) => b,
+                        _ => Some((m, e)),
+                    })
+                };
+                let subject = subject_of(method, pattern);
+                let (Some((om, oe)), Some((xm, xe))) = (best(true), best(false)) else {
+                    out.push(ClaimCheck {
+                        subject,
+                        verdict: Verdict::NotTested,
+                        detail: "no mask of another domain was scored on it".into(),
+                    });
+                    continue;
+                };
+                let difference = oe.value - xe.value;
+                let paired = match (self.task_item_scores(Some(&om.name), &entry.task), self.task_item_scores(Some(&xm.name), &entry.task))
+                {
+                    (Some(a), Some(b)) => crate::items::paired_difference_interval(a, b).map(|(low, high)| (low, high, a.len())),
+                    _ => None,
+                };
+                let interval = match paired {
+                    Some((low, high, n)) => {
+                        let separated = if low > 0.0 || high < 0.0 { "excludes 0" } else { "includes 0: this run does not separate them" };
+                        format!(
+                            "; paired 95% interval of the difference over the same {n} items [{}, {}], which {separated}",
+                            fmt_change(low),
+                            fmt_change(high)
+                        )
+                    }
+                    None => "; no paired interval (the items of the two results are not both recorded)".to_string(),
+                };
+                let held = !better(xe.value, oe.value);
+                let relation = if better(oe.value, xe.value) {
+                    "beats"
+                } else if held {
+                    "ties"
+                } else {
+                    "loses to"
+                };
+                let detail = format!(
+                    "own-domain `{}` {} {relation} `{}` ({}) {}: difference {}{interval}",
+                    om.name,
+                    oe.cell(),
+                    xm.name,
+                    xm.domain,
+                    xe.cell(),
+                    fmt_change(difference)
+                );
+                out.push(ClaimCheck { subject, verdict: if held { Verdict::Held } else { Verdict::NotHeld }, detail });
+            }
+        }
+        out
+    }
+
     /// The closest cross-domain mask (same method and pattern) to either mask of a same-domain pair.
     fn nearest_cross(&self, a: &MaskEntry, b: &MaskEntry) -> Option<(String, String, f64)> {
         let mut best: Option<(String, String, f64)> = None;
@@ -591,6 +719,7 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
     cross.sort_by(|x, y| x.2.total_cmp(&y.2));
     let own = run.claim_own_domain();
     let closer = run.claim_same_domain();
+    let own_tasks = run.claim_own_domain_tasks();
 
     let mut layer_pairs: Vec<(String, String)> =
         m.same_domain_pairs.iter().filter(|(a, b)| run.distance(a, b).is_some()).cloned().collect();
@@ -828,6 +957,19 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
         let _ = writeln!(w, "- **{}**: {}. {}.", c.subject, c.verdict.as_str(), c.detail);
     }
     let _ = writeln!(w, "\nClaim (b) held for {held_b} of {tested_b} tested pairs.");
+    let (held_c, tested_c) = count(&own_tasks);
+    if !own_tasks.is_empty() {
+        let _ = writeln!(w, "\n### (c) Each domain's own calibration gives its best task score\n");
+        let _ = writeln!(
+            w,
+            "For each task of a domain, the best mask calibrated on that domain against the best mask of another domain (same method and pattern); a tie counts as held. The interval is a paired bootstrap of the difference over the items both were scored on ({} resamples).\n",
+            crate::items::RESAMPLES
+        );
+        for c in &own_tasks {
+            let _ = writeln!(w, "- **{}**: {}. {}.", c.subject, c.verdict.as_str(), c.detail);
+        }
+        let _ = writeln!(w, "\nClaim (c) held on {held_c} of {tested_c} tested tasks.");
+    }
     if !notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");
         for n in &notes {
@@ -861,7 +1003,17 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
         |checks: &[ClaimCheck]| checks.iter().map(|c| format!("{}: {}", c.subject, c.verdict.as_str())).collect::<Vec<_>>().join("; ");
     let _ = writeln!(summary, "claim (a) own-domain calibration wins: held on {held_a} of {tested_a} ({})", list(&own));
     let _ = writeln!(summary, "claim (b) same-domain masks closer: held for {held_b} of {tested_b} ({})", list(&closer));
-    Ok(ReportOutput { markdown: md, summary, figures: figure_paths, own_domain_wins: own, same_domain_closer: closer })
+    if !own_tasks.is_empty() {
+        let _ = writeln!(summary, "claim (c) own-domain calibration gives the best task score: held on {held_c} of {tested_c}");
+    }
+    Ok(ReportOutput {
+        markdown: md,
+        summary,
+        figures: figure_paths,
+        own_domain_wins: own,
+        same_domain_closer: closer,
+        own_domain_tasks: own_tasks,
+    })
 }
 
 #[cfg(test)]

@@ -230,3 +230,63 @@ fn report_without_a_jaccard_artifact_leaves_claim_b_untested() {
     assert_eq!(report.figures.len(), 1, "only the perplexity heatmap: {:?}", report.figures);
     assert!(report.markdown.contains("Claim (b) held for 0 of 0 tested pairs."), "{}", report.markdown);
 }
+
+/// Writes a task result of `passed` items (pass@1 = their mean, no interval) and its items artifact.
+fn write_scored_items(dir: &Path, mask: Option<&str>, task: &str, passed: &[bool]) -> String {
+    let file = format!("results/{}--task-{task}.parquet", mask.unwrap_or("dense"));
+    let path = dir.join(&file);
+    let value = passed.iter().filter(|p| **p).count() as f64 / passed.len() as f64;
+    write_metric(&path, mask, task, "pass@1", value, None);
+    let rows: Vec<artifacts::ItemRow> =
+        passed.iter().enumerate().map(|(i, &p)| artifacts::ItemRow { item: i as u64, passed: Some(p), ..Default::default() }).collect();
+    let prov = artifacts::Provenance::new(artifacts::ArtifactKind::Items, common::MODEL, json!({}), "analyze-test");
+    artifacts::write_items(&artifacts::items_path_for(&path), &rows, &prov).unwrap();
+    file
+}
+
+#[test]
+fn task_claims_compare_own_and_other_domain_masks_by_a_paired_bootstrap_over_items() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let py_a = random(1);
+    make_run(dir, &py_a, &perturbed(&py_a), &random(2));
+    // humaneval-x-python measures python: py-a passes all 10 items, java-a none, so the
+    // difference is +1 on every item and its paired interval is [+1, +1]. humaneval-x-java
+    // measures java: java-a and py-a pass the same 5 of 10 items, a tie.
+    let half: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
+    let results = [
+        (Some("py-a"), "humaneval-x-python", "python", vec![true; 10]),
+        (Some("java-a"), "humaneval-x-python", "python", vec![false; 10]),
+        (Some("py-a"), "humaneval-x-java", "java", half.clone()),
+        (Some("java-a"), "humaneval-x-java", "java", half.clone()),
+        (None, "humaneval-x-java", "java", half),
+    ];
+    let mut entries = Vec::new();
+    for (mask, task, domain, passed) in results {
+        let file = write_scored_items(dir, mask, task, &passed);
+        entries.push(json!({"mask": mask, "task": task, "metric": "pass@1", "path": file, "domain": domain}));
+    }
+    let run_json = dir.join("run.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    manifest["task_results"] = json!(entries);
+    std::fs::write(&run_json, serde_json::to_string(&manifest).unwrap()).unwrap();
+
+    let report = write_report(dir, &dir.join("report.md")).unwrap();
+    let md = &report.markdown;
+    let claims = &report.own_domain_tasks;
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    assert_eq!((claims[0].verdict, claims[1].verdict), (Verdict::Held, Verdict::Held));
+    let python = "own-domain `py-a` 1.00 [1.00, 1.00] beats `java-a` (java) 0.00 [0.00, 0.00]: difference +1.00; paired 95% interval of the difference over the same 10 items [+1.00, +1.00], which excludes 0";
+    assert!(claims[0].detail.contains(python), "{}", claims[0].detail);
+    assert!(claims[1].detail.contains("own-domain `java-a`") && claims[1].detail.contains(" ties `py-a` (python)"), "{}", claims[1].detail);
+    assert!(
+        claims[1].detail.contains("difference +0.00; paired 95% interval of the difference over the same 10 items [+0.00, +0.00]"),
+        "{}",
+        claims[1].detail
+    );
+    assert!(md.contains("Claim (c) held on 2 of 2 tested tasks."), "{md}");
+    // Results without an interval get a bootstrap over their items: 5 of 10 passed, about 0.5 +- 0.3.
+    let tasks = &md[md.find("## Task scores").unwrap()..];
+    let dense = tasks.lines().find(|l| l.starts_with("| dense |")).unwrap();
+    assert!(dense.contains("0.500 [0.2") || dense.contains("0.500 [0.1"), "{dense}");
+}

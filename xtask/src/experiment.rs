@@ -76,9 +76,32 @@ pub struct Task {
     pub seqlen: Option<usize>,
     /// Windows (ppl).
     pub max_windows: Option<usize>,
+    /// The calibration domain the task measures, for the report's claim that
+    /// a domain's own calibration gives its best task score (default: the
+    /// language of a code task, `math` for GSM8K, `commonsense` for the
+    /// multiple-choice tasks, `translation`, and `general` for perplexity).
+    pub domain: Option<String>,
 }
 
 impl Task {
+    /// The calibration domain the task measures: its `domain`, else its task's default.
+    pub fn measured_domain(&self) -> Option<String> {
+        if let Some(domain) = &self.domain {
+            return Some(domain.clone());
+        }
+        let domain = match (self.task.as_str(), self.language.as_deref()) {
+            ("humaneval-x", Some("js")) => "javascript",
+            ("humaneval-x", Some(language)) => language,
+            ("mbpp", _) => "python",
+            ("gsm8k", _) => "math",
+            ("piqa" | "hellaswag" | "arc-easy" | "arc-challenge" | "winogrande" | "boolq", _) => "commonsense",
+            ("translation", _) => "translation",
+            ("ppl", _) => "general",
+            _ => return None,
+        };
+        Some(domain.to_string())
+    }
+
     /// Its expected work, for time estimates.
     pub fn work(&self) -> Work {
         if self.task == "ppl" {
@@ -392,6 +415,8 @@ pub struct ManifestTaskResult {
     pub metric: String,
     /// The results artifact, relative to the run directory.
     pub path: String,
+    /// The calibration domain the task measures.
+    pub domain: Option<String>,
 }
 
 /// A perplexity result of a run.
@@ -818,7 +843,13 @@ pub fn plan(
                     .speed_only(speed)
                     .with_work(task.work()),
             );
-            task_results.push(ManifestTaskResult { mask: mask.map(|m| m.name.clone()), task: column, metric: task.metric(), path: rel });
+            task_results.push(ManifestTaskResult {
+                mask: mask.map(|m| m.name.clone()),
+                task: column,
+                metric: task.metric(),
+                path: rel,
+                domain: task.measured_domain(),
+            });
         }
     }
 
