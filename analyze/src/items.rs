@@ -19,8 +19,8 @@ const SEED: u64 = 0x5EED_0F_17E35;
 /// results (`artifacts::items_path_for`): the mean over the item's samples
 /// of 1 for a correct sample (`pass@1`, `exact_match`, `acc`), of 1 for a
 /// right length-normalised choice (`acc_norm`), or of the sentence's METEOR
-/// (`meteor`, written as `meteor <value>` in its reason). `None` when there
-/// is no items artifact or it does not give the metric.
+/// (`meteor`: its score, or `meteor <value>` in its reason as older files
+/// have it). `None` when there is no items artifact or it does not give the metric.
 pub fn item_scores(results: &Path, metric: &str) -> Result<Option<BTreeMap<u64, f64>>, AnalyzeError> {
     let path = artifacts::items_path_for(results);
     if !path.is_file() {
@@ -35,7 +35,9 @@ pub fn item_scores(results: &Path, metric: &str) -> Result<Option<BTreeMap<u64, 
                 (Some(pred), Some(gold)) => Some(f64::from(pred == gold)),
                 _ => None,
             },
-            "meteor" => row.reason.as_deref().and_then(|r| r.strip_prefix("meteor ")).and_then(|v| v.trim().parse().ok()),
+            "meteor" => {
+                row.score.or_else(|| row.reason.as_deref().and_then(|r| r.strip_prefix("meteor ")).and_then(|v| v.trim().parse().ok()))
+            }
             _ => None,
         };
         let Some(score) = score else { return Ok(None) };
@@ -73,6 +75,17 @@ fn percentile_interval(n: usize, f: impl Fn(usize) -> f64) -> Option<(f64, f64)>
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
     Some((at(0.025), at(0.975)))
+}
+
+/// Each window's mean NLL per predicted token, from the items artifact
+/// beside a perplexity result (`evaluate ppl --out`); `None` without one.
+pub fn window_nlls(results: &Path) -> Result<Option<BTreeMap<u64, f64>>, AnalyzeError> {
+    let path = artifacts::items_path_for(results);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let (_, rows) = artifacts::read_items(&path)?;
+    Ok(rows.iter().map(|r| r.score.map(|s| (r.item, s))).collect::<Option<BTreeMap<u64, f64>>>().filter(|m| !m.is_empty()))
 }
 
 /// 95% percentile-bootstrap interval of the mean of `values`.

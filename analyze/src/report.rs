@@ -152,12 +152,6 @@ impl Estimate {
             _ => format!("{} (no CI)", format_value(self.value)),
         }
     }
-
-    /// Whether the two confidence intervals overlap; `None` when either is unknown.
-    fn overlaps(&self, other: &Estimate) -> Option<bool> {
-        let (l1, h1, l2, h2) = (self.ci_low?, self.ci_high?, other.ci_low?, other.ci_high?);
-        Some(l1 <= h2 && l2 <= h1)
-    }
 }
 
 /// The verdict on one claim instance.
@@ -333,6 +327,8 @@ struct Run {
     calibrations: Vec<Option<String>>,
     /// (calibration, domain, perplexity).
     cells: Vec<(Option<String>, String, Estimate)>,
+    /// (calibration, domain, each window's mean NLL), where recorded.
+    window_items: Vec<(Option<String>, String, BTreeMap<u64, f64>)>,
     /// Tasks (column, metric), in order of first appearance in `task_results`.
     tasks: Vec<(String, String)>,
     /// Calibrations with task results (`None` = dense), in table order.
@@ -383,12 +379,18 @@ impl Run {
         }
         let mut domains: Vec<String> = Vec::new();
         let mut cells = Vec::new();
+        let mut window_items = Vec::new();
         for r in &manifest.results {
             if !domains.contains(&r.domain) {
                 domains.push(r.domain.clone());
             }
             match perplexity_of(&dir.join(&r.path), &r.domain)? {
-                Some(p) => cells.push((r.mask.clone(), r.domain.clone(), p)),
+                Some(p) => {
+                    if let Some(windows) = crate::items::window_nlls(&dir.join(&r.path))? {
+                        window_items.push((r.mask.clone(), r.domain.clone(), windows));
+                    }
+                    cells.push((r.mask.clone(), r.domain.clone(), p))
+                }
                 None => notes.push(format!("{} has no `perplexity` result", r.path.display())),
             }
         }
@@ -448,6 +450,7 @@ impl Run {
             domains,
             calibrations,
             cells,
+            window_items,
             tasks,
             task_rows,
             task_cells,
@@ -505,10 +508,22 @@ impl Run {
                     out.push(ClaimCheck { subject, verdict: Verdict::NotTested, detail: why.to_string() });
                     continue;
                 };
-                let overlap = match op.overlaps(&xp) {
-                    Some(true) => "; the 95% CIs overlap, so this run does not separate the two",
-                    Some(false) => "; the 95% CIs do not overlap",
-                    None => "",
+                let overlap = match (self.window_scores(Some(&om.name), domain), self.window_scores(Some(&xm.name), domain)) {
+                    (Some(own), Some(other)) => match crate::items::paired_difference_interval(own, other) {
+                        // Windows have one length, so a perplexity ratio is exp of the mean NLL difference.
+                        Some((low, high)) => {
+                            let separated =
+                                if low > 0.0 || high < 0.0 { "excludes 1" } else { "includes 1: this run does not separate them" };
+                            format!(
+                                "; own / other perplexity paired over the same {} windows: 95% interval [{:.3}, {:.3}], which {separated}",
+                                own.len(),
+                                low.exp(),
+                                high.exp()
+                            )
+                        }
+                        None => "; no paired interval (the two were not scored on the same windows)".to_string(),
+                    },
+                    _ => "; no paired interval (per-window NLLs not recorded)".to_string(),
                 };
                 let (verdict, detail) = if op.value < xp.value {
                     let gap = xp.value - op.value;
@@ -545,6 +560,10 @@ impl Run {
             }
         }
         out
+    }
+
+    fn window_scores(&self, calibration: Option<&str>, domain: &str) -> Option<&BTreeMap<u64, f64>> {
+        self.window_items.iter().find(|(c, d, _)| c.as_deref() == calibration && d == domain).map(|c| &c.2)
     }
 
     fn task_item_scores(&self, calibration: Option<&str>, task: &str) -> Option<&BTreeMap<u64, f64>> {

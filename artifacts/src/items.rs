@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, ListBuilder};
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use crate::columns::{check_field, column, opt_bool_column, opt_f64_list_column, opt_u32_column, string_column, u64_column, Accept};
+use crate::columns::{
+    check_field, column, f64_column, opt_bool_column, opt_f64_list_column, opt_u32_column, string_column, u64_column, Accept,
+};
 use crate::{read_with_schema, write_parquet, ArtifactError, ArtifactKind, Provenance};
 
 /// What the model produced on one item of a task (one row per generated
@@ -35,6 +37,9 @@ pub struct ItemRow {
     pub reason: Option<String>,
     /// For multiple choice: the log-likelihood of each choice, in choice order.
     pub choice_logliks: Option<Vec<f64>>,
+    /// A numeric score of the item where the task has one: a perplexity
+    /// window's mean NLL per predicted token, a sentence's METEOR.
+    pub score: Option<f64>,
 }
 
 /// The sibling path of a results artifact where its items go:
@@ -56,6 +61,7 @@ pub fn items_schema() -> SchemaRef {
         Field::new("passed", DataType::Boolean, true),
         Field::new("reason", DataType::Utf8, true),
         Field::new("choice_logliks", DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true),
+        Field::new("score", DataType::Float64, true),
     ]))
 }
 
@@ -81,6 +87,7 @@ fn items_batch(path: &Path, rows: &[ItemRow]) -> Result<RecordBatch, ArtifactErr
         Arc::new(rows.iter().map(|r| r.passed).collect::<BooleanArray>()),
         text(|r| r.reason.as_deref()),
         Arc::new(logliks.finish()),
+        Arc::new(rows.iter().map(|r| r.score).collect::<Float64Array>()),
     ];
     RecordBatch::try_new(items_schema(), columns).map_err(|source| ArtifactError::Arrow { path: path.to_path_buf(), source })
 }
@@ -112,6 +119,7 @@ pub fn read_items(path: &Path) -> Result<(Provenance, Vec<ItemRow>), ArtifactErr
         ("passed", Accept::Bool),
         ("reason", Accept::Str),
         ("choice_logliks", Accept::FloatList),
+        ("score", Accept::Float),
     ];
     for (name, accept) in optional {
         if schema.index_of(name).is_ok() {
@@ -143,6 +151,11 @@ pub fn read_items(path: &Path) -> Result<(Provenance, Vec<ItemRow>), ArtifactErr
         } else {
             vec![None; n]
         };
+        let score = if present("score") {
+            f64_column(path, "score", column(path, batch, "score", Accept::Float)?.as_ref(), first, true)?
+        } else {
+            vec![None; n]
+        };
         for i in 0..n {
             rows.push(ItemRow {
                 item: item[i],
@@ -154,6 +167,7 @@ pub fn read_items(path: &Path) -> Result<(Provenance, Vec<ItemRow>), ArtifactErr
                 passed: passed[i],
                 reason: reason[i].clone(),
                 choice_logliks: logliks[i].clone(),
+                score: score[i],
             });
         }
         first += n;

@@ -23,6 +23,7 @@ fn items_round_trip_keeps_every_field_and_null() {
             pred_norm: Some("0".into()),
             passed: Some(true),
             choice_logliks: Some(vec![-3.5, -1.25]),
+            score: Some(-0.75),
             ..ItemRow::default()
         },
         ItemRow {

@@ -289,6 +289,17 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         if let Some((_, hash)) = &mask {
             provenance = provenance.with_input("mask", hash);
         }
+        // Each window's mean NLL per predicted token, beside the results, so
+        // that two models' perplexities can be compared window by window.
+        let items: Vec<artifacts::ItemRow> = nlls
+            .iter()
+            .enumerate()
+            .map(|(i, w)| artifacts::ItemRow { item: i as u64, score: Some(w.nll_sum / w.tokens as f64), ..Default::default() })
+            .collect();
+        let items_path = artifacts::items_path_for(out);
+        let mut items_provenance = provenance.clone();
+        items_provenance.kind = ArtifactKind::Items;
+        artifacts::write_items(&items_path, &items, &items_provenance).with_context(|| format!("writing {}", items_path.display()))?;
         let row = ResultRow {
             model: args.model.display().to_string(),
             mask: mask.as_ref().map(|(name, _)| name.clone()),

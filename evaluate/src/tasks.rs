@@ -79,6 +79,7 @@ pub(crate) fn run_choice(task: ChoiceTask, args: TaskArgs) -> Result<()> {
             passed: Some(pred == item.gold),
             reason: None,
             choice_logliks: Some(lls.to_vec()),
+            score: None,
         });
     }
     let metric = |name: &str, scores: &[f64]| {
@@ -201,6 +202,7 @@ pub(crate) fn run_gsm8k(args: Gsm8kArgs) -> Result<()> {
             passed: Some(passed),
             reason: Some(g.finish.as_str().to_string()),
             choice_logliks: None,
+            score: None,
         });
     }
     let (value, stderr) = mean_stderr(&scores);
@@ -261,6 +263,7 @@ pub(crate) fn run_translation(args: TranslationArgs) -> Result<()> {
             passed: None,
             reason: Some(format!("meteor {score:.4}")),
             choice_logliks: None,
+            score: Some(score),
         });
     }
     let (value, stderr) = mean_stderr(&scores);

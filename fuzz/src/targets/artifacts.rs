@@ -235,6 +235,7 @@ pub fn seeds(scratch: &Path) -> Vec<Vec<u8>> {
                     passed: Some(true),
                     reason: None,
                     choice_logliks: Some(vec![-1.5, -0.25]),
+                    score: None,
                 }],
                 &p,
             )
