@@ -140,13 +140,21 @@ pub fn parse_shard(text: &str) -> Option<(u64, u64)> {
 pub fn chunk_text(text: &str, max: usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut rest = text;
+    // The largest character boundary at or below `at` (a multi-byte character may straddle it).
+    let boundary = |text: &str, mut at: usize| {
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    };
     while rest.len() > max {
-        let mut cut = rest[..=max].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let mut cut = rest[..boundary(rest, max + 1)].rfind('\n').map(|i| i + 1).unwrap_or(0);
         if cut == 0 {
-            cut = max;
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
+            cut = boundary(rest, max);
+        }
+        if cut == 0 {
+            // One character longer than `max` bytes: a part of its own.
+            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
         }
         parts.push(&rest[..cut]);
         rest = &rest[cut..];

@@ -322,6 +322,11 @@ fn text_files_are_one_document_or_cut_at_line_boundaries() {
     let cut = chunk_text("ééééé", 3);
     assert_eq!(cut.concat(), "ééééé");
     assert!(cut.iter().all(|p| p.len() <= 3));
+    // A line break searched for past a character boundary (byte 3 is inside `é`): the
+    // standard library's chardet tables made `datasets collect` panic here.
+    assert_eq!(chunk_text("aaé\nb", 2), vec!["aa", "é\n", "b"]);
+    // A character longer than the limit is a part of its own.
+    assert_eq!(chunk_text("日本", 2), vec!["日", "本"]);
 }
 
 fn shared_data() -> PathBuf {
