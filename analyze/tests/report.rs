@@ -153,10 +153,7 @@ fn report_tables_task_scores_by_calibration_source_with_the_change_against_dense
         write_metric(&dir.join(&file), mask, task, metric, value, ci);
         entries.push(json!({"mask": mask, "task": task, "metric": metric, "path": file}));
     }
-    let run_json = dir.join("run.json");
-    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
-    manifest["task_results"] = json!(entries);
-    std::fs::write(&run_json, serde_json::to_string(&manifest).unwrap()).unwrap();
+    set_task_results(dir, entries);
 
     let out = dir.join("report.md");
     let report = write_report(dir, &out).unwrap();
@@ -239,9 +236,22 @@ fn write_scored_items(dir: &Path, mask: Option<&str>, task: &str, passed: &[bool
     write_metric(&path, mask, task, "pass@1", value, None);
     let rows: Vec<artifacts::ItemRow> =
         passed.iter().enumerate().map(|(i, &p)| artifacts::ItemRow { item: i as u64, passed: Some(p), ..Default::default() }).collect();
-    let prov = artifacts::Provenance::new(artifacts::ArtifactKind::Items, common::MODEL, json!({}), "analyze-test");
-    artifacts::write_items(&artifacts::items_path_for(&path), &rows, &prov).unwrap();
+    write_items_beside(&path, &rows);
     file
+}
+
+/// Lists `entries` as the run's task results in its run.json.
+fn set_task_results(dir: &Path, entries: Vec<serde_json::Value>) {
+    let run_json = dir.join("run.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    manifest["task_results"] = json!(entries);
+    std::fs::write(&run_json, serde_json::to_string(&manifest).unwrap()).unwrap();
+}
+
+/// Writes `rows` as the items artifact beside the results artifact `results`.
+fn write_items_beside(results: &Path, rows: &[artifacts::ItemRow]) {
+    let prov = artifacts::Provenance::new(artifacts::ArtifactKind::Items, common::MODEL, json!({}), "analyze-test");
+    artifacts::write_items(&artifacts::items_path_for(results), rows, &prov).unwrap();
 }
 
 #[test]
@@ -266,10 +276,7 @@ fn task_claims_compare_own_and_other_domain_masks_by_a_paired_bootstrap_over_ite
         let file = write_scored_items(dir, mask, task, &passed);
         entries.push(json!({"mask": mask, "task": task, "metric": "pass@1", "path": file, "domain": domain}));
     }
-    let run_json = dir.join("run.json");
-    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
-    manifest["task_results"] = json!(entries);
-    std::fs::write(&run_json, serde_json::to_string(&manifest).unwrap()).unwrap();
+    set_task_results(dir, entries);
 
     let report = write_report(dir, &dir.join("report.md")).unwrap();
     let md = &report.markdown;
@@ -299,12 +306,11 @@ fn perplexity_claims_pair_the_two_masks_window_by_window() {
     make_run(dir, &py_a, &perturbed(&py_a), &random(2));
     // On java's windows py-a's mean NLL is 0.1 below java-a's on every window: a
     // perplexity ratio java-a / py-a of exactly exp(0.1) = 1.105, whatever the resample.
-    let prov = artifacts::Provenance::new(artifacts::ArtifactKind::Items, common::MODEL, json!({}), "analyze-test");
     for (mask, shift) in [("java-a", 0.1), ("py-a", 0.0)] {
         let rows: Vec<artifacts::ItemRow> =
             (0..6).map(|w| artifacts::ItemRow { item: w, score: Some(2.0 + 0.05 * w as f64 + shift), ..Default::default() }).collect();
         let results = dir.join(format!("results/ppl-{mask}-on-java.parquet"));
-        artifacts::write_items(&artifacts::items_path_for(&results), &rows, &prov).unwrap();
+        write_items_beside(&results, &rows);
     }
     let report = write_report(dir, &dir.join("report.md")).unwrap();
     let java = &report.own_domain_wins[1];

@@ -280,7 +280,7 @@ pub fn make_mask(scores_path: &Path, pattern: Pattern, group: Group, out: &Path,
         provenance.params.get("method").and_then(Value::as_str).and_then(|m| m.parse().ok()).unwrap_or(sparsity::Method::Magnitude);
     let (mask_rows, summary) = build_mask(scores_path, &modules, (method, pattern), group, progress)?;
     drop(modules);
-    write_made_mask(out, mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
+    write_made_mask(out, &mask_rows, summary, &provenance, ("scores", hash), pattern, group, warning)
 }
 
 /// Refuses a comparison group other than rows with an N:M pattern.
@@ -298,7 +298,7 @@ fn check_group(pattern: Pattern, group: Group) -> Result<(), MaskError> {
 #[allow(clippy::too_many_arguments)]
 fn write_made_mask(
     out: &Path,
-    rows: Vec<MaskRow>,
+    rows: &[MaskRow],
     summary: Vec<ModuleSummary>,
     scores: &Provenance,
     input: (&str, String),
@@ -306,11 +306,8 @@ fn write_made_mask(
     group: Group,
     warning: Option<String>,
 ) -> Result<MakeSummary, MaskError> {
-    let mut writer = MaskWriter::create(out, rows.first().is_some_and(|r| r.values.is_some()))?;
-    for row in rows {
-        writer.push(row)?;
-    }
-    finish_made_mask(|info, provenance| writer.finish(info, provenance), summary, scores, input, pattern, group, warning)
+    let write = |info: &MaskInfo, provenance: &Provenance| artifacts::write_mask(out, rows, info, provenance);
+    finish_made_mask(write, summary, scores, input, pattern, group, warning)
 }
 
 /// Finishes a made mask (`finish` writes it with its info and provenance):

@@ -84,6 +84,12 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether the task generates its answers (code, GSM8K, translation)
+    /// rather than scoring given choices or text.
+    pub fn generates(&self) -> bool {
+        matches!(self.task.as_str(), "humaneval-x" | "mbpp" | "gsm8k" | "translation")
+    }
+
     /// The calibration domain the task measures: its `domain`, else its task's default.
     pub fn measured_domain(&self) -> Option<String> {
         if let Some(domain) = &self.domain {
@@ -174,7 +180,7 @@ impl Task {
             ("samples", self.samples.is_some(), code),
             ("temperature", self.temperature.is_some(), code),
             ("protocol", self.protocol.is_some(), code),
-            ("max_new_tokens", self.max_new_tokens.is_some(), code || task == "gsm8k" || task == "translation"),
+            ("max_new_tokens", self.max_new_tokens.is_some(), self.generates()),
             ("seqlen", self.seqlen.is_some(), task == "ppl"),
             ("max_windows", self.max_windows.is_some(), task == "ppl"),
             ("limit", self.limit.is_some(), task != "ppl"),
@@ -466,14 +472,13 @@ pub fn quick(mut exp: Experiment) -> Experiment {
     exp.evaluation.max_windows = exp.evaluation.max_windows.min(QUICK_WINDOWS);
     exp.evaluation.seqlen = exp.evaluation.seqlen.min(QUICK_WINDOW_SEQLEN);
     for task in &mut exp.tasks {
-        let generated = matches!(task.task.as_str(), "humaneval-x" | "mbpp" | "gsm8k" | "translation");
         match task.task.as_str() {
             "ppl" => {
                 task.max_windows = Some(task.max_windows.unwrap_or(QUICK_WINDOWS).min(QUICK_WINDOWS));
                 task.seqlen = Some(task.seqlen.unwrap_or(QUICK_WINDOW_SEQLEN).min(QUICK_WINDOW_SEQLEN));
             }
             _ => {
-                let items = if generated { QUICK_GENERATED_ITEMS } else { QUICK_SCORED_ITEMS };
+                let items = if task.generates() { QUICK_GENERATED_ITEMS } else { QUICK_SCORED_ITEMS };
                 task.limit = Some(task.limit.unwrap_or(items).min(items));
             }
         }
