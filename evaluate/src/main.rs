@@ -147,12 +147,14 @@ struct PplArgs {
     #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
     text: Option<PathBuf>,
     /// Samples artifact (Parquet, `tokens` column of list<u32>): its rows are the windows, used as stored.
+    /// Repeat it (with as many --domain and --out, paired in order) to measure several texts in one pass
+    /// through the model; each gets exactly the results it would get alone.
     #[arg(long)]
-    samples: Option<PathBuf>,
+    samples: Vec<PathBuf>,
     /// Tokens per window (with --bos: BOS plus seqlen-1 text tokens). Required with --text; with --samples, checks every window has this length.
     #[arg(long)]
     seqlen: Option<usize>,
-    /// Evaluate only the first K windows.
+    /// Evaluate only the first K windows (of each input).
     #[arg(long)]
     max_windows: Option<usize>,
     /// Start every window with the model's BOS token (only with --text).
@@ -161,9 +163,9 @@ struct PplArgs {
     /// Mask artifact to apply before evaluating (the sub-model it defines), made for this model.
     #[arg(long)]
     mask: Option<PathBuf>,
-    /// Domain of the text, recorded as the task `perplexity/<domain>` in the results.
+    /// Domain of the text, recorded as the task `perplexity/<domain>` in the results (one per input).
     #[arg(long)]
-    domain: Option<String>,
+    domain: Vec<String>,
     /// Bootstrap resamples of the windows for the 95% confidence interval (0: none).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -176,15 +178,25 @@ struct PplArgs {
     /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// Results artifact to write (Parquet).
+    /// Results artifact to write (Parquet; one per input).
     #[arg(long)]
-    out: Option<PathBuf>,
+    out: Vec<PathBuf>,
     /// Also write the windows evaluated as a samples artifact, so another implementation can be fed exactly the same tokens.
     #[arg(long)]
     save_windows: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// One text `evaluate ppl` measures: its windows, where they came from, and
+/// where its results go.
+struct PplInput {
+    windows: Vec<Vec<u32>>,
+    input_name: &'static str,
+    input_path: PathBuf,
+    domain: Option<String>,
+    out: Option<PathBuf>,
 }
 
 pub(crate) fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
@@ -203,12 +215,13 @@ pub(crate) fn created_by() -> String {
 }
 
 fn run_ppl(args: PplArgs) -> Result<()> {
+    let inputs = ppl_inputs_shape(&args)?;
     let (loaded, mask) = task_cli::load_masked(&args.model, args.mask.as_deref())?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
 
-    let (windows, input_name, input_path) = match (&args.text, &args.samples) {
-        (Some(text_path), None) => {
+    let inputs: Vec<PplInput> = match &args.text {
+        Some(text_path) => {
             let seqlen = args.seqlen.context("--seqlen is required with --text")?;
             let text = std::fs::read_to_string(text_path).with_context(|| format!("reading text file {}", text_path.display()))?;
             let tokenizer = loaded.tokenizer()?;
@@ -220,73 +233,136 @@ fn run_ppl(args: PplArgs) -> Result<()> {
             };
             let windows = make_windows(&tokens, &WindowSpec { seqlen, max_windows: args.max_windows, bos })
                 .with_context(|| format!("cutting {} into windows", text_path.display()))?;
-            (windows, "text", text_path.clone())
+            let (domain, out) = inputs.into_iter().next().expect("one input with --text");
+            vec![PplInput { windows, input_name: "text", input_path: text_path.clone(), domain, out }]
         }
-        (None, Some(samples_path)) => {
-            let (provenance, _info, samples) = artifacts::read_samples(samples_path)?;
-            if provenance.model != loaded.fingerprint {
-                bail!(
-                    "{} was made for model {} but {} is model {}: samples must be tokenized for the model evaluated",
-                    samples_path.display(),
-                    provenance.model,
-                    args.model.display(),
-                    loaded.fingerprint
-                );
-            }
-            let mut windows: Vec<Vec<u32>> = samples.into_iter().map(|s| s.tokens).collect();
-            if let Some(k) = args.max_windows {
-                windows.truncate(k);
-            }
-            if let Some(seqlen) = args.seqlen {
-                if let Some((i, w)) = windows.iter().enumerate().find(|(_, w)| w.len() != seqlen) {
-                    bail!("{}: window {i} has {} tokens, expected --seqlen {seqlen}", samples_path.display(), w.len());
-                }
-            }
-            if windows.is_empty() {
-                bail!("{}: no windows to evaluate", samples_path.display());
-            }
-            (windows, "samples", samples_path.clone())
-        }
-        _ => bail!("give exactly one of --text FILE or --samples samples.parquet"),
+        None => args
+            .samples
+            .iter()
+            .zip(inputs)
+            .map(|(path, (domain, out))| {
+                Ok(PplInput { windows: read_windows(path, &loaded, &args)?, input_name: "samples", input_path: path.clone(), domain, out })
+            })
+            .collect::<Result<_>>()?,
     };
 
-    let input_hash = artifacts::content_hash(&input_path)?;
-    let params = serde_json::json!({
+    if let Some(path) = &args.save_windows {
+        let input = &inputs[0];
+        let params = ppl_params(&args, input, &mask);
+        save_windows(path, &input.windows, &loaded, input.input_name, &artifacts::content_hash(&input.input_path)?, &params)?;
+    }
+
+    // Every input's windows go through the model together, one layer at a
+    // time; each window's NLL depends only on its own tokens.
+    let all_windows: Vec<Vec<u32>> = inputs.iter().flat_map(|i| i.windows.iter().cloned()).collect();
+    let bar = progress(loaded.config.num_layers() + 2, args.quiet, "perplexity (embedding, layers, head)");
+    let compute_started = Instant::now();
+    let all_nlls = window_nlls_streamed(&loaded, &selected.device, &all_windows, args.batch, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let seconds = compute_started.elapsed().as_secs_f64();
+    eprintln!("{} windows, {:.1} tokens/s", all_windows.len(), all_windows.iter().map(Vec::len).sum::<usize>() as f64 / seconds);
+
+    let mut rest = all_nlls.as_slice();
+    for input in &inputs {
+        let (nlls, after) = rest.split_at(input.windows.len());
+        rest = after;
+        report_ppl(&args, &loaded, &mask, input, nlls)?;
+    }
+    Ok(())
+}
+
+/// Checks that --samples, --domain and --out pair up, and returns each
+/// input's (domain, out) in order.
+fn ppl_inputs_shape(args: &PplArgs) -> Result<Vec<(Option<String>, Option<PathBuf>)>> {
+    let count = if args.text.is_some() { 1 } else { args.samples.len() };
+    if count == 0 {
+        bail!("give exactly one of --text FILE or --samples samples.parquet");
+    }
+    for (flag, given) in [("--domain", args.domain.len()), ("--out", args.out.len())] {
+        if given > 1 && given != count {
+            bail!("{flag} given {given} times for {count} inputs: give it once per input, in the same order, or not at all");
+        }
+        if given == 1 && count > 1 {
+            bail!("{flag} given once for {count} inputs: give it once per input, in the same order, or not at all");
+        }
+    }
+    if count > 1 && args.domain.is_empty() {
+        bail!("{count} --samples given without --domain: name each input's domain, in the same order");
+    }
+    if args.save_windows.is_some() && count > 1 {
+        bail!("--save-windows takes one input, found {count} --samples");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = args.out.iter().find(|o| !seen.insert(*o)) {
+        bail!("--out {} is given twice: every input needs its own results file", dup.display());
+    }
+    Ok((0..count).map(|i| (args.domain.get(i).cloned(), args.out.get(i).cloned())).collect())
+}
+
+/// The windows of one samples artifact, checked against the model and --seqlen.
+fn read_windows(samples_path: &Path, loaded: &model::LoadedModel, args: &PplArgs) -> Result<Vec<Vec<u32>>> {
+    let (provenance, _info, samples) = artifacts::read_samples(samples_path)?;
+    if provenance.model != loaded.fingerprint {
+        bail!(
+            "{} was made for model {} but {} is model {}: samples must be tokenized for the model evaluated",
+            samples_path.display(),
+            provenance.model,
+            args.model.display(),
+            loaded.fingerprint
+        );
+    }
+    let mut windows: Vec<Vec<u32>> = samples.into_iter().map(|s| s.tokens).collect();
+    if let Some(k) = args.max_windows {
+        windows.truncate(k);
+    }
+    if let Some(seqlen) = args.seqlen {
+        if let Some((i, w)) = windows.iter().enumerate().find(|(_, w)| w.len() != seqlen) {
+            bail!("{}: window {i} has {} tokens, expected --seqlen {seqlen}", samples_path.display(), w.len());
+        }
+    }
+    if windows.is_empty() {
+        bail!("{}: no windows to evaluate", samples_path.display());
+    }
+    Ok(windows)
+}
+
+/// The parameters recorded in one input's results provenance.
+fn ppl_params(args: &PplArgs, input: &PplInput, mask: &Option<(String, String)>) -> serde_json::Value {
+    serde_json::json!({
         "task": "perplexity",
         "seqlen": args.seqlen,
         "max_windows": args.max_windows,
         "bos": args.bos,
-        "windows": windows.len(),
+        "windows": input.windows.len(),
         "mask": mask.as_ref().map(|(name, _)| name),
-        "domain": args.domain,
+        "domain": input.domain,
         "bootstrap": args.bootstrap,
         "seed": args.seed,
-    });
-    if let Some(path) = &args.save_windows {
-        save_windows(path, &windows, &loaded, input_name, &input_hash, &params)?;
-    }
+    })
+}
 
-    let bar = progress(loaded.config.num_layers() + 2, args.quiet, "perplexity (embedding, layers, head)");
-    let compute_started = Instant::now();
-    let nlls = window_nlls_streamed(&loaded, &selected.device, &windows, args.batch, || bar.inc(1))?;
-    bar.finish_and_clear();
-    let ppl = perplexity(&nlls);
+/// Prints one input's perplexity and interval and writes its results and items.
+fn report_ppl(
+    args: &PplArgs,
+    loaded: &model::LoadedModel,
+    mask: &Option<(String, String)>,
+    input: &PplInput,
+    nlls: &[evaluate::WindowNll],
+) -> Result<()> {
+    let ppl = perplexity(nlls);
     let predicted: usize = nlls.iter().map(|w| w.tokens).sum();
-    let seconds = compute_started.elapsed().as_secs_f64();
-    eprintln!(
-        "{} windows, {predicted} predicted tokens, {:.1} tokens/s",
-        windows.len(),
-        windows.iter().map(Vec::len).sum::<usize>() as f64 / seconds
-    );
-
-    let ci = bootstrap_ci(&nlls, args.bootstrap, args.seed);
+    let name = input.domain.as_deref().map_or_else(|| input.input_path.display().to_string(), str::to_string);
+    eprintln!("{name}: {} windows, {predicted} predicted tokens", nlls.len());
+    let ci = bootstrap_ci(nlls, args.bootstrap, args.seed);
     if let Some((lo, hi)) = ci {
-        eprintln!("95% bootstrap interval over {} windows: [{lo:.4}, {hi:.4}]", nlls.len());
+        eprintln!("{name}: 95% bootstrap interval over {} windows: [{lo:.4}, {hi:.4}]", nlls.len());
     }
-    if let Some(out) = &args.out {
+    if let Some(out) = &input.out {
+        let input_hash = artifacts::content_hash(&input.input_path)?;
         let mut provenance =
-            Provenance::new(ArtifactKind::Results, loaded.fingerprint.clone(), params, created_by()).with_input(input_name, &input_hash);
-        if let Some((_, hash)) = &mask {
+            Provenance::new(ArtifactKind::Results, loaded.fingerprint.clone(), ppl_params(args, input, mask), created_by())
+                .with_input(input.input_name, &input_hash);
+        if let Some((_, hash)) = mask {
             provenance = provenance.with_input("mask", hash);
         }
         // Each window's mean NLL per predicted token, beside the results, so
@@ -303,7 +379,7 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         let row = ResultRow {
             model: args.model.display().to_string(),
             mask: mask.as_ref().map(|(name, _)| name.clone()),
-            task: args.domain.as_ref().map_or_else(|| "perplexity".to_string(), |d| format!("perplexity/{d}")),
+            task: input.domain.as_ref().map_or_else(|| "perplexity".to_string(), |d| format!("perplexity/{d}")),
             metric: "perplexity".into(),
             value: ppl,
             n: predicted as u64,
@@ -314,7 +390,10 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         artifacts::write_results(out, &[row], &provenance).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
-    println!("perplexity: {ppl:.6}");
+    match &input.domain {
+        Some(domain) if args.samples.len() > 1 => println!("perplexity/{domain}: {ppl:.6}"),
+        _ => println!("perplexity: {ppl:.6}"),
+    }
     Ok(())
 }
 

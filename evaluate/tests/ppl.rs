@@ -153,6 +153,61 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
 }
 
 #[test]
+fn several_samples_in_one_run_give_each_the_results_it_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("tiny");
+    let weights = tiny_weights(&TINY, 23);
+    write_hf_dir(&model_dir, &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(&model_dir).unwrap();
+    let info = SamplesInfo { tokenizer_hash: String::new(), seqlen: 8, seed: Some(0) };
+    let provenance = Provenance::new(ArtifactKind::Samples, loaded.fingerprint.clone(), serde_json::json!({}), "test");
+    let all = tiny_windows();
+    let (first, second) = all.split_at(1);
+    let mut inputs = Vec::new();
+    for (name, windows) in [("a", first), ("b", second)] {
+        let samples: Vec<Sample> =
+            windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: name.into(), tokens: w.clone() }).collect();
+        let path = dir.path().join(format!("{name}.parquet"));
+        artifacts::write_samples(&path, &samples, &info, &provenance).unwrap();
+        inputs.push((name, path, windows));
+    }
+
+    let mut together = ppl_command("cpu", &model_dir, &inputs[0].1);
+    together.args(["--domain", "a", "--out"]).arg(dir.path().join("a-together.parquet"));
+    together.arg("--samples").arg(&inputs[1].1).args(["--domain", "b", "--out"]).arg(dir.path().join("b-together.parquet"));
+    let run = together.output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    for (name, path, windows) in &inputs {
+        let alone_out = dir.path().join(format!("{name}-alone.parquet"));
+        let alone = ppl_command("cpu", &model_dir, path).args(["--domain", name, "--out"]).arg(&alone_out).output().unwrap();
+        assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+        let (_, alone_rows) = artifacts::read_results(&alone_out).unwrap();
+        let (together_prov, together_rows) = artifacts::read_results(&dir.path().join(format!("{name}-together.parquet"))).unwrap();
+        assert_eq!(together_rows[0].task, format!("perplexity/{name}"));
+        assert_eq!(together_rows[0].value.to_bits(), alone_rows[0].value.to_bits(), "{name}");
+        assert_eq!((together_rows[0].n, together_prov.params["windows"].as_u64()), (alone_rows[0].n, Some(windows.len() as u64)));
+        assert_eq!(together_prov.inputs["samples"], artifacts::content_hash(path).unwrap());
+        let expected_total: f64 = windows.iter().map(|w| reference_nll(&weights, w)).sum();
+        let expected = (expected_total / alone_rows[0].n as f64).exp();
+        assert!((alone_rows[0].value / expected - 1.0).abs() < 1e-5, "{name}: {} vs {expected}", alone_rows[0].value);
+        assert!(stdout.contains(&format!("perplexity/{name}: {:.6}", alone_rows[0].value)), "{stdout}");
+    }
+
+    // Flags that do not pair up are refused before the model is loaded.
+    let refused = |extra: &[&str]| {
+        let mut command = ppl_command("cpu", &model_dir, &inputs[0].1);
+        command.arg("--samples").arg(&inputs[1].1).args(extra);
+        let run = command.output().unwrap();
+        assert!(!run.status.success());
+        String::from_utf8_lossy(&run.stderr).to_string()
+    };
+    assert!(refused(&["--domain", "a", "--domain", "b", "--out", "x.parquet"]).contains("--out given once for 2 inputs"));
+    assert!(refused(&[]).contains("2 --samples given without --domain"));
+    assert!(refused(&["--domain", "a", "--domain", "b", "--out", "x", "--out", "x"]).contains("--out x is given twice"));
+}
+
+#[test]
 fn bootstrap_interval_brackets_the_perplexity_and_is_deterministic() {
     // Equal windows: every resample has the same mean, so the interval collapses to exp(2.0).
     let same = vec![WindowNll { nll_sum: 20.0, tokens: 10 }; 5];

@@ -802,29 +802,36 @@ pub fn plan(
         steps.push(Step::new(format!("apply {name}"), "mask", args, vec![model_path.into(), mask], vec![out]).speed_only(FILE_SPEED));
     }
 
-    // Perplexity of the dense model and every sub-model on every domain.
+    // Perplexity of the dense model and every sub-model on every domain: one
+    // evaluate process per model measures all domains in one pass.
     let mut results = Vec::new();
     let evaluated: Vec<Option<&ManifestMask>> = std::iter::once(None).chain(masks.iter().map(Some)).collect();
-    for mask in evaluated.into_iter().filter(|_| evaluate) {
+    for mask in evaluated.into_iter().filter(|_| evaluate && !domains.is_empty()) {
+        let label = mask.map_or("dense", |m| m.name.as_str());
+        let mut args = strings(&["ppl", "--model", &model]);
+        let mut inputs = vec![model_path.to_path_buf()];
+        let mut outputs = Vec::new();
         for (domain, _) in &domains {
-            let label = mask.map_or("dense", |m| m.name.as_str());
             let rel = format!("results/{label}--{domain}.parquet");
             let windows = at(&format!("samples/{domain}-heldout.parquet"));
-            let mut args = strings(&["ppl", "--model", &model, "--samples", &path_arg(&windows), "--domain", domain]);
-            let mut inputs = vec![model_path.to_path_buf(), windows];
-            if let Some(m) = mask {
-                args.extend(["--mask".to_string(), path_arg(&run_dir.join(&m.path))]);
-                inputs.push(run_dir.join(&m.path));
-            }
-            args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
-            let work = Work { prefill_tokens: (exp.evaluation.max_windows * exp.evaluation.seqlen) as f64, decode_tokens: 0.0 };
-            steps.push(
-                Step::new(format!("perplexity {label} on {domain}"), "evaluate", args, inputs, vec![at(&rel)])
-                    .speed_only(COMPUTE_SPEED)
-                    .with_work(work),
-            );
+            args.extend(["--samples".to_string(), path_arg(&windows), "--domain".to_string(), domain.to_string()]);
+            args.extend(["--out".to_string(), path_arg(&at(&rel))]);
+            inputs.push(windows);
+            outputs.push(at(&rel));
             results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
         }
+        if let Some(m) = mask {
+            args.extend(["--mask".to_string(), path_arg(&run_dir.join(&m.path))]);
+            inputs.push(run_dir.join(&m.path));
+        }
+        args.extend(strings(&["--device", device]));
+        let windows = (exp.evaluation.max_windows * domains.len()) as f64;
+        let work = Work { prefill_tokens: windows * exp.evaluation.seqlen as f64, decode_tokens: 0.0 };
+        steps.push(
+            Step::new(format!("perplexity {label} on every domain"), "evaluate", args, inputs, outputs)
+                .speed_only(COMPUTE_SPEED)
+                .with_work(work),
+        );
     }
 
     // Every task for the dense model and every sub-model.
@@ -1073,9 +1080,9 @@ dtype = "bf16"
         assert_eq!(plan.steps.iter().filter(|s| s.program == "score").count(), 1);
         assert_eq!(plan.steps.iter().filter(|s| s.program == "mask" && s.args[0] == "--stats").count(), 3 * 2);
         assert_eq!(plan.manifest.masks.len(), 3 * 2 + 2);
-        // Dense + 8 masks on 2 domains.
+        // Dense + 8 masks on 2 domains, one evaluate process per model.
         assert_eq!(plan.manifest.results.len(), 9 * 2);
-        assert_eq!(plan.steps.iter().filter(|s| s.program == "evaluate").count(), 18);
+        assert_eq!(plan.steps.iter().filter(|s| s.program == "evaluate").count(), 9);
         assert_eq!(count("mask", "apply"), 1);
         assert_eq!(
             plan.manifest.same_domain_pairs,
