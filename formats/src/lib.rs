@@ -1,6 +1,7 @@
 //! The model file formats subprune reads and writes, with no tensor library:
 //! GGUF files (reader, dequantization of every common type, writer and
-//! quantization), safetensors checkpoints (single or sharded), the f32 host
+//! quantization), safetensors checkpoints (single or sharded), subprune's
+//! compressed sparse matrices inside them ([`sparse`]), the f32 host
 //! weights every loader yields ([`weights`]), and tokenizers (Hugging Face
 //! `tokenizer.json`, and GGUF tokenizer metadata built as llama.cpp
 //! tokenizes). Nothing here knows an architecture.
@@ -8,6 +9,7 @@
 pub mod error;
 pub mod gguf;
 pub mod safetensors;
+pub mod sparse;
 pub mod tokenizer;
 pub mod weights;
 

@@ -26,6 +26,8 @@ pub enum StoredDtype {
     F16,
     /// bfloat16.
     BF16,
+    /// Unsigned bytes: only the keep bits of the sparse format ([`crate::sparse`]).
+    U8,
 }
 
 impl StoredDtype {
@@ -35,6 +37,17 @@ impl StoredDtype {
             StoredDtype::F32 => "F32",
             StoredDtype::F16 => "F16",
             StoredDtype::BF16 => "BF16",
+            StoredDtype::U8 => "U8",
+        }
+    }
+
+    /// The `torch_dtype` name of config.json for weights of this type.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoredDtype::F32 => "float32",
+            StoredDtype::F16 => "float16",
+            StoredDtype::BF16 => "bfloat16",
+            StoredDtype::U8 => "uint8",
         }
     }
 
@@ -43,6 +56,7 @@ impl StoredDtype {
         match self {
             StoredDtype::F32 => 4,
             StoredDtype::F16 | StoredDtype::BF16 => 2,
+            StoredDtype::U8 => 1,
         }
     }
 
@@ -51,17 +65,20 @@ impl StoredDtype {
             "F32" => Some(StoredDtype::F32),
             "F16" => Some(StoredDtype::F16),
             "BF16" => Some(StoredDtype::BF16),
+            "U8" => Some(StoredDtype::U8),
             _ => None,
         }
     }
 
-    /// Encodes f32 values in this storage type (round to nearest even).
+    /// Encodes f32 values in this storage type (round to nearest even; U8
+    /// saturates to 0..=255).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(values.len() * self.size());
         match self {
             StoredDtype::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             StoredDtype::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
             StoredDtype::BF16 => values.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+            StoredDtype::U8 => out.extend(values.iter().map(|&v| v.round() as u8)),
         }
         out
     }
@@ -77,6 +94,7 @@ impl StoredDtype {
             StoredDtype::BF16 => {
                 out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32())
             }
+            StoredDtype::U8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = f32::from(b)),
         }
     }
 
@@ -86,6 +104,7 @@ impl StoredDtype {
             StoredDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             StoredDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             StoredDtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredDtype::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
         }
     }
 }
@@ -124,6 +143,7 @@ pub struct SafetensorsFile {
     path: std::path::PathBuf,
     map: memmap2::Mmap,
     tensors: BTreeMap<String, StoredTensorInfo>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -156,12 +176,17 @@ impl SafetensorsFile {
         let mut tensors = BTreeMap::new();
         for (name, info) in metadata.tensors() {
             let dtype_name = format!("{:?}", info.dtype);
-            let dtype = StoredDtype::parse(&dtype_name)
-                .ok_or_else(|| FormatError::format(path, format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16")))?;
+            let dtype = StoredDtype::parse(&dtype_name).ok_or_else(|| {
+                FormatError::format(
+                    path,
+                    format!("tensor `{name}` has dtype {dtype_name}; supported: F32, F16, BF16 (and U8 for sparse keep bits)"),
+                )
+            })?;
             let (begin, end) = info.data_offsets;
             tensors.insert(name, StoredTensorInfo { dtype, shape: info.shape.clone(), range: data_start + begin..data_start + end });
         }
-        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors })
+        let file_metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors, metadata: file_metadata })
     }
 
     /// The file's path.
@@ -172,6 +197,11 @@ impl SafetensorsFile {
     /// Every tensor of the file, by name.
     pub fn tensors(&self) -> &BTreeMap<String, StoredTensorInfo> {
         &self.tensors
+    }
+
+    /// The file's `__metadata__` (string to string).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     /// The stored bytes of tensor `name`.
@@ -269,6 +299,11 @@ impl SafetensorsCheckpoint {
         self.by_name.iter().map(|(name, &i)| (name, &self.files[i].tensors()[name]))
     }
 
+    /// The shards' files, in the order [`SafetensorsCheckpoint::tensor_location`] numbers them.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
     /// How tensor `name` is stored, if the checkpoint has it.
     pub fn info(&self, name: &str) -> Option<&StoredTensorInfo> {
         self.by_name.get(name).map(|&i| &self.files[i].tensors()[name])
@@ -291,6 +326,15 @@ impl SafetensorsCheckpoint {
     /// The shard holding tensor `name`, or an error naming the checkpoint.
     fn shard_of(&self, name: &str) -> Result<usize, FormatError> {
         self.by_name.get(name).copied().ok_or_else(|| FormatError::format(self.files[0].path(), format!("has no tensor `{name}`")))
+    }
+
+    /// Drops the mapped pages of tensor `name` from this process (see
+    /// [`SafetensorsFile::tensor_f32`]), for readers that decode its bytes themselves.
+    pub fn release(&self, name: &str) -> Result<(), FormatError> {
+        let i = self.shard_of(name)?;
+        let file = &self.files[i];
+        file.release(file.info(name)?);
+        Ok(())
     }
 
     /// The whole mapped file of shard `shard`.
@@ -476,19 +520,43 @@ impl ShardedWriter {
 
     /// Writes the next tensor, which must be `layouts()[n]` for the n-th call.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
+        let dtype = self.next_layout(name, values.len())?.dtype;
+        self.write_encoded(values.chunks(1 << 16).map(|chunk| dtype.encode(chunk)))
+    }
+
+    /// Writes the next tensor from bytes already in its storage type (the
+    /// sparse format's keep bits); `layouts()[n]` for the n-th call.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), FormatError> {
+        let size = self.layouts.get(self.next).map_or(1, |l| l.dtype.size());
+        if bytes.len() % size != 0 {
+            return Err(FormatError::format(
+                &self.dir,
+                format!("tensor `{name}`: {} bytes are not whole values of {size} bytes", bytes.len()),
+            ));
+        }
+        self.next_layout(name, bytes.len() / size)?;
+        self.write_encoded(bytes.chunks(1 << 20).map(<[u8]>::to_vec))
+    }
+
+    /// The layout of the next tensor, checked to be `name` with `values` values.
+    fn next_layout(&self, name: &str, values: usize) -> Result<&TensorLayout, FormatError> {
         let Some(layout) = self.layouts.get(self.next) else {
             return Err(FormatError::format(
                 &self.dir,
                 format!("tensor `{name}` was not planned (all {} are written)", self.layouts.len()),
             ));
         };
-        if layout.name != name || layout.shape.iter().product::<usize>() != values.len() {
+        if layout.name != name || layout.shape.iter().product::<usize>() != values {
             return Err(FormatError::format(
                 &self.dir,
-                format!("expected tensor `{}` of shape {:?} next; got `{name}` with {} values", layout.name, layout.shape, values.len()),
+                format!("expected tensor `{}` of shape {:?} next; got `{name}` with {values} values", layout.name, layout.shape),
             ));
         }
-        let dtype = layout.dtype;
+        Ok(layout)
+    }
+
+    /// Writes the next tensor's encoded bytes, opening and closing shards as planned.
+    fn write_encoded(&mut self, chunks: impl Iterator<Item = Vec<u8>>) -> Result<(), FormatError> {
         let shard = self.bounds.partition_point(|&b| b <= self.next) - 1;
         let result = (|| -> std::io::Result<()> {
             if self.bounds[shard] == self.next {
@@ -496,8 +564,8 @@ impl ShardedWriter {
                 self.current = Some(out);
             }
             let out = self.current.as_mut().expect("a shard is open");
-            for chunk in values.chunks(1 << 16) {
-                out.write_all(&dtype.encode(chunk))?;
+            for chunk in chunks {
+                out.write_all(&chunk)?;
             }
             if self.bounds[shard + 1] == self.next + 1 {
                 let file = self.current.take().expect("a shard is open").into_inner().map_err(|e| e.into_error())?;

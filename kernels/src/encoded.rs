@@ -41,12 +41,40 @@ pub enum Encoding {
     Q4K,
     /// ggml block_q6_K: super-block of 256 6-bit values in 16 scaled groups.
     Q6K,
+    /// Only the kept values of a pruned row, packed left to right (the
+    /// sparse format of `formats::sparse`); the row's keep bits say where
+    /// they go. A packed row's bytes run from its first kept value to the
+    /// end of its matrix's values, so that eight values can always be read.
+    Packed(PackedValues),
+}
+
+/// The value type of packed sparse rows ([`Encoding::Packed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PackedValues {
+    /// Little-endian f32.
+    F32,
+    /// Little-endian IEEE half precision.
+    F16,
+    /// Little-endian bfloat16.
+    BF16,
+}
+
+impl PackedValues {
+    /// Bytes of one value.
+    pub fn size(self) -> usize {
+        match self {
+            PackedValues::F32 => 4,
+            PackedValues::F16 | PackedValues::BF16 => 2,
+        }
+    }
 }
 
 impl Encoding {
-    /// Values and bytes of one block of this encoding.
+    /// Values and bytes of one block of this encoding (for packed rows: the
+    /// eight values of one keep byte, and the most bytes they take).
     pub fn block(self) -> (usize, usize) {
         match self {
+            Encoding::Packed(values) => (8, 8 * values.size()),
             Encoding::F32 => (8, 32),
             Encoding::F16 | Encoding::BF16 => (8, 16),
             Encoding::Q4_0 => (32, 18),
@@ -120,9 +148,10 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
 }
 
 /// Decodes whole blocks of `src` in `encoding` into `dst` with the register
-/// decoders; false (and `dst` untouched) where the CPU lacks AVX2, FMA or F16C.
+/// decoders; false (and `dst` untouched) where the CPU lacks AVX2, FMA or
+/// F16C, or for packed rows (which need their keep bits).
 pub fn decode(encoding: Encoding, src: &[u8], dst: &mut [f32]) -> bool {
-    if !avx2::available() {
+    if !avx2::available() || matches!(encoding, Encoding::Packed(_)) {
         return false;
     }
     avx2::decode(encoding, src, dst);
@@ -151,12 +180,17 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{Encoding, StoredWeight};
+    use super::{Encoding, PackedValues, StoredRow, StoredWeight};
 
-    /// Whether the CPU has AVX2, FMA and F16C (checked once).
+    /// Whether the CPU has AVX2, FMA, F16C and POPCNT (checked once).
     pub(super) fn available() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+                && is_x86_feature_detected!("popcnt")
+        })
     }
 
     /// How many weight rows ahead [`tile`] prefetches.
@@ -408,6 +442,7 @@ mod avx2 {
                 Encoding::Q8_0 => $body::<Q8_0>($($arg),*),
                 Encoding::Q4K => $body::<Q4K>($($arg),*),
                 Encoding::Q6K => $body::<Q6K>($($arg),*),
+                Encoding::Packed(_) => unreachable!("packed rows are not blocks"),
             }
         };
     }
@@ -437,36 +472,91 @@ mod avx2 {
     /// rows` into `out` ([rows, out.len() / rows]), tiled as
     /// `small_matmul_block` tiles them (the tiling changes no bit).
     pub(super) fn small_matmul_task(encoding: Encoding, x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
-        // SAFETY: called only where `available` found AVX2, FMA and F16C.
-        unsafe { with_format!(encoding, task(x, rows, weight, first, out)) }
+        // SAFETY: called only where `available` found AVX2, FMA, F16C and POPCNT.
+        unsafe {
+            match encoding {
+                Encoding::Packed(PackedValues::F32) => task::<Packed<PackedF32>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F16) => task::<Packed<PackedF16>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::BF16) => task::<Packed<PackedBF16>>(x, rows, weight, first, out),
+                _ => with_format!(encoding, blocks_task(x, rows, weight, first, out)),
+            }
+        }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn task<F: Format>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn blocks_task<F: Format>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+        task::<Blocks<F>>(x, rows, weight, first, out)
+    }
+
+    /// Dot products of a tile of `R` rows with `C` stored weight rows, for
+    /// one way of storing the rows.
+    trait RowTile {
+        /// Panics unless `row` (weight row `index`) is stored as `tile` reads a row of `inner` values.
+        fn check(row: StoredRow<'_>, inner: usize, index: usize);
+        /// The tile's dot products.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA, F16C and POPCNT.
+        unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R];
+    }
+
+    /// Rows stored as whole blocks of format `F`.
+    struct Blocks<F>(std::marker::PhantomData<F>);
+
+    impl<F: Format> RowTile for Blocks<F> {
+        fn check((bytes, keep): StoredRow<'_>, inner: usize, index: usize) {
+            assert_eq!(bytes.len(), inner / F::VALUES * F::BYTES, "weight row {index} is not {inner} values in its encoding");
+            assert!(keep.is_none_or(|keep| keep.len() * 8 >= inner), "the keep bits of weight row {index} are too short");
+        }
+
+        #[inline]
+        unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+            // SAFETY: the caller's CPU has what `tile` needs.
+            unsafe { tile::<F, R, C>(x, w) }
+        }
+    }
+
+    /// Packed sparse rows of value type `V`.
+    struct Packed<V>(std::marker::PhantomData<V>);
+
+    impl<V: PackedFormat> RowTile for Packed<V> {
+        fn check((_, keep): StoredRow<'_>, inner: usize, index: usize) {
+            assert!(keep.is_some_and(|keep| keep.len() * 8 >= inner), "packed weight row {index} has no keep bits for its {inner} values");
+        }
+
+        #[inline]
+        unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+            // SAFETY: the caller's CPU has what `packed_tile` needs.
+            unsafe { packed_tile::<V, R, C>(x, w) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn task<T: RowTile>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
         let inner = x.len() / rows;
         let width = out.len() / rows;
         let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
         let mut stored = Vec::with_capacity(width);
         weight.rows(first, width, &mut stored);
         assert_eq!(stored.len(), width, "the weight gave {} rows of the {width} asked for", stored.len());
-        for (c, (bytes, keep)) in stored.iter().enumerate() {
-            assert_eq!(bytes.len(), inner / F::VALUES * F::BYTES, "weight row {} is not {inner} values in its encoding", first + c);
-            assert!(keep.is_none_or(|keep| keep.len() * 8 >= inner), "the keep bits of weight row {} are too short", first + c);
+        for (c, row) in stored.iter().enumerate() {
+            T::check(*row, inner, first + c);
         }
         let w_row = |c: usize| stored[c];
         let mut c0 = 0;
+        // SAFETY (every `T::tile` below): this function runs only with AVX2, FMA, F16C and POPCNT.
         while c0 + 4 <= width {
             let w = [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)];
             let mut r0 = 0;
             while r0 < rows {
                 if rows - r0 >= 2 {
-                    let tile = tile::<F, 2, 4>([x_row(r0), x_row(r0 + 1)], w);
+                    let tile = unsafe { T::tile::<2, 4>([x_row(r0), x_row(r0 + 1)], w) };
                     for (r, tile) in tile.iter().enumerate() {
                         out[(r0 + r) * width + c0..(r0 + r) * width + c0 + 4].copy_from_slice(tile);
                     }
                     r0 += 2;
                 } else {
-                    let tile = tile::<F, 1, 4>([x_row(r0)], w);
+                    let tile = unsafe { T::tile::<1, 4>([x_row(r0)], w) };
                     out[r0 * width + c0..r0 * width + c0 + 4].copy_from_slice(&tile[0]);
                     r0 += 1;
                 }
@@ -476,9 +566,150 @@ mod avx2 {
         for c in c0..width {
             let w = [w_row(c)];
             for r in 0..rows {
-                out[r * width + c] = tile::<F, 1, 1>([x_row(r)], w)[0][0];
+                out[r * width + c] = unsafe { T::tile::<1, 1>([x_row(r)], w) }[0][0];
             }
         }
+    }
+
+    /// How the packed values of one keep byte widen to eight f32 lanes.
+    trait PackedFormat {
+        /// Bytes of one value.
+        const SIZE: usize;
+        /// The lanes of keep byte `keep`: the next `keep.count_ones()`
+        /// values, from byte `at` of `bytes`, in the kept lanes (in order),
+        /// zeros in the others. Reads past the end of `bytes` read zeros.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C.
+        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256;
+    }
+
+    /// The `N` bytes of `bytes` from `at`, zeros past its end.
+    #[inline(always)]
+    fn bytes_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+        match bytes.get(at..at + N) {
+            Some(b) => b.try_into().expect("N bytes"),
+            None => {
+                let mut out = [0u8; N];
+                let rest = &bytes[at.min(bytes.len())..];
+                out[..rest.len()].copy_from_slice(rest);
+                out
+            }
+        }
+    }
+
+    /// For each keep byte, the byte shuffle that moves its packed 16-bit
+    /// values into their lanes (0x80: a zero byte).
+    static SHUFFLE16: [[u8; 16]; 256] = {
+        let mut table = [[0x80u8; 16]; 256];
+        let mut keep = 0;
+        while keep < 256 {
+            let (mut next, mut lane) = (0u8, 0);
+            while lane < 8 {
+                if keep >> lane & 1 == 1 {
+                    table[keep][2 * lane] = 2 * next;
+                    table[keep][2 * lane + 1] = 2 * next + 1;
+                    next += 1;
+                }
+                lane += 1;
+            }
+            keep += 1;
+        }
+        table
+    };
+
+    /// For each keep byte, the source lane of every kept lane's packed f32 (0 for the others, masked off after).
+    static PERMUTE32: [[i32; 8]; 256] = {
+        let mut table = [[0i32; 8]; 256];
+        let mut keep = 0;
+        while keep < 256 {
+            let (mut next, mut lane) = (0, 0);
+            while lane < 8 {
+                if keep >> lane & 1 == 1 {
+                    table[keep][lane] = next;
+                    next += 1;
+                }
+                lane += 1;
+            }
+            keep += 1;
+        }
+        table
+    };
+
+    /// Eight packed 16-bit values from byte `at`, moved into the lanes of `keep` (zeros elsewhere).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn expand16(bytes: &[u8], at: usize, keep: u8) -> __m128i {
+        let raw = bytes_at::<16>(bytes, at);
+        // SAFETY: `raw` and the table entry are 16 readable bytes each.
+        let (raw, shuffle) = unsafe {
+            (_mm_loadu_si128(raw.as_ptr() as *const __m128i), _mm_loadu_si128(SHUFFLE16[usize::from(keep)].as_ptr() as *const __m128i))
+        };
+        _mm_shuffle_epi8(raw, shuffle)
+    }
+
+    struct PackedF16;
+    impl PackedFormat for PackedF16 {
+        const SIZE: usize = 2;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
+            _mm256_cvtph_ps(expand16(bytes, at, keep))
+        }
+    }
+
+    struct PackedBF16;
+    impl PackedFormat for PackedBF16 {
+        const SIZE: usize = 2;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
+            // A bf16 is the high half of the f32 with the same value.
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(expand16(bytes, at, keep))))
+        }
+    }
+
+    struct PackedF32;
+    impl PackedFormat for PackedF32 {
+        const SIZE: usize = 4;
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
+            let raw = bytes_at::<32>(bytes, at);
+            // SAFETY: `raw` is eight readable f32 and the table entry eight i32.
+            let (raw, permute) = unsafe {
+                (_mm256_loadu_ps(raw.as_ptr() as *const f32), _mm256_loadu_si256(PERMUTE32[usize::from(keep)].as_ptr() as *const __m256i))
+            };
+            keep_lanes(_mm256_permutevar8x32_ps(raw, permute), keep)
+        }
+    }
+
+    /// [`tile`] for packed sparse rows: each keep byte's values widened into
+    /// eight lanes (zeros at the pruned ones) and multiplied exactly as
+    /// [`tile`] multiplies the dense row, so the products are those of the
+    /// dense row with zeros, bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn packed_tile<V: PackedFormat, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+        let inner = x[0].len();
+        let keep: [&[u8]; C] = std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits"));
+        let mut at = [0usize; C];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for chunk in 0..inner / 8 {
+            for c in 0..C {
+                let bits = keep[c][chunk];
+                // SAFETY: this function runs only with AVX2, FMA and F16C.
+                let v = unsafe { V::expand(w[c].0, at[c], bits) };
+                at[c] += bits.count_ones() as usize * V::SIZE;
+                for r in 0..R {
+                    let xs: &[f32; 8] = x[r][8 * chunk..8 * chunk + 8].try_into().expect("eight values");
+                    // SAFETY: `xs` is eight readable f32.
+                    let xv = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
+                    acc[r][c] = _mm256_fmadd_ps(xv, v, acc[r][c]);
+                }
+            }
+        }
+        lane_totals(&acc)
     }
 
     /// Keeps the lanes of `v` whose bit in `bits` is set, zeroing the others.
@@ -526,6 +757,13 @@ mod avx2 {
                 }
             }
         }
+        lane_totals(&acc)
+    }
+
+    /// Each product's eight partial sums added lane by lane, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lane_totals<const R: usize, const C: usize>(acc: &[[__m256; C]; R]) -> [[f32; C]; R] {
         let mut out = [[0.0f32; C]; R];
         for r in 0..R {
             for c in 0..C {
@@ -609,6 +847,114 @@ mod tests {
                         let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "inner {inner}, {rows} rows, keep bits {}, encoding {encoding:?}", keep.is_some());
                     }
+                }
+            }
+        }
+    }
+
+    /// A pruned weight as packed sparse rows: keep bits and the kept values
+    /// only, in `values` (f32, f16 or bf16).
+    struct PackedStored {
+        values: Vec<u8>,
+        starts: Vec<usize>,
+        keep: Vec<u8>,
+        inner: usize,
+        kind: PackedValues,
+    }
+
+    impl PackedStored {
+        fn new(dense: &[f32], keep: Vec<u8>, inner: usize, kind: PackedValues) -> Self {
+            let (mut values, mut starts) = (Vec::new(), vec![0]);
+            let keep_bytes = inner.div_ceil(8);
+            for (row, w) in dense.chunks_exact(inner).enumerate() {
+                for (j, &v) in w.iter().enumerate() {
+                    if keep[row * keep_bytes + j / 8] >> (j % 8) & 1 == 1 {
+                        match kind {
+                            PackedValues::F32 => values.extend(v.to_le_bytes()),
+                            PackedValues::F16 => values.extend(half::f16::from_f32(v).to_le_bytes()),
+                            PackedValues::BF16 => values.extend(half::bf16::from_f32(v).to_le_bytes()),
+                        }
+                    }
+                }
+                starts.push(values.len() / kind.size());
+            }
+            PackedStored { values, starts, keep, inner, kind }
+        }
+
+        fn value(&self, i: usize) -> f32 {
+            let b = &self.values[i * self.kind.size()..];
+            match self.kind {
+                PackedValues::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                PackedValues::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                PackedValues::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            }
+        }
+    }
+
+    impl StoredWeight for PackedStored {
+        fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
+            Some(Encoding::Packed(self.kind))
+        }
+
+        fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
+            let keep_bytes = self.inner.div_ceil(8);
+            for row in first..first + count {
+                out.push((&self.values[self.starts[row] * self.kind.size()..], Some(&self.keep[row * keep_bytes..(row + 1) * keep_bytes])));
+            }
+        }
+
+        fn decode(&self, first: usize, out: &mut [f32]) {
+            let keep_bytes = self.inner.div_ceil(8);
+            for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
+                let mut next = self.starts[first + i];
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = if self.keep[(first + i) * keep_bytes + j / 8] >> (j % 8) & 1 == 1 {
+                        next += 1;
+                        self.value(next - 1)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_sparse_products_are_those_of_the_dense_weight_with_zeros_bit_for_bit() {
+        let mut rng = Rng::new(5);
+        // 64 and 72 inputs run in registers for one or two rows; 45 (not whole keep bytes) and three rows through the buffer.
+        for (inner, cols) in [(64usize, 4 * 9 + 3), (72, 13), (45, 10)] {
+            let w: Vec<f32> = (0..cols * inner).map(|_| rng.next_f32() - 0.5).collect();
+            let keep_bytes = inner.div_ceil(8);
+            // Random bits, with whole bytes pruned and kept; no bits past `inner`.
+            let keep: Vec<u8> = (0..cols * keep_bytes)
+                .map(|i| {
+                    let byte = match i % 7 {
+                        0 => 0x00,
+                        1 => 0xFF,
+                        _ => (rng.next_f32() * 256.0) as u8,
+                    };
+                    let last = i % keep_bytes == keep_bytes - 1 && inner % 8 != 0;
+                    if last {
+                        byte & ((1u8 << (inner % 8)) - 1)
+                    } else {
+                        byte
+                    }
+                })
+                .collect();
+            for kind in [PackedValues::F32, PackedValues::F16, PackedValues::BF16] {
+                let packed = PackedStored::new(&w, keep.clone(), inner, kind);
+                let mut dense = vec![0.0f32; cols * inner];
+                packed.decode(0, &mut dense);
+                // The dense weight keeps exactly the kept values (rounded to the value type).
+                let kept = dense.iter().filter(|v| **v != 0.0).count();
+                assert_eq!(kept, *packed.starts.last().unwrap(), "{kind:?}: one nonzero per kept value");
+                for rows in [1, 2, 3] {
+                    let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+                    let want = crate::small_matmul(&x, rows, &dense, cols);
+                    let got = small_matmul_stored(&x, rows, cols, &packed);
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "inner {inner}, {rows} rows, {kind:?}");
                 }
             }
         }

@@ -634,15 +634,6 @@ impl OutputDtype {
             OutputDtype::Bf16 => StoredDtype::BF16,
         }
     }
-
-    /// The `torch_dtype` name in config.json.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            OutputDtype::F32 => "float32",
-            OutputDtype::F16 => "float16",
-            OutputDtype::Bf16 => "bfloat16",
-        }
-    }
 }
 
 /// What [`apply`] did.
@@ -749,42 +740,64 @@ pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 /// its parts at a time), so the memory needed is that of the largest tensor,
 /// whatever the model's size. `dtype` is the storage type of every weight;
 /// `None` keeps each tensor's type in a safetensors source (bf16 stays bf16),
-/// and writes float32 for a GGUF source.
+/// and writes float32 for a GGUF source. With `sparse`, every masked matrix
+/// is stored in the compressed sparse format ([`model::sparse`]): its keep
+/// bits (the mask) and its kept values only.
+#[allow(clippy::too_many_arguments)]
 pub fn write_hf_dir(
     model: &LoadedModel,
     masks: &BTreeMap<String, Vec<MaskRow>>,
     mask_path: &Path,
     dir: &Path,
     dtype: Option<OutputDtype>,
+    sparse: bool,
     max_shard_bytes: usize,
     progress: &ProgressBar,
 ) -> Result<ApplySummary, MaskError> {
     let stored = |name: &str| -> StoredDtype {
         match (dtype, model.weights.stored_type(name)) {
             (Some(d), _) => d.stored(),
-            (None, Some(StoredType::Float(d))) => d,
+            (None, Some(StoredType::Float(d) | StoredType::Sparse(d))) => d,
             (None, _) => StoredDtype::F32,
         }
     };
     let plan = model::arch::hf_tensors(model.weights.names(), &model.config.arch().fused());
-    let layouts: Vec<TensorLayout> = plan
-        .iter()
-        .map(|(name, parts)| {
-            let shapes: Vec<&[usize]> = parts.iter().map(|p| model.weights.shape(p).expect("planned from the model's names")).collect();
-            let mut shape = shapes[0].to_vec();
-            shape[0] = shapes.iter().map(|s| s[0]).sum();
-            TensorLayout { name: name.clone(), dtype: stored(&parts[0]), shape }
-        })
-        .collect();
-    let torch_dtype = match stored("model.embed_tokens.weight") {
-        StoredDtype::F32 => "float32",
-        StoredDtype::F16 => "float16",
-        StoredDtype::BF16 => "bfloat16",
+    let shape_of = |parts: &[String]| {
+        let shapes: Vec<&[usize]> = parts.iter().map(|p| model.weights.shape(p).expect("planned from the model's names")).collect();
+        let mut shape = shapes[0].to_vec();
+        shape[0] = shapes.iter().map(|s| s[0]).sum();
+        shape
     };
+    let is_sparse = |parts: &[String]| sparse && parts.iter().any(|p| p.strip_suffix(".weight").is_some_and(|m| masks.contains_key(m)));
+    let mut layouts = Vec::new();
+    let mut sparse_shapes = BTreeMap::new();
+    for (name, parts) in &plan {
+        let shape = shape_of(parts);
+        if is_sparse(parts) {
+            let keep = keep_bits_of(model, masks, parts);
+            let kept = keep.iter().map(|b| b.count_ones() as usize).sum();
+            layouts.push(TensorLayout {
+                name: format!("{name}{}", model::sparse::KEEP_SUFFIX),
+                dtype: StoredDtype::U8,
+                shape: vec![shape[0], shape[1].div_ceil(8)],
+            });
+            layouts.push(TensorLayout {
+                name: format!("{name}{}", model::sparse::VALUES_SUFFIX),
+                dtype: stored(&parts[0]),
+                shape: vec![kept],
+            });
+            sparse_shapes.insert(name.clone(), [shape[0], shape[1]]);
+        } else {
+            layouts.push(TensorLayout { name: name.clone(), dtype: stored(&parts[0]), shape });
+        }
+    }
     let mut config = model.config.to_hf_json();
-    config["torch_dtype"] = Value::from(torch_dtype);
+    config["torch_dtype"] = Value::from(stored("model.embed_tokens.weight").torch_name());
     model::write_hf_metadata(dir, &config, model.tokenizer.as_ref())?;
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    if !sparse_shapes.is_empty() {
+        metadata.insert(model::sparse::METADATA_KEY.to_string(), model::sparse::metadata_value(&sparse_shapes));
+    }
     let mut writer = ShardedWriter::create(dir, layouts, max_shard_bytes, metadata).map_err(ModelError::from)?;
     let mut summary = ApplySummary { modules: masks.len(), total: 0, masked: 0, zeros: 0 };
     progress.set_length(plan.len() as u64);
@@ -803,11 +816,50 @@ pub fn write_hf_dir(
                 data.extend_from_slice(&tensor.data);
             }
         }
-        writer.write(name, &data).map_err(ModelError::from)?;
+        if is_sparse(parts) {
+            let keep = keep_bits_of(model, masks, parts);
+            let cols = shape_of(parts)[1];
+            let mut packed = Vec::new();
+            for (row, bits) in data.chunks_exact(cols.max(1)).zip(keep.chunks_exact(cols.div_ceil(8).max(1))) {
+                model::sparse::pack_row(row, bits, &mut packed);
+            }
+            writer.write_bytes(&format!("{name}{}", model::sparse::KEEP_SUFFIX), &keep).map_err(ModelError::from)?;
+            writer.write(&format!("{name}{}", model::sparse::VALUES_SUFFIX), &packed).map_err(ModelError::from)?;
+        } else {
+            writer.write(name, &data).map_err(ModelError::from)?;
+        }
         progress.inc(1);
     }
     writer.finish().map_err(ModelError::from)?;
     Ok(summary)
+}
+
+/// The keep bits of the matrix made of `parts` stacked: each masked part's
+/// rows as the mask keeps them, every weight of an unmasked part kept.
+/// Bits past the last column are 0, as the sparse format requires.
+fn keep_bits_of(model: &LoadedModel, masks: &BTreeMap<String, Vec<MaskRow>>, parts: &[String]) -> Vec<u8> {
+    let mut keep = Vec::new();
+    for part in parts {
+        let &[rows, cols] = model.weights.shape(part).expect("planned from the model's names") else {
+            unreachable!("only matrices are masked")
+        };
+        let row_bytes = cols.div_ceil(8);
+        let tail = if cols % 8 == 0 { 0xFF } else { (1u8 << (cols % 8)) - 1 };
+        let first = keep.len();
+        keep.resize(first + rows * row_bytes, 0xFF);
+        if let Some(mask_rows) = part.strip_suffix(".weight").and_then(|m| masks.get(m)) {
+            for r in mask_rows {
+                let at = first + r.row as usize * row_bytes;
+                keep[at..at + row_bytes].copy_from_slice(&r.keep[..row_bytes]);
+            }
+        }
+        for row in 0..rows {
+            if row_bytes > 0 {
+                keep[first + row * row_bytes + row_bytes - 1] &= tail;
+            }
+        }
+    }
+    keep
 }
 
 /// Storage type of the pruned linears in a GGUF written by [`write_gguf`].
@@ -956,6 +1008,8 @@ pub struct ApplyOptions {
     pub dtype: Option<OutputDtype>,
     /// Write a GGUF file of a GGUF source (its pruned linears in this type) instead of a Hugging Face directory.
     pub gguf: Option<GgufWeightType>,
+    /// Store the masked matrices of the Hugging Face directory in the compressed sparse format ([`model::sparse`]).
+    pub sparse: bool,
     /// Replace a non-empty output directory.
     pub force: bool,
 }
@@ -991,7 +1045,7 @@ pub fn apply(opts: &ApplyOptions, progress: &ProgressBar) -> Result<ApplySummary
         Some(ty) => write_gguf(&loaded, &masks, &opts.mask, &tmp, ty, progress)?,
         None => {
             fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-            write_hf_dir(&loaded, &masks, &opts.mask, &tmp, opts.dtype, MAX_SHARD_BYTES, progress)?
+            write_hf_dir(&loaded, &masks, &opts.mask, &tmp, opts.dtype, opts.sparse, MAX_SHARD_BYTES, progress)?
         }
     };
 

@@ -92,6 +92,10 @@ enum FormatArg {
     Hf,
     /// One GGUF file that llama.cpp loads (GGUF sources only: their metadata and tokenizer are carried over).
     Gguf,
+    /// A Hugging Face directory whose pruned linears are stored compressed:
+    /// their keep bits and kept values only (the sparse format in the README).
+    /// subprune loads it, and decodes from it with sparse kernels; transformers does not load it.
+    Sparse,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,21 +209,29 @@ fn run_apply(args: ApplyArgs) -> Result<()> {
         DtypeArg::Bf16 => OutputDtype::Bf16,
     });
     if args.format == FormatArg::Gguf && dtype.is_some() {
-        anyhow::bail!("--dtype is for --format hf; with --format gguf give --type f32|f16|q8_0");
+        anyhow::bail!("--dtype is for --format hf and sparse; with --format gguf give --type f32|f16|q8_0");
     }
     let gguf = (args.format == FormatArg::Gguf).then_some(match args.gguf_type {
         GgufTypeArg::F32 => mask::GgufWeightType::F32,
         GgufTypeArg::F16 => mask::GgufWeightType::F16,
         GgufTypeArg::Q8_0 => mask::GgufWeightType::Q8_0,
     });
-    let opts = ApplyOptions { model: args.model.clone(), mask: args.mask.clone(), out: args.out.clone(), dtype, gguf, force: args.force };
+    let opts = ApplyOptions {
+        model: args.model.clone(),
+        mask: args.mask.clone(),
+        out: args.out.clone(),
+        dtype,
+        gguf,
+        sparse: args.format == FormatArg::Sparse,
+        force: args.force,
+    };
     let bar = progress(args.quiet, "applying");
     let summary = mask::apply(&opts, &bar)
         .with_context(|| format!("applying {} to {} into {}", args.mask.display(), args.model.display(), args.out.display()))?;
     bar.finish_and_clear();
     let stored = match gguf {
         Some(ty) => ty.ggml().name(),
-        None => dtype.map_or("the source's types", OutputDtype::torch_name).to_string(),
+        None => dtype.map_or("the source's types", |d| d.stored().torch_name()).to_string(),
     };
     eprintln!("wrote {} ({stored}) in {:.2} s", args.out.display(), started.elapsed().as_secs_f64());
     println!(

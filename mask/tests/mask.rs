@@ -1,6 +1,7 @@
 //! Tests of the `mask` stage and `mask apply` on tiny random Llama models and
 //! hand-made scores written to a temp dir.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,6 +10,7 @@ use indicatif::ProgressBar;
 use mask::{ApplyOptions, GgufWeightType, MaskError, OutputDtype};
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
+use model::StoredType;
 use serde_json::json;
 use sparsity::owl::SparsityProfile;
 use sparsity::{Group, Method, Pattern};
@@ -193,7 +195,15 @@ fn masks_differing_from_sequential_calibration_warn() {
 }
 
 fn apply_opts(model: &Path, mask: &Path, out: &Path, dtype: OutputDtype, force: bool) -> ApplyOptions {
-    ApplyOptions { model: model.to_path_buf(), mask: mask.to_path_buf(), out: out.to_path_buf(), dtype: Some(dtype), gguf: None, force }
+    ApplyOptions {
+        model: model.to_path_buf(),
+        mask: mask.to_path_buf(),
+        out: out.to_path_buf(),
+        dtype: Some(dtype),
+        gguf: None,
+        sparse: false,
+        force,
+    }
 }
 
 /// Names in `dir` starting with a dot: leftovers of an atomic write.
@@ -527,6 +537,66 @@ fn applied_models_reload_with_the_perplexity_of_the_mask_applied_in_memory() {
     }
 }
 
+/// Greedy-decoding logits of the model at `path` kept in its stored form: a
+/// prompt (the many-row path) and then single tokens (the few-row kernels).
+fn stored_cached_logits(path: &Path, prompt: &[u32], next: &[u32]) -> Vec<Vec<f32>> {
+    let device = model::select_device(model::DeviceChoice::Cpu).unwrap().device;
+    let decoder = model::load_model(path).unwrap().build_stored(&device).unwrap();
+    let mut cache = decoder.new_cache(1);
+    let mut out = vec![decoder.forward_cached(&[prompt.to_vec()], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap()];
+    for &t in next {
+        out.push(decoder.forward_cached(&[vec![t]], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn a_sparse_directory_gives_back_the_mask_and_the_values_and_runs_as_the_dense_one_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path(), "hf", &TINY, 12);
+    let scores = dir.path().join("scores.parquet");
+    magnitude_scores(&model_path, &scores, serde_json::Value::Null);
+    let mask_path = dir.path().join("mask.parquet");
+    mask::make_mask(&scores, Pattern::unstructured(0.5).unwrap(), Group::Row, &mask_path, &hidden()).unwrap();
+    let (_, _, rows) = artifacts::read_mask(&mask_path).unwrap();
+    let mut keep: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in &rows {
+        keep.entry(format!("{}.weight", r.module)).or_default().extend_from_slice(&r.keep);
+    }
+    let windows: Vec<Vec<u32>> = vec![(0..12).map(|i| (i * 7 + 3) % TINY.vocab as u32).collect()];
+    let build =
+        |path: &Path| model::load_model(path).unwrap().build(&model::select_device(model::DeviceChoice::Cpu).unwrap().device).unwrap();
+    for dtype in [OutputDtype::F32, OutputDtype::F16] {
+        let dense_dir = dir.path().join(format!("dense-{dtype:?}"));
+        let sparse_dir = dir.path().join(format!("sparse-{dtype:?}"));
+        mask::apply(&apply_opts(&model_path, &mask_path, &dense_dir, dtype, false), &hidden()).unwrap();
+        mask::apply(&ApplyOptions { sparse: true, ..apply_opts(&model_path, &mask_path, &sparse_dir, dtype, false) }, &hidden()).unwrap();
+        let (dense, sparse) = (model::load_model(&dense_dir).unwrap(), model::load_model(&sparse_dir).unwrap());
+        assert_eq!(dense.fingerprint, sparse.fingerprint, "the same model, stored another way");
+        for name in dense.weights.names() {
+            let (a, b) = (dense.weights.load(name).unwrap(), sparse.weights.load(name).unwrap());
+            assert_eq!(a.shape, b.shape, "{name}");
+            assert!(a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?} {name}: values differ");
+            let stored_keep = sparse.weights.stored_keep_bits(name).unwrap();
+            assert_eq!(stored_keep.as_ref(), keep.get(name), "{dtype:?} {name}: the keep bits are the mask's");
+            let expected_type =
+                if keep.contains_key(name) { StoredType::Sparse(dtype.stored()) } else { StoredType::Float(dtype.stored()) };
+            assert_eq!(sparse.weights.stored_type(name), Some(expected_type), "{name}");
+        }
+        let size = |d: &Path| std::fs::metadata(d.join("model.safetensors")).unwrap().len();
+        assert!(size(&sparse_dir) < size(&dense_dir), "{dtype:?}: sparse {} bytes vs dense {}", size(&sparse_dir), size(&dense_dir));
+        let (a, b) = (perplexity(&build(&dense_dir), &windows), perplexity(&build(&sparse_dir), &windows));
+        assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?}: perplexity {a} vs {b}");
+        let (a, b) = (
+            stored_cached_logits(&dense_dir, &windows[0][..7], &windows[0][7..]),
+            stored_cached_logits(&sparse_dir, &windows[0][..7], &windows[0][7..]),
+        );
+        for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?}: decoding step {step} differs");
+        }
+    }
+}
+
 /// Statistics of every linear module of a model (random positive scaler
 /// rows), written as a stats artifact of that model.
 fn random_stats(model_path: &Path, out: &Path, seed: u64) {
@@ -650,7 +720,7 @@ fn apply_streams_into_shards_and_keeps_a_bf16_source_bf16() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     // Shards of at most 40 KB: the tiny model's 0.3 MB of bf16 weights take several.
-    let summary = mask::write_hf_dir(&loaded, &masks, &mask_path, &out, None, 40_000, &hidden()).unwrap();
+    let summary = mask::write_hf_dir(&loaded, &masks, &mask_path, &out, None, false, 40_000, &hidden()).unwrap();
     assert_eq!(summary.masked * 2, summary.total);
     let shards =
         std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-")).count();

@@ -16,8 +16,9 @@ use crate::error::ModelError;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::safetensors::{SafetensorsCheckpoint, StoredDtype};
 use crate::weights::{HostTensor, WeightMap};
+use formats::sparse::SparseRows;
 use formats::FormatError;
-use kernels::encoded::Encoding;
+use kernels::encoded::{Encoding, PackedValues};
 
 /// How a tensor is stored in its checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub enum StoredType {
     Float(StoredDtype),
     /// A GGUF type (f32, f16, bf16 or a quantized block type).
     Gguf(GgmlType),
+    /// subprune's compressed sparse format ([`formats::sparse`]): keep bits
+    /// and the kept values only, of this safetensors dtype.
+    Sparse(StoredDtype),
 }
 
 /// Anything that yields Hugging Face-named f32 host tensors of a given
@@ -62,6 +66,20 @@ struct Entry {
     rows: Option<Range<usize>>,
     /// Storage type in the file.
     stored_type: StoredType,
+    /// The keep bits of a matrix in the sparse format (then `stored` names its values).
+    sparse: Option<Arc<SparseEntry>>,
+}
+
+/// A matrix stored in the compressed sparse format: its keep-bits tensor,
+/// and where each row's values start, counted from the keep bits (and
+/// checked against the values) on first use.
+#[derive(Debug)]
+struct SparseEntry {
+    /// Name of the keep-bits tensor in the file.
+    keep: String,
+    /// Rows and columns of the dense matrix.
+    shape: [usize; 2],
+    rows: std::sync::OnceLock<Result<SparseRows, String>>,
 }
 
 /// The file behind a checkpoint.
@@ -94,16 +112,78 @@ impl Checkpoint {
     /// tensor in `fused` are served as tensors of their own.
     pub(crate) fn open_safetensors(dir: &Path, fused: &[Fused]) -> Result<Self, ModelError> {
         let file = SafetensorsCheckpoint::open(dir)?;
+        let sparse = sparse_declarations(&file)?;
         let mut entries = BTreeMap::new();
         for (name, info) in file.tensors() {
+            if let Some(base) = [formats::sparse::KEEP_SUFFIX, formats::sparse::VALUES_SUFFIX]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| sparse.contains_key(*base))
+            {
+                if file.info(base).is_some() {
+                    return Err(ModelError::format(dir, format!("holds `{base}` both dense and in the sparse format (`{name}`)")));
+                }
+                continue;
+            }
+            if info.dtype == StoredDtype::U8 {
+                return Err(ModelError::format(
+                    dir,
+                    format!(
+                        "tensor `{name}` has dtype U8; only the keep bits of matrices that `{}` declares are U8",
+                        formats::sparse::METADATA_KEY
+                    ),
+                ));
+            }
             let entry = Entry {
                 shape: info.shape.clone(),
                 stored: name.clone(),
                 fixup: Fixup::None,
                 rows: None,
                 stored_type: StoredType::Float(info.dtype),
+                sparse: None,
             };
             entries.insert(name.clone(), entry);
+        }
+        for (name, [rows, cols]) in sparse {
+            let keep = format!("{name}{}", formats::sparse::KEEP_SUFFIX);
+            let values = format!("{name}{}", formats::sparse::VALUES_SUFFIX);
+            let (Some(keep_info), Some(values_info)) = (file.info(&keep), file.info(&values)) else {
+                return Err(ModelError::format(
+                    dir,
+                    format!("declares `{name}` sparse ({}) but lacks `{keep}` or `{values}`", formats::sparse::METADATA_KEY),
+                ));
+            };
+            if keep_info.dtype != StoredDtype::U8 || keep_info.shape != [rows, cols.div_ceil(8)] {
+                return Err(ModelError::format(
+                    dir,
+                    format!(
+                        "`{keep}` is {} {:?}; expected U8 [{rows}, {}] (the keep bits of [{rows}, {cols}])",
+                        keep_info.dtype.as_str(),
+                        keep_info.shape,
+                        cols.div_ceil(8)
+                    ),
+                ));
+            }
+            if values_info.dtype == StoredDtype::U8 || values_info.shape.len() != 1 {
+                return Err(ModelError::format(
+                    dir,
+                    format!(
+                        "`{values}` is {} {:?}; expected F16, BF16 or F32 [kept values]",
+                        values_info.dtype.as_str(),
+                        values_info.shape
+                    ),
+                ));
+            }
+            let sparse = SparseEntry { keep, shape: [rows, cols], rows: std::sync::OnceLock::new() };
+            let entry = Entry {
+                shape: vec![rows, cols],
+                stored: values,
+                fixup: Fixup::None,
+                rows: None,
+                stored_type: StoredType::Sparse(values_info.dtype),
+                sparse: Some(Arc::new(sparse)),
+            };
+            entries.insert(name, entry);
         }
         let mut checkpoint = Checkpoint {
             source: dir.to_path_buf(),
@@ -124,7 +204,7 @@ impl Checkpoint {
         for (stored, hf, shape, fixup) in mapped {
             file.check_dequantizable(&stored)?;
             let ggml_type = file.tensor_info(&stored).expect("mapped from the file's own tensors").ggml_type;
-            entries.insert(hf, Entry { shape, stored, fixup, rows: None, stored_type: StoredType::Gguf(ggml_type) });
+            entries.insert(hf, Entry { shape, stored, fixup, rows: None, stored_type: StoredType::Gguf(ggml_type), sparse: None });
         }
         let mut checkpoint = Checkpoint {
             source: file.path().to_path_buf(),
@@ -215,6 +295,24 @@ impl Checkpoint {
             StoredDtype::F32.decode_into(bytes, &mut data);
             return Ok(HostTensor::new(entry.shape.clone(), data));
         }
+        if let Some(sparse) = &entry.sparse {
+            let Store::Safetensors(file) = &*self.store else { unreachable!("sparse matrices are read from safetensors") };
+            let rows = entry.rows.clone().unwrap_or(0..entry.shape[0]);
+            let mut data = vec![0.0f32; rows.len() * entry.shape[1]];
+            let dtype = match entry.stored_type {
+                StoredType::Sparse(dtype) => dtype,
+                _ => unreachable!("a sparse entry has a sparse type"),
+            };
+            let keep = file.tensor_bytes(&sparse.keep)?;
+            let values = file.tensor_bytes(&entry.stored)?;
+            decode_sparse_rows(sparse.rows(file, &self.source, &entry.stored)?, keep, values, dtype, rows.start, &mut data);
+            file.release(&sparse.keep)?;
+            file.release(&entry.stored)?;
+            if let Some(keep) = self.keep_bits.get(name) {
+                apply_keep_bits(&mut data, entry.shape[1], keep);
+            }
+            return Ok(HostTensor::new(entry.shape.clone(), data));
+        }
         let (stored_shape, mut data) = match &*self.store {
             Store::Safetensors(file) => {
                 let tensor = file.tensor_f32(&entry.stored)?;
@@ -240,6 +338,19 @@ impl Checkpoint {
             apply_keep_bits(&mut data, entry.shape[1], keep);
         }
         Ok(HostTensor::new(entry.shape.clone(), data))
+    }
+
+    /// The keep bits that matrix `name` stores, when it is in the sparse
+    /// format (rows of `ceil(cols / 8)` bytes, least significant bit first):
+    /// the mask it was written with, exactly.
+    pub fn stored_keep_bits(&self, name: &str) -> Result<Option<Vec<u8>>, ModelError> {
+        let Some(entry) = self.entries.get(name) else {
+            return Err(ModelError::format(&self.source, format!("has no tensor `{name}`")));
+        };
+        let (Some(sparse), Store::Safetensors(file)) = (&entry.sparse, &*self.store) else { return Ok(None) };
+        let row_bytes = entry.shape[1].div_ceil(8);
+        let rows = entry.rows.clone().unwrap_or(0..entry.shape[0]);
+        Ok(Some(file.tensor_bytes(&sparse.keep)?[rows.start * row_bytes..rows.end * row_bytes].to_vec()))
     }
 
     /// Zeroes, from now on, the weights of tensor `name` ([rows, cols]) whose
@@ -304,6 +415,57 @@ impl Checkpoint {
     }
 }
 
+/// The sparse matrices the shards' `__metadata__` declare (dense name ->
+/// [rows, cols]); shards that disagree are refused.
+fn sparse_declarations(file: &SafetensorsCheckpoint) -> Result<BTreeMap<String, [usize; 2]>, ModelError> {
+    let mut declared: BTreeMap<String, [usize; 2]> = BTreeMap::new();
+    for shard in file.files() {
+        let Some(text) = shard.metadata().get(formats::sparse::METADATA_KEY) else { continue };
+        let shapes = formats::sparse::parse_metadata(text).map_err(|e| ModelError::format(shard.path(), e))?;
+        for (name, shape) in shapes {
+            if let Some(other) = declared.insert(name.clone(), shape).filter(|other| *other != shape) {
+                return Err(ModelError::format(shard.path(), format!("declares sparse `{name}` as {shape:?}; another shard as {other:?}")));
+            }
+        }
+    }
+    Ok(declared)
+}
+
+impl SparseEntry {
+    /// Where each row's values start, counted from the keep bits on first
+    /// use and checked against the values tensor `values` of `file`.
+    fn rows(&self, file: &SafetensorsCheckpoint, source: &Path, values: &str) -> Result<&SparseRows, ModelError> {
+        let counted = self.rows.get_or_init(|| {
+            let keep = file.tensor_bytes(&self.keep).map_err(|e| e.to_string())?;
+            let rows = SparseRows::from_keep(keep, self.shape[0], self.shape[1]).map_err(|e| format!("`{}`: {e}", self.keep))?;
+            let stored = file.info(values).map_or(0, |info| info.shape.iter().product());
+            if rows.nnz() != stored {
+                return Err(format!("`{}` keeps {} values but `{values}` holds {stored}", self.keep, rows.nnz()));
+            }
+            Ok(rows)
+        });
+        counted.as_ref().map_err(|e| ModelError::format(source, e.clone()))
+    }
+}
+
+/// Decodes rows `first..first + out.len() / cols` of a sparse matrix into
+/// `out` (dense f32, zeros at the pruned weights).
+fn decode_sparse_rows(rows: &SparseRows, keep: &[u8], values: &[u8], dtype: StoredDtype, first: usize, out: &mut [f32]) {
+    let (cols, size) = (rows.cols, dtype.size());
+    if cols == 0 {
+        return;
+    }
+    let row_bytes = cols.div_ceil(8);
+    let mut packed = Vec::with_capacity(cols);
+    for (i, dense) in out.chunks_exact_mut(cols).enumerate() {
+        let row = first + i;
+        let (start, end) = (rows.starts[row], rows.starts[row + 1]);
+        packed.resize(end - start, 0.0);
+        dtype.decode_into(&values[start * size..end * size], &mut packed);
+        formats::sparse::unpack_row(&packed, &keep[row * row_bytes..(row + 1) * row_bytes], dense);
+    }
+}
+
 /// A decoder tensor read from a stored (GGUF) tensor: its Hugging Face
 /// name, the stored rows it takes, and llama.cpp's q/k interleaving.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,11 +520,21 @@ impl Checkpoint {
                 row_bytes: cols * 4,
                 heads: None,
                 keep_bits: None,
+                sparse: None,
             });
         }
+        let mut sparse = None;
         let (first, row_bytes) = match (&*self.store, entry.stored_type) {
             (Store::Safetensors(_), StoredType::Float(dtype)) => (entry.rows.as_ref().map_or(0, |r| r.start), cols * dtype.size()),
             (Store::Gguf(_), StoredType::Gguf(ty)) => (entry.rows.as_ref().map_or(0, |r| r.start), ty.n_bytes(cols as u64)? as usize),
+            (Store::Safetensors(file), StoredType::Sparse(_)) => {
+                let entry_sparse = entry.sparse.as_ref().expect("a sparse entry has its keep bits");
+                // Counted (and checked) now, so that the rows can be read without a failure.
+                entry_sparse.rows(file, &self.source, &entry.stored).ok()?;
+                let keep_location = file.tensor_location(&entry_sparse.keep).ok()?;
+                sparse = Some(SparseStored { entry: Arc::clone(entry_sparse), keep_location });
+                (entry.rows.as_ref().map_or(0, |r| r.start), 0)
+            }
             _ => return None,
         };
         let heads = match entry.fixup {
@@ -386,7 +558,23 @@ impl Checkpoint {
             row_bytes,
             heads,
             keep_bits: self.keep_bits.get(name).cloned(),
+            sparse,
         })
+    }
+}
+
+/// The keep bits of a [`StoredRows`] in the sparse format.
+#[derive(Clone)]
+struct SparseStored {
+    entry: Arc<SparseEntry>,
+    /// The keep-bits tensor's shard and byte range in it.
+    keep_location: (usize, Range<usize>),
+}
+
+impl SparseStored {
+    /// Where each row's values start (counted when the rows were made).
+    fn rows(&self) -> &SparseRows {
+        self.entry.rows.get().and_then(|r| r.as_ref().ok()).expect("counted and checked when the stored rows were made")
     }
 }
 
@@ -412,6 +600,8 @@ pub struct StoredRows {
     /// llama.cpp's q/k row interleaving over this many heads, undone on reading.
     heads: Option<usize>,
     keep_bits: Option<Arc<Vec<u8>>>,
+    /// The keep bits of a matrix in the sparse format, whose bytes are its packed values.
+    sparse: Option<SparseStored>,
 }
 
 impl std::fmt::Debug for StoredRows {
@@ -452,7 +642,12 @@ impl StoredRows {
         if let Some(bytes) = &self.replaced {
             return bytes;
         }
-        let (shard, range) = &self.location;
+        self.mapped(&self.location)
+    }
+
+    /// The bytes at `location` (a shard and a byte range in it) of the file.
+    fn mapped(&self, location: &(usize, Range<usize>)) -> &[u8] {
+        let (shard, range) = location;
         match &*self.store {
             Store::Safetensors(file) => &file.shard_bytes(*shard)[range.clone()],
             Store::Gguf(file) => &file.mapped()[range.clone()],
@@ -468,12 +663,19 @@ impl StoredRows {
             StoredType::Gguf(ty) => {
                 formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened")
             }
+            StoredType::Sparse(_) => unreachable!("sparse rows are decoded by decode_sparse_rows"),
         }
     }
 
     /// The encoding of the stored rows, where [`kernels::encoded`] decodes it in registers.
     pub fn encoding(&self) -> Option<Encoding> {
         Some(match self.stored_type {
+            // A mask over sparse rows: decoded into the buffer, both applied.
+            StoredType::Sparse(_) if self.keep_bits.is_some() => return None,
+            StoredType::Sparse(StoredDtype::F32) => Encoding::Packed(PackedValues::F32),
+            StoredType::Sparse(StoredDtype::F16) => Encoding::Packed(PackedValues::F16),
+            StoredType::Sparse(StoredDtype::BF16) => Encoding::Packed(PackedValues::BF16),
+            StoredType::Sparse(StoredDtype::U8) | StoredType::Float(StoredDtype::U8) => return None,
             StoredType::Float(StoredDtype::F32) | StoredType::Gguf(GgmlType::F32) => Encoding::F32,
             StoredType::Float(StoredDtype::F16) | StoredType::Gguf(GgmlType::F16) => Encoding::F16,
             StoredType::Float(StoredDtype::BF16) | StoredType::Gguf(GgmlType::BF16) => Encoding::BF16,
@@ -491,6 +693,15 @@ impl StoredRows {
     /// interleaving undone) and their keep bits, where the matrix is masked.
     pub fn rows_into<'a>(&'a self, first: usize, count: usize, out: &mut Vec<kernels::encoded::StoredRow<'a>>) {
         let bytes = self.bytes();
+        if let (Some(sparse), StoredType::Sparse(dtype)) = (&self.sparse, self.stored_type) {
+            // Each row's values from its first to the end of the matrix's (see Encoding::Packed).
+            let (rows, keep) = (sparse.rows(), self.mapped(&sparse.keep_location));
+            let keep_bytes = self.cols.div_ceil(8);
+            for row in self.first + first..self.first + first + count {
+                out.push((&bytes[rows.starts[row] * dtype.size()..], Some(&keep[row * keep_bytes..(row + 1) * keep_bytes])));
+            }
+            return;
+        }
         let keep_bytes = self.cols.div_ceil(8);
         for row in first..first + count {
             let stored = self.stored_row(row);
@@ -503,6 +714,19 @@ impl StoredRows {
     pub fn decode(&self, first: usize, out: &mut [f32]) {
         let count = out.len() / self.cols;
         let bytes = self.bytes();
+        if let (Some(sparse), StoredType::Sparse(dtype)) = (&self.sparse, self.stored_type) {
+            decode_sparse_rows(sparse.rows(), self.mapped(&sparse.keep_location), bytes, dtype, self.first + first, out);
+        } else {
+            self.decode_dense(bytes, first, out);
+        }
+        if let Some(keep) = &self.keep_bits {
+            let row_bytes = self.cols.div_ceil(8);
+            apply_keep_bits(out, self.cols, &keep[first * row_bytes..(first + count) * row_bytes]);
+        }
+    }
+
+    /// Writes dense rows `first..first + out.len() / cols` into `out` as f32, unmasked.
+    fn decode_dense(&self, bytes: &[u8], first: usize, out: &mut [f32]) {
         match self.heads {
             None => self.decode_stored(bytes, self.first + first, out),
             // Interleaved rows are decoded one by one, straight into place.
@@ -511,10 +735,6 @@ impl StoredRows {
                     self.decode_stored(bytes, self.stored_row(first + i), row);
                 }
             }
-        }
-        if let Some(keep) = &self.keep_bits {
-            let row_bytes = self.cols.div_ceil(8);
-            apply_keep_bits(out, self.cols, &keep[first * row_bytes..(first + count) * row_bytes]);
         }
     }
 

@@ -19,7 +19,7 @@ pub use checkpoint::{Checkpoint, MaskedWeights, ReplacedWeights, StoredPart, Sto
 pub use decoder::{Decoder, DecoderSpec, ForwardContext, LayerSpec};
 pub use device::{select_device, BlasThreads, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
-pub use formats::{gguf, safetensors, tokenizer, weights};
+pub use formats::{gguf, safetensors, sparse, tokenizer, weights};
 pub use formats::{FormatError, HostTensor, WeightMap};
 pub use loader::{load_model, write_hf_metadata, LoadedModel, ModelFormat};
 pub use nn::{shared_values, HostKv, Kernels, KvCache, LayerKv, LinearObserver};

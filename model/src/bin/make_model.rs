@@ -79,12 +79,7 @@ fn main() {
     if layers > 0 {
         config["num_hidden_layers"] = layers.into();
     }
-    config["torch_dtype"] = match dtype {
-        StoredDtype::BF16 => "bfloat16",
-        StoredDtype::F16 => "float16",
-        StoredDtype::F32 => "float32",
-    }
-    .into();
+    config["torch_dtype"] = dtype.torch_name().into();
     let parsed = ModelConfig::from_hf_json(&config, Path::new("config.json")).unwrap_or_else(|e| fail(format!("{e}")));
     let norm_value = if parsed.spec().norm_offset != 0.0 { 0.0 } else { 1.0 };
     // Tensors in the order the decoder reads them: embedding, layers, head.
