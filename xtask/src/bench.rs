@@ -325,3 +325,241 @@ pub fn scale(bench_args: &[String]) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Options of the sparse-execution benchmark (given after `--`).
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask bench sparse --")]
+struct SparseBench {
+    /// Model: a model id of `cargo xtask fetch-model` (smollm2-135m, gemma3-270m, ...), or
+    /// `llama-2-7b-layer` for one decoder layer of a random-weight Llama-2-7B-shaped model.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Value type of the written models (dense and sparse alike).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "bf16", "f32"])]
+    dtype: String,
+    /// Sparsities to compare with the dense model: unstructured fractions and N:M patterns.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,2:4")]
+    patterns: Vec<String>,
+    /// Tokens decoded per sequence in the timed decoding runs.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Device of the runs.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Working directory (models, masks, outputs).
+    #[arg(long, default_value = "out/bench-sparse")]
+    out: PathBuf,
+}
+
+/// What `bench sparse` measured of one written model.
+struct SparseRow {
+    label: String,
+    weight_bytes: u64,
+    decode_1: f64,
+    decode_8: f64,
+    prefill: f64,
+    peak_rss_mib: Option<f64>,
+    perplexity: Option<f64>,
+    tokens: Option<String>,
+}
+
+/// The number after `prefix` on the line of `text` that starts with it, up to " tokens/s" or " MiB".
+fn figure_after(text: &str, prefix: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    let value = line.rsplit_once(" = ").map_or(&line[prefix.len()..], |(_, v)| v);
+    value.split_whitespace().next()?.parse().ok()
+}
+
+/// Bytes of the safetensors files of a model directory.
+fn safetensors_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).map(|e| disk_bytes(&e.path())).sum()
+    })
+}
+
+/// `cargo xtask bench sparse [-- OPTIONS]`: decoding and prefill speed,
+/// weight bytes and peak RSS of a model written dense, with zeros, and in
+/// the sparse format at several sparsities; checks that each sparse model's
+/// perplexity and greedy generations are those of the same model with zeros.
+pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
+    let opts = SparseBench::try_parse_from(std::iter::once("bench-sparse".to_string()).chain(bench_args.iter().cloned()))?;
+    let bin = workspace::build_binaries()?;
+    let dir = workspace::absolute(&opts.out)?.join(&opts.model);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = |p: &Path| p.display().to_string();
+    let source = if opts.model == "llama-2-7b-layer" {
+        let tokenizer_model = models::fetch(models::find(models::SMOLLM2_135M)?, &models::subprune_home()?)?;
+        let made = dir.join("made-bf16");
+        if !made.join("config.json").is_file() {
+            let mut make = Command::new(bin.join("make-model"));
+            make.args(["--shape", "llama-2-7b", "--dtype", "bf16", "--layers", "1", "--out", &path(&made)]);
+            make.env(models::SMOLLM2_ENV, &tokenizer_model);
+            process::run_checked(&mut make)?;
+        }
+        made
+    } else {
+        models::fetch(models::find(&opts.model)?, &models::subprune_home()?)?
+    };
+    let (device, src) = (opts.device.as_arg(), path(&source));
+    let run = |program: &str, args: &[&str]| -> Result<String> {
+        let mut cmd = Command::new(bin.join(program));
+        cmd.args(args);
+        eprintln!("running: {}", process::display(&cmd));
+        Ok(String::from_utf8_lossy(&process::output_checked(&mut cmd)?).into_owned())
+    };
+    let scores = dir.join("magnitude-scores.parquet");
+    if !scores.is_file() {
+        run("score", &["--method", "magnitude", "--model", &src, "--quiet", "--out", &path(&scores)])?;
+    }
+    let wikitext = workspace::data_root().join("wikitext-2-raw/wiki.test.raw");
+    let measure_dir = |label: String, model: &Path| -> Result<SparseRow> {
+        let m = path(model);
+        let tokens_file = model.join("bench-tokens.json");
+        let new_tokens = opts.new_tokens.to_string();
+        let generated = run(
+            "bench-generate",
+            &[
+                "--model",
+                &m,
+                "--device",
+                device,
+                "--prompts",
+                "8",
+                "--new-tokens",
+                &new_tokens,
+                "--batch",
+                "8",
+                "--cached-only",
+                "--tokens-out",
+                &path(&tokens_file),
+            ],
+        )?;
+        let speed = run("evaluate", &["speed", "--model", &m, "--device", device])?;
+        let speed: serde_json::Value = serde_json::from_str(speed.lines().last().unwrap_or_default())
+            .with_context(|| format!("`evaluate speed` printed {speed:?}; expected its JSON line"))?;
+        let perplexity = if wikitext.is_file() {
+            let out = run(
+                "evaluate",
+                &["ppl", "--model", &m, "--text", &path(&wikitext), "--seqlen", "512", "--max-windows", "4", "--device", device, "--quiet"],
+            )?;
+            figure_after(&out, "perplexity: ")
+        } else {
+            None
+        };
+        Ok(SparseRow {
+            label,
+            weight_bytes: safetensors_bytes(model),
+            decode_1: figure_after(&generated, "decode steps batch 1:").context("bench-generate printed no batch-1 decoding speed")?,
+            decode_8: figure_after(&generated, "decode steps batch 8:").context("bench-generate printed no batch-8 decoding speed")?,
+            prefill: speed["prefill_tokens_per_s"].as_f64().context("`evaluate speed` gave no prefill speed")?,
+            peak_rss_mib: figure_after(&generated, "peak RSS:"),
+            perplexity,
+            tokens: std::fs::read_to_string(&tokens_file).ok(),
+        })
+    };
+    let apply = |mask: &Path, out: &Path, format: &str| -> Result<()> {
+        run(
+            "mask",
+            &[
+                "apply",
+                "--model",
+                &src,
+                "--mask",
+                &path(mask),
+                "--out",
+                &path(out),
+                "--format",
+                format,
+                "--dtype",
+                &opts.dtype,
+                "--force",
+                "--quiet",
+            ],
+        )?;
+        Ok(())
+    };
+    let mask_for = |pattern: &str| -> Result<PathBuf> {
+        let mask = dir.join(format!("mask-{}.parquet", pattern.replace(':', "of")));
+        let flag = if pattern.contains(':') { "--nm" } else { "--sparsity" };
+        run("mask", &["--scores", &path(&scores), flag, pattern, "--quiet", "--out", &path(&mask)])?;
+        Ok(mask)
+    };
+
+    let dense_dir = dir.join(format!("dense-{}", opts.dtype));
+    apply(&mask_for("0")?, &dense_dir, "hf")?;
+    let mut rows = vec![measure_dir(format!("dense {}", opts.dtype), &dense_dir)?];
+    for pattern in &opts.patterns {
+        let mask = mask_for(pattern)?;
+        let (zeros_dir, sparse_dir) = (dir.join(format!("zeros-{pattern}")), dir.join(format!("sparse-{pattern}")));
+        apply(&mask, &zeros_dir, "hf")?;
+        apply(&mask, &sparse_dir, "sparse")?;
+        let name = if pattern.contains(':') { pattern.clone() } else { format!("{:.0}%", pattern.parse::<f64>().unwrap_or(0.0) * 100.0) };
+        rows.push(measure_dir(format!("{name} with zeros"), &zeros_dir)?);
+        rows.push(measure_dir(format!("{name} sparse"), &sparse_dir)?);
+    }
+
+    println!();
+    println!(
+        "bench sparse: {} ({} values, magnitude masks); device {device}; {} CPU threads; ratios against the dense model",
+        opts.model,
+        opts.dtype,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:<18} {:>12} {:>16} {:>16} {:>16} {:>9} {:>11}  same as with zeros",
+        "model", "weights MiB", "decode b1 tok/s", "decode b8 tok/s", "prefill tok/s", "RSS MiB", "ppl"
+    );
+    let dense = &rows[0];
+    for (i, row) in rows.iter().enumerate() {
+        let ratio = |v: f64, d: f64| format!("{v:.1} ({:.2}x)", v / d);
+        let zeros = (row.label.ends_with("sparse")).then(|| &rows[i - 1]);
+        let same = zeros.map_or_else(String::new, |z| {
+            let ppl = match (row.perplexity, z.perplexity) {
+                (Some(a), Some(b)) => {
+                    format!("ppl {}", if format!("{a:.4e}") == format!("{b:.4e}") { "equal to 4 digits" } else { "DIFFERS" })
+                }
+                _ => "ppl not measured".to_string(),
+            };
+            let tokens = if row.tokens.is_some() && row.tokens == z.tokens { "generations identical" } else { "generations DIFFER" };
+            format!("{ppl}, {tokens}")
+        });
+        println!(
+            "{:<18} {:>12} {:>16} {:>16} {:>16} {:>9} {:>11}  {same}",
+            row.label,
+            format!(
+                "{:.1} ({:.2}x)",
+                row.weight_bytes as f64 / (1 << 20) as f64,
+                row.weight_bytes as f64 / dense.weight_bytes.max(1) as f64
+            ),
+            ratio(row.decode_1, dense.decode_1),
+            ratio(row.decode_8, dense.decode_8),
+            ratio(row.prefill, dense.prefill),
+            row.peak_rss_mib.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}")),
+            row.perplexity.map_or_else(|| "n/a".to_string(), |p| format!("{p:.4}")),
+        );
+    }
+    println!(
+        "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each; prefill: one window through `evaluate speed`)",
+        opts.new_tokens
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_read_from_the_benchmarks_lines() {
+        let text = "cache     batch 1: 512 tokens in 16.00 s = 32.0 tokens/s\n\
+                    decode steps batch 1: 64 tokens in 2.00 s = 32.0 tokens/s\n\
+                    decode steps batch 8: 512 tokens in 4.00 s = 128.0 tokens/s\n\
+                    peak RSS: 417 MiB (the model kept in its stored form)\n\
+                    perplexity: 7.747902";
+        assert_eq!(figure_after(text, "decode steps batch 1:"), Some(32.0));
+        assert_eq!(figure_after(text, "decode steps batch 8:"), Some(128.0));
+        assert_eq!(figure_after(text, "peak RSS:"), Some(417.0));
+        assert_eq!(figure_after(text, "perplexity: "), Some(7.747902));
+        assert_eq!(figure_after(text, "decode steps batch 2:"), None);
+    }
+}

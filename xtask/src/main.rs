@@ -200,6 +200,16 @@ enum BenchCommand {
     /// mask apply and evaluate ppl (dense, masked, pruned directory). Takes
     /// `--shape`, `--layers N`, `--device`, `--nsamples`, `--seqlen` and `--out` after `--`.
     Scale(BenchArgs),
+    /// Decoding and prefill tokens/s, weight bytes and peak RSS of a model dense, with zeros and in the sparse format.
+    ///
+    /// Writes the model (SmolLM2-135M by default) with magnitude masks at
+    /// 50%, 60%, 70% and 2:4, each as a directory with zeros and as one in
+    /// the sparse format (`mask apply --format sparse`), and times decoding
+    /// at batch 1 and 8 and prefill against the dense model; checks that each
+    /// sparse model's perplexity and greedy generations are those of the
+    /// model with zeros. Takes `--model` (or `llama-2-7b-layer`), `--dtype`,
+    /// `--patterns`, `--new-tokens`, `--device` and `--out` after `--`.
+    Sparse(BenchArgs),
     /// GFLOP/s of the host matrix-product kernel on SmolLM2-135M's linear-layer shapes, one thread and all.
     ///
     /// Runs the `bench-gemm` binary of the model crate; takes `--rows N` and `--repeats N` after `--`.
@@ -259,6 +269,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Scale(args)) => {
             args.prereqs.ensure()?;
             bench::scale(&args.bench_args)
+        }
+        Command::Bench(BenchCommand::Sparse(args)) => {
+            args.prereqs.ensure()?;
+            bench::sparse(&args.bench_args)
         }
         Command::Fuzz(args) => fuzz(&args),
     }

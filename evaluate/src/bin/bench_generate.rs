@@ -5,7 +5,10 @@
 //! Run through `cargo xtask bench generate`, which builds the workspace,
 //! fetches the model and sets `SUBPRUNE_SMOLLM2_GGUF`. Options (after `--`):
 //! `--device cpu|wgpu|auto` (default cpu), `--new-tokens N` (default 64),
-//! `--prompts N` (default 4), `--batch N` (default 1; also run batched when above 1).
+//! `--prompts N` (default 4), `--batch N` (default 1; also run batched when above 1),
+//! `--model PATH` (another model than SmolLM2: a GGUF file or a Hugging Face
+//! directory, sparse ones included), `--cached-only` (no runs without the
+//! cache), `--tokens-out FILE` (the first run's generated token ids, as JSON).
 //!
 //! The "decode steps" rows time decoding alone, as llama.cpp's `llama-bench
 //! -n N` and `llama-batched-bench` do: from one start token per sequence,
@@ -35,10 +38,15 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn main() {
-    let Some(path) = std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from) else {
-        eprintln!("SUBPRUNE_SMOLLM2_GGUF is not set: run this benchmark through `cargo xtask bench generate`");
+    let model_arg: String = arg("--model", String::new());
+    let Some(path) =
+        (!model_arg.is_empty()).then(|| PathBuf::from(&model_arg)).or_else(|| std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from))
+    else {
+        eprintln!("SUBPRUNE_SMOLLM2_GGUF is not set and no --model given: run this benchmark through `cargo xtask bench generate`");
         std::process::exit(2);
     };
+    let tokens_out: String = arg("--tokens-out", String::new());
+    let cached_only = std::env::args().any(|a| a == "--cached-only");
     let device_choice: DeviceChoice = arg("--device", DeviceChoice::Cpu);
     let new_tokens: usize = arg("--new-tokens", 64);
     let n_prompts: usize = arg("--prompts", 4).clamp(1, PROMPTS.len());
@@ -65,6 +73,7 @@ fn main() {
     } else if batch > 1 {
         runs.extend([(true, batch), (false, batch)]);
     }
+    runs.retain(|&(use_cache, _)| use_cache || !cached_only);
     let mut cached_tokens = None;
     for (use_cache, batch) in runs {
         let config = GenerationConfig { max_new_tokens: new_tokens, use_cache, ..GenerationConfig::default() };
@@ -75,6 +84,10 @@ fn main() {
         let total: usize = tokens.iter().map(Vec::len).sum();
         let same = match &cached_tokens {
             None => {
+                if !tokens_out.is_empty() {
+                    let json = serde_json::to_string(&tokens).expect("token ids as JSON");
+                    std::fs::write(&tokens_out, json).unwrap_or_else(|e| panic!("writing {tokens_out}: {e}"));
+                }
                 cached_tokens = Some(tokens);
                 String::new()
             }
