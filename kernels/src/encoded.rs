@@ -135,12 +135,22 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
             avx2::small_matmul_task(encoding, x, rows, weight, first, out);
             return;
         }
+        // Packed rows widen into the buffer with the register expansion.
+        let packed = weight.encoding(first, count).filter(|e| avx2::available() && inner % 8 == 0 && matches!(e, Encoding::Packed(_)));
+        let mut stored = Vec::new();
         DECODED.with_borrow_mut(|decoded| {
             decoded.resize(step.min(count) * inner, 0.0);
             for at in (0..count).step_by(step) {
                 let n = step.min(count - at);
                 let w = &mut decoded[..n * inner];
-                weight.decode(first + at, w);
+                match packed {
+                    Some(Encoding::Packed(values)) => {
+                        stored.clear();
+                        weight.rows(first + at, n, &mut stored);
+                        avx2::expand_rows(values, &stored, w);
+                    }
+                    _ => weight.decode(first + at, w),
+                }
                 small_matmul_block(x, rows, w, out, count, at);
             }
         })
@@ -171,6 +181,10 @@ mod avx2 {
     }
 
     pub(super) fn decode(_: Encoding, _: &[u8], _: &mut [f32]) {
+        unreachable!("only where available() is true")
+    }
+
+    pub(super) fn expand_rows(_: super::PackedValues, _: &[super::StoredRow<'_>], _: &mut [f32]) {
         unreachable!("only where available() is true")
     }
 }
@@ -476,6 +490,8 @@ mod avx2 {
         unsafe {
             match encoding {
                 Encoding::Packed(PackedValues::F32) => task::<Packed<PackedF32>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F16) if avx512::chosen() => avx512::task::<false>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::BF16) if avx512::chosen() => avx512::task::<true>(x, rows, weight, first, out),
                 Encoding::Packed(PackedValues::F16) => task::<Packed<PackedF16>>(x, rows, weight, first, out),
                 Encoding::Packed(PackedValues::BF16) => task::<Packed<PackedBF16>>(x, rows, weight, first, out),
                 _ => with_format!(encoding, blocks_task(x, rows, weight, first, out)),
@@ -576,26 +592,11 @@ mod avx2 {
         /// Bytes of one value.
         const SIZE: usize;
         /// The lanes of keep byte `keep`: the next `keep.count_ones()`
-        /// values, from byte `at` of `bytes`, in the kept lanes (in order),
-        /// zeros in the others. Reads past the end of `bytes` read zeros.
+        /// values, from `at`, in the kept lanes (in order), zeros in the others.
         ///
         /// # Safety
-        /// The CPU must have AVX2, FMA and F16C.
-        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256;
-    }
-
-    /// The `N` bytes of `bytes` from `at`, zeros past its end.
-    #[inline(always)]
-    fn bytes_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-        match bytes.get(at..at + N) {
-            Some(b) => b.try_into().expect("N bytes"),
-            None => {
-                let mut out = [0u8; N];
-                let rest = &bytes[at.min(bytes.len())..];
-                out[..rest.len()].copy_from_slice(rest);
-                out
-            }
-        }
+        /// The CPU must have AVX2, FMA and F16C, and the 32 bytes from `at` must be readable.
+        unsafe fn expand(at: *const u8, keep: u8) -> __m256;
     }
 
     /// For each keep byte, the byte shuffle that moves its packed 16-bit
@@ -636,16 +637,18 @@ mod avx2 {
         table
     };
 
-    /// Eight packed 16-bit values from byte `at`, moved into the lanes of `keep` (zeros elsewhere).
+    /// Eight packed 16-bit values from `at`, moved into the lanes of `keep` (zeros elsewhere).
+    ///
+    /// # Safety
+    /// The 16 bytes from `at` must be readable.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn expand16(bytes: &[u8], at: usize, keep: u8) -> __m128i {
-        let raw = bytes_at::<16>(bytes, at);
-        // SAFETY: `raw` and the table entry are 16 readable bytes each.
-        let (raw, shuffle) = unsafe {
-            (_mm_loadu_si128(raw.as_ptr() as *const __m128i), _mm_loadu_si128(SHUFFLE16[usize::from(keep)].as_ptr() as *const __m128i))
-        };
-        _mm_shuffle_epi8(raw, shuffle)
+    unsafe fn expand16(at: *const u8, keep: u8) -> __m128i {
+        // SAFETY: the table entry is 16 readable bytes, and so are those at `at` (the caller's promise).
+        unsafe {
+            let shuffle = _mm_loadu_si128(SHUFFLE16[usize::from(keep)].as_ptr() as *const __m128i);
+            _mm_shuffle_epi8(_mm_loadu_si128(at as *const __m128i), shuffle)
+        }
     }
 
     struct PackedF16;
@@ -653,8 +656,9 @@ mod avx2 {
         const SIZE: usize = 2;
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
-            _mm256_cvtph_ps(expand16(bytes, at, keep))
+        unsafe fn expand(at: *const u8, keep: u8) -> __m256 {
+            // SAFETY: the caller's promise.
+            _mm256_cvtph_ps(unsafe { expand16(at, keep) })
         }
     }
 
@@ -663,9 +667,10 @@ mod avx2 {
         const SIZE: usize = 2;
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
+        unsafe fn expand(at: *const u8, keep: u8) -> __m256 {
             // A bf16 is the high half of the f32 with the same value.
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(expand16(bytes, at, keep))))
+            // SAFETY: the caller's promise.
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(unsafe { expand16(at, keep) })))
         }
     }
 
@@ -674,13 +679,49 @@ mod avx2 {
         const SIZE: usize = 4;
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn expand(bytes: &[u8], at: usize, keep: u8) -> __m256 {
-            let raw = bytes_at::<32>(bytes, at);
-            // SAFETY: `raw` is eight readable f32 and the table entry eight i32.
-            let (raw, permute) = unsafe {
-                (_mm256_loadu_ps(raw.as_ptr() as *const f32), _mm256_loadu_si256(PERMUTE32[usize::from(keep)].as_ptr() as *const __m256i))
-            };
-            keep_lanes(_mm256_permutevar8x32_ps(raw, permute), keep)
+        unsafe fn expand(at: *const u8, keep: u8) -> __m256 {
+            // SAFETY: the table entry is eight readable i32, and the 32 bytes at `at` are readable (the caller's promise).
+            unsafe {
+                let permute = _mm256_loadu_si256(PERMUTE32[usize::from(keep)].as_ptr() as *const __m256i);
+                keep_lanes(_mm256_permutevar8x32_ps(_mm256_loadu_ps(at as *const f32), permute), keep)
+            }
+        }
+    }
+
+    /// Writes packed rows `rows` (keep bits and values) into `out` as dense
+    /// f32 rows, zeros at the pruned weights, eight values per keep byte.
+    pub(super) fn expand_rows(values: PackedValues, rows: &[StoredRow<'_>], out: &mut [f32]) {
+        // SAFETY: called only where `available` found AVX2, FMA, F16C and POPCNT.
+        unsafe {
+            match values {
+                PackedValues::F32 => expand_rows_as::<PackedF32>(rows, out),
+                PackedValues::F16 => expand_rows_as::<PackedF16>(rows, out),
+                PackedValues::BF16 => expand_rows_as::<PackedBF16>(rows, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn expand_rows_as<V: PackedFormat>(rows: &[StoredRow<'_>], out: &mut [f32]) {
+        let inner = out.len() / rows.len().max(1);
+        let need = inner * V::SIZE + 32;
+        for ((bytes, keep), dense) in rows.iter().zip(out.chunks_exact_mut(inner)) {
+            let keep = keep.expect("packed rows have keep bits");
+            assert!(keep.len() * 8 >= inner, "packed rows need a keep bit per value");
+            let padded = (bytes.len() < need).then(|| {
+                let mut copy = vec![0u8; need];
+                copy[..bytes.len()].copy_from_slice(bytes);
+                copy
+            });
+            let base = padded.as_ref().map_or(bytes.as_ptr(), |p| p.as_ptr());
+            let mut at = 0usize;
+            for (chunk, values) in dense.chunks_exact_mut(8).enumerate() {
+                let bits = keep[chunk];
+                // SAFETY: `at` counts at most `8 * chunk` values, so the 32
+                // bytes from it lie within the `need` bytes at `base`; `values` is eight writable f32.
+                unsafe { _mm256_storeu_ps(values.as_mut_ptr(), V::expand(base.add(at), bits)) };
+                at += bits.count_ones() as usize * V::SIZE;
+            }
         }
     }
 
@@ -693,13 +734,35 @@ mod avx2 {
     fn packed_tile<V: PackedFormat, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
         let inner = x[0].len();
         let keep: [&[u8]; C] = std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits"));
+        // Rows lie one after another, each as long as its kept values: ask
+        // for what the tile after next reads here, so that more loads are in
+        // flight than the widening alone would issue (the rows are too short
+        // for the hardware prefetcher to follow).
+        let row_bytes =
+            if C > 1 { (w[C - 1].0.as_ptr() as usize).saturating_sub(w[0].0.as_ptr() as usize) / (C - 1) } else { inner * V::SIZE / 2 };
+        let ahead = PREFETCH_ROWS * row_bytes;
+        // A row reads at most `inner` values and 32 bytes past its last:
+        // rows with fewer bytes to the end of their matrix's values (its
+        // last rows) are read from a zero-padded copy.
+        let need = inner * V::SIZE + 32;
+        let padded: [Option<Vec<u8>>; C] = std::array::from_fn(|c| {
+            (w[c].0.len() < need).then(|| {
+                let mut copy = vec![0u8; need];
+                copy[..w[c].0.len()].copy_from_slice(w[c].0);
+                copy
+            })
+        });
+        let base: [*const u8; C] = std::array::from_fn(|c| padded[c].as_ref().map_or(w[c].0.as_ptr(), |p| p.as_ptr()));
         let mut at = [0usize; C];
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for chunk in 0..inner / 8 {
             for c in 0..C {
+                _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
                 let bits = keep[c][chunk];
-                // SAFETY: this function runs only with AVX2, FMA and F16C.
-                let v = unsafe { V::expand(w[c].0, at[c], bits) };
+                // SAFETY: the CPU has AVX2, FMA and F16C (this function's
+                // features); `at[c]` counts at most `8 * chunk` values, so the
+                // 32 bytes from it lie within the `need` bytes at `base[c]`.
+                let v = unsafe { V::expand(base[c].add(at[c]), bits) };
                 at[c] += bits.count_ones() as usize * V::SIZE;
                 for r in 0..R {
                     let xs: &[f32; 8] = x[r][8 * chunk..8 * chunk + 8].try_into().expect("eight values");
@@ -710,6 +773,148 @@ mod avx2 {
             }
         }
         lane_totals(&acc)
+    }
+
+    /// Packed 16-bit rows widened by AVX-512's expanding loads: sixteen
+    /// values (two keep bytes) per load, then multiplied eight lanes at a
+    /// time exactly as [`tile`] multiplies the dense row.
+    pub(super) mod avx512 {
+        use std::arch::x86_64::*;
+        use std::sync::OnceLock;
+
+        use super::{lane_totals, RowTile, StoredRow, StoredWeight, PREFETCH_ROWS};
+
+        /// Whether the CPU has AVX-512 F, VL, BW, DQ and VBMI2 (checked once).
+        pub(in super::super) fn available() -> bool {
+            static HAS: OnceLock<bool> = OnceLock::new();
+            *HAS.get_or_init(|| {
+                super::available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vbmi2")
+            })
+        }
+
+        /// Tests set this to run the AVX2 kernels where AVX-512 is available too.
+        #[cfg(test)]
+        pub(in super::super) static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+        /// Whether packed 16-bit rows take these kernels.
+        pub(in super::super) fn chosen() -> bool {
+            #[cfg(test)]
+            if AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            available()
+        }
+
+        /// Packed f16 (`BF16` false) or bf16 rows.
+        struct Packed16<const BF16: bool>;
+
+        impl<const BF16: bool> RowTile for Packed16<BF16> {
+            fn check((_, keep): StoredRow<'_>, inner: usize, index: usize) {
+                assert!(
+                    keep.is_some_and(|keep| keep.len() * 8 >= inner),
+                    "packed weight row {index} has no keep bits for its {inner} values"
+                );
+            }
+
+            #[inline]
+            unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+                // SAFETY: the caller's CPU has what `tile` needs (checked by `available`).
+                unsafe { tile::<BF16, R, C>(x, w) }
+            }
+        }
+
+        /// [`super::task`] over packed 16-bit rows.
+        ///
+        /// # Safety
+        /// Only where [`available`] is true.
+        #[target_feature(enable = "avx2,fma,f16c,popcnt,avx512f,avx512vl,avx512bw,avx512dq,avx512vbmi2")]
+        pub(in super::super) unsafe fn task<const BF16: bool>(
+            x: &[f32],
+            rows: usize,
+            weight: &dyn StoredWeight,
+            first: usize,
+            out: &mut [f32],
+        ) {
+            super::task::<Packed16<BF16>>(x, rows, weight, first, out)
+        }
+
+        /// The 16 values of `words` as f32, in two vectors of eight.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")]
+        fn widen<const BF16: bool>(words: __m256i) -> (__m256, __m256) {
+            let wide = if BF16 {
+                // A bf16 is the high half of the f32 with the same value.
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(words)))
+            } else {
+                _mm512_cvtph_ps(words)
+            };
+            (_mm512_castps512_ps256(wide), _mm512_extractf32x8_ps::<1>(wide))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,popcnt,avx512f,avx512vl,avx512bw,avx512dq,avx512vbmi2")]
+        fn tile<const BF16: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+            let inner = x[0].len();
+            let keep: [&[u8]; C] = std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits"));
+            let row_bytes = if C > 1 { (w[C - 1].0.as_ptr() as usize).saturating_sub(w[0].0.as_ptr() as usize) / (C - 1) } else { inner };
+            let ahead = PREFETCH_ROWS * row_bytes;
+            // A row reads at most `inner` values and 32 bytes past its last:
+            // rows with fewer bytes to the end of their matrix's values (its
+            // last rows) are read from a zero-padded copy.
+            let need = inner * 2 + 32;
+            let padded: [Option<Vec<u8>>; C] = std::array::from_fn(|c| {
+                (w[c].0.len() < need).then(|| {
+                    let mut copy = vec![0u8; need];
+                    copy[..w[c].0.len()].copy_from_slice(w[c].0);
+                    copy
+                })
+            });
+            let base: [*const u8; C] = std::array::from_fn(|c| padded[c].as_ref().map_or(w[c].0.as_ptr(), |p| p.as_ptr()));
+            let mut at = [0usize; C];
+            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            let chunks = inner / 8;
+            for pair in 0..chunks / 2 {
+                let x_at = |r: usize, k: usize| {
+                    let xs: &[f32; 8] = x[r][16 * pair + 8 * k..16 * pair + 8 * k + 8].try_into().expect("eight values");
+                    // SAFETY: `xs` is eight readable f32.
+                    unsafe { _mm256_loadu_ps(xs.as_ptr()) }
+                };
+                let xv: [[__m256; 2]; R] = std::array::from_fn(|r| [x_at(r, 0), x_at(r, 1)]);
+                for c in 0..C {
+                    _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
+                    let bits = u16::from_le_bytes([keep[c][2 * pair], keep[c][2 * pair + 1]]);
+                    // SAFETY: `at[c]` counts at most `16 * pair` values, so the
+                    // 32 bytes from it lie within the `need` bytes at `base[c]`.
+                    let raw = unsafe { _mm256_loadu_si256(base[c].add(at[c]) as *const __m256i) };
+                    let (low, high) = widen::<BF16>(_mm256_maskz_expand_epi16(bits, raw));
+                    at[c] += 2 * bits.count_ones() as usize;
+                    for r in 0..R {
+                        acc[r][c] = _mm256_fmadd_ps(xv[r][0], low, acc[r][c]);
+                        acc[r][c] = _mm256_fmadd_ps(xv[r][1], high, acc[r][c]);
+                    }
+                }
+            }
+            if chunks % 2 == 1 {
+                let chunk = chunks - 1;
+                for c in 0..C {
+                    let bits = keep[c][chunk];
+                    // SAFETY: as above, within the `need` bytes at `base[c]`.
+                    let raw = unsafe { _mm256_loadu_si256(base[c].add(at[c]) as *const __m256i) };
+                    let (low, _) = widen::<BF16>(_mm256_maskz_expand_epi16(u16::from(bits), raw));
+                    for r in 0..R {
+                        let xs: &[f32; 8] = x[r][8 * chunk..8 * chunk + 8].try_into().expect("eight values");
+                        // SAFETY: `xs` is eight readable f32.
+                        acc[r][c] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(xs.as_ptr()) }, low, acc[r][c]);
+                    }
+                }
+            }
+            lane_totals(&acc)
+        }
     }
 
     /// Keeps the lanes of `v` whose bit in `bits` is set, zeroing the others.
@@ -952,9 +1157,14 @@ mod tests {
                 for rows in [1, 2, 3] {
                     let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
                     let want = crate::small_matmul(&x, rows, &dense, cols);
-                    let got = small_matmul_stored(&x, rows, cols, &packed);
-                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "inner {inner}, {rows} rows, {kind:?}");
+                    // The AVX-512 kernels where the CPU has them, and the AVX2 ones.
+                    for avx2_only in [false, true] {
+                        #[cfg(target_arch = "x86_64")]
+                        avx2::avx512::AVX2_ONLY.store(avx2_only, std::sync::atomic::Ordering::Relaxed);
+                        let got = small_matmul_stored(&x, rows, cols, &packed);
+                        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "inner {inner}, {rows} rows, {kind:?}, AVX2 only: {avx2_only}");
+                    }
                 }
             }
         }

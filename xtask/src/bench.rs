@@ -361,6 +361,8 @@ struct SparseRow {
     peak_rss_mib: Option<f64>,
     perplexity: Option<f64>,
     tokens: Option<String>,
+    /// Milliseconds of layer 0's few-row products at batch 1 and 8 (`bench-sparse-layer`).
+    layer_ms: [f64; 2],
 }
 
 /// The number after `prefix` on the line of `text` that starts with it, up to " tokens/s" or " MiB".
@@ -404,7 +406,6 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
     let run = |program: &str, args: &[&str]| -> Result<String> {
         let mut cmd = Command::new(bin.join(program));
         cmd.args(args);
-        eprintln!("running: {}", process::display(&cmd));
         Ok(String::from_utf8_lossy(&process::output_checked(&mut cmd)?).into_owned())
     };
     let scores = dir.join("magnitude-scores.parquet");
@@ -455,6 +456,7 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
             peak_rss_mib: figure_after(&generated, "peak RSS:"),
             perplexity,
             tokens: std::fs::read_to_string(&tokens_file).ok(),
+            layer_ms: [0.0; 2],
         })
     };
     let apply = |mask: &Path, out: &Path, format: &str| -> Result<()> {
@@ -498,6 +500,24 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
         rows.push(measure_dir(format!("{name} sparse"), &sparse_dir)?);
     }
 
+    // The products of one layer alone, every model in one process, back to back.
+    let dirs: Vec<PathBuf> = std::iter::once(dense_dir.clone())
+        .chain(opts.patterns.iter().flat_map(|p| [dir.join(format!("zeros-{p}")), dir.join(format!("sparse-{p}"))]))
+        .collect();
+    let mut layer_args = vec!["--repeats".to_string(), "10".to_string()];
+    for d in &dirs {
+        layer_args.extend(["--model".to_string(), path(d)]);
+    }
+    let layer_out = run("bench-sparse-layer", &layer_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    for (row, d) in rows.iter_mut().zip(&dirs) {
+        let line = layer_out
+            .lines()
+            .find(|l| l.starts_with(&format!("{}: ", path(d))))
+            .context("bench-sparse-layer printed no line for a model")?;
+        let ms = |key: &str| figure_after(&line[line.find(key).unwrap_or(0)..], key);
+        row.layer_ms = [ms("batch 1 ").unwrap_or(f64::NAN), ms("batch 8 ").unwrap_or(f64::NAN)];
+    }
+
     println!();
     println!(
         "bench sparse: {} ({} values, magnitude masks); device {device}; {} CPU threads; ratios against the dense model",
@@ -506,8 +526,8 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:<18} {:>12} {:>16} {:>16} {:>16} {:>9} {:>11}  same as with zeros",
-        "model", "weights MiB", "decode b1 tok/s", "decode b8 tok/s", "prefill tok/s", "RSS MiB", "ppl"
+        "{:<18} {:>14} {:>16} {:>16} {:>16} {:>16} {:>16} {:>9} {:>11}  same as with zeros",
+        "model", "weights MiB", "decode b1 tok/s", "decode b8 tok/s", "prefill tok/s", "layer b1 ms", "layer b8 ms", "RSS MiB", "ppl"
     );
     let dense = &rows[0];
     for (i, row) in rows.iter().enumerate() {
@@ -523,8 +543,9 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
             let tokens = if row.tokens.is_some() && row.tokens == z.tokens { "generations identical" } else { "generations DIFFER" };
             format!("{ppl}, {tokens}")
         });
+        let time_ratio = |v: f64, d: f64| format!("{v:.2} ({:.2}x)", d / v);
         println!(
-            "{:<18} {:>12} {:>16} {:>16} {:>16} {:>9} {:>11}  {same}",
+            "{:<18} {:>14} {:>16} {:>16} {:>16} {:>16} {:>16} {:>9} {:>11}  {same}",
             row.label,
             format!(
                 "{:.1} ({:.2}x)",
@@ -534,12 +555,15 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
             ratio(row.decode_1, dense.decode_1),
             ratio(row.decode_8, dense.decode_8),
             ratio(row.prefill, dense.prefill),
+            time_ratio(row.layer_ms[0], dense.layer_ms[0]),
+            time_ratio(row.layer_ms[1], dense.layer_ms[1]),
             row.peak_rss_mib.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}")),
             row.perplexity.map_or_else(|| "n/a".to_string(), |p| format!("{p:.4}")),
         );
     }
     println!(
-        "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each; prefill: one window through `evaluate speed`)",
+        "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each; prefill: one window through `evaluate speed`; \
+         layer: layer 0's linear products alone, best of 10, speed-up in brackets)",
         opts.new_tokens
     );
     Ok(ExitCode::SUCCESS)

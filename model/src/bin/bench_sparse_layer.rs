@@ -1,0 +1,68 @@
+//! The few-row products of one decoder layer's linear modules, for each of
+//! several models given as `--model DIR` (e.g. the same 7B-shaped layer
+//! dense in f16 and in the sparse format): the kernels alone, without the
+//! LM head and the per-token work around them. Prints the milliseconds per
+//! layer at batch 1 and 8 (best of `--repeats`, default 10) and the peak
+//! RSS; asserts nothing about time.
+//!
+//! Run by `cargo xtask bench sparse -- --model llama-2-7b-layer`.
+
+#[path = "shared/args.rs"]
+mod args;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use args::arg;
+use burn::tensor::{Tensor, TensorData};
+use kernels::rng::Rng;
+use model::nn::Linear;
+use model::{load_model, select_device, DeviceChoice};
+
+fn main() {
+    let layer: usize = arg("--layer", 0);
+    let repeats: usize = arg("--repeats", 10).max(1);
+    let argv: Vec<String> = std::env::args().collect();
+    let models: Vec<PathBuf> = argv.windows(2).filter(|w| w[0] == "--model").map(|w| PathBuf::from(&w[1])).collect();
+    if models.is_empty() {
+        eprintln!("give one or more --model DIR");
+        std::process::exit(2);
+    }
+    let device = select_device(DeviceChoice::Cpu).expect("the cpu device").device;
+    println!("bench sparse layer: layer {layer}, best of {repeats}; {} threads", rayon::current_num_threads());
+    for path in &models {
+        let loaded = load_model(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+        let modules = loaded.config.linear_modules(layer);
+        let linears: Vec<(Linear, usize)> = modules
+            .iter()
+            .map(|(module, _, inner)| {
+                let rows = loaded.weights.rows_of(&format!("{module}.weight")).unwrap_or_else(|| panic!("{module} has no stored rows"));
+                (Linear::from_stored(vec![rows], None, &device), *inner)
+            })
+            .collect();
+        let mut timings = Vec::new();
+        for batch in [1usize, 8] {
+            let mut rng = Rng::new(batch as u64);
+            let inputs: Vec<Tensor<2>> = linears
+                .iter()
+                .map(|(_, inner)| {
+                    let values: Vec<f32> = (0..batch * inner).map(|_| rng.next_f32()).collect();
+                    Tensor::from_data(TensorData::new(values, [batch, *inner]), &device)
+                })
+                .collect();
+            let run = || {
+                let started = Instant::now();
+                for ((linear, _), x) in linears.iter().zip(&inputs) {
+                    std::hint::black_box(linear.forward(x.clone()).into_data());
+                }
+                started.elapsed().as_secs_f64() * 1e3
+            };
+            run();
+            timings.push((0..repeats).map(|_| run()).fold(f64::INFINITY, f64::min));
+        }
+        println!("{}: batch 1 {:.2} ms per layer, batch 8 {:.2} ms per layer", path.display(), timings[0], timings[1]);
+    }
+    if let Some(mib) = model::device::peak_rss_mib() {
+        println!("peak RSS: {mib:.0} MiB");
+    }
+}
