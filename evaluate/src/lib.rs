@@ -163,9 +163,30 @@ pub fn window_nlls_streamed(
     device: &burn::tensor::Device,
     windows: &[Vec<u32>],
     batch: usize,
+    on_step: impl FnMut(),
+) -> Result<Vec<WindowNll>, EvalError> {
+    window_nlls_streamed_from(loaded, device, windows, batch, 0, on_step)
+}
+
+/// [`window_nlls_streamed`] counting only the predictions made at positions
+/// `score_from..` of each window (of its tokens `score_from + 1..`), as
+/// llama.cpp's `llama-perplexity` counts only the second half of each chunk.
+pub fn window_nlls_streamed_from(
+    loaded: &LoadedModel,
+    device: &burn::tensor::Device,
+    windows: &[Vec<u32>],
+    batch: usize,
+    score_from: usize,
     mut on_step: impl FnMut(),
 ) -> Result<Vec<WindowNll>, EvalError> {
     use model::stream::{hidden_tensor, hidden_values, BatchRunner};
+    if let Some((i, w)) = windows.iter().enumerate().find(|(_, w)| w.len() < score_from + 2) {
+        return Err(EvalError::Input(format!(
+            "window {i} has {} tokens; scoring from position {score_from} needs at least {}",
+            w.len(),
+            score_from + 2
+        )));
+    }
     let groups = window_batches(windows, batch)?;
     let mut network = Decoder::empty(loaded.config.spec(), device);
     let width = loaded.config.hidden_size();
@@ -189,7 +210,7 @@ pub fn window_nlls_streamed(
     for (g, x) in groups.iter().zip(hidden) {
         let (rows, seq) = (g.len(), windows[g.start].len());
         let logits = network.head(hidden_tensor(x, width, device)).reshape([rows, seq, loaded.config.vocab_size()]);
-        out.extend(nlls_of_logits(logits, &windows[g.clone()])?.iter().map(|nll| WindowNll::of(nll)));
+        out.extend(nlls_of_logits(logits, &windows[g.clone()])?.iter().map(|nll| WindowNll::of(&nll[score_from..])));
     }
     on_step();
     Ok(out)

@@ -11,7 +11,7 @@ use artifacts::{ArtifactKind, Provenance, ResultRow, Sample, SamplesInfo};
 use clap::{Args, Parser, Subcommand};
 use evaluate::chat::{render_model_chat, ChatMessage};
 use evaluate::generate::{generate, GenerationConfig};
-use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls_streamed, WindowSpec};
+use evaluate::{bootstrap_ci, make_windows, perplexity, window_nlls_streamed_from, WindowSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use model::{select_device, DeviceChoice};
 
@@ -166,6 +166,12 @@ struct PplArgs {
     /// Domain of the text, recorded as the task `perplexity/<domain>` in the results (one per input).
     #[arg(long)]
     domain: Vec<String>,
+    /// Count only the predictions made at positions K.. of each window (of
+    /// its tokens K+1..): `--score-from 256` with `--seqlen 512` is
+    /// llama.cpp's `llama-perplexity -c 512`, which scores the second half of
+    /// each chunk. Default 0: every token after the first.
+    #[arg(long, default_value_t = 0)]
+    score_from: usize,
     /// Bootstrap resamples of the windows for the 95% confidence interval (0: none).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -257,7 +263,7 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     let all_windows: Vec<Vec<u32>> = inputs.iter().flat_map(|i| i.windows.iter().cloned()).collect();
     let bar = progress(loaded.config.num_layers() + 2, args.quiet, "perplexity (embedding, layers, head)");
     let compute_started = Instant::now();
-    let all_nlls = window_nlls_streamed(&loaded, &selected.device, &all_windows, args.batch, || bar.inc(1))?;
+    let all_nlls = window_nlls_streamed_from(&loaded, &selected.device, &all_windows, args.batch, args.score_from, || bar.inc(1))?;
     bar.finish_and_clear();
     let seconds = compute_started.elapsed().as_secs_f64();
     eprintln!("{} windows, {:.1} tokens/s", all_windows.len(), all_windows.iter().map(Vec::len).sum::<usize>() as f64 / seconds);
@@ -336,6 +342,7 @@ fn ppl_params(args: &PplArgs, input: &PplInput, mask: &Option<(String, String)>)
         "windows": input.windows.len(),
         "mask": mask.as_ref().map(|(name, _)| name),
         "domain": input.domain,
+        "score_from": args.score_from,
         "bootstrap": args.bootstrap,
         "seed": args.seed,
     })

@@ -4,7 +4,10 @@
 use std::process::Command;
 
 use artifacts::{ArtifactKind, Provenance, Sample, SamplesInfo};
-use evaluate::{apply_mask_file, bootstrap_ci, make_windows, perplexity, window_nlls, window_nlls_streamed, WindowNll, WindowSpec};
+use evaluate::{
+    apply_mask_file, bootstrap_ci, make_windows, perplexity, token_nlls, window_nlls, window_nlls_streamed, window_nlls_streamed_from,
+    WindowNll, WindowSpec,
+};
 use model::safetensors::StoredDtype;
 use model::{load_model, select_device, DeviceChoice};
 use testkit::*;
@@ -83,6 +86,26 @@ fn layer_by_layer_perplexity_equals_the_whole_model_s_bit_for_bit() {
         let got: f64 = streamed.iter().map(|w| w.nll_sum).sum();
         assert!((got - expected).abs() < 1e-3, "{got} vs {expected}");
     }
+}
+
+#[test]
+fn scoring_from_a_position_counts_only_the_later_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path(), &TINY, &tiny_weights(&TINY, 24), StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let device = select_device(DeviceChoice::Cpu).unwrap().device;
+    let windows = tiny_windows();
+    // Per-position NLLs of the whole model (not streamed), summed from position 3.
+    let per_position = token_nlls(&loaded.build(&device).unwrap(), &windows).unwrap();
+    let from = window_nlls_streamed_from(&loaded, &device, &windows, 2, 3, || {}).unwrap();
+    for (w, (got, all)) in from.iter().zip(&per_position).enumerate() {
+        let want: f64 = all[3..].iter().map(|&v| f64::from(v)).sum();
+        assert_eq!(got.tokens, windows[w].len() - 4, "window {w}: tokens 4.. are predicted");
+        assert!((got.nll_sum - want).abs() < 1e-5 * want.abs().max(1.0), "window {w}: {} vs {want}", got.nll_sum);
+    }
+    let shortest = windows.iter().map(Vec::len).min().unwrap();
+    let err = window_nlls_streamed_from(&loaded, &device, &windows, 1, shortest - 1, || {}).unwrap_err().to_string();
+    assert!(err.contains(&format!("scoring from position {}", shortest - 1)), "{err}");
 }
 
 /// `evaluate ppl --device DEVICE --model MODEL --samples SAMPLES`, to which a call adds its own arguments.

@@ -2,7 +2,7 @@
 
 use model::gguf::GgmlType;
 use model::safetensors::StoredDtype;
-use model::{load_model, FormatError, ModelError};
+use model::{load_model, FormatError, HostTensor, ModelError};
 use testkit::*;
 
 fn error_of(path: &std::path::Path) -> String {
@@ -166,4 +166,73 @@ fn raw_safetensors_dir(header: &[u8]) -> tempfile::TempDir {
     bytes.extend_from_slice(&[0u8; 8]);
     std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
     dir
+}
+
+/// Rewrites `dir`'s model.safetensors with `name` in the sparse format:
+/// keep bits `keep` (one f32 per byte, written as U8) and `values`, with
+/// `declared` (name and [rows, cols]) as the sparse matrices it declares.
+fn write_sparse(
+    dir: &std::path::Path,
+    weights: &std::collections::BTreeMap<String, HostTensor>,
+    name: &str,
+    keep: HostTensor,
+    values: HostTensor,
+    declared: &[(&str, [usize; 2])],
+) {
+    use model::safetensors::{write_file, TensorToWrite};
+    let (keep_name, values_name) = (format!("{name}.keep"), format!("{name}.values"));
+    let mut tensors: Vec<TensorToWrite<'_>> = weights
+        .iter()
+        .filter(|(n, _)| n.as_str() != name)
+        .map(|(n, t)| TensorToWrite { name: n, dtype: StoredDtype::F32, tensor: t })
+        .collect();
+    tensors.push(TensorToWrite { name: &keep_name, dtype: StoredDtype::U8, tensor: &keep });
+    tensors.push(TensorToWrite { name: &values_name, dtype: StoredDtype::F32, tensor: &values });
+    let mut metadata = std::collections::BTreeMap::new();
+    if !declared.is_empty() {
+        let shapes = declared.iter().map(|(n, shape)| (n.to_string(), *shape)).collect();
+        metadata.insert(model::sparse::METADATA_KEY.to_string(), model::sparse::metadata_value(&shapes));
+    }
+    write_file(&dir.join("model.safetensors"), &tensors, &metadata).unwrap();
+}
+
+#[test]
+fn sparse_matrices_that_do_not_add_up_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 3);
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    let (rows, cols) = (weights[name].shape[0], weights[name].shape[1]);
+    // Row 0 keeps its first four columns of the first eight; every other weight is kept.
+    let mut keep = vec![255.0f32; rows * cols / 8];
+    keep[0] = 15.0;
+    let kept: Vec<f32> = weights[name].data.iter().enumerate().filter(|(i, _)| *i >= 8 || *i < 4).map(|(_, &v)| v).collect();
+    let keep_tensor = || HostTensor::new(vec![rows, cols / 8], keep.clone());
+    let values = |n: usize| HostTensor::new(vec![n], kept[..n].to_vec());
+
+    write_sparse(dir.path(), &weights, name, keep_tensor(), values(kept.len()), &[(name, [rows, cols])]);
+    let loaded = load_model(dir.path()).unwrap();
+    let mut expected = weights[name].data.clone();
+    expected[4..8].fill(0.0);
+    assert_eq!(loaded.weights.load(name).unwrap().data, expected);
+
+    // One value short of the keep bits: refused when the matrix is read.
+    write_sparse(dir.path(), &weights, name, keep_tensor(), values(kept.len() - 1), &[(name, [rows, cols])]);
+    let msg = load_model(dir.path()).unwrap().weights.load(name).unwrap_err().to_string();
+    assert!(msg.contains(&format!("keeps {} values but `{name}.values` holds {}", kept.len(), kept.len() - 1)), "{msg}");
+    // Keep bits of the wrong shape, a declared matrix without its tensors, and undeclared U8 tensors.
+    write_sparse(
+        dir.path(),
+        &weights,
+        name,
+        HostTensor::new(vec![rows, 1], vec![255.0; rows]),
+        values(kept.len()),
+        &[(name, [rows, cols])],
+    );
+    assert!(error_of(dir.path()).contains(&format!("expected U8 [{rows}, {}]", cols / 8)));
+    let other = "model.layers.1.mlp.up_proj.weight";
+    write_sparse(dir.path(), &weights, name, keep_tensor(), values(kept.len()), &[(name, [rows, cols]), (other, [4, 8])]);
+    assert!(error_of(dir.path()).contains("declares `model.layers.1.mlp.up_proj.weight` sparse"));
+    write_sparse(dir.path(), &weights, name, keep_tensor(), values(kept.len()), &[]);
+    assert!(error_of(dir.path()).contains("has dtype U8"));
 }
