@@ -142,7 +142,7 @@ mod tests {
         unpack_row(&packed, &keep, &mut back);
         assert_eq!(back, [1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 4.0]);
         let rows = SparseRows::from_keep(&[keep, [0xFF, 0x07]].concat(), 2, 11).unwrap();
-        assert_eq!((rows.starts.clone(), rows.nnz(), rows.rows()), (vec![0, 4, 15], 15, 2));
+        assert_eq!((rows.starts.clone(), rows.nnz(), rows.rows()), (vec![0, 5, 16], 16, 2));
     }
 
     #[test]
