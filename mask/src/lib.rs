@@ -774,7 +774,7 @@ pub fn write_hf_dir(
     for (name, parts) in &plan {
         let shape = shape_of(parts);
         if is_sparse(parts) {
-            let keep = keep_bits_of(model, masks, parts);
+            let keep = keep_bits_of(model, masks, parts, mask_path)?;
             let kept = keep.iter().map(|b| b.count_ones() as usize).sum();
             layouts.push(TensorLayout {
                 name: format!("{name}{}", model::sparse::KEEP_SUFFIX),
@@ -817,7 +817,7 @@ pub fn write_hf_dir(
             }
         }
         if is_sparse(parts) {
-            let keep = keep_bits_of(model, masks, parts);
+            let keep = keep_bits_of(model, masks, parts, mask_path)?;
             let cols = shape_of(parts)[1];
             let mut packed = Vec::new();
             for (row, bits) in data.chunks_exact(cols.max(1)).zip(keep.chunks_exact(cols.div_ceil(8).max(1))) {
@@ -837,7 +837,12 @@ pub fn write_hf_dir(
 /// The keep bits of the matrix made of `parts` stacked: each masked part's
 /// rows as the mask keeps them, every weight of an unmasked part kept.
 /// Bits past the last column are 0, as the sparse format requires.
-fn keep_bits_of(model: &LoadedModel, masks: &BTreeMap<String, Vec<MaskRow>>, parts: &[String]) -> Vec<u8> {
+fn keep_bits_of(
+    model: &LoadedModel,
+    masks: &BTreeMap<String, Vec<MaskRow>>,
+    parts: &[String],
+    mask_path: &Path,
+) -> Result<Vec<u8>, MaskError> {
     let mut keep = Vec::new();
     for part in parts {
         let &[rows, cols] = model.weights.shape(part).expect("planned from the model's names") else {
@@ -849,6 +854,14 @@ fn keep_bits_of(model: &LoadedModel, masks: &BTreeMap<String, Vec<MaskRow>>, par
         keep.resize(first + rows * row_bytes, 0xFF);
         if let Some(mask_rows) = part.strip_suffix(".weight").and_then(|m| masks.get(m)) {
             for r in mask_rows {
+                if r.row as usize >= rows || r.keep.len() < row_bytes {
+                    return Err(MaskError::Rows {
+                        path: mask_path.to_path_buf(),
+                        module: part.trim_end_matches(".weight").to_string(),
+                        expected: format!("rows 0..{rows} of {row_bytes} keep bytes"),
+                        found: format!("row {} of {} keep bytes", r.row, r.keep.len()),
+                    });
+                }
                 let at = first + r.row as usize * row_bytes;
                 keep[at..at + row_bytes].copy_from_slice(&r.keep[..row_bytes]);
             }
@@ -859,7 +872,7 @@ fn keep_bits_of(model: &LoadedModel, masks: &BTreeMap<String, Vec<MaskRow>>, par
             }
         }
     }
-    keep
+    Ok(keep)
 }
 
 /// Storage type of the pruned linears in a GGUF written by [`write_gguf`].
