@@ -115,6 +115,15 @@ fn ppl_command(device: &str, model: &std::path::Path, samples: &std::path::Path)
     command
 }
 
+/// Writes `windows` as a samples artifact of 8-token windows made for model `fingerprint`.
+fn write_windows(path: &std::path::Path, windows: &[Vec<u32>], fingerprint: &str) {
+    let samples: Vec<Sample> =
+        windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: "test".into(), tokens: w.clone() }).collect();
+    let info = SamplesInfo { tokenizer_hash: String::new(), seqlen: 8, seed: Some(0) };
+    let provenance = Provenance::new(ArtifactKind::Samples, fingerprint, serde_json::json!({}), "test");
+    artifacts::write_samples(path, &samples, &info, &provenance).unwrap();
+}
+
 /// The perplexity an `evaluate ppl` run printed on its last line.
 fn printed_perplexity(stdout: &[u8]) -> f64 {
     let last = String::from_utf8_lossy(stdout).lines().last().unwrap().to_string();
@@ -129,12 +138,8 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     write_hf_dir(&model_dir, &TINY, &weights, StoredDtype::F32);
     let loaded = load_model(&model_dir).unwrap();
     let windows = tiny_windows();
-    let samples: Vec<Sample> =
-        windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: "test".into(), tokens: w.clone() }).collect();
-    let info = SamplesInfo { tokenizer_hash: String::new(), seqlen: 8, seed: Some(0) };
     let samples_path = dir.path().join("samples.parquet");
-    let provenance = Provenance::new(ArtifactKind::Samples, loaded.fingerprint.clone(), serde_json::json!({}), "test");
-    artifacts::write_samples(&samples_path, &samples, &info, &provenance).unwrap();
+    write_windows(&samples_path, &windows, &loaded.fingerprint);
 
     let out = dir.path().join("results.parquet");
     let run = ppl_command("cpu", &model_dir, &samples_path).args(["--seqlen", "8", "--out"]).arg(&out).output().unwrap();
@@ -167,8 +172,7 @@ fn evaluate_ppl_binary_reads_samples_and_writes_results() {
     assert!((auto / expected - 1.0).abs() < 1e-4, "{auto} vs {expected}");
 
     // Samples made for another model are refused.
-    let other = Provenance::new(ArtifactKind::Samples, "sha256:other", serde_json::json!({}), "test");
-    artifacts::write_samples(&samples_path, &samples, &info, &other).unwrap();
+    write_windows(&samples_path, &windows, "sha256:other");
     let run = ppl_command("cpu", &model_dir, &samples_path).output().unwrap();
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -182,16 +186,12 @@ fn several_samples_in_one_run_give_each_the_results_it_gets_alone() {
     let weights = tiny_weights(&TINY, 23);
     write_hf_dir(&model_dir, &TINY, &weights, StoredDtype::F32);
     let loaded = load_model(&model_dir).unwrap();
-    let info = SamplesInfo { tokenizer_hash: String::new(), seqlen: 8, seed: Some(0) };
-    let provenance = Provenance::new(ArtifactKind::Samples, loaded.fingerprint.clone(), serde_json::json!({}), "test");
     let all = tiny_windows();
     let (first, second) = all.split_at(1);
     let mut inputs = Vec::new();
     for (name, windows) in [("a", first), ("b", second)] {
-        let samples: Vec<Sample> =
-            windows.iter().enumerate().map(|(i, w)| Sample { sample_id: i as u64, domain: name.into(), tokens: w.clone() }).collect();
         let path = dir.path().join(format!("{name}.parquet"));
-        artifacts::write_samples(&path, &samples, &info, &provenance).unwrap();
+        write_windows(&path, windows, &loaded.fingerprint);
         inputs.push((name, path, windows));
     }
 

@@ -135,26 +135,29 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
             avx2::small_matmul_task(encoding, x, rows, weight, first, out);
             return;
         }
-        // Packed rows widen into the buffer with the register expansion.
-        let packed = weight.encoding(first, count).filter(|e| avx2::available() && inner % 8 == 0 && matches!(e, Encoding::Packed(_)));
-        let mut stored = Vec::new();
         DECODED.with_borrow_mut(|decoded| {
             decoded.resize(step.min(count) * inner, 0.0);
             for at in (0..count).step_by(step) {
                 let n = step.min(count - at);
                 let w = &mut decoded[..n * inner];
-                match packed {
-                    Some(Encoding::Packed(values)) => {
-                        stored.clear();
-                        weight.rows(first + at, n, &mut stored);
-                        avx2::expand_rows(values, &stored, w);
-                    }
-                    _ => weight.decode(first + at, w),
-                }
+                weight.decode(first + at, w);
                 small_matmul_block(x, rows, w, out, count, at);
             }
         })
     })
+}
+
+/// Writes packed sparse rows (each its values from its first kept one, and
+/// its keep bits; see [`Encoding::Packed`]) into `out` as dense f32 rows,
+/// zeros at the pruned weights, with the register expansion; false (and
+/// `out` untouched) where the CPU lacks AVX2, FMA, F16C or POPCNT or the
+/// rows are not whole keep bytes.
+pub fn expand_packed(values: PackedValues, rows: &[StoredRow<'_>], out: &mut [f32]) -> bool {
+    if !avx2::available() || rows.is_empty() || !(out.len() / rows.len()).is_multiple_of(8) {
+        return false;
+    }
+    avx2::expand_rows(values, rows, out);
+    true
 }
 
 /// Decodes whole blocks of `src` in `encoding` into `dst` with the register
@@ -688,6 +691,48 @@ mod avx2 {
         }
     }
 
+    /// Packed rows ready for the widening loops: each row's keep bits, and
+    /// its values where `need` bytes can be read from the row's start (a
+    /// zero-padded copy for the last rows of a matrix, whose values end
+    /// sooner).
+    struct Readable<'a, const C: usize> {
+        keep: [&'a [u8]; C],
+        values: [std::borrow::Cow<'a, [u8]>; C],
+    }
+
+    impl<'a, const C: usize> Readable<'a, C> {
+        /// Rows `w` of `inner` values of `size` bytes: a row reads at most
+        /// `inner` values and 32 bytes past its last.
+        fn new(w: [StoredRow<'a>; C], inner: usize, size: usize) -> Self {
+            let need = inner * size + 32;
+            Readable {
+                keep: std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits")),
+                values: std::array::from_fn(|c| {
+                    let bytes = w[c].0;
+                    if bytes.len() >= need {
+                        std::borrow::Cow::Borrowed(bytes)
+                    } else {
+                        let mut copy = vec![0u8; need];
+                        copy[..bytes.len()].copy_from_slice(bytes);
+                        std::borrow::Cow::Owned(copy)
+                    }
+                }),
+            }
+        }
+    }
+
+    /// How far ahead of a tile of packed rows to prefetch: rows lie one
+    /// after another, each as long as its kept values, so ask for what the
+    /// tile after next reads, to have more loads in flight than the widening
+    /// alone would issue (the rows are too short for the hardware prefetcher
+    /// to follow). The rows' length is measured from their starts (half of
+    /// `inner` values of `size` bytes for a single row).
+    fn prefetch_distance<const C: usize>(w: &[StoredRow<'_>; C], inner: usize, size: usize) -> usize {
+        let row_bytes =
+            if C > 1 { (w[C - 1].0.as_ptr() as usize).saturating_sub(w[0].0.as_ptr() as usize) / (C - 1) } else { inner * size / 2 };
+        PREFETCH_ROWS * row_bytes
+    }
+
     /// Writes packed rows `rows` (keep bits and values) into `out` as dense
     /// f32 rows, zeros at the pruned weights, eight values per keep byte.
     pub(super) fn expand_rows(values: PackedValues, rows: &[StoredRow<'_>], out: &mut [f32]) {
@@ -704,21 +749,15 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn expand_rows_as<V: PackedFormat>(rows: &[StoredRow<'_>], out: &mut [f32]) {
         let inner = out.len() / rows.len().max(1);
-        let need = inner * V::SIZE + 32;
-        for ((bytes, keep), dense) in rows.iter().zip(out.chunks_exact_mut(inner)) {
-            let keep = keep.expect("packed rows have keep bits");
-            assert!(keep.len() * 8 >= inner, "packed rows need a keep bit per value");
-            let padded = (bytes.len() < need).then(|| {
-                let mut copy = vec![0u8; need];
-                copy[..bytes.len()].copy_from_slice(bytes);
-                copy
-            });
-            let base = padded.as_ref().map_or(bytes.as_ptr(), |p| p.as_ptr());
+        for (&row, dense) in rows.iter().zip(out.chunks_exact_mut(inner)) {
+            assert!(row.1.is_some_and(|keep| keep.len() * 8 >= inner), "packed rows need a keep bit per value");
+            let row = Readable::new([row], inner, V::SIZE);
+            let base = row.values[0].as_ptr();
             let mut at = 0usize;
             for (chunk, values) in dense.chunks_exact_mut(8).enumerate() {
-                let bits = keep[chunk];
+                let bits = row.keep[0][chunk];
                 // SAFETY: `at` counts at most `8 * chunk` values, so the 32
-                // bytes from it lie within the `need` bytes at `base`; `values` is eight writable f32.
+                // bytes from it are readable (`Readable`); `values` is eight writable f32.
                 unsafe { _mm256_storeu_ps(values.as_mut_ptr(), V::expand(base.add(at), bits)) };
                 at += bits.count_ones() as usize * V::SIZE;
             }
@@ -733,26 +772,9 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn packed_tile<V: PackedFormat, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
         let inner = x[0].len();
-        let keep: [&[u8]; C] = std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits"));
-        // Rows lie one after another, each as long as its kept values: ask
-        // for what the tile after next reads here, so that more loads are in
-        // flight than the widening alone would issue (the rows are too short
-        // for the hardware prefetcher to follow).
-        let row_bytes =
-            if C > 1 { (w[C - 1].0.as_ptr() as usize).saturating_sub(w[0].0.as_ptr() as usize) / (C - 1) } else { inner * V::SIZE / 2 };
-        let ahead = PREFETCH_ROWS * row_bytes;
-        // A row reads at most `inner` values and 32 bytes past its last:
-        // rows with fewer bytes to the end of their matrix's values (its
-        // last rows) are read from a zero-padded copy.
-        let need = inner * V::SIZE + 32;
-        let padded: [Option<Vec<u8>>; C] = std::array::from_fn(|c| {
-            (w[c].0.len() < need).then(|| {
-                let mut copy = vec![0u8; need];
-                copy[..w[c].0.len()].copy_from_slice(w[c].0);
-                copy
-            })
-        });
-        let base: [*const u8; C] = std::array::from_fn(|c| padded[c].as_ref().map_or(w[c].0.as_ptr(), |p| p.as_ptr()));
+        let ahead = prefetch_distance(&w, inner, V::SIZE);
+        let rows = Readable::new(w, inner, V::SIZE);
+        let (keep, base): (_, [*const u8; C]) = (rows.keep, std::array::from_fn(|c| rows.values[c].as_ptr()));
         let mut at = [0usize; C];
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for chunk in 0..inner / 8 {
@@ -761,7 +783,7 @@ mod avx2 {
                 let bits = keep[c][chunk];
                 // SAFETY: the CPU has AVX2, FMA and F16C (this function's
                 // features); `at[c]` counts at most `8 * chunk` values, so the
-                // 32 bytes from it lie within the `need` bytes at `base[c]`.
+                // 32 bytes from it are readable (`Readable`).
                 let v = unsafe { V::expand(base[c].add(at[c]), bits) };
                 at[c] += bits.count_ones() as usize * V::SIZE;
                 for r in 0..R {
@@ -782,7 +804,7 @@ mod avx2 {
         use std::arch::x86_64::*;
         use std::sync::OnceLock;
 
-        use super::{lane_totals, RowTile, StoredRow, StoredWeight, PREFETCH_ROWS};
+        use super::{lane_totals, prefetch_distance, Readable, RowTile, StoredRow, StoredWeight};
 
         /// Whether the CPU has AVX-512 F, VL, BW, DQ and VBMI2 (checked once).
         pub(in super::super) fn available() -> bool {
@@ -860,21 +882,9 @@ mod avx2 {
         #[target_feature(enable = "avx2,fma,f16c,popcnt,avx512f,avx512vl,avx512bw,avx512dq,avx512vbmi2")]
         fn tile<const BF16: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
             let inner = x[0].len();
-            let keep: [&[u8]; C] = std::array::from_fn(|c| w[c].1.expect("checked: packed rows have keep bits"));
-            let row_bytes = if C > 1 { (w[C - 1].0.as_ptr() as usize).saturating_sub(w[0].0.as_ptr() as usize) / (C - 1) } else { inner };
-            let ahead = PREFETCH_ROWS * row_bytes;
-            // A row reads at most `inner` values and 32 bytes past its last:
-            // rows with fewer bytes to the end of their matrix's values (its
-            // last rows) are read from a zero-padded copy.
-            let need = inner * 2 + 32;
-            let padded: [Option<Vec<u8>>; C] = std::array::from_fn(|c| {
-                (w[c].0.len() < need).then(|| {
-                    let mut copy = vec![0u8; need];
-                    copy[..w[c].0.len()].copy_from_slice(w[c].0);
-                    copy
-                })
-            });
-            let base: [*const u8; C] = std::array::from_fn(|c| padded[c].as_ref().map_or(w[c].0.as_ptr(), |p| p.as_ptr()));
+            let ahead = prefetch_distance(&w, inner, 2);
+            let rows = Readable::new(w, inner, 2);
+            let (keep, base): (_, [*const u8; C]) = (rows.keep, std::array::from_fn(|c| rows.values[c].as_ptr()));
             let mut at = [0usize; C];
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             let chunks = inner / 8;
@@ -889,7 +899,7 @@ mod avx2 {
                     _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
                     let bits = u16::from_le_bytes([keep[c][2 * pair], keep[c][2 * pair + 1]]);
                     // SAFETY: `at[c]` counts at most `16 * pair` values, so the
-                    // 32 bytes from it lie within the `need` bytes at `base[c]`.
+                    // 32 bytes from it are readable (`Readable`).
                     let raw = unsafe { _mm256_loadu_si256(base[c].add(at[c]) as *const __m256i) };
                     let (low, high) = widen::<BF16>(_mm256_maskz_expand_epi16(bits, raw));
                     at[c] += 2 * bits.count_ones() as usize;
@@ -903,7 +913,7 @@ mod avx2 {
                 let chunk = chunks - 1;
                 for c in 0..C {
                     let bits = keep[c][chunk];
-                    // SAFETY: as above, within the `need` bytes at `base[c]`.
+                    // SAFETY: as above, the 32 bytes from `at[c]` are readable.
                     let raw = unsafe { _mm256_loadu_si256(base[c].add(at[c]) as *const __m256i) };
                     let (low, _) = widen::<BF16>(_mm256_maskz_expand_epi16(u16::from(bits), raw));
                     for r in 0..R {
@@ -1154,6 +1164,13 @@ mod tests {
                 // The dense weight keeps exactly the kept values (rounded to the value type).
                 let kept = dense.iter().filter(|v| **v != 0.0).count();
                 assert_eq!(kept, *packed.starts.last().unwrap(), "{kind:?}: one nonzero per kept value");
+                // The register expansion widens the rows to the same values.
+                let mut rows = Vec::new();
+                packed.rows(0, cols, &mut rows);
+                let mut widened = vec![f32::NAN; cols * inner];
+                if expand_packed(kind, &rows, &mut widened) {
+                    assert!(widened.iter().zip(&dense).all(|(a, b)| a.to_bits() == b.to_bits()), "inner {inner}, {kind:?}: expanded rows");
+                }
                 for rows in [1, 2, 3] {
                     let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
                     let want = crate::small_matmul(&x, rows, &dense, cols);

@@ -449,20 +449,34 @@ impl SparseEntry {
 }
 
 /// Decodes rows `first..first + out.len() / cols` of a sparse matrix into
-/// `out` (dense f32, zeros at the pruned weights).
+/// `out` (dense f32, zeros at the pruned weights): with the kernels'
+/// register expansion where the CPU has it, else value by value.
 fn decode_sparse_rows(rows: &SparseRows, keep: &[u8], values: &[u8], dtype: StoredDtype, first: usize, out: &mut [f32]) {
     let (cols, size) = (rows.cols, dtype.size());
     if cols == 0 {
         return;
     }
     let row_bytes = cols.div_ceil(8);
-    let mut packed = Vec::with_capacity(cols);
+    let count = out.len() / cols;
+    let packed = match dtype {
+        StoredDtype::F32 => Some(PackedValues::F32),
+        StoredDtype::F16 => Some(PackedValues::F16),
+        StoredDtype::BF16 => Some(PackedValues::BF16),
+        StoredDtype::U8 => None,
+    };
+    let stored: Vec<kernels::encoded::StoredRow<'_>> = (first..first + count)
+        .map(|row| (&values[rows.starts[row] * size..], Some(&keep[row * row_bytes..(row + 1) * row_bytes])))
+        .collect();
+    if packed.is_some_and(|packed| kernels::encoded::expand_packed(packed, &stored, out)) {
+        return;
+    }
+    let mut kept = Vec::with_capacity(cols);
     for (i, dense) in out.chunks_exact_mut(cols).enumerate() {
         let row = first + i;
         let (start, end) = (rows.starts[row], rows.starts[row + 1]);
-        packed.resize(end - start, 0.0);
-        dtype.decode_into(&values[start * size..end * size], &mut packed);
-        formats::sparse::unpack_row(&packed, &keep[row * row_bytes..(row + 1) * row_bytes], dense);
+        kept.resize(end - start, 0.0);
+        dtype.decode_into(&values[start * size..end * size], &mut kept);
+        formats::sparse::unpack_row(&kept, &keep[row * row_bytes..(row + 1) * row_bytes], dense);
     }
 }
 
