@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use half::{bf16, f16};
+use kernels::encoded::Encoding;
 use serde_json::Value;
 
 use crate::error::FormatError;
@@ -84,8 +85,21 @@ impl StoredDtype {
     }
 
     /// Decodes little-endian values of this storage type into `out` (exact);
-    /// `bytes` holds `out.len()` values.
+    /// `bytes` holds `out.len()` values. Whole groups of eight go through
+    /// the register decoders of [`kernels::encoded`] where the CPU has them.
     pub fn decode_into(self, bytes: &[u8], out: &mut [f32]) {
+        let encoding = match self {
+            StoredDtype::F32 => Some(Encoding::F32),
+            StoredDtype::F16 => Some(Encoding::F16),
+            StoredDtype::BF16 => Some(Encoding::BF16),
+            StoredDtype::U8 => None,
+        };
+        let whole = out.len() / 8 * 8;
+        let done = match encoding {
+            Some(encoding) if kernels::encoded::decode(encoding, &bytes[..whole * self.size()], &mut out[..whole]) => whole,
+            _ => 0,
+        };
+        let (bytes, out) = (&bytes[done * self.size()..], &mut out[done..]);
         match self {
             StoredDtype::F32 => {
                 out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, c)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -100,12 +114,9 @@ impl StoredDtype {
 
     /// Decodes little-endian values of this storage type into f32 (exact).
     pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        match self {
-            StoredDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            StoredDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StoredDtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StoredDtype::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
-        }
+        let mut out = vec![0.0f32; bytes.len() / self.size()];
+        self.decode_into(bytes, &mut out);
+        out
     }
 }
 

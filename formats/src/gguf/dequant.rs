@@ -230,7 +230,16 @@ mod avx2 {
             }
         )*};
     }
-    avx2_kernels!(dequant_f32, dequant_f16, dequant_bf16, dequant_q5_1, dequant_q5_k);
+    avx2_kernels!(dequant_q5_1, dequant_q5_k);
+
+    macro_rules! float_kernels {
+        ($($name:ident => $dtype:ident),*) => {$(
+            pub(super) fn $name(src: &[u8], dst: &mut [f32]) {
+                crate::safetensors::StoredDtype::$dtype.decode_into(src, dst)
+            }
+        )*};
+    }
+    float_kernels!(dequant_f32 => F32, dequant_f16 => F16, dequant_bf16 => BF16);
 
     macro_rules! register_kernels {
         ($($name:ident => $encoding:ident),*) => {$(
