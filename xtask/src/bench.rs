@@ -450,8 +450,8 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
         Ok(SparseRow {
             label,
             weight_bytes: safetensors_bytes(model),
-            decode_1: figure_after(&generated, "decode steps batch 1:").context("bench-generate printed no batch-1 decoding speed")?,
-            decode_8: figure_after(&generated, "decode steps batch 8:").context("bench-generate printed no batch-8 decoding speed")?,
+            decode_1: 0.0,
+            decode_8: 0.0,
             prefill: speed["prefill_tokens_per_s"].as_f64().context("`evaluate speed` gave no prefill speed")?,
             peak_rss_mib: figure_after(&generated, "peak RSS:"),
             perplexity,
@@ -509,6 +509,22 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
         layer_args.extend(["--model".to_string(), path(d)]);
     }
     let layer_out = run("bench-sparse-layer", &layer_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // Whole-model decoding, every model in one process, taken in turn.
+    let new_tokens = opts.new_tokens.to_string();
+    let mut decode_args = vec!["--device", device, "--batch", "8", "--new-tokens", &new_tokens, "--repeats", "3"];
+    let dir_args: Vec<String> = dirs.iter().map(|d| path(d)).collect();
+    for d in &dir_args {
+        decode_args.extend(["--model", d]);
+    }
+    let decode_out = run("bench-generate", &decode_args)?;
+    for (row, d) in rows.iter_mut().zip(&dirs) {
+        let speed = |width: usize| {
+            figure_after(&decode_out, &format!("decode steps batch {width} {}: ", path(d)))
+                .with_context(|| format!("bench-generate printed no batch-{width} decoding speed for {}", d.display()))
+        };
+        row.decode_1 = speed(1)?;
+        row.decode_8 = speed(8)?;
+    }
     for (row, d) in rows.iter_mut().zip(&dirs) {
         let line = layer_out
             .lines()
@@ -562,8 +578,9 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
         );
     }
     println!(
-        "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each; prefill: one window through `evaluate speed`; \
-         layer: layer 0's linear products alone, best of 10, speed-up in brackets)",
+        "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each, best of 3; layer: layer 0's linear products alone, \
+         best of 10; both with every model in one process, taken in turn; prefill: one window through `evaluate speed`; \
+         speed-up in brackets)",
         opts.new_tokens
     );
     Ok(ExitCode::SUCCESS)

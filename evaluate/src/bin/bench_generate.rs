@@ -14,6 +14,11 @@
 //! -n N` and `llama-batched-bench` do: from one start token per sequence,
 //! N single-token steps through the cache, each picking its argmax.
 //! `--decode-only` runs only those rows.
+//!
+//! Given several `--model`s, it loads them all and times only the decode
+//! steps, the models taken in turn for `--repeats N` rounds (default 3),
+//! and prints the best of each: back to back in one process, so that a
+//! slow spell of the machine falls on every model alike.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +43,12 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn main() {
+    let models: Vec<PathBuf> =
+        std::env::args().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "--model").map(|w| PathBuf::from(&w[1])).collect();
+    if models.len() > 1 {
+        decode_in_turn(&models);
+        return;
+    }
     let model_arg: String = arg("--model", String::new());
     let Some(path) =
         (!model_arg.is_empty()).then(|| PathBuf::from(&model_arg)).or_else(|| std::env::var_os("SUBPRUNE_SMOLLM2_GGUF").map(PathBuf::from))
@@ -111,6 +122,45 @@ fn main() {
     match model::device::peak_rss_mib() {
         Some(mib) => println!("peak RSS: {mib:.0} MiB (the model kept in its stored form)"),
         None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
+}
+
+/// The decode steps of several models at batch 1 and `--batch`, the
+/// models taken in turn for `--repeats` rounds; prints each one's best.
+fn decode_in_turn(paths: &[PathBuf]) {
+    let device_choice: DeviceChoice = arg("--device", DeviceChoice::Cpu);
+    let new_tokens: usize = arg("--new-tokens", 64);
+    let batch: usize = arg("--batch", 1).max(1);
+    let repeats: usize = arg("--repeats", 3).max(1);
+    let selected = select_device(device_choice).expect("device");
+    let models: Vec<(model::Decoder, u32)> = paths
+        .iter()
+        .map(|path| {
+            let loaded = load_model(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+            let model = loaded.build_stored(&selected.device).expect("build");
+            let start = loaded.tokenizer().expect("tokenizer").bos_id().unwrap_or(0);
+            (model, start)
+        })
+        .collect();
+    println!("device: {}; {} models taken in turn, best of {repeats}", selected.description, models.len());
+    let mut widths = vec![1];
+    if batch > 1 {
+        widths.push(batch);
+    }
+    for width in widths {
+        let mut best = vec![0.0f64; models.len()];
+        for (model, start) in &models {
+            decode_steps(model, *start, width, 2);
+        }
+        for _ in 0..repeats {
+            for ((model, start), best) in models.iter().zip(&mut best) {
+                let (tokens, seconds) = decode_steps(model, *start, width, new_tokens);
+                *best = best.max(tokens as f64 / seconds);
+            }
+        }
+        for (path, best) in paths.iter().zip(&best) {
+            println!("decode steps batch {width} {}: {best:.1} tokens/s", path.display());
+        }
     }
 }
 
