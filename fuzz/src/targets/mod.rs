@@ -6,6 +6,7 @@ pub mod config;
 pub mod datasets;
 pub mod gguf;
 pub mod safetensors;
+pub mod sparse;
 
 use std::fmt::Display;
 use std::path::Path;
@@ -74,6 +75,15 @@ pub const TARGETS: &[Target] = &[
         fields: safetensors::fields,
         structured: safetensors::structured,
         run: safetensors::run,
+    },
+    Target {
+        name: "sparse",
+        about: "a checkpoint with pruned matrices in the sparse format (keep bits, packed values); every linear decoded and multiplied from its stored form",
+        file_name: "model.safetensors",
+        seeds: sparse::seeds,
+        fields: safetensors::fields,
+        structured: sparse::structured,
+        run: sparse::run,
     },
     Target {
         name: "config",
