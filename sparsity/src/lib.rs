@@ -256,9 +256,10 @@ fn check_len(what: &str, expected: usize, found: usize) -> Result<(), SparsityEr
 
 /// Scores of a `[rows, cols]` weight matrix. For Wanda and RIA,
 /// `column_stat[j]` is the mean squared L2 norm of input column j; scores
-/// are computed in f32 as `|W_ij| * sqrt(stat_j)` (Wanda) and
-/// `(|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) * sqrt(stat_j)^a` (RIA), the
-/// operations of the references (their sums' rounding order aside).
+/// are `|W_ij| * sqrt(stat_j)` (Wanda, one f32 rounding per operation, as
+/// the references) and `(|W_ij| / Σ_i |W_ij| + |W_ij| / Σ_j |W_ij|) *
+/// sqrt(stat_j)^a` (RIA, in f64 rounded once to f32: its sums over a whole
+/// row or column round differently in every f32 order).
 pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_stat: Option<&[f32]>) -> Result<Vec<f32>, SparsityError> {
     check_len("weight", rows * cols, weight.len())?;
     match method {
@@ -267,19 +268,22 @@ pub fn scores(method: Method, weight: &[f32], rows: usize, cols: usize, column_s
         Method::Ria => {
             let stat = column_stat.ok_or(SparsityError::Shape { what: "ria column statistics".into(), expected: cols, found: 0 })?;
             check_len("column statistics", cols, stat.len())?;
-            let activation: Vec<f32> = stat.iter().map(|s| s.sqrt().powf(RIA_EXPONENT)).collect();
-            let mut column_sums = vec![0.0f32; cols];
+            // In f64, rounded once: the f32 score nearest the exact one, so
+            // that near-ties order as in the float64 reference.
+            let activation: Vec<f64> = stat.iter().map(|&s| f64::from(s).sqrt().powf(f64::from(RIA_EXPONENT))).collect();
+            let mut column_sums = vec![0.0f64; cols];
             for row in weight.chunks_exact(cols.max(1)) {
                 for (sum, w) in column_sums.iter_mut().zip(row) {
-                    *sum += w.abs();
+                    *sum += f64::from(w.abs());
                 }
             }
             let mut out = vec![0.0f32; weight.len()];
             if cols > 0 {
                 out.par_chunks_mut(cols).zip(weight.par_chunks(cols)).for_each(|(out, row)| {
-                    let row_sum: f32 = row.iter().map(|w| w.abs()).sum();
+                    let row_sum: f64 = row.iter().map(|w| f64::from(w.abs())).sum();
                     for (j, (o, w)) in out.iter_mut().zip(row).enumerate() {
-                        *o = (w.abs() / column_sums[j] + w.abs() / row_sum) * activation[j];
+                        let w = f64::from(w.abs());
+                        *o = ((w / column_sums[j] + w / row_sum) * activation[j]) as f32;
                     }
                 });
             }
@@ -426,10 +430,11 @@ pub fn channel_reallocation(scores: &[f32], rows: usize, cols: usize, m: usize) 
     if m == 0 || cols % m != 0 {
         return Err(SparsityError::Divisibility { n: 0, m, cols });
     }
-    let mut sums = vec![0.0f32; cols];
+    // Summed in f64, so that near-ties order as in the float64 reference.
+    let mut sums = vec![0.0f64; cols];
     for row in scores.chunks_exact(cols.max(1)) {
         for (sum, &v) in sums.iter_mut().zip(row) {
-            *sum += v;
+            *sum += f64::from(v);
         }
     }
     let mut sorted: Vec<usize> = (0..cols).collect();
@@ -612,10 +617,11 @@ mod tests {
         // |W| = [[1, 3], [2, 2]]: column sums 3, 5; row sums 4, 4. Stats [16, 1]
         // -> sqrt(stat)^0.5 = [2, 1].
         let got = scores(Method::Ria, &[1.0, -3.0, -2.0, 2.0], 2, 2, Some(&[16.0, 1.0])).unwrap();
-        let want =
+        // Each score is the exact value rounded once to f32.
+        let want: [f64; 4] =
             [(1.0 / 3.0 + 1.0 / 4.0) * 2.0, (3.0 / 5.0 + 3.0 / 4.0) * 1.0, (2.0 / 3.0 + 2.0 / 4.0) * 2.0, (2.0 / 5.0 + 2.0 / 4.0) * 1.0];
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+            assert_eq!(g.to_bits(), (w as f32).to_bits(), "{got:?} vs {want:?}");
         }
         assert!(scores(Method::Ria, &[1.0, 2.0], 1, 2, None).is_err(), "RIA needs the statistics");
         assert_eq!("ria".parse::<Method>(), Ok(Method::Ria));
