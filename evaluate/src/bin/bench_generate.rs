@@ -29,7 +29,7 @@ use model::{load_model, select_device, DeviceChoice};
 #[path = "../../../model/src/bin/shared/args.rs"]
 mod args;
 
-use args::arg;
+use args::{arg, repeated_arg};
 
 const PROMPTS: [&str; 8] = [
     "def quicksort(items):",
@@ -43,8 +43,7 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn main() {
-    let models: Vec<PathBuf> =
-        std::env::args().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "--model").map(|w| PathBuf::from(&w[1])).collect();
+    let models: Vec<PathBuf> = repeated_arg("--model").into_iter().map(PathBuf::from).collect();
     if models.len() > 1 {
         decode_in_turn(&models);
         return;

@@ -13,7 +13,7 @@ mod args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use args::arg;
+use args::{arg, repeated_arg};
 use burn::tensor::{Tensor, TensorData};
 use kernels::rng::Rng;
 use model::nn::Linear;
@@ -22,8 +22,7 @@ use model::{load_model, select_device, DeviceChoice};
 fn main() {
     let layer: usize = arg("--layer", 0);
     let repeats: usize = arg("--repeats", 10).max(1);
-    let argv: Vec<String> = std::env::args().collect();
-    let models: Vec<PathBuf> = argv.windows(2).filter(|w| w[0] == "--model").map(|w| PathBuf::from(&w[1])).collect();
+    let models: Vec<PathBuf> = repeated_arg("--model").into_iter().map(PathBuf::from).collect();
     if models.is_empty() {
         eprintln!("give one or more --model DIR");
         std::process::exit(2);
