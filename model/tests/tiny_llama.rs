@@ -115,6 +115,36 @@ fn cpu_and_wgpu_logits_agree() {
     assert!(diff < 1e-3, "max |cpu - wgpu| = {diff} on {:?}", adapters.iter().map(|a| &a.name).collect::<Vec<_>>());
 }
 
+/// The weights with every other entry of each linear layer's rows set to
+/// zero (a 50% pruned model).
+fn pruned(weights: &std::collections::BTreeMap<String, model::HostTensor>) -> std::collections::BTreeMap<String, model::HostTensor> {
+    let mut pruned = weights.clone();
+    for (name, tensor) in pruned.iter_mut() {
+        if name.starts_with("model.layers.") && name.ends_with("proj.weight") {
+            tensor.data.iter_mut().enumerate().filter(|(i, _)| (i / 3 + i) % 2 == 0).for_each(|(_, v)| *v = 0.0);
+        }
+    }
+    pruned
+}
+
+#[test]
+fn a_pruned_model_on_wgpu_keeps_only_its_kept_weights_and_gives_the_reference_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = pruned(&tiny_weights(&TINY, 8));
+    write_hf_dir(dir.path(), &TINY, &weights, StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let model = loaded.build(&select_device(DeviceChoice::Wgpu).unwrap().device).unwrap();
+    let layers = format!("{model:?}");
+    assert_eq!(
+        layers.matches("DeviceSparse([").count(),
+        4 * TINY.layers,
+        "every linear of every layer (fused: qkv, o, gate-up, down) in the sparse form"
+    );
+    let logits = model.forward(&[TOKENS.to_vec()]).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    let diff = max_abs_diff(&logits, &reference_forward(&TINY, &weights, &TOKENS));
+    assert!(diff < 1e-4, "max |wgpu sparse - reference| = {diff}");
+}
+
 #[test]
 fn host_and_tensor_kernels_agree_with_the_reference() {
     let dir = tempfile::tempdir().unwrap();

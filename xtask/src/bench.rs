@@ -504,7 +504,7 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
     let dirs: Vec<PathBuf> = std::iter::once(dense_dir.clone())
         .chain(opts.patterns.iter().flat_map(|p| [dir.join(format!("zeros-{p}")), dir.join(format!("sparse-{p}"))]))
         .collect();
-    let mut layer_args = vec!["--repeats".to_string(), "10".to_string()];
+    let mut layer_args = vec!["--repeats".to_string(), "10".to_string(), "--device".to_string(), device.to_string()];
     for d in &dirs {
         layer_args.extend(["--model".to_string(), path(d)]);
     }

@@ -3,7 +3,8 @@
 //! dense in f16 and in the sparse format): the kernels alone, without the
 //! LM head and the per-token work around them. Prints the milliseconds per
 //! layer at batch 1 and 8 (best of `--repeats`, default 10) and the peak
-//! RSS; asserts nothing about time.
+//! RSS; asserts nothing about time. `--device wgpu` times the products on
+//! a wgpu adapter (pruned weights in [`model::nn::device_sparse`]'s form).
 //!
 //! Run by `cargo xtask bench sparse -- --model llama-2-7b-layer`.
 
@@ -17,7 +18,7 @@ use args::{arg, repeated_arg};
 use burn::tensor::{Tensor, TensorData};
 use kernels::rng::Rng;
 use model::nn::Linear;
-use model::{load_model, select_device, DeviceChoice};
+use model::{load_model, select_device, DeviceChoice, HostTensor};
 
 fn main() {
     let layer: usize = arg("--layer", 0);
@@ -27,8 +28,13 @@ fn main() {
         eprintln!("give one or more --model DIR");
         std::process::exit(2);
     }
-    let device = select_device(DeviceChoice::Cpu).expect("the cpu device").device;
-    println!("bench sparse layer: layer {layer}, best of {repeats}, the models taken in turn; {} threads", rayon::current_num_threads());
+    let selected = select_device(arg("--device", DeviceChoice::Cpu)).expect("device");
+    let device = selected.device;
+    println!(
+        "bench sparse layer: layer {layer}, best of {repeats}, the models taken in turn; {}; {} threads",
+        selected.description,
+        rayon::current_num_threads()
+    );
     let layers: Vec<Vec<(Linear, usize)>> = models
         .iter()
         .map(|path| {
@@ -39,7 +45,12 @@ fn main() {
                 .iter()
                 .map(|(module, _, inner)| {
                     let rows = loaded.weights.rows_of(&format!("{module}.weight")).unwrap_or_else(|| panic!("{module} has no stored rows"));
-                    (Linear::from_stored(vec![rows], None, &device), *inner)
+                    let linear = if model::device::is_host_memory(&device) {
+                        Linear::from_stored(vec![rows], None, &device)
+                    } else {
+                        Linear::from_host(&HostTensor::new(vec![rows.rows(), rows.cols()], rows.decode_all()), None, &device)
+                    };
+                    (linear, *inner)
                 })
                 .collect()
         })
@@ -59,7 +70,7 @@ fn main() {
         let run = |linears: &[(Linear, usize)]| {
             let started = Instant::now();
             for ((linear, _), x) in linears.iter().zip(&inputs) {
-                std::hint::black_box(linear.forward(x.clone()).into_data());
+                std::hint::black_box(linear.forward(x.clone()).into_data().try_into_vec::<f32>().expect("f32 outputs"));
             }
             started.elapsed().as_secs_f64() * 1e3
         };

@@ -2,12 +2,14 @@
 //! run fastest: packed for [`gemm`] (or listed sparse for [`sparse_gemm`]
 //! when pruned) on host-memory devices with the fast kernel, transposed on
 //! the device otherwise, and read row by row by [`kernels::small_matmul`]
-//! for the few rows of a decoding step.
+//! for the few rows of a decoding step; on cubecl devices (wgpu) a pruned
+//! weight keeps only its kept values ([`DeviceSparse`]).
 
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::device_sparse::DeviceSparse;
 use super::{from_values, host_values, shared_values};
 use crate::checkpoint::StoredRows;
 use crate::weights::HostTensor;
@@ -34,6 +36,10 @@ enum LinearWeight {
     /// be packed but at least [`SPARSE_FROM`] of it is zero (a pruned layer):
     /// the same products, skipping the zeros.
     Sparse(Arc<sparse_gemm::SparseRhs>),
+    /// Its nonzero values and keep bits in the memory of a cubecl device
+    /// (wgpu), where at least [`SPARSE_FROM`] of it is zero: products read
+    /// only the kept weights ([`DeviceSparse`]).
+    DeviceSparse(Arc<DeviceSparse>),
     /// In its stored form (f16, bf16 or GGUF blocks in the file's memory
     /// map), on host-memory devices: the few-row product decodes it as it
     /// multiplies ([`kernels::encoded::small_matmul_stored`]); a product of more rows
@@ -170,6 +176,8 @@ impl Linear {
             LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_transposed(&stacked, out_f, in_f)))
         } else if packed {
             LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_transposed(&stacked, out_f, in_f)))
+        } else if zeros > 0 && zeros as f64 >= SPARSE_FROM * stacked.len() as f64 && DeviceSparse::supports(device) {
+            LinearWeight::DeviceSparse(Arc::new(DeviceSparse::from_rows(&stacked, out_f, in_f, device)))
         } else {
             LinearWeight::Tensor(Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device))
         };
@@ -207,6 +215,7 @@ impl Linear {
             LinearWeight::Packed(packed) => packed.cols(),
             LinearWeight::Sparse(sparse) => sparse.cols(),
             LinearWeight::Stored(stored) => stored.rows(),
+            LinearWeight::DeviceSparse(sparse) => sparse.out_features(),
         }
     }
 
@@ -236,6 +245,7 @@ impl Linear {
                 LinearWeight::Packed(packed) => packed.transposed(),
                 LinearWeight::Sparse(sparse) => sparse.transposed(),
                 LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
+                LinearWeight::DeviceSparse(_) => unreachable!("device-sparse weights live on cubecl devices"),
             });
             let cols = self.out_features();
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
@@ -246,6 +256,7 @@ impl Linear {
                 LinearWeight::Sparse(sparse) => {
                     from_values(sparse_gemm::matmul(&host_values(x), rows, sparse), [rows, sparse.cols()], &device)
                 }
+                LinearWeight::DeviceSparse(sparse) => sparse.matmul(x),
                 LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
             }
         };

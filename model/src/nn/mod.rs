@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod device_sparse;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
