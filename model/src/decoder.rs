@@ -183,6 +183,41 @@ impl DecoderSpec {
         ]
     }
 
+    /// The largest f32 weight a device holds of this model: its name and
+    /// shape. The embedding and LM head are [vocab, hidden]; a layer's
+    /// q, k and v projections are one [q + 2 kv, hidden] matrix, its gate
+    /// and up projections one [2 intermediate, hidden].
+    pub fn largest_device_weight(&self) -> (&'static str, [usize; 2]) {
+        let (h, q, kv, i) = (self.hidden_size, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate_size);
+        let candidates = [
+            ("the embedding / LM head", [self.vocab_size, h]),
+            ("a layer's fused q, k and v projections", [q + 2 * kv, h]),
+            ("a layer's o projection", [h, q]),
+            ("a layer's fused gate and up projections", [2 * i, h]),
+            ("a layer's down projection", [h, i]),
+        ];
+        candidates.into_iter().max_by_key(|(_, [rows, cols])| rows * cols).expect("five candidates")
+    }
+
+    /// Fails with a clear message where `device` (wgpu) cannot hold this
+    /// model's largest weight in one buffer, before anything is loaded.
+    pub fn check_device_buffers(&self, device: &Device) -> Result<(), ModelError> {
+        let Some(limit) = crate::device::max_buffer_bytes(device) else {
+            return Ok(());
+        };
+        let (what, [rows, cols]) = self.largest_device_weight();
+        let bytes = (rows * cols * std::mem::size_of::<f32>()) as u64;
+        if bytes > limit {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            return Err(ModelError::Device(format!(
+                "{what} ([{rows}, {cols}] in f32) needs a buffer of {:.0} MiB on the wgpu device, whose driver allows at most {:.0} MiB per buffer (lavapipe allows 128 MiB; most GPU drivers 2-4 GiB): run this model with --device cpu, or on a GPU whose driver allows larger buffers",
+                mib(bytes),
+                mib(limit)
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the linear module `name` (without `.weight`) has a bias.
     fn has_bias(&self, name: &str) -> bool {
         if name.ends_with("o_proj") {
@@ -341,6 +376,7 @@ impl DecoderLayer {
     /// device, the linear layers whose weights have a file behind them keep
     /// them in their stored form ([`Linear::from_stored`]).
     fn build(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device, stored: bool) -> Result<Self, ModelError> {
+        spec.check_device_buffers(device)?;
         let stored = stored && crate::device::is_host_memory(device);
         let p = format!("model.layers.{layer}");
         let arch = &spec.architecture;
@@ -561,6 +597,7 @@ impl Decoder {
 
     /// Loads (or reloads) the token embedding.
     pub fn load_embedding(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
+        self.spec.check_device_buffers(&self.device)?;
         let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
         let embed = weights.tensor("model.embed_tokens.weight", &[v, h], &self.spec.architecture)?.into_owned();
         self.embed_tokens = Some(Embedding::Tensor(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device)));
@@ -575,6 +612,7 @@ impl Decoder {
 
     /// Loads (or reloads) the final norm and the LM head (the embedding when tied).
     pub fn load_head(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
+        self.spec.check_device_buffers(&self.device)?;
         let spec = &self.spec;
         let (v, h, arch) = (spec.vocab_size, spec.hidden_size, &spec.architecture);
         let norm = RmsNorm::from_host(&*weights.tensor("model.norm.weight", &[h], arch)?, spec.norm_offset, spec.norm_eps, &self.device);

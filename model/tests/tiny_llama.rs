@@ -164,3 +164,23 @@ fn host_and_tensor_kernels_agree_with_the_reference() {
         assert!(diff < 1e-4, "sequence {k}: max |host kernels - reference| = {diff}");
     }
 }
+
+#[test]
+fn a_weight_larger_than_the_wgpu_adapter_allows_is_refused_with_its_size_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path(), &TINY, &tiny_weights(&TINY, 9), StoredDtype::F32);
+    let loaded = load_model(dir.path()).unwrap();
+    let wgpu = select_device(DeviceChoice::Wgpu).unwrap().device;
+    let limit = model::device::max_buffer_bytes(&wgpu).expect("wgpu has a buffer limit");
+    assert!(model::device::max_buffer_bytes(&select_device(DeviceChoice::Cpu).unwrap().device).is_none());
+    let mut spec = loaded.config.spec().clone();
+    spec.check_device_buffers(&wgpu).unwrap();
+    // A vocabulary whose embedding needs one f32 buffer past the limit.
+    spec.vocab_size = (limit as usize / (4 * spec.hidden_size)) + 1;
+    assert_eq!(spec.largest_device_weight(), ("the embedding / LM head", [spec.vocab_size, spec.hidden_size]));
+    let message = spec.check_device_buffers(&wgpu).unwrap_err().to_string();
+    let mib = |b: f64| format!("{:.0} MiB", b / (1u64 << 20) as f64);
+    assert!(message.contains(&mib((spec.vocab_size * spec.hidden_size * 4) as f64)), "{message}");
+    assert!(message.contains(&format!("at most {}", mib(limit as f64))) && message.contains("--device cpu"), "{message}");
+    spec.check_device_buffers(&select_device(DeviceChoice::Cpu).unwrap().device).unwrap();
+}
