@@ -431,6 +431,8 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
                 "--batch",
                 "8",
                 "--cached-only",
+                // Decoding speed comes from one run of every model in turn, below.
+                "--no-decode-steps",
                 "--tokens-out",
                 &path(&tokens_file),
             ],

@@ -13,7 +13,7 @@
 //! The "decode steps" rows time decoding alone, as llama.cpp's `llama-bench
 //! -n N` and `llama-batched-bench` do: from one start token per sequence,
 //! N single-token steps through the cache, each picking its argmax.
-//! `--decode-only` runs only those rows.
+//! `--decode-only` runs only those rows; `--no-decode-steps` skips them.
 //!
 //! Given several `--model`s, it loads them all and times only the decode
 //! steps, the models taken in turn for `--repeats N` rounds (default 3),
@@ -62,6 +62,7 @@ fn main() {
     let n_prompts: usize = arg("--prompts", 4).clamp(1, PROMPTS.len());
     let batch: usize = arg("--batch", 1).max(1);
     let decode_only = std::env::args().any(|a| a == "--decode-only");
+    let no_decode_steps = std::env::args().any(|a| a == "--no-decode-steps");
 
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     let selected = select_device(device_choice).expect("device");
@@ -113,6 +114,9 @@ fn main() {
     let mut widths = vec![1];
     if batch > 1 {
         widths.push(batch);
+    }
+    if no_decode_steps {
+        widths.clear();
     }
     for width in widths {
         let (tokens, seconds) = decode_steps(&model, start, width, new_tokens);
