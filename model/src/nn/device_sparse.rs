@@ -392,4 +392,23 @@ mod tests {
             assert!(y.chunks(out).all(|row| row[3] == 0.0), "the empty weight row gives zeros");
         }
     }
+
+    #[test]
+    fn launches_of_more_cubes_than_one_dimension_takes_cover_every_row() {
+        let device = select_device(DeviceChoice::Wgpu).unwrap().device;
+        let mut rng = testkit::Rng::new(6);
+        // 140,000 rows: 35,000 cubes of the row kernel and of the expansion, past MAX_CUBES_PER_DIM.
+        let (out, inner) = (140_000, 40);
+        let weight: Vec<f32> = (0..out * inner).map(|_| if rng.next_f32() < 0.5 { 0.0 } else { rng.next_f32() - 0.5 }).collect();
+        let sparse = DeviceSparse::from_rows(&weight, out, inner, &device);
+        assert!(out.div_ceil(UNITS / LANES) > MAX_CUBES_PER_DIM && (out * sparse.chunks() * LANES).div_ceil(UNITS) > MAX_CUBES_PER_DIM);
+        for rows in [1, kernels::SMALL_MATMUL_ROWS + 1] {
+            let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+            let y = sparse.matmul(Tensor::from_data(burn::tensor::TensorData::new(x.clone(), [rows, inner]), &device));
+            let y = y.into_data().try_into_vec::<f32>().unwrap();
+            let want = reference(&x, rows, &weight, out, inner);
+            let worst = y.iter().zip(&want).map(|(&got, &want)| (f64::from(got) - want).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-5, "rows {rows}: max |wgpu - reference| = {worst}");
+        }
+    }
 }
