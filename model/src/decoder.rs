@@ -210,7 +210,7 @@ impl DecoderSpec {
         if bytes > limit {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             return Err(ModelError::Device(format!(
-                "{what} ([{rows}, {cols}] in f32) needs a buffer of {:.0} MiB on the wgpu device, whose driver allows at most {:.0} MiB per buffer (lavapipe allows 128 MiB; most GPU drivers 2-4 GiB): run this model with --device cpu, or on a GPU whose driver allows larger buffers",
+                "{what} ([{rows}, {cols}] in f32) needs a buffer of {:.0} MiB on the wgpu device, whose driver allows at most {:.0} MiB per buffer (lavapipe allows 128 MiB; hardware drivers usually more): run this model with --device cpu, or on a GPU whose driver allows larger buffers",
                 mib(bytes),
                 mib(limit)
             )));

@@ -162,8 +162,8 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, ModelError>
 }
 
 /// The largest buffer a cubecl device (wgpu) allocates, in bytes (its
-/// driver's storage-buffer limit: 128 MiB on lavapipe, 2-4 GiB on most GPU
-/// drivers); `None` on host-memory devices.
+/// driver's storage-buffer limit: 128 MiB on lavapipe, usually more on
+/// hardware drivers); `None` on host-memory devices.
 pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
     let probe = burn::tensor::Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>().ok()?;
     Some(probe.client.properties().memory.max_page_size)

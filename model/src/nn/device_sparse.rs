@@ -21,11 +21,14 @@
 //! A product of a few rows (decoding) runs [`sparse_rows_kernel`]: a group
 //! of lanes per output feature (four to a cube) and a cube per tile of input
 //! rows; each group walks its row and sums its lanes' partial products in
-//! shared memory, as a dense GEMV gives a warp to a row. A product of more rows (prefill) widens the weight into a
-//! transient dense tensor ([`expand_kernel`]) for burn's tiled matmul, which
-//! reuses every weight for many rows; the widened copy lives for that one
-//! product. Either way the products are those of the weight with zeros, up
-//! to the order of the f32 additions.
+//! shared memory, as a dense GEMV gives a warp to a row. A product of more
+//! rows (prefill, calibration) widens the weight into a transient dense
+//! tensor ([`expand_kernel`], a group of lanes per row and chunk) for burn's
+//! tiled matmul, which reuses every weight for many rows; the widened copy
+//! lives for that one product, and the products are burn's matmul of the
+//! weight with zeros (on lavapipe, sequential calibration of SmolLM2 gives
+//! the same masks as with the dense weight, bit for bit). A few rows'
+//! products equal them up to the order of the f32 additions.
 
 use burn::backend::Cube;
 use burn::tensor::{DType, Device, Shape, Tensor};
@@ -35,8 +38,8 @@ use cubecl::client::Client;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-/// Keep words per chunk: a group of 32 lanes takes `32 * CHUNK_WORDS`
-/// columns at a time.
+/// Keep words per chunk: the granularity of `chunk_starts`, and the columns
+/// (`32 * CHUNK_WORDS`) one group of lanes widens in [`expand_kernel`].
 const CHUNK_WORDS: usize = 8;
 /// Lanes per group: one per bit of a keep word.
 const LANES: usize = 32;
@@ -178,7 +181,7 @@ impl std::fmt::Debug for DeviceSparse {
 
 /// The keep words, the nonzero values and the chunk starts of a row-major
 /// [out, inner] matrix, in [`DeviceSparse`]'s layout.
-pub fn sparse_layout(weight: &[f32], out_features: usize, inner: usize) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+fn sparse_layout(weight: &[f32], out_features: usize, inner: usize) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
     assert_eq!(weight.len(), out_features * inner, "sparse_layout: weight is not [out, inner]");
     let words = inner.div_ceil(32);
     let chunks = words.div_ceil(CHUNK_WORDS);
