@@ -56,14 +56,14 @@ stage() {
     else
         peak="n/a"
     fi
-    printf '== %-40s exit %d, %8.2f s, GPU memory peak %s\n' "$name" "$rc" "$(echo "$end - $start" | bc)" "$peak"
+    printf '== %-40s exit %d, %8.2f s, GPU memory peak %s\n' "$name" "$rc" "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')" "$peak"
     grep -v '^\s*$' "$work/stage.log" | tail -n "${TAIL:-4}" | sed 's/^/   /'
 }
 
 m=$work/model
 stage "make-model ($layers layers, bf16)" env SUBPRUNE_SMOLLM2_GGUF="$kit/smollm2-tokenizer.gguf" \
     "$B/make-model" --shape llama-2-7b --layers "$layers" --dtype bf16 --out "$m"
-pylib=$(ls -d /usr/lib/python3.* 2>/dev/null | head -n1)
+pylib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])' 2>/dev/null || ls -d /usr/lib/python3.* | head -n1)
 stage "datasets collect ($pylib)" "$B/datasets" collect --domain python --out "$work/docs.parquet" --from "$pylib"
 stage "datasets sample" "$B/datasets" sample --documents "$work/docs.parquet" --model "$m" --nsamples 4 --seqlen 128 --out "$work/calib.parquet"
 stage "datasets sample (held out)" "$B/datasets" sample --documents "$work/docs.parquet" --model "$m" --split heldout --windows --seqlen 128 --out "$work/heldout.parquet"
