@@ -39,6 +39,10 @@ fn main() {
         .iter()
         .map(|path| {
             let loaded = load_model(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+            if let Err(e) = loaded.config.spec().check_device_buffers(&device) {
+                eprintln!("{}: {e}", path.display());
+                std::process::exit(1);
+            }
             loaded
                 .config
                 .linear_modules(layer)
