@@ -165,8 +165,14 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, ModelError>
 /// driver's storage-buffer limit: 128 MiB on lavapipe, usually more on
 /// hardware drivers); `None` on host-memory devices.
 pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
-    let probe = burn::tensor::Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>().ok()?;
-    Some(probe.client.properties().memory.max_page_size)
+    Some(cube_tensor(device)?.client.properties().memory.max_page_size)
+}
+
+/// A one-value cubecl tensor on `device`, which carries the compute client
+/// and cubecl device that kernels launch on; `None` where `device` is not a
+/// cubecl device (burn's ndarray backend).
+pub(crate) fn cube_tensor(device: &Device) -> Option<burn_cubecl::tensor::CubeTensor> {
+    burn::tensor::Tensor::<1>::zeros([1], device).try_into_primitive::<burn::backend::Cube>().ok()
 }
 
 /// Whether tensors on `device` live in host memory (burn's ndarray

@@ -111,13 +111,11 @@ fn main() {
         );
     }
     let start = tokenizer.bos_id().unwrap_or(0);
-    let mut widths = vec![1];
-    if batch > 1 {
-        widths.push(batch);
-    }
-    if no_decode_steps {
-        widths.clear();
-    }
+    let widths = match (no_decode_steps, batch > 1) {
+        (true, _) => vec![],
+        (false, true) => vec![1, batch],
+        (false, false) => vec![1],
+    };
     for width in widths {
         let (tokens, seconds) = decode_steps(&model, start, width, new_tokens);
         println!("decode steps batch {width}: {tokens} tokens in {seconds:.2} s = {:.1} tokens/s", tokens as f64 / seconds);

@@ -206,7 +206,7 @@ impl DeviceSparse {
     /// Uploads the nonzero weights of the row-major [out, inner] `weight`
     /// to `device`, a cubecl device (see [`DeviceSparse::supports`]).
     pub fn from_rows(weight: &[f32], out_features: usize, inner: usize, burn_device: &Device) -> Self {
-        let probe = Tensor::<1>::zeros([1], burn_device).try_into_primitive::<Cube>().expect("DeviceSparse needs a cubecl device");
+        let probe = crate::device::cube_tensor(burn_device).expect("DeviceSparse needs a cubecl device");
         let (client, device) = (probe.client.clone(), probe.device.clone());
         let (keep, values, chunk_starts) = sparse_layout(weight, out_features, inner);
         let nnz = values.len();
@@ -227,7 +227,7 @@ impl DeviceSparse {
 
     /// Whether tensors on `device` are cubecl tensors this kernel reads.
     pub fn supports(device: &Device) -> bool {
-        Tensor::<1>::zeros([1], device).try_into_primitive::<Cube>().is_ok()
+        crate::device::cube_tensor(device).is_some()
     }
 
     /// Output features.
