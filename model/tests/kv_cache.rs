@@ -93,3 +93,75 @@ fn a_cache_refuses_a_batch_of_another_size() {
     let err = model.forward_cached(&[vec![1, 2]], &mut cache).unwrap_err().to_string();
     assert!(err.contains("2 rows") && err.contains("1"), "{err}");
 }
+
+/// Logits of the last token after feeding `pieces` of one row through its own cache.
+fn alone(model: &Decoder, pieces: &[&[u32]], kernels: Kernels) -> Vec<f32> {
+    let mut cache = model.new_cache(1);
+    let mut last = Vec::new();
+    for piece in pieces {
+        last = values(model.forward_cached_last_with(&[piece.to_vec()], &mut cache, kernels).unwrap());
+    }
+    last
+}
+
+#[test]
+fn rows_joining_a_running_cache_and_trimmed_padding_change_no_row() {
+    let (model, weights) = tiny_model(DeviceChoice::Cpu, 15);
+    let v = TINY.vocab;
+    let (first, short, two): (&[u32], &[u32], &[u32]) = (&TOKENS[..4], &[9, 4, 33, 2, 70, 18, 6], &[12, 40]);
+    for kernels in [Kernels::Host, Kernels::Tensor] {
+        // A running row: a prompt of 4 and one decoded token (5 slots).
+        let mut running = model.new_cache(1);
+        model.forward_cached_last_with(&[first.to_vec()], &mut running, kernels).unwrap();
+        model.forward_cached_last_with(&[vec![TOKENS[4]]], &mut running, kernels).unwrap();
+        // Two rows joining it, prefilled together (7 slots, the second padded by 5).
+        let mut joining = model.new_padded_cache(vec![0, 5]);
+        let padded: Vec<u32> = std::iter::repeat_n(50, 5).chain(two.iter().copied()).collect();
+        model.forward_cached_last_with(&[short.to_vec(), padded], &mut joining, kernels).unwrap();
+        running.append_rows(joining).unwrap();
+        assert_eq!((running.len(), running.padding()), (7, &[2, 0, 5][..]), "{kernels:?}: the shorter cache is padded in front");
+        let step = values(model.forward_cached_last_with(&[vec![TOKENS[5]], vec![7], vec![7]], &mut running, kernels).unwrap());
+        let rows: [Vec<u32>; 3] = [TOKENS[..6].to_vec(), [short, &[7]].concat(), [two, &[7]].concat()];
+        for (r, tokens) in rows.iter().enumerate() {
+            let reference = reference_forward(&TINY, &weights, tokens);
+            let diff = max_abs_diff(&step[r * v..(r + 1) * v], &reference[tokens.len() - 1..]);
+            assert!(diff < 1e-4, "{kernels:?}: row {r} after joining: max |cached - reference| = {diff}");
+        }
+        if kernels == Kernels::Host {
+            let by_itself = [
+                alone(&model, &[first, &[TOKENS[4]], &[TOKENS[5]]], kernels),
+                alone(&model, &[short, &[7]], kernels),
+                alone(&model, &[two, &[7]], kernels),
+            ];
+            for (r, own) in by_itself.iter().enumerate() {
+                assert_eq!(&step[r * v..(r + 1) * v], &own[..], "host kernels: row {r} after joining, bit for bit");
+            }
+        }
+        // The longest row finishes: the two slots every remaining row pads go.
+        running.select_rows(&[0, 2]);
+        running.trim_padding();
+        assert_eq!((running.len(), running.padding()), (6, &[0, 3][..]), "{kernels:?}: trimmed");
+        let step = values(model.forward_cached_last_with(&[vec![TOKENS[6]], vec![8]], &mut running, kernels).unwrap());
+        let rows: [Vec<u32>; 2] = [TOKENS[..7].to_vec(), [two, &[7, 8]].concat()];
+        for (r, tokens) in rows.iter().enumerate() {
+            let reference = reference_forward(&TINY, &weights, tokens);
+            let diff = max_abs_diff(&step[r * v..(r + 1) * v], &reference[tokens.len() - 1..]);
+            assert!(diff < 1e-4, "{kernels:?}: row {r} after trimming: max |cached - reference| = {diff}");
+        }
+        if kernels == Kernels::Host {
+            assert_eq!(&step[..v], &alone(&model, &[first, &[TOKENS[4]], &[TOKENS[5]], &[TOKENS[6]]], kernels)[..], "row 0 after trimming");
+            assert_eq!(&step[v..], &alone(&model, &[two, &[7], &[8]], kernels)[..], "row 1 after trimming");
+        }
+    }
+}
+
+#[test]
+fn caches_of_another_depth_or_empty_do_not_join() {
+    let (model, _) = tiny_model(DeviceChoice::Cpu, 16);
+    let mut filled = model.new_cache(1);
+    model.forward_cached_last(&[vec![1, 2]], &mut filled).unwrap();
+    let err = filled.append_rows(model.new_cache(1)).unwrap_err().to_string();
+    assert!(err.contains("at least one step"), "{err}");
+    let err = filled.append_rows(model::KvCache::new(TINY.layers + 1, vec![0])).unwrap_err().to_string();
+    assert!(err.contains("layers"), "{err}");
+}

@@ -78,6 +78,57 @@ impl HostKv {
         self.blocks = blocks.len();
     }
 
+    /// Moves every block's filled slots `slots` to the right, zeros in the
+    /// slots freed at the front ([`KvCache::pad_front`]).
+    fn pad_front(&mut self, slots: usize) {
+        let (d, len) = (self.head_dim, self.len);
+        let capacity = self.capacity.max(len + slots);
+        let shift = |old: &[f32]| {
+            let mut moved = vec![0.0f32; self.blocks * capacity * d];
+            for block in 0..self.blocks {
+                let filled = &old[block * self.capacity * d..(block * self.capacity + len) * d];
+                moved[(block * capacity + slots) * d..][..filled.len()].copy_from_slice(filled);
+            }
+            moved
+        };
+        (self.keys, self.values) = (shift(&self.keys), shift(&self.values));
+        self.capacity = capacity;
+        self.len += slots;
+    }
+
+    /// Drops every block's first `slots` filled slots ([`KvCache::trim_padding`]).
+    fn drop_front(&mut self, slots: usize) {
+        let (d, len, capacity) = (self.head_dim, self.len, self.capacity);
+        for data in [&mut self.keys, &mut self.values] {
+            for block in 0..self.blocks {
+                let start = block * capacity * d;
+                data.copy_within(start + slots * d..start + len * d, start);
+            }
+        }
+        self.len -= slots;
+    }
+
+    /// Appends the blocks of `other`, which must fill as many slots of the
+    /// same head size ([`KvCache::append_rows`]).
+    fn append_blocks(&mut self, other: &HostKv) {
+        assert!(other.len == self.len && other.head_dim == self.head_dim, "host key/value caches of different lengths or heads");
+        let (d, len) = (self.head_dim, self.len);
+        let capacity = self.capacity.max(other.capacity);
+        let blocks = self.blocks + other.blocks;
+        let join = |mine: &[f32], theirs: &[f32]| {
+            let mut joined = vec![0.0f32; blocks * capacity * d];
+            let filled = (0..self.blocks)
+                .map(|b| &mine[b * self.capacity * d..][..len * d])
+                .chain((0..other.blocks).map(|b| &theirs[b * other.capacity * d..][..len * d]));
+            for (block, slots) in filled.enumerate() {
+                joined[block * capacity * d..][..len * d].copy_from_slice(slots);
+            }
+            joined
+        };
+        (self.keys, self.values) = (join(&self.keys, &other.keys), join(&self.values, &other.values));
+        (self.blocks, self.capacity) = (blocks, capacity);
+    }
+
     /// Keys [blocks, capacity, head_dim].
     pub fn keys(&self) -> &[f32] {
         &self.keys
@@ -141,6 +192,51 @@ impl LayerKv {
         };
         self.keys = Some(filled(&host.keys));
         self.values = Some(filled(&host.values));
+    }
+
+    /// Inserts `slots` empty slots before every row's first
+    /// ([`KvCache::pad_front`]).
+    fn pad_front(&mut self, slots: usize) {
+        if !self.host.is_empty() {
+            self.host.pad_front(slots);
+        }
+        for tensor in [&mut self.keys, &mut self.values] {
+            if let Some(t) = tensor.take() {
+                let [batch, heads, _, d] = t.dims();
+                let zeros = Tensor::<4>::zeros([batch, heads, slots, d], &t.device());
+                *tensor = Some(Tensor::cat(vec![zeros, t], 2));
+            }
+        }
+    }
+
+    /// Drops every row's first `slots` slots ([`KvCache::trim_padding`]).
+    fn drop_front(&mut self, slots: usize) {
+        if !self.host.is_empty() {
+            self.host.drop_front(slots);
+        }
+        for tensor in [&mut self.keys, &mut self.values] {
+            if let Some(t) = tensor.take() {
+                let len = t.dims()[2];
+                *tensor = Some(t.narrow(2, slots, len - slots));
+            }
+        }
+    }
+
+    /// Appends the rows of `other`, which holds as many slots
+    /// ([`KvCache::append_rows`]); both move to host memory where either is there.
+    fn append_rows(&mut self, mut other: LayerKv) {
+        if !self.host.is_empty() || !other.host.is_empty() {
+            self.move_to_host();
+            other.move_to_host();
+            self.host.append_blocks(&other.host);
+            return;
+        }
+        for (mine, theirs) in [(&mut self.keys, other.keys), (&mut self.values, other.values)] {
+            *mine = match (mine.take(), theirs) {
+                (Some(a), Some(b)) => Some(Tensor::cat(vec![a, b], 0)),
+                _ => panic!("appending the rows of a layer cache that holds no keys and values"),
+            };
+        }
     }
 
     /// Appends the keys and values of new positions ([batch, kv_heads, new,
@@ -238,6 +334,55 @@ impl KvCache {
             }
         }
         self.padding = rows.iter().map(|&r| self.padding[r]).collect();
+    }
+
+    /// Appends the rows of `other`, a cache of the same model, after this
+    /// one's (rows that join a batch already decoding). The cache holding
+    /// fewer slots is first left-padded to the other's length, which changes
+    /// no row's positions or visible keys, so what each row computes does not
+    /// change.
+    pub fn append_rows(&mut self, mut other: KvCache) -> Result<(), ModelError> {
+        if other.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!("joining caches of {} and {} layers", self.layers.len(), other.layers.len())));
+        }
+        if self.is_empty() || other.is_empty() {
+            return Err(ModelError::Input("joining caches: both must hold at least one step".into()));
+        }
+        let len = self.len.max(other.len);
+        self.pad_front(len - self.len);
+        other.pad_front(len - other.len);
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            mine.append_rows(theirs);
+        }
+        self.padding.extend(other.padding);
+        Ok(())
+    }
+
+    /// Inserts `slots` padding slots before every row's first.
+    fn pad_front(&mut self, slots: usize) {
+        if slots == 0 {
+            return;
+        }
+        for layer in &mut self.layers {
+            layer.pad_front(slots);
+        }
+        self.padding.iter_mut().for_each(|p| *p += slots);
+        self.len += slots;
+    }
+
+    /// Drops the leading slots that are padding in every row (left behind by
+    /// rows that finished), so the cache holds no more slots than its
+    /// longest row needs. What each row computes does not change.
+    pub fn trim_padding(&mut self) {
+        let slots = self.padding.iter().copied().min().unwrap_or(0);
+        if slots == 0 {
+            return;
+        }
+        for layer in &mut self.layers {
+            layer.drop_front(slots);
+        }
+        self.padding.iter_mut().for_each(|p| *p -= slots);
+        self.len -= slots;
     }
 
     /// Records that `new` slots were appended to every layer.
