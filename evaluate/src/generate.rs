@@ -1,6 +1,7 @@
 //! Text generation: greedy and sampled decoding (temperature, top-p, seeded
 //! per sequence), stop sequences, EOS and a token budget, over batches of
-//! left-padded prompts, with or without the model's key/value cache.
+//! left-padded prompts, with or without the model's key/value cache. With
+//! the cache, prompts join the batch as earlier rows finish.
 //!
 //! Results do not depend on batching: a padded row computes what its prompt
 //! alone would, and every sequence draws from its own random stream, seeded
@@ -271,9 +272,35 @@ struct Job {
 
 /// The decoding state of one row.
 struct Row {
+    /// Index of the row's job.
+    job: usize,
     tokens: Vec<u32>,
     rng: SampleRng,
     done: Option<Generation>,
+}
+
+impl Row {
+    fn new(job: usize, seed: u64) -> Self {
+        Row { job, tokens: Vec::new(), rng: SampleRng::new(seed), done: None }
+    }
+
+    /// Picks the row's next token from `logits` and records whether that
+    /// ends it (EOS, a stop string, or the token budget).
+    fn take_token(&mut self, logits: &[f32], tokenizer: &Tokenizer, eos: Option<u32>, config: &GenerationConfig) -> Result<(), EvalError> {
+        let token = sample_token(logits, config.temperature, config.top_p, &mut self.rng) as u32;
+        if Some(token) == eos {
+            self.done = Some(finish(tokenizer, &self.tokens, FinishReason::Eos)?);
+            return Ok(());
+        }
+        self.tokens.push(token);
+        let text = tokenizer.decode(&self.tokens).map_err(ModelError::from)?;
+        if let Some(at) = find_stop(&text, &config.stop) {
+            self.done = Some(Generation { text: text[..at].to_string(), tokens: self.tokens.clone(), finish: FinishReason::Stop });
+        } else if self.tokens.len() >= config.max_new_tokens {
+            self.done = Some(Generation { text, tokens: self.tokens.clone(), finish: FinishReason::Length });
+        }
+        Ok(())
+    }
 }
 
 fn check_config(config: &GenerationConfig) -> Result<(), EvalError> {
@@ -298,15 +325,20 @@ fn run_jobs(
     if batch == 0 {
         return Err(EvalError::Input("expected a batch size of at least 1; found 0".into()));
     }
+    if config.max_new_tokens == 0 {
+        progress(jobs.len());
+        return Ok(jobs.iter().map(|_| Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length }).collect());
+    }
     // Longest prompts first, so that rows of a batch have similar lengths.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].prompt.len()));
     let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
-    for chunk in order.chunks(batch) {
-        let rows: Vec<&Job> = chunk.iter().map(|&i| &jobs[i]).collect();
-        let generations = run_batch(model, tokenizer, &rows, config, &mut progress)?;
-        for (&i, g) in chunk.iter().zip(generations) {
-            results[i] = Some(g);
+    let decoding = Decoding { model, tokenizer, config, jobs: &jobs };
+    if config.use_cache {
+        decoding.continuously(&order, batch, &mut results, &mut progress)?;
+    } else {
+        for chunk in order.chunks(batch) {
+            decoding.recomputing(chunk, &mut results, &mut progress)?;
         }
     }
     Ok(results.into_iter().map(|g| g.expect("every job ran")).collect())
@@ -319,6 +351,19 @@ fn last_logits(model: &Decoder, sequences: &[Vec<u32>], cache: &mut KvCache) -> 
     let [rows, vocab] = logits.dims();
     let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
     Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
+}
+
+/// The prompts of `group` left-padded to one length, and each row's padding.
+fn padded_prompts(jobs: &[Job], group: &[usize]) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let longest = group.iter().map(|&j| jobs[j].prompt.len()).max().unwrap_or(0);
+    let padding: Vec<usize> = group.iter().map(|&j| longest - jobs[j].prompt.len()).collect();
+    // Padding slots hold the row's first token: any valid id does, none is attended to.
+    let sequences = group
+        .iter()
+        .zip(&padding)
+        .map(|(&j, &p)| std::iter::repeat_n(jobs[j].prompt[0], p).chain(jobs[j].prompt.iter().copied()).collect())
+        .collect();
+    (sequences, padding)
 }
 
 /// The cache and last-token logits of padded rows, each distinct row
@@ -349,82 +394,120 @@ fn prefill_shared(model: &Decoder, sequences: &[Vec<u32>], padding: &[usize]) ->
     Ok((cache, logits))
 }
 
-fn run_batch(
-    model: &Decoder,
-    tokenizer: &Tokenizer,
-    jobs: &[&Job],
-    config: &GenerationConfig,
-    progress: &mut impl FnMut(usize),
-) -> Result<Vec<Generation>, EvalError> {
-    let eos = tokenizer.eos_id();
-    let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
-    let padding: Vec<usize> = jobs.iter().map(|j| longest - j.prompt.len()).collect();
-    // Padding slots hold the row's first token: any valid id does, none is attended to.
-    let mut sequences: Vec<Vec<u32>> =
-        jobs.iter().zip(&padding).map(|(j, &p)| std::iter::repeat_n(j.prompt[0], p).chain(j.prompt.iter().copied()).collect()).collect();
-    let mut rows: Vec<Row> = jobs.iter().map(|j| Row { tokens: Vec::new(), rng: SampleRng::new(j.seed), done: None }).collect();
-    if config.max_new_tokens == 0 {
-        progress(rows.len());
-        return Ok(rows
-            .into_iter()
-            .map(|_| Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length })
-            .collect());
-    }
-    let mut padding = padding;
-    let (mut cache, mut logits) = if config.use_cache {
-        prefill_shared(model, &sequences, &padding)?
-    } else {
-        let mut cache = model.new_padded_cache(padding.clone());
-        let logits = last_logits(model, &sequences, &mut cache)?;
-        (cache, logits)
-    };
-    // Rows still generating, in batch order; `logits`, `sequences`, `padding`
-    // and the cache hold these rows only, so finished rows cost nothing.
-    let mut active: Vec<usize> = (0..rows.len()).collect();
-    loop {
-        let mut finished = 0;
-        for (&index, logits) in active.iter().zip(&logits) {
-            let row = &mut rows[index];
-            let token = sample_token(logits, config.temperature, config.top_p, &mut row.rng) as u32;
-            if Some(token) == eos {
-                row.done = Some(finish(tokenizer, &row.tokens, FinishReason::Eos)?);
-            } else {
-                row.tokens.push(token);
-                let text = tokenizer.decode(&row.tokens).map_err(ModelError::from)?;
-                if let Some(at) = find_stop(&text, &config.stop) {
-                    row.done = Some(Generation { text: text[..at].to_string(), tokens: row.tokens.clone(), finish: FinishReason::Stop });
-                } else if row.tokens.len() >= config.max_new_tokens {
-                    row.done = Some(Generation { text, tokens: row.tokens.clone(), finish: FinishReason::Length });
+/// Rows decoding together through one cache, each with the logits of its next token.
+struct Running {
+    rows: Vec<Row>,
+    cache: KvCache,
+    logits: Vec<Vec<f32>>,
+}
+
+/// What every row of a generation shares: the model, its tokenizer, how to
+/// generate, and the jobs (each row is one job).
+struct Decoding<'a> {
+    model: &'a Decoder,
+    tokenizer: &'a Tokenizer,
+    config: &'a GenerationConfig,
+    jobs: &'a [Job],
+}
+
+impl Decoding<'_> {
+    /// Decodes the jobs in `order` with the cache, up to `batch` rows at a
+    /// time: as rows finish, the next jobs' prompts are prefilled and their
+    /// rows join the batch already decoding (continuous batching), so the batch
+    /// stays nearly full while jobs remain instead of waiting for its longest
+    /// answer.
+    fn continuously(
+        &self,
+        order: &[usize],
+        batch: usize,
+        results: &mut [Option<Generation>],
+        progress: &mut impl FnMut(usize),
+    ) -> Result<(), EvalError> {
+        let (model, tokenizer, config, jobs) = (self.model, self.tokenizer, self.config, self.jobs);
+        let eos = tokenizer.eos_id();
+        let mut pending = order.iter().copied();
+        let mut running: Option<Running> = None;
+        loop {
+            let free = batch - running.as_ref().map_or(0, |r| r.rows.len());
+            // A prefill costs a pass over every weight besides its tokens, so
+            // rows join in groups: once half the batch (or all of it) is free.
+            let admit = if 2 * free >= batch { free } else { 0 };
+            let group: Vec<usize> = pending.by_ref().take(admit).collect();
+            if !group.is_empty() {
+                let (sequences, padding) = padded_prompts(jobs, &group);
+                let (cache, logits) = prefill_shared(model, &sequences, &padding)?;
+                let rows: Vec<Row> = group.iter().map(|&j| Row::new(j, jobs[j].seed)).collect();
+                match running.as_mut() {
+                    None => running = Some(Running { rows, cache, logits }),
+                    Some(r) => {
+                        r.cache.append_rows(cache)?;
+                        r.rows.extend(rows);
+                        r.logits.extend(logits);
+                    }
                 }
             }
-            if row.done.is_some() {
-                finished += 1;
+            let Some(r) = running.as_mut() else { return Ok(()) };
+            for (row, logits) in r.rows.iter_mut().zip(&r.logits) {
+                row.take_token(logits, tokenizer, eos, config)?;
             }
-        }
-        if finished > 0 {
-            progress(finished);
-            let keep: Vec<usize> = (0..active.len()).filter(|&i| rows[active[i]].done.is_none()).collect();
-            if keep.is_empty() {
-                break;
+            let keep: Vec<usize> = (0..r.rows.len()).filter(|&i| r.rows[i].done.is_none()).collect();
+            if keep.len() < r.rows.len() {
+                progress(r.rows.len() - keep.len());
+                let rows = std::mem::take(&mut r.rows);
+                for row in rows {
+                    match row.done {
+                        Some(generation) => results[row.job] = Some(generation),
+                        None => r.rows.push(row),
+                    }
+                }
+                if r.rows.is_empty() {
+                    running = None;
+                    continue;
+                }
+                r.cache.select_rows(&keep);
+                r.cache.trim_padding();
             }
-            cache.select_rows(&keep);
-            active = keep.iter().map(|&i| active[i]).collect();
-            sequences = keep.iter().map(|&i| std::mem::take(&mut sequences[i])).collect();
-            padding = keep.iter().map(|&i| padding[i]).collect();
-        }
-        let next: Vec<u32> = active.iter().map(|&i| *rows[i].tokens.last().expect("a running row has a token")).collect();
-        if config.use_cache {
-            let step: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            logits = last_logits(model, &step, &mut cache)?;
-        } else {
-            for (s, &t) in sequences.iter_mut().zip(&next) {
-                s.push(t);
-            }
-            let mut fresh = model.new_padded_cache(padding.clone());
-            logits = last_logits(model, &sequences, &mut fresh)?;
+            let step: Vec<Vec<u32>> = r.rows.iter().map(|row| vec![*row.tokens.last().expect("a running row has a token")]).collect();
+            r.logits = last_logits(model, &step, &mut r.cache)?;
         }
     }
-    Ok(rows.into_iter().map(|r| r.done.expect("every row finished")).collect())
+
+    /// Decodes the jobs `group` together without the cache: every step runs
+    /// each row's whole sequence again (slow; for comparison with the cache).
+    fn recomputing(&self, group: &[usize], results: &mut [Option<Generation>], progress: &mut impl FnMut(usize)) -> Result<(), EvalError> {
+        let (model, tokenizer, config, jobs) = (self.model, self.tokenizer, self.config, self.jobs);
+        let eos = tokenizer.eos_id();
+        let (mut sequences, mut padding) = padded_prompts(jobs, group);
+        let mut rows: Vec<Row> = group.iter().map(|&j| Row::new(j, jobs[j].seed)).collect();
+        let mut logits = last_logits(model, &sequences, &mut model.new_padded_cache(padding.clone()))?;
+        loop {
+            for (row, logits) in rows.iter_mut().zip(&logits) {
+                row.take_token(logits, tokenizer, eos, config)?;
+            }
+            let before = rows.len();
+            let keep: Vec<usize> = (0..before).filter(|&i| rows[i].done.is_none()).collect();
+            sequences = keep.iter().map(|&i| std::mem::take(&mut sequences[i])).collect();
+            padding = keep.iter().map(|&i| padding[i]).collect();
+            let mut running = Vec::with_capacity(keep.len());
+            for row in rows {
+                match row.done {
+                    Some(generation) => results[row.job] = Some(generation),
+                    None => running.push(row),
+                }
+            }
+            rows = running;
+            if rows.len() < before {
+                progress(before - rows.len());
+            }
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for (s, row) in sequences.iter_mut().zip(&rows) {
+                s.push(*row.tokens.last().expect("a running row has a token"));
+            }
+            logits = last_logits(model, &sequences, &mut model.new_padded_cache(padding.clone()))?;
+        }
+    }
 }
 
 fn finish(tokenizer: &Tokenizer, tokens: &[u32], reason: FinishReason) -> Result<Generation, EvalError> {

@@ -1,6 +1,6 @@
 //! Generation on the real SmolLM2-135M-Instruct (CPU): greedy decoding with
 //! the key/value cache equals decoding without it, batched equals one prompt
-//! at a time, sampling is deterministic for a seed and independent of
+//! at a time (prompts joining a running batch included), sampling is deterministic for a seed and independent of
 //! batching, stop strings cut the text; the chat template renders what
 //! transformers renders, and greedy output equals transformers' for one prompt.
 
@@ -57,6 +57,27 @@ fn batched_prompts_of_different_lengths_equal_one_at_a_time() {
     for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
         assert_eq!(a.tokens, b.tokens, "prompt {i}: one at a time {:?} vs batched {:?}", a.text, b.text);
         assert_eq!(a.tokens[..8], batched_uncached[i].tokens[..], "prompt {i}: batched without the cache");
+    }
+}
+
+#[test]
+fn prompts_joining_a_batch_as_rows_finish_equal_one_at_a_time() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let mut many = prompts();
+    many.extend(["Once upon a time".to_string(), "import numpy as np\nx = np.".to_string(), "1, 2, 3, 4,".to_string()]);
+    // A stop string ends rows at different steps, so later prompts join a batch already decoding.
+    let config = GenerationConfig { stop: vec!["\n".into()], ..greedy(20, true) };
+    let single = generate(&s.model, tok, &many, &config, 1, |_| {}).unwrap();
+    let lengths: Vec<usize> = single.iter().map(|g| g.tokens.len()).collect();
+    assert!(lengths.iter().any(|&l| l != lengths[0]), "rows must finish at different steps to exercise joining: {lengths:?}");
+    for batch in [2, 4] {
+        let mut finished = 0;
+        let batched = generate(&s.model, tok, &many, &config, batch, |n| finished += n).unwrap();
+        assert_eq!(finished, many.len(), "batch {batch}: progress counts every prompt once");
+        for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+            assert_eq!((&a.tokens, &a.text, a.finish), (&b.tokens, &b.text, b.finish), "batch {batch}, prompt {i}");
+        }
     }
 }
 

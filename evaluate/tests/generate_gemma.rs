@@ -1,7 +1,7 @@
 //! Generation on the real Gemma 3 270M (CPU): greedy decoding with the
 //! key/value cache (sliding-window and global layers, q/k norms, two rotary
 //! bases) equals decoding without it token for token, and a left-padded
-//! batch equals one prompt at a time.
+//! batch, with prompts joining it as rows finish, equals one prompt at a time.
 
 use std::sync::OnceLock;
 
@@ -60,5 +60,22 @@ fn gemma3_left_padded_batch_equals_one_prompt_at_a_time() {
     let batched = generate(&g.model, tok, &prompts(), &greedy(12, true), 2, |_| {}).unwrap();
     for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
         assert_eq!(a.tokens, b.tokens, "prompt {i}: one at a time {:?} vs batched {:?}", a.text, b.text);
+    }
+}
+
+#[test]
+fn gemma3_prompts_joining_a_batch_as_rows_finish_equal_one_at_a_time() {
+    let g = gemma();
+    let tok = g.loaded.tokenizer().unwrap();
+    let mut many = prompts();
+    many.extend(["Once upon a time".to_string(), "1, 2, 3, 4,".to_string()]);
+    // A stop string ends rows at different steps, so later prompts join a batch already decoding.
+    let config = GenerationConfig { stop: vec!["\n".into()], ..greedy(16, true) };
+    let single = generate(&g.model, tok, &many, &config, 1, |_| {}).unwrap();
+    let lengths: Vec<usize> = single.iter().map(|g| g.tokens.len()).collect();
+    assert!(lengths.iter().any(|&l| l != lengths[0]), "rows must finish at different steps to exercise joining: {lengths:?}");
+    let batched = generate(&g.model, tok, &many, &config, 2, |_| {}).unwrap();
+    for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+        assert_eq!((&a.tokens, &a.text), (&b.tokens, &b.text), "prompt {i}");
     }
 }
