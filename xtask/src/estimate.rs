@@ -15,7 +15,9 @@
 //! generation tasks on 4-10 items of the dense and a 50% Wanda sub-model.
 //! On the same machine `evaluate speed` later measured 230 and 30.8, and the
 //! estimate of a whole `paper --quick` run (41 min) came out 10% below its
-//! wall time (45.8 min).
+//! wall time (45.8 min). The reference's generation ran at `evaluate`'s
+//! default batch of 8 prompts, so its equivalent tokens hold that batch's
+//! gain; a task run at another batch is estimated as if at 8.
 //!
 //! Generation that decodes several prompts together (`batch`) is counted
 //! at the decode speed measured at that batch: the reference run decoded
