@@ -62,8 +62,8 @@ enum Command {
     Mbpp(code_cli::CodeArgs),
     /// This machine's speed on a model, for time estimates: prefill tokens/s
     /// of one sequence (as perplexity and multiple-choice tasks run) and
-    /// greedy decode tokens/s with the cache at batch 1 and at `--batch`
-    /// (as generation runs); prints one JSON line.
+    /// greedy decode tokens/s at batch 1 with the cache (as generation runs);
+    /// prints one JSON line.
     Speed(SpeedArgs),
 }
 
@@ -81,9 +81,6 @@ struct SpeedArgs {
     /// Timed decoding steps.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Rows decoding together in the second timed decode (1: only one decode is timed).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
 }
 
 #[derive(Args)]
@@ -467,8 +464,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn run_speed(args: SpeedArgs) -> Result<()> {
-    if args.prefill_tokens < 2 || args.decode_tokens == 0 || args.batch == 0 {
-        bail!("expected --prefill-tokens of at least 2, and --decode-tokens and --batch of at least 1");
+    if args.prefill_tokens < 2 || args.decode_tokens == 0 {
+        bail!("expected --prefill-tokens of at least 2 and --decode-tokens of at least 1");
     }
     let loaded = model::load_model(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
     let selected = select_device(args.device)?;
@@ -483,32 +480,16 @@ fn run_speed(args: SpeedArgs) -> Result<()> {
     let prefill = args.prefill_tokens as f64 / started.elapsed().as_secs_f64();
     drop(model);
     let model = loaded.build_stored(&selected.device)?;
-    let prompt = &tokens[..16.min(tokens.len())];
-    let decode = decode_speed(&model, prompt, 1, args.decode_tokens)?;
-    let batched = if args.batch > 1 { decode_speed(&model, prompt, args.batch, args.decode_tokens)? } else { decode };
-    println!(
-        "{}",
-        serde_json::json!({
-            "prefill_tokens_per_s": prefill,
-            "decode_tokens_per_s": decode,
-            "batch": args.batch,
-            "batched_decode_tokens_per_s": batched,
-        })
-    );
-    Ok(())
-}
-
-/// Tokens/s of `steps` greedy decoding steps with the cache of `rows` rows
-/// that all start from `prompt`.
-fn decode_speed(model: &model::Decoder, prompt: &[u32], rows: usize, steps: usize) -> Result<f64> {
-    let mut cache = model.new_cache(rows);
-    let mut logits = model.forward_cached_last(&vec![prompt.to_vec(); rows], &mut cache)?;
+    let mut cache = model.new_cache(1);
+    let mut logits = model.forward_cached_last(&[tokens[..16.min(tokens.len())].to_vec()], &mut cache)?;
     let started = Instant::now();
-    for _ in 0..steps {
-        let next: Vec<Vec<u32>> = logits.argmax(1).into_data().iter::<i64>().map(|t| vec![t as u32]).collect();
-        logits = model.forward_cached_last(&next, &mut cache)?;
+    for _ in 0..args.decode_tokens {
+        let next = logits.argmax(1).into_data().iter::<i64>().next().context("no logits")? as u32;
+        logits = model.forward_cached_last(&[vec![next]], &mut cache)?;
     }
-    Ok((rows * steps) as f64 / started.elapsed().as_secs_f64())
+    let decode = args.decode_tokens as f64 / started.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({ "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode }));
+    Ok(())
 }
 
 /// The name a mask is known by in results: its file stem.

@@ -220,12 +220,10 @@ fn print_estimate(graph: &mut Graph, steps: &[Step], runner: &BinaryRunner, mode
     if to_run.iter().all(|step| step.work == Work::default()) {
         return Ok(());
     }
-    let batch = to_run.iter().map(|step| step.work.decode_batch).max().unwrap_or(1).max(1);
-    let speed = Speed::measure(&runner.bin_dir, model, device.as_arg(), batch)?;
+    let speed = Speed::measure(&runner.bin_dir, model, device.as_arg())?;
     let seconds: f64 = to_run.iter().map(|step| speed.seconds(&step.work)).sum();
-    let batched = if batch > 1 { format!(", {:.1} at batch {batch}", speed.batched_decode_tokens_per_s) } else { String::new() };
     eprintln!(
-        "estimated time: about {} for {} of {} steps (the model measured now: {:.0} prefill and {:.1} decode tokens/s{batched}; expect +-30%)",
+        "estimated time: about {} for {} of {} steps (the model measured now: {:.0} prefill and {:.1} decode tokens/s; expect +-30%)",
         estimate::human(seconds),
         to_run.len(),
         steps.len(),

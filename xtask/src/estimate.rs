@@ -18,12 +18,6 @@
 //! wall time (45.8 min). The reference's generation ran at `evaluate`'s
 //! default batch of 8 prompts, so its equivalent tokens hold that batch's
 //! gain; a task run at another batch is estimated as if at 8.
-//!
-//! Generation that decodes several prompts together (`batch`) is counted
-//! at the decode speed measured at that batch: the reference run decoded
-//! one prompt at a time, so its equivalent tokens are divided by the
-//! batch's measured gain in tokens/s (linear between batch 1 and the batch
-//! measured).
 
 use std::path::Path;
 
@@ -38,8 +32,6 @@ pub struct Work {
     /// Tokens generated one at a time (generation tasks, their prompts and
     /// code runs included as equivalent tokens).
     pub decode_tokens: f64,
-    /// Rows decoding together (0 or 1: one at a time).
-    pub decode_batch: usize,
 }
 
 /// Seconds every step takes besides its work: starting the stage, loading
@@ -53,17 +45,13 @@ pub struct Speed {
     pub prefill_tokens_per_s: f64,
     /// Tokens per second of greedy decoding at batch 1 with the cache.
     pub decode_tokens_per_s: f64,
-    /// The rows of the batched decode measured.
-    pub batch: usize,
-    /// Tokens per second (all rows together) of greedy decoding at `batch` rows with the cache.
-    pub batched_decode_tokens_per_s: f64,
 }
 
 impl Speed {
-    /// Runs `evaluate speed` on `model`, decoding at batch 1 and at `batch`, and reads its speeds.
-    pub fn measure(bin_dir: &Path, model: &Path, device: &str, batch: usize) -> Result<Self> {
+    /// Runs `evaluate speed` on `model` and reads its speeds.
+    pub fn measure(bin_dir: &Path, model: &Path, device: &str) -> Result<Self> {
         let mut cmd = std::process::Command::new(bin_dir.join("evaluate"));
-        cmd.args(["speed", "--model"]).arg(model).args(["--device", device, "--batch", &batch.max(1).to_string()]);
+        cmd.args(["speed", "--model"]).arg(model).args(["--device", device]);
         let out = crate::process::output_checked(&mut cmd)?;
         let line = String::from_utf8_lossy(&out).lines().last().unwrap_or_default().to_string();
         serde_json::from_str(&line).with_context(|| format!("`evaluate speed` printed {line:?}; expected its JSON line of speeds"))
@@ -71,17 +59,7 @@ impl Speed {
 
     /// Seconds of a step of `work`.
     pub fn seconds(&self, work: &Work) -> f64 {
-        STEP_OVERHEAD_S + work.prefill_tokens / self.prefill_tokens_per_s + work.decode_tokens / self.decode_speed(work.decode_batch)
-    }
-
-    /// Decode tokens/s at `batch` rows: linear between batch 1 and the
-    /// batch measured, the measured speed beyond it.
-    pub fn decode_speed(&self, batch: usize) -> f64 {
-        if batch <= 1 || self.batch <= 1 {
-            return self.decode_tokens_per_s;
-        }
-        let along = ((batch - 1) as f64 / (self.batch - 1) as f64).min(1.0);
-        self.decode_tokens_per_s + along * (self.batched_decode_tokens_per_s - self.decode_tokens_per_s)
+        STEP_OVERHEAD_S + work.prefill_tokens / self.prefill_tokens_per_s + work.decode_tokens / self.decode_tokens_per_s
     }
 }
 
@@ -111,8 +89,8 @@ pub fn task_items(task: &str, limit: Option<usize>) -> usize {
 /// equivalent tokens of the reference run; `ppl` tasks are counted by their windows instead.
 pub fn task_work(task: &str, language: Option<&str>, items: usize) -> Work {
     let n = items as f64;
-    let prefill = |tokens: f64| Work { prefill_tokens: n * tokens, ..Work::default() };
-    let decode = |tokens: f64| Work { prefill_tokens: 0.0, decode_tokens: n * tokens, decode_batch: 1 };
+    let prefill = |tokens: f64| Work { prefill_tokens: n * tokens, decode_tokens: 0.0 };
+    let decode = |tokens: f64| Work { prefill_tokens: 0.0, decode_tokens: n * tokens };
     match (task, language) {
         ("piqa", _) => prefill(52.0),
         ("hellaswag", _) => prefill(82.0),
@@ -146,18 +124,11 @@ mod tests {
 
     #[test]
     fn a_step_costs_its_overhead_plus_its_tokens_at_the_measured_speeds() {
-        let speed = Speed { prefill_tokens_per_s: 200.0, decode_tokens_per_s: 40.0, batch: 1, batched_decode_tokens_per_s: 40.0 };
+        let speed = Speed { prefill_tokens_per_s: 200.0, decode_tokens_per_s: 40.0 };
         // 20 PIQA items: 20 * 52 = 1040 prefill tokens, 5.2 s; 4 Java problems: 980 decode tokens, 24.5 s.
         assert!((speed.seconds(&task_work("piqa", None, task_items("piqa", Some(20)))) - (2.0 + 5.2)).abs() < 1e-9);
         assert!((speed.seconds(&task_work("humaneval-x", Some("java"), 4)) - (2.0 + 24.5)).abs() < 1e-9);
         assert_eq!(task_items("humaneval-x", Some(1000)), 164);
-        // Measured at batch 8: 120 tokens/s. Batch 8 decodes the 980 tokens at 120/s, batch 4 at 40 + 3/7 * 80 = 74.3/s.
-        let batched = Speed { batch: 8, batched_decode_tokens_per_s: 120.0, ..speed };
-        let java = |batch| Work { decode_batch: batch, ..task_work("humaneval-x", Some("java"), 4) };
-        assert!((batched.seconds(&java(8)) - (2.0 + 980.0 / 120.0)).abs() < 1e-9);
-        assert!((batched.seconds(&java(16)) - (2.0 + 980.0 / 120.0)).abs() < 1e-9);
-        assert!((batched.seconds(&java(4)) - (2.0 + 980.0 / (40.0 + 3.0 / 7.0 * 80.0))).abs() < 1e-9);
-        assert!((batched.seconds(&java(1)) - (2.0 + 24.5)).abs() < 1e-9);
         assert_eq!(task_items("boolq", None), 3270);
         assert_eq!((human(40.0), human(725.0), human(3900.0)), ("40 s".to_string(), "12 min".to_string(), "1 h 05 min".to_string()));
     }

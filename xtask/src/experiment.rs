@@ -115,11 +115,11 @@ impl Task {
                 (Some(windows), Some(seqlen)) => windows * seqlen,
                 _ => estimate::PPL_TEXT_TOKENS,
             };
-            return Work { prefill_tokens: tokens as f64, ..Work::default() };
+            return Work { prefill_tokens: tokens as f64, decode_tokens: 0.0 };
         }
         let work = estimate::task_work(&self.task, self.language.as_deref(), estimate::task_items(&self.task, self.limit));
         let samples = self.samples.unwrap_or(1) as f64;
-        Work { prefill_tokens: work.prefill_tokens, decode_tokens: samples * work.decode_tokens, decode_batch: self.batch.unwrap_or(1) }
+        Work { prefill_tokens: work.prefill_tokens, decode_tokens: samples * work.decode_tokens }
     }
 
     /// The task's column name in the report and its file names.
@@ -757,8 +757,10 @@ pub fn plan(
                         // Every calibration token goes through the model once; SparseGPT's
                         // Hessians and reconstruction take about as long again.
                         let passes = if method == "sparsegpt" { 2.0 } else { 1.0 };
-                        let work =
-                            Work { prefill_tokens: passes * (exp.calibration.nsamples * exp.calibration.seqlen) as f64, ..Work::default() };
+                        let work = Work {
+                            prefill_tokens: passes * (exp.calibration.nsamples * exp.calibration.seqlen) as f64,
+                            decode_tokens: 0.0,
+                        };
                         steps.push(
                             Step::new(name, "calibrate", args, vec![model_path.into(), calib], outputs)
                                 .speed_only(COMPUTE_SPEED)
@@ -824,7 +826,7 @@ pub fn plan(
         }
         args.extend(strings(&["--device", device]));
         let windows = (exp.evaluation.max_windows * domains.len()) as f64;
-        let work = Work { prefill_tokens: windows * exp.evaluation.seqlen as f64, ..Work::default() };
+        let work = Work { prefill_tokens: windows * exp.evaluation.seqlen as f64, decode_tokens: 0.0 };
         steps.push(
             Step::new(format!("perplexity {label} on every domain"), "evaluate", args, inputs, outputs)
                 .speed_only(COMPUTE_SPEED)
