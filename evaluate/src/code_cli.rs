@@ -9,12 +9,12 @@ use clap::{Args, ValueEnum};
 use evaluate::chat::render_model_chat;
 use evaluate::code_instruct::{instruct_prompt, instruct_stops, response_prefix, Protocol};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
-use evaluate::generate::{generate_n, FinishReason, GenerationConfig};
+use evaluate::generate::{FinishReason, GenerationConfig};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 use model::{LoadedModel, ModelFormat};
 
 use crate::progress;
-use crate::task_cli::{load_masked, write_task_outputs, Metric, OutputModel, TaskArgs};
+use crate::task_cli::{generate_journaled, load_masked, remove_journal, write_task_outputs, Metric, OutputModel, TaskArgs};
 
 /// A HumanEval-X language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +178,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         (Some(path), _) => OutputModel::none(&path.display().to_string()),
         _ => OutputModel::none("none"),
     };
+    let mut journal = None;
     let (completions, source): (Vec<Vec<String>>, &str) = if args.canonical {
         (data.problems.iter().map(|p| vec![p.canonical.clone()]).collect(), "canonical")
     } else if let Some(path) = &args.completions {
@@ -223,7 +224,18 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             ..GenerationConfig::default()
         };
         let bar = progress(prompts.len() * args.samples, args.task.quiet, "generating");
-        let generated = generate_n(&model, loaded.tokenizer()?, &prompts, args.samples, &config, args.task.batch, |n| bar.inc(n as u64))?;
+        let (generated, used_journal) = generate_journaled(
+            &model,
+            &loaded,
+            mask.as_ref(),
+            &prompts,
+            args.samples,
+            &config,
+            args.task.batch,
+            args.task.out.as_deref(),
+            &bar,
+        )?;
+        journal = used_journal;
         bar.finish_and_clear();
         // The generator cuts text before a stop sequence; C-like tasks stop at a
         // closing brace in column 0, which belongs to the function: put it back.
@@ -302,7 +314,8 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
         "landlock_abi": sandbox.landlock_abi(),
         "disk_mb": args.disk_mb,
     });
-    write_task_outputs(args.task.out.as_deref(), &label, &args.protocol.task_name(task), &data.files[0], params, &metrics, &scores.rows)
+    write_task_outputs(args.task.out.as_deref(), &label, &args.protocol.task_name(task), &data.files[0], params, &metrics, &scores.rows)?;
+    remove_journal(journal)
 }
 
 /// An error naming the file that should hold `loaded`'s chat template when

@@ -10,6 +10,7 @@
 use model::tokenizer::Tokenizer;
 use model::{Decoder, KvCache, ModelError};
 
+use crate::journal::Finished;
 use crate::EvalError;
 
 /// How to generate.
@@ -85,7 +86,7 @@ pub struct Generation {
 /// Generates one continuation per prompt (sample index 0 of each), in the
 /// prompts' order. `batch` rows run together (a throughput knob; results do
 /// not depend on it); `progress` is called with the number of continuations
-/// finished each time some finish.
+/// finished (one) each time one finishes.
 pub fn generate(
     model: &Decoder,
     tokenizer: &Tokenizer,
@@ -108,23 +109,44 @@ pub fn generate_n(
     n: usize,
     config: &GenerationConfig,
     batch: usize,
-    progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<Generation>>, EvalError> {
-    let mut encoded = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
+    generate_n_resuming(model, tokenizer, prompts, n, config, batch, &Finished::new(), |_, _, _| {
+        progress(1);
+        Ok(())
+    })
+}
+
+/// [`generate_n`] that takes the continuations already in `finished` (by
+/// prompt and sample index, e.g. read back from a
+/// [`crate::journal::Journal`]) as they are, generates the others, and calls
+/// `on_finish(prompt, sample, generation)` as each of those finishes.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_n_resuming(
+    model: &Decoder,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    n: usize,
+    config: &GenerationConfig,
+    batch: usize,
+    finished: &Finished,
+    mut on_finish: impl FnMut(usize, usize, &Generation) -> Result<(), EvalError>,
+) -> Result<Vec<Vec<Generation>>, EvalError> {
+    let mut jobs = Vec::new();
+    let mut ids = Vec::new();
+    for (p, prompt) in prompts.iter().enumerate() {
         let tokens = tokenizer.encode(prompt, config.add_special_tokens).map_err(ModelError::from)?;
         if tokens.is_empty() {
-            return Err(EvalError::Input(format!("prompt {i} encodes to no tokens: generation needs at least one prompt token")));
+            return Err(EvalError::Input(format!("prompt {p} encodes to no tokens: generation needs at least one prompt token")));
         }
-        encoded.push(tokens);
+        for j in (0..n).filter(|&j| !finished.contains_key(&(p, j))) {
+            jobs.push(Job { prompt: tokens.clone(), seed: sequence_seed(config.seed, p, j) });
+            ids.push((p, j));
+        }
     }
-    let jobs: Vec<Job> = encoded
-        .iter()
-        .enumerate()
-        .flat_map(|(p, tokens)| (0..n).map(move |j| Job { prompt: tokens.clone(), seed: sequence_seed(config.seed, p, j) }))
-        .collect();
-    let mut flat = run_jobs(model, tokenizer, jobs, config, batch, progress)?.into_iter();
-    Ok((0..prompts.len()).map(|_| flat.by_ref().take(n).collect()).collect())
+    let generated = run_jobs(model, tokenizer, jobs, config, batch, |job, generation| on_finish(ids[job].0, ids[job].1, generation))?;
+    let mut fresh: Finished = ids.into_iter().zip(generated).collect();
+    Ok((0..prompts.len()).map(|p| (0..n).map(|j| fresh.remove(&(p, j)).unwrap_or_else(|| finished[&(p, j)].clone())).collect()).collect())
 }
 
 /// Generates one continuation per already tokenized prompt (sample index 0
@@ -135,13 +157,16 @@ pub fn generate_tokens(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     batch: usize,
-    progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize),
 ) -> Result<Vec<Generation>, EvalError> {
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(EvalError::Input(format!("prompt {i} has no tokens: generation needs at least one prompt token")));
     }
     let jobs = prompts.iter().enumerate().map(|(p, t)| Job { prompt: t.clone(), seed: sequence_seed(config.seed, p, 0) }).collect();
-    run_jobs(model, tokenizer, jobs, config, batch, progress)
+    run_jobs(model, tokenizer, jobs, config, batch, |_, _| {
+        progress(1);
+        Ok(())
+    })
 }
 
 /// The seed of sample `sample` of prompt `prompt` under `seed`.
@@ -319,15 +344,18 @@ fn run_jobs(
     jobs: Vec<Job>,
     config: &GenerationConfig,
     batch: usize,
-    mut progress: impl FnMut(usize),
+    mut on_finish: impl FnMut(usize, &Generation) -> Result<(), EvalError>,
 ) -> Result<Vec<Generation>, EvalError> {
     check_config(config)?;
     if batch == 0 {
         return Err(EvalError::Input("expected a batch size of at least 1; found 0".into()));
     }
     if config.max_new_tokens == 0 {
-        progress(jobs.len());
-        return Ok(jobs.iter().map(|_| Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length }).collect());
+        let empty = Generation { text: String::new(), tokens: Vec::new(), finish: FinishReason::Length };
+        for job in 0..jobs.len() {
+            on_finish(job, &empty)?;
+        }
+        return Ok(vec![empty; jobs.len()]);
     }
     // Longest prompts first, so that rows of a batch have similar lengths.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -335,10 +363,10 @@ fn run_jobs(
     let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
     let decoding = Decoding { model, tokenizer, config, jobs: &jobs };
     if config.use_cache {
-        decoding.continuously(&order, batch, &mut results, &mut progress)?;
+        decoding.continuously(&order, batch, &mut results, &mut on_finish)?;
     } else {
         for chunk in order.chunks(batch) {
-            decoding.recomputing(chunk, &mut results, &mut progress)?;
+            decoding.recomputing(chunk, &mut results, &mut on_finish)?;
         }
     }
     Ok(results.into_iter().map(|g| g.expect("every job ran")).collect())
@@ -421,7 +449,7 @@ impl Decoding<'_> {
         order: &[usize],
         batch: usize,
         results: &mut [Option<Generation>],
-        progress: &mut impl FnMut(usize),
+        on_finish: &mut impl FnMut(usize, &Generation) -> Result<(), EvalError>,
     ) -> Result<(), EvalError> {
         let (model, tokenizer, config, jobs) = (self.model, self.tokenizer, self.config, self.jobs);
         let eos = tokenizer.eos_id();
@@ -452,11 +480,13 @@ impl Decoding<'_> {
             }
             let keep: Vec<usize> = (0..r.rows.len()).filter(|&i| r.rows[i].done.is_none()).collect();
             if keep.len() < r.rows.len() {
-                progress(r.rows.len() - keep.len());
                 let rows = std::mem::take(&mut r.rows);
                 for row in rows {
                     match row.done {
-                        Some(generation) => results[row.job] = Some(generation),
+                        Some(generation) => {
+                            on_finish(row.job, &generation)?;
+                            results[row.job] = Some(generation);
+                        }
                         None => r.rows.push(row),
                     }
                 }
@@ -474,7 +504,12 @@ impl Decoding<'_> {
 
     /// Decodes the jobs `group` together without the cache: every step runs
     /// each row's whole sequence again (slow; for comparison with the cache).
-    fn recomputing(&self, group: &[usize], results: &mut [Option<Generation>], progress: &mut impl FnMut(usize)) -> Result<(), EvalError> {
+    fn recomputing(
+        &self,
+        group: &[usize],
+        results: &mut [Option<Generation>],
+        on_finish: &mut impl FnMut(usize, &Generation) -> Result<(), EvalError>,
+    ) -> Result<(), EvalError> {
         let (model, tokenizer, config, jobs) = (self.model, self.tokenizer, self.config, self.jobs);
         let eos = tokenizer.eos_id();
         let (mut sequences, mut padding) = padded_prompts(jobs, group);
@@ -484,21 +519,20 @@ impl Decoding<'_> {
             for (row, logits) in rows.iter_mut().zip(&logits) {
                 row.take_token(logits, tokenizer, eos, config)?;
             }
-            let before = rows.len();
-            let keep: Vec<usize> = (0..before).filter(|&i| rows[i].done.is_none()).collect();
+            let keep: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].done.is_none()).collect();
             sequences = keep.iter().map(|&i| std::mem::take(&mut sequences[i])).collect();
             padding = keep.iter().map(|&i| padding[i]).collect();
             let mut running = Vec::with_capacity(keep.len());
             for row in rows {
                 match row.done {
-                    Some(generation) => results[row.job] = Some(generation),
+                    Some(generation) => {
+                        on_finish(row.job, &generation)?;
+                        results[row.job] = Some(generation);
+                    }
                     None => running.push(row),
                 }
             }
             rows = running;
-            if rows.len() < before {
-                progress(before - rows.len());
-            }
             if rows.is_empty() {
                 return Ok(());
             }

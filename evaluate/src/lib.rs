@@ -13,6 +13,7 @@ pub mod code_instruct;
 pub mod code_tasks;
 pub mod generate;
 pub mod gsm8k;
+pub mod journal;
 pub mod meteor;
 pub mod passk;
 pub mod porter;

@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use artifacts::ItemRow;
 use evaluate::choice::{load_choice_items, mean_stderr, predict, request_logliks, resolve_data_file, tokenize_requests, ChoiceTask};
-use evaluate::generate::{generate, GenerationConfig};
+use evaluate::generate::{Generation, GenerationConfig};
 use evaluate::meteor::{meteor, Synonyms};
 use evaluate::{gsm8k, translation};
 use model::ModelConfig;
 
-use crate::task_cli::{finish_task, load_task_model, Metric, TaskArgs};
+use crate::task_cli::{finish_task, generate_journaled, load_task_model, remove_journal, Metric, TaskArgs};
 
 /// What `--data` should name for each task, for the error when it is missing.
 fn expected_data(task: ChoiceTask) -> &'static str {
@@ -183,7 +183,9 @@ pub(crate) fn run_gsm8k(args: Gsm8kArgs) -> Result<()> {
     let bar = crate::progress(questions.len(), task.quiet, "gsm8k");
     let started = Instant::now();
     let config = greedy(args.max_new_tokens, &gsm8k::STOP);
-    let generations = generate(&tm.model, tm.loaded.tokenizer()?, &questions, &config, task.batch, |n| bar.inc(n as u64))?;
+    let (generations, journal) =
+        generate_journaled(&tm.model, &tm.loaded, tm.mask.as_ref(), &questions, 1, &config, task.batch, task.out.as_deref(), &bar)?;
+    let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     bar.finish_and_clear();
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
     let mut scores = Vec::with_capacity(golds.len());
@@ -217,7 +219,8 @@ pub(crate) fn run_gsm8k(args: Gsm8kArgs) -> Result<()> {
         "decoding": "greedy",
         "mask": tm.mask.as_ref().map(|(name, _)| name),
     });
-    finish_task(task, &tm, "gsm8k", &file, params, &metrics, &rows)
+    finish_task(task, &tm, "gsm8k", &file, params, &metrics, &rows)?;
+    remove_journal(journal)
 }
 
 /// Runs few-shot translation with greedy decoding; prints `meteor`.
@@ -244,7 +247,9 @@ pub(crate) fn run_translation(args: TranslationArgs) -> Result<()> {
     let bar = crate::progress(prompts.len(), task.quiet, "translation");
     let started = Instant::now();
     let config = greedy(args.max_new_tokens, &translation::STOP);
-    let generations = generate(&tm.model, tm.loaded.tokenizer()?, &prompts, &config, task.batch, |n| bar.inc(n as u64))?;
+    let (generations, journal) =
+        generate_journaled(&tm.model, &tm.loaded, tm.mask.as_ref(), &prompts, 1, &config, task.batch, task.out.as_deref(), &bar)?;
+    let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     bar.finish_and_clear();
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
     let mut scores = Vec::with_capacity(rest.len());
@@ -283,5 +288,6 @@ pub(crate) fn run_translation(args: TranslationArgs) -> Result<()> {
         "decoding": "greedy",
         "mask": tm.mask.as_ref().map(|(name, _)| name),
     });
-    finish_task(task, &tm, "translation", &file, params, &metrics, &rows)
+    finish_task(task, &tm, "translation", &file, params, &metrics, &rows)?;
+    remove_journal(journal)
 }

@@ -1,13 +1,15 @@
 //! Generation on the real SmolLM2-135M-Instruct (CPU): greedy decoding with
 //! the key/value cache equals decoding without it, batched equals one prompt
-//! at a time (prompts joining a running batch included), sampling is deterministic for a seed and independent of
-//! batching, stop strings cut the text; the chat template renders what
-//! transformers renders, and greedy output equals transformers' for one prompt.
+//! at a time (prompts joining a running batch included), sampling is
+//! deterministic for a seed and independent of batching, stop strings cut the text; the chat template renders what
+//! transformers renders, and greedy output equals transformers' for one
+//! prompt; generation resumes from finished samples (a killed `evaluate`
+//! from its journal) with the results of an uninterrupted run.
 
 use std::sync::OnceLock;
 
 use evaluate::chat::{render_model_chat, ChatMessage};
-use evaluate::generate::{generate, generate_n, FinishReason, GenerationConfig};
+use evaluate::generate::{generate, generate_n, generate_n_resuming, FinishReason, GenerationConfig};
 use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
 struct Smol {
@@ -153,4 +155,70 @@ fn greedy_output_matches_transformers() {
     let got = generate(&s.model, tok, &[prompt], &greedy(24, true), 1, |_| {}).unwrap().remove(0);
     assert_eq!(got.tokens, expected, "{:?}", got.text);
     assert_eq!(got.text, "\n    if n == 0:\n        return 1\n    return n * fibonacci(n - 1)\n");
+}
+
+/// Runs `evaluate translation` on the first Multi30k test pairs with SmolLM2 into `out`.
+fn translation_run(out: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_evaluate"));
+    cmd.args(["translation", "--device", "cpu", "--quiet", "--batch", "1", "--limit", "12", "--max-new-tokens", "24", "--model"])
+        .arg(testkit::smollm2_gguf())
+        .arg("--data")
+        .arg(testkit::shared_data().join("multi30k-en-de"))
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+#[test]
+fn a_killed_evaluation_resumes_from_its_journal_with_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.parquet");
+    let run = translation_run(&clean).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let clean_metric = String::from_utf8(run.stdout).unwrap().lines().last().map(str::to_string);
+    let journal_of = |out: &std::path::Path| out.with_file_name(format!("{}.journal.jsonl", out.file_name().unwrap().to_string_lossy()));
+    assert!(!journal_of(&clean).exists(), "a finished run removes its journal");
+
+    // Kill a second run once its journal holds two generations (a header line and two entries).
+    let out = dir.path().join("resumed.parquet");
+    let mut child = translation_run(&out).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let journal = journal_of(&out);
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be stopped");
+        assert!(started.elapsed().as_secs() < 300, "no generation was journaled in 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run wrote no results");
+    let held = std::fs::read_to_string(&journal).unwrap().lines().count() - 1;
+
+    let run = translation_run(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("resuming: {held} of 12 generations")), "{stderr}");
+    assert!(!journal.exists());
+    let items = |p: &std::path::Path| artifacts::read_items(&artifacts::items_path_for(p)).unwrap().1;
+    assert_eq!(items(&out), items(&clean), "the resumed run's items equal an uninterrupted run's");
+    assert_eq!(String::from_utf8(run.stdout).unwrap().lines().last().map(str::to_string), clean_metric);
+}
+
+#[test]
+fn generation_resumed_from_finished_samples_equals_a_whole_run() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let config = GenerationConfig { max_new_tokens: 8, temperature: 0.8, top_p: 0.95, seed: 3, ..GenerationConfig::default() };
+    let whole = generate_n(&s.model, tok, &prompts(), 2, &config, 2, |_| {}).unwrap();
+    // Two of the six samples already finished (as a journal would give them back).
+    let finished: evaluate::journal::Finished = [((0, 1), whole[0][1].clone()), ((2, 0), whole[2][0].clone())].into_iter().collect();
+    let mut generated = Vec::new();
+    let resumed = generate_n_resuming(&s.model, tok, &prompts(), 2, &config, 2, &finished, |p, j, _| {
+        generated.push((p, j));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(resumed, whole);
+    generated.sort();
+    assert_eq!(generated, vec![(0, 0), (1, 0), (1, 1), (2, 1)], "only the samples not finished are generated");
 }
