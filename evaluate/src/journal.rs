@@ -53,7 +53,7 @@ impl Journal {
     /// returns it with the generations it already holds: none when there is
     /// no journal or it belongs to another run (it is then started afresh).
     pub fn open(path: &Path, key: &str) -> Result<(Journal, Finished), EvalError> {
-        let io = |e: std::io::Error| EvalError::Input(format!("generation journal {}: {e}", path.display()));
+        let io = |source| EvalError::Io { what: "generation journal", path: path.to_path_buf(), source };
         let finished = match File::open(path) {
             Ok(file) => read_entries(BufReader::new(file), key).map_err(io)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Finished::new(),
@@ -80,19 +80,16 @@ impl Journal {
 
     /// Appends one finished generation (sample `sample` of prompt `prompt`).
     pub fn record(&mut self, prompt: usize, sample: usize, generation: &Generation) -> Result<(), EvalError> {
-        writeln!(self.file, "{}", entry_line(prompt, sample, generation))
-            .and_then(|()| self.file.flush())
-            .map_err(|e| EvalError::Input(format!("generation journal {}: {e}", self.path.display())))
+        writeln!(self.file, "{}", entry_line(prompt, sample, generation)).and_then(|()| self.file.flush()).map_err(|source| EvalError::Io {
+            what: "generation journal",
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Deletes the journal, once the results it served are written.
     pub fn remove(self) -> Result<(), EvalError> {
-        std::fs::remove_file(&self.path).map_err(|e| EvalError::Input(format!("removing generation journal {}: {e}", self.path.display())))
-    }
-
-    /// Where the journal is.
-    pub fn path(&self) -> &Path {
-        &self.path
+        std::fs::remove_file(&self.path).map_err(|source| EvalError::Io { what: "removing generation journal", path: self.path, source })
     }
 }
 

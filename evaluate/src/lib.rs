@@ -67,6 +67,16 @@ pub enum EvalError {
         /// What does not match.
         what: String,
     },
+    /// A file of the evaluation's own (such as its generation journal) could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
 }
 
 /// Cuts `tokens` into non-overlapping windows as `spec` says. A tail shorter
