@@ -14,7 +14,9 @@ pub mod report;
 
 pub use error::AnalyzeError;
 pub use jaccard::{compute_jaccard, write_table, JaccardTable, NamedMask};
-pub use report::{read_manifest, write_report, ClaimCheck, MaskEntry, ModelEntry, ReportOutput, ResultEntry, RunManifest, Verdict};
+pub use report::{
+    read_manifest, write_partial_report, write_report, ClaimCheck, MaskEntry, ModelEntry, ReportOutput, ResultEntry, RunManifest, Verdict,
+};
 
 /// The `created_by` of the artifacts this crate writes.
 pub fn created_by() -> String {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use analyze::figures::{self, parse_pairs};
-use analyze::{compute_jaccard, created_by, write_report, write_table, NamedMask};
+use analyze::{compute_jaccard, created_by, write_partial_report, write_report, write_table, NamedMask};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -134,6 +134,10 @@ struct ReportArgs {
     /// Markdown report to write [default: <run>/report.md].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Report a run still under way: results not written yet read `n/a`
+    /// instead of failing the report (a note counts them).
+    #[arg(long)]
+    partial: bool,
 }
 
 fn run_jaccard(args: JaccardArgs) -> Result<()> {
@@ -211,7 +215,8 @@ fn run_figure(cmd: FigureCommand) -> Result<()> {
 
 fn run_report(args: ReportArgs) -> Result<()> {
     let out = args.out.unwrap_or_else(|| args.run.join("report.md"));
-    let report = write_report(&args.run, &out).with_context(|| format!("writing the report of {}", args.run.display()))?;
+    let write = if args.partial { write_partial_report } else { write_report };
+    let report = write(&args.run, &out).with_context(|| format!("writing the report of {}", args.run.display()))?;
     print!("{}", report.summary);
     println!("wrote {} and {} figures", out.display(), report.figures.len());
     Ok(())

@@ -358,9 +358,20 @@ impl Run {
         whole_model_distance(&self.jaccard, a, b)
     }
 
-    fn read(dir: &Path) -> Result<Run, AnalyzeError> {
+    fn read(dir: &Path, missing: Missing) -> Result<Run, AnalyzeError> {
         let manifest = read_manifest(dir)?;
         let mut notes = Vec::new();
+        let listed = manifest.results.len() + manifest.task_results.len() + usize::from(manifest.jaccard.is_some());
+        let mut absent = 0;
+        // Whether to read a listed file: a missing one is skipped (and
+        // counted) in a partial report, and read, to fail naming it, otherwise.
+        let mut present = |path: &Path| {
+            let there = path.exists();
+            if !there && missing == Missing::Skip {
+                absent += 1;
+            }
+            there || missing == Missing::Refuse
+        };
         let mut provenances = Vec::with_capacity(manifest.masks.len());
         for m in &manifest.masks {
             let path = existing(&dir.join(&m.path), &format!("mask `{}` listed in run.json:", m.name))?;
@@ -384,6 +395,9 @@ impl Run {
             if !domains.contains(&r.domain) {
                 domains.push(r.domain.clone());
             }
+            if !present(&dir.join(&r.path)) {
+                continue;
+            }
             match perplexity_of(&dir.join(&r.path), &r.domain)? {
                 Some(p) => {
                     if let Some(windows) = crate::items::window_nlls(&dir.join(&r.path))? {
@@ -403,6 +417,9 @@ impl Run {
                 tasks.push((r.task.clone(), r.metric.clone()));
             }
             let path = dir.join(&r.path);
+            if !present(&path) {
+                continue;
+            }
             match metric_of(&path, &r.metric)? {
                 Some(mut score) => {
                     if let Some(items) = crate::items::item_scores(&path, &r.metric)? {
@@ -431,7 +448,7 @@ impl Run {
         }
         let task_rows = table_rows(&manifest.masks, manifest.task_results.iter().map(|r| &r.mask));
         let mut jaccard = Vec::new();
-        if let Some(rel) = &manifest.jaccard {
+        if let Some(rel) = manifest.jaccard.as_ref().filter(|rel| present(&dir.join(rel))) {
             let path = existing(&dir.join(rel), "Jaccard artifact listed in run.json:")?;
             jaccard = read_jaccard(&path)?.1;
             let in_jaccard = crate::figures::mask_names(&jaccard);
@@ -440,8 +457,17 @@ impl Run {
                     notes.push(format!("mask `{}` is not in {}", m.name, rel.display()));
                 }
             }
-        } else if manifest.masks.len() >= 2 {
+        } else if manifest.jaccard.is_none() && manifest.masks.len() >= 2 {
             notes.push("run.json names no Jaccard artifact: no distances between masks".to_string());
+        }
+        if absent > 0 {
+            notes.insert(
+                0,
+                format!(
+                    "partial report of a run under way: {absent} of the {listed} results (the Jaccard artifact counted as one) \
+                     do not exist yet, so their cells read n/a and the claims they would test are not tested"
+                ),
+            );
         }
         Ok(Run {
             dir: dir.to_path_buf(),
@@ -720,7 +746,28 @@ fn count(checks: &[ClaimCheck]) -> (usize, usize) {
 ///
 /// Every file the manifest names must exist; the error names the one missing.
 pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeError> {
-    let run = Run::read(run_dir)?;
+    write_report_of(run_dir, out, Missing::Refuse)
+}
+
+/// [`write_report`] of a run still under way: results and the Jaccard
+/// artifact that do not exist yet are left out (their cells read `n/a`, and
+/// the claims they would test are not tested), and a note at the top counts
+/// them. The masks must exist.
+pub fn write_partial_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeError> {
+    write_report_of(run_dir, out, Missing::Skip)
+}
+
+/// What a report does with results its manifest names that do not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// Fails, naming the file.
+    Refuse,
+    /// Leaves them out and says how many.
+    Skip,
+}
+
+fn write_report_of(run_dir: &Path, out: &Path, missing: Missing) -> Result<ReportOutput, AnalyzeError> {
+    let run = Run::read(run_dir, missing)?;
     let m = &run.manifest;
     let mut notes = run.notes.clone();
     let fig_dir = run.dir.join(&m.figures_dir);
@@ -922,8 +969,12 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportOutput, AnalyzeE
     let _ = writeln!(w, "\n## Jaccard distance of pruned weights\n");
     let _ = writeln!(w, "Distance = 1 - |pruned by both| / |pruned by either| (0: the same weights pruned; 1: no weight pruned by both; 0 when neither prunes anything).\n");
     let _ = writeln!(w, "### Whole model\n");
-    let _ = writeln!(w, "| | {} |", jaccard_names.join(" | "));
-    let _ = writeln!(w, "|---|{}", "---|".repeat(jaccard_names.len()));
+    if jaccard_names.is_empty() {
+        let _ = writeln!(w, "No distances: the run has no Jaccard artifact (yet).");
+    } else {
+        let _ = writeln!(w, "| | {} |", jaccard_names.join(" | "));
+        let _ = writeln!(w, "|---|{}", "---|".repeat(jaccard_names.len()));
+    }
     for a in &jaccard_names {
         let cells: Vec<String> =
             jaccard_names.iter().map(|b| if a == b { "0".to_string() } else { fmt_distance(run.distance(a, b)) }).collect();

@@ -318,3 +318,26 @@ fn perplexity_claims_pair_the_two_masks_window_by_window() {
     let text = "own / other perplexity paired over the same 6 windows: 95% interval [1.105, 1.105], which excludes 1";
     assert!(java.detail.contains(text), "{}", java.detail);
 }
+
+#[test]
+fn a_partial_report_leaves_out_results_not_written_yet_and_counts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_run(dir, &random(1), &random(2), &random(3));
+    // A run under way: one perplexity and the Jaccard artifact are not written yet.
+    std::fs::remove_file(dir.join("results/ppl-java-a-on-java.parquet")).unwrap();
+    std::fs::remove_file(dir.join("jaccard.parquet")).unwrap();
+    assert!(write_report(dir, &dir.join("report.md")).is_err(), "a whole report needs every result");
+    let report = analyze::write_partial_report(dir, &dir.join("report.md")).unwrap();
+    let md = &report.markdown;
+    assert!(md.contains("2 of the 8 results (the Jaccard artifact counted as one) do not exist yet"), "{md}");
+    assert!(md.contains("No distances: the run has no Jaccard artifact (yet)."), "{md}");
+    assert_eq!(report.same_domain_closer[0].verdict, Verdict::NotTested);
+    // The java-a row keeps its python cell and reads n/a on java.
+    let row = md.lines().find(|l| l.starts_with("| java-a (java) |")).unwrap();
+    assert!(row.contains("15.00") && row.ends_with("n/a |"), "{row}");
+    // A report of the whole run, once everything is there, has no such note.
+    make_run(dir, &random(1), &random(2), &random(3));
+    let whole = analyze::write_partial_report(dir, &dir.join("report.md")).unwrap();
+    assert!(!whole.markdown.contains("partial report"), "{}", whole.markdown);
+}
