@@ -5,7 +5,13 @@
 //!
 //! Results do not depend on batching: a padded row computes what its prompt
 //! alone would, and every sequence draws from its own random stream, seeded
-//! from (seed, prompt index, sample index).
+//! from (seed, prompt index, sample index). Decoding steps are the same bit
+//! for bit in any batch, and so is a prompt's prefill, with one exception: a
+//! prompt of at most 64 tokens (`kernels::SMALL_MATMUL_ROWS`) prefilled
+//! with others in more than 64 rows in all goes through the general matmul,
+//! and alone through the few-row kernel, which sum in different orders, so
+//! its logits differ in the last bits (and a greedy near-tie could choose
+//! another token).
 
 use model::tokenizer::Tokenizer;
 use model::{Decoder, KvCache, ModelError};
