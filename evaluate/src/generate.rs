@@ -5,13 +5,11 @@
 //!
 //! Results do not depend on batching: a padded row computes what its prompt
 //! alone would, and every sequence draws from its own random stream, seeded
-//! from (seed, prompt index, sample index). Decoding steps are the same bit
-//! for bit in any batch, and so is a prompt's prefill, with one exception: a
-//! prompt of at most 64 tokens (`kernels::SMALL_MATMUL_ROWS`) prefilled
-//! with others in more than 64 rows in all goes through the general matmul,
-//! and alone through the few-row kernel, which sum in different orders, so
-//! its logits differ in the last bits (and a greedy near-tie could choose
-//! another token).
+//! from (seed, prompt index, sample index). On the CPU this holds bit for
+//! bit: prompts are prefilled in parts that keep each one on the side of
+//! [`model::FEW_ROWS`] where it would be alone, and decoding steps of up to
+//! that many rows multiply row by row (the uncached mode, for comparison,
+//! does not split its batches).
 
 use model::tokenizer::Tokenizer;
 use model::{Decoder, KvCache, ModelError};
@@ -400,6 +398,31 @@ fn padded_prompts(jobs: &[Job], group: &[usize]) -> (Vec<Vec<u32>>, Vec<usize>) 
     (sequences, padding)
 }
 
+/// The jobs of `group` (longest prompts first) in the parts that are
+/// prefilled together: the prompts longer than [`model::FEW_ROWS`] in one,
+/// and the shorter ones in parts of at most that many rows, padding
+/// included. A short prompt's prefill then takes the few-row kernels, as it
+/// would alone, and a long one's the general matmul, as it would alone, so
+/// every prompt's prefill has the same bits in any batch.
+fn prefill_parts(jobs: &[Job], group: &[usize]) -> Vec<Vec<usize>> {
+    let (long, short): (Vec<usize>, Vec<usize>) = group.iter().partition(|&&j| jobs[j].prompt.len() > model::FEW_ROWS);
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    if !long.is_empty() {
+        parts.push(long);
+    }
+    for j in short {
+        // Sorted longest first: a part's first prompt is its longest.
+        match parts
+            .last_mut()
+            .filter(|p| jobs[p[0]].prompt.len() <= model::FEW_ROWS && (p.len() + 1) * jobs[p[0]].prompt.len() <= model::FEW_ROWS)
+        {
+            Some(part) => part.push(j),
+            None => parts.push(vec![j]),
+        }
+    }
+    parts
+}
+
 /// The cache and last-token logits of padded rows, each distinct row
 /// computed once (the samples of one prompt share its prefill) and the
 /// cache's rows then copied out to every row.
@@ -467,10 +490,10 @@ impl Decoding<'_> {
             // rows join in groups: once half the batch (or all of it) is free.
             let admit = if 2 * free >= batch { free } else { 0 };
             let group: Vec<usize> = pending.by_ref().take(admit).collect();
-            if !group.is_empty() {
-                let (sequences, padding) = padded_prompts(jobs, &group);
+            for part in prefill_parts(jobs, &group) {
+                let (sequences, padding) = padded_prompts(jobs, &part);
                 let (cache, logits) = prefill_shared(model, &sequences, &padding)?;
-                let rows: Vec<Row> = group.iter().map(|&j| Row::new(j, jobs[j].seed)).collect();
+                let rows: Vec<Row> = part.iter().map(|&j| Row::new(j, jobs[j].seed)).collect();
                 match running.as_mut() {
                     None => running = Some(Running { rows, cache, logits }),
                     Some(r) => {
@@ -558,6 +581,18 @@ fn finish(tokenizer: &Tokenizer, tokens: &[u32], reason: FinishReason) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_prompts_prefill_together_and_short_ones_in_parts_of_few_rows() {
+        assert_eq!(model::FEW_ROWS, 64, "the hand-made parts below assume 64");
+        let jobs: Vec<Job> = [200, 70, 30, 20, 20, 9, 5].iter().map(|&n| Job { prompt: vec![1; n], seed: 0 }).collect();
+        let group: Vec<usize> = (0..jobs.len()).collect();
+        // 2 x 30 rows fit in 64, 3 x 30 do not; 3 x 20 do.
+        assert_eq!(prefill_parts(&jobs, &group), vec![vec![0, 1], vec![2, 3], vec![4, 5, 6]]);
+        assert_eq!(prefill_parts(&jobs, &[5, 6]), vec![vec![5, 6]]);
+        assert_eq!(prefill_parts(&jobs, &[1]), vec![vec![1]]);
+        assert!(prefill_parts(&jobs, &[]).is_empty());
+    }
 
     #[test]
     fn temperature_scales_logits_before_the_softmax() {

@@ -6,8 +6,8 @@
 //! (a key that the caller makes from everything the generations depend on:
 //! the program, the model, the mask, the prompts and how to generate), then
 //! one line per finished generation, appended and flushed as each finishes.
-//! Generation does not depend on batching or order (up to the last bits of
-//! short prompts' prefill; see [`crate::generate`]), so generations read
+//! Generation does not depend on batching or order (see
+//! [`crate::generate`]), so generations read
 //! back from a journal are the ones a fresh run would make. A journal of
 //! another run is replaced; a last line cut short by the stop is dropped.
 

@@ -222,3 +222,32 @@ fn generation_resumed_from_finished_samples_equals_a_whole_run() {
     generated.sort();
     assert_eq!(generated, vec![(0, 0), (1, 0), (1, 1), (2, 1)], "only the samples not finished are generated");
 }
+
+/// Last-token logits of `rows` (left-padded to one length) prefilled together.
+fn prefill_logits(model: &Decoder, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let longest = rows.iter().map(Vec::len).max().unwrap();
+    let padding: Vec<usize> = rows.iter().map(|r| longest - r.len()).collect();
+    let padded: Vec<Vec<u32>> =
+        rows.iter().zip(&padding).map(|(r, &p)| std::iter::repeat_n(r[0], p).chain(r.iter().copied()).collect()).collect();
+    let logits = model.forward_cached_last(&padded, &mut model.new_padded_cache(padding)).unwrap();
+    let values = logits.into_data().try_into_vec::<f32>().unwrap();
+    values.chunks_exact(values.len() / rows.len()).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn a_prompt_prefilled_on_its_own_side_of_the_few_row_bound_has_the_same_bits_in_a_batch() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let short = tok.encode("def fibonacci(n):", true).unwrap();
+    let other_short = tok.encode("Question: What is 12 plus 30? Think step by step.\nAnswer:", true).unwrap();
+    let long = tok.encode(&evaluate::gsm8k::prompt("How many clips did Natalia sell?"), true).unwrap();
+    let medium: Vec<u32> = short.iter().copied().cycle().take(model::FEW_ROWS + 16).collect();
+    assert!(2 * other_short.len() <= model::FEW_ROWS && long.len() > model::FEW_ROWS, "{} and {} tokens", other_short.len(), long.len());
+    let alone = |row: &Vec<u32>| prefill_logits(&s.model, std::slice::from_ref(row)).remove(0);
+    // Few rows in all: the few-row kernels, as alone.
+    assert_eq!(prefill_logits(&s.model, &[other_short.clone(), short.clone()])[1], alone(&short));
+    // Past the bound alone and in the batch: the general matmul both times.
+    assert_eq!(prefill_logits(&s.model, &[long.clone(), medium.clone()])[1], alone(&medium));
+    // What the generator avoids: a short prompt in a forward past the bound rounds differently.
+    assert_ne!(prefill_logits(&s.model, &[long, short.clone()])[1], alone(&short));
+}

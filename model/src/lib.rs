@@ -23,3 +23,10 @@ pub use formats::{gguf, safetensors, sparse, tokenizer, weights};
 pub use formats::{FormatError, HostTensor, WeightMap};
 pub use loader::{load_model, write_hf_metadata, LoadedModel, ModelFormat};
 pub use nn::{shared_values, HostKv, Kernels, KvCache, LayerKv, LinearObserver};
+
+/// Most rows that a linear layer in host memory multiplies row by row (the
+/// few-row kernels, as decoding steps run); a forward of more rows goes
+/// through the general matmul, which sums in another order. A sequence
+/// computes the same bits in any batch as long as every forward it is part
+/// of stays on the same side of this bound.
+pub const FEW_ROWS: usize = kernels::SMALL_MATMUL_ROWS;
