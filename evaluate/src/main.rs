@@ -121,7 +121,7 @@ struct GenerateArgs {
     /// Stop string (repeatable): generation of a prompt ends when its text contains one, cut before it.
     #[arg(long)]
     stop: Vec<String>,
-    /// Prompts decoded together (a throughput knob; results do not depend on it).
+    /// Prompts decoded together (a throughput knob: the same bits at any batch up to 64 on the CPU).
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Recompute the whole sequence at every step instead of using the key/value cache (slow; for comparison).

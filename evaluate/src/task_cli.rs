@@ -32,7 +32,8 @@ pub struct TaskArgs {
     /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Sequences per forward pass (a throughput knob; results do not depend on it).
+    /// Sequences per forward pass (a throughput knob: generation gives the same bits at any batch up to
+    /// 64; multiple-choice log-likelihoods of short requests can differ in their last bits).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Results artifact to write (Parquet); the per-item outputs go beside it as `<name>.items.parquet`.
