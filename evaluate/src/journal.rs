@@ -60,6 +60,10 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Finished::new(),
             Err(e) => return Err(io(e)),
         };
+        // The results will go beside it: their directory may not exist yet.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
         // Rewritten whole, then renamed over the old one: a torn last line
         // is dropped, and a stop during the rewrite leaves the old journal.
         let fresh = path.with_extension("journal-rewrite");
@@ -148,6 +152,15 @@ mod tests {
         assert!(held.is_empty());
         drop(journal);
         assert!(Journal::open(&path, "run A").unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn a_journal_makes_the_directory_its_results_will_go_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not/yet/out.parquet.journal.jsonl");
+        let (journal, held) = Journal::open(&path, "k").unwrap();
+        assert!(held.is_empty() && path.is_file());
+        journal.remove().unwrap();
     }
 
     #[test]
