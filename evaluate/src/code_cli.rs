@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use evaluate::chat::render_model_chat;
 use evaluate::code_instruct::{instruct_prompt, instruct_stops, response_prefix, Protocol};
 use evaluate::code_tasks::{read_humaneval_x, read_mbpp, score, CodeData, CodeTask};
-use evaluate::generate::{FinishReason, GenerationConfig};
+use evaluate::generate::{FinishReason, GenerationConfig, GenerationRequest};
 use evaluate::sandbox::{Language, Sandbox, SandboxConfig};
 use model::{LoadedModel, ModelFormat};
 
@@ -224,17 +224,15 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             ..GenerationConfig::default()
         };
         let bar = progress(prompts.len() * args.samples, args.task.quiet, "generating");
-        let (generated, used_journal) = generate_journaled(
-            &model,
-            &loaded,
-            mask.as_ref(),
-            &prompts,
-            args.samples,
-            &config,
-            args.task.batch,
-            args.task.out.as_deref(),
-            &bar,
-        )?;
+        let request = GenerationRequest {
+            model: &model,
+            tokenizer: loaded.tokenizer()?,
+            prompts: &prompts,
+            samples: args.samples,
+            config: &config,
+            batch: args.task.batch,
+        };
+        let (generated, used_journal) = generate_journaled(request, &loaded.fingerprint, mask.as_ref(), args.task.out.as_deref(), &bar)?;
         journal = used_journal;
         bar.finish_and_clear();
         // The generator cuts text before a stop sequence; C-like tasks stop at a

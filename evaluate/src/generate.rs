@@ -99,58 +99,72 @@ pub fn generate(
     batch: usize,
     progress: impl FnMut(usize),
 ) -> Result<Vec<Generation>, EvalError> {
-    let mut out = generate_n(model, tokenizer, prompts, 1, config, batch, progress)?;
+    let request = GenerationRequest { model, tokenizer, prompts, samples: 1, config, batch };
+    let mut out = request.run(progress)?;
     Ok(out.iter_mut().map(|samples| samples.remove(0)).collect())
 }
 
-/// Generates `n` continuations per prompt (e.g. n = 10 for pass@10):
-/// result `[p][j]` is sample j of prompt p, drawn from the stream seeded by
-/// (config.seed, p, j). Greedy decoding gives n equal continuations.
-pub fn generate_n(
-    model: &Decoder,
-    tokenizer: &Tokenizer,
-    prompts: &[String],
-    n: usize,
-    config: &GenerationConfig,
-    batch: usize,
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<Vec<Generation>>, EvalError> {
-    generate_n_resuming(model, tokenizer, prompts, n, config, batch, &Finished::new(), |_, _, _| {
-        progress(1);
-        Ok(())
-    })
+/// `samples` continuations of each of `prompts` (e.g. 10 for pass@10),
+/// generated on `model` as `config` says, `batch` rows at a time (a
+/// throughput knob; results do not depend on it).
+#[derive(Clone, Copy)]
+pub struct GenerationRequest<'a> {
+    /// The model that generates.
+    pub model: &'a Decoder,
+    /// The model's tokenizer: encodes the prompts and decodes the continuations.
+    pub tokenizer: &'a Tokenizer,
+    /// The prompts, as text.
+    pub prompts: &'a [String],
+    /// Continuations per prompt.
+    pub samples: usize,
+    /// How to generate.
+    pub config: &'a GenerationConfig,
+    /// Rows decoded together.
+    pub batch: usize,
 }
 
-/// [`generate_n`] that takes the continuations already in `finished` (by
-/// prompt and sample index, e.g. read back from a
-/// [`crate::journal::Journal`]) as they are, generates the others, and calls
-/// `on_finish(prompt, sample, generation)` as each of those finishes.
-#[allow(clippy::too_many_arguments)]
-pub fn generate_n_resuming(
-    model: &Decoder,
-    tokenizer: &Tokenizer,
-    prompts: &[String],
-    n: usize,
-    config: &GenerationConfig,
-    batch: usize,
-    finished: &Finished,
-    mut on_finish: impl FnMut(usize, usize, &Generation) -> Result<(), EvalError>,
-) -> Result<Vec<Vec<Generation>>, EvalError> {
-    let mut jobs = Vec::new();
-    let mut ids = Vec::new();
-    for (p, prompt) in prompts.iter().enumerate() {
-        let tokens = tokenizer.encode(prompt, config.add_special_tokens).map_err(ModelError::from)?;
-        if tokens.is_empty() {
-            return Err(EvalError::Input(format!("prompt {p} encodes to no tokens: generation needs at least one prompt token")));
-        }
-        for j in (0..n).filter(|&j| !finished.contains_key(&(p, j))) {
-            jobs.push(Job { prompt: tokens.clone(), seed: sequence_seed(config.seed, p, j) });
-            ids.push((p, j));
-        }
+impl GenerationRequest<'_> {
+    /// Generates every continuation: result `[p][j]` is sample j of prompt
+    /// p, drawn from the stream seeded by (config.seed, p, j) (greedy
+    /// decoding gives equal samples). `progress` is called with one as each
+    /// continuation finishes.
+    pub fn run(&self, mut progress: impl FnMut(usize)) -> Result<Vec<Vec<Generation>>, EvalError> {
+        self.resume(&Finished::new(), |_, _, _| {
+            progress(1);
+            Ok(())
+        })
     }
-    let generated = run_jobs(model, tokenizer, jobs, config, batch, |job, generation| on_finish(ids[job].0, ids[job].1, generation))?;
-    let mut fresh: Finished = ids.into_iter().zip(generated).collect();
-    Ok((0..prompts.len()).map(|p| (0..n).map(|j| fresh.remove(&(p, j)).unwrap_or_else(|| finished[&(p, j)].clone())).collect()).collect())
+
+    /// [`Self::run`] that takes the continuations already in `finished` (by
+    /// prompt and sample index, e.g. read back from a
+    /// [`crate::journal::Journal`]) as they are, generates the others, and
+    /// calls `on_finish(prompt, sample, generation)` as each of those finishes.
+    pub fn resume(
+        &self,
+        finished: &Finished,
+        mut on_finish: impl FnMut(usize, usize, &Generation) -> Result<(), EvalError>,
+    ) -> Result<Vec<Vec<Generation>>, EvalError> {
+        let (config, n) = (self.config, self.samples);
+        let mut jobs = Vec::new();
+        let mut ids = Vec::new();
+        for (p, prompt) in self.prompts.iter().enumerate() {
+            let tokens = self.tokenizer.encode(prompt, config.add_special_tokens).map_err(ModelError::from)?;
+            if tokens.is_empty() {
+                return Err(EvalError::Input(format!("prompt {p} encodes to no tokens: generation needs at least one prompt token")));
+            }
+            for j in (0..n).filter(|&j| !finished.contains_key(&(p, j))) {
+                jobs.push(Job { prompt: tokens.clone(), seed: sequence_seed(config.seed, p, j) });
+                ids.push((p, j));
+            }
+        }
+        let generated = run_jobs(self.model, self.tokenizer, jobs, config, self.batch, |job, generation| {
+            on_finish(ids[job].0, ids[job].1, generation)
+        })?;
+        let mut fresh: Finished = ids.into_iter().zip(generated).collect();
+        Ok((0..self.prompts.len())
+            .map(|p| (0..n).map(|j| fresh.remove(&(p, j)).unwrap_or_else(|| finished[&(p, j)].clone())).collect())
+            .collect())
+    }
 }
 
 /// Generates one continuation per already tokenized prompt (sample index 0

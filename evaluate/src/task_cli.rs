@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use artifacts::{ArtifactKind, ItemRow, Provenance, ResultRow};
 use clap::Args;
 use evaluate::apply_mask_file;
-use evaluate::generate::{generate_n, generate_n_resuming, Generation, GenerationConfig};
+use evaluate::generate::{Generation, GenerationRequest};
 use evaluate::journal::Journal;
 use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
@@ -202,47 +202,46 @@ pub fn write_task_outputs(
     Ok(())
 }
 
-/// Generates `n` continuations of each prompt with a journal beside `out`
-/// (`<out>.journal.jsonl`, when `out` is given), so that a run stopped part
-/// way resumes from the generations it finished. The journal belongs to
-/// this program, model, mask, prompts and configuration; it is returned to
-/// be removed once the results are written.
-#[allow(clippy::too_many_arguments)]
+/// Runs `request` with a journal beside `out` (`<out>.journal.jsonl`,
+/// when `out` is given), so that a run stopped part way resumes from the
+/// generations it finished. The journal belongs to this program, the model
+/// (its `fingerprint`), the `mask`, the prompts and the configuration; it
+/// is returned to be removed once the results are written.
 pub fn generate_journaled(
-    model: &Decoder,
-    loaded: &LoadedModel,
+    request: GenerationRequest<'_>,
+    fingerprint: &str,
     mask: Option<&(String, String)>,
-    prompts: &[String],
-    n: usize,
-    config: &GenerationConfig,
-    batch: usize,
     out: Option<&Path>,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<Vec<Generation>>, Option<Journal>)> {
-    let tokenizer = loaded.tokenizer()?;
     let Some(out) = out else {
-        return Ok((generate_n(model, tokenizer, prompts, n, config, batch, |k| bar.inc(k as u64))?, None));
+        return Ok((request.run(|k| bar.inc(k as u64))?, None));
     };
     let name = out.file_name().with_context(|| format!("--out {} names no file", out.display()))?;
     let path = out.with_file_name(format!("{}.journal.jsonl", name.to_string_lossy()));
     let program = std::env::current_exe().context("finding this program's file")?;
     let mut prompts_hash = std::collections::hash_map::DefaultHasher::new();
-    prompts.hash(&mut prompts_hash);
+    request.prompts.hash(&mut prompts_hash);
     let key = serde_json::json!({
         "program": artifacts::content_hash(&program)?,
-        "model": loaded.fingerprint,
+        "model": fingerprint,
         "mask": mask.map(|(_, hash)| hash),
-        "samples": n,
-        "config": format!("{config:?}"),
-        "prompts": format!("{} prompts, hash {:016x}", prompts.len(), prompts_hash.finish()),
+        "samples": request.samples,
+        "config": format!("{:?}", request.config),
+        "prompts": format!("{} prompts, hash {:016x}", request.prompts.len(), prompts_hash.finish()),
     })
     .to_string();
     let (mut journal, finished) = Journal::open(&path, &key)?;
     if !finished.is_empty() {
-        eprintln!("resuming: {} of {} generations read back from {}", finished.len(), prompts.len() * n, path.display());
+        eprintln!(
+            "resuming: {} of {} generations read back from {}",
+            finished.len(),
+            request.prompts.len() * request.samples,
+            path.display()
+        );
         bar.inc(finished.len() as u64);
     }
-    let generations = generate_n_resuming(model, tokenizer, prompts, n, config, batch, &finished, |p, j, g| {
+    let generations = request.resume(&finished, |p, j, g| {
         bar.inc(1);
         journal.record(p, j, g)
     })?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use artifacts::ItemRow;
 use evaluate::choice::{load_choice_items, mean_stderr, predict, request_logliks, resolve_data_file, tokenize_requests, ChoiceTask};
-use evaluate::generate::{Generation, GenerationConfig};
+use evaluate::generate::{Generation, GenerationConfig, GenerationRequest};
 use evaluate::meteor::{meteor, Synonyms};
 use evaluate::{gsm8k, translation};
 use model::ModelConfig;
@@ -183,8 +183,15 @@ pub(crate) fn run_gsm8k(args: Gsm8kArgs) -> Result<()> {
     let bar = crate::progress(questions.len(), task.quiet, "gsm8k");
     let started = Instant::now();
     let config = greedy(args.max_new_tokens, &gsm8k::STOP);
-    let (generations, journal) =
-        generate_journaled(&tm.model, &tm.loaded, tm.mask.as_ref(), &questions, 1, &config, task.batch, task.out.as_deref(), &bar)?;
+    let request = GenerationRequest {
+        model: &tm.model,
+        tokenizer: tm.loaded.tokenizer()?,
+        prompts: &questions,
+        samples: 1,
+        config: &config,
+        batch: task.batch,
+    };
+    let (generations, journal) = generate_journaled(request, &tm.loaded.fingerprint, tm.mask.as_ref(), task.out.as_deref(), &bar)?;
     let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     bar.finish_and_clear();
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
@@ -247,8 +254,15 @@ pub(crate) fn run_translation(args: TranslationArgs) -> Result<()> {
     let bar = crate::progress(prompts.len(), task.quiet, "translation");
     let started = Instant::now();
     let config = greedy(args.max_new_tokens, &translation::STOP);
-    let (generations, journal) =
-        generate_journaled(&tm.model, &tm.loaded, tm.mask.as_ref(), &prompts, 1, &config, task.batch, task.out.as_deref(), &bar)?;
+    let request = GenerationRequest {
+        model: &tm.model,
+        tokenizer: tm.loaded.tokenizer()?,
+        prompts: &prompts,
+        samples: 1,
+        config: &config,
+        batch: task.batch,
+    };
+    let (generations, journal) = generate_journaled(request, &tm.loaded.fingerprint, tm.mask.as_ref(), task.out.as_deref(), &bar)?;
     let generations: Vec<Generation> = generations.into_iter().flatten().collect();
     bar.finish_and_clear();
     eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use evaluate::chat::{render_model_chat, ChatMessage};
-use evaluate::generate::{generate, generate_n, generate_n_resuming, FinishReason, GenerationConfig};
+use evaluate::generate::{generate, FinishReason, GenerationConfig, GenerationRequest};
 use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
 struct Smol {
@@ -88,15 +88,17 @@ fn sampling_is_deterministic_for_a_seed_and_independent_of_batching() {
     let s = smol();
     let tok = s.loaded.tokenizer().unwrap();
     let config = GenerationConfig { max_new_tokens: 8, temperature: 0.8, top_p: 0.95, seed: 7, ..GenerationConfig::default() };
-    let a = generate_n(&s.model, tok, &prompts()[..2], 3, &config, 1, |_| {}).unwrap();
-    let b = generate_n(&s.model, tok, &prompts()[..2], 3, &config, 4, |_| {}).unwrap();
+    let few = &prompts()[..2];
+    let request = GenerationRequest { model: &s.model, tokenizer: tok, prompts: few, samples: 3, config: &config, batch: 1 };
+    let a = request.run(|_| {}).unwrap();
+    let b = GenerationRequest { batch: 4, ..request }.run(|_| {}).unwrap();
     assert_eq!(a, b, "same seed, batch 1 vs batch 4");
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|samples| samples.len() == 3));
     // Samples of one prompt draw from different streams: at temperature 0.8 they differ.
     assert!(a[0][0].tokens != a[0][1].tokens || a[0][1].tokens != a[0][2].tokens, "{:?}", a[0]);
-    let other = GenerationConfig { seed: 8, ..config };
-    let c = generate_n(&s.model, tok, &prompts()[..2], 3, &other, 4, |_| {}).unwrap();
+    let other = GenerationConfig { seed: 8, ..config.clone() };
+    let c = GenerationRequest { config: &other, batch: 4, ..request }.run(|_| {}).unwrap();
     assert_ne!(a, c, "seeds 7 and 8 gave the same samples");
 }
 
@@ -209,15 +211,18 @@ fn generation_resumed_from_finished_samples_equals_a_whole_run() {
     let s = smol();
     let tok = s.loaded.tokenizer().unwrap();
     let config = GenerationConfig { max_new_tokens: 8, temperature: 0.8, top_p: 0.95, seed: 3, ..GenerationConfig::default() };
-    let whole = generate_n(&s.model, tok, &prompts(), 2, &config, 2, |_| {}).unwrap();
+    let all = prompts();
+    let request = GenerationRequest { model: &s.model, tokenizer: tok, prompts: &all, samples: 2, config: &config, batch: 2 };
+    let whole = request.run(|_| {}).unwrap();
     // Two of the six samples already finished (as a journal would give them back).
     let finished: evaluate::journal::Finished = [((0, 1), whole[0][1].clone()), ((2, 0), whole[2][0].clone())].into_iter().collect();
     let mut generated = Vec::new();
-    let resumed = generate_n_resuming(&s.model, tok, &prompts(), 2, &config, 2, &finished, |p, j, _| {
-        generated.push((p, j));
-        Ok(())
-    })
-    .unwrap();
+    let resumed = request
+        .resume(&finished, |p, j, _| {
+            generated.push((p, j));
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(resumed, whole);
     generated.sort();
     assert_eq!(generated, vec![(0, 0), (1, 0), (1, 1), (2, 1)], "only the samples not finished are generated");
