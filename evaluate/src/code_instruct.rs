@@ -20,13 +20,16 @@
 //! body, and the source is the prompt followed by that body, cut where the
 //! function ends as the completion protocol cuts. A C++ `main` or a Java
 //! class `Main` of the answer's own is dropped, since the harness brings
-//! its own. The program run is that source followed by the task's tests,
-//! as in the completion protocol.
+//! its own. Python sources go through evalplus's sanitizer
+//! ([`crate::python_sanitize`]): the examples and asserts a model writes
+//! after its function do not run. The program run is that source followed
+//! by the task's tests, as in the completion protocol.
 
 use clap::ValueEnum;
 
 use crate::chat::ChatMessage;
 use crate::code_tasks::{lex_step, postprocess, CodeTask, Lex, Problem};
+use crate::python_sanitize::sanitize;
 use crate::sandbox::Language;
 use crate::EvalError;
 
@@ -156,13 +159,14 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
 }
 
-/// The name of the function the prompt leaves open (HumanEval-X's entry
-/// point): Python, the last `def`; C++, Java and JavaScript, the function
-/// whose brace is the innermost one the prompt leaves open. None for MBPP,
-/// whose prompt has no signature.
+/// The name of the function the tests call (HumanEval-X's entry point):
+/// Python, the last `def` of the prompt; C++, Java and JavaScript, the
+/// function whose brace is the innermost one the prompt leaves open; MBPP,
+/// whose prompt has no signature, the first function of the reference
+/// solution that the tests call.
 pub fn entry_point(task: CodeTask, problem: &Problem) -> Option<String> {
     let language = match task {
-        CodeTask::Mbpp => return None,
+        CodeTask::Mbpp => return mbpp_entry_point(problem),
         CodeTask::HumanEvalX(l) => l,
     };
     if language == Language::Python {
@@ -207,6 +211,23 @@ pub fn entry_point(task: CodeTask, problem: &Problem) -> Option<String> {
     let name_start = before.bytes().rposition(|c| !is_ident(c)).map_or(0, |p| p + 1);
     let name = &before[name_start..];
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The first top-level `def` of an MBPP problem's reference solution whose
+/// name the tests call (`name(`).
+fn mbpp_entry_point(problem: &Problem) -> Option<String> {
+    let calls = |name: &str| {
+        problem.test.match_indices(name).any(|(at, _)| {
+            let before = problem.test[..at].bytes().next_back();
+            !before.is_some_and(is_ident) && problem.test[at + name.len()..].trim_start().starts_with('(')
+        })
+    };
+    problem
+        .canonical
+        .lines()
+        .filter_map(|line| line.strip_prefix("def ").and_then(|rest| rest.split('(').next()).map(str::trim))
+        .find(|name| !name.is_empty() && calls(name))
+        .map(str::to_string)
 }
 
 /// Whether `code` defines the function `name`: Python, a top-level `def`;
@@ -391,16 +412,23 @@ fn indent_body(body: &str) -> String {
 /// code block; when that does not define the problem's entry point, the
 /// prompt followed by the block as the function's body (cut where the
 /// function ends, as completions are); without a C++ `main` or Java class
-/// `Main` of its own.
+/// `Main` of its own; Python, as evalplus's sanitizer leaves it (only its
+/// imports and the definitions the entry point reaches, see
+/// [`crate::python_sanitize`]).
 pub fn instruct_source(task: CodeTask, problem: &Problem, answer: &str) -> String {
     let code = first_code_block(answer);
-    let CodeTask::HumanEvalX(language) = task else { return code.to_string() };
-    match entry_point(task, problem) {
-        Some(name) if !defines(language, code, &name) => {
+    let entry = entry_point(task, problem);
+    let source = match (task, &entry) {
+        (CodeTask::Mbpp, _) => code.to_string(),
+        (CodeTask::HumanEvalX(language), Some(name)) if !defines(language, code, name) => {
             let body = if language == Language::Python { indent_body(code) } else { code.to_string() };
             format!("{}{}", problem.prompt, postprocess(task, &problem.prompt, &body))
         }
-        _ => without_own_main(language, code),
+        (CodeTask::HumanEvalX(language), _) => without_own_main(language, code),
+    };
+    match task.language() {
+        Language::Python => sanitize(&source, entry.as_deref()),
+        _ => source,
     }
 }
 
@@ -460,13 +488,18 @@ mod tests {
     #[test]
     fn a_python_body_gets_the_signature_and_a_full_function_stays() {
         let p = problem(PY_PROMPT);
+        // The prompt's helper, which `add` does not call, goes with the sanitizer.
+        let signature = "from typing import List\ndef add(a: int, b: int) -> int:\n    \"\"\" Add. \"\"\"\n";
         let body = "Sure:\n```python\n    return a + b\n```\n";
-        assert_eq!(instruct_source(PY, &p, body), format!("{PY_PROMPT}    return a + b\n"));
-        let unindented = "```python\nresult = a + b\nreturn result\n```";
-        assert_eq!(instruct_source(PY, &p, unindented), format!("{PY_PROMPT}    result = a + b\n    return result\n"));
-        let full = "```python\nfrom typing import List\n\ndef add(a: int, b: int) -> int:\n    return a + b\n```\nThis adds.";
+        assert_eq!(instruct_source(PY, &p, body), format!("{signature}    return a + b"));
+        let unindented = "```python\nresult = a + b\nreturn helper(result)\n```";
+        assert_eq!(
+            instruct_source(PY, &p, unindented),
+            "from typing import List\ndef helper(x):\n    return x\ndef add(a: int, b: int) -> int:\n    \"\"\" Add. \"\"\"\n    result = a + b\n    return helper(result)"
+        );
+        let full = "```python\nfrom typing import List\n\ndef add(a: int, b: int) -> int:\n    return a + b\n\nassert add(1, 2) == 4\n```\nThis adds.";
         let source = instruct_source(PY, &p, full);
-        assert_eq!(source, "from typing import List\n\ndef add(a: int, b: int) -> int:\n    return a + b\n");
+        assert_eq!(source, "from typing import List\ndef add(a: int, b: int) -> int:\n    return a + b", "the answer's own assert goes");
         assert_eq!(program_of_source(PY, &p, &source), format!("{source}\nTEST\n"));
     }
 
@@ -516,9 +549,16 @@ mod tests {
             text: "Write a function to add.".into(),
             tests: vec!["assert add(1, 2) == 3".into(), "assert add(0, 0) == 0".into()],
         });
+        p.canonical = "def plus(a, b):\n    return a + b\ndef add(a, b):\n    return plus(a, b)\n".into();
+        p.test = "assert add(1, 2) == 3\nassert add(0, 0) == 0\n".into();
+        assert_eq!(entry_point(CodeTask::Mbpp, &p).as_deref(), Some("add"), "the reference's first function that the tests call");
         assert_eq!(
-            instruct_source(CodeTask::Mbpp, &p, "```python\ndef add(a, b):\n    return a + b\n```"),
-            "def add(a, b):\n    return a + b\n"
+            instruct_source(
+                CodeTask::Mbpp,
+                &p,
+                "```python\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\ndef unused():\n    return 0\n```"
+            ),
+            "def add(a, b):\n    return a + b"
         );
         assert_eq!(
             instruct_message(CodeTask::Mbpp, &p),

@@ -1,5 +1,5 @@
 //! Evaluation stage of subprune: generation ([`generate`], [`chat`]),
-//! pass@k of generated code in a sandbox ([`code_tasks`], [`code_instruct`], [`passk`],
+//! pass@k of generated code in a sandbox ([`code_tasks`], [`code_instruct`], [`python_sanitize`], [`passk`],
 //! [`sandbox`]), multiple-choice tasks ([`choice`]), GSM8K ([`gsm8k`]),
 //! translation with METEOR ([`translation`], [`meteor`]), and
 //! perplexity as Wanda defines it —
@@ -17,6 +17,7 @@ pub mod journal;
 pub mod meteor;
 pub mod passk;
 pub mod porter;
+pub mod python_sanitize;
 pub mod sandbox;
 pub mod translation;
 
