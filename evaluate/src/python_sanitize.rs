@@ -306,8 +306,7 @@ fn statements(code: &str) -> Vec<Statement> {
                 (Kind::Class, after("class"))
             } else if head.assigns && first_word.is_some_and(|w| !is_keyword(w)) {
                 let direct = first_word.filter(|w| {
-                    let rest = code[head.start + w.len()..].trim_start_matches([' ', '\t']);
-                    code[head.start..].starts_with(w) && (rest.starts_with('=') || rest.starts_with(':'))
+                    code[head.start..].strip_prefix(*w).is_some_and(|rest| rest.trim_start_matches([' ', '\t']).starts_with(['=', ':']))
                 });
                 (Kind::Assignment, direct.map(str::to_string))
             } else {
@@ -496,6 +495,26 @@ mod tests {
     fn a_block_keeps_the_comments_indented_as_its_body() {
         let code = "def f(x):\n    return 1\n    # tail\n\ndef g():\n    return 2\n  # out\nx = 1 # c\n";
         assert_eq!(sanitize(code, None), "def f(x):\n    return 1\n    # tail\ndef g():\n    return 2\nx = 1");
+    }
+
+    #[test]
+    fn any_text_sanitizes_without_panic_into_lines_of_its_own() {
+        let pieces = [
+            "def ", "class ", "import ", "x", "αβ", " = ", "==", ":", "\n", "    ", "\t", "(", ")", "[", "]", "{", "}", "'", "\"", "'''",
+            "\"\"\"", "#", "\\", "\r\n", "return ", "@d", "if ", "else", "r'", "f\"", "+", ",", "1.5e3", "é",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..3000 {
+            let mut code = String::new();
+            for _ in 0..40 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                code.push_str(pieces[(state >> 33) as usize % pieces.len()]);
+            }
+            let out = sanitize(&code, Some("x"));
+            for line in out.lines() {
+                assert!(code.contains(line), "{line:?} is not from {code:?}");
+            }
+        }
     }
 
     #[test]
