@@ -492,7 +492,9 @@ pub struct CodeScores {
     pub counts: Vec<(usize, usize)>,
     /// pass@k for each k asked that is at most every problem's sample count: (k, mean, standard error).
     pub pass_at: Vec<(usize, f64, f64)>,
-    /// One row per sample: item, sample, gold (the reference solution), generation, passed, reason.
+    /// One row per sample: item, sample, gold (the reference solution),
+    /// generation (the text the model wrote), pred (the source that ran,
+    /// before the tests), passed, reason.
     pub rows: Vec<artifacts::ItemRow>,
 }
 
@@ -511,7 +513,7 @@ pub fn score(
     done: &(dyn Fn() + Sync),
 ) -> Result<CodeScores, crate::sandbox::SandboxError> {
     let language = task.language();
-    let mut cut: Vec<(usize, u32, String)> = Vec::new();
+    let mut cut: Vec<(usize, u32, String, String)> = Vec::new();
     let mut programs = Vec::new();
     for (p, (problem, samples)) in problems.iter().zip(completions).enumerate() {
         for (s, raw) in samples.iter().enumerate() {
@@ -528,13 +530,13 @@ pub fn score(
                 }
             };
             programs.push((language, source));
-            cut.push((p, s as u32, completion));
+            cut.push((p, s as u32, raw.clone(), completion));
         }
     }
     let outcomes = sandbox.run_all(&programs, done);
     let mut counts: Vec<(usize, usize)> = completions.iter().map(|c| (c.len(), 0)).collect();
     let mut rows = Vec::with_capacity(cut.len());
-    for ((p, s, completion), outcome) in cut.into_iter().zip(outcomes) {
+    for ((p, s, raw, completion), outcome) in cut.into_iter().zip(outcomes) {
         let outcome = outcome?;
         if outcome.passed {
             counts[p].1 += 1;
@@ -543,7 +545,8 @@ pub fn score(
             item: problems[p].item,
             sample: s,
             gold: Some(problems[p].canonical.clone()),
-            generation: Some(completion),
+            pred: Some(completion),
+            generation: Some(raw),
             passed: Some(outcome.passed),
             reason: Some(outcome.reason),
             ..Default::default()

@@ -40,7 +40,8 @@ fn canonical(task: &[&str], data_file: &Path, limit: usize) {
     assert_eq!(items.len(), limit);
     for row in &items {
         assert_eq!(row.passed, Some(true), "{task:?} item {}: {:?}", row.item, row.reason);
-        assert_eq!(row.generation.as_deref().map(str::trim), row.gold.as_deref().map(str::trim), "the canonical solution is what ran");
+        assert_eq!(row.pred.as_deref().map(str::trim), row.gold.as_deref().map(str::trim), "the canonical solution is what ran");
+        assert_eq!(row.generation, row.gold, "the answer is recorded as given");
     }
     let (_, results) = artifacts::read_results(&out).unwrap();
     assert_eq!(results.len(), 1, "pass@10 needs 10 samples, so only pass@1");
@@ -96,7 +97,8 @@ fn canonical_instruct(task: &[&str], data_file: &Path, limit: usize, task_name: 
     // Every line of the answer is in the source (Python's sanitizer may
     // move imports first and rejoin lines).
     for row in &items {
-        let source: Vec<&str> = row.generation.as_deref().unwrap().lines().map(str::trim_end).collect();
+        assert_eq!(row.generation, row.gold, "{task:?} item {}: the answer is recorded as given", row.item);
+        let source: Vec<&str> = row.pred.as_deref().unwrap().lines().map(str::trim_end).collect();
         for line in row.gold.as_deref().unwrap().lines().map(str::trim_end).filter(|l| !l.trim().is_empty()) {
             assert!(source.contains(&line), "{task:?} item {}: the source lacks the answer's line {line:?}", row.item);
         }
