@@ -16,7 +16,7 @@
 //! - a decorated definition is not one of the kinds kept (tree-sitter
 //!   parses it as `decorated_definition`), so it is dropped;
 //! - when nothing is kept (say, the entry point is not defined), the code
-//!   stays as it is, without its trailing blank lines.
+//!   comes back as cut (below), without its trailing blank lines.
 //!
 //! The reference first cuts the answer to its longest span of lines that
 //! Python parses, which drops the last, unfinished lines of an answer that
