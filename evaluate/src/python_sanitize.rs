@@ -21,7 +21,7 @@
 //! The reference first cuts the answer to its longest span of lines that
 //! Python parses, which drops the last, unfinished lines of an answer that
 //! ran out of tokens. This module scans tokens and does not parse Python:
-//! it drops last lines until what remains looks whole ([`looks_complete`]),
+//! it drops last lines until what remains looks whole (`looks_complete`),
 //! and never drops first lines.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
