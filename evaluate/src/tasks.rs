@@ -8,11 +8,12 @@ use anyhow::{Context, Result};
 use artifacts::ItemRow;
 use evaluate::choice::{load_choice_items, mean_stderr, predict, request_logliks, resolve_data_file, tokenize_requests, ChoiceTask};
 use evaluate::generate::{Generation, GenerationConfig, GenerationRequest};
+use evaluate::journal::Journal;
 use evaluate::meteor::{meteor, Synonyms};
 use evaluate::{gsm8k, translation};
 use model::ModelConfig;
 
-use crate::task_cli::{finish_task, generate_journaled, load_task_model, remove_journal, Metric, TaskArgs};
+use crate::task_cli::{finish_task, generate_journaled, load_task_model, remove_journal, Metric, TaskArgs, TaskModel};
 
 /// What `--data` should name for each task, for the error when it is missing.
 fn expected_data(task: ChoiceTask) -> &'static str {
@@ -141,15 +142,33 @@ pub(crate) struct TranslationArgs {
     max_new_tokens: usize,
 }
 
-fn greedy(max_new_tokens: usize, stop: &[&str]) -> GenerationConfig {
-    GenerationConfig {
+/// One greedy continuation of each prompt of a generating task (`name`
+/// labels the progress bar), journaled beside `--out`; prompts are encoded
+/// without special tokens, as the harness does. Returns the continuations
+/// and the journal to remove once the results are written.
+fn generate_greedy(
+    task: &TaskArgs,
+    tm: &TaskModel,
+    name: &str,
+    prompts: &[String],
+    max_new_tokens: usize,
+    stop: &[&str],
+) -> Result<(Vec<Generation>, Option<Journal>)> {
+    let config = GenerationConfig {
         max_new_tokens,
         temperature: 0.0,
         stop: stop.iter().map(|s| s.to_string()).collect(),
-        // As the harness: prompts are encoded without special tokens.
         add_special_tokens: false,
         ..GenerationConfig::default()
-    }
+    };
+    let bar = crate::progress(prompts.len(), task.quiet, name);
+    let started = Instant::now();
+    let request =
+        GenerationRequest { model: &tm.model, tokenizer: tm.loaded.tokenizer()?, prompts, samples: 1, config: &config, batch: task.batch };
+    let (generations, journal) = generate_journaled(request, &tm.loaded.fingerprint, tm.mask.as_ref(), task.out.as_deref(), &bar)?;
+    bar.finish_and_clear();
+    eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    Ok((generations.into_iter().flatten().collect(), journal))
 }
 
 /// Runs GSM8K 8-shot chain-of-thought with greedy decoding; prints `exact_match`.
@@ -180,21 +199,7 @@ pub(crate) fn run_gsm8k(args: Gsm8kArgs) -> Result<()> {
     }
     eprintln!("gsm8k: {} questions from {}", questions.len(), file.display());
     let tm = load_task_model(task)?;
-    let bar = crate::progress(questions.len(), task.quiet, "gsm8k");
-    let started = Instant::now();
-    let config = greedy(args.max_new_tokens, &gsm8k::STOP);
-    let request = GenerationRequest {
-        model: &tm.model,
-        tokenizer: tm.loaded.tokenizer()?,
-        prompts: &questions,
-        samples: 1,
-        config: &config,
-        batch: task.batch,
-    };
-    let (generations, journal) = generate_journaled(request, &tm.loaded.fingerprint, tm.mask.as_ref(), task.out.as_deref(), &bar)?;
-    let generations: Vec<Generation> = generations.into_iter().flatten().collect();
-    bar.finish_and_clear();
-    eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    let (generations, journal) = generate_greedy(task, &tm, "gsm8k", &questions, args.max_new_tokens, &gsm8k::STOP)?;
     let mut scores = Vec::with_capacity(golds.len());
     let mut rows = Vec::with_capacity(golds.len());
     for (i, (g, gold)) in generations.iter().zip(&golds).enumerate() {
@@ -251,21 +256,7 @@ pub(crate) fn run_translation(args: TranslationArgs) -> Result<()> {
     let prompts: Vec<String> = rest.iter().map(|p| translation::prompt(&p.source, shots, &args.source_lang, &args.target_lang)).collect();
     eprintln!("translation: {} sentences from {} ({} shots)", rest.len(), file.display(), shots.len());
     let tm = load_task_model(task)?;
-    let bar = crate::progress(prompts.len(), task.quiet, "translation");
-    let started = Instant::now();
-    let config = greedy(args.max_new_tokens, &translation::STOP);
-    let request = GenerationRequest {
-        model: &tm.model,
-        tokenizer: tm.loaded.tokenizer()?,
-        prompts: &prompts,
-        samples: 1,
-        config: &config,
-        batch: task.batch,
-    };
-    let (generations, journal) = generate_journaled(request, &tm.loaded.fingerprint, tm.mask.as_ref(), task.out.as_deref(), &bar)?;
-    let generations: Vec<Generation> = generations.into_iter().flatten().collect();
-    bar.finish_and_clear();
-    eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    let (generations, journal) = generate_greedy(task, &tm, "translation", &prompts, args.max_new_tokens, &translation::STOP)?;
     let mut scores = Vec::with_capacity(rest.len());
     let mut rows = Vec::with_capacity(rest.len());
     for (i, (g, pair)) in generations.iter().zip(rest).enumerate() {
