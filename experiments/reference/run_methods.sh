@@ -11,6 +11,9 @@
 #   B=$CARGO_TARGET_DIR/release M=model.gguf CALIB=calib.parquet DOCS=docs.parquet \
 #   R=/tmp/ref PY=/tmp/refenv/bin/python SPARSEGPT=/tmp/sparsegpt \
 #   bash experiments/reference/run_methods.sh [sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4 ...]
+#
+# F64=0 skips the float64 references; VARIANTS=1 also runs two more f32
+# references (one thread, and SDPA attention) against the float64 one.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 B=${B:-/root/.cache/subprune/target/release}
@@ -21,6 +24,7 @@ R=${R:-/tmp/ref}
 PY=${PY:-/tmp/refenv/bin/python}
 SPARSEGPT=${SPARSEGPT:-/tmp/sparsegpt}
 F64=${F64:-1}
+VARIANTS=${VARIANTS:-0}
 mkdir -p "$R/logs"
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 
@@ -69,6 +73,17 @@ for C in "${CASES[@]}"; do
     run "ppl-ref-$C-f64" "$R/logs/ppl-ref-$C-f64.log" ppl_hf "$R/ref-$C-f64-hf"
     run "cmp-$C-f64-sub" "$R/logs/cmp-$C-f64-sub.log" cmp "$R/mask-$C.parquet" "$R/ref-$C-f64.parquet"
     run "cmp-$C-f64-ref" "$R/logs/cmp-$C-f64-ref.log" cmp "$R/ref-$C.parquet" "$R/ref-$C-f64.parquet"
+    # Other f32 runs of the reference (one thread; PyTorch's SDPA attention):
+    # how far equally exact f32 arithmetic alone moves the masks from f64.
+    if [[ $VARIANTS == 1 ]]; then
+      for V in "t1 --threads 1" "sdpa --attn sdpa"; do
+        read -r NAME FLAGS <<<"$V"
+        # shellcheck disable=SC2086 # FLAGS holds two words
+        run "ref-$C-$NAME" "$R/ref-$C-$NAME.parquet" "${REF[@]}" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" $FLAGS --out "$R/ref-$C-$NAME.parquet" --save-model "$R/ref-$C-$NAME-hf"
+        run "ppl-ref-$C-$NAME" "$R/logs/ppl-ref-$C-$NAME.log" ppl_hf "$R/ref-$C-$NAME-hf"
+        run "cmp-$C-f64-$NAME" "$R/logs/cmp-$C-f64-$NAME.log" cmp "$R/ref-$C-$NAME.parquet" "$R/ref-$C-f64.parquet"
+      done
+    fi
   fi
 done
 echo "done; see $R/commands.log"

@@ -118,7 +118,7 @@ def dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype):
 
 
 @torch.no_grad()
-def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda", reallocation=False):
+def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda", reallocation=False, exact_count=False):
     layers = model.model.layers
     inps, kwargs = first_layer_inputs(model, windows)
     outs = [None] * len(inps)
@@ -163,7 +163,9 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
                         w_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
             elif method == "ria":
                 thresh = torch.sort(w_metric.flatten())[0][int(weight.shape[0] * weight.shape[1] * sparsity)]
-                w_mask = w_metric <= thresh
+                # The authors prune every score at or below the threshold: one
+                # weight more than numel * sparsity; --exact-count prunes that many.
+                w_mask = w_metric < thresh if exact_count else w_metric <= thresh
             else:
                 sort_res = torch.sort(w_metric, dim=-1, stable=True)
                 indices = sort_res[1][:, : int(w_metric.shape[1] * sparsity)]
@@ -213,6 +215,7 @@ def main():
     ap.add_argument("--nsamples", type=int, default=None, help="use only the first K windows")
     ap.add_argument("--method", choices=["wanda", "ria"], default="wanda")
     ap.add_argument("--reallocation", action="store_true", help="ria N:M: the authors' heuristic channel reallocation (as subprune does)")
+    ap.add_argument("--exact-count", action="store_true", help="ria unstructured: prune exactly numel * sparsity weights per matrix (the scores below the threshold) where the authors' code also prunes the one at it")
     ap.add_argument("--owl-ratios", help="write OWL's layer sparsities (JSON) here and stop")
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
@@ -235,7 +238,7 @@ def main():
             json.dump({"layer_sparsities": sparsities, "outlier_ratios": ratios}, f)
         print(f"wrote {args.owl_ratios}: OWL layer sparsities, wall time {time.time() - t0:.1f} s")
         return
-    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method, args.reallocation)
+    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method, args.reallocation, args.exact_count)
     wall = time.time() - t0
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.size for m in masks.values())
