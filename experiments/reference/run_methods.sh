@@ -3,14 +3,15 @@
 # references prune the same dense model on the same windows; the masks are
 # compared bit for bit (each against the float64 reference, beside the f32
 # reference's own distance from it) and every pruned model's held-out
-# perplexity is measured in transformers. Run after run_all.sh, whose dense HF
+# perplexity is measured in transformers; OWL's layer sparsities are compared
+# with those of its transcription (owl-u0.5). Run after run_all.sh, whose dense HF
 # copy and held-out windows in $R it reuses (it makes them when missing).
 # Every command, its wall time and its output go to $R/logs/ and
 # $R/commands.log; a step whose output exists is skipped, so a rerun resumes.
 #
 #   B=$CARGO_TARGET_DIR/release M=model.gguf CALIB=calib.parquet DOCS=docs.parquet \
 #   R=/tmp/ref PY=/tmp/refenv/bin/python SPARSEGPT=/tmp/sparsegpt \
-#   bash experiments/reference/run_methods.sh [sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4 ...]
+#   bash experiments/reference/run_methods.sh [sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4 owl-u0.5 ...]
 #
 # F64=0 skips the float64 references; VARIANTS=1 also runs two more f32
 # references (one thread, and SDPA attention) against the float64 one.
@@ -35,7 +36,7 @@ cmp() { "$PY" "$HERE/compare_masks.py" "$1" "$2" --per-layer --weights "$R/dense
 dense_setup
 
 CASES=("$@")
-[[ ${#CASES[@]} -eq 0 ]] && CASES=(sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4)
+[[ ${#CASES[@]} -eq 0 ]] && CASES=(sparsegpt-u0.5 sparsegpt-2of4 ria-u0.5 ria-2of4 owl-u0.5)
 for C in "${CASES[@]}"; do
   METHOD=${C%%-*} P=${C#*-}
   case $P in
@@ -59,7 +60,16 @@ for C in "${CASES[@]}"; do
       run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --scores "$R/scores-$C.parquet" "${PAT[@]}" "${GROUP[@]}" --quiet --out "$R/mask-$C.parquet"
       REF=("$PY" "$HERE/wanda_reference.py" --method ria --reallocation)
       ;;
-    *) echo "unknown method in $C (sparsegpt or ria)"; exit 2 ;;
+    owl)
+      # OWL's layer sparsities (Wanda's outlier ratios of the dense model), against the reference's f32 and f64 runs.
+      run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method wanda "${PAT[@]}" --sparsity-profile owl --device cpu --quiet --out "$R/stats-$C.parquet"
+      for D in f32 f64; do
+        run "ref-$C-$D" "$R/ref-$C-$D.json" "$PY" "$HERE/wanda_reference.py" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype "$D" --owl-ratios "$R/ref-$C-$D.json" --out "$R/ref-$C-$D-unused.parquet"
+        run "cmp-$C-$D" "$R/logs/cmp-$C-$D.log" "$PY" "$HERE/compare_owl.py" "$R/stats-$C.parquet" "$R/ref-$C-$D.json"
+      done
+      continue
+      ;;
+    *) echo "unknown method in $C (sparsegpt, ria or owl)"; exit 2 ;;
   esac
   # The pruned models (SparseGPT's hold updated weights) and their perplexities.
   run "apply-$C" "$R/sub-$C-hf" "$B/mask" apply --model "$M" --mask "$R/mask-$C.parquet" --quiet --out "$R/sub-$C-hf"
