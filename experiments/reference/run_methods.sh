@@ -61,13 +61,15 @@ for C in "${CASES[@]}"; do
       REF=("$PY" "$HERE/wanda_reference.py" --method ria --reallocation)
       ;;
     owl)
-      # OWL's layer sparsities (Wanda's outlier ratios of the dense model), against the reference's f32 and f64 runs.
+      # Wanda with OWL's layer sparsities: first the sparsities alone against the
+      # reference's (f32 and f64), then the masks as for the other methods.
       run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method wanda "${PAT[@]}" --sparsity-profile owl --device cpu --quiet --out "$R/stats-$C.parquet"
       for D in f32 f64; do
-        run "ref-$C-$D" "$R/ref-$C-$D.json" "$PY" "$HERE/wanda_reference.py" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype "$D" --owl-ratios "$R/ref-$C-$D.json" --out "$R/ref-$C-$D-unused.parquet"
-        run "cmp-$C-$D" "$R/logs/cmp-$C-$D.log" "$PY" "$HERE/compare_owl.py" "$R/stats-$C.parquet" "$R/ref-$C-$D.json"
+        run "ratios-$C-$D" "$R/ratios-$C-$D.json" "$PY" "$HERE/wanda_reference.py" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype "$D" --owl-ratios "$R/ratios-$C-$D.json" --out "$R/ratios-$C-$D-unused.parquet"
+        run "cmp-ratios-$C-$D" "$R/logs/cmp-ratios-$C-$D.log" "$PY" "$HERE/compare_owl.py" "$R/stats-$C.parquet" "$R/ratios-$C-$D.json"
       done
-      continue
+      run "mask-$C" "$R/mask-$C.parquet" "$B/mask" --stats "$R/stats-$C.parquet" --model "$M" "${PAT[@]}" --sparsity-profile owl --quiet --out "$R/mask-$C.parquet"
+      REF=("$PY" "$HERE/wanda_reference.py" --owl)
       ;;
     *) echo "unknown method in $C (sparsegpt, ria or owl)"; exit 2 ;;
   esac

@@ -30,6 +30,8 @@ heuristic channel reallocation (importance `sum`), as subprune prunes RIA N:M.
 scores of all its linears, `check_outlier_mean` (the share above M x their
 mean, M = 5), and the scaling to a spread of 2 lambda (0.08) around 1 -
 sparsity; it writes the layer sparsities (1 - ratio) as JSON and stops.
+--owl goes on as `prune_wanda_outlier` does: every layer pruned (per row,
+or with --method ria as RIA prunes) at its own sparsity.
 """
 
 import argparse
@@ -119,13 +121,17 @@ def dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype):
 
 @torch.no_grad()
 def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="wanda", reallocation=False, exact_count=False):
+    """Prunes every layer at `sparsity`, or layer i at `sparsity[i]` when it is
+    a list (OWL's prune_wanda_outlier); gives the keep-masks by module name."""
     layers = model.model.layers
+    layer_sparsities = sparsity if isinstance(sparsity, list) else [sparsity] * len(layers)
     inps, kwargs = first_layer_inputs(model, windows)
     outs = [None] * len(inps)
     masks = {}
     for i in range(len(layers)):
         t0 = time.time()
         layer = layers[i]
+        sparsity = layer_sparsities[i]
         subset, wrapped = dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype)
         for name in subset:
             weight = subset[name].weight.data
@@ -217,6 +223,7 @@ def main():
     ap.add_argument("--reallocation", action="store_true", help="ria N:M: the authors' heuristic channel reallocation (as subprune does)")
     ap.add_argument("--exact-count", action="store_true", help="ria unstructured: prune exactly numel * sparsity weights per matrix (the scores below the threshold) where the authors' code also prunes the one at it")
     ap.add_argument("--owl-ratios", help="write OWL's layer sparsities (JSON) here and stop")
+    ap.add_argument("--owl", action="store_true", help="unstructured: OWL's layer sparsities (a first pass over the dense model), then each layer pruned at its own")
     ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--attn", default="eager", help="transformers attn_implementation (eager, sdpa)")
     ap.add_argument("--threads", type=int, default=2)
@@ -238,7 +245,12 @@ def main():
             json.dump({"layer_sparsities": sparsities, "outlier_ratios": ratios}, f)
         print(f"wrote {args.owl_ratios}: OWL layer sparsities, wall time {time.time() - t0:.1f} s")
         return
-    masks = prune_wanda(model, windows, args.sparsity or 0.0, prune_n, prune_m, dtype, args.method, args.reallocation, args.exact_count)
+    sparsity = args.sparsity or 0.0
+    if args.owl:
+        if args.sparsity is None:
+            raise SystemExit("--owl spreads an unstructured --sparsity over the layers; give --sparsity")
+        sparsity, _ = owl_layer_sparsities(model, windows, args.sparsity, dtype)
+    masks = prune_wanda(model, windows, sparsity, prune_n, prune_m, dtype, args.method, args.reallocation, args.exact_count)
     wall = time.time() - t0
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.size for m in masks.values())
