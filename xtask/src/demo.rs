@@ -220,6 +220,7 @@ fn print_estimate(graph: &mut Graph, steps: &[Step], runner: &BinaryRunner, mode
     if to_run.iter().all(|step| step.work == Work::default()) {
         return Ok(());
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let speed = Speed::measure(&runner.bin_dir, model, device.as_arg())?;
     let seconds: f64 = to_run.iter().map(|step| speed.seconds(&step.work)).sum();
     eprintln!(
@@ -230,6 +231,10 @@ fn print_estimate(graph: &mut Graph, steps: &[Step], runner: &BinaryRunner, mode
         speed.prefill_tokens_per_s,
         speed.decode_tokens_per_s
     );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if let Some(warning) = estimate::busy_warning(&load, cores) {
+        eprintln!("note: {warning}");
+    }
     Ok(())
 }
 

@@ -108,6 +108,19 @@ pub fn task_work(task: &str, language: Option<&str>, items: usize) -> Work {
     }
 }
 
+/// A warning that the estimate may run long, when the machine was already
+/// busy as the speeds were measured: a one-minute load average (the first
+/// field of `/proc/loadavg`'s text `loadavg`) of at least half the `cores`.
+/// None on an idle machine or unreadable text.
+pub fn busy_warning(loadavg: &str, cores: usize) -> Option<String> {
+    let load: f64 = loadavg.split_whitespace().next()?.parse().ok()?;
+    (load >= 0.5 * cores as f64).then(|| {
+        format!(
+            "the machine was busy while the speeds were measured (load average {load:.1} on {cores} cores), so the estimate may be too long"
+        )
+    })
+}
+
 /// Seconds as `1 h 05 min`, `12 min` or `40 s`.
 pub fn human(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -131,5 +144,15 @@ mod tests {
         assert_eq!(task_items("humaneval-x", Some(1000)), 164);
         assert_eq!(task_items("boolq", None), 3270);
         assert_eq!((human(40.0), human(725.0), human(3900.0)), ("40 s".to_string(), "12 min".to_string(), "1 h 05 min".to_string()));
+    }
+
+    #[test]
+    fn a_load_of_half_the_cores_or_more_warns_that_the_estimate_may_run_long() {
+        assert_eq!(busy_warning("0.42 0.30 0.20 1/123 4567", 2), None);
+        let busy = busy_warning("2.10 1.90 1.50 3/130 4600", 2).expect("a load of 2.1 on 2 cores is busy");
+        assert!(busy.contains("load average 2.1 on 2 cores"), "{busy}");
+        assert!(busy_warning("1.00 0.5 0.5 1/1 1", 2).is_some());
+        assert_eq!(busy_warning("", 2), None);
+        assert_eq!(busy_warning("not-a-number 1 1", 2), None);
     }
 }
