@@ -63,6 +63,7 @@ for C in "${CASES[@]}"; do
     owl)
       # Wanda with OWL's layer sparsities: first the sparsities alone against the
       # reference's (f32 and f64), then the masks as for the other methods.
+      [[ $P == u* ]] || { echo "OWL spreads an unstructured sparsity over the layers: owl-u0.5, not $C"; exit 2; }
       run "calibrate-$C" "$R/stats-$C.parquet" "$B/calibrate" --model "$M" --samples "$CALIB" --method wanda "${PAT[@]}" --sparsity-profile owl --device cpu --quiet --out "$R/stats-$C.parquet"
       for D in f32 f64; do
         run "ratios-$C-$D" "$R/ratios-$C-$D.json" "$PY" "$HERE/wanda_reference.py" --model-dir "$R/dense-hf" --samples "$CALIB" "${PAT[@]}" --dtype "$D" --owl-ratios "$R/ratios-$C-$D.json" --out "$R/ratios-$C-$D-unused.parquet"

@@ -131,7 +131,7 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
     for i in range(len(layers)):
         t0 = time.time()
         layer = layers[i]
-        sparsity = layer_sparsities[i]
+        layer_sparsity = layer_sparsities[i]
         subset, wrapped = dense_layer_statistics(layer, inps, outs, kwargs, stat_dtype)
         for name in subset:
             weight = subset[name].weight.data
@@ -168,13 +168,13 @@ def prune_wanda(model, windows, sparsity, prune_n, prune_m, stat_dtype, method="
                         tmp = tmp.float() if stat_dtype == torch.float32 else tmp
                         w_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
             elif method == "ria":
-                thresh = torch.sort(w_metric.flatten())[0][int(weight.shape[0] * weight.shape[1] * sparsity)]
+                thresh = torch.sort(w_metric.flatten())[0][int(weight.shape[0] * weight.shape[1] * layer_sparsity)]
                 # The authors prune every score at or below the threshold: one
                 # weight more than numel * sparsity; --exact-count prunes that many.
                 w_mask = w_metric < thresh if exact_count else w_metric <= thresh
             else:
                 sort_res = torch.sort(w_metric, dim=-1, stable=True)
-                indices = sort_res[1][:, : int(w_metric.shape[1] * sparsity)]
+                indices = sort_res[1][:, : int(w_metric.shape[1] * layer_sparsity)]
                 w_mask.scatter_(1, indices, True)
             weight[w_mask] = 0
             masks[f"model.layers.{i}.{name}"] = (~w_mask).numpy()
