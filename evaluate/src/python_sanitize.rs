@@ -131,6 +131,7 @@ fn scan(code: &str) -> Scan {
         if line.first == 0 && !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' | b'#') {
             line.indented = i > line.start;
             line.start = i;
+            line.end = i;
             line.first = c;
         }
         let token = i;
@@ -515,6 +516,19 @@ mod tests {
                 assert!(code.contains(line), "{line:?} is not from {code:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_line_of_only_a_continuation_is_an_empty_logical_line() {
+        // Found by `subprune-fuzz code-answer` (the input, minimized, is
+        // fuzz/regressions/code-answer/continuation-only-line.md): a line
+        // holding only a backslash before a comment line was sliced from
+        // its start past its end.
+        let code = "def f(a, b):\n \\\r\n     \n# c\r\n";
+        let out = sanitize(code, Some("f"));
+        assert!(out.lines().all(|line| code.contains(line)), "{out:?}");
+        // Still open when the continuation ends the code.
+        assert!(!looks_complete("x = 1\n \\\n"));
     }
 
     #[test]

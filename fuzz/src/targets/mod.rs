@@ -1,6 +1,7 @@
 //! The fuzz targets: which reader each runs, its seeds, the fields of its
 //! format that mutations rewrite, and its structure-aware mutation.
 
+pub mod answer;
 pub mod artifacts;
 pub mod config;
 pub mod datasets;
@@ -129,6 +130,15 @@ pub const TARGETS: &[Target] = &[
         fields: datasets::parquet_fields,
         structured: |_, _, _| None,
         run: datasets::run_parquet,
+    },
+    Target {
+        name: "code-answer",
+        about: "a model's answer to a code task: its first fenced block, the entry point's definition in each language, evalplus's Python sanitizer",
+        file_name: "answer.md",
+        seeds: |_| answer::seeds(),
+        fields: answer::fields,
+        structured: answer::structured,
+        run: answer::run,
     },
 ];
 
