@@ -608,3 +608,31 @@ fn outlier_ratios(loaded: &LoadedModel, stats: &[ModuleStats], multiple: f64) ->
     }
     Ok(ratios)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_grams_are_the_upper_triangles_of_each_sample_s_gram_matrix() {
+        // Two samples of 150 tokens: blocks of 64, 64 and 22 tokens each.
+        let (seq, n) = (150, 5);
+        let mut rng = kernels::rng::Rng::new(7);
+        let values: Vec<f32> = (0..2 * seq * n).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
+        let grams = sample_grams(&values, seq, n);
+        assert_eq!(grams.len(), 2 * n * n);
+        for (sample, gram) in values.chunks_exact(seq * n).zip(grams.chunks_exact(n * n)) {
+            for i in 0..n {
+                for j in 0..n {
+                    let exact: f64 = sample.chunks_exact(n).map(|x| f64::from(x[i]) * f64::from(x[j])).sum();
+                    let got = gram[i * n + j];
+                    if j < i {
+                        assert_eq!(got, 0.0, "below the diagonal at ({i}, {j})");
+                    } else {
+                        assert!((got - exact).abs() <= 1e-6 * exact.abs().max(1.0), "({i}, {j}): {got} against {exact}");
+                    }
+                }
+            }
+        }
+    }
+}
