@@ -205,9 +205,10 @@ struct ObservedSquares {
     in_features: usize,
     /// `[batch, in_features]`: one row of sums per sample of the group.
     per_sample: Vec<f32>,
-    /// `[batch, in_features, in_features]`: each sample's Gram matrix `XᵀX`
-    /// (SparseGPT), kept per sample so that the running sum adds the
-    /// samples in their order whatever ran in parallel.
+    /// Each sample's Gram matrix `XᵀX` (SparseGPT), its upper triangle row
+    /// by row (`in_features * (in_features + 1) / 2` values per sample),
+    /// kept per sample so that the running sum adds the samples in their
+    /// order whatever ran in parallel.
     grams: Option<Vec<f64>>,
 }
 
@@ -245,15 +246,20 @@ impl LinearObserver for SquaresObserver {
 /// its bits from the float64 reference's (64-token blocks: 7.97%).
 const GRAM_BLOCK_TOKENS: usize = 64;
 
-/// Each sample's Gram matrix `XₛᵀXₛ` ([n, n]) of `values` [samples * seq, n],
-/// its upper triangle (the rest zero): the f32 gemm kernel (whose sums do
-/// not depend on threads) over blocks of [`GRAM_BLOCK_TOKENS`] tokens, the
-/// blocks added in f64 in order.
+/// Values of the upper triangle of an `n` x `n` matrix.
+fn triangle_len(n: usize) -> usize {
+    n * (n + 1) / 2
+}
+
+/// Each sample's Gram matrix `XₛᵀXₛ` of `values` [samples * seq, n], its
+/// upper triangle row by row ([`triangle_len`] values): the f32 gemm kernel
+/// (whose sums do not depend on threads) over blocks of
+/// [`GRAM_BLOCK_TOKENS`] tokens, the blocks added in f64 in order.
 fn sample_grams(values: &[f32], seq: usize, n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(values.len() / seq.max(1) / n.max(1) * n * n);
+    let mut out = Vec::with_capacity(values.len() / seq.max(1) / n.max(1) * triangle_len(n));
     let mut transposed = vec![0.0f32; n * GRAM_BLOCK_TOKENS];
     for sample in values.chunks_exact(seq * n) {
-        let mut gram = vec![0.0f64; n * n];
+        let mut gram = vec![0.0f64; triangle_len(n)];
         for block in sample.chunks(GRAM_BLOCK_TOKENS * n) {
             let tokens = block.len() / n;
             let transposed = &mut transposed[..n * tokens];
@@ -265,10 +271,12 @@ fn sample_grams(values: &[f32], seq: usize, n: usize) -> Vec<f64> {
             let rhs = kernels::gemm::PackedRhs::from_rows(block, tokens, n);
             let product = kernels::gemm::matmul(transposed, n, &rhs);
             // Only the upper triangle: the Hessian is made symmetric from it.
-            for (i, (total, g)) in gram.chunks_exact_mut(n).zip(product.chunks_exact(n)).enumerate() {
-                for (total, &g) in total[i..].iter_mut().zip(&g[i..]) {
+            let mut at = 0;
+            for (i, row) in product.chunks_exact(n).enumerate() {
+                for (total, &g) in gram[at..at + n - i].iter_mut().zip(&row[i..]) {
                     *total += f64::from(g);
                 }
+                at += n - i;
             }
         }
         out.extend(gram);
@@ -353,11 +361,13 @@ fn accumulate(
                     n_samples: 0,
                     n_tokens: 0,
                 });
-                for gram in sample_grams.chunks_exact(n * n) {
-                    for (i, (total, gram)) in acc.sum.chunks_exact_mut(n).zip(gram.chunks_exact(n)).enumerate() {
-                        for (total, &g) in total[i..].iter_mut().zip(&gram[i..]) {
+                for gram in sample_grams.chunks_exact(triangle_len(n)) {
+                    let mut at = 0;
+                    for (i, total) in acc.sum.chunks_exact_mut(n).enumerate() {
+                        for (total, &g) in total[i..].iter_mut().zip(&gram[at..at + n - i]) {
                             *total += g;
                         }
+                        at += n - i;
                     }
                     acc.n_samples += 1;
                     acc.n_tokens += seq as u64;
@@ -614,23 +624,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sample_grams_are_the_upper_triangles_of_each_sample_s_gram_matrix() {
+    fn sample_grams_are_the_upper_triangles_of_each_sample_s_gram_matrix_row_by_row() {
         // Two samples of 150 tokens: blocks of 64, 64 and 22 tokens each.
         let (seq, n) = (150, 5);
         let mut rng = kernels::rng::Rng::new(7);
         let values: Vec<f32> = (0..2 * seq * n).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
         let grams = sample_grams(&values, seq, n);
-        assert_eq!(grams.len(), 2 * n * n);
-        for (sample, gram) in values.chunks_exact(seq * n).zip(grams.chunks_exact(n * n)) {
+        assert_eq!(grams.len(), 2 * n * (n + 1) / 2);
+        for (sample, gram) in values.chunks_exact(seq * n).zip(grams.chunks_exact(n * (n + 1) / 2)) {
+            let mut got = gram.iter();
             for i in 0..n {
-                for j in 0..n {
+                for j in i..n {
                     let exact: f64 = sample.chunks_exact(n).map(|x| f64::from(x[i]) * f64::from(x[j])).sum();
-                    let got = gram[i * n + j];
-                    if j < i {
-                        assert_eq!(got, 0.0, "below the diagonal at ({i}, {j})");
-                    } else {
-                        assert!((got - exact).abs() <= 1e-6 * exact.abs().max(1.0), "({i}, {j}): {got} against {exact}");
-                    }
+                    let got = *got.next().expect("a value per upper entry");
+                    assert!((got - exact).abs() <= 1e-6 * exact.abs().max(1.0), "({i}, {j}): {got} against {exact}");
                 }
             }
         }
