@@ -271,12 +271,9 @@ fn sample_grams(values: &[f32], seq: usize, n: usize) -> Vec<f64> {
             let rhs = kernels::gemm::PackedRhs::from_rows(block, tokens, n);
             let product = kernels::gemm::matmul(transposed, n, &rhs);
             // Only the upper triangle: the Hessian is made symmetric from it.
-            let mut at = 0;
-            for (i, row) in product.chunks_exact(n).enumerate() {
-                for (total, &g) in gram[at..at + n - i].iter_mut().zip(&row[i..]) {
-                    *total += f64::from(g);
-                }
-                at += n - i;
+            let upper = (0..n).flat_map(|i| &product[i * n + i..(i + 1) * n]);
+            for (total, &g) in gram.iter_mut().zip(upper) {
+                *total += f64::from(g);
             }
         }
         out.extend(gram);
@@ -285,7 +282,7 @@ fn sample_grams(values: &[f32], seq: usize, n: usize) -> Vec<f64> {
 }
 
 /// The running sum of the Gram matrices of one input of a layer (SparseGPT),
-/// their upper triangles.
+/// their upper triangles row by row, as [`sample_grams`] gives them.
 struct GramAccumulator {
     modules: Vec<String>,
     in_features: usize,
@@ -297,22 +294,18 @@ struct GramAccumulator {
 impl GramAccumulator {
     /// The Hessian `2/n Σ XᵀX`, made exactly symmetric from the upper
     /// triangle (so that it equals what the artifact's triangle gives back).
-    fn hessian(mut self, layer: usize) -> Result<(InputHessian, Hessian), SparsityError> {
+    fn hessian(self, layer: usize) -> Result<(InputHessian, Hessian), SparsityError> {
         let n = self.in_features;
-        for i in 0..n {
-            for j in i + 1..n {
-                self.sum[j * n + i] = self.sum[i * n + j];
-            }
-        }
-        let hessian = Hessian::from_gram_sum(self.sum, n, self.n_samples as usize)?;
-        let row = InputHessian {
+        let mut row = InputHessian {
             layer: layer as u32,
             modules: self.modules,
             in_features: n as u32,
             n_samples: self.n_samples,
             n_tokens: self.n_tokens,
-            upper: InputHessian::upper_of(hessian.values(), n),
+            upper: self.sum,
         };
+        let hessian = Hessian::from_gram_sum(row.full(), n, self.n_samples as usize)?;
+        row.upper = InputHessian::upper_of(hessian.values(), n);
         Ok((row, hessian))
     }
 }
@@ -357,17 +350,13 @@ fn accumulate(
                 let acc = grams.entry(input.modules[0].clone()).or_insert_with(|| GramAccumulator {
                     modules: input.modules.clone(),
                     in_features: n,
-                    sum: vec![0.0; n * n],
+                    sum: vec![0.0; triangle_len(n)],
                     n_samples: 0,
                     n_tokens: 0,
                 });
                 for gram in sample_grams.chunks_exact(triangle_len(n)) {
-                    let mut at = 0;
-                    for (i, total) in acc.sum.chunks_exact_mut(n).enumerate() {
-                        for (total, &g) in total[i..].iter_mut().zip(&gram[at..at + n - i]) {
-                            *total += g;
-                        }
-                        at += n - i;
+                    for (total, &g) in acc.sum.iter_mut().zip(gram) {
+                        *total += g;
                     }
                     acc.n_samples += 1;
                     acc.n_tokens += seq as u64;
