@@ -170,9 +170,7 @@ pub fn entry_point(task: CodeTask, problem: &Problem) -> Option<String> {
         CodeTask::HumanEvalX(l) => l,
     };
     if language == Language::Python {
-        let def = problem.prompt.lines().rev().find_map(|l| l.strip_prefix("def "))?;
-        let name = def[..def.find('(')?].trim();
-        return (!name.is_empty()).then(|| name.to_string());
+        return problem.prompt.lines().rev().find(|l| l.starts_with("def ")).and_then(python_def_name).map(str::to_string);
     }
     let b = problem.prompt.as_bytes();
     let (mut state, mut depth) = (Lex::Code, 0i64);
@@ -222,12 +220,15 @@ fn mbpp_entry_point(problem: &Problem) -> Option<String> {
             !before.is_some_and(is_ident) && problem.test[at + name.len()..].trim_start().starts_with('(')
         })
     };
-    problem
-        .canonical
-        .lines()
-        .filter_map(|line| line.strip_prefix("def ").and_then(|rest| rest.split('(').next()).map(str::trim))
-        .find(|name| !name.is_empty() && calls(name))
-        .map(str::to_string)
+    problem.canonical.lines().filter_map(python_def_name).find(|name| calls(name)).map(str::to_string)
+}
+
+/// The name a top-level Python `def name(...)` line defines; None for
+/// any other line.
+fn python_def_name(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("def ")?;
+    let name = rest[..rest.find('(')?].trim();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Whether `code` defines the function `name`: Python, a top-level `def`;
@@ -236,12 +237,7 @@ fn mbpp_entry_point(problem: &Problem) -> Option<String> {
 /// `name = ...` — in code, not in comments or strings.
 pub fn defines(language: Language, code: &str, name: &str) -> bool {
     if language == Language::Python {
-        return code.lines().any(|line| {
-            let line = line.strip_prefix("async ").unwrap_or(line);
-            line.strip_prefix("def ")
-                .and_then(|rest| rest.trim_start().strip_prefix(name))
-                .is_some_and(|rest| rest.trim_start().starts_with('('))
-        });
+        return code.lines().any(|line| python_def_name(line.strip_prefix("async ").unwrap_or(line)) == Some(name));
     }
     let b = code.as_bytes();
     let backticks = language == Language::JavaScript;
