@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 
 use crate::estimate::{self, Speed, Work};
 use crate::experiment::{self, Apply, Calibration, Evaluation, Experiment, Prune, Source};
-use crate::graph::{BinaryRunner, Graph, Outcome, Step};
+use crate::graph::{Archive, BinaryRunner, Graph, Outcome, Step};
 use crate::{corpus, models, prereqs, workspace};
 
 /// The demo's experiment file, relative to the workspace root.
@@ -74,6 +74,13 @@ pub struct PaperArgs {
     /// Device the model runs on.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Also keep the small outputs of finished steps (task results,
+    /// perplexities) in DIR, and take back from it every step it holds with
+    /// the same recipe: commit or copy DIR to carry a long run over to a fresh
+    /// machine (the same paths, model and build), where only the steps with
+    /// big outputs (statistics, masks) rerun.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
     #[command(flatten)]
     pub prereqs: prereqs::SkipPrereqs,
 }
@@ -92,6 +99,13 @@ pub struct ExperimentArgs {
     /// Device the model runs on.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Also keep the small outputs of finished steps (task results,
+    /// perplexities) in DIR, and take back from it every step it holds with
+    /// the same recipe: commit or copy DIR to carry a long run over to a fresh
+    /// machine (the same paths, model and build), where only the steps with
+    /// big outputs (statistics, masks) rerun.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
     #[command(flatten)]
     pub prereqs: prereqs::SkipPrereqs,
 }
@@ -171,15 +185,22 @@ fn model_path(model: &str) -> Result<PathBuf> {
     workspace::absolute(&path)
 }
 
-/// Plans and runs an experiment in `run_dir`; returns the paths of the pruned models.
-pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device) -> Result<Vec<PathBuf>> {
+/// Plans and runs an experiment in `run_dir`, with `archive` as the graph's
+/// [`Archive`] when given; returns the paths of the pruned models.
+pub fn run_experiment(exp: &Experiment, run_dir: &Path, device: Device, archive: Option<&Path>) -> Result<Vec<PathBuf>> {
     let bin_dir = workspace::build_binaries()?;
-    Ok(run_experiment_with(exp, run_dir, device, bin_dir)?.0)
+    Ok(run_experiment_with(exp, run_dir, device, archive, bin_dir)?.0)
 }
 
 /// [`run_experiment`] with the stage binaries of `bin_dir`, as built; also
 /// returns which steps ran and which were reused.
-fn run_experiment_with(exp: &Experiment, run_dir: &Path, device: Device, bin_dir: PathBuf) -> Result<(Vec<PathBuf>, Outcome)> {
+fn run_experiment_with(
+    exp: &Experiment,
+    run_dir: &Path,
+    device: Device,
+    archive: Option<&Path>,
+    bin_dir: PathBuf,
+) -> Result<(Vec<PathBuf>, Outcome)> {
     let started = Instant::now();
     let model = model_path(&exp.model)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
@@ -196,15 +217,19 @@ fn run_experiment_with(exp: &Experiment, run_dir: &Path, device: Device, bin_dir
     }
     experiment::write_manifest(&run_dir, &plan.manifest)?;
     let mut graph = Graph::open(&run_dir)?;
+    if let Some(archive) = archive {
+        graph = graph.with_archive(Archive::open(archive)?);
+    }
     let mut runner = BinaryRunner { bin_dir };
     if !exp.tasks.is_empty() {
         print_estimate(&mut graph, &plan.steps, &runner, &model, device)?;
     }
     let outcome = graph.execute(&plan.steps, &mut runner)?;
     eprintln!(
-        "{} steps ran, {} reused, in {:.0} s; outputs in {}",
+        "{} steps ran, {} reused, {} restored from the archive, in {:.0} s; outputs in {}",
         outcome.ran.len(),
         outcome.reused.len(),
+        outcome.restored.len(),
         started.elapsed().as_secs_f64(),
         run_dir.display()
     );
@@ -286,7 +311,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode> {
         exp = with_model(exp, model);
     }
     let out = demo_out_dir(args.out.as_deref(), args.model.as_deref());
-    run_experiment(&exp, &out, args.device)?;
+    run_experiment(&exp, &out, args.device, None)?;
     println!("report: {}", workspace::absolute(&out.join("report.md"))?.display());
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
@@ -308,7 +333,7 @@ pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
         Some(out) => out.clone(),
         None => PathBuf::from(format!("out/paper-{}{}", model_slug(&exp.model), if args.quick { "-quick" } else { "" })),
     };
-    run_experiment(&exp, &out, args.device)?;
+    run_experiment(&exp, &out, args.device, args.archive.as_deref())?;
     println!("report: {}", workspace::absolute(&out.join("report.md"))?.display());
     eprintln!("paper experiment finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
@@ -321,7 +346,7 @@ pub fn run_file(args: &ExperimentArgs) -> Result<ExitCode> {
     if let Some(model) = &args.model {
         exp = with_model(exp, model);
     }
-    run_experiment(&exp, &args.out, args.device)?;
+    run_experiment(&exp, &args.out, args.device, args.archive.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -385,7 +410,7 @@ pub fn prune_experiment(args: &PruneArgs) -> Result<Experiment> {
 pub fn prune(args: &PruneArgs) -> Result<ExitCode> {
     args.prereqs.ensure()?;
     let exp = prune_experiment(args)?;
-    for model in run_experiment(&exp, &args.out, args.device)? {
+    for model in run_experiment(&exp, &args.out, args.device, None)? {
         println!("pruned model: {}", model.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -399,7 +424,8 @@ mod tests {
     /// The paper's graph in miniature on SmolLM2, with the stage binaries
     /// `cargo test` built: two calibration sources, every task on 2 items
     /// with short generations. Every block runs, and a rerun reuses all of
-    /// it (only the report, which always runs, runs again).
+    /// it (only the report, which always runs, runs again); on a fresh run
+    /// directory, the archive gives back every task result.
     #[test]
     fn the_paper_graph_in_miniature_runs_every_task_and_a_rerun_reuses_it() {
         let model =
@@ -422,7 +448,8 @@ mod tests {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        let (_, first) = run_experiment_with(&exp, tmp.path(), Device::Cpu, bin_dir.clone()).unwrap();
+        let archive = tempfile::tempdir().unwrap();
+        let (_, first) = run_experiment_with(&exp, tmp.path(), Device::Cpu, Some(archive.path()), bin_dir.clone()).unwrap();
         assert!(first.reused.is_empty(), "a fresh run reused {:?}", first.reused);
         let report = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
         for label in ["dense", "python-wanda-u0.5", "math-wanda-u0.5"] {
@@ -432,9 +459,21 @@ mod tests {
                 assert!(report.contains(&task.column()), "the report has no column {}", task.column());
             }
         }
-        let (_, second) = run_experiment_with(&exp, tmp.path(), Device::Cpu, bin_dir).unwrap();
+        let (_, second) = run_experiment_with(&exp, tmp.path(), Device::Cpu, None, bin_dir.clone()).unwrap();
         assert_eq!(second.ran, vec!["report".to_string()]);
         assert_eq!(second.reused.len(), first.ran.len() - 1);
+
+        // A fresh machine with the archive: the stages remake their big
+        // outputs byte for byte, so every task's result comes back from it.
+        std::fs::remove_dir_all(tmp.path()).unwrap();
+        let (_, third) = run_experiment_with(&exp, tmp.path(), Device::Cpu, Some(archive.path()), bin_dir).unwrap();
+        let tasks: Vec<&String> = first.ran.iter().filter(|name| name.starts_with("task ")).collect();
+        assert_eq!(tasks.len(), 3 * exp.tasks.len());
+        for task in tasks {
+            assert!(third.restored.contains(task), "{task} was not restored: ran {:?}", third.ran);
+        }
+        assert!(third.ran.iter().all(|name| !name.starts_with("task ")), "{:?}", third.ran);
+        assert_eq!(std::fs::read_to_string(tmp.path().join("report.md")).unwrap(), report);
     }
 
     #[test]

@@ -818,6 +818,7 @@ pub fn plan(
             args.extend(["--out".to_string(), path_arg(&at(&rel))]);
             inputs.push(windows);
             outputs.push(at(&rel));
+            outputs.push(artifacts::items_path_for(&at(&rel)));
             results.push(ManifestResult { mask: mask.map(|m| m.name.clone()), domain: domain.to_string(), path: rel });
         }
         if let Some(m) = mask {
@@ -851,7 +852,7 @@ pub fn plan(
             args.extend(strings(&["--device", device, "--out", &path_arg(&at(&rel))]));
             let speed = if task.task == "humaneval-x" || task.task == "mbpp" { CODE_SPEED } else { COMPUTE_SPEED };
             steps.push(
-                Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel)])
+                Step::new(format!("task {column} {label}"), "evaluate", args, inputs, vec![at(&rel), artifacts::items_path_for(&at(&rel))])
                     .speed_only(speed)
                     .with_work(task.work()),
             );

@@ -10,6 +10,14 @@
 //! unchanged and its outputs are still there with the recorded content;
 //! otherwise it runs. Outputs are compared by content, so a step whose inputs
 //! were rebuilt to the same bytes is not rerun.
+//!
+//! A run directory lives and dies with its machine. An [`Archive`] keeps the
+//! small outputs of finished steps (task results, perplexities) with their
+//! recipes in a directory of its own that can be committed or copied, so that
+//! a run of many hours carries over to a fresh machine: a step whose recipe
+//! the archive holds gets its outputs back from it instead of running. The
+//! recipe still binds the program's bytes and the inputs' content, so a
+//! rebuilt or changed stage, or a changed input, reruns as without it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -133,6 +141,8 @@ pub struct Outcome {
     pub ran: Vec<String>,
     /// Names of the steps whose outputs were reused.
     pub reused: Vec<String>,
+    /// Names of the steps whose outputs were restored from the archive.
+    pub restored: Vec<String>,
 }
 
 /// A ledger entry: the recipe a step's outputs were made with and their content hashes.
@@ -163,6 +173,94 @@ struct Ledger {
 pub struct Graph {
     ledger_path: PathBuf,
     ledger: Ledger,
+    archive: Option<Archive>,
+}
+
+/// The largest output file an [`Archive`] keeps; steps with bigger outputs
+/// (statistics, masks, models) rerun on a fresh machine instead.
+pub const ARCHIVE_MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// A directory of finished steps' small outputs, by recipe, that outlives
+/// the run directory: `index.json` (step name to recipe and output hashes)
+/// and `files/<sha256>` (each output file once, by content).
+pub struct Archive {
+    dir: PathBuf,
+    index: BTreeMap<String, Entry>,
+    max_file_bytes: u64,
+}
+
+impl Archive {
+    /// Opens (or starts) the archive in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir.join("files")).with_context(|| format!("creating archive directory {}", dir.display()))?;
+        let index_path = dir.join("index.json");
+        let index = match fs::read(&index_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not a subprune archive index (JSON of step recipes and output hashes)", index_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", index_path.display())),
+        };
+        Ok(Archive { dir: dir.to_path_buf(), index, max_file_bytes: ARCHIVE_MAX_FILE_BYTES })
+    }
+
+    /// Where the archive keeps the file of content hash `hash` (`sha256:HEX`);
+    /// `None` for a hash of anything but one file.
+    fn file(&self, hash: &str) -> Option<PathBuf> {
+        let hex = hash.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.dir.join("files").join(hex))
+    }
+
+    /// The archived entry of `step` made with `recipe`, when it holds every output's file.
+    fn entry(&self, step: &Step, recipe: &str) -> Option<&Entry> {
+        let entry = self.index.get(&step.name).filter(|e| e.recipe == recipe && e.outputs.len() == step.outputs.len())?;
+        let complete = step.outputs.iter().all(|output| {
+            entry.outputs.get(&output.display().to_string()).and_then(|hash| self.file(hash)).is_some_and(|file| file.is_file())
+        });
+        complete.then_some(entry)
+    }
+
+    /// Keeps `entry`'s outputs of `step` when each is a file of at most
+    /// [`ARCHIVE_MAX_FILE_BYTES`]; returns whether it did.
+    fn keep(&mut self, step: &Step, entry: &Entry) -> Result<bool> {
+        let mut files = Vec::with_capacity(step.outputs.len());
+        for output in &step.outputs {
+            let Some(target) = entry.outputs.get(&output.display().to_string()).and_then(|hash| self.file(hash)) else {
+                return Ok(false);
+            };
+            let meta = fs::metadata(output).with_context(|| format!("reading the metadata of {}", output.display()))?;
+            if !meta.is_file() || meta.len() > self.max_file_bytes {
+                return Ok(false);
+            }
+            files.push((output, target));
+        }
+        for (output, target) in files {
+            if !target.is_file() {
+                copy_atomically(output, &target)?;
+            }
+        }
+        self.index.insert(step.name.clone(), entry.clone());
+        write_atomically(&self.dir.join("index.json"), &serde_json::to_vec_pretty(&self.index)?)?;
+        Ok(true)
+    }
+}
+
+/// Copies `from` to `to` through a temporary file beside `to`, so `to` is
+/// either absent or whole.
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 impl Graph {
@@ -177,7 +275,14 @@ impl Graph {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", ledger_path.display())),
         };
-        Ok(Graph { ledger_path, ledger })
+        Ok(Graph { ledger_path, ledger, archive: None })
+    }
+
+    /// The same graph, keeping finished steps' small outputs in `archive` and
+    /// restoring from it the steps whose recipes it holds.
+    pub fn with_archive(mut self, archive: Archive) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// Runs the steps in order, reusing every step whose recipe and outputs are unchanged.
@@ -194,7 +299,7 @@ impl Graph {
         }
         let mut outcome = Outcome::default();
         for (i, step) in steps.iter().enumerate() {
-            let recipe = self.recipe(step, runner.program_file(&step.program))?;
+            let recipe = self.recipe(step, runner.program_file(&step.program), &BTreeMap::new())?;
             let fresh = !step.always && self.is_fresh(step, &recipe)?;
             let label = format!("[{}/{}] {}", i + 1, steps.len(), step.name);
             if fresh {
@@ -202,9 +307,14 @@ impl Graph {
                 outcome.reused.push(step.name.clone());
                 continue;
             }
+            self.ledger.steps.remove(&step.name);
+            if self.restore(step, &recipe)? {
+                eprintln!("{label}: restored from the archive (the same recipe finished before)");
+                outcome.restored.push(step.name.clone());
+                continue;
+            }
             eprintln!("{label}: running");
             let started = Instant::now();
-            self.ledger.steps.remove(&step.name);
             runner.run(step).with_context(|| format!("step `{}` failed", step.name))?;
             let mut outputs = BTreeMap::new();
             for output in &step.outputs {
@@ -213,8 +323,12 @@ impl Graph {
                 }
                 outputs.insert(output.display().to_string(), self.hash(output)?);
             }
-            self.ledger.steps.insert(step.name.clone(), Entry { recipe, outputs });
+            let entry = Entry { recipe, outputs };
+            self.ledger.steps.insert(step.name.clone(), entry.clone());
             self.save()?;
+            if let Some(archive) = self.archive.as_mut().filter(|_| !step.always) {
+                archive.keep(step, &entry)?;
+            }
             eprintln!("{label}: done in {:.1} s", started.elapsed().as_secs_f64());
             outcome.ran.push(step.name.clone());
         }
@@ -227,11 +341,21 @@ impl Graph {
     /// or when its recipe or outputs changed.
     pub fn pending(&mut self, steps: &[Step], runner: &dyn Runner) -> Result<Vec<bool>> {
         let mut remade = std::collections::BTreeSet::new();
+        // The content of the outputs that the archive will give back, before they are there.
+        let mut restored = BTreeMap::new();
         let mut pending = Vec::with_capacity(steps.len());
         for step in steps {
             let runs = step.always || step.inputs.iter().any(|input| remade.contains(input)) || {
-                let recipe = self.recipe(step, runner.program_file(&step.program))?;
-                !self.is_fresh(step, &recipe)?
+                let recipe = self.recipe(step, runner.program_file(&step.program), &restored)?;
+                !self.is_fresh(step, &recipe)? && {
+                    let archived = self.archive.as_ref().and_then(|a| a.entry(step, &recipe));
+                    if let Some(entry) = archived {
+                        for output in &step.outputs {
+                            restored.insert(output.clone(), entry.outputs[&output.display().to_string()].clone());
+                        }
+                    }
+                    archived.is_none()
+                }
             };
             if runs {
                 remade.extend(step.outputs.iter().cloned());
@@ -242,8 +366,9 @@ impl Graph {
     }
 
     /// The recipe of a step: program (name, and content of `program_file`),
-    /// result-determining arguments, input content hashes.
-    fn recipe(&mut self, step: &Step, program_file: Option<PathBuf>) -> Result<String> {
+    /// result-determining arguments, input content hashes (taken from
+    /// `planned` for inputs that are not there yet).
+    fn recipe(&mut self, step: &Step, program_file: Option<PathBuf>, planned: &BTreeMap<PathBuf, String>) -> Result<String> {
         let mut h = Sha256::new();
         h.update(step.program.as_bytes());
         if let Some(file) = program_file {
@@ -258,11 +383,13 @@ impl Graph {
             h.update(arg.as_bytes());
         }
         for input in &step.inputs {
-            if !input.exists() {
-                bail!("step `{}` needs {}, which does not exist (and no earlier step makes it)", step.name, input.display());
-            }
+            let hash = match planned.get(input) {
+                Some(hash) => hash.clone(),
+                None if input.exists() => self.hash(input)?,
+                None => bail!("step `{}` needs {}, which does not exist (and no earlier step makes it)", step.name, input.display()),
+            };
             h.update([1]);
-            h.update(self.hash(input)?.as_bytes());
+            h.update(hash.as_bytes());
         }
         Ok(hex::encode(h.finalize()))
     }
@@ -283,6 +410,41 @@ impl Graph {
                 return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// Puts back the outputs of `step` from the archive when it holds them for
+    /// `recipe`, checking each file's content, and records them in the
+    /// ledger; returns whether it did.
+    fn restore(&mut self, step: &Step, recipe: &str) -> Result<bool> {
+        let Some(archive) = &self.archive else {
+            return Ok(false);
+        };
+        let Some(entry) = archive.entry(step, recipe).cloned() else {
+            return Ok(false);
+        };
+        let mut sources = Vec::with_capacity(step.outputs.len());
+        for output in &step.outputs {
+            let hash = entry.outputs[&output.display().to_string()].clone();
+            sources.push((archive.file(&hash).expect("entry() checked every file"), output, hash));
+        }
+        for (source, output, hash) in sources {
+            if let Some(parent) = output.parent() {
+                fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            copy_atomically(&source, output)?;
+            let found = self.hash(output)?;
+            if found != hash {
+                fs::remove_file(output).with_context(|| format!("removing {}", output.display()))?;
+                bail!(
+                    "archived file {} holds {found}, not the {hash} its index records; delete it to rerun step `{}`",
+                    source.display(),
+                    step.name
+                );
+            }
+        }
+        self.ledger.steps.insert(step.name.clone(), entry);
+        self.save()?;
         Ok(true)
     }
 
@@ -317,11 +479,7 @@ impl Graph {
 
     /// Writes the ledger atomically.
     fn save(&self) -> Result<()> {
-        let tmp = self.ledger_path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(&self.ledger)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &self.ledger_path).with_context(|| format!("replacing {}", self.ledger_path.display()))
+        write_atomically(&self.ledger_path, &serde_json::to_vec_pretty(&self.ledger)?)
     }
 }
 
@@ -414,7 +572,7 @@ mod tests {
         let mut runner = FakeRunner::default();
         let outcome = Graph::open(dir).unwrap().execute(steps, &mut runner).unwrap();
         assert_eq!(outcome.ran, runner.runs);
-        assert_eq!(outcome.ran.len() + outcome.reused.len(), steps.len());
+        assert_eq!(outcome.ran.len() + outcome.reused.len() + outcome.restored.len(), steps.len());
         runner.runs
     }
 
@@ -539,5 +697,82 @@ mod tests {
         assert!(Graph::open(dir).unwrap().execute(&steps, &mut failing).is_err());
         assert_eq!(failing.1.runs, ["sample", "calibrate"]);
         assert_eq!(run(dir, &steps), ["score a", "mask a", "score b", "mask b", "report"]);
+    }
+
+    #[test]
+    fn an_archive_carries_small_outputs_to_a_fresh_run_directory() {
+        /// The fake stages, with a calibrate output too big for the archive.
+        struct BigStats(FakeRunner);
+        impl Runner for BigStats {
+            fn run(&mut self, step: &Step) -> Result<()> {
+                self.0.run(step)?;
+                if step.program == "calibrate" {
+                    let mut content = fs::read(&step.outputs[0])?;
+                    content.extend_from_slice(&[b'.'; 100]);
+                    fs::write(&step.outputs[0], content)?;
+                }
+                Ok(())
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let archive_dir = tmp.path().join("archive");
+        fs::create_dir_all(&dir).unwrap();
+        let execute = |runner: &mut BigStats| {
+            let mut archive = Archive::open(&archive_dir).unwrap();
+            archive.max_file_bytes = 80;
+            Graph::open(&dir).unwrap().with_archive(archive).execute(&pipeline(&dir, "0", "magnitude", "cpu"), runner).unwrap()
+        };
+        fs::write(dir.join("corpus.txt"), "def f(): pass\n").unwrap();
+        let mut first = BigStats(FakeRunner::default());
+        let outcome = execute(&mut first);
+        assert_eq!(outcome.ran.len(), 7);
+        let made: BTreeMap<String, Vec<u8>> = ["samples", "stats", "scores-a", "mask-a", "scores-b", "mask-b"]
+            .iter()
+            .map(|name| (name.to_string(), fs::read(dir.join(name)).unwrap()))
+            .collect();
+        // The five small outputs are kept, each once by content; not the big
+        // one, nor the output of the step that always runs.
+        assert_eq!(fs::read_dir(archive_dir.join("files")).unwrap().count(), 5);
+
+        // A fresh machine: the run directory is gone, the archive is not.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("corpus.txt"), "def f(): pass\n").unwrap();
+        let mut second = BigStats(FakeRunner::default());
+        let outcome = execute(&mut second);
+        assert_eq!(second.0.runs, ["calibrate", "report"]);
+        assert_eq!(outcome.restored, ["sample", "score a", "mask a", "score b", "mask b"]);
+        for (name, bytes) in &made {
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+        }
+        // Restored outputs enter the ledger: the next run reuses them.
+        let mut third = BigStats(FakeRunner::default());
+        assert_eq!(execute(&mut third).reused.len(), 6);
+
+        // An archived file whose bytes no longer match its index is refused by name.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("corpus.txt"), "def f(): pass\n").unwrap();
+        let index: BTreeMap<String, Entry> = serde_json::from_slice(&fs::read(archive_dir.join("index.json")).unwrap()).unwrap();
+        let hash = &index["sample"].outputs[&dir.join("samples").display().to_string()];
+        let file = archive_dir.join("files").join(hash.strip_prefix("sha256:").unwrap());
+        fs::write(&file, "tampered").unwrap();
+        let mut archive = Archive::open(&archive_dir).unwrap();
+        archive.max_file_bytes = 80;
+        let err = Graph::open(&dir)
+            .unwrap()
+            .with_archive(archive)
+            .execute(&pipeline(&dir, "0", "magnitude", "cpu"), &mut BigStats(FakeRunner::default()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains(&file.display().to_string()), "{err:#}");
+        assert!(!dir.join("samples").exists());
+        // Another input changes the recipes: nothing is restored from the archive.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("corpus.txt"), "def g(): pass\n").unwrap();
+        let mut fourth = BigStats(FakeRunner::default());
+        assert!(execute(&mut fourth).restored.is_empty());
+        assert_eq!(fourth.0.runs.len(), 7);
     }
 }
