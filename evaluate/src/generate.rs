@@ -10,6 +10,14 @@
 //! [`model::FEW_ROWS`] where it would be alone, and decoding steps of up to
 //! that many rows multiply row by row (the uncached mode, for comparison,
 //! does not split its batches).
+//!
+//! Prompts that begin with the same tokens (a few-shot prefix, such as
+//! GSM8K's eight worked examples) share that prefix's keys and values: it
+//! is prefilled once, and each prompt prefills only its rest from a copy of
+//! that cache. Every prompt keeps more than [`model::FEW_ROWS`] tokens of
+//! its own, so its rest takes the general matmul as its whole prefill
+//! would, and each query attends over the same keys in the same order: the
+//! same bits as without the sharing.
 
 use model::tokenizer::Tokenizer;
 use model::{Decoder, KvCache, ModelError};
@@ -379,7 +387,8 @@ fn run_jobs(
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].prompt.len()));
     let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
-    let decoding = Decoding { model, tokenizer, config, jobs: &jobs };
+    let prefix = if config.use_cache { SharedPrefix::of(model, &jobs)? } else { None };
+    let decoding = Decoding { model, tokenizer, config, jobs: &jobs, prefix };
     if config.use_cache {
         decoding.continuously(&order, batch, &mut results, &mut on_finish)?;
     } else {
@@ -397,6 +406,86 @@ fn last_logits(model: &Decoder, sequences: &[Vec<u32>], cache: &mut KvCache) -> 
     let [rows, vocab] = logits.dims();
     let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
     Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
+}
+
+/// Fewest tokens a prefix of every prompt must have to be shared: below
+/// this, its own forward and a forward per prompt cost more than the
+/// tokens it saves.
+pub const MIN_SHARED_PREFIX: usize = 128;
+
+/// How many tokens at the start of every prompt generation shares: the
+/// prompts' common prefix, shortened so that every prompt keeps more than
+/// [`model::FEW_ROWS`] tokens of its own; 0 where that leaves fewer than
+/// [`MIN_SHARED_PREFIX`] or the prompts are all one.
+pub fn shared_prefix_tokens(prompts: &[&[u32]]) -> usize {
+    let Some(first) = prompts.first() else { return 0 };
+    if prompts.iter().all(|p| p == first) {
+        return 0;
+    }
+    let common = prompts[1..].iter().map(|p| first.iter().zip(p.iter()).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
+    let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+    let len = common.min(shortest.saturating_sub(model::FEW_ROWS + 1));
+    if len < MIN_SHARED_PREFIX {
+        0
+    } else {
+        len
+    }
+}
+
+/// The keys and values of the tokens that begin every prompt of a generation, computed once.
+struct SharedPrefix {
+    /// Tokens in the prefix.
+    len: usize,
+    /// Its cache: one row, no padding.
+    cache: KvCache,
+}
+
+impl SharedPrefix {
+    /// The prefix of [`shared_prefix_tokens`] tokens, prefilled; `None` where there is none.
+    fn of(model: &Decoder, jobs: &[Job]) -> Result<Option<Self>, EvalError> {
+        let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
+        let len = shared_prefix_tokens(&prompts);
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut cache = model.new_padded_cache(vec![0]);
+        last_logits(model, &[prompts[0][..len].to_vec()], &mut cache)?;
+        Ok(Some(SharedPrefix { len, cache }))
+    }
+
+    /// The cache and last-token logits of the prompts of `group`: each
+    /// distinct prompt's rest prefilled on a copy of the prefix's cache, the
+    /// rows then joined (left-padded to one length) and copied out to every
+    /// row that repeats a prompt.
+    fn prefill(&self, model: &Decoder, jobs: &[Job], group: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>), EvalError> {
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut source = Vec::with_capacity(group.len());
+        for &j in group {
+            match distinct.iter().position(|&d| jobs[d].prompt == jobs[j].prompt) {
+                Some(at) => source.push(at),
+                None => {
+                    source.push(distinct.len());
+                    distinct.push(j);
+                }
+            }
+        }
+        let mut joined: Option<KvCache> = None;
+        let mut logits = Vec::with_capacity(distinct.len());
+        for &j in &distinct {
+            let mut cache = self.cache.clone();
+            logits.extend(last_logits(model, &[jobs[j].prompt[self.len..].to_vec()], &mut cache)?);
+            match joined.as_mut() {
+                None => joined = Some(cache),
+                Some(all) => all.append_rows(cache)?,
+            }
+        }
+        let mut cache = joined.expect("a group holds at least one job");
+        if distinct.len() == group.len() {
+            return Ok((cache, logits));
+        }
+        cache.select_rows(&source);
+        Ok((cache, source.iter().map(|&u| logits[u].clone()).collect()))
+    }
 }
 
 /// The prompts of `group` left-padded to one length, and each row's padding.
@@ -479,6 +568,8 @@ struct Decoding<'a> {
     tokenizer: &'a Tokenizer,
     config: &'a GenerationConfig,
     jobs: &'a [Job],
+    /// The prefix every prompt shares, prefilled once (with the cache only).
+    prefix: Option<SharedPrefix>,
 }
 
 impl Decoding<'_> {
@@ -504,9 +595,19 @@ impl Decoding<'_> {
             // rows join in groups: once half the batch (or all of it) is free.
             let admit = if 2 * free >= batch { free } else { 0 };
             let group: Vec<usize> = pending.by_ref().take(admit).collect();
-            for part in prefill_parts(jobs, &group) {
-                let (sequences, padding) = padded_prompts(jobs, &part);
-                let (cache, logits) = prefill_shared(model, &sequences, &padding)?;
+            let parts = match &self.prefix {
+                Some(_) if group.is_empty() => Vec::new(),
+                Some(_) => vec![group],
+                None => prefill_parts(jobs, &group),
+            };
+            for part in parts {
+                let (cache, logits) = match &self.prefix {
+                    Some(prefix) => prefix.prefill(model, jobs, &part)?,
+                    None => {
+                        let (sequences, padding) = padded_prompts(jobs, &part);
+                        prefill_shared(model, &sequences, &padding)?
+                    }
+                };
                 let rows: Vec<Row> = part.iter().map(|&j| Row::new(j, jobs[j].seed)).collect();
                 match running.as_mut() {
                     None => running = Some(Running { rows, cache, logits }),
@@ -595,6 +696,23 @@ fn finish(tokenizer: &Tokenizer, tokens: &[u32], reason: FinishReason) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_prefix_leaves_every_prompt_more_than_few_rows_of_its_own() {
+        let prefix: Vec<u32> = (0..300).collect();
+        let with = |rest: &[u32]| prefix.iter().chain(rest).copied().collect::<Vec<u32>>();
+        let long_rest: Vec<u32> = (1000..1000 + model::FEW_ROWS as u32 + 40).collect();
+        let short_rest: Vec<u32> = vec![7, 8, 9];
+        let (a, b, c) = (with(&long_rest), with(&long_rest[1..]), with(&short_rest));
+        // Two prompts that part after 300 tokens, both with more than FEW_ROWS of their own: all 300.
+        assert_eq!(shared_prefix_tokens(&[&a, &b]), 300);
+        // One keeps 3 tokens of its own: the prefix stops FEW_ROWS + 1 tokens before its end.
+        assert_eq!(shared_prefix_tokens(&[&a, &c]), 303 - model::FEW_ROWS - 1);
+        // Too short to pay, one prompt repeated, or none: nothing.
+        assert_eq!(shared_prefix_tokens(&[&a[..MIN_SHARED_PREFIX + model::FEW_ROWS], &b]), 0);
+        assert_eq!(shared_prefix_tokens(&[&a, &a]), 0);
+        assert_eq!(shared_prefix_tokens(&[]), 0);
+    }
 
     #[test]
     fn long_prompts_prefill_together_and_short_ones_in_parts_of_few_rows() {

@@ -256,3 +256,33 @@ fn a_prompt_prefilled_on_its_own_side_of_the_few_row_bound_has_the_same_bits_in_
     // What the generator avoids: a short prompt in a forward past the bound rounds differently.
     assert_ne!(prefill_logits(&s.model, &[long, short.clone()])[1], alone(&short));
 }
+
+#[test]
+fn a_prompt_continued_from_a_cached_prefix_has_the_bits_of_its_whole_prefill() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let prompt = tok.encode(&evaluate::gsm8k::prompt("How many clips did Natalia sell?"), true).unwrap();
+    let whole = prefill_logits(&s.model, std::slice::from_ref(&prompt)).remove(0);
+    // The rest past the few-row bound takes the general matmul, as the whole prompt does.
+    let split = prompt.len() - model::FEW_ROWS - 5;
+    let mut cache = s.model.new_padded_cache(vec![0]);
+    s.model.forward_cached_last(&[prompt[..split].to_vec()], &mut cache).unwrap();
+    let rest = s.model.forward_cached_last(&[prompt[split..].to_vec()], &mut cache).unwrap();
+    assert_eq!(rest.into_data().try_into_vec::<f32>().unwrap(), whole);
+}
+
+#[test]
+fn prompts_sharing_a_few_shot_prefix_generate_what_each_generates_alone() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let questions = ["How many clips did Natalia sell?", "What is 12 plus 30?", "A farmer has 3 cows and buys 4 more. How many cows?"];
+    let prompts: Vec<String> = questions.iter().map(|q| evaluate::gsm8k::prompt(q)).collect();
+    let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let shared = evaluate::generate::shared_prefix_tokens(&tokens.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    assert!(shared >= evaluate::generate::MIN_SHARED_PREFIX, "the 8-shot prompts share {shared} tokens");
+    let together = generate(&s.model, tok, &prompts, &greedy(32, true), 3, |_| {}).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = generate(&s.model, tok, std::slice::from_ref(prompt), &greedy(32, true), 1, |_| {}).unwrap().remove(0);
+        assert_eq!(together[i].tokens, alone.tokens, "prompt {i}: shared prefix {:?} vs alone {:?}", together[i].text, alone.text);
+    }
+}
