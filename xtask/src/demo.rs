@@ -256,6 +256,15 @@ fn print_estimate(graph: &mut Graph, steps: &[Step], runner: &BinaryRunner, mode
         speed.prefill_tokens_per_s,
         speed.decode_tokens_per_s
     );
+    let archived: Vec<&&Step> = to_run.iter().filter(|step| graph.archived(&step.name)).collect();
+    if !archived.is_empty() {
+        let rest: f64 = to_run.iter().filter(|step| !graph.archived(&step.name)).map(|step| speed.seconds(&step.work)).sum();
+        eprintln!(
+            "the archive holds outputs of {} of those steps, taken back if the steps before them remake the same inputs: then about {}",
+            archived.len(),
+            estimate::human(rest)
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     if let Some(warning) = estimate::busy_warning(&load, cores) {
         eprintln!("note: {warning}");

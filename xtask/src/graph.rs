@@ -413,6 +413,13 @@ impl Graph {
         Ok(true)
     }
 
+    /// Whether the archive holds outputs of a step named `name`, made with
+    /// some recipe: a step that will run because steps before it remake its
+    /// inputs comes back from the archive when they remake the same bytes.
+    pub fn archived(&self, name: &str) -> bool {
+        self.archive.as_ref().is_some_and(|a| a.index.contains_key(name))
+    }
+
     /// Puts back the outputs of `step` from the archive when it holds them for
     /// `recipe`, checking each file's content, and records them in the
     /// ledger; returns whether it did.
@@ -734,6 +741,9 @@ mod tests {
         // The five small outputs are kept, each once by content; not the big
         // one, nor the output of the step that always runs.
         assert_eq!(fs::read_dir(archive_dir.join("files")).unwrap().count(), 5);
+        let graph = Graph::open(&dir).unwrap().with_archive(Archive::open(&archive_dir).unwrap());
+        assert!(graph.archived("sample") && graph.archived("mask b"));
+        assert!(!graph.archived("calibrate") && !graph.archived("report"));
 
         // A fresh machine: the run directory is gone, the archive is not.
         fs::remove_dir_all(&dir).unwrap();
