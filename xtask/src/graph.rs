@@ -176,9 +176,11 @@ pub struct Graph {
     archive: Option<Archive>,
 }
 
-/// The largest output file an [`Archive`] keeps; steps with bigger outputs
-/// (statistics, masks, models) rerun on a fresh machine instead.
-pub const ARCHIVE_MAX_FILE_BYTES: u64 = 8 << 20;
+/// The largest output file an [`Archive`] keeps: task results and
+/// perplexities (tens of kilobytes) are kept, while steps with bigger
+/// outputs (statistics, masks, models), which take minutes where a task
+/// takes hours, rerun on a fresh machine instead, so a committed archive stays small.
+pub const ARCHIVE_MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// A directory of finished steps' small outputs, by recipe, that outlives
 /// the run directory: `index.json` (step name to recipe and output hashes)
