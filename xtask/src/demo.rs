@@ -477,7 +477,8 @@ mod tests {
         std::fs::remove_dir_all(tmp.path()).unwrap();
         let (_, third) = run_experiment_with(&exp, tmp.path(), Device::Cpu, Some(archive.path()), bin_dir).unwrap();
         let tasks: Vec<&String> = first.ran.iter().filter(|name| name.starts_with("task ")).collect();
-        assert_eq!(tasks.len(), 3 * exp.tasks.len());
+        // Dense, the two sources' masks and the magnitude baseline.
+        assert_eq!(tasks.len(), 4 * exp.tasks.len());
         for task in tasks {
             assert!(third.restored.contains(task), "{task} was not restored: ran {:?}", third.ran);
         }

@@ -1160,9 +1160,11 @@ limit = 100
         let exp = load(&crate::workspace::root().join("experiments/paper.toml")).unwrap();
         let mut resolve = |name: &str| Ok(Some(vec![PathBuf::from(format!("/corpora/{name}"))]));
         let full = plan(&exp, Path::new("/m.gguf"), Path::new("/run"), "cpu", Path::new("/data"), &mut resolve).unwrap();
-        // 8 calibration domains, one Wanda mask each; every task for dense + 8 masks.
-        assert_eq!(full.manifest.masks.len(), 8);
-        assert_eq!(full.manifest.task_results.len(), 9 * exp.tasks.len());
+        // 8 calibration domains, one Wanda mask each, and the magnitude
+        // baseline; every task for dense + 9 masks.
+        assert_eq!(full.manifest.masks.len(), 9);
+        assert!(full.manifest.masks.iter().any(|m| m.method == "magnitude"), "no magnitude baseline");
+        assert_eq!(full.manifest.task_results.len(), 10 * exp.tasks.len());
         let quick = quick(exp.clone());
         assert_eq!((quick.calibration.nsamples, quick.calibration.seqlen), (8, 256));
         assert_eq!((quick.evaluation.max_windows, quick.evaluation.seqlen), (2, 256));
