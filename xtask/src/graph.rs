@@ -195,14 +195,7 @@ impl Archive {
     /// Opens (or starts) the archive in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir.join("files")).with_context(|| format!("creating archive directory {}", dir.display()))?;
-        let index_path = dir.join("index.json");
-        let index = match fs::read(&index_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is not a subprune archive index (JSON of step recipes and output hashes)", index_path.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", index_path.display())),
-        };
+        let index = read_json_or_default(&dir.join("index.json"), "a subprune archive index (JSON of step recipes and output hashes)")?;
         Ok(Archive { dir: dir.to_path_buf(), index, max_file_bytes: ARCHIVE_MAX_FILE_BYTES })
     }
 
@@ -256,6 +249,16 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     fs::rename(&tmp, to).with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
 }
 
+/// The JSON value in `path`, or the default where there is no such file;
+/// an error says the file is not `what`.
+fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &str) -> Result<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not {what}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -270,13 +273,7 @@ impl Graph {
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
         let ledger_path = dir.join("ledger.json");
-        let ledger = match fs::read(&ledger_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is not a subprune ledger (JSON of steps and hashes); delete it to rebuild everything", ledger_path.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", ledger_path.display())),
-        };
+        let ledger = read_json_or_default(&ledger_path, "a subprune ledger (JSON of steps and hashes); delete it to rebuild everything")?;
         Ok(Graph { ledger_path, ledger, archive: None })
     }
 
