@@ -64,12 +64,15 @@ pub struct TaskModel {
     pub mask: Option<(String, String)>,
 }
 
-/// Loads `args.model`, applies `args.mask` and builds the model on the chosen device.
+/// Loads `args.model`, applies `args.mask` and builds the model on the
+/// chosen device, its matrices kept in their stored form on the CPU (no f32
+/// copy of the model; the same results bit for bit, see
+/// [`model::Decoder::from_weights_stored`]).
 pub fn load_task_model(args: &TaskArgs) -> Result<TaskModel> {
     let (loaded, mask) = load_masked(args.model_path()?, args.mask.as_deref())?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
-    let model = loaded.build(&selected.device)?;
+    let model = loaded.build_stored(&selected.device)?;
     Ok(TaskModel { loaded, model, mask })
 }
 

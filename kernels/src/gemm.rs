@@ -77,6 +77,36 @@ impl PackedRhs {
         PackedRhs { inner: k, cols: n, values }
     }
 
+    /// An empty packing, to be filled by [`PackedRhs::pack_decoded`].
+    pub fn empty() -> Self {
+        PackedRhs { inner: 0, cols: 0, values: Vec::new() }
+    }
+
+    /// Packs `B = W^T` for a weight `W` [n, k] that `decode(first, out)`
+    /// writes row by row (rows `first..`, filling `out`), replacing what
+    /// this packing held and reusing its storage. Strips are packed in
+    /// parallel, each through a per-thread buffer of its [`STRIP`] rows, so
+    /// the whole weight is never held unpacked. The values are those of
+    /// [`PackedRhs::from_transposed`] on the decoded weight.
+    pub fn pack_decoded(&mut self, n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        let fast = fast_kernel_available();
+        self.values.resize(n.div_ceil(STRIP) * k * STRIP, 0.0);
+        (self.inner, self.cols) = (k, n);
+        if k == 0 {
+            return;
+        }
+        self.values.par_chunks_mut(k * STRIP).enumerate().for_each(|(strip, out)| {
+            let first = strip * STRIP;
+            let width = STRIP.min(n - first);
+            DECODED_ROWS.with_borrow_mut(|rows| {
+                rows.resize(STRIP * k, 0.0);
+                let rows = &mut rows[..width * k];
+                decode(first, rows);
+                transpose_into_strip(rows, width, k, out, fast);
+            });
+        });
+    }
+
     /// The output columns `n`.
     pub fn cols(&self) -> usize {
         self.cols
@@ -93,6 +123,37 @@ impl PackedRhs {
             }
         });
         out
+    }
+}
+
+thread_local! {
+    /// Each thread's buffer for the decoded rows of one strip ([`PackedRhs::pack_decoded`]).
+    static DECODED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `width` (at most [`STRIP`]) rows of `k` values, `rows` [width, k],
+/// transposed into the strip `out` [k, STRIP], its columns past `width`
+/// zero; 16 x 16 values at a time through registers when `fast` and the
+/// strip is whole.
+fn transpose_into_strip(rows: &[f32], width: usize, k: usize, out: &mut [f32], fast: bool) {
+    debug_assert!(rows.len() == width * k && out.len() == k * STRIP && width <= STRIP);
+    if width < STRIP {
+        out.fill(0.0);
+    }
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if fast && width == STRIP {
+        done = k / 16 * 16;
+        // SAFETY: the caller checked that the processor has AVX-512F; the
+        // extents are those asserted above, with `done <= k`.
+        unsafe { avx512::transpose_into_strip(rows, k, done, out) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = fast;
+    for (c, row) in rows.chunks_exact(k).enumerate() {
+        for (i, &v) in row.iter().enumerate().skip(done) {
+            out[i * STRIP + c] = v;
+        }
     }
 }
 
@@ -115,6 +176,14 @@ pub fn matmul(a: &[f32], m: usize, rhs: &PackedRhs) -> Vec<f32> {
     matmul_with(a, m, rhs, fast_kernel_available())
 }
 
+/// Writes `A B` into columns `first..first + n` of `out` [m, stride]
+/// (every element of those columns, and nothing else), with the values
+/// [`matmul`] gives: the product of a slice of a wider right-hand side.
+pub fn matmul_into_columns(a: &[f32], m: usize, rhs: &PackedRhs, out: &mut [MaybeUninit<f32>], stride: usize, first: usize) {
+    assert!(first + rhs.cols <= stride && out.len() == m * stride, "gemm::matmul_into_columns: columns outside [{m}, {stride}]");
+    matmul_into(a, m, rhs, fast_kernel_available(), out, stride, first);
+}
+
 /// `A_i B_i` for each of the `batch` pairs of row-major `a` [batch, m, k]
 /// and `b` [batch, k, n], as [batch, m, n].
 pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -127,14 +196,14 @@ pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n:
         }
         out.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
             let rhs = PackedRhs::from_rows(&b[i * k * n..(i + 1) * k * n], k, n);
-            matmul_into(&a[i * m * k..(i + 1) * m * k], m, &rhs, fast, out);
+            matmul_into(&a[i * m * k..(i + 1) * m * k], m, &rhs, fast, out, n, 0);
         });
     })
 }
 
 /// A vector of `len` values, every one of which `fill` writes; it is never
 /// zeroed first, since the products overwrite whole outputs.
-pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` values (`matmul_into` overwrites every
@@ -146,26 +215,32 @@ pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> 
 /// [`matmul`] with the kernel chosen by the caller (`fast` only where
 /// [`fast_kernel_available`]).
 fn matmul_with(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool) -> Vec<f32> {
-    filled(m * rhs.cols, |out| matmul_into(a, m, rhs, fast, out))
+    filled(m * rhs.cols, |out| matmul_into(a, m, rhs, fast, out, rhs.cols, 0))
 }
 
-/// Writes `A B` [m, n] into `out`, every element of which it overwrites
-/// (the first stretch of the inner dimension stores, later ones add).
-fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [MaybeUninit<f32>]) {
+/// Writes `A B` [m, n] into columns `first..first + n` of `out` [m,
+/// stride], every element of which it overwrites (the first stretch of the
+/// inner dimension stores, later ones add).
+fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [MaybeUninit<f32>], stride: usize, first: usize) {
     let (k, n) = (rhs.inner, rhs.cols);
     assert_eq!(a.len(), m * k, "gemm::matmul: the left side is not [{m}, {k}]");
-    assert_eq!(out.len(), m * n, "gemm::matmul: the output is not [{m}, {n}]");
+    assert!(
+        out.len() == m * stride && first + n <= stride,
+        "gemm::matmul: the output is not [{m}, {stride}] with {n} columns from {first}"
+    );
     if m * n == 0 {
         return;
     }
     if k == 0 {
-        out.fill(MaybeUninit::new(0.0));
+        for row in out.chunks_exact_mut(stride) {
+            row[first..first + n].fill(MaybeUninit::new(0.0));
+        }
         return;
     }
     let blocks = inner_blocks(k);
-    out.par_chunks_mut(BLOCK_ROWS * n).enumerate().for_each(|(block, out)| {
+    out.par_chunks_mut(BLOCK_ROWS * stride).enumerate().for_each(|(block, out)| {
         let first_row = block * BLOCK_ROWS;
-        let rows = out.len() / n;
+        let rows = out.len() / stride;
         PACKED_LHS.with_borrow_mut(|packed| {
             // All stretches of the block's rows are packed first, so that each
             // strip of outputs takes every stretch in turn while its tiles are
@@ -185,8 +260,8 @@ fn matmul_into(a: &[f32], m: usize, rhs: &PackedRhs, fast: bool, out: &mut [Mayb
                     for panel in 0..panels {
                         let panel_rows = PANEL_ROWS.min(rows - panel * PANEL_ROWS);
                         let a = &stretch[panel * PANEL_ROWS * depth..][..PANEL_ROWS * depth];
-                        let c = &mut out[panel * PANEL_ROWS * n + strip * STRIP..];
-                        let tile = Tile { rows: panel_rows, cols, stride: n, accumulate: start > 0 };
+                        let c = &mut out[panel * PANEL_ROWS * stride + first + strip * STRIP..];
+                        let tile = Tile { rows: panel_rows, cols, stride, accumulate: start > 0 };
                         multiply_panel(a, b, c, tile, fast);
                     }
                 }
@@ -358,6 +433,27 @@ pub(crate) mod avx512 {
         })
     }
 
+    /// Writes steps `0..steps` (a multiple of 16) of the [`STRIP`] rows
+    /// `rows` [STRIP, k] transposed into the strip `out` [k, STRIP], 16 x
+    /// 16 values at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_into_strip(rows: &[f32], k: usize, steps: usize, out: &mut [f32]) {
+        debug_assert!(rows.len() == STRIP * k && out.len() == k * STRIP && steps <= k && steps % 16 == 0);
+        // SAFETY (whole body): the caller guarantees STRIP rows of `k`
+        // values and a strip of `k` lines, and `steps <= k`.
+        unsafe {
+            let (rows, out) = (rows.as_ptr(), out.as_mut_ptr());
+            for half in [0, 16] {
+                for step in (0..steps).step_by(16) {
+                    let x: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(rows.add((half + r) * k + step)));
+                    for (j, column) in transpose16(x).into_iter().enumerate() {
+                        _mm512_storeu_ps(out.add((step + j) * STRIP + half), column);
+                    }
+                }
+            }
+        }
+    }
+
     /// Packs steps `first..first + 16` of a whole panel's `rows` into `out`
     /// [16, PANEL_ROWS]: the 12 x 16 block, with four zero rows below it,
     /// transposed in registers, and the first 12 values of each of its 16
@@ -481,5 +577,34 @@ mod tests {
         let batched = batched_matmul(&a, &[b.clone(), b].concat(), 2, 3, k, n);
         assert_eq!(batched[..3 * n], matmul(&a[..3 * k], 3, &from_w));
         assert_eq!(batched[3 * n..], matmul(&a[3 * k..], 3, &from_w));
+    }
+
+    #[test]
+    fn a_weight_packed_from_its_decoded_rows_equals_the_whole_weight_packed() {
+        // Inner sizes with and without a rest past the 16-step blocks; 70
+        // rows leave a partial last strip; the packing is reused, larger then smaller.
+        let mut packed = PackedRhs::empty();
+        for (n, k) in [(70, 37), (64, 48), (96, 5), (33, 0)] {
+            let w = random(n * k, 9);
+            let decode = |first: usize, out: &mut [f32]| out.copy_from_slice(&w[first * k..first * k + out.len()]);
+            packed.pack_decoded(n, k, &decode);
+            let whole = PackedRhs::from_transposed(&w, n, k);
+            assert_eq!((packed.inner, packed.cols, &packed.values), (whole.inner, whole.cols, &whole.values), "[{n}, {k}]");
+        }
+    }
+
+    #[test]
+    fn products_into_columns_of_a_wider_output_are_the_columns_of_the_whole_product() {
+        let (m, k, n) = (PANEL_ROWS * 9 + 5, 400, 90);
+        let (a, w) = (random(m * k, 3), random(n * k, 4));
+        let whole = matmul(&a, m, &PackedRhs::from_transposed(&w, n, k));
+        // The columns in three slices of the weight's rows, written side by side.
+        let out = filled(m * n, |out| {
+            for (first, width) in [(0, 40), (40, 33), (73, 17)] {
+                let part = PackedRhs::from_transposed(&w[first * k..(first + width) * k], width, k);
+                matmul_into_columns(&a, m, &part, out, n, first);
+            }
+        });
+        assert!(out.iter().zip(&whole).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

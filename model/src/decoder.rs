@@ -557,9 +557,11 @@ impl Decoder {
     /// devices: the embedding, the linear layers and the LM head are decoded
     /// as they are read (see [`Linear::from_stored`]), so generation needs
     /// about the file's memory instead of an f32 copy of the model, with the
-    /// same results bit for bit. Products of many rows decode each weight
-    /// into a transient packed copy, so whole-sequence forwards are slower
-    /// than [`Decoder::from_weights`]'s: use it for decoding.
+    /// same results bit for bit. Products of many rows decode and pack each
+    /// weight a chunk of rows at a time, on every call: whole-sequence
+    /// forwards take about as long as [`Decoder::from_weights`]'s (the
+    /// weights of a pruned model are multiplied dense, where the f32 model
+    /// skips their zeros).
     pub fn from_weights_stored(spec: &DecoderSpec, weights: &dyn Weights, device: &Device) -> Result<Self, ModelError> {
         if !crate::device::is_host_memory(device) {
             return Self::from_weights(spec, weights, device);

@@ -96,15 +96,21 @@ fn masks_applied_as_weights_are_read_zero_exactly_the_pruned_weights() {
     assert_eq!(loaded.weights.load(name).unwrap().data, expected);
 }
 
-/// Greedy-decoding logits over a key/value cache: a prompt of 7 tokens
-/// (many rows: the transient packed path) and then 3 single tokens (the
-/// few-row decoded path).
+/// Logits over a key/value cache: two prompts of 7 tokens (few rows: the
+/// products decode the stored weights as they multiply), then 3 single
+/// tokens each, then a continuation of 70 tokens each (many rows: the
+/// weights are decoded a chunk at a time for the general product).
 fn cached_logits(model: &Decoder) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache(1);
-    let mut out = vec![model.forward_cached(&[TOKENS[..7].to_vec()], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap()];
-    for &t in &TOKENS[7..10] {
-        out.push(model.forward_cached(&[vec![t]], &mut cache).unwrap().into_data().try_into_vec::<f32>().unwrap());
+    let mut cache = model.new_cache(2);
+    let logits = |tokens: &[Vec<u32>], cache: &mut model::KvCache| {
+        model.forward_cached(tokens, cache).unwrap().into_data().try_into_vec::<f32>().unwrap()
+    };
+    let mut out = vec![logits(&[TOKENS[..7].to_vec(), TOKENS[5..12].to_vec()], &mut cache)];
+    for (&a, &b) in TOKENS[7..10].iter().zip(&TOKENS[..3]) {
+        out.push(logits(&[vec![a], vec![b]], &mut cache));
     }
+    let long = |seed: u32| (0..70).map(|i| (i * 31 + seed) % TINY.vocab as u32).collect::<Vec<u32>>();
+    out.push(logits(&[long(3), long(11)], &mut cache));
     out
 }
 

@@ -43,8 +43,9 @@ enum LinearWeight {
     /// In its stored form (f16, bf16 or GGUF blocks in the file's memory
     /// map), on host-memory devices: the few-row product decodes it as it
     /// multiplies ([`kernels::encoded::small_matmul_stored`]); a product of more rows
-    /// decodes it into a transient packed weight. Either way the products
-    /// are those of the f32 weight, bit for bit, and no f32 copy is kept.
+    /// decodes and packs it a chunk at a time ([`decoded_matmul`]). Either
+    /// way the products are those of the f32 weight, bit for bit, and no f32
+    /// copy is kept.
     Stored(Arc<StoredParts>),
 }
 
@@ -107,6 +108,46 @@ impl kernels::encoded::StoredWeight for StoredParts {
 /// at 50% the sparse products take 0.65-0.75 of the dense ones' time
 /// (`cargo xtask bench gemm` on Zen 4), so 40% leaves a margin.
 const SPARSE_FROM: f64 = 0.4;
+
+/// Rows of a stored weight that a product of many rows decodes, packs and
+/// multiplies at a time ([`decoded_matmul`]): 1024 rows of a 4864-wide
+/// weight are 19 MiB, where the whole LM head of a 150k vocabulary would be
+/// hundreds.
+const STORED_CHUNK_ROWS: usize = 1024;
+
+thread_local! {
+    /// Each thread's packed chunk for [`decoded_matmul`], kept between
+    /// products so that no product allocates (and faults in) megabytes.
+    static PACKED_CHUNK: std::cell::RefCell<gemm::PackedRhs> = std::cell::RefCell::new(gemm::PackedRhs::empty());
+}
+
+/// `x W^T` [rows, n] for a weight `W` [n, inner] that `decode(first, out)`
+/// writes as f32, rows `first..` filling `out`: `chunk` rows of it at a
+/// time are packed for [`gemm`] strip by strip as they are decoded,
+/// multiplied into their columns of the output, and dropped. Every output
+/// column depends only on its own weight row, so the products are those of
+/// the whole weight packed, bit for bit; a pruned weight, which
+/// [`Linear::from_host`] multiplies sparse, gives them too up to the sign
+/// of a sum that is zero ([`sparse_gemm`]). Dense products are used even
+/// then: multiplying sparse needs the chunk's nonzeros listed first, which
+/// costs more than it saves at these row counts (a 50% pruned Qwen2.5-0.5B
+/// took 1.7 times as long on PIQA). Only for processors with
+/// [`gemm::fast_kernel_available`].
+fn decoded_matmul(x: &[f32], rows: usize, n: usize, inner: usize, chunk: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
+    let multiply = |out: &mut [std::mem::MaybeUninit<f32>], packed: &mut gemm::PackedRhs| {
+        for first in (0..n).step_by(chunk) {
+            packed.pack_decoded(chunk.min(n - first), inner, &|from, values| decode(first + from, values));
+            gemm::matmul_into_columns(x, rows, packed, out, n, first);
+        }
+    };
+    gemm::filled(rows * n, |out| {
+        PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
+            Ok(mut packed) => multiply(out, &mut packed),
+            // A product nested in another on this thread: storage of its own.
+            Err(_) => multiply(out, &mut gemm::PackedRhs::empty()),
+        })
+    })
+}
 
 /// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
 /// on first use by [`kernels::small_matmul`] and shared by clones of the layer.
@@ -230,6 +271,10 @@ impl Linear {
             let cols = stored.rows();
             if rows <= kernels::SMALL_MATMUL_ROWS {
                 from_values(kernels::encoded::small_matmul_stored(&host_values(x), rows, cols, stored.as_ref()), [rows, cols], &device)
+            } else if gemm::fast_kernel_available() {
+                let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
+                let y = decoded_matmul(&host_values(x), rows, cols, stored.inner, STORED_CHUNK_ROWS, &decode);
+                from_values(y, [rows, cols], &device)
             } else {
                 let mut values = vec![0.0f32; cols * stored.inner];
                 stored.decode(0, &mut values);
@@ -297,6 +342,29 @@ mod tests {
                 let want: f64 =
                     x.data[r * 70..][..70].iter().zip(w).map(|(&x, &w)| f64::from(x) * f64::from(w)).sum::<f64>() + f64::from(bias);
                 assert!((f64::from(*a) - want).abs() < 1e-4 && (a - b).abs() < 1e-4, "rows {rows}, element {e}: {a} / {b} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn products_of_a_weight_decoded_chunk_by_chunk_equal_the_whole_packed_weights() {
+        if !gemm::fast_kernel_available() {
+            return;
+        }
+        let mut rng = testkit::Rng::new(5);
+        let (n, inner, rows) = (77, 45, kernels::SMALL_MATMUL_ROWS + 29);
+        let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+        // A dense weight, and one with 60% zeros (which the whole layer multiplies sparse).
+        let dense: Vec<f32> = (0..n * inner).map(|_| rng.next_f32() - 0.5).collect();
+        let pruned: Vec<f32> = dense.iter().map(|&v| if rng.next_f32() < 0.6 { 0.0 } else { v }).collect();
+        for weight in [dense, pruned] {
+            let whole = Linear::from_host(&HostTensor::new(vec![n, inner], weight.clone()), None, &cpu());
+            let want = host_values(whole.forward(from_values(x.clone(), [rows, inner], &cpu())));
+            let decode = |first: usize, out: &mut [f32]| out.copy_from_slice(&weight[first * inner..first * inner + out.len()]);
+            // Chunks that divide the rows, that leave a rest, and one chunk for all.
+            for chunk in [7, 32, 50, n, 1024] {
+                let got = decoded_matmul(&x, rows, n, inner, chunk, &decode);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "chunks of {chunk} rows differ");
             }
         }
     }
