@@ -176,12 +176,30 @@ pub fn matmul(a: &[f32], m: usize, rhs: &PackedRhs) -> Vec<f32> {
     matmul_with(a, m, rhs, fast_kernel_available())
 }
 
-/// Writes `A B` into columns `first..first + n` of `out` [m, stride]
-/// (every element of those columns, and nothing else), with the values
-/// [`matmul`] gives: the product of a slice of a wider right-hand side.
-pub fn matmul_into_columns(a: &[f32], m: usize, rhs: &PackedRhs, out: &mut [MaybeUninit<f32>], stride: usize, first: usize) {
-    assert!(first + rhs.cols <= stride && out.len() == m * stride, "gemm::matmul_into_columns: columns outside [{m}, {stride}]");
-    matmul_into(a, m, rhs, fast_kernel_available(), out, stride, first);
+/// `A W^T` [m, n] for `a` [m, k] and a weight `W` [n, k] (a linear layer's
+/// [out, in]) that `decode(first, out)` writes row by row (rows `first..`,
+/// filling `out`): `chunk` rows of it at a time are packed into `packed`
+/// ([`PackedRhs::pack_decoded`], its storage reused) and multiplied into
+/// their columns of the product, so the whole weight is never held. Every
+/// output column depends only on its own weight row: the values are those
+/// of [`matmul`] with the whole weight packed, bit for bit.
+pub fn matmul_decoded(
+    a: &[f32],
+    m: usize,
+    (n, k): (usize, usize),
+    chunk: usize,
+    packed: &mut PackedRhs,
+    decode: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> Vec<f32> {
+    assert!(chunk > 0, "gemm::matmul_decoded: chunks of no rows");
+    let fast = fast_kernel_available();
+    filled(m * n, |out| {
+        for first in (0..n).step_by(chunk) {
+            packed.pack_decoded(chunk.min(n - first), k, &|from, values| decode(first + from, values));
+            // Columns first..first + packed.cols, every element of which it writes.
+            matmul_into(a, m, packed, fast, out, n, first);
+        }
+    })
 }
 
 /// `A_i B_i` for each of the `batch` pairs of row-major `a` [batch, m, k]
@@ -203,7 +221,7 @@ pub fn batched_matmul(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n:
 
 /// A vector of `len` values, every one of which `fill` writes; it is never
 /// zeroed first, since the products overwrite whole outputs.
-pub fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` values (`matmul_into` overwrites every
@@ -594,17 +612,17 @@ mod tests {
     }
 
     #[test]
-    fn products_into_columns_of_a_wider_output_are_the_columns_of_the_whole_product() {
-        let (m, k, n) = (PANEL_ROWS * 9 + 5, 400, 90);
+    fn products_of_a_weight_decoded_chunk_by_chunk_are_the_whole_product() {
+        // Past one stretch of the inner dimension; rows past a block.
+        let (m, k, n) = (BLOCK_ROWS + PANEL_ROWS * 2 + 5, 400, 90);
         let (a, w) = (random(m * k, 3), random(n * k, 4));
         let whole = matmul(&a, m, &PackedRhs::from_transposed(&w, n, k));
-        // The columns in three slices of the weight's rows, written side by side.
-        let out = filled(m * n, |out| {
-            for (first, width) in [(0, 40), (40, 33), (73, 17)] {
-                let part = PackedRhs::from_transposed(&w[first * k..(first + width) * k], width, k);
-                matmul_into_columns(&a, m, &part, out, n, first);
-            }
-        });
-        assert!(out.iter().zip(&whole).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let decode = |first: usize, out: &mut [f32]| out.copy_from_slice(&w[first * k..first * k + out.len()]);
+        let mut packed = PackedRhs::empty();
+        // Chunks that divide the rows, that leave a rest, and one for all.
+        for chunk in [30, 33, 64, 1000] {
+            let got = matmul_decoded(&a, m, (n, k), chunk, &mut packed, &decode);
+            assert!(got.iter().zip(&whole).all(|(x, y)| x.to_bits() == y.to_bits()), "chunks of {chunk} rows");
+        }
     }
 }

@@ -122,30 +122,19 @@ thread_local! {
 }
 
 /// `x W^T` [rows, n] for a weight `W` [n, inner] that `decode(first, out)`
-/// writes as f32, rows `first..` filling `out`: `chunk` rows of it at a
-/// time are packed for [`gemm`] strip by strip as they are decoded,
-/// multiplied into their columns of the output, and dropped. Every output
-/// column depends only on its own weight row, so the products are those of
-/// the whole weight packed, bit for bit; a pruned weight, which
-/// [`Linear::from_host`] multiplies sparse, gives them too up to the sign
-/// of a sum that is zero ([`sparse_gemm`]). Dense products are used even
-/// then: multiplying sparse needs the chunk's nonzeros listed first, which
-/// costs more than it saves at these row counts (a 50% pruned Qwen2.5-0.5B
-/// took 1.7 times as long on PIQA). Only for processors with
-/// [`gemm::fast_kernel_available`].
+/// writes as f32 ([`gemm::matmul_decoded`], `chunk` rows at a time, with
+/// this thread's packed chunk): the products of the whole weight packed,
+/// bit for bit. A pruned weight, which [`Linear::from_host`] multiplies
+/// sparse, gives them too, up to the sign of a sum that is zero
+/// ([`sparse_gemm`]). It is multiplied dense here: listing each chunk's
+/// nonzeros for the sparse product cost more than it saved at these row
+/// counts (a 50% pruned Qwen2.5-0.5B took 1.7 times as long on PIQA). Only
+/// for processors with [`gemm::fast_kernel_available`].
 fn decoded_matmul(x: &[f32], rows: usize, n: usize, inner: usize, chunk: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
-    let multiply = |out: &mut [std::mem::MaybeUninit<f32>], packed: &mut gemm::PackedRhs| {
-        for first in (0..n).step_by(chunk) {
-            packed.pack_decoded(chunk.min(n - first), inner, &|from, values| decode(first + from, values));
-            gemm::matmul_into_columns(x, rows, packed, out, n, first);
-        }
-    };
-    gemm::filled(rows * n, |out| {
-        PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
-            Ok(mut packed) => multiply(out, &mut packed),
-            // A product nested in another on this thread: storage of its own.
-            Err(_) => multiply(out, &mut gemm::PackedRhs::empty()),
-        })
+    PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
+        Ok(mut packed) => gemm::matmul_decoded(x, rows, (n, inner), chunk, &mut packed, decode),
+        // A product nested in another on this thread: storage of its own.
+        Err(_) => gemm::matmul_decoded(x, rows, (n, inner), chunk, &mut gemm::PackedRhs::empty(), decode),
     })
 }
 
