@@ -126,10 +126,10 @@ thread_local! {
 /// this thread's packed chunk): the products of the whole weight packed,
 /// bit for bit. A pruned weight, which [`Linear::from_host`] multiplies
 /// sparse, gives them too, up to the sign of a sum that is zero
-/// ([`sparse_gemm`]). It is multiplied dense here: listing each chunk's
-/// nonzeros for the sparse product cost more than it saved at these row
-/// counts (a 50% pruned Qwen2.5-0.5B took 1.7 times as long on PIQA). Only
-/// for processors with [`gemm::fast_kernel_available`].
+/// ([`sparse_gemm`]). It is multiplied dense here: a first version that
+/// listed each chunk's nonzeros for the sparse product (with scalar
+/// decoding) took 1.7 times the f32 model's time on PIQA with a 50% pruned
+/// Qwen2.5-0.5B. Only for processors with [`gemm::fast_kernel_available`].
 fn decoded_matmul(x: &[f32], rows: usize, n: usize, inner: usize, chunk: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
     PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
         Ok(mut packed) => gemm::matmul_decoded(x, rows, (n, inner), chunk, &mut packed, decode),
