@@ -112,15 +112,21 @@ fn main() {
     let started = Instant::now();
     let mut writer = ShardedWriter::create(&tmp, layouts, 5_000_000_000, metadata).unwrap_or_else(|e| fail(format!("{e}")));
     let mut done = 0usize;
+    // A progress line on a terminal; in a log, only the summary below.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (name, shape) in &tensors {
         let len: usize = shape.iter().product();
         writer.write(name, &values(name, len, seed, norm_value)).unwrap_or_else(|e| fail(format!("{e}")));
         done += len;
-        eprint!("\rwrote {done} of {total} weights ({:.0}%)", 100.0 * done as f64 / total as f64);
+        if progress {
+            eprint!("\rwrote {done} of {total} weights ({:.0}%)", 100.0 * done as f64 / total as f64);
+        }
     }
     writer.finish().unwrap_or_else(|e| fail(format!("{e}")));
     std::fs::rename(&tmp, &out).unwrap_or_else(|e| fail(format!("renaming {} to {}: {e}", tmp.display(), out.display())));
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     eprintln!(
         "made {} ({shape}, {} layers, {total} weights, {dtype:?}) in {:.1} s",
         out.display(),
