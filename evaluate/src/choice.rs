@@ -545,12 +545,43 @@ fn shared_logliks(
 /// (the LM head runs on those rows only).
 fn target_logprobs(model: &Decoder, hidden: Tensor<2>, rows: &[usize], targets: &[u32]) -> Result<Vec<f32>, EvalError> {
     let device = hidden.device();
+    let [_, width] = hidden.dims();
     let n = rows.len();
     let rows: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
     let chosen = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
-    let targets: Vec<i32> = targets.iter().map(|&t| t as i32).collect();
-    let picked = log_softmax(model.head(chosen), 1).gather(1, Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device));
-    picked.into_data().try_into_vec().map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))
+    let mut out = Vec::with_capacity(n);
+    // The logits a few hundred rows at a time: a batch's continuations over
+    // a 150k vocabulary would otherwise take a gigabyte, several times over
+    // in the log-softmax.
+    for range in head_chunks(n) {
+        let targets: Vec<i32> = targets[range.clone()].iter().map(|&t| t as i32).collect();
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [range.len(), 1]), &device);
+        let logits = model.head(chosen.clone().slice([range, 0..width]));
+        let picked: Vec<f32> = log_softmax(logits, 1)
+            .gather(1, targets)
+            .into_data()
+            .try_into_vec()
+            .map_err(|e| EvalError::Input(format!("could not read log-probabilities back from the device: {e:?}")))?;
+        out.extend(picked);
+    }
+    Ok(out)
+}
+
+/// Rows of the LM head's output computed at a time by [`target_logprobs`].
+const HEAD_ROWS: usize = 256;
+
+/// The stretches of `n` rows whose logits are computed together: of
+/// [`HEAD_ROWS`], a rest of [`model::FEW_ROWS`] rows or fewer joined to the
+/// stretch before it. So every stretch takes the product the whole would
+/// (few-row products differ from the others in their last bits), and each
+/// row's log-probabilities are those of all rows at once, bit for bit.
+fn head_chunks(n: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks: Vec<std::ops::Range<usize>> = (0..n).step_by(HEAD_ROWS).map(|start| start..(start + HEAD_ROWS).min(n)).collect();
+    if chunks.len() > 1 && chunks.last().is_some_and(|last| last.len() <= model::FEW_ROWS) {
+        let rest = chunks.pop().expect("more than one");
+        chunks.last_mut().expect("one left").end = rest.end;
+    }
+    chunks
 }
 
 /// Consecutive runs of `values` of the given lengths, each summed in f64.
@@ -586,4 +617,53 @@ pub fn mean_stderr(scores: &[f64]) -> (f64, Option<f64>) {
     }
     let var = scores.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, Some((var / n).sqrt()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_chunks_cover_the_rows_in_order_and_never_leave_a_few_row_rest() {
+        for n in [0, 1, model::FEW_ROWS, HEAD_ROWS, HEAD_ROWS + 1, HEAD_ROWS + model::FEW_ROWS, HEAD_ROWS + model::FEW_ROWS + 1, 1000] {
+            let chunks = head_chunks(n);
+            let mut next = 0;
+            for chunk in &chunks {
+                assert_eq!(chunk.start, next, "{n} rows: {chunks:?}");
+                next = chunk.end;
+                assert!(chunk.len() <= HEAD_ROWS + model::FEW_ROWS, "{n} rows: {chunks:?}");
+                // Few rows only where all the rows are few.
+                assert!(chunk.len() > model::FEW_ROWS || chunks.len() == 1, "{n} rows: {chunks:?}");
+            }
+            assert_eq!(next, n);
+        }
+        assert_eq!(head_chunks(HEAD_ROWS + 10), vec![0..HEAD_ROWS + 10]);
+        assert_eq!(head_chunks(HEAD_ROWS + 100), vec![0..HEAD_ROWS, HEAD_ROWS..HEAD_ROWS + 100]);
+    }
+
+    #[test]
+    fn log_probabilities_of_rows_taken_in_chunks_equal_those_of_all_rows_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        testkit::write_gguf(&path, &testkit::TINY, &testkit::tiny_weights(&testkit::TINY, 3), model::gguf::GgmlType::Q8_0);
+        let loaded = model::load_model(&path).unwrap();
+        // Both forms of the model: f32 and stored.
+        for network in [loaded.build(&testkit::cpu()).unwrap(), loaded.build_stored(&testkit::cpu()).unwrap()] {
+            let n = HEAD_ROWS * 2 + 40;
+            let mut rng = testkit::Rng::new(4);
+            let hidden: Vec<f32> = (0..n * testkit::TINY.hidden).map(|_| rng.next_f32() - 0.5).collect();
+            let hidden = Tensor::<2>::from_data(TensorData::new(hidden, [n, testkit::TINY.hidden]), &testkit::cpu());
+            let rows: Vec<usize> = (0..n).rev().collect();
+            let targets: Vec<u32> = (0..n).map(|i| (i * 7 % testkit::TINY.vocab) as u32).collect();
+            let chunked = target_logprobs(&network, hidden.clone(), &rows, &targets).unwrap();
+            assert_eq!(head_chunks(n).len(), 2);
+            // All rows through the head at once, as before the chunks.
+            let index: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+            let chosen = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &testkit::cpu()));
+            let logprobs: Vec<f32> = log_softmax(network.head(chosen), 1).into_data().try_into_vec().unwrap();
+            for (i, (&got, &t)) in chunked.iter().zip(&targets).enumerate() {
+                assert_eq!(got.to_bits(), logprobs[i * testkit::TINY.vocab + t as usize].to_bits(), "row {i}");
+            }
+        }
+    }
 }
