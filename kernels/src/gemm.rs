@@ -78,7 +78,7 @@ impl PackedRhs {
     }
 
     /// An empty packing, to be filled by [`PackedRhs::pack_decoded`].
-    pub fn empty() -> Self {
+    const fn empty() -> Self {
         PackedRhs { inner: 0, cols: 0, values: Vec::new() }
     }
 
@@ -88,7 +88,7 @@ impl PackedRhs {
     /// parallel, each through a per-thread buffer of its [`STRIP`] rows, so
     /// the whole weight is never held unpacked. The values are those of
     /// [`PackedRhs::from_transposed`] on the decoded weight.
-    pub fn pack_decoded(&mut self, n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    fn pack_decoded(&mut self, n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) {
         let fast = fast_kernel_available();
         self.values.resize(n.div_ceil(STRIP) * k * STRIP, 0.0);
         (self.inner, self.cols) = (k, n);
@@ -129,6 +129,9 @@ impl PackedRhs {
 thread_local! {
     /// Each thread's buffer for the decoded rows of one strip ([`PackedRhs::pack_decoded`]).
     static DECODED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's packed chunk for [`matmul_decoded`], kept between
+    /// products so that no product allocates (and faults in) megabytes.
+    static PACKED_CHUNK: std::cell::RefCell<PackedRhs> = const { std::cell::RefCell::new(PackedRhs::empty()) };
 }
 
 /// Writes `width` (at most [`STRIP`]) rows of `k` values, `rows` [width, k],
@@ -178,27 +181,28 @@ pub fn matmul(a: &[f32], m: usize, rhs: &PackedRhs) -> Vec<f32> {
 
 /// `A W^T` [m, n] for `a` [m, k] and a weight `W` [n, k] (a linear layer's
 /// [out, in]) that `decode(first, out)` writes row by row (rows `first..`,
-/// filling `out`): `chunk` rows of it at a time are packed into `packed`
-/// ([`PackedRhs::pack_decoded`], its storage reused) and multiplied into
-/// their columns of the product, so the whole weight is never held. Every
-/// output column depends only on its own weight row: the values are those
-/// of [`matmul`] with the whole weight packed, bit for bit.
-pub fn matmul_decoded(
-    a: &[f32],
-    m: usize,
-    (n, k): (usize, usize),
-    chunk: usize,
-    packed: &mut PackedRhs,
-    decode: &(dyn Fn(usize, &mut [f32]) + Sync),
-) -> Vec<f32> {
+/// filling `out`): `chunk` rows of it at a time are packed
+/// ([`PackedRhs::pack_decoded`], into this thread's storage, reused between
+/// products) and multiplied into their columns of the product, so the whole
+/// weight is never held. Every output column depends only on its own
+/// weight row: the values are those of [`matmul`] with the whole weight
+/// packed, bit for bit.
+pub fn matmul_decoded(a: &[f32], m: usize, (n, k): (usize, usize), chunk: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
     assert!(chunk > 0, "gemm::matmul_decoded: chunks of no rows");
     let fast = fast_kernel_available();
-    filled(m * n, |out| {
-        for first in (0..n).step_by(chunk) {
-            packed.pack_decoded(chunk.min(n - first), k, &|from, values| decode(first + from, values));
-            // Columns first..first + packed.cols, every element of which it writes.
-            matmul_into(a, m, packed, fast, out, n, first);
-        }
+    let multiply = |packed: &mut PackedRhs| {
+        filled(m * n, |out| {
+            for first in (0..n).step_by(chunk) {
+                packed.pack_decoded(chunk.min(n - first), k, &|from, values| decode(first + from, values));
+                // Columns first..first + packed.cols, every element of which it writes.
+                matmul_into(a, m, packed, fast, out, n, first);
+            }
+        })
+    };
+    PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
+        Ok(mut packed) => multiply(&mut packed),
+        // A product nested in another on this thread: storage of its own.
+        Err(_) => multiply(&mut PackedRhs::empty()),
     })
 }
 
@@ -618,10 +622,9 @@ mod tests {
         let (a, w) = (random(m * k, 3), random(n * k, 4));
         let whole = matmul(&a, m, &PackedRhs::from_transposed(&w, n, k));
         let decode = |first: usize, out: &mut [f32]| out.copy_from_slice(&w[first * k..first * k + out.len()]);
-        let mut packed = PackedRhs::empty();
         // Chunks that divide the rows, that leave a rest, and one for all.
         for chunk in [30, 33, 64, 1000] {
-            let got = matmul_decoded(&a, m, (n, k), chunk, &mut packed, &decode);
+            let got = matmul_decoded(&a, m, (n, k), chunk, &decode);
             assert!(got.iter().zip(&whole).all(|(x, y)| x.to_bits() == y.to_bits()), "chunks of {chunk} rows");
         }
     }

@@ -674,11 +674,8 @@ impl StoredRows {
         let bytes = &bytes[stored_row * self.row_bytes..(stored_row + count) * self.row_bytes];
         match self.stored_type {
             StoredType::Float(dtype) => dtype.decode_into(bytes, out),
-            // The register decoders where they read the type: the same values, several times faster.
             StoredType::Gguf(ty) => {
-                if !self.encoding().is_some_and(|encoding| kernels::encoded::decode(encoding, bytes, out)) {
-                    formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened")
-                }
+                formats::gguf::dequantize_into_serial(ty, bytes, out).expect("a type and size checked when the file was opened")
             }
             StoredType::Sparse(_) => unreachable!("sparse rows are decoded by decode_sparse_rows"),
         }

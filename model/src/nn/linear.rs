@@ -43,7 +43,7 @@ enum LinearWeight {
     /// In its stored form (f16, bf16 or GGUF blocks in the file's memory
     /// map), on host-memory devices: the few-row product decodes it as it
     /// multiplies ([`kernels::encoded::small_matmul_stored`]); a product of more rows
-    /// decodes and packs it a chunk at a time ([`decoded_matmul`]). Either
+    /// decodes and packs it a chunk at a time ([`STORED_CHUNK_ROWS`]). Either
     /// way the products are those of the f32 weight, bit for bit, and no f32
     /// copy is kept.
     Stored(Arc<StoredParts>),
@@ -110,33 +110,16 @@ impl kernels::encoded::StoredWeight for StoredParts {
 const SPARSE_FROM: f64 = 0.4;
 
 /// Rows of a stored weight that a product of many rows decodes, packs and
-/// multiplies at a time ([`decoded_matmul`]): 1024 rows of a 4864-wide
-/// weight are 19 MiB, where the whole LM head of a 150k vocabulary would be
-/// hundreds.
+/// multiplies at a time ([`gemm::matmul_decoded`]): 1024 rows of a
+/// 4864-wide weight are 19 MiB, where the whole LM head of a 150k
+/// vocabulary would be hundreds. The products are those of the whole
+/// weight packed, bit for bit; a pruned weight, which
+/// [`Linear::from_host`] multiplies sparse, gives them too, up to the sign
+/// of a sum that is zero ([`sparse_gemm`]). It is multiplied dense here: a
+/// first version that listed each chunk's nonzeros for the sparse product
+/// took 1.7 times the f32 model's time on PIQA with a 50% pruned
+/// Qwen2.5-0.5B.
 const STORED_CHUNK_ROWS: usize = 1024;
-
-thread_local! {
-    /// Each thread's packed chunk for [`decoded_matmul`], kept between
-    /// products so that no product allocates (and faults in) megabytes.
-    static PACKED_CHUNK: std::cell::RefCell<gemm::PackedRhs> = std::cell::RefCell::new(gemm::PackedRhs::empty());
-}
-
-/// `x W^T` [rows, n] for a weight `W` [n, inner] that `decode(first, out)`
-/// writes as f32 ([`gemm::matmul_decoded`], `chunk` rows at a time, with
-/// this thread's packed chunk): the products of the whole weight packed,
-/// bit for bit. A pruned weight, which [`Linear::from_host`] multiplies
-/// sparse, gives them too, up to the sign of a sum that is zero
-/// ([`sparse_gemm`]). It is multiplied dense here: a first version that
-/// listed each chunk's nonzeros for the sparse product (with scalar
-/// decoding) took 1.7 times the f32 model's time on PIQA with a 50% pruned
-/// Qwen2.5-0.5B. Only for processors with [`gemm::fast_kernel_available`].
-fn decoded_matmul(x: &[f32], rows: usize, n: usize, inner: usize, chunk: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
-    PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
-        Ok(mut packed) => gemm::matmul_decoded(x, rows, (n, inner), chunk, &mut packed, decode),
-        // A product nested in another on this thread: storage of its own.
-        Err(_) => gemm::matmul_decoded(x, rows, (n, inner), chunk, &mut gemm::PackedRhs::empty(), decode),
-    })
-}
 
 /// The values of a [`Linear`]'s weight ([out, in]) in host memory, copied
 /// on first use by [`kernels::small_matmul`] and shared by clones of the layer.
@@ -262,7 +245,7 @@ impl Linear {
                 from_values(kernels::encoded::small_matmul_stored(&host_values(x), rows, cols, stored.as_ref()), [rows, cols], &device)
             } else if gemm::fast_kernel_available() {
                 let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
-                let y = decoded_matmul(&host_values(x), rows, cols, stored.inner, STORED_CHUNK_ROWS, &decode);
+                let y = gemm::matmul_decoded(&host_values(x), rows, (cols, stored.inner), STORED_CHUNK_ROWS, &decode);
                 from_values(y, [rows, cols], &device)
             } else {
                 let mut values = vec![0.0f32; cols * stored.inner];
@@ -352,7 +335,7 @@ mod tests {
             let decode = |first: usize, out: &mut [f32]| out.copy_from_slice(&weight[first * inner..first * inner + out.len()]);
             // Chunks that divide the rows, that leave a rest, and one chunk for all.
             for chunk in [7, 32, 50, n, 1024] {
-                let got = decoded_matmul(&x, rows, n, inner, chunk, &decode);
+                let got = gemm::matmul_decoded(&x, rows, (n, inner), chunk, &decode);
                 assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "chunks of {chunk} rows differ");
             }
         }
