@@ -51,16 +51,9 @@ impl PackedRhs {
     /// layer's [out, in]), so that `A B` is the layer's `A W^T`.
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PackedRhs::from_transposed: the weight is not [{n}, {k}]");
-        let mut values = vec![0.0f32; n.div_ceil(STRIP) * k * STRIP];
-        values.par_chunks_mut(k.max(1) * STRIP).enumerate().for_each(|(strip, out)| {
-            let first = strip * STRIP;
-            for column in 0..STRIP.min(n - first) {
-                for (i, &v) in w[(first + column) * k..(first + column + 1) * k].iter().enumerate() {
-                    out[i * STRIP + column] = v;
-                }
-            }
-        });
-        PackedRhs { inner: k, cols: n, values }
+        let mut packed = PackedRhs::empty();
+        packed.pack_decoded(n, k, &|first, out| out.copy_from_slice(&w[first * k..first * k + out.len()]));
+        packed
     }
 
     /// Packs `b` [k, n] in row-major order.
