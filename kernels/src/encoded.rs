@@ -106,8 +106,10 @@ pub trait StoredWeight: Sync {
 }
 
 /// Most rows whose products [`small_matmul_stored`] takes with weights
-/// decoded in registers: one tile of rows, decoding each weight value once.
-const REGISTER_ROWS: usize = 2;
+/// decoded in registers: one tile of rows, decoding each weight value once
+/// (AVX2's 16 vector registers hold the accumulators of four rows and two
+/// weight rows).
+const REGISTER_ROWS: usize = 4;
 
 /// Bytes of f32 weight rows that the fallback of [`small_matmul_stored`]
 /// decodes at a time: small enough to stay in the level-1 cache between
@@ -124,7 +126,7 @@ thread_local! {
 /// decoded (and masked) f32 weight, without ever holding it in f32.
 pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn StoredWeight) -> Vec<f32> {
     let inner = x.len() / rows;
-    // Decoding in registers decodes the weight again for every pair of
+    // Decoding in registers decodes the weight again for every tile of
     // rows, so more rows decode into the buffer once instead.
     let registers = avx2::available() && inner % 8 == 0 && rows <= REGISTER_ROWS;
     // Whole tiles of four weight rows (see small_matmul_block).
@@ -554,39 +556,70 @@ mod avx2 {
     fn task<T: RowTile>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
         let inner = x.len() / rows;
         let width = out.len() / rows;
-        let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
         let mut stored = Vec::with_capacity(width);
         weight.rows(first, width, &mut stored);
         assert_eq!(stored.len(), width, "the weight gave {} rows of the {width} asked for", stored.len());
         for (c, row) in stored.iter().enumerate() {
             T::check(*row, inner, first + c);
         }
-        let w_row = |c: usize| stored[c];
-        let mut c0 = 0;
-        // SAFETY (every `T::tile` below): this function runs only with AVX2, FMA, F16C and POPCNT.
-        while c0 + 4 <= width {
-            let w = [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)];
+        let products = Products { x, inner, stored: &stored, width };
+        // Blocks of four weight rows; within a block, the tallest tiles of
+        // rows that fit, so that each weight value is decoded as few times
+        // as the registers allow. The tiling changes no bit.
+        for c0 in (0..width).step_by(4) {
+            let columns = 4.min(width - c0);
             let mut r0 = 0;
             while r0 < rows {
-                if rows - r0 >= 2 {
-                    let tile = unsafe { T::tile::<2, 4>([x_row(r0), x_row(r0 + 1)], w) };
-                    for (r, tile) in tile.iter().enumerate() {
-                        out[(r0 + r) * width + c0..(r0 + r) * width + c0 + 4].copy_from_slice(tile);
+                // SAFETY (every call): this function runs only with AVX2, FMA, F16C and POPCNT.
+                r0 += unsafe {
+                    match rows - r0 {
+                        left if left >= 4 => products.tiles::<T, 4, 2>(r0, c0, columns, out),
+                        3 => products.tiles::<T, 3, 2>(r0, c0, columns, out),
+                        2 => products.tiles::<T, 2, 4>(r0, c0, columns, out),
+                        _ => products.tiles::<T, 1, 4>(r0, c0, columns, out),
                     }
-                    r0 += 2;
-                } else {
-                    let tile = unsafe { T::tile::<1, 4>([x_row(r0)], w) };
-                    out[r0 * width + c0..r0 * width + c0 + 4].copy_from_slice(&tile[0]);
-                    r0 += 1;
+                };
+            }
+        }
+    }
+
+    /// What one [`task`] multiplies: its rows `x` (each `inner` long) and
+    /// its `width` stored weight rows.
+    struct Products<'a> {
+        x: &'a [f32],
+        inner: usize,
+        stored: &'a [StoredRow<'a>],
+        width: usize,
+    }
+
+    impl Products<'_> {
+        /// Products of rows `r0..r0 + R` with weight rows `c0..c0 +
+        /// columns` (at most 4) into `out`, in tiles of `R` rows and `C`
+        /// (or, for the last ones, 1) weight rows; returns `R`.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA, F16C and POPCNT.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+        unsafe fn tiles<T: RowTile, const R: usize, const C: usize>(&self, r0: usize, c0: usize, columns: usize, out: &mut [f32]) -> usize {
+            let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[(r0 + r) * self.inner..(r0 + r + 1) * self.inner]);
+            let mut c = c0;
+            while c + C <= c0 + columns {
+                // SAFETY: the caller's CPU has what `T::tile` needs.
+                let tile = unsafe { T::tile::<R, C>(x, std::array::from_fn(|k| self.stored[c + k])) };
+                for (r, tile) in tile.iter().enumerate() {
+                    out[(r0 + r) * self.width + c..(r0 + r) * self.width + c + C].copy_from_slice(tile);
+                }
+                c += C;
+            }
+            for c in c..c0 + columns {
+                // SAFETY: as above.
+                let tile = unsafe { T::tile::<R, 1>(x, [self.stored[c]]) };
+                for (r, tile) in tile.iter().enumerate() {
+                    out[(r0 + r) * self.width + c] = tile[0];
                 }
             }
-            c0 += 4;
-        }
-        for c in c0..width {
-            let w = [w_row(c)];
-            for r in 0..rows {
-                out[r * width + c] = unsafe { T::tile::<1, 1>([x_row(r)], w) }[0][0];
-            }
+            R
         }
     }
 
@@ -836,6 +869,7 @@ mod avx2 {
         struct Packed16<const BF16: bool>;
 
         impl<const BF16: bool> RowTile for Packed16<BF16> {
+            // Its tile holds four vectors of each row's x as well.
             fn check((_, keep): StoredRow<'_>, inner: usize, index: usize) {
                 assert!(
                     keep.is_some_and(|keep| keep.len() * 8 >= inner),
@@ -969,11 +1003,32 @@ mod avx2 {
     /// in order, then added lane by lane, as `dot_tile` sums f32 rows.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [(&[u8], Option<&[u8]>); C]) -> [[f32; C]; R] {
+    fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+        // Rows with and without keep bits take separate loops, so that the
+        // unmasked ones test nothing per value.
+        if w.iter().all(|(_, keep)| keep.is_none()) {
+            tile_with::<F, false, R, C>(x, w)
+        } else {
+            tile_with::<F, true, R, C>(x, w)
+        }
+    }
+
+    /// [`tile`], with the keep bits of every row applied (`MASKED`) or none.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tile_with<F: Format, const MASKED: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
         let inner = x[0].len();
+        let blocks = inner / F::VALUES;
+        assert!(x.iter().all(|x| x.len() == inner), "the rows of a tile differ in length");
+        for (bytes, keep) in w {
+            assert!(bytes.len() >= blocks * F::BYTES, "a weight row is shorter than {blocks} blocks");
+            assert!(!MASKED || keep.is_some_and(|keep| keep.len() * 8 >= blocks * F::VALUES), "a weight row's keep bits are too short");
+        }
+        let xs: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
+        let keeps: [&[u8]; C] = std::array::from_fn(|c| w[c].1.unwrap_or_default());
         let groups = F::VALUES / (8 * F::VECTORS);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for block in 0..inner / F::VALUES {
+        for block in 0..blocks {
             for c in 0..C {
                 let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
                 // The weight streams from memory: ask for what the tile after
@@ -984,16 +1039,16 @@ mod avx2 {
                     // SAFETY: this function runs only with AVX2, FMA and F16C.
                     let mut values = unsafe { F::group(bytes, g) };
                     let at = block * F::VALUES + g * 8 * F::VECTORS;
-                    if let Some(keep) = w[c].1 {
-                        for (k, v) in values.iter_mut().take(F::VECTORS).enumerate() {
-                            *v = keep_lanes(*v, keep[at / 8 + k]);
+                    if MASKED {
+                        for (k, v) in values.iter_mut().enumerate().take(F::VECTORS) {
+                            // SAFETY: the keep bits cover every block (asserted above).
+                            *v = keep_lanes(*v, unsafe { *keeps[c].get_unchecked(at / 8 + k) });
                         }
                     }
-                    for (k, v) in values.iter().take(F::VECTORS).enumerate() {
+                    for (k, v) in values.iter().enumerate().take(F::VECTORS) {
                         for r in 0..R {
-                            let xs: &[f32; 8] = x[r][at + 8 * k..at + 8 * k + 8].try_into().expect("eight values");
-                            // SAFETY: `xs` is eight readable f32.
-                            let xv = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
+                            // SAFETY: `at + 8 * k + 8 <= blocks * F::VALUES <= inner`, the length of every row of `x`.
+                            let xv = unsafe { _mm256_loadu_ps(xs[r].add(at + 8 * k)) };
                             acc[r][c] = _mm256_fmadd_ps(xv, *v, acc[r][c]);
                         }
                     }
@@ -1080,7 +1135,7 @@ mod tests {
                     }
                 })
                 .collect();
-            for rows in [1, 2, 3, 8] {
+            for rows in [1, 2, 3, 4, 5, 7, 8] {
                 let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
                 for (keep, want) in [(None, &w), (Some(keep.clone()), &masked)] {
                     let want = crate::small_matmul(&x, rows, want, cols);
@@ -1090,6 +1145,115 @@ mod tests {
                         let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "inner {inner}, {rows} rows, keep bits {}, encoding {encoding:?}", keep.is_some());
                     }
+                }
+            }
+        }
+    }
+
+    /// A weight of random blocks in one block encoding, with keep bits or none.
+    struct BlockStored {
+        bytes: Vec<u8>,
+        inner: usize,
+        keep: Option<Vec<u8>>,
+        encoding: Encoding,
+    }
+
+    impl BlockStored {
+        fn row_bytes(&self) -> usize {
+            let (values, bytes) = self.encoding.block();
+            self.inner / values * bytes
+        }
+    }
+
+    impl StoredWeight for BlockStored {
+        fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
+            Some(self.encoding)
+        }
+
+        fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
+            let (size, keep_bytes) = (self.row_bytes(), self.inner / 8);
+            for row in first..first + count {
+                out.push((
+                    &self.bytes[row * size..(row + 1) * size],
+                    self.keep.as_deref().map(|k| &k[row * keep_bytes..(row + 1) * keep_bytes]),
+                ));
+            }
+        }
+
+        fn decode(&self, first: usize, out: &mut [f32]) {
+            let (size, keep_bytes) = (self.row_bytes(), self.inner / 8);
+            for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
+                let r = first + i;
+                assert!(decode(self.encoding, &self.bytes[r * size..(r + 1) * size], row));
+                if let Some(keep) = &self.keep {
+                    for (col, v) in row.iter_mut().enumerate() {
+                        if keep[r * keep_bytes + col / 8] >> (col % 8) & 1 == 0 {
+                            *v = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_block_encoding_s_register_tiles_equal_its_decoded_rows_bit_for_bit() {
+        if !avx2::available() {
+            return;
+        }
+        let mut rng = Rng::new(5);
+        let (inner, cols) = (512usize, 23usize);
+        for encoding in [
+            Encoding::F32,
+            Encoding::F16,
+            Encoding::BF16,
+            Encoding::Q4_0,
+            Encoding::Q4_1,
+            Encoding::Q5_0,
+            Encoding::Q8_0,
+            Encoding::Q4K,
+            Encoding::Q6K,
+        ] {
+            let (values, size) = encoding.block();
+            let mut bytes: Vec<u8> = (0..cols * inner / values * size).map(|_| (rng.next_f32() * 256.0) as u8).collect();
+            // Finite scales (and Q4_1's minimum, Q4_K's scale of minimums):
+            // each f16 field of a block set to a small value; the float
+            // formats' values drawn whole.
+            let scales: &[usize] = match encoding {
+                Encoding::Q4_1 | Encoding::Q4K => &[0, 2],
+                Encoding::Q4_0 | Encoding::Q5_0 | Encoding::Q8_0 => &[0],
+                Encoding::Q6K => &[208],
+                _ => &[],
+            };
+            for block in bytes.chunks_exact_mut(size) {
+                if scales.is_empty() {
+                    let step = size / values;
+                    for v in block.chunks_exact_mut(step) {
+                        let value = rng.next_f32() - 0.5;
+                        match step {
+                            4 => v.copy_from_slice(&value.to_le_bytes()),
+                            _ if encoding == Encoding::F16 => v.copy_from_slice(&half::f16::from_f32(value).to_le_bytes()),
+                            _ => v.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
+                        }
+                    }
+                }
+                for &at in scales {
+                    let scale = half::f16::from_f32(rng.next_f32() * 0.01 + 0.001);
+                    block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            let keep: Vec<u8> = (0..cols * inner / 8).map(|i| (i * 37 % 256) as u8).collect();
+            for keep in [None, Some(keep)] {
+                let stored = BlockStored { bytes: bytes.clone(), inner, keep, encoding };
+                let mut dense = vec![0f32; cols * inner];
+                stored.decode(0, &mut dense);
+                assert!(dense.iter().all(|v| v.is_finite()), "{encoding:?} decodes to finite values");
+                for rows in 1..=6 {
+                    let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+                    let want = crate::small_matmul(&x, rows, &dense, cols);
+                    let got = small_matmul_stored(&x, rows, cols, &stored);
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{encoding:?}, {rows} rows, keep bits {}", stored.keep.is_some());
                 }
             }
         }
@@ -1201,7 +1365,7 @@ mod tests {
                 if expand_packed(kind, &rows, &mut widened) {
                     assert!(widened.iter().zip(&dense).all(|(a, b)| a.to_bits() == b.to_bits()), "inner {inner}, {kind:?}: expanded rows");
                 }
-                for rows in [1, 2, 3] {
+                for rows in [1, 2, 3, 4, 6] {
                     let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
                     let want = crate::small_matmul(&x, rows, &dense, cols);
                     // The AVX-512 kernels where the CPU has them, and the AVX2 ones.

@@ -2,7 +2,7 @@
 //! several models given as `--model DIR` (e.g. the same 7B-shaped layer
 //! dense in f16 and in the sparse format): the kernels alone, without the
 //! LM head and the per-token work around them. Prints the milliseconds per
-//! layer at batch 1 and 8 (best of `--repeats`, default 10) and the peak
+//! layer at batch 1, 4 and 8 (best of `--repeats`, default 10) and the peak
 //! RSS; asserts nothing about time. `--device wgpu` times the products on
 //! a wgpu adapter (pruned weights in [`model::nn::device_sparse`]'s form).
 //!
@@ -61,8 +61,8 @@ fn main() {
         .collect();
     // Each repeat runs every model once, so that a slow spell of the
     // machine falls on all of them alike.
-    let mut best = vec![[f64::INFINITY; 2]; models.len()];
-    for (b, batch) in [1usize, 8].into_iter().enumerate() {
+    let mut best = vec![[f64::INFINITY; 3]; models.len()];
+    for (b, batch) in [1usize, 4, 8].into_iter().enumerate() {
         let mut rng = Rng::new(batch as u64);
         let inputs: Vec<Tensor<2>> = layers[0]
             .iter()
@@ -90,8 +90,8 @@ fn main() {
             }
         }
     }
-    for (path, [batch1, batch8]) in models.iter().zip(&best) {
-        println!("{}: batch 1 {batch1:.2} ms per layer, batch 8 {batch8:.2} ms per layer", path.display());
+    for (path, [batch1, batch4, batch8]) in models.iter().zip(&best) {
+        println!("{}: batch 1 {batch1:.2}, batch 4 {batch4:.2}, batch 8 {batch8:.2} ms per layer", path.display());
     }
     if let Some(mib) = model::device::peak_rss_mib() {
         println!("peak RSS: {mib:.0} MiB");
