@@ -372,6 +372,12 @@ fn figure_after(text: &str, prefix: &str) -> Option<f64> {
     value.split_whitespace().next()?.parse().ok()
 }
 
+/// The milliseconds at batch `batch` on a model's line of `bench-sparse-layer`.
+fn layer_ms(line: &str, batch: usize) -> Option<f64> {
+    let key = format!("batch {batch} ");
+    figure_after(&line[line.find(&key)?..], &key)
+}
+
 /// Bytes of the safetensors files of a model directory.
 fn safetensors_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -532,8 +538,7 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
             .lines()
             .find(|l| l.starts_with(&format!("{}: ", path(d))))
             .context("bench-sparse-layer printed no line for a model")?;
-        let ms = |key: &str| figure_after(&line[line.find(key).unwrap_or(0)..], key);
-        row.layer_ms = [ms("batch 1 ").unwrap_or(f64::NAN), ms("batch 8 ").unwrap_or(f64::NAN)];
+        row.layer_ms = [layer_ms(line, 1).unwrap_or(f64::NAN), layer_ms(line, 8).unwrap_or(f64::NAN)];
     }
 
     println!();
@@ -604,5 +609,7 @@ mod tests {
         assert_eq!(figure_after(text, "peak RSS:"), Some(417.0));
         assert_eq!(figure_after(text, "perplexity: "), Some(7.747902));
         assert_eq!(figure_after(text, "decode steps batch 2:"), None);
+        let layer = "/m/sparse-0.5: batch 1 12.16 ms, batch 4 20.41 ms, batch 8 45.40 ms per layer";
+        assert_eq!((layer_ms(layer, 1), layer_ms(layer, 8), layer_ms(layer, 2)), (Some(12.16), Some(45.4), None));
     }
 }

@@ -91,7 +91,7 @@ fn main() {
         }
     }
     for (path, [batch1, batch4, batch8]) in models.iter().zip(&best) {
-        println!("{}: batch 1 {batch1:.2}, batch 4 {batch4:.2}, batch 8 {batch8:.2} ms per layer", path.display());
+        println!("{}: batch 1 {batch1:.2} ms, batch 4 {batch4:.2} ms, batch 8 {batch8:.2} ms per layer", path.display());
     }
     if let Some(mib) = model::device::peak_rss_mib() {
         println!("peak RSS: {mib:.0} MiB");
