@@ -869,7 +869,6 @@ mod avx2 {
         struct Packed16<const BF16: bool>;
 
         impl<const BF16: bool> RowTile for Packed16<BF16> {
-            // Its tile holds four vectors of each row's x as well.
             fn check((_, keep): StoredRow<'_>, inner: usize, index: usize) {
                 assert!(
                     keep.is_some_and(|keep| keep.len() * 8 >= inner),
@@ -1005,11 +1004,21 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
         // Rows with and without keep bits take separate loops, so that the
-        // unmasked ones test nothing per value.
+        // unmasked ones test nothing per value; a tile of both (a weight
+        // made of parts masked and not) takes one row at a time.
         if w.iter().all(|(_, keep)| keep.is_none()) {
             tile_with::<F, false, R, C>(x, w)
-        } else {
+        } else if w.iter().all(|(_, keep)| keep.is_some()) {
             tile_with::<F, true, R, C>(x, w)
+        } else {
+            let mut out = [[0.0f32; C]; R];
+            for (c, row) in w.into_iter().enumerate() {
+                let one = if row.1.is_some() { tile_with::<F, true, R, 1>(x, [row]) } else { tile_with::<F, false, R, 1>(x, [row]) };
+                for r in 0..R {
+                    out[r][c] = one[r][0];
+                }
+            }
+            out
         }
     }
 
@@ -1150,11 +1159,14 @@ mod tests {
         }
     }
 
-    /// A weight of random blocks in one block encoding, with keep bits or none.
+    /// A weight of random blocks in one block encoding, with keep bits or
+    /// none; `even_rows_masked`: only the even rows have keep bits (a weight
+    /// of parts masked and not).
     struct BlockStored {
         bytes: Vec<u8>,
         inner: usize,
         keep: Option<Vec<u8>>,
+        even_rows_masked: bool,
         encoding: Encoding,
     }
 
@@ -1162,6 +1174,13 @@ mod tests {
         fn row_bytes(&self) -> usize {
             let (values, bytes) = self.encoding.block();
             self.inner / values * bytes
+        }
+
+        /// Row `row`'s keep bits, if it has them.
+        fn keep_of(&self, row: usize) -> Option<&[u8]> {
+            let keep_bytes = self.inner / 8;
+            let masked = !self.even_rows_masked || row % 2 == 0;
+            self.keep.as_deref().filter(|_| masked).map(|k| &k[row * keep_bytes..(row + 1) * keep_bytes])
         }
     }
 
@@ -1171,23 +1190,20 @@ mod tests {
         }
 
         fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
-            let (size, keep_bytes) = (self.row_bytes(), self.inner / 8);
+            let size = self.row_bytes();
             for row in first..first + count {
-                out.push((
-                    &self.bytes[row * size..(row + 1) * size],
-                    self.keep.as_deref().map(|k| &k[row * keep_bytes..(row + 1) * keep_bytes]),
-                ));
+                out.push((&self.bytes[row * size..(row + 1) * size], self.keep_of(row)));
             }
         }
 
         fn decode(&self, first: usize, out: &mut [f32]) {
-            let (size, keep_bytes) = (self.row_bytes(), self.inner / 8);
+            let size = self.row_bytes();
             for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
                 let r = first + i;
                 assert!(decode(self.encoding, &self.bytes[r * size..(r + 1) * size], row));
-                if let Some(keep) = &self.keep {
+                if let Some(keep) = self.keep_of(r) {
                     for (col, v) in row.iter_mut().enumerate() {
-                        if keep[r * keep_bytes + col / 8] >> (col % 8) & 1 == 0 {
+                        if keep[col / 8] >> (col % 8) & 1 == 0 {
                             *v = 0.0;
                         }
                     }
@@ -1243,8 +1259,8 @@ mod tests {
                 }
             }
             let keep: Vec<u8> = (0..cols * inner / 8).map(|i| (i * 37 % 256) as u8).collect();
-            for keep in [None, Some(keep)] {
-                let stored = BlockStored { bytes: bytes.clone(), inner, keep, encoding };
+            for (keep, even_rows_masked) in [(None, false), (Some(keep.clone()), false), (Some(keep), true)] {
+                let stored = BlockStored { bytes: bytes.clone(), inner, keep, even_rows_masked, encoding };
                 let mut dense = vec![0f32; cols * inner];
                 stored.decode(0, &mut dense);
                 assert!(dense.iter().all(|v| v.is_finite()), "{encoding:?} decodes to finite values");
@@ -1253,7 +1269,7 @@ mod tests {
                     let want = crate::small_matmul(&x, rows, &dense, cols);
                     let got = small_matmul_stored(&x, rows, cols, &stored);
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{encoding:?}, {rows} rows, keep bits {}", stored.keep.is_some());
+                    assert!(same, "{encoding:?}, {rows} rows, keep bits {}, even rows only {even_rows_masked}", stored.keep.is_some());
                 }
             }
         }
