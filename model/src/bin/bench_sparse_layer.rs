@@ -59,6 +59,20 @@ fn main() {
                 .collect()
         })
         .collect();
+    // One set of inputs serves every model, so their layers must take the same widths.
+    let widths = |linears: &[(Linear, usize)]| linears.iter().map(|(_, inner)| *inner).collect::<Vec<_>>();
+    for (path, linears) in models.iter().zip(&layers).skip(1) {
+        if widths(linears) != widths(&layers[0]) {
+            eprintln!(
+                "{}: layer {layer}'s linear modules take inputs of widths {:?}, {} takes {:?}; give models of one shape",
+                path.display(),
+                widths(linears),
+                models[0].display(),
+                widths(&layers[0])
+            );
+            std::process::exit(2);
+        }
+    }
     // Each repeat runs every model once, so that a slow spell of the
     // machine falls on all of them alike.
     let mut best = vec![[f64::INFINITY; 3]; models.len()];
