@@ -113,7 +113,7 @@ pub trait StoredWeight: Sync {
 /// values to the buffer and reading them back, and the weight rows are
 /// still in the level-1 cache. On the 2-core Xeon, at 5-8 rows, a second
 /// tile took f16, bf16 and Q8_0 weights 1.35-1.6x faster than the buffer,
-/// f32 ones 1.15-1.35x and packed sparse rows (a 7B-shaped layer at 50%)
+/// f32 ones 1.1-1.4x and packed sparse rows (a 7B-shaped layer at 50%)
 /// 1.35x; Q4_0 and Q4_1 0.9-1.2x, and Q5_0, Q4_K and Q6_K 0.75-0.9x, so
 /// those stay at one tile.
 fn register_rows(encoding: Encoding) -> usize {
