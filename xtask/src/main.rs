@@ -210,6 +210,11 @@ enum BenchCommand {
     /// model with zeros. Takes `--model` (or `llama-2-7b-layer`), `--dtype`,
     /// `--patterns`, `--new-tokens`, `--device` and `--out` after `--`.
     Sparse(BenchArgs),
+    /// G weights/s of the few-row products straight from stored weights, per encoding and by rows (1-8).
+    ///
+    /// Runs the `bench-stored` binary of the model crate; takes `--inner N`,
+    /// `--cols N` and `--repeats N` after `--`.
+    Stored(BenchArgs),
     /// GFLOP/s of the host matrix-product kernel on SmolLM2-135M's linear-layer shapes, one thread and all.
     ///
     /// Runs the `bench-gemm` binary of the model crate; takes `--rows N` and `--repeats N` after `--`.
@@ -262,6 +267,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Forward(args)) => bench_binary("model", "bench-forward", args),
         Command::Bench(BenchCommand::Generate(args)) => bench_binary("evaluate", "bench-generate", args),
         Command::Bench(BenchCommand::Gemm(args)) => bench_binary("model", "bench-gemm", args),
+        Command::Bench(BenchCommand::Stored(args)) => bench_binary("model", "bench-stored", args),
         Command::Bench(BenchCommand::Prune(args)) => {
             args.prereqs.ensure()?;
             bench::prune(&args.bench_args)
