@@ -608,7 +608,8 @@ mod avx2 {
     impl Products<'_> {
         /// Products of rows `r0..r0 + R` with weight rows `c0..c0 +
         /// columns` (at most 4) into `out`, in tiles of `R` rows and `C`
-        /// (or, for the last ones, 1) weight rows; returns `R`.
+        /// (or, for the last ones and for weight rows masked and not side
+        /// by side, 1) weight rows; returns `R`.
         ///
         /// # Safety
         /// The CPU must have AVX2, FMA, F16C and POPCNT.
@@ -618,8 +619,14 @@ mod avx2 {
             let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[(r0 + r) * self.inner..(r0 + r + 1) * self.inner]);
             let mut c = c0;
             while c + C <= c0 + columns {
+                let rows = &self.stored[c..c + C];
+                // A weight of parts masked and not can mix rows with keep
+                // bits and rows without: those take one row per tile.
+                if rows.iter().any(|row| row.1.is_some() != rows[0].1.is_some()) {
+                    break;
+                }
                 // SAFETY: the caller's CPU has what `T::tile` needs.
-                let tile = unsafe { T::tile::<R, C>(x, std::array::from_fn(|k| self.stored[c + k])) };
+                let tile = unsafe { T::tile::<R, C>(x, std::array::from_fn(|k| rows[k])) };
                 for (r, tile) in tile.iter().enumerate() {
                     out[(r0 + r) * self.width + c..(r0 + r) * self.width + c + C].copy_from_slice(tile);
                 }
@@ -1017,21 +1024,12 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
         // Rows with and without keep bits take separate loops, so that the
-        // unmasked ones test nothing per value; a tile of both (a weight
-        // made of parts masked and not) takes one row at a time.
+        // unmasked ones test nothing per value ([`Products::tiles`] never
+        // mixes them in one tile).
         if w.iter().all(|(_, keep)| keep.is_none()) {
             tile_with::<F, false, R, C>(x, w)
-        } else if w.iter().all(|(_, keep)| keep.is_some()) {
-            tile_with::<F, true, R, C>(x, w)
         } else {
-            let mut out = [[0.0f32; C]; R];
-            for (c, row) in w.into_iter().enumerate() {
-                let one = if row.1.is_some() { tile_with::<F, true, R, 1>(x, [row]) } else { tile_with::<F, false, R, 1>(x, [row]) };
-                for r in 0..R {
-                    out[r][c] = one[r][0];
-                }
-            }
-            out
+            tile_with::<F, true, R, C>(x, w)
         }
     }
 
