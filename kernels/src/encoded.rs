@@ -18,6 +18,7 @@
 //! 17 significant bits), so the one rounding is the reference's.
 //! [`decode`] writes the decoded values out, for whole-tensor dequantization.
 
+use crate::rng::Rng;
 use crate::rows::{small_matmul_block, small_matmul_tasks};
 
 /// The stored encodings the register decoders read.
@@ -70,6 +71,19 @@ impl PackedValues {
 }
 
 impl Encoding {
+    /// Every encoding of blocks ([`Encoding::Packed`] aside).
+    pub const BLOCKS: [Encoding; 9] = [
+        Encoding::F32,
+        Encoding::F16,
+        Encoding::BF16,
+        Encoding::Q4_0,
+        Encoding::Q4_1,
+        Encoding::Q5_0,
+        Encoding::Q8_0,
+        Encoding::Q4K,
+        Encoding::Q6K,
+    ];
+
     /// Values and bytes of one block of this encoding (for packed rows: the
     /// eight values of one keep byte, and the most bytes they take).
     pub fn block(self) -> (usize, usize) {
@@ -173,6 +187,42 @@ pub fn expand_packed(values: PackedValues, rows: &[StoredRow<'_>], out: &mut [f3
     }
     avx2::expand_rows(values, rows, out);
     true
+}
+
+/// `rows` rows of `inner` values (whole blocks) in the block encoding
+/// `encoding`, drawn from `rng`, for tests and benchmarks: uniform bytes
+/// whose f16 scale fields (and Q4_1's minimum, Q4_K's scale of minimums)
+/// are finite, of magnitude 2^-5 to 2^-1; the float types' values in (-1, 1).
+pub fn random_blocks(encoding: Encoding, rows: usize, inner: usize, rng: &mut Rng) -> Vec<u8> {
+    let (values, size) = encoding.block();
+    assert!(!matches!(encoding, Encoding::Packed(_)) && inner.is_multiple_of(values), "{inner} values are not whole {encoding:?} blocks");
+    let mut bytes: Vec<u8> = (0..rows * inner / values * size).map(|_| ((rng.next_f32() + 1.0) * 128.0) as u8).collect();
+    // Sign, an exponent of 10 to 14, and any mantissa.
+    let small_f16 = |rng: &mut Rng| -> [u8; 2] {
+        let sign = u16::from(rng.next_f32() < 0.0) << 15;
+        let exponent = (10 + ((rng.next_f32() + 1.0) * 2.5) as u16).min(14) << 10;
+        (sign | exponent | (((rng.next_f32() + 1.0) * 512.0) as u16 & 0x3FF)).to_le_bytes()
+    };
+    let scales: &[usize] = match encoding {
+        Encoding::Q4_1 | Encoding::Q4K => &[0, 2],
+        Encoding::Q4_0 | Encoding::Q5_0 | Encoding::Q8_0 => &[0],
+        Encoding::Q6K => &[208],
+        _ => &[],
+    };
+    for block in bytes.chunks_exact_mut(size) {
+        match encoding {
+            Encoding::F32 => block.chunks_exact_mut(4).for_each(|v| v.copy_from_slice(&rng.next_f32().to_le_bytes())),
+            Encoding::F16 => block.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&small_f16(rng))),
+            // A bf16 is the high half of an f32.
+            Encoding::BF16 => block.chunks_exact_mut(2).for_each(|v| v.copy_from_slice(&rng.next_f32().to_le_bytes()[2..])),
+            _ => {
+                for &at in scales {
+                    block[at..at + 2].copy_from_slice(&small_f16(rng));
+                }
+            }
+        }
+    }
+    bytes
 }
 
 /// Decodes whole blocks of `src` in `encoding` into `dst` with the register
@@ -1230,45 +1280,8 @@ mod tests {
         }
         let mut rng = Rng::new(5);
         let (inner, cols) = (512usize, 23usize);
-        for encoding in [
-            Encoding::F32,
-            Encoding::F16,
-            Encoding::BF16,
-            Encoding::Q4_0,
-            Encoding::Q4_1,
-            Encoding::Q5_0,
-            Encoding::Q8_0,
-            Encoding::Q4K,
-            Encoding::Q6K,
-        ] {
-            let (values, size) = encoding.block();
-            let mut bytes: Vec<u8> = (0..cols * inner / values * size).map(|_| (rng.next_f32() * 256.0) as u8).collect();
-            // Finite scales (and Q4_1's minimum, Q4_K's scale of minimums):
-            // each f16 field of a block set to a small value; the float
-            // formats' values drawn whole.
-            let scales: &[usize] = match encoding {
-                Encoding::Q4_1 | Encoding::Q4K => &[0, 2],
-                Encoding::Q4_0 | Encoding::Q5_0 | Encoding::Q8_0 => &[0],
-                Encoding::Q6K => &[208],
-                _ => &[],
-            };
-            for block in bytes.chunks_exact_mut(size) {
-                if scales.is_empty() {
-                    let step = size / values;
-                    for v in block.chunks_exact_mut(step) {
-                        let value = rng.next_f32() - 0.5;
-                        match step {
-                            4 => v.copy_from_slice(&value.to_le_bytes()),
-                            _ if encoding == Encoding::F16 => v.copy_from_slice(&half::f16::from_f32(value).to_le_bytes()),
-                            _ => v.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
-                        }
-                    }
-                }
-                for &at in scales {
-                    let scale = half::f16::from_f32(rng.next_f32() * 0.01 + 0.001);
-                    block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
-                }
-            }
+        for encoding in Encoding::BLOCKS {
+            let bytes = random_blocks(encoding, cols, inner, &mut rng);
             let keep: Vec<u8> = (0..cols * inner / 8).map(|i| (i * 37 % 256) as u8).collect();
             for (keep, even_rows_masked) in [(None, false), (Some(keep.clone()), false), (Some(keep), true)] {
                 let stored = BlockStored { bytes: bytes.clone(), inner, keep, even_rows_masked, encoding };

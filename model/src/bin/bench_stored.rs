@@ -17,7 +17,7 @@ mod args;
 use std::time::Instant;
 
 use args::arg;
-use kernels::encoded::{decode, small_matmul_stored, Encoding, StoredRow, StoredWeight};
+use kernels::encoded::{decode, random_blocks, small_matmul_stored, Encoding, StoredRow, StoredWeight};
 use kernels::rng::Rng;
 
 /// A weight of random rows in one encoding, without keep bits.
@@ -29,45 +29,10 @@ struct RandomWeight {
 }
 
 impl RandomWeight {
-    /// `cols` rows of `inner` values in `encoding`: random quantized values
-    /// with small f16 scales, or random values in (-0.5, 0.5) for the float types.
+    /// `cols` rows of `inner` random values in `encoding` (see [`random_blocks`]).
     fn new(encoding: Encoding, inner: usize, cols: usize, rng: &mut Rng) -> Self {
         let (values, size) = encoding.block();
-        let row_bytes = inner / values * size;
-        let mut bytes: Vec<u8> = (0..row_bytes * cols).map(|_| (rng.next_f32() * 256.0) as u8).collect();
-        // A finite f16 in (-0.5, 0.5): exponent 10..14, any mantissa and sign.
-        let small_f16 = |rng: &mut Rng| -> u16 {
-            let sign = u16::from(rng.next_f32() < 0.5) << 15;
-            sign | ((10 + (rng.next_f32() * 5.0) as u16).min(14) << 10) | ((rng.next_f32() * 1024.0) as u16 & 0x3FF)
-        };
-        for block in bytes.chunks_exact_mut(size) {
-            match encoding {
-                Encoding::F32 => {
-                    for v in block.chunks_exact_mut(4) {
-                        v.copy_from_slice(&(rng.next_f32() - 0.5).to_le_bytes());
-                    }
-                }
-                Encoding::F16 => {
-                    for v in block.chunks_exact_mut(2) {
-                        v.copy_from_slice(&small_f16(rng).to_le_bytes());
-                    }
-                }
-                Encoding::BF16 => {
-                    for v in block.chunks_exact_mut(2) {
-                        let bits = (rng.next_f32() - 0.5).to_bits();
-                        v.copy_from_slice(&((bits >> 16) as u16).to_le_bytes());
-                    }
-                }
-                Encoding::Q4_1 | Encoding::Q4K => {
-                    for at in [0, 2] {
-                        block[at..at + 2].copy_from_slice(&small_f16(rng).to_le_bytes());
-                    }
-                }
-                Encoding::Q6K => block[208..210].copy_from_slice(&small_f16(rng).to_le_bytes()),
-                _ => block[0..2].copy_from_slice(&small_f16(rng).to_le_bytes()),
-            }
-        }
-        RandomWeight { bytes, row_bytes, inner, encoding }
+        RandomWeight { bytes: random_blocks(encoding, cols, inner, rng), row_bytes: inner / values * size, inner, encoding }
     }
 }
 
@@ -101,24 +66,13 @@ fn main() {
         eprintln!("--inner must be a positive multiple of 256 (the largest block, Q4_K's and Q6_K's); found {inner}");
         std::process::exit(2);
     }
-    let encodings = [
-        Encoding::F32,
-        Encoding::F16,
-        Encoding::BF16,
-        Encoding::Q4_0,
-        Encoding::Q4_1,
-        Encoding::Q5_0,
-        Encoding::Q8_0,
-        Encoding::Q4K,
-        Encoding::Q6K,
-    ];
     println!(
         "bench stored: a [{cols}, {inner}] weight per encoding, G weights/s (best of {repeats}) by rows; {} threads",
         rayon::current_num_threads()
     );
     println!("{:<9}{}", "encoding", (1..=8).map(|r| format!("{:>8}", format!("{r} rows"))).collect::<String>());
     let mut rng = Rng::new(1);
-    for encoding in encodings {
+    for encoding in Encoding::BLOCKS {
         let weight = RandomWeight::new(encoding, inner, cols, &mut rng);
         let mut line = format!("{:<9}", format!("{encoding:?}"));
         for rows in 1..=8 {
