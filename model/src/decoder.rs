@@ -839,6 +839,18 @@ impl Decoder {
         Ok(hidden)
     }
 
+    /// Whether a cached forward of several new tokens gives each one's
+    /// logits bit for bit as one-token steps would, so that a draft of
+    /// tokens can be checked in one step (speculative decoding) without
+    /// changing what greedy decoding picks. True on the host kernels:
+    /// products of up to [`crate::FEW_ROWS`] rows are the same for each row
+    /// whatever the others, and attention reads only each query's visible
+    /// keys. Tensor ops (wgpu) mask a longer row of keys instead, whose sums
+    /// may round differently.
+    pub fn multi_token_steps_are_exact(&self) -> bool {
+        self.kernels() == Kernels::Host
+    }
+
     /// Logits [batch, new, vocab] of equal-length rows of new tokens that
     /// follow what `cache` holds; their keys and values are appended to it.
     pub fn forward_cached(&self, tokens: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor<3>, ModelError> {

@@ -165,3 +165,66 @@ fn caches_of_another_depth_or_empty_do_not_join() {
     let err = filled.append_rows(model::KvCache::new(TINY.layers + 1, vec![0])).unwrap_err().to_string();
     assert!(err.contains("layers"), "{err}");
 }
+
+/// Drafts of four tokens checked in one step give each token the logits of
+/// one-token steps, bit for bit on the host kernels; dropping the tokens
+/// not kept (a different number per row) and going on computes what caches
+/// that never saw them compute.
+#[test]
+fn drafts_checked_in_one_step_have_the_bits_of_one_token_steps_and_drop_cleanly() {
+    let (model, weights) = tiny_model(DeviceChoice::Cpu, 17);
+    assert!(model.multi_token_steps_are_exact(), "a CPU model runs the host kernels");
+    let v = TINY.vocab;
+    let prompts: [&[u32]; 2] = [&TOKENS[..5], &[9, 4, 33]];
+    let drafts: [&[u32]; 2] = [&TOKENS[5..9], &[70, 18, 6, 2]];
+    for kernels in [Kernels::Host, Kernels::Tensor] {
+        let mut cache = model.new_padded_cache(vec![0, 2]);
+        let padded: Vec<u32> = std::iter::repeat_n(50, 2).chain(prompts[1].iter().copied()).collect();
+        model.forward_cached_last_with(&[prompts[0].to_vec(), padded], &mut cache, kernels).unwrap();
+        let drafted = values(model.forward_cached_with(&[drafts[0].to_vec(), drafts[1].to_vec()], &mut cache, kernels).unwrap());
+        assert_eq!(cache.len(), 9);
+        for (r, (prompt, draft)) in prompts.iter().zip(drafts).enumerate() {
+            for i in 0..draft.len() {
+                let pieces: Vec<&[u32]> = std::iter::once(*prompt).chain(draft[..=i].chunks(1)).collect();
+                let own = alone(&model, &pieces, kernels);
+                let row = &drafted[(r * 4 + i) * v..(r * 4 + i + 1) * v];
+                if kernels == Kernels::Host {
+                    assert_eq!(row, &own[..], "host kernels: row {r}, draft token {i}, bit for bit");
+                } else {
+                    let diff = row.iter().zip(&own).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                    assert!(diff < 1e-4, "tensor kernels: row {r}, draft token {i}: max |one step - token by token| = {diff}");
+                }
+            }
+        }
+        // Row 0 keeps two drafted tokens, row 1 all four; then one more token each.
+        cache.drop_last(&[2, 0]).unwrap();
+        assert_eq!((cache.len(), cache.padding()), (9, &[2, 2][..]), "{kernels:?}: row 0 moves right by the two slots it dropped");
+        let next = values(model.forward_cached_last_with(&[vec![3], vec![7]], &mut cache, kernels).unwrap());
+        let rows = [[prompts[0], &drafts[0][..2], &[3]].concat(), [prompts[1], drafts[1], &[7]].concat()];
+        for (r, tokens) in rows.iter().enumerate() {
+            let reference = reference_forward(&TINY, &weights, tokens);
+            let diff = max_abs_diff(&next[r * v..(r + 1) * v], &reference[tokens.len() - 1..]);
+            assert!(diff < 1e-4, "{kernels:?}: row {r} after dropping: max |cached - reference| = {diff}");
+        }
+        if kernels == Kernels::Host {
+            assert_eq!(&next[..v], &alone(&model, &[prompts[0], &drafts[0][..2], &[3]], kernels)[..], "row 0 after dropping, bit for bit");
+            assert_eq!(&next[v..], &alone(&model, &[prompts[1], drafts[1], &[7]], kernels)[..], "row 1 after dropping, bit for bit");
+        }
+        // Both rows drop their last token: the cache just shrinks.
+        cache.drop_last(&[1, 1]).unwrap();
+        assert_eq!((cache.len(), cache.padding()), (9, &[2, 2][..]));
+    }
+}
+
+#[test]
+fn dropping_refuses_to_leave_a_row_without_a_real_token() {
+    let (model, _) = tiny_model(DeviceChoice::Cpu, 18);
+    let mut cache = model.new_padded_cache(vec![0, 3]);
+    model.forward_cached_last(&[TOKENS[..5].to_vec(), vec![50, 50, 50, 4, 9]], &mut cache).unwrap();
+    let err = cache.drop_last(&[0, 2]).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("3 are padding"), "{err}");
+    let err = cache.drop_last(&[1]).unwrap_err().to_string();
+    assert!(err.contains("2 rows"), "{err}");
+    cache.drop_last(&[4, 1]).unwrap();
+    assert_eq!((cache.len(), cache.padding()), (4, &[3, 3][..]));
+}

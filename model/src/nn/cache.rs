@@ -108,6 +108,26 @@ impl HostKv {
         self.len -= slots;
     }
 
+    /// Forgets the last `drop[b]` filled slots of block b, then the last
+    /// `shrink` slots of every block: a block that drops more than
+    /// `shrink` has its remaining slots moved right by the difference,
+    /// zeros in front ([`KvCache::drop_last`]).
+    fn drop_last(&mut self, drop: &[usize], shrink: usize) {
+        let (d, len, capacity) = (self.head_dim, self.len, self.capacity);
+        for (block, &n) in drop.iter().enumerate() {
+            let shift = n - shrink;
+            if shift == 0 {
+                continue;
+            }
+            for data in [&mut self.keys, &mut self.values] {
+                let start = block * capacity * d;
+                data.copy_within(start..start + (len - n) * d, start + shift * d);
+                data[start..start + shift * d].fill(0.0);
+            }
+        }
+        self.len -= shrink;
+    }
+
     /// Appends the blocks of `other`, which must fill as many slots of the
     /// same head size ([`KvCache::append_rows`]).
     fn append_blocks(&mut self, other: &HostKv) {
@@ -218,6 +238,32 @@ impl LayerKv {
             if let Some(t) = tensor.take() {
                 let len = t.dims()[2];
                 *tensor = Some(t.narrow(2, slots, len - slots));
+            }
+        }
+    }
+
+    /// Forgets the last `drop[r]` slots of row r ([`KvCache::drop_last`]).
+    fn drop_last(&mut self, drop: &[usize], shrink: usize) {
+        if !self.host.is_empty() {
+            let per_row = self.host.blocks / drop.len();
+            let blocks: Vec<usize> = drop.iter().flat_map(|&n| std::iter::repeat_n(n, per_row)).collect();
+            self.host.drop_last(&blocks, shrink);
+        }
+        for tensor in [&mut self.keys, &mut self.values] {
+            if let Some(t) = tensor.take() {
+                let [_, heads, len, d] = t.dims();
+                let rows = drop
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &n)| {
+                        let kept = t.clone().narrow(0, r, 1).narrow(2, 0, len - n);
+                        match n - shrink {
+                            0 => kept,
+                            shift => Tensor::cat(vec![Tensor::zeros([1, heads, shift, d], &t.device()), kept], 2),
+                        }
+                    })
+                    .collect();
+                *tensor = Some(Tensor::cat(rows, 0));
             }
         }
     }
@@ -383,6 +429,35 @@ impl KvCache {
         }
         self.padding.iter_mut().for_each(|p| *p -= slots);
         self.len -= slots;
+    }
+
+    /// Forgets the last `drop[r]` slots of each row r, as if the steps that
+    /// filled them had not run: the tokens of a draft that decoding did not
+    /// keep. The cache shrinks by the fewest dropped; a row that drops more
+    /// has its slots moved right and its padding grown by the difference,
+    /// which changes none of its positions or visible keys, so what it
+    /// computes does not change. Each row must keep a real token.
+    pub fn drop_last(&mut self, drop: &[usize]) -> Result<(), ModelError> {
+        if drop.len() != self.batch() {
+            return Err(ModelError::Input(format!("the cache holds {} rows; {} were given slots to drop", self.batch(), drop.len())));
+        }
+        for (r, (&n, &pad)) in drop.iter().zip(&self.padding).enumerate() {
+            if n + pad >= self.len {
+                return Err(ModelError::Input(format!(
+                    "row {r} holds {} slots of which {pad} are padding: dropping its last {n} would leave no real token",
+                    self.len
+                )));
+            }
+        }
+        let shrink = drop.iter().copied().min().unwrap_or(0);
+        for layer in &mut self.layers {
+            layer.drop_last(drop, shrink);
+        }
+        for (pad, &n) in self.padding.iter_mut().zip(drop) {
+            *pad += n - shrink;
+        }
+        self.len -= shrink;
+        Ok(())
     }
 
     /// Records that `new` slots were appended to every layer.
