@@ -221,6 +221,7 @@ pub fn run_code_task(task: CodeTask, args: CodeArgs) -> Result<()> {
             stop: stop.clone(),
             // A rendered chat template holds its own special tokens.
             add_special_tokens: args.protocol == Protocol::Completion,
+            draft_tokens: args.task.draft_tokens,
             ..GenerationConfig::default()
         };
         let bar = progress(prompts.len() * args.samples, args.task.quiet, "generating");

@@ -127,6 +127,10 @@ struct GenerateArgs {
     /// Recompute the whole sequence at every step instead of using the key/value cache (slow; for comparison).
     #[arg(long)]
     no_cache: bool,
+    /// Most tokens of a prompt-lookup draft checked per greedy step while one prompt decodes alone
+    /// (a speed knob: the tokens do not change on the CPU; 0 turns drafts off).
+    #[arg(long, default_value_t = evaluate::generate::DRAFT_TOKENS)]
+    draft_tokens: usize,
     /// Compute device: cpu, wgpu or auto (a hardware GPU if present, else cpu).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -445,6 +449,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         use_cache: !args.no_cache,
         // A rendered chat template holds its own special tokens.
         add_special_tokens: !args.chat,
+        draft_tokens: args.draft_tokens,
     };
     let bar = progress(prompts.len(), args.quiet, "generate");
     let compute_started = Instant::now();

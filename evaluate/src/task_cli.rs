@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use artifacts::{ArtifactKind, ItemRow, Provenance, ResultRow};
 use clap::Args;
 use evaluate::apply_mask_file;
-use evaluate::generate::{Generation, GenerationRequest};
+use evaluate::generate::{Generation, GenerationConfig, GenerationRequest};
 use evaluate::journal::Journal;
 use model::{load_model, select_device, Decoder, DeviceChoice, LoadedModel};
 
@@ -36,6 +36,10 @@ pub struct TaskArgs {
     /// 64; multiple-choice log-likelihoods of short requests can differ in their last bits).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Most tokens of a prompt-lookup draft checked per greedy step while one sequence decodes alone
+    /// (generation tasks; a speed knob: the tokens do not change on the CPU; 0 turns drafts off).
+    #[arg(long, default_value_t = evaluate::generate::DRAFT_TOKENS)]
+    pub draft_tokens: usize,
     /// Results artifact to write (Parquet); the per-item outputs go beside it as `<name>.items.parquet`.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -217,8 +221,18 @@ pub fn generate_journaled(
     out: Option<&Path>,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<Vec<Generation>>, Option<Journal>)> {
+    let drafted_before = evaluate::generate::drafted_tokens_on_this_thread();
+    let report_drafts = |generations: &[Vec<Generation>]| {
+        let drafted = evaluate::generate::drafted_tokens_on_this_thread() - drafted_before;
+        if drafted > 0 {
+            let tokens: usize = generations.iter().flatten().map(|g| g.tokens.len()).sum();
+            eprintln!("{drafted} generated tokens came from prompt-lookup drafts ({tokens} tokens in all)");
+        }
+    };
     let Some(out) = out else {
-        return Ok((request.run(|k| bar.inc(k as u64))?, None));
+        let generations = request.run(|k| bar.inc(k as u64))?;
+        report_drafts(&generations);
+        return Ok((generations, None));
     };
     let name = out.file_name().with_context(|| format!("--out {} names no file", out.display()))?;
     let path = out.with_file_name(format!("{}.journal.jsonl", name.to_string_lossy()));
@@ -230,7 +244,8 @@ pub fn generate_journaled(
         "model": fingerprint,
         "mask": mask.map(|(_, hash)| hash),
         "samples": request.samples,
-        "config": format!("{:?}", request.config),
+        // Drafts are a speed knob: they change no token.
+        "config": format!("{:?}", GenerationConfig { draft_tokens: 0, ..request.config.clone() }),
         "prompts": format!("{} prompts, hash {:016x}", request.prompts.len(), prompts_hash.finish()),
     })
     .to_string();
@@ -248,6 +263,7 @@ pub fn generate_journaled(
         bar.inc(1);
         journal.record(p, j, g)
     })?;
+    report_drafts(&generations);
     Ok((generations, Some(journal)))
 }
 

@@ -159,6 +159,7 @@ fn generate_greedy(
         temperature: 0.0,
         stop: stop.iter().map(|s| s.to_string()).collect(),
         add_special_tokens: false,
+        draft_tokens: task.draft_tokens,
         ..GenerationConfig::default()
     };
     let bar = crate::progress(prompts.len(), task.quiet, name);

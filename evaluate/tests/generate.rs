@@ -4,7 +4,8 @@
 //! deterministic for a seed and independent of batching, stop strings cut the text; the chat template renders what
 //! transformers renders, and greedy output equals transformers' for one
 //! prompt; generation resumes from finished samples (a killed `evaluate`
-//! from its journal) with the results of an uninterrupted run.
+//! from its journal) with the results of an uninterrupted run; prompt-lookup
+//! drafts change no token at any batch.
 
 use std::sync::OnceLock;
 
@@ -78,6 +79,31 @@ fn prompts_joining_a_batch_as_rows_finish_equal_one_at_a_time() {
         let batched = generate(&s.model, tok, &many, &config, batch, |n| finished += n).unwrap();
         assert_eq!(finished, many.len(), "batch {batch}: progress counts every prompt once");
         for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+            assert_eq!((&a.tokens, &a.text, a.finish), (&b.tokens, &b.text, b.finish), "batch {batch}, prompt {i}");
+        }
+    }
+}
+
+#[test]
+fn prompt_lookup_drafts_change_no_token_at_any_batch() {
+    let s = smol();
+    let tok = s.loaded.tokenizer().unwrap();
+    let mut many = prompts();
+    many.extend([
+        "1, 2, 3, 4, 1, 2, 3, 4, 1, 2,".to_string(),
+        "def add(a, b):\n    return a + b\n\n\ndef add3(a, b, c):\n    return".to_string(),
+        "The cat sat on the mat. The dog sat on the".to_string(),
+    ]);
+    // Rows end by the token budget, by a stop string or by EOS, inside a draft or not.
+    let config = GenerationConfig { stop: vec!["\n\n\n".into()], ..greedy(40, true) };
+    let plain = generate(&s.model, tok, &many, &GenerationConfig { draft_tokens: 0, ..config.clone() }, 1, |_| {}).unwrap();
+    for batch in [1, 2, 5] {
+        let before = evaluate::generate::drafted_tokens_on_this_thread();
+        let drafted = generate(&s.model, tok, &many, &config, batch, |_| {}).unwrap();
+        let taken = evaluate::generate::drafted_tokens_on_this_thread() - before;
+        let total: usize = drafted.iter().map(|g| g.tokens.len()).sum();
+        assert!(taken >= 10, "batch {batch}: only {taken} of {total} tokens came from drafts: the drafts were hardly checked");
+        for (i, (a, b)) in plain.iter().zip(&drafted).enumerate() {
             assert_eq!((&a.tokens, &a.text, a.finish), (&b.tokens, &b.text, b.finish), "batch {batch}, prompt {i}");
         }
     }

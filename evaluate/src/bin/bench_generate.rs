@@ -9,6 +9,9 @@
 //! `--model PATH` (another model than SmolLM2: a GGUF file or a Hugging Face
 //! directory, sparse ones included), `--cached-only` (no runs without the
 //! cache), `--tokens-out FILE` (the first run's generated token ids, as JSON).
+//! Batch 1 with the cache runs twice: without prompt-lookup drafts, then
+//! with them (`--draft-tokens N`, default evaluate's), which must give the
+//! same tokens.
 //!
 //! The "decode steps" rows time decoding alone, as llama.cpp's `llama-bench
 //! -n N` and `llama-batched-bench` do: from one start token per sequence,
@@ -23,7 +26,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use evaluate::generate::{generate, GenerationConfig};
+use evaluate::generate::{generate, GenerationConfig, DRAFT_TOKENS};
 use model::{load_model, select_device, DeviceChoice};
 
 #[path = "../../../model/src/bin/shared/args.rs"]
@@ -62,6 +65,7 @@ fn main() {
     let n_prompts: usize = arg("--prompts", 4).clamp(1, PROMPTS.len());
     let batch: usize = arg("--batch", 1).max(1);
     let decode_only = std::env::args().any(|a| a == "--decode-only");
+    let draft_tokens: usize = arg("--draft-tokens", DRAFT_TOKENS);
     let no_decode_steps = std::env::args().any(|a| a == "--no-decode-steps");
 
     let loaded = load_model(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
@@ -72,22 +76,23 @@ fn main() {
     let prompt_tokens: usize = prompts.iter().map(|p| tokenizer.encode(p, true).expect("encode").len()).sum();
 
     // Warm-up (kernel compilation on wgpu, allocator warm-up on cpu).
-    let warm = GenerationConfig { max_new_tokens: 2, ..GenerationConfig::default() };
+    let warm = GenerationConfig { max_new_tokens: 2, draft_tokens: 0, ..GenerationConfig::default() };
     generate(&model, tokenizer, &prompts[..1], &warm, 1, |_| {}).expect("generate");
 
     println!("model: {}", path.display());
     println!("device: {} ({:?} kernels)", selected.description, model.kernels());
     println!("greedy decoding of {n_prompts} prompts ({prompt_tokens} prompt tokens), at most {new_tokens} new tokens each");
-    let mut runs = vec![(true, 1), (false, 1)];
+    // (cache, batch, draft tokens)
+    let mut runs = vec![(true, 1, 0), (true, 1, draft_tokens), (false, 1, 0)];
     if decode_only {
         runs.clear();
     } else if batch > 1 {
-        runs.extend([(true, batch), (false, batch)]);
+        runs.extend([(true, batch, 0), (false, batch, 0)]);
     }
-    runs.retain(|&(use_cache, _)| use_cache || !cached_only);
+    runs.retain(|&(use_cache, _, _)| use_cache || !cached_only);
     let mut cached_tokens = None;
-    for (use_cache, batch) in runs {
-        let config = GenerationConfig { max_new_tokens: new_tokens, use_cache, ..GenerationConfig::default() };
+    for (use_cache, batch, draft_tokens) in runs {
+        let config = GenerationConfig { max_new_tokens: new_tokens, use_cache, draft_tokens, ..GenerationConfig::default() };
         let started = Instant::now();
         let generations = generate(&model, tokenizer, &prompts, &config, batch, |_| {}).expect("generate");
         let seconds = started.elapsed().as_secs_f64();
@@ -104,11 +109,12 @@ fn main() {
             }
             Some(reference) => format!(", same tokens as the first run: {}", reference == &tokens),
         };
-        println!(
-            "{:<9} batch {batch}: {total} tokens in {seconds:.2} s = {:.1} tokens/s{same}",
-            if use_cache { "cache" } else { "no cache" },
-            total as f64 / seconds
-        );
+        let mode = match (use_cache, draft_tokens) {
+            (false, _) => "no cache".to_string(),
+            (true, 0) => "cache".to_string(),
+            (true, n) => format!("cache, drafts of {n}"),
+        };
+        println!("{mode:<9} batch {batch}: {total} tokens in {seconds:.2} s = {:.1} tokens/s{same}", total as f64 / seconds);
     }
     let start = tokenizer.bos_id().unwrap_or(0);
     let widths = match (no_decode_steps, batch > 1) {
