@@ -24,10 +24,12 @@ def read_windows(path, limit=None):
     return tokens[:limit] if limit else tokens
 
 
-def load_model(model_dir, dtype=torch.float32, attn="eager", rope64=False):
+def load_model(model_dir, dtype=torch.float32, attn="eager", rope64=False, gguf_file=None):
+    """A Hugging Face model dir, or with `gguf_file` a GGUF file in it, which
+    transformers dequantizes itself (with gguf-py) to float32."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn, gguf_file=gguf_file)
     model.eval()
     model.config.use_cache = False
     if dtype == torch.float64:
