@@ -19,12 +19,13 @@
 //! would, and each query attends over the same keys in the same order: the
 //! same bits as without the sharing.
 //!
-//! A greedy sequence decoding alone (the last of a batch, or batch 1) takes
-//! drafts from prompt lookup ([`lookup_draft`]): the tokens that followed
-//! the latest earlier occurrence of its last few tokens, in its prompt or its
-//! own text (code restates signatures and names; answers copy numbers). One
-//! step checks the whole draft and keeps the tokens that greedy decoding
-//! picks anyway, so a step may yield several tokens. Where the model's
+//! Greedy decoding of a few rows (batch 1, or the last rows of a batch)
+//! takes drafts from prompt lookup ([`lookup_draft`]): the tokens that
+//! followed the latest earlier occurrence of a row's last few tokens, in its
+//! prompt or its own text (code restates signatures and names; answers copy
+//! numbers). One step checks every row's draft and keeps the tokens that
+//! greedy decoding picks anyway, so a step may yield several tokens per
+//! row. Where the model's
 //! multi-token steps give each token the bits of one-token steps (the host
 //! kernels, [`model::Decoder::multi_token_steps_are_exact`]), the tokens are
 //! exactly those of decoding one at a time; elsewhere drafts are not used.
