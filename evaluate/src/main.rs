@@ -127,7 +127,7 @@ struct GenerateArgs {
     /// Recompute the whole sequence at every step instead of using the key/value cache (slow; for comparison).
     #[arg(long)]
     no_cache: bool,
-    /// Most tokens of a prompt-lookup draft checked per greedy step while one prompt decodes alone
+    /// Most tokens of a prompt-lookup draft checked per greedy step while at most four prompts decode
     /// (a speed knob: the tokens do not change on the CPU; 0 turns drafts off).
     #[arg(long, default_value_t = evaluate::generate::DRAFT_TOKENS)]
     draft_tokens: usize,

@@ -36,7 +36,7 @@ pub struct TaskArgs {
     /// 64; multiple-choice log-likelihoods of short requests can differ in their last bits).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Most tokens of a prompt-lookup draft checked per greedy step while one sequence decodes alone
+    /// Most tokens of a prompt-lookup draft checked per greedy step while at most four sequences decode
     /// (generation tasks; a speed knob: the tokens do not change on the CPU; 0 turns drafts off).
     #[arg(long, default_value_t = evaluate::generate::DRAFT_TOKENS)]
     pub draft_tokens: usize,

@@ -108,10 +108,10 @@ impl HostKv {
         self.len -= slots;
     }
 
-    /// Forgets the last `drop[b]` filled slots of block b, then the last
-    /// `shrink` slots of every block: a block that drops more than
-    /// `shrink` has its remaining slots moved right by the difference,
-    /// zeros in front ([`KvCache::drop_last`]).
+    /// Forgets the last `drop[b]` filled slots of block b and shortens every
+    /// block by `shrink` (the fewest dropped): a block that drops more keeps
+    /// its slots moved right by the difference, zeros in front
+    /// ([`KvCache::drop_last`]).
     fn drop_last(&mut self, drop: &[usize], shrink: usize) {
         let (d, len, capacity) = (self.head_dim, self.len, self.capacity);
         for (block, &n) in drop.iter().enumerate() {
