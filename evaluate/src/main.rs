@@ -65,6 +65,17 @@ enum Command {
     /// greedy decode tokens/s at batch 1 with the cache (as generation runs);
     /// prints one JSON line.
     Speed(SpeedArgs),
+    /// The device `--device` picks on this machine: prints `cpu` or `wgpu`
+    /// (what `auto` resolves to), so that a runner can pass every stage the
+    /// device it will use.
+    Device(DeviceArgs),
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// Compute device to resolve: cpu, wgpu or auto (a hardware GPU if present, else cpu).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -526,6 +537,12 @@ fn main() -> Result<()> {
         Command::Ppl(args) => run_ppl(args),
         Command::Generate(args) => run_generate(args),
         Command::Speed(args) => run_speed(args),
+        Command::Device(args) => {
+            let selected = select_device(args.device)?;
+            eprintln!("device: {}", selected.description);
+            println!("{}", selected.resolved);
+            Ok(())
+        }
         Command::HumanevalX(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::HumanEvalX(args.lang.into()), args.code),
         Command::Mbpp(args) => code_cli::run_code_task(evaluate::code_tasks::CodeTask::Mbpp, args),
         Command::Piqa(args) => tasks::run_choice(ChoiceTask::Piqa, args),

@@ -38,6 +38,28 @@ impl Device {
             Device::Wgpu => "wgpu",
         }
     }
+
+    /// This device, with `auto` resolved to the one the stages pick on this
+    /// machine (`evaluate device`), so that every step's recipe names the
+    /// device its results come from (a result of the CPU is never reused
+    /// where `auto` means a GPU) and no stage probes the adapters again.
+    pub fn resolved(self, bin_dir: &Path) -> Result<Device> {
+        if self != Device::Auto {
+            return Ok(self);
+        }
+        let out =
+            crate::process::output_checked(std::process::Command::new(bin_dir.join("evaluate")).args(["device", "--device", "auto"]))?;
+        Device::from_printed(&String::from_utf8_lossy(&out))
+    }
+
+    /// The device `evaluate device` printed on its last line.
+    fn from_printed(text: &str) -> Result<Device> {
+        match text.lines().last().map(str::trim) {
+            Some("cpu") => Ok(Device::Cpu),
+            Some("wgpu") => Ok(Device::Wgpu),
+            other => bail!("`evaluate device` printed {other:?}; expected `cpu` or `wgpu`"),
+        }
+    }
 }
 
 /// Options of `cargo xtask demo`.
@@ -202,6 +224,7 @@ fn run_experiment_with(
     bin_dir: PathBuf,
 ) -> Result<(Vec<PathBuf>, Outcome)> {
     let started = Instant::now();
+    let device = device.resolved(&bin_dir)?;
     let model = model_path(&exp.model)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let run_dir = workspace::absolute(run_dir)?;
@@ -429,6 +452,23 @@ pub fn prune(args: &PruneArgs) -> Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::graph::{Runner, Step};
+
+    #[test]
+    fn auto_resolves_to_the_device_evaluate_picks_and_the_others_stay() {
+        assert_eq!(Device::from_printed("cpu\n").unwrap(), Device::Cpu);
+        assert_eq!(Device::from_printed("wgpu").unwrap(), Device::Wgpu);
+        for bad in ["auto\n", "", "gpu"] {
+            let err = Device::from_printed(bad).unwrap_err().to_string();
+            assert!(err.contains("expected `cpu` or `wgpu`"), "{bad:?}: {err}");
+        }
+        let bin_dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
+        assert_eq!(Device::Cpu.resolved(Path::new("/nonexistent")).unwrap(), Device::Cpu, "a named device runs nothing");
+        assert_eq!(Device::Wgpu.resolved(Path::new("/nonexistent")).unwrap(), Device::Wgpu);
+        if bin_dir.join("evaluate").is_file() {
+            let resolved = Device::Auto.resolved(&bin_dir).unwrap();
+            assert!(matches!(resolved, Device::Cpu | Device::Wgpu), "auto resolved to {resolved:?}");
+        }
+    }
 
     /// The paper's graph in miniature on SmolLM2, with the stage binaries
     /// `cargo test` built: two calibration sources, every task on 2 items
