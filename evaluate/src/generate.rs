@@ -30,6 +30,7 @@
 //! kernels, [`model::Decoder::multi_token_steps_are_exact`]), the tokens are
 //! exactly those of decoding one at a time; elsewhere drafts are not used.
 
+use burn::tensor::TensorData;
 use model::tokenizer::Tokenizer;
 use model::{Decoder, KvCache, ModelError};
 
@@ -461,9 +462,14 @@ fn run_jobs(
 /// rows follow what `cache` holds (its padding included) and are appended to it.
 fn last_logits(model: &Decoder, sequences: &[Vec<u32>], cache: &mut KvCache) -> Result<Vec<Vec<f32>>, EvalError> {
     let logits = model.forward_cached_last(sequences, cache)?;
-    let [rows, vocab] = logits.dims();
-    let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
-    Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
+    let vocab = logits.dims()[1];
+    logit_rows(logits.into_data(), vocab)
+}
+
+/// Logits read back from the device, as host rows of `vocab` values.
+fn logit_rows(logits: TensorData, vocab: usize) -> Result<Vec<Vec<f32>>, EvalError> {
+    let values = logits.try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
+    Ok(values.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
 }
 
 /// Fewest tokens a prefix of every prompt must have to be shared: below
@@ -752,8 +758,8 @@ impl Decoding<'_> {
             .collect();
         let logits = self.model.forward_cached(&fed, cache)?;
         let vocab = logits.dims()[2];
-        let values = logits.into_data().try_into_vec::<f32>().map_err(|e| EvalError::Input(format!("reading logits: {e:?}")))?;
-        let position = |r: usize, i: usize| &values[(r * (length + 1) + i) * vocab..(r * (length + 1) + i + 1) * vocab];
+        let logits = logit_rows(logits.into_data(), vocab)?;
+        let position = |r: usize, i: usize| &logits[r * (length + 1) + i];
         let (mut dropped, mut next) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         for (r, (row, draft)) in rows.iter_mut().zip(&drafts).enumerate() {
             let mut kept = 0;

@@ -154,12 +154,13 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
     let inner = x.len() / rows;
     // Decoding in registers decodes the weight again for every tile of
     // rows, so more rows decode into the buffer once instead.
-    let registers = avx2::available() && inner % 8 == 0;
+    let registers = avx2::available() && inner.is_multiple_of(8);
     // Whole tiles of four weight rows (see small_matmul_block).
     let step = (DECODED_BYTES / (4 * inner.max(1)) / 4).max(1) * 4;
     small_matmul_tasks(rows, cols, |first, out| {
         let count = out.len() / rows;
-        if let Some(encoding) = weight.encoding(first, count).filter(|&e| registers && rows <= register_rows(e) && inner % e.block().0 == 0)
+        if let Some(encoding) =
+            weight.encoding(first, count).filter(|&e| registers && rows <= register_rows(e) && inner.is_multiple_of(e.block().0))
         {
             avx2::small_matmul_task(encoding, x, rows, weight, first, out);
             return;
@@ -223,6 +224,53 @@ pub fn random_blocks(encoding: Encoding, rows: usize, inner: usize, rng: &mut Rn
         }
     }
     bytes
+}
+
+/// A weight of whole blocks in one encoding, row after row, each row with
+/// its own keep bits or none: the stored weight of tests and benchmarks.
+pub struct BlockRows {
+    /// The rows' blocks, row after row.
+    pub bytes: Vec<u8>,
+    /// Values per row.
+    pub inner: usize,
+    /// The blocks' encoding.
+    pub encoding: Encoding,
+    /// Each row's keep bits (`inner / 8` bytes), or none where the row is not masked.
+    pub keep: Vec<Option<Vec<u8>>>,
+}
+
+impl BlockRows {
+    fn row_bytes(&self) -> usize {
+        let (values, bytes) = self.encoding.block();
+        self.inner / values * bytes
+    }
+}
+
+impl StoredWeight for BlockRows {
+    fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
+        Some(self.encoding)
+    }
+
+    fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
+        let size = self.row_bytes();
+        for row in first..first + count {
+            out.push((&self.bytes[row * size..(row + 1) * size], self.keep[row].as_deref()));
+        }
+    }
+
+    fn decode(&self, first: usize, out: &mut [f32]) {
+        let size = self.row_bytes();
+        for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
+            let r = first + i;
+            assert!(
+                decode(self.encoding, &self.bytes[r * size..(r + 1) * size], row),
+                "this CPU lacks the register decoders (AVX2, FMA, F16C)"
+            );
+            if let Some(keep) = &self.keep[r] {
+                crate::apply_keep_bits(row, self.inner, keep);
+            }
+        }
+    }
 }
 
 /// Decodes whole blocks of `src` in `encoding` into `dst` with the register
@@ -1220,59 +1268,6 @@ mod tests {
         }
     }
 
-    /// A weight of random blocks in one block encoding, with keep bits or
-    /// none; `even_rows_masked`: only the even rows have keep bits (a weight
-    /// of parts masked and not).
-    struct BlockStored {
-        bytes: Vec<u8>,
-        inner: usize,
-        keep: Option<Vec<u8>>,
-        even_rows_masked: bool,
-        encoding: Encoding,
-    }
-
-    impl BlockStored {
-        fn row_bytes(&self) -> usize {
-            let (values, bytes) = self.encoding.block();
-            self.inner / values * bytes
-        }
-
-        /// Row `row`'s keep bits, if it has them.
-        fn keep_of(&self, row: usize) -> Option<&[u8]> {
-            let keep_bytes = self.inner / 8;
-            let masked = !self.even_rows_masked || row % 2 == 0;
-            self.keep.as_deref().filter(|_| masked).map(|k| &k[row * keep_bytes..(row + 1) * keep_bytes])
-        }
-    }
-
-    impl StoredWeight for BlockStored {
-        fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
-            Some(self.encoding)
-        }
-
-        fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
-            let size = self.row_bytes();
-            for row in first..first + count {
-                out.push((&self.bytes[row * size..(row + 1) * size], self.keep_of(row)));
-            }
-        }
-
-        fn decode(&self, first: usize, out: &mut [f32]) {
-            let size = self.row_bytes();
-            for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
-                let r = first + i;
-                assert!(decode(self.encoding, &self.bytes[r * size..(r + 1) * size], row));
-                if let Some(keep) = self.keep_of(r) {
-                    for (col, v) in row.iter_mut().enumerate() {
-                        if keep[col / 8] >> (col % 8) & 1 == 0 {
-                            *v = 0.0;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     #[test]
     fn every_block_encoding_s_register_tiles_equal_its_decoded_rows_bit_for_bit() {
         if !avx2::available() {
@@ -1284,7 +1279,12 @@ mod tests {
             let bytes = random_blocks(encoding, cols, inner, &mut rng);
             let keep: Vec<u8> = (0..cols * inner / 8).map(|i| (i * 37 % 256) as u8).collect();
             for (keep, even_rows_masked) in [(None, false), (Some(keep.clone()), false), (Some(keep), true)] {
-                let stored = BlockStored { bytes: bytes.clone(), inner, keep, even_rows_masked, encoding };
+                // `even_rows_masked`: only the even rows have keep bits (a weight of parts masked and not).
+                let row_keep = |row: usize| {
+                    let masked = !even_rows_masked || row % 2 == 0;
+                    keep.as_ref().filter(|_| masked).map(|k| k[row * inner / 8..(row + 1) * inner / 8].to_vec())
+                };
+                let stored = BlockRows { bytes: bytes.clone(), inner, encoding, keep: (0..cols).map(row_keep).collect() };
                 let mut dense = vec![0f32; cols * inner];
                 stored.decode(0, &mut dense);
                 assert!(dense.iter().all(|v| v.is_finite()), "{encoding:?} decodes to finite values");
@@ -1293,7 +1293,7 @@ mod tests {
                     let want = crate::small_matmul(&x, rows, &dense, cols);
                     let got = small_matmul_stored(&x, rows, cols, &stored);
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{encoding:?}, {rows} rows, keep bits {}, even rows only {even_rows_masked}", stored.keep.is_some());
+                    assert!(same, "{encoding:?}, {rows} rows, keep bits {}, even rows only {even_rows_masked}", keep.is_some());
                 }
             }
         }

@@ -586,6 +586,28 @@ pub fn cached_attention(
     context
 }
 
+/// Zeroes the values of a row-major [rows, cols] matrix whose keep bit is 0;
+/// `keep` holds each row's bits packed LSB first in `ceil(cols / 8)` bytes.
+/// Rows are masked in parallel, each value kept or zeroed by a bit mask
+/// rather than a branch (pruned positions fall at random).
+pub fn apply_keep_bits(data: &mut [f32], cols: usize, keep: &[u8]) {
+    if cols == 0 {
+        return;
+    }
+    let row_bytes = cols.div_ceil(8);
+    let rows_per_task = (1 << 16) / cols + 1;
+    data.par_chunks_mut(rows_per_task * cols).zip(keep.par_chunks(rows_per_task * row_bytes)).for_each(|(rows, keep)| {
+        for (row, bits) in rows.chunks_exact_mut(cols).zip(keep.chunks_exact(row_bytes)) {
+            for (values, &byte) in row.chunks_mut(8).zip(bits) {
+                for (bit, value) in values.iter_mut().enumerate() {
+                    let kept = u32::from(byte >> bit & 1).wrapping_neg();
+                    *value = f32::from_bits(value.to_bits() & kept);
+                }
+            }
+        }
+    });
+}
+
 /// Most rows for which [`small_matmul`] beats a general matmul: a matmul
 /// library packs the whole weight on every call, which costs more than the
 /// product itself when the input has only a few rows (one per sequence in
@@ -763,6 +785,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_bits_zero_exactly_the_pruned_values_of_ragged_rows() {
+        // 37 columns (not a multiple of 8), enough rows for several parallel tasks.
+        let (rows, cols) = (4000usize, 37usize);
+        let row_bytes = cols.div_ceil(8);
+        let mut state = 7u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let specials = [-0.0f32, f32::NAN, f32::INFINITY, 1.5];
+        let data: Vec<f32> = (0..rows * cols).map(|i| if i % 11 == 0 { specials[i / 11 % 4] } else { next() as f32 - 2e9 }).collect();
+        let keep: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
+        let mut masked = data.clone();
+        apply_keep_bits(&mut masked, cols, &keep);
+        for (i, (&before, &after)) in data.iter().zip(&masked).enumerate() {
+            let (row, col) = (i / cols, i % cols);
+            let kept = keep[row * row_bytes + col / 8] >> (col % 8) & 1 == 1;
+            let expected = if kept { before } else { 0.0 };
+            assert_eq!(after.to_bits(), expected.to_bits(), "row {row} col {col}");
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_std() {

@@ -18,6 +18,7 @@ use crate::safetensors::{SafetensorsCheckpoint, StoredDtype};
 use crate::weights::{HostTensor, WeightMap};
 use formats::sparse::SparseRows;
 use formats::FormatError;
+use kernels::apply_keep_bits;
 use kernels::encoded::{Encoding, PackedValues};
 
 /// How a tensor is stored in its checkpoint file.
@@ -792,29 +793,6 @@ impl Weights for Checkpoint {
     }
 }
 
-/// Zeroes the values of a row-major [rows, cols] matrix whose keep bit is 0;
-/// `keep` holds each row's bits packed LSB first in `ceil(cols / 8)` bytes.
-/// Rows are masked in parallel, each value kept or zeroed by a bit mask
-/// rather than a branch (pruned positions fall at random).
-pub fn apply_keep_bits(data: &mut [f32], cols: usize, keep: &[u8]) {
-    use rayon::prelude::*;
-    if cols == 0 {
-        return;
-    }
-    let row_bytes = cols.div_ceil(8);
-    let rows_per_task = (1 << 16) / cols + 1;
-    data.par_chunks_mut(rows_per_task * cols).zip(keep.par_chunks(rows_per_task * row_bytes)).for_each(|(rows, keep)| {
-        for (row, bits) in rows.chunks_exact_mut(cols).zip(keep.chunks_exact(row_bytes)) {
-            for (values, &byte) in row.chunks_mut(8).zip(bits) {
-                for (bit, value) in values.iter_mut().enumerate() {
-                    let kept = u32::from(byte >> bit & 1).wrapping_neg();
-                    *value = f32::from_bits(value.to_bits() & kept);
-                }
-            }
-        }
-    });
-}
-
 /// Weights of which some matrices are masked: their pruned values read as
 /// zeros (sequential pruning rebuilds a layer from these, so that the
 /// pruned layer is never held as a second copy of the weights).
@@ -824,7 +802,7 @@ pub struct MaskedWeights<'a> {
 }
 
 impl<'a> MaskedWeights<'a> {
-    /// `weights` with the tensors of `keep_bits` masked (bits as [`apply_keep_bits`] reads them).
+    /// `weights` with the tensors of `keep_bits` masked (bits as [`kernels::apply_keep_bits`] reads them).
     pub fn new(weights: &'a dyn Weights, keep_bits: BTreeMap<String, Vec<u8>>) -> Self {
         MaskedWeights { weights, keep_bits }
     }
@@ -870,34 +848,6 @@ impl Weights for ReplacedWeights<'_> {
                 Err(ModelError::Input(format!("the replacement of `{name}` has shape {:?}; expected {expected:?}", tensor.shape)))
             }
             None => self.weights.tensor(name, expected, architecture),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::apply_keep_bits;
-
-    #[test]
-    fn keep_bits_zero_exactly_the_pruned_values_of_ragged_rows() {
-        // 37 columns (not a multiple of 8), enough rows for several parallel tasks.
-        let (rows, cols) = (4000usize, 37usize);
-        let row_bytes = cols.div_ceil(8);
-        let mut state = 7u64;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
-        let specials = [-0.0f32, f32::NAN, f32::INFINITY, 1.5];
-        let data: Vec<f32> = (0..rows * cols).map(|i| if i % 11 == 0 { specials[i / 11 % 4] } else { next() as f32 - 2e9 }).collect();
-        let keep: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
-        let mut masked = data.clone();
-        apply_keep_bits(&mut masked, cols, &keep);
-        for (i, (&before, &after)) in data.iter().zip(&masked).enumerate() {
-            let (row, col) = (i / cols, i % cols);
-            let kept = keep[row * row_bytes + col / 8] >> (col % 8) & 1 == 1;
-            let expected = if kept { before } else { 0.0 };
-            assert_eq!(after.to_bits(), expected.to_bits(), "row {row} col {col}");
         }
     }
 }

@@ -17,46 +17,8 @@ mod args;
 use std::time::Instant;
 
 use args::arg;
-use kernels::encoded::{decode, random_blocks, small_matmul_stored, Encoding, StoredRow, StoredWeight};
+use kernels::encoded::{decode, random_blocks, small_matmul_stored, BlockRows, Encoding};
 use kernels::rng::Rng;
-
-/// A weight of random rows in one encoding, without keep bits.
-struct RandomWeight {
-    bytes: Vec<u8>,
-    row_bytes: usize,
-    inner: usize,
-    encoding: Encoding,
-}
-
-impl RandomWeight {
-    /// `cols` rows of `inner` random values in `encoding` (see [`random_blocks`]).
-    fn new(encoding: Encoding, inner: usize, cols: usize, rng: &mut Rng) -> Self {
-        let (values, size) = encoding.block();
-        RandomWeight { bytes: random_blocks(encoding, cols, inner, rng), row_bytes: inner / values * size, inner, encoding }
-    }
-}
-
-impl StoredWeight for RandomWeight {
-    fn encoding(&self, _: usize, _: usize) -> Option<Encoding> {
-        Some(self.encoding)
-    }
-
-    fn rows<'a>(&'a self, first: usize, count: usize, out: &mut Vec<StoredRow<'a>>) {
-        for row in first..first + count {
-            out.push((&self.bytes[row * self.row_bytes..(row + 1) * self.row_bytes], None));
-        }
-    }
-
-    fn decode(&self, first: usize, out: &mut [f32]) {
-        for (i, row) in out.chunks_exact_mut(self.inner).enumerate() {
-            let r = first + i;
-            if !decode(self.encoding, &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes], row) {
-                eprintln!("this CPU lacks the register decoders (AVX2, FMA, F16C): nothing to measure");
-                std::process::exit(2);
-            }
-        }
-    }
-}
 
 fn main() {
     let inner: usize = arg("--inner", 4864);
@@ -66,6 +28,10 @@ fn main() {
         eprintln!("--inner must be a positive multiple of 256 (the largest block, Q4_K's and Q6_K's); found {inner}");
         std::process::exit(2);
     }
+    if !decode(Encoding::F32, &[0; 32], &mut [0.0; 8]) {
+        eprintln!("this CPU lacks the register decoders (AVX2, FMA, F16C): nothing to measure");
+        std::process::exit(2);
+    }
     println!(
         "bench stored: a [{cols}, {inner}] weight per encoding, G weights/s (best of {repeats}) by rows; {} threads",
         rayon::current_num_threads()
@@ -73,7 +39,7 @@ fn main() {
     println!("{:<9}{}", "encoding", (1..=8).map(|r| format!("{:>8}", format!("{r} rows"))).collect::<String>());
     let mut rng = Rng::new(1);
     for encoding in Encoding::BLOCKS {
-        let weight = RandomWeight::new(encoding, inner, cols, &mut rng);
+        let weight = BlockRows { bytes: random_blocks(encoding, cols, inner, &mut rng), inner, encoding, keep: vec![None; cols] };
         let mut line = format!("{:<9}", format!("{encoding:?}"));
         for rows in 1..=8 {
             let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
