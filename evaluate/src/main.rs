@@ -489,12 +489,23 @@ fn run_speed(args: SpeedArgs) -> Result<()> {
     // Token ids spread over the vocabulary: the speed does not depend on which.
     let vocab = loaded.config.vocab_size() as u64;
     let tokens: Vec<u32> = (0..args.prefill_tokens as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
-    let model = loaded.build(&selected.device)?;
-    model.forward(&[tokens[..2].to_vec()])?.into_data();
-    let started = Instant::now();
-    model.forward(&[tokens.clone()])?.into_data();
-    let prefill = args.prefill_tokens as f64 / started.elapsed().as_secs_f64();
-    drop(model);
+    // Prefill as `evaluate ppl` runs it, one layer at a time, so the probe
+    // needs no more memory than perplexity does. Each pass reads and widens
+    // every layer's weights, which a perplexity run does once for all its
+    // windows: the speed is that of the tokens past a two-token pass's
+    // (timed after a first one, which also fills the page cache and
+    // compiles wgpu's kernels).
+    let streamed_pass = |tokens: &[u32]| -> Result<f64> {
+        let started = Instant::now();
+        window_nlls_streamed_from(&loaded, &selected.device, &[tokens.to_vec()], 1, 0, || {})?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    streamed_pass(&tokens[..2])?;
+    let weights_only = streamed_pass(&tokens[..2])?;
+    let whole = streamed_pass(&tokens)?;
+    // A model so small that reading it is lost in the noise: the whole pass.
+    let beyond_reading = whole - weights_only;
+    let prefill = if beyond_reading > 0.0 { (args.prefill_tokens - 2) as f64 / beyond_reading } else { args.prefill_tokens as f64 / whole };
     let model = loaded.build_stored(&selected.device)?;
     let mut cache = model.new_cache(1);
     let mut logits = model.forward_cached_last(&[tokens[..16.min(tokens.len())].to_vec()], &mut cache)?;

@@ -297,3 +297,29 @@ fn mask_file_zeroes_exactly_its_pruned_weights_and_refuses_other_models() {
     let err = apply_mask_file(&mut load_model(dir.path()).unwrap(), &other).unwrap_err().to_string();
     assert!(err.contains("another-model") && err.contains("other.parquet"), "{err}");
 }
+
+#[test]
+fn evaluate_speed_prints_both_speeds_and_refuses_too_few_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path(), &TINY, &tiny_weights(&TINY, 3), StoredDtype::F32);
+    let speed = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_evaluate"))
+            .args(["speed", "--model"])
+            .arg(dir.path())
+            .args(["--device", "cpu"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = speed(&["--prefill-tokens", "16", "--decode-tokens", "4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for key in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+        let value = line[key].as_f64().unwrap_or_else(|| panic!("no {key} in {stdout}"));
+        assert!(value.is_finite() && value > 0.0, "{key}: {value}");
+    }
+    let refused = speed(&["--prefill-tokens", "1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--prefill-tokens of at least 2"));
+}

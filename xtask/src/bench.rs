@@ -586,7 +586,7 @@ pub fn sparse(bench_args: &[String]) -> Result<ExitCode> {
     }
     println!(
         "(decode: cached single-token steps of 1 and 8 sequences, {} tokens each, best of 3; layer: layer 0's linear products alone, \
-         best of 10; both with every model in one process, taken in turn; prefill: one window through `evaluate speed`; \
+         best of 10; both with every model in one process, taken in turn; prefill: one window through `evaluate speed`, as `evaluate ppl` streams it, less the layers' reading; \
          speed-up in brackets)",
         opts.new_tokens
     );
