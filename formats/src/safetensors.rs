@@ -234,9 +234,14 @@ impl SafetensorsFile {
     /// Drops the mapped pages of `info` from this process (the kernel reads
     /// them again from the file if they are touched later).
     fn release(&self, info: &StoredTensorInfo) {
+        self.release_range(info.range.clone());
+    }
+
+    /// Drops the mapped pages of bytes `range` of the file from this process.
+    fn release_range(&self, range: std::ops::Range<usize>) {
         // SAFETY: the mapping is shared and read-only, backed by the file:
         // dropped pages read back the same bytes, so no borrow can observe a change.
-        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.range.start, info.range.len()) };
+        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
     }
 
     fn info(&self, name: &str) -> Result<&StoredTensorInfo, FormatError> {
@@ -346,6 +351,12 @@ impl SafetensorsCheckpoint {
         let file = &self.files[i];
         file.release(file.info(name)?);
         Ok(())
+    }
+
+    /// Drops the pages of bytes `range` of shard `shard` ([`SafetensorsCheckpoint::shard_bytes`])
+    /// from this process, for readers that decode a tensor from the mapping themselves.
+    pub fn release_range(&self, shard: usize, range: std::ops::Range<usize>) {
+        self.files[shard].release_range(range);
     }
 
     /// The whole mapped file of shard `shard`.

@@ -51,8 +51,16 @@ impl PackedRhs {
     /// layer's [out, in]), so that `A B` is the layer's `A W^T`.
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "PackedRhs::from_transposed: the weight is not [{n}, {k}]");
+        Self::from_decoded(n, k, &|first, out| out.copy_from_slice(&w[first * k..first * k + out.len()]))
+    }
+
+    /// [`PackedRhs::from_transposed`] of a weight [n, k] that `decode(first,
+    /// out)` writes row by row (rows `first..`, filling `out`), packed a
+    /// strip at a time: the weight is never held unpacked (a model's
+    /// stored layers are packed straight from the file).
+    pub fn from_decoded(n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Self {
         let mut packed = PackedRhs::empty();
-        packed.pack_decoded(n, k, &|first, out| out.copy_from_slice(&w[first * k..first * k + out.len()]));
+        packed.pack_decoded(n, k, decode);
         packed
     }
 

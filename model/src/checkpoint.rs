@@ -753,6 +753,24 @@ impl StoredRows {
         }
     }
 
+    /// Drops the file pages of the stored tensor from this process, for a
+    /// reader done with it (as [`Checkpoint::load`] does after decoding), so
+    /// that streaming a model layer by layer keeps only what it holds
+    /// resident; pages touched again are read back from the file.
+    pub fn release(&self) {
+        if self.replaced.is_some() {
+            return;
+        }
+        let release = |(shard, range): &(usize, Range<usize>)| match &*self.store {
+            Store::Safetensors(file) => file.release_range(*shard, range.clone()),
+            Store::Gguf(file) => file.release_range(range.clone()),
+        };
+        release(&self.location);
+        if let Some(sparse) = &self.sparse {
+            release(&sparse.keep_location);
+        }
+    }
+
     /// The whole matrix in f32.
     pub fn decode_all(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];

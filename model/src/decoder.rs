@@ -372,12 +372,13 @@ impl DecoderLayer {
         Self::build(spec, weights, layer, device, false)
     }
 
-    /// [`DecoderLayer::from_weights`]; with `stored`, on a host-memory
-    /// device, the linear layers whose weights have a file behind them keep
-    /// them in their stored form ([`Linear::from_stored`]).
+    /// [`DecoderLayer::from_weights`]. On a host-memory device the linear
+    /// layers whose weights have a file behind them are built from their
+    /// stored rows: with `stored`, kept in that form ([`Linear::from_stored`]);
+    /// without, packed straight from it ([`Linear::packed_from_stored`]).
     fn build(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device, stored: bool) -> Result<Self, ModelError> {
         spec.check_device_buffers(device)?;
-        let stored = stored && crate::device::is_host_memory(device);
+        let host = crate::device::is_host_memory(device);
         let p = format!("model.layers.{layer}");
         let arch = &spec.architecture;
         let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
@@ -388,7 +389,7 @@ impl DecoderLayer {
         // one group of f32 weights is held beside the built ones.
         let modules = spec.linear_modules(layer);
         let linear = |range: std::ops::Range<usize>| -> Result<Linear, ModelError> {
-            let rows: Option<Vec<StoredRows>> = if stored {
+            let rows: Option<Vec<StoredRows>> = if host {
                 modules[range.clone()]
                     .iter()
                     .map(|(name, out_f, in_f)| {
@@ -406,7 +407,11 @@ impl DecoderLayer {
                     }
                 }
                 let biases = (!biases.is_empty()).then(|| biases.iter().map(|b| &**b).collect());
-                return Ok(Linear::from_stored(rows, biases, device));
+                return Ok(if stored {
+                    Linear::from_stored(rows, biases, device)
+                } else {
+                    Linear::packed_from_stored(rows, biases, device)
+                });
             }
             let mut parts = Vec::with_capacity(range.len());
             for (name, out_f, in_f) in &modules[range] {
@@ -567,28 +572,11 @@ impl Decoder {
             return Self::from_weights(spec, weights, device);
         }
         let mut decoder = Decoder::empty(spec, device);
-        let (v, h) = (spec.vocab_size, spec.hidden_size);
-        let embed = weights.stored_rows("model.embed_tokens.weight").filter(|r| (r.rows(), r.cols()) == (v, h));
-        match &embed {
-            Some(rows) => decoder.embed_tokens = Some(Embedding::Stored(rows.clone())),
-            None => decoder.load_embedding(weights)?,
-        }
+        decoder.load_embedding(weights)?;
         for layer in 0..spec.layers.len() {
             decoder.layers[layer] = Some(DecoderLayer::build(spec, weights, layer, device, true)?);
         }
-        let head_name = if spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        match weights.stored_rows(head_name).filter(|r| (r.rows(), r.cols()) == (v, h)) {
-            Some(rows) => {
-                let norm = RmsNorm::from_host(
-                    &*weights.tensor("model.norm.weight", &[h], &spec.architecture)?,
-                    spec.norm_offset,
-                    spec.norm_eps,
-                    device,
-                );
-                decoder.head = Some(Head { norm, lm_head: Linear::from_stored(vec![rows], None, device) });
-            }
-            None => decoder.load_head(weights)?,
-        }
+        decoder.load_head_as(weights, true)?;
         Ok(decoder)
     }
 
@@ -601,9 +589,25 @@ impl Decoder {
     pub fn load_embedding(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
         self.spec.check_device_buffers(&self.device)?;
         let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
-        let embed = weights.tensor("model.embed_tokens.weight", &[v, h], &self.spec.architecture)?.into_owned();
-        self.embed_tokens = Some(Embedding::Tensor(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device)));
+        let name = "model.embed_tokens.weight";
+        self.embed_tokens = Some(match self.stored_rows(weights, name, [v, h]) {
+            // Rows are decoded as tokens look them up: the table is never decoded whole.
+            Some(rows) => Embedding::Stored(rows),
+            None => {
+                let embed = weights.tensor(name, &[v, h], &self.spec.architecture)?.into_owned();
+                Embedding::Tensor(Tensor::from_data(TensorData::new(embed.data, [v, h]), &self.device))
+            }
+        });
         Ok(())
+    }
+
+    /// The stored rows of matrix `name` of `shape`, on a host-memory device
+    /// where the weights have a file behind them.
+    fn stored_rows(&self, weights: &dyn Weights, name: &str, [rows, cols]: [usize; 2]) -> Option<StoredRows> {
+        if !crate::device::is_host_memory(&self.device) {
+            return None;
+        }
+        weights.stored_rows(name).filter(|r| (r.rows(), r.cols()) == (rows, cols))
     }
 
     /// Loads (or reloads, e.g. after pruning it) decoder layer `layer`.
@@ -614,12 +618,28 @@ impl Decoder {
 
     /// Loads (or reloads) the final norm and the LM head (the embedding when tied).
     pub fn load_head(&mut self, weights: &dyn Weights) -> Result<(), ModelError> {
+        self.load_head_as(weights, false)
+    }
+
+    /// [`Decoder::load_head`]; the LM head built from its stored rows where
+    /// it has them, kept in that form with `stored` ([`Linear::from_stored`])
+    /// and packed from it without ([`Linear::packed_from_stored`]).
+    fn load_head_as(&mut self, weights: &dyn Weights, stored: bool) -> Result<(), ModelError> {
         self.spec.check_device_buffers(&self.device)?;
+        let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
+        let name = if self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head = match self.stored_rows(weights, name, [v, h]) {
+            Some(rows) if stored => Linear::from_stored(vec![rows], None, &self.device),
+            Some(rows) => Linear::packed_from_stored(vec![rows], None, &self.device),
+            None => Linear::from_host(&*weights.tensor(name, &[v, h], &self.spec.architecture)?, None, &self.device),
+        };
         let spec = &self.spec;
-        let (v, h, arch) = (spec.vocab_size, spec.hidden_size, &spec.architecture);
-        let norm = RmsNorm::from_host(&*weights.tensor("model.norm.weight", &[h], arch)?, spec.norm_offset, spec.norm_eps, &self.device);
-        let name = if spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let lm_head = Linear::from_host(&*weights.tensor(name, &[v, h], arch)?, None, &self.device);
+        let norm = RmsNorm::from_host(
+            &*weights.tensor("model.norm.weight", &[h], &spec.architecture)?,
+            spec.norm_offset,
+            spec.norm_eps,
+            &self.device,
+        );
         self.head = Some(Head { norm, lm_head });
         Ok(())
     }

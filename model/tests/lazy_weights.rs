@@ -43,6 +43,42 @@ fn a_decoder_holding_one_layer_at_a_time_gives_the_whole_model_s_logits() {
 }
 
 #[test]
+fn layers_packed_straight_from_the_file_equal_layers_built_from_decoded_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&TINY, 9);
+    let (q8, q4, bf16) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"), dir.path().join("bf16"));
+    write_gguf(&q8, &TINY, &weights, GgmlType::Q8_0);
+    write_gguf(&q4, &TINY, &weights, GgmlType::Q4_0);
+    write_hf_dir(&bf16, &TINY, &weights, StoredDtype::BF16);
+    let batch = [TOKENS.to_vec(), TOKENS.iter().rev().copied().collect()];
+    for path in [&q8, &q4, &bf16] {
+        let mut loaded = load_model(path).unwrap();
+        // One matrix pruned past the sparse threshold (decoded whole and
+        // listed sparse), one barely masked (packed from the file).
+        let (heavy, light) = ("model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight");
+        for (name, byte) in [(heavy, 0b0101_0001u8), (light, 0xffu8 ^ 0b1000_0000)] {
+            let (rows, cols) = (weights[name].shape[0], weights[name].shape[1]);
+            loaded.weights.set_keep_bits(name, vec![byte; rows * cols.div_ceil(8)]).unwrap();
+        }
+        // The same values, decoded tensor by tensor into memory, where no
+        // stored rows exist: the layers are built from f32 tensors.
+        let mut decoded = model::WeightMap::new(path);
+        for name in loaded.weights.names().cloned().collect::<Vec<_>>() {
+            decoded.insert(name.clone(), loaded.weights.load(&name).unwrap());
+        }
+        let spec = loaded.config.spec();
+        let from_file = Decoder::from_weights(spec, &loaded.weights, &cpu()).unwrap();
+        let from_tensors = Decoder::from_weights(spec, &decoded, &cpu()).unwrap();
+        let logits = |decoder: &Decoder| decoder.forward(&batch).unwrap().into_data().try_into_vec::<f32>().unwrap();
+        let (a, b) = (logits(&from_file), logits(&from_tensors));
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: logits differ", path.display());
+        // The file's pages were released once packed; reading them again gives the same values.
+        assert_eq!(loaded.weights.load(light).unwrap().data, decoded.get(light).unwrap().data);
+    }
+}
+
+#[test]
 #[should_panic(expected = "decoder layer 0 is not loaded")]
 fn running_a_layer_that_is_not_loaded_is_a_clear_panic() {
     let dir = tempfile::tempdir().unwrap();

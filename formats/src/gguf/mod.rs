@@ -997,12 +997,17 @@ impl GgufFile {
     /// dequantized, so that reading a model tensor by tensor keeps only what
     /// the caller holds resident (the kernel reads them again if touched).
     fn release(&self, info: &GgufTensorInfo) {
+        self.release_range(self.range_of(info));
+    }
+
+    /// Drops the pages of bytes `range` of [`GgufFile::mapped`] from this
+    /// process (the kernel reads them again if they are touched later): for
+    /// readers that decode a tensor from the mapping themselves and are done with it.
+    pub fn release_range(&self, range: std::ops::Range<usize>) {
         if let Some(map) = &self.map {
-            let start = self.data_start + info.offset as usize;
-            let len = info.n_bytes().unwrap_or(0) as usize;
             // SAFETY: the mapping is shared and read-only, backed by the file:
             // dropped pages read back the same bytes, so no borrow can observe a change.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
         }
     }
 }

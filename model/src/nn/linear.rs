@@ -109,6 +109,25 @@ impl kernels::encoded::StoredWeight for StoredParts {
 /// (`cargo xtask bench gemm` on Zen 4), so 40% leaves a margin.
 const SPARSE_FROM: f64 = 0.4;
 
+/// Rows of a stored weight that [`sampled_zeros`] decodes.
+const ZERO_SAMPLE_ROWS: usize = 64;
+
+/// The fraction of zeros in [`ZERO_SAMPLE_ROWS`] rows spread evenly over a
+/// stored weight: whether [`Linear::packed_from_stored`] keeps it sparse
+/// (pruning leaves about the same fraction in every row; the choice changes
+/// the speed of the products, not their values).
+fn sampled_zeros(stored: &StoredParts) -> f64 {
+    let rows = stored.rows();
+    let sampled = rows.min(ZERO_SAMPLE_ROWS);
+    let mut row = vec![0.0f32; stored.inner];
+    let mut zeros = 0usize;
+    for i in 0..sampled {
+        stored.decode(i * rows / sampled, &mut row);
+        zeros += row.iter().filter(|&&v| v == 0.0).count();
+    }
+    zeros as f64 / (sampled * stored.inner).max(1) as f64
+}
+
 /// Rows of a stored weight that a product of many rows decodes, packs and
 /// multiplies at a time ([`gemm::matmul_decoded`]): 1024 rows of a
 /// 4864-wide weight are 19 MiB, where the whole LM head of a 150k
@@ -199,6 +218,52 @@ impl Linear {
             Tensor::from_data(TensorData::new(values, [out_f]), device)
         });
         Linear { weight, bias, host_weight: HostWeight::default() }
+    }
+
+    /// [`Linear::concat_from_host`] of stored modules (their rows stacked
+    /// in the order given, with optional biases [out_i], all present or all
+    /// absent), packed for [`gemm::matmul`] strip by strip straight from the
+    /// file where that is how the decoded weight would be kept: the values
+    /// are the same, but no f32 copy of the modules, nor of them stacked, is
+    /// ever made (streaming a model's layers built three per weight, and
+    /// faulted in 4 KiB pages, most of its time). The file's pages are
+    /// released once read ([`StoredRows::release`]). A weight that is
+    /// [`SPARSE_FROM`] zero or more in a sample of its rows (a pruned one),
+    /// or one on another device or processor, is decoded whole and built by
+    /// `concat_from_host`.
+    pub fn packed_from_stored(parts: Vec<StoredRows>, biases: Option<Vec<&HostTensor>>, device: &Device) -> Self {
+        let inner = parts[0].cols();
+        assert!(parts.iter().all(|p| p.cols() == inner), "stacked modules read the same input");
+        let mut starts = vec![0];
+        for part in &parts {
+            starts.push(starts.last().expect("a start") + part.rows());
+        }
+        let stored = StoredParts { parts, starts, inner };
+        let packed = crate::device::is_host_memory(device) && gemm::fast_kernel_available();
+        if !packed || sampled_zeros(&stored) >= SPARSE_FROM {
+            let decoded: Vec<HostTensor> = stored
+                .parts
+                .iter()
+                .map(|p| {
+                    let values = p.decode_all();
+                    p.release();
+                    HostTensor::new(vec![p.rows(), p.cols()], values)
+                })
+                .collect();
+            let parts: Vec<(&HostTensor, Option<&HostTensor>)> = match &biases {
+                Some(biases) => decoded.iter().zip(biases).map(|(w, b)| (w, Some(*b))).collect(),
+                None => decoded.iter().map(|w| (w, None)).collect(),
+            };
+            return Self::concat_from_host(&parts, device);
+        }
+        let out_f = stored.rows();
+        let weight = gemm::PackedRhs::from_decoded(out_f, inner, &|first, out| stored.decode(first, out));
+        stored.parts.iter().for_each(StoredRows::release);
+        let bias = biases.map(|biases| {
+            let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
+            Tensor::from_data(TensorData::new(values, [out_f]), device)
+        });
+        Linear { weight: LinearWeight::Packed(Arc::new(weight)), bias, host_weight: HostWeight::default() }
     }
 
     /// Builds the layer over weights kept in their stored form (see
