@@ -85,12 +85,42 @@ impl SparseRhs {
     /// value would be mispredicted half the time).
     pub fn from_transposed(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "SparseRhs::from_transposed: the weight is not [{n}, {k}]");
+        Self::list(n, k, &|first, count, use_rows| use_rows(&w[first * k..(first + count) * k]))
+    }
+
+    /// [`SparseRhs::from_transposed`] of a weight [n, k] that `decode(first,
+    /// out)` writes row by row (rows `first..`, filling `out`), decoded
+    /// [`LISTED_ROWS`] rows at a time into a per-thread buffer (twice: once
+    /// to count the nonzeros, once to list them), so the weight is never
+    /// held whole in f32.
+    pub fn from_decoded(n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Self {
+        Self::list(n, k, &|first, count, use_rows| {
+            DECODED_ROWS.with_borrow_mut(|rows| {
+                rows.resize(LISTED_ROWS * k, 0.0);
+                decode(first, &mut rows[..count * k]);
+                use_rows(&rows[..count * k]);
+            })
+        })
+    }
+
+    /// The listing of [`SparseRhs::from_transposed`] over weight rows that
+    /// `with_rows(first, count, use_rows)` hands to `use_rows` as one slice
+    /// [count, k], [`LISTED_ROWS`] rows at a time.
+    fn list(n: usize, k: usize, with_rows: &(dyn Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync)) -> Self {
         let slices = slices(k);
-        let columns = || w.par_chunks_exact(k.max(1)).take(n);
+        let chunks = || (0..n.div_ceil(LISTED_ROWS)).into_par_iter().map(|c| (c * LISTED_ROWS, LISTED_ROWS.min(n - c * LISTED_ROWS)));
         // counts[j * slices + s]: the nonzeros of column j in slice s.
-        let counts: Vec<usize> = columns()
-            .flat_map_iter(|column| {
-                slices.iter().map(move |slice| column[slice.steps.clone()].iter().map(|&v| usize::from(v != 0.0)).sum())
+        let counts: Vec<usize> = chunks()
+            .flat_map_iter(|(first, count)| {
+                let mut counts = Vec::with_capacity(count * slices.len());
+                with_rows(first, count, &mut |rows| {
+                    for column in rows.chunks_exact(k.max(1)).take(count) {
+                        counts.extend(
+                            slices.iter().map(|slice| column[slice.steps.clone()].iter().map(|&v| usize::from(v != 0.0)).sum::<usize>()),
+                        );
+                    }
+                });
+                counts
             })
             .collect();
         let mut starts = Vec::with_capacity(slices.len() * n + 1);
@@ -103,20 +133,25 @@ impl SparseRhs {
         let total = starts[slices.len() * n];
         let mut entries: Vec<Entry> = Vec::with_capacity(total);
         let out = SharedEntries(entries.spare_capacity_mut().as_mut_ptr());
-        columns().enumerate().for_each(|(j, column)| {
-            let mut scratch = [Entry { offset: 0, value: 0.0 }; SLICE + 1];
-            for (s, slice) in slices.iter().enumerate() {
-                let mut kept = 0;
-                for (line, &v) in column[slice.steps.clone()].iter().enumerate() {
-                    scratch[kept] = Entry { offset: (line * BLOCK_ROWS * size_of::<f32>()) as u32, value: v };
-                    kept += usize::from(v != 0.0);
+        chunks().for_each(|(first, count)| {
+            with_rows(first, count, &mut |rows| {
+                let mut scratch = [Entry { offset: 0, value: 0.0 }; SLICE + 1];
+                for (j, column) in (first..).zip(rows.chunks_exact(k.max(1)).take(count)) {
+                    for (s, slice) in slices.iter().enumerate() {
+                        let mut kept = 0;
+                        for (line, &v) in column[slice.steps.clone()].iter().enumerate() {
+                            scratch[kept] = Entry { offset: (line * BLOCK_ROWS * size_of::<f32>()) as u32, value: v };
+                            kept += usize::from(v != 0.0);
+                        }
+                        let start = starts[s * n + j];
+                        // A decoder that gave other values the second time would overrun its column's entries.
+                        assert_eq!(kept, starts[s * n + j + 1] - start, "weight row {j} changed between its two readings");
+                        // SAFETY: column j's entries of slice s go to starts[s * n + j]..starts[s * n + j + 1],
+                        // inside the capacity (`total` entries) and written by this column alone.
+                        unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), out.at(start).cast::<Entry>(), kept) };
+                    }
                 }
-                let start = starts[s * n + j];
-                debug_assert_eq!(kept, starts[s * n + j + 1] - start);
-                // SAFETY: column j's entries of slice s go to starts[s * n + j]..starts[s * n + j + 1],
-                // inside the capacity (`total` entries) and written by this column alone.
-                unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), out.at(start).cast::<Entry>(), kept) };
-            }
+            })
         });
         // SAFETY: the ranges of all (slice, column) pairs tile 0..total, and each was written above.
         unsafe { entries.set_len(total) };
@@ -141,6 +176,14 @@ impl SparseRhs {
         }
         out
     }
+}
+
+/// Weight rows that [`SparseRhs::from_decoded`] decodes (and one parallel task lists) at a time.
+const LISTED_ROWS: usize = 32;
+
+thread_local! {
+    /// Each thread's buffer of decoded weight rows ([`SparseRhs::from_decoded`]).
+    static DECODED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The uninitialized entries of a [`SparseRhs`] being listed, written by
@@ -501,6 +544,9 @@ mod tests {
                 let dense = gemm::matmul(&a, m, &PackedRhs::from_transposed(&w, n, k));
                 let sparse = SparseRhs::from_transposed(&w, n, k);
                 assert_eq!(sparse.transposed(), w, "[{m}x{n}x{k}] at {zeros}: the listed weights");
+                // Listed from rows decoded a few at a time: the same listing.
+                let decoded = SparseRhs::from_decoded(n, k, &|first, out| out.copy_from_slice(&w[first * k..first * k + out.len()]));
+                assert_eq!((&decoded.starts, decoded.transposed()), (&sparse.starts, w.clone()), "[{m}x{n}x{k}] at {zeros}: decoded rows");
                 for fast in [false, gemm::fast_kernel_available()] {
                     let got = matmul_with(&a, m, &sparse, fast);
                     // Equal as numbers: a chain that skips every weight can be -0 where the dense one is +0.

@@ -753,6 +753,20 @@ impl StoredRows {
         }
     }
 
+    /// These rows with the weights whose bit in `keep` is 0 zeroed too (on
+    /// top of any mask they have; bits as [`kernels::apply_keep_bits`] reads
+    /// them); None unless `keep` holds a bit for every weight.
+    pub fn masked(&self, keep: Arc<Vec<u8>>) -> Option<StoredRows> {
+        if keep.len() != self.rows * self.cols.div_ceil(8) {
+            return None;
+        }
+        let keep_bits = match &self.keep_bits {
+            None => keep,
+            Some(mine) => Arc::new(mine.iter().zip(keep.iter()).map(|(a, b)| a & b).collect()),
+        };
+        Some(StoredRows { keep_bits: Some(keep_bits), ..self.clone() })
+    }
+
     /// Drops the file pages of the stored tensor from this process, for a
     /// reader done with it (as [`Checkpoint::load`] does after decoding), so
     /// that streaming a model layer by layer keeps only what it holds
@@ -816,17 +830,26 @@ impl Weights for Checkpoint {
 /// pruned layer is never held as a second copy of the weights).
 pub struct MaskedWeights<'a> {
     weights: &'a dyn Weights,
-    keep_bits: BTreeMap<String, Vec<u8>>,
+    keep_bits: BTreeMap<String, Arc<Vec<u8>>>,
 }
 
 impl<'a> MaskedWeights<'a> {
     /// `weights` with the tensors of `keep_bits` masked (bits as [`kernels::apply_keep_bits`] reads them).
     pub fn new(weights: &'a dyn Weights, keep_bits: BTreeMap<String, Vec<u8>>) -> Self {
-        MaskedWeights { weights, keep_bits }
+        MaskedWeights { weights, keep_bits: keep_bits.into_iter().map(|(name, keep)| (name, Arc::new(keep))).collect() }
     }
 }
 
 impl Weights for MaskedWeights<'_> {
+    /// The stored rows of the underlying weights, masked here too.
+    fn stored_rows(&self, name: &str) -> Option<StoredRows> {
+        let rows = self.weights.stored_rows(name)?;
+        match self.keep_bits.get(name) {
+            Some(keep) => rows.masked(keep.clone()),
+            None => Some(rows),
+        }
+    }
+
     fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
         let tensor = self.weights.tensor(name, expected, architecture)?;
         match (self.keep_bits.get(name), expected) {
@@ -859,6 +882,14 @@ impl<'a> ReplacedWeights<'a> {
 }
 
 impl Weights for ReplacedWeights<'_> {
+    /// The stored rows of the underlying weights, for the matrices not replaced.
+    fn stored_rows(&self, name: &str) -> Option<StoredRows> {
+        if self.replaced.contains_key(name) {
+            return None;
+        }
+        self.weights.stored_rows(name)
+    }
+
     fn tensor(&self, name: &str, expected: &[usize], architecture: &str) -> Result<Cow<'_, HostTensor>, ModelError> {
         match self.replaced.get(name) {
             Some(tensor) if tensor.shape == expected => Ok(Cow::Borrowed(tensor)),

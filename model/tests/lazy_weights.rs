@@ -127,6 +127,36 @@ fn masks_applied_as_weights_are_read_zero_exactly_the_pruned_weights() {
     assert_eq!(masked.tensor(name, &[rows, cols], "llama").unwrap().data, expected);
     let other = "model.layers.0.self_attn.q_proj.weight";
     assert_eq!(masked.tensor(other, &weights[other].shape, "llama").unwrap().data, weights[other].data, "unmasked tensors unchanged");
+    // Its stored rows are masked too, on top of a mask they already carry.
+    let mut decoded = vec![0.0f32; rows * cols];
+    masked.stored_rows(name).unwrap().decode(0, &mut decoded);
+    assert_eq!(decoded, expected);
+    let first_column_off: Vec<u8> = (0..rows * cols.div_ceil(8)).map(|i| if i % cols.div_ceil(8) == 0 { 0xfe } else { 0xff }).collect();
+    let twice = loaded
+        .weights
+        .rows_of(name)
+        .unwrap()
+        .masked(std::sync::Arc::new(first_column_off))
+        .unwrap()
+        .masked(std::sync::Arc::new(bits.clone()))
+        .unwrap();
+    twice.decode(0, &mut decoded);
+    let both: Vec<f32> = expected.iter().enumerate().map(|(i, &v)| if i % cols == 0 { 0.0 } else { v }).collect();
+    assert_eq!(decoded, both);
+    assert!(
+        masked.stored_rows(name).unwrap().masked(std::sync::Arc::new(bits[1..].to_vec())).is_none(),
+        "bits of the wrong length are refused"
+    );
+    // A layer built from the masked stored rows equals one built from the masked tensors, bit for bit.
+    let mut in_memory = model::WeightMap::new(dir.path());
+    for name in loaded.weights.names() {
+        in_memory.insert(name.clone(), loaded.weights.load(name).unwrap());
+    }
+    let masked_in_memory = MaskedWeights::new(&in_memory, BTreeMap::from([(name.to_string(), bits.clone())]));
+    let spec = loaded.config.spec();
+    let (a, b) = (Decoder::from_weights(spec, &masked, &cpu()).unwrap(), Decoder::from_weights(spec, &masked_in_memory, &cpu()).unwrap());
+    let logits = |d: &Decoder| d.forward(&[TOKENS.to_vec()]).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    assert!(logits(&a).iter().zip(&logits(&b)).all(|(x, y)| x.to_bits() == y.to_bits()), "masked layers differ");
     assert!(loaded.weights.set_keep_bits(name, bits[1..].to_vec()).is_err(), "bits of the wrong length are refused");
     loaded.weights.set_keep_bits(name, bits).unwrap();
     assert_eq!(loaded.weights.load(name).unwrap().data, expected);

@@ -223,14 +223,14 @@ impl Linear {
     /// [`Linear::concat_from_host`] of stored modules (their rows stacked
     /// in the order given, with optional biases [out_i], all present or all
     /// absent), packed for [`gemm::matmul`] strip by strip straight from the
-    /// file where that is how the decoded weight would be kept: the values
-    /// are the same, but no f32 copy of the modules, nor of them stacked, is
-    /// ever made (streaming a model's layers built three per weight, and
-    /// faulted in 4 KiB pages, most of its time). The file's pages are
-    /// released once read ([`StoredRows::release`]). A weight that is
-    /// [`SPARSE_FROM`] zero or more in a sample of its rows (a pruned one),
-    /// or one on another device or processor, is decoded whole and built by
-    /// `concat_from_host`.
+    /// file, or listed sparse for [`sparse_gemm::matmul`] a few rows at a
+    /// time where a sample of its rows is [`SPARSE_FROM`] zero or more (a
+    /// pruned weight): the values are the same, but no f32 copy of the
+    /// modules, nor of them stacked, is ever made (streaming a model's
+    /// layers built three per weight, and faulted in 4 KiB pages, most of
+    /// its time). The file's pages are released once read
+    /// ([`StoredRows::release`]). On another device or processor the
+    /// modules are decoded whole and built by `concat_from_host`.
     pub fn packed_from_stored(parts: Vec<StoredRows>, biases: Option<Vec<&HostTensor>>, device: &Device) -> Self {
         let inner = parts[0].cols();
         assert!(parts.iter().all(|p| p.cols() == inner), "stacked modules read the same input");
@@ -239,8 +239,7 @@ impl Linear {
             starts.push(starts.last().expect("a start") + part.rows());
         }
         let stored = StoredParts { parts, starts, inner };
-        let packed = crate::device::is_host_memory(device) && gemm::fast_kernel_available();
-        if !packed || sampled_zeros(&stored) >= SPARSE_FROM {
+        if !(crate::device::is_host_memory(device) && gemm::fast_kernel_available()) {
             let decoded: Vec<HostTensor> = stored
                 .parts
                 .iter()
@@ -257,13 +256,18 @@ impl Linear {
             return Self::concat_from_host(&parts, device);
         }
         let out_f = stored.rows();
-        let weight = gemm::PackedRhs::from_decoded(out_f, inner, &|first, out| stored.decode(first, out));
+        let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
+        let weight = if sampled_zeros(&stored) >= SPARSE_FROM {
+            LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_decoded(out_f, inner, &decode)))
+        } else {
+            LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_decoded(out_f, inner, &decode)))
+        };
         stored.parts.iter().for_each(StoredRows::release);
         let bias = biases.map(|biases| {
             let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
             Tensor::from_data(TensorData::new(values, [out_f]), device)
         });
-        Linear { weight: LinearWeight::Packed(Arc::new(weight)), bias, host_weight: HostWeight::default() }
+        Linear { weight, bias, host_weight: HostWeight::default() }
     }
 
     /// Builds the layer over weights kept in their stored form (see
