@@ -588,24 +588,59 @@ pub fn cached_attention(
 
 /// Zeroes the values of a row-major [rows, cols] matrix whose keep bit is 0;
 /// `keep` holds each row's bits packed LSB first in `ceil(cols / 8)` bytes.
-/// Rows are masked in parallel, each value kept or zeroed by a bit mask
-/// rather than a branch (pruned positions fall at random).
+/// Each value is kept or zeroed by a lane mask rather than a branch (pruned
+/// positions fall at random); large matrices are masked in parallel, while
+/// the few rows a product decodes at a time are masked on the calling thread.
 pub fn apply_keep_bits(data: &mut [f32], cols: usize, keep: &[u8]) {
     if cols == 0 {
         return;
     }
     let row_bytes = cols.div_ceil(8);
-    let rows_per_task = (1 << 16) / cols + 1;
-    data.par_chunks_mut(rows_per_task * cols).zip(keep.par_chunks(rows_per_task * row_bytes)).for_each(|(rows, keep)| {
-        for (row, bits) in rows.chunks_exact_mut(cols).zip(keep.chunks_exact(row_bytes)) {
-            for (values, &byte) in row.chunks_mut(8).zip(bits) {
-                for (bit, value) in values.iter_mut().enumerate() {
-                    let kept = u32::from(byte >> bit & 1).wrapping_neg();
-                    *value = f32::from_bits(value.to_bits() & kept);
-                }
-            }
+    if data.len() < PARALLEL_MASK_VALUES {
+        return mask_rows(data, cols, keep);
+    }
+    let rows_per_task = PARALLEL_MASK_VALUES / cols + 1;
+    data.par_chunks_mut(rows_per_task * cols)
+        .zip(keep.par_chunks(rows_per_task * row_bytes))
+        .for_each(|(rows, keep)| mask_rows(rows, cols, keep));
+}
+
+/// Values from which [`apply_keep_bits`] masks in parallel (the values of one task).
+const PARALLEL_MASK_VALUES: usize = 1 << 16;
+
+/// For each keep byte, the masks of its eight lanes: all ones where the bit is set.
+static KEEP_LANES: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut lane = 0;
+        while lane < 8 {
+            table[byte][lane] = if byte >> lane & 1 == 1 { u32::MAX } else { 0 };
+            lane += 1;
         }
-    });
+        byte += 1;
+    }
+    table
+};
+
+/// [`apply_keep_bits`] on one thread.
+fn mask_rows(rows: &mut [f32], cols: usize, keep: &[u8]) {
+    let row_bytes = cols.div_ceil(8);
+    let mask = |values: &mut [f32], byte: u8| {
+        for (value, &lane) in values.iter_mut().zip(&KEEP_LANES[usize::from(byte)]) {
+            *value = f32::from_bits(value.to_bits() & lane);
+        }
+    };
+    for (row, bits) in rows.chunks_exact_mut(cols).zip(keep.chunks_exact(row_bytes)) {
+        let mut eights = row.chunks_exact_mut(8);
+        for (values, &byte) in (&mut eights).zip(bits) {
+            mask(values, byte);
+        }
+        let tail = eights.into_remainder();
+        if !tail.is_empty() {
+            mask(tail, bits[row_bytes - 1]);
+        }
+    }
 }
 
 /// Most rows for which [`small_matmul`] beats a general matmul: a matmul
@@ -788,24 +823,26 @@ mod tests {
 
     #[test]
     fn keep_bits_zero_exactly_the_pruned_values_of_ragged_rows() {
-        // 37 columns (not a multiple of 8), enough rows for several parallel tasks.
-        let (rows, cols) = (4000usize, 37usize);
-        let row_bytes = cols.div_ceil(8);
+        // 37 columns (not a multiple of 8) with enough rows for several
+        // parallel tasks, and a few rows masked on the calling thread.
         let mut state = 7u64;
         let mut next = || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 33) as u32
         };
-        let specials = [-0.0f32, f32::NAN, f32::INFINITY, 1.5];
-        let data: Vec<f32> = (0..rows * cols).map(|i| if i % 11 == 0 { specials[i / 11 % 4] } else { next() as f32 - 2e9 }).collect();
-        let keep: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
-        let mut masked = data.clone();
-        apply_keep_bits(&mut masked, cols, &keep);
-        for (i, (&before, &after)) in data.iter().zip(&masked).enumerate() {
-            let (row, col) = (i / cols, i % cols);
-            let kept = keep[row * row_bytes + col / 8] >> (col % 8) & 1 == 1;
-            let expected = if kept { before } else { 0.0 };
-            assert_eq!(after.to_bits(), expected.to_bits(), "row {row} col {col}");
+        for (rows, cols) in [(4000usize, 37usize), (3, 37), (5, 64), (2, 5)] {
+            let row_bytes = cols.div_ceil(8);
+            let specials = [-0.0f32, f32::NAN, f32::INFINITY, 1.5];
+            let data: Vec<f32> = (0..rows * cols).map(|i| if i % 11 == 0 { specials[i / 11 % 4] } else { next() as f32 - 2e9 }).collect();
+            let keep: Vec<u8> = (0..rows * row_bytes).map(|_| next() as u8).collect();
+            let mut masked = data.clone();
+            apply_keep_bits(&mut masked, cols, &keep);
+            for (i, (&before, &after)) in data.iter().zip(&masked).enumerate() {
+                let (row, col) = (i / cols, i % cols);
+                let kept = keep[row * row_bytes + col / 8] >> (col % 8) & 1 == 1;
+                let expected = if kept { before } else { 0.0 };
+                assert_eq!(after.to_bits(), expected.to_bits(), "[{rows}, {cols}] row {row} col {col}");
+            }
         }
     }
 
