@@ -59,6 +59,17 @@ struct StoredParts {
 }
 
 impl StoredParts {
+    /// The rows of `parts` stacked in order; they must read inputs of one width.
+    fn new(parts: Vec<StoredRows>) -> Self {
+        let inner = parts[0].cols();
+        let mut starts = vec![0];
+        for part in &parts {
+            assert_eq!(part.cols(), inner, "stacked modules read the same input");
+            starts.push(starts.last().expect("a start") + part.rows());
+        }
+        StoredParts { parts, starts, inner }
+    }
+
     /// Writes stacked rows `first..first + out.len() / inner` into `out`.
     fn decode(&self, first: usize, out: &mut [f32]) {
         let (mut row, mut done) = (first, 0);
@@ -108,6 +119,12 @@ impl kernels::encoded::StoredWeight for StoredParts {
 /// at 50% the sparse products take 0.65-0.75 of the dense ones' time
 /// (`cargo xtask bench gemm` on Zen 4), so 40% leaves a margin.
 const SPARSE_FROM: f64 = 0.4;
+
+/// The biases [out_i] of stacked modules, side by side ([out_f] in all).
+fn stacked_bias(biases: Vec<&HostTensor>, out_f: usize, device: &Device) -> Tensor<1> {
+    let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(values, [out_f]), device)
+}
 
 /// Rows of a stored weight that [`sampled_zeros`] decodes.
 const ZERO_SAMPLE_ROWS: usize = 64;
@@ -213,10 +230,7 @@ impl Linear {
         } else {
             LinearWeight::Tensor(Tensor::from_data(TensorData::new(transpose_host(&stacked, out_f, in_f), [in_f, out_f]), device))
         };
-        let bias = parts.iter().map(|(_, b)| b.map(|b| b.data.iter().copied())).collect::<Option<Vec<_>>>().map(|parts| {
-            let values: Vec<f32> = parts.into_iter().flatten().collect();
-            Tensor::from_data(TensorData::new(values, [out_f]), device)
-        });
+        let bias = parts.iter().map(|(_, b)| *b).collect::<Option<Vec<_>>>().map(|biases| stacked_bias(biases, out_f, device));
         Linear { weight, bias, host_weight: HostWeight::default() }
     }
 
@@ -232,13 +246,7 @@ impl Linear {
     /// ([`StoredRows::release`]). On another device or processor the
     /// modules are decoded whole and built by `concat_from_host`.
     pub fn packed_from_stored(parts: Vec<StoredRows>, biases: Option<Vec<&HostTensor>>, device: &Device) -> Self {
-        let inner = parts[0].cols();
-        assert!(parts.iter().all(|p| p.cols() == inner), "stacked modules read the same input");
-        let mut starts = vec![0];
-        for part in &parts {
-            starts.push(starts.last().expect("a start") + part.rows());
-        }
-        let stored = StoredParts { parts, starts, inner };
+        let stored = StoredParts::new(parts);
         if !(crate::device::is_host_memory(device) && gemm::fast_kernel_available()) {
             let decoded: Vec<HostTensor> = stored
                 .parts
@@ -255,7 +263,7 @@ impl Linear {
             };
             return Self::concat_from_host(&parts, device);
         }
-        let out_f = stored.rows();
+        let (out_f, inner) = (stored.rows(), stored.inner);
         let decode = |first: usize, out: &mut [f32]| stored.decode(first, out);
         let weight = if sampled_zeros(&stored) >= SPARSE_FROM {
             LinearWeight::Sparse(Arc::new(sparse_gemm::SparseRhs::from_decoded(out_f, inner, &decode)))
@@ -263,10 +271,7 @@ impl Linear {
             LinearWeight::Packed(Arc::new(gemm::PackedRhs::from_decoded(out_f, inner, &decode)))
         };
         stored.parts.iter().for_each(StoredRows::release);
-        let bias = biases.map(|biases| {
-            let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
-            Tensor::from_data(TensorData::new(values, [out_f]), device)
-        });
+        let bias = biases.map(|biases| stacked_bias(biases, out_f, device));
         Linear { weight, bias, host_weight: HostWeight::default() }
     }
 
@@ -276,18 +281,9 @@ impl Linear {
     /// Host-memory devices only.
     pub fn from_stored(parts: Vec<StoredRows>, biases: Option<Vec<&HostTensor>>, device: &Device) -> Self {
         assert!(crate::device::is_host_memory(device), "stored weights are read on host-memory devices only");
-        let inner = parts[0].cols();
-        let mut starts = vec![0];
-        for part in &parts {
-            assert_eq!(part.cols(), inner, "stacked modules read the same input");
-            starts.push(starts.last().expect("a start") + part.rows());
-        }
-        let out_f = *starts.last().expect("a start");
-        let bias = biases.map(|biases| {
-            let values: Vec<f32> = biases.iter().flat_map(|b| b.data.iter().copied()).collect();
-            Tensor::from_data(TensorData::new(values, [out_f]), device)
-        });
-        Linear { weight: LinearWeight::Stored(Arc::new(StoredParts { parts, starts, inner })), bias, host_weight: HostWeight::default() }
+        let stored = StoredParts::new(parts);
+        let bias = biases.map(|biases| stacked_bias(biases, stored.rows(), device));
+        Linear { weight: LinearWeight::Stored(Arc::new(stored)), bias, host_weight: HostWeight::default() }
     }
 
     /// Output features (of all the modules the layer holds).
