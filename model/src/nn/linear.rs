@@ -319,16 +319,28 @@ impl Linear {
                 transient.forward(x)
             }
         } else if rows <= kernels::SMALL_MATMUL_ROWS && crate::device::is_host_memory(&device) {
-            let weight = self.host_weight.0.get_or_init(|| match &self.weight {
-                LinearWeight::Tensor(weight_t) => {
-                    let [inner, cols] = weight_t.dims();
-                    transpose_host(&shared_values(weight_t), inner, cols)
+            // Copied outside the cell's initialization: the copy runs on
+            // rayon's pool, which may hand this thread another sequence's
+            // step through the same layer while it waits, and a step that
+            // waited on the cell's initialization here would wait on itself.
+            // Two steps may then both copy it; the first copy is kept.
+            let weight = match self.host_weight.0.get() {
+                Some(weight) => weight,
+                None => {
+                    let copy = match &self.weight {
+                        LinearWeight::Tensor(weight_t) => {
+                            let [inner, cols] = weight_t.dims();
+                            transpose_host(&shared_values(weight_t), inner, cols)
+                        }
+                        LinearWeight::Packed(packed) => packed.transposed(),
+                        LinearWeight::Sparse(sparse) => sparse.transposed(),
+                        LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
+                        LinearWeight::DeviceSparse(_) => unreachable!("device-sparse weights live on cubecl devices"),
+                    };
+                    let _ = self.host_weight.0.set(copy);
+                    self.host_weight.0.get().expect("set just now")
                 }
-                LinearWeight::Packed(packed) => packed.transposed(),
-                LinearWeight::Sparse(sparse) => sparse.transposed(),
-                LinearWeight::Stored(_) => unreachable!("stored weights take the branch above"),
-                LinearWeight::DeviceSparse(_) => unreachable!("device-sparse weights live on cubecl devices"),
-            });
+            };
             let cols = self.out_features();
             from_values(kernels::small_matmul(&host_values(x), rows, weight, cols), [rows, cols], &device)
         } else {
