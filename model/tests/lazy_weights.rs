@@ -42,16 +42,22 @@ fn a_decoder_holding_one_layer_at_a_time_gives_the_whole_model_s_logits() {
     assert!(logits.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "streamed logits differ");
 }
 
+/// `weights` written in `dir` as GGUF with q/k rows interleaved by
+/// llama.cpp (Q8_0 and Q4_0 blocks) and as bf16 safetensors.
+fn stored_forms(dir: &std::path::Path, weights: &BTreeMap<String, model::HostTensor>) -> [std::path::PathBuf; 3] {
+    let (q8, q4, bf16) = (dir.join("q8.gguf"), dir.join("q4.gguf"), dir.join("bf16"));
+    write_gguf(&q8, &TINY, weights, GgmlType::Q8_0);
+    write_gguf(&q4, &TINY, weights, GgmlType::Q4_0);
+    write_hf_dir(&bf16, &TINY, weights, StoredDtype::BF16);
+    [q8, q4, bf16]
+}
+
 #[test]
 fn layers_packed_straight_from_the_file_equal_layers_built_from_decoded_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_weights(&TINY, 9);
-    let (q8, q4, bf16) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"), dir.path().join("bf16"));
-    write_gguf(&q8, &TINY, &weights, GgmlType::Q8_0);
-    write_gguf(&q4, &TINY, &weights, GgmlType::Q4_0);
-    write_hf_dir(&bf16, &TINY, &weights, StoredDtype::BF16);
     let batch = [TOKENS.to_vec(), TOKENS.iter().rev().copied().collect()];
-    for path in [&q8, &q4, &bf16] {
+    for path in &stored_forms(dir.path(), &weights) {
         let mut loaded = load_model(path).unwrap();
         // One matrix pruned past the sparse threshold (decoded whole and
         // listed sparse), one barely masked (packed from the file).
@@ -184,12 +190,7 @@ fn cached_logits(model: &Decoder) -> Vec<Vec<f32>> {
 fn a_model_kept_in_its_stored_form_decodes_as_the_f32_model_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_weights(&TINY, 7);
-    // GGUF with q/k rows interleaved by llama.cpp (Q8_0 and Q4_0 blocks), and bf16 safetensors.
-    let (q8, q4, bf16) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"), dir.path().join("bf16"));
-    write_gguf(&q8, &TINY, &weights, GgmlType::Q8_0);
-    write_gguf(&q4, &TINY, &weights, GgmlType::Q4_0);
-    write_hf_dir(&bf16, &TINY, &weights, StoredDtype::BF16);
-    for path in [&q8, &q4, &bf16] {
+    for path in &stored_forms(dir.path(), &weights) {
         let mut loaded = load_model(path).unwrap();
         // A mask on one matrix, applied as its stored rows are decoded too.
         let name = "model.layers.1.mlp.up_proj.weight";
