@@ -165,7 +165,7 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
             avx2::small_matmul_task(encoding, x, rows, weight, first, out);
             return;
         }
-        DECODED.with_borrow_mut(|decoded| {
+        crate::scratch::with_thread_buffer(&DECODED, |decoded| {
             decoded.resize(step.min(count) * inner, 0.0);
             for at in (0..count).step_by(step) {
                 let n = step.min(count - at);

@@ -39,7 +39,7 @@ const MAX_INNER_BLOCK: usize = 384;
 
 /// The right-hand side `B` [k, n] of products `A B`, packed into strips of
 /// [`STRIP`] columns (the last one padded with zeros), each strip [k, STRIP].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackedRhs {
     inner: usize,
     cols: usize,
@@ -99,7 +99,7 @@ impl PackedRhs {
         self.values.par_chunks_mut(k * STRIP).enumerate().for_each(|(strip, out)| {
             let first = strip * STRIP;
             let width = STRIP.min(n - first);
-            DECODED_ROWS.with_borrow_mut(|rows| {
+            crate::scratch::with_thread_buffer(&DECODED_ROWS, |rows| {
                 rows.resize(STRIP * k, 0.0);
                 let rows = &mut rows[..width * k];
                 decode(first, rows);
@@ -200,11 +200,8 @@ pub fn matmul_decoded(a: &[f32], m: usize, (n, k): (usize, usize), chunk: usize,
             }
         })
     };
-    PACKED_CHUNK.with(|packed| match packed.try_borrow_mut() {
-        Ok(mut packed) => multiply(&mut packed),
-        // A product nested in another on this thread: storage of its own.
-        Err(_) => multiply(&mut PackedRhs::empty()),
-    })
+    // A product nested in another on this thread gets storage of its own.
+    crate::scratch::with_thread_buffer(&PACKED_CHUNK, multiply)
 }
 
 /// `A_i B_i` for each of the `batch` pairs of row-major `a` [batch, m, k]

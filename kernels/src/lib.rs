@@ -15,6 +15,7 @@ pub mod encoded;
 pub mod gemm;
 pub mod rng;
 pub mod rows;
+mod scratch;
 pub mod sparse_gemm;
 
 pub use rows::*;

@@ -95,7 +95,7 @@ impl SparseRhs {
     /// held whole in f32.
     pub fn from_decoded(n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Self {
         Self::list(n, k, &|first, count, use_rows| {
-            DECODED_ROWS.with_borrow_mut(|rows| {
+            crate::scratch::with_thread_buffer(&DECODED_ROWS, |rows| {
                 rows.resize(LISTED_ROWS * k, 0.0);
                 decode(first, &mut rows[..count * k]);
                 use_rows(&rows[..count * k]);
