@@ -1,10 +1,14 @@
-//! The few-row products of one decoder layer's linear modules, for each of
-//! several models given as `--model DIR` (e.g. the same 7B-shaped layer
+//! The few-row products of decoder layers' linear modules, for each of
+//! several models given as `--model DIR` (e.g. the same 7B-shaped layers
 //! dense in f16 and in the sparse format): the kernels alone, without the
-//! LM head and the per-token work around them. Prints the milliseconds per
-//! layer at batch 1, 4 and 8 (best of `--repeats`, default 10) and the peak
-//! RSS; asserts nothing about time. `--device wgpu` times the products on
-//! a wgpu adapter (pruned weights in [`model::nn::device_sparse`]'s form).
+//! LM head and the per-token work around them. Each timed run goes through
+//! `--layers N` layers from `--layer` (default 1 from 0), as decoding does:
+//! with more weight bytes than the last-level cache holds, the weights
+//! stream from memory on every run, as a real 7B model's do, instead of
+//! staying in the cache between runs. Prints the milliseconds per layer at
+//! batch 1, 4 and 8 (best of `--repeats`, default 10) and the peak RSS;
+//! asserts nothing about time. `--device wgpu` times the products on a
+//! wgpu adapter (pruned weights in [`model::nn::device_sparse`]'s form).
 //!
 //! Run by `cargo xtask bench sparse -- --model llama-2-7b-layer`.
 
@@ -21,7 +25,8 @@ use model::nn::Linear;
 use model::{load_model, select_device, DeviceChoice, HostTensor};
 
 fn main() {
-    let layer: usize = arg("--layer", 0);
+    let first_layer: usize = arg("--layer", 0);
+    let layer_count: usize = arg("--layers", 1).max(1);
     let repeats: usize = arg("--repeats", 10).max(1);
     let models: Vec<PathBuf> = repeated_arg("--model").into_iter().map(PathBuf::from).collect();
     if models.is_empty() {
@@ -31,11 +36,13 @@ fn main() {
     let selected = select_device(arg("--device", DeviceChoice::Cpu)).expect("device");
     let device = selected.device;
     println!(
-        "bench sparse layer: layer {layer}, best of {repeats}, the models taken in turn; {}; {} threads",
+        "bench sparse layer: layers {first_layer}..{}, best of {repeats}, the models taken in turn; {}; {} threads",
+        first_layer + layer_count,
         selected.description,
         rayon::current_num_threads()
     );
-    let layers: Vec<Vec<(Linear, usize)>> = models
+    // Per model, its layers' linear modules with their input widths.
+    let layers: Vec<Vec<Vec<(Linear, usize)>>> = models
         .iter()
         .map(|path| {
             let loaded = load_model(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
@@ -43,28 +50,44 @@ fn main() {
                 eprintln!("{}: {e}", path.display());
                 std::process::exit(1);
             }
-            loaded
-                .config
-                .linear_modules(layer)
-                .iter()
-                .map(|(module, _, inner)| {
-                    let rows = loaded.weights.rows_of(&format!("{module}.weight")).unwrap_or_else(|| panic!("{module} has no stored rows"));
-                    let linear = if model::device::is_host_memory(&device) {
-                        Linear::from_stored(vec![rows], None, &device)
-                    } else {
-                        Linear::from_host(&HostTensor::new(vec![rows.rows(), rows.cols()], rows.decode_all()), None, &device)
-                    };
-                    (linear, *inner)
+            if first_layer + layer_count > loaded.config.num_layers() {
+                eprintln!(
+                    "{}: has {} layers; layers {first_layer}..{} asked for",
+                    path.display(),
+                    loaded.config.num_layers(),
+                    first_layer + layer_count
+                );
+                std::process::exit(2);
+            }
+            (first_layer..first_layer + layer_count)
+                .map(|layer| {
+                    loaded
+                        .config
+                        .linear_modules(layer)
+                        .iter()
+                        .map(|(module, _, inner)| {
+                            let rows = loaded
+                                .weights
+                                .rows_of(&format!("{module}.weight"))
+                                .unwrap_or_else(|| panic!("{module} has no stored rows"));
+                            let linear = if model::device::is_host_memory(&device) {
+                                Linear::from_stored(vec![rows], None, &device)
+                            } else {
+                                Linear::from_host(&HostTensor::new(vec![rows.rows(), rows.cols()], rows.decode_all()), None, &device)
+                            };
+                            (linear, *inner)
+                        })
+                        .collect()
                 })
                 .collect()
         })
         .collect();
     // One set of inputs serves every model, so their layers must take the same widths.
-    let widths = |linears: &[(Linear, usize)]| linears.iter().map(|(_, inner)| *inner).collect::<Vec<_>>();
+    let widths = |layers: &[Vec<(Linear, usize)>]| layers[0].iter().map(|(_, inner)| *inner).collect::<Vec<_>>();
     for (path, linears) in models.iter().zip(&layers).skip(1) {
         if widths(linears) != widths(&layers[0]) {
             eprintln!(
-                "{}: layer {layer}'s linear modules take inputs of widths {:?}, {} takes {:?}; give models of one shape",
+                "{}: layer {first_layer}'s linear modules take inputs of widths {:?}, {} takes {:?}; give models of one shape",
                 path.display(),
                 widths(linears),
                 models[0].display(),
@@ -78,29 +101,32 @@ fn main() {
     let mut best = vec![[f64::INFINITY; 3]; models.len()];
     for (b, batch) in [1usize, 4, 8].into_iter().enumerate() {
         let mut rng = Rng::new(batch as u64);
-        let inputs: Vec<Tensor<2>> = layers[0]
+        let inputs: Vec<Tensor<2>> = layers[0][0]
             .iter()
             .map(|(_, inner)| {
                 let values: Vec<f32> = (0..batch * inner).map(|_| rng.next_f32()).collect();
                 Tensor::from_data(TensorData::new(values, [batch, *inner]), &device)
             })
             .collect();
-        let run = |linears: &[(Linear, usize)]| {
+        // Milliseconds per layer of one run through the layers.
+        let run = |layers: &[Vec<(Linear, usize)>]| {
             // On a pool thread, as the decoder runs its layers.
             rayon::scope(|_| {
                 let started = Instant::now();
-                for ((linear, _), x) in linears.iter().zip(&inputs) {
-                    std::hint::black_box(linear.forward(x.clone()).into_data().try_into_vec::<f32>().expect("f32 outputs"));
+                for linears in layers {
+                    for ((linear, _), x) in linears.iter().zip(&inputs) {
+                        std::hint::black_box(linear.forward(x.clone()).into_data().try_into_vec::<f32>().expect("f32 outputs"));
+                    }
                 }
-                started.elapsed().as_secs_f64() * 1e3
+                started.elapsed().as_secs_f64() * 1e3 / layers.len() as f64
             })
         };
-        for linears in &layers {
-            run(linears);
+        for model_layers in &layers {
+            run(model_layers);
         }
         for _ in 0..repeats {
-            for (m, linears) in layers.iter().enumerate() {
-                best[m][b] = best[m][b].min(run(linears));
+            for (m, model_layers) in layers.iter().enumerate() {
+                best[m][b] = best[m][b].min(run(model_layers));
             }
         }
     }
