@@ -121,8 +121,9 @@ pub trait StoredWeight: Sync {
 
 /// Most rows whose products [`small_matmul_stored`] takes with weights in
 /// `encoding` decoded in registers. A tile of up to four rows decodes each
-/// weight value once (AVX2's 16 vector registers hold the accumulators of
-/// four rows and two weight rows); where decoding is a widening and at most
+/// weight value once (AVX-512's registers hold the accumulators, both banks
+/// in one, of four rows and two weight rows; AVX2's sixteen, a register per
+/// bank, of four rows and one weight row); where decoding is a widening and at most
 /// a multiply, decoding again for a second tile costs less than writing the
 /// values to the buffer and reading them back, and the weight rows are
 /// still in the level-1 cache. On the 2-core Xeon, at 5-8 rows, a second
@@ -311,6 +312,7 @@ mod avx2 {
     use std::sync::OnceLock;
 
     use super::{Encoding, PackedValues, StoredRow, StoredWeight};
+    use crate::BANKS;
 
     /// Whether the CPU has AVX2, FMA, F16C and POPCNT (checked once).
     pub(super) fn available() -> bool {
@@ -605,11 +607,11 @@ mod avx2 {
         // SAFETY: called only where `available` found AVX2, FMA, F16C and POPCNT.
         unsafe {
             match encoding {
-                Encoding::Packed(PackedValues::F32) => task::<Packed<PackedF32>>(x, rows, weight, first, out),
                 Encoding::Packed(PackedValues::F16) if avx512::chosen() => avx512::task::<false>(x, rows, weight, first, out),
                 Encoding::Packed(PackedValues::BF16) if avx512::chosen() => avx512::task::<true>(x, rows, weight, first, out),
-                Encoding::Packed(PackedValues::F16) => task::<Packed<PackedF16>>(x, rows, weight, first, out),
-                Encoding::Packed(PackedValues::BF16) => task::<Packed<PackedBF16>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F32) => task::<Packed<PackedF32>, false>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F16) => task::<Packed<PackedF16>, false>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::BF16) => task::<Packed<PackedBF16>, false>(x, rows, weight, first, out),
                 _ => with_format!(encoding, blocks_task(x, rows, weight, first, out)),
             }
         }
@@ -617,7 +619,11 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn blocks_task<F: Format>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
-        task::<Blocks<F>>(x, rows, weight, first, out)
+        if crate::rows::wide_registers() {
+            task::<Blocks<F, true>, true>(x, rows, weight, first, out)
+        } else {
+            task::<Blocks<F, false>, false>(x, rows, weight, first, out)
+        }
     }
 
     /// Dot products of a tile of `R` rows with `C` stored weight rows, for
@@ -632,10 +638,11 @@ mod avx2 {
         unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R];
     }
 
-    /// Rows stored as whole blocks of format `F`.
-    struct Blocks<F>(std::marker::PhantomData<F>);
+    /// Rows stored as whole blocks of format `F`, multiplied in AVX-512's
+    /// sixteen-lane registers (`WIDE`) or AVX2's eight-lane ones.
+    struct Blocks<F, const WIDE: bool>(std::marker::PhantomData<F>);
 
-    impl<F: Format> RowTile for Blocks<F> {
+    impl<F: Format, const WIDE: bool> RowTile for Blocks<F, WIDE> {
         fn check((bytes, keep): StoredRow<'_>, inner: usize, index: usize) {
             assert_eq!(bytes.len(), inner / F::VALUES * F::BYTES, "weight row {index} is not {inner} values in its encoding");
             assert!(keep.is_none_or(|keep| keep.len() * 8 >= inner), "the keep bits of weight row {index} are too short");
@@ -643,8 +650,19 @@ mod avx2 {
 
         #[inline]
         unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
-            // SAFETY: the caller's CPU has what `tile` needs.
-            unsafe { tile::<F, R, C>(x, w) }
+            // Rows with and without keep bits take separate loops, so that the
+            // unmasked ones test nothing per value ([`Products::tiles`] never
+            // mixes them in one tile).
+            let masked = w.iter().any(|(_, keep)| keep.is_some());
+            // SAFETY: the caller's CPU has what the tiles need (AVX-512 F and VL for `WIDE`, see `blocks_task`).
+            unsafe {
+                match (WIDE, masked) {
+                    (true, false) => avx512::blocks_tile::<F, false, R, C>(x, w),
+                    (true, true) => avx512::blocks_tile::<F, true, R, C>(x, w),
+                    (false, false) => tile_with::<F, false, R, C>(x, w),
+                    (false, true) => tile_with::<F, true, R, C>(x, w),
+                }
+            }
         }
     }
 
@@ -663,8 +681,12 @@ mod avx2 {
         }
     }
 
+    /// The products of rows `x` with weight rows `first..first + out.len() /
+    /// rows`, in tiles that fit sixteen registers with one per bank of each
+    /// product, or (`WIDE`) twice as many products, for the AVX-512 tiles,
+    /// which hold both banks of a product in one of their 32 registers.
     #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-    fn task<T: RowTile>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+    fn task<T: RowTile, const WIDE: bool>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
         let inner = x.len() / rows;
         let width = out.len() / rows;
         let mut stored = Vec::with_capacity(width);
@@ -684,9 +706,12 @@ mod avx2 {
                 // SAFETY (every call): this function runs only with AVX2, FMA, F16C and POPCNT.
                 r0 += unsafe {
                     match rows - r0 {
-                        left if left >= 4 => products.tiles::<T, 4, 2>(r0, c0, columns, out),
-                        3 => products.tiles::<T, 3, 2>(r0, c0, columns, out),
-                        2 => products.tiles::<T, 2, 4>(r0, c0, columns, out),
+                        left if left >= 4 && WIDE => products.tiles::<T, 4, 2>(r0, c0, columns, out),
+                        left if left >= 4 => products.tiles::<T, 4, 1>(r0, c0, columns, out),
+                        3 if WIDE => products.tiles::<T, 3, 2>(r0, c0, columns, out),
+                        3 => products.tiles::<T, 3, 1>(r0, c0, columns, out),
+                        2 if WIDE => products.tiles::<T, 2, 4>(r0, c0, columns, out),
+                        2 => products.tiles::<T, 2, 2>(r0, c0, columns, out),
                         _ => products.tiles::<T, 1, 4>(r0, c0, columns, out),
                     }
                 };
@@ -927,25 +952,40 @@ mod avx2 {
         let rows = Readable::new(w, inner, V::SIZE);
         let (keep, base): (_, [*const u8; C]) = (rows.keep, std::array::from_fn(|c| rows.values[c].as_ptr()));
         let mut at = [0usize; C];
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for chunk in 0..inner / 8 {
-            for c in 0..C {
-                _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
-                let bits = keep[c][chunk];
-                // SAFETY: the CPU has AVX2, FMA and F16C (this function's
-                // features); `at[c]` counts at most `8 * chunk` values, so the
-                // 32 bytes from it are readable (`Readable`).
-                let v = unsafe { V::expand(base[c].add(at[c]), bits) };
-                at[c] += bits.count_ones() as usize * V::SIZE;
-                for r in 0..R {
-                    let xs: &[f32; 8] = x[r][8 * chunk..8 * chunk + 8].try_into().expect("eight values");
-                    // SAFETY: `xs` is eight readable f32.
-                    let xv = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
-                    acc[r][c] = _mm256_fmadd_ps(xv, v, acc[r][c]);
+        let mut acc = [[[_mm256_setzero_ps(); BANKS]; C]; R];
+        let chunks = inner / 8;
+        let mut chunk = 0;
+        while chunk < chunks {
+            for bank in 0..BANKS {
+                let chunk = chunk + bank;
+                if chunk >= chunks {
+                    break;
+                }
+                for c in 0..C {
+                    _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
+                    let bits = keep[c][chunk];
+                    // SAFETY: the CPU has AVX2, FMA and F16C (this function's
+                    // features); `at[c]` counts at most `8 * chunk` values, so the
+                    // 32 bytes from it are readable (`Readable`).
+                    let v = unsafe { V::expand(base[c].add(at[c]), bits) };
+                    at[c] += bits.count_ones() as usize * V::SIZE;
+                    for r in 0..R {
+                        acc[r][c][bank] = _mm256_fmadd_ps(x_at(x[r], chunk), v, acc[r][c][bank]);
+                    }
                 }
             }
+            chunk += BANKS;
         }
         lane_totals(&acc)
+    }
+
+    /// Values `8 * chunk..8 * chunk + 8` of `x`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn x_at(x: &[f32], chunk: usize) -> __m256 {
+        let xs: &[f32; 8] = x[8 * chunk..8 * chunk + 8].try_into().expect("eight values");
+        // SAFETY: `xs` is eight readable f32.
+        unsafe { _mm256_loadu_ps(xs.as_ptr()) }
     }
 
     /// Packed 16-bit rows widened by AVX-512's expansions: thirty-two
@@ -955,7 +995,9 @@ mod avx2 {
         use std::arch::x86_64::*;
         use std::sync::OnceLock;
 
-        use super::{lane_totals, prefetch_distance, Readable, RowTile, StoredRow, StoredWeight, PREFETCH_ROWS};
+        use super::{
+            lane_totals, masked_group, prefetch_distance, Format, Readable, RowTile, StoredRow, StoredWeight, BANKS, PREFETCH_ROWS,
+        };
 
         /// Whether the CPU has AVX-512 F, VL, BW, DQ and VBMI2 (checked once).
         pub(in super::super) fn available() -> bool {
@@ -970,17 +1012,9 @@ mod avx2 {
             })
         }
 
-        /// Tests set this to run the AVX2 kernels where AVX-512 is available too.
-        #[cfg(test)]
-        pub(in super::super) static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
         /// Whether packed 16-bit rows take these kernels.
         pub(in super::super) fn chosen() -> bool {
-            #[cfg(test)]
-            if AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-                return false;
-            }
-            available()
+            crate::rows::wide_registers() && available()
         }
 
         /// Packed f16 (`BF16` false) or bf16 rows.
@@ -1013,31 +1047,125 @@ mod avx2 {
             first: usize,
             out: &mut [f32],
         ) {
-            super::task::<Packed16<BF16>>(x, rows, weight, first, out)
+            super::task::<Packed16<BF16>, true>(x, rows, weight, first, out)
         }
 
-        /// The 16 values of `words` as f32, in two vectors of eight.
+        /// `super::tile_with` with a sixteen-lane register per product: lanes
+        /// 0-7 are bank 0 and lanes 8-15 bank 1 (see `crate::BANKS`), so that
+        /// one multiply-add takes two chunks (two blocks of eight values, or
+        /// two vectors of a longer block's group, side by side).
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA, F16C and AVX-512 F, VL and DQ.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq")]
+        pub(super) unsafe fn blocks_tile<F: Format, const MASKED: bool, const R: usize, const C: usize>(
+            x: [&[f32]; R],
+            w: [StoredRow<'_>; C],
+        ) -> [[f32; C]; R] {
+            let inner = x[0].len();
+            let blocks = inner / F::VALUES;
+            assert!(x.iter().all(|x| x.len() == inner), "the rows of a tile differ in length");
+            for (bytes, keep) in w {
+                assert!(bytes.len() >= blocks * F::BYTES, "a weight row is shorter than {blocks} blocks");
+                assert!(!MASKED || keep.is_some_and(|keep| keep.len() * 8 >= blocks * F::VALUES), "a weight row's keep bits are too short");
+            }
+            const { assert!(F::VALUES == 8 || F::VECTORS % 2 == 0, "a group's vectors must pair up into the banks") };
+            let xs: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
+            let keeps: [&[u8]; C] = std::array::from_fn(|c| w[c].1.unwrap_or_default());
+            // The sixteen values of `x` from value `at` of every row.
+            // SAFETY (every call): `at + 16` is at most `blocks * F::VALUES <= inner`.
+            let x16 = |r: usize, at: usize| unsafe { _mm512_loadu_ps(xs[r].add(at)) };
+            let pair = |low: __m256, high: __m256| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(low), high);
+            let prefetch = |c: usize, block: usize| {
+                // As `super::block_products` does.
+                _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(block * F::BYTES + PREFETCH_ROWS * w[c].0.len()) as *const i8)
+            };
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            if F::VALUES == 8 {
+                // Blocks of one vector: two blocks per multiply-add, bank 0 the even one.
+                let mut block = 0;
+                while block + 2 <= blocks {
+                    for c in 0..C {
+                        prefetch(c, block);
+                        let bytes = &w[c].0[block * F::BYTES..(block + 2) * F::BYTES];
+                        // SAFETY: this function's features; the keep bits cover every block (asserted above).
+                        let (low, high) = unsafe {
+                            (
+                                masked_group::<F, MASKED>(&bytes[..F::BYTES], 0, keeps[c], block * 8)[0],
+                                masked_group::<F, MASKED>(&bytes[F::BYTES..], 0, keeps[c], block * 8 + 8)[0],
+                            )
+                        };
+                        let v = pair(low, high);
+                        for r in 0..R {
+                            acc[r][c] = _mm512_fmadd_ps(x16(r, block * 8), v, acc[r][c]);
+                        }
+                    }
+                    block += 2;
+                }
+                if block < blocks {
+                    // The last of an odd number of blocks: bank 0, the low lanes, only.
+                    for c in 0..C {
+                        // SAFETY: as above.
+                        let low = unsafe {
+                            masked_group::<F, MASKED>(&w[c].0[block * F::BYTES..(block + 1) * F::BYTES], 0, keeps[c], block * 8)[0]
+                        };
+                        for r in 0..R {
+                            let xs8 = super::x_at(x[r], block);
+                            acc[r][c] = _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(xs8), _mm512_castps256_ps512(low), acc[r][c], 0xFF);
+                        }
+                    }
+                }
+            } else {
+                let groups = F::VALUES / (8 * F::VECTORS);
+                for block in 0..blocks {
+                    for c in 0..C {
+                        prefetch(c, block);
+                        let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
+                        for g in 0..groups {
+                            let at = block * F::VALUES + g * 8 * F::VECTORS;
+                            // SAFETY: as above.
+                            let values = unsafe { masked_group::<F, MASKED>(bytes, g, keeps[c], at) };
+                            for k in (0..F::VECTORS).step_by(2) {
+                                let v = pair(values[k], values[k + 1]);
+                                for r in 0..R {
+                                    acc[r][c] = _mm512_fmadd_ps(x16(r, at + 8 * k), v, acc[r][c]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let banks: [[[__m256; BANKS]; C]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|c| [_mm512_castps512_ps256(acc[r][c]), _mm512_extractf32x8_ps::<1>(acc[r][c])])
+            });
+            lane_totals(&banks)
+        }
+
+        /// The 16 values of `words` as f32.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")]
-        fn widen<const BF16: bool>(words: __m256i) -> (__m256, __m256) {
-            let wide = if BF16 {
+        fn widen<const BF16: bool>(words: __m256i) -> __m512 {
+            if BF16 {
                 // A bf16 is the high half of the f32 with the same value.
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(words)))
             } else {
                 _mm512_cvtph_ps(words)
-            };
-            (_mm512_castps512_ps256(wide), _mm512_extractf32x8_ps::<1>(wide))
+            }
         }
 
-        /// Values `8 * chunk..8 * chunk + 8` of `x`.
+        /// Values `8 * chunk..8 * chunk + 16` of `x` (two chunks: one per bank).
         #[inline]
-        #[target_feature(enable = "avx2")]
-        fn x_at(x: &[f32], chunk: usize) -> __m256 {
-            let xs: &[f32; 8] = x[8 * chunk..8 * chunk + 8].try_into().expect("eight values");
-            // SAFETY: `xs` is eight readable f32.
-            unsafe { _mm256_loadu_ps(xs.as_ptr()) }
+        #[target_feature(enable = "avx512f")]
+        fn x_pair_at(x: &[f32], chunk: usize) -> __m512 {
+            let xs: &[f32; 16] = x[8 * chunk..8 * chunk + 16].try_into().expect("sixteen values");
+            // SAFETY: `xs` is sixteen readable f32.
+            unsafe { _mm512_loadu_ps(xs.as_ptr()) }
         }
 
+        /// The tile's products, with a sixteen-lane register per product:
+        /// lanes 0-7 are bank 0 and lanes 8-15 bank 1 (see `crate::BANKS`),
+        /// so that an expansion of thirty-two values takes two multiply-adds.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,popcnt,avx512f,avx512vl,avx512bw,avx512dq,avx512vbmi2")]
         fn tile<const BF16: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
@@ -1045,8 +1173,7 @@ mod avx2 {
             let ahead = prefetch_distance(&w, inner, 2);
             let rows = Readable::new(w, inner, 2);
             let (keep, base): (_, [*const u8; C]) = (rows.keep, std::array::from_fn(|c| rows.values[c].as_ptr()));
-            let mut at = [0usize; C];
-            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
             let chunks = inner / 8;
             // The keep bits of the rows as far ahead as the values' prefetch
             // (a matrix's keep rows lie one after another too): a line
@@ -1056,53 +1183,66 @@ mod avx2 {
                     _mm_prefetch::<_MM_HINT_T0>(keep.as_ptr().wrapping_add(PREFETCH_ROWS * keep.len() + line) as *const i8);
                 }
             }
+            // The main loop reads through raw pointers, one per row for its
+            // next values and one for its keep bits, so that the pointers
+            // and lengths of the rows do not outnumber the registers.
+            let mut next: [*const u8; C] = base;
+            let keep_at: [*const u8; C] = std::array::from_fn(|c| keep[c].as_ptr());
+            let x_row: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
             // Thirty-two values (four keep bytes) per expanding load, then
             // sixteen, then eight, as the row's length allows.
             let mut chunk = 0;
             while chunk + 4 <= chunks {
-                let xv: [[__m256; 4]; R] = std::array::from_fn(|r| std::array::from_fn(|k| x_at(x[r], chunk + k)));
+                // SAFETY: `8 * chunk + 32 <= inner`, the length of every row of `x`.
+                let xv: [[__m512; 2]; R] =
+                    std::array::from_fn(|r| std::array::from_fn(|k| unsafe { _mm512_loadu_ps(x_row[r].add(8 * chunk + 16 * k)) }));
                 for c in 0..C {
-                    _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(at[c] + ahead) as *const i8);
-                    let bits = u32::from_le_bytes(keep[c][chunk..chunk + 4].try_into().expect("four keep bytes"));
-                    // SAFETY: `at[c]` counts at most `8 * chunk` values, so the
-                    // 64 bytes from it are readable (`Readable`).
-                    let mut raw = unsafe { _mm512_loadu_si512(base[c].add(at[c]) as *const __m512i) };
+                    _mm_prefetch::<_MM_HINT_T0>(next[c].wrapping_add(ahead) as *const i8);
+                    // SAFETY: a row has a keep bit per value (`RowTile::check`), and `chunk + 4 <= inner / 8`.
+                    let bits = unsafe { (keep_at[c].add(chunk) as *const u32).read_unaligned() };
+                    // SAFETY: `next[c]` is at most `8 * chunk` values past the
+                    // row's start, so the 64 bytes from it are readable (`Readable`).
+                    let mut raw = unsafe { _mm512_loadu_si512(next[c] as *const __m512i) };
                     // Keeps the load out of the expansion: the compiler would
                     // fold it into an expanding load from memory, which Zen 4
                     // runs about 10% slower here (`bench-sparse-layer`).
                     // SAFETY: an empty template; the value passes through unchanged.
                     unsafe { std::arch::asm!("/* {0} */", inout(zmm_reg) raw, options(pure, nomem, nostack, preserves_flags)) };
                     let expanded = _mm512_maskz_expand_epi16(bits, raw);
-                    let (v0, v1) = widen::<BF16>(_mm512_castsi512_si256(expanded));
-                    let (v2, v3) = widen::<BF16>(_mm512_extracti64x4_epi64::<1>(expanded));
-                    at[c] += 2 * bits.count_ones() as usize;
+                    let low = widen::<BF16>(_mm512_castsi512_si256(expanded));
+                    let high = widen::<BF16>(_mm512_extracti64x4_epi64::<1>(expanded));
+                    next[c] = next[c].wrapping_add(2 * bits.count_ones() as usize);
                     for r in 0..R {
-                        acc[r][c] = _mm256_fmadd_ps(xv[r][0], v0, acc[r][c]);
-                        acc[r][c] = _mm256_fmadd_ps(xv[r][1], v1, acc[r][c]);
-                        acc[r][c] = _mm256_fmadd_ps(xv[r][2], v2, acc[r][c]);
-                        acc[r][c] = _mm256_fmadd_ps(xv[r][3], v3, acc[r][c]);
+                        acc[r][c] = _mm512_fmadd_ps(xv[r][0], low, acc[r][c]);
+                        acc[r][c] = _mm512_fmadd_ps(xv[r][1], high, acc[r][c]);
                     }
                 }
                 chunk += 4;
             }
+            let mut at: [usize; C] = std::array::from_fn(|c| next[c] as usize - base[c] as usize);
             while chunk < chunks {
                 let two = chunk + 2 <= chunks;
                 for c in 0..C {
                     let bits = if two { u16::from_le_bytes([keep[c][chunk], keep[c][chunk + 1]]) } else { u16::from(keep[c][chunk]) };
                     // SAFETY: as above, the 32 bytes from `at[c]` are readable.
                     let raw = unsafe { _mm256_loadu_si256(base[c].add(at[c]) as *const __m256i) };
-                    let (low, high) = widen::<BF16>(_mm256_maskz_expand_epi16(bits, raw));
+                    let v = widen::<BF16>(_mm256_maskz_expand_epi16(bits, raw));
                     at[c] += 2 * bits.count_ones() as usize;
                     for r in 0..R {
-                        acc[r][c] = _mm256_fmadd_ps(x_at(x[r], chunk), low, acc[r][c]);
-                        if two {
-                            acc[r][c] = _mm256_fmadd_ps(x_at(x[r], chunk + 1), high, acc[r][c]);
-                        }
+                        acc[r][c] = if two {
+                            _mm512_fmadd_ps(x_pair_at(x[r], chunk), v, acc[r][c])
+                        } else {
+                            // The last chunk of an odd number: bank 0, the low lanes, only.
+                            _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(super::x_at(x[r], chunk)), v, acc[r][c], 0xFF)
+                        };
                     }
                 }
                 chunk += if two { 2 } else { 1 };
             }
-            lane_totals(&acc)
+            let banks: [[[__m256; BANKS]; C]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|c| [_mm512_castps512_ps256(acc[r][c]), _mm512_extractf32x8_ps::<1>(acc[r][c])])
+            });
+            lane_totals(&banks)
         }
     }
 
@@ -1115,23 +1255,9 @@ mod avx2 {
         _mm256_and_ps(v, _mm256_castsi256_ps(set))
     }
 
-    /// Dot products of `R` rows with `C` stored weight rows: eight partial
-    /// sums per product, each the fused multiply-add chain over the values
-    /// in order, then added lane by lane, as `dot_tile` sums f32 rows.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile<F: Format, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
-        // Rows with and without keep bits take separate loops, so that the
-        // unmasked ones test nothing per value ([`Products::tiles`] never
-        // mixes them in one tile).
-        if w.iter().all(|(_, keep)| keep.is_none()) {
-            tile_with::<F, false, R, C>(x, w)
-        } else {
-            tile_with::<F, true, R, C>(x, w)
-        }
-    }
-
-    /// [`tile`], with the keep bits of every row applied (`MASKED`) or none.
+    /// Dot products of `R` rows with `C` stored weight rows, summed in
+    /// `crate::BANKS`' order as `dot_tile` sums f32 rows, with the keep bits
+    /// of every row applied (`MASKED`) or none: a register per bank.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tile_with<F: Format, const MASKED: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
@@ -1144,51 +1270,94 @@ mod avx2 {
         }
         let xs: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
         let keeps: [&[u8]; C] = std::array::from_fn(|c| w[c].1.unwrap_or_default());
-        let groups = F::VALUES / (8 * F::VECTORS);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for block in 0..blocks {
-            for c in 0..C {
-                let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
-                // The weight streams from memory: ask for what the tile after
-                // next reads here (rows lie one after another), so that more
-                // loads are in flight than the decoding alone would issue.
-                _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(PREFETCH_ROWS * w[c].0.len()) as *const i8);
-                for g in 0..groups {
-                    // SAFETY: this function runs only with AVX2, FMA and F16C.
-                    let mut values = unsafe { F::group(bytes, g) };
-                    let at = block * F::VALUES + g * 8 * F::VECTORS;
-                    if MASKED {
-                        for (k, v) in values.iter_mut().enumerate().take(F::VECTORS) {
-                            // SAFETY: the keep bits cover every block (asserted above).
-                            *v = keep_lanes(*v, unsafe { *keeps[c].get_unchecked(at / 8 + k) });
-                        }
-                    }
-                    for (k, v) in values.iter().enumerate().take(F::VECTORS) {
-                        for r in 0..R {
-                            // SAFETY: `at + 8 * k + 8 <= blocks * F::VALUES <= inner`, the length of every row of `x`.
-                            let xv = unsafe { _mm256_loadu_ps(xs[r].add(at + 8 * k)) };
-                            acc[r][c] = _mm256_fmadd_ps(xv, *v, acc[r][c]);
-                        }
-                    }
-                }
+        let mut acc = [[[_mm256_setzero_ps(); BANKS]; C]; R];
+        // A block of one vector (eight values) is one chunk, so blocks
+        // alternate between the banks; a longer block is an even number of
+        // chunks, so its vectors alternate within it.
+        const { assert!(F::VALUES == 8 || F::VECTORS % 2 == 0, "a block's vectors must alternate between the banks") };
+        let mut block = 0;
+        while block < blocks {
+            block_products::<F, MASKED, R, C, 0>(&xs, &w, &keeps, block, &mut acc);
+            if F::VALUES == 8 && block + 1 < blocks {
+                block_products::<F, MASKED, R, C, 1>(&xs, &w, &keeps, block + 1, &mut acc);
+                block += 1;
             }
+            block += 1;
         }
         lane_totals(&acc)
     }
 
-    /// Each product's eight partial sums added lane by lane, in order.
+    /// Group `g` of block `bytes`, whose first value is value `at` of its
+    /// row, with the row's keep bits `keep` applied where `MASKED`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; where `MASKED`, `keep` must cover the group.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn masked_group<F: Format, const MASKED: bool>(bytes: &[u8], g: usize, keep: &[u8], at: usize) -> Group {
+        // SAFETY: this function runs only with AVX2, FMA and F16C.
+        let mut values = unsafe { F::group(bytes, g) };
+        if MASKED {
+            for (k, v) in values.iter_mut().enumerate().take(F::VECTORS) {
+                // SAFETY: the keep bits cover the group (the caller's promise).
+                *v = keep_lanes(*v, unsafe { *keep.get_unchecked(at / 8 + k) });
+            }
+        }
+        values
+    }
+
+    /// Adds the products of block `block` of the weight rows `w` (masked by
+    /// `keeps` where `MASKED`) with the rows at `xs` into the banks `acc`:
+    /// vector `k` of a block into bank `(FIRST_BANK + k) % 2`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_products<F: Format, const MASKED: bool, const R: usize, const C: usize, const FIRST_BANK: usize>(
+        xs: &[*const f32; R],
+        w: &[StoredRow<'_>; C],
+        keeps: &[&[u8]; C],
+        block: usize,
+        acc: &mut [[[__m256; BANKS]; C]; R],
+    ) {
+        let groups = F::VALUES / (8 * F::VECTORS);
+        for c in 0..C {
+            let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
+            // The weight streams from memory: ask for what the tile after
+            // next reads here (rows lie one after another), so that more
+            // loads are in flight than the decoding alone would issue.
+            _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(PREFETCH_ROWS * w[c].0.len()) as *const i8);
+            for g in 0..groups {
+                let at = block * F::VALUES + g * 8 * F::VECTORS;
+                // SAFETY: this function runs only with AVX2, FMA and F16C; the keep bits cover every block (asserted by the caller).
+                let values = unsafe { masked_group::<F, MASKED>(bytes, g, keeps[c], at) };
+                for (k, v) in values.iter().enumerate().take(F::VECTORS) {
+                    // Groups hold an even number of vectors where a block holds several.
+                    let bank = (FIRST_BANK + k) % BANKS;
+                    for r in 0..R {
+                        // SAFETY: `at + 8 * k + 8 <= blocks * F::VALUES <= inner`, the length of every row of `x`.
+                        let xv = unsafe { _mm256_loadu_ps(xs[r].add(at + 8 * k)) };
+                        acc[r][c][bank] = _mm256_fmadd_ps(xv, *v, acc[r][c][bank]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each product's banks added lane by lane, then its lanes in order
+    /// (see `crate::BANKS`).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn lane_totals<const R: usize, const C: usize>(acc: &[[__m256; C]; R]) -> [[f32; C]; R] {
+    fn lane_totals<const R: usize, const C: usize>(acc: &[[[__m256; BANKS]; C]; R]) -> [[f32; C]; R] {
         let mut out = [[0.0f32; C]; R];
         for r in 0..R {
             for c in 0..C {
-                let mut lanes = [0.0f32; 8];
-                // SAFETY: `lanes` is eight writable f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]) };
+                let mut lanes = [[0.0f32; 8]; BANKS];
+                for (bank, lanes) in lanes.iter_mut().enumerate() {
+                    // SAFETY: `lanes` is eight writable f32.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c][bank]) };
+                }
                 let mut total = 0.0f32;
-                for v in lanes {
-                    total += v;
+                for l in 0..8 {
+                    total += lanes[0][l] + lanes[1][l];
                 }
                 out[r][c] = total;
             }
@@ -1411,7 +1580,7 @@ mod tests {
                     // The AVX-512 kernels where the CPU has them, and the AVX2 ones.
                     for avx2_only in [false, true] {
                         #[cfg(target_arch = "x86_64")]
-                        avx2::avx512::AVX2_ONLY.store(avx2_only, std::sync::atomic::Ordering::Relaxed);
+                        crate::rows::AVX2_ONLY.store(avx2_only, std::sync::atomic::Ordering::Relaxed);
                         let got = small_matmul_stored(&x, rows, cols, &packed);
                         let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "inner {inner}, {rows} rows, {kind:?}, AVX2 only: {avx2_only}");

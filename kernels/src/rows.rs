@@ -652,26 +652,49 @@ pub const SMALL_MATMUL_ROWS: usize = 64;
 /// Output columns handed to one parallel task by [`small_matmul`].
 const COLUMNS_PER_TASK: usize = 32;
 
+/// Banks of partial sums of the few-row products: how [`small_matmul`] and
+/// [`crate::encoded::small_matmul_stored`] (every kernel of both, whatever
+/// the weight's encoding) add up a dot product. The values are taken
+/// `LANES` at a time ("chunks"); chunk `k` goes to bank `k % BANKS`, in
+/// which lane `l` sums value `l` of each of its chunks in order (a fused
+/// multiply-add where the CPU has FMA, a multiply and an add otherwise).
+/// The banks are then added lane by lane (bank 0 plus bank 1), the lanes
+/// added in order from zero, and last the values past the last whole chunk.
+/// Two banks of eight are one AVX-512 register of sixteen, so a kernel with
+/// AVX-512 takes two chunks per multiply-add; with AVX2, a register per bank.
+pub const BANKS: usize = 2;
+
 /// Dot products of rows `x[r]` with weight rows `w[c]` (each `inner` long)
-/// for a tile of `R` rows and `C` weight rows, into `out[r][c]`. Every
-/// product is summed the same way whatever the tile: `LANES` interleaved
-/// partial sums (fused multiply-adds where the CPU has AVX2 and FMA), the
-/// partial sums added in order, then the tail.
+/// for a tile of `R` rows and `C` weight rows, into `out[r][c]`, summed in
+/// [`BANKS`]' order whatever the tile.
 fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU was just found to support AVX2 and FMA.
-        unsafe { dot_tile_avx2(x, w, out) };
-        return;
+    {
+        if wide_registers() {
+            // SAFETY: the CPU was just found to support AVX-512F, AVX2 and FMA.
+            unsafe { dot_tile_avx512(x, w, out) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU was just found to support AVX2 and FMA.
+            unsafe { dot_tile_avx2(x, w, out) };
+            return;
+        }
     }
+    dot_tile_portable(x, w, out);
+}
+
+/// [`dot_tile`] without vector instructions or fused multiply-adds.
+fn dot_tile_portable<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
     let inner = w[0].len();
     let body = inner - inner % LANES;
-    let mut acc = [[[0.0f32; LANES]; C]; R];
-    for at in (0..body).step_by(LANES) {
+    let mut acc = [[[[0.0f32; LANES]; BANKS]; C]; R];
+    for (chunk, at) in (0..body).step_by(LANES).enumerate() {
+        let bank = chunk % BANKS;
         for r in 0..R {
             for c in 0..C {
                 for l in 0..LANES {
-                    acc[r][c][l] += x[r][at + l] * w[c][at + l];
+                    acc[r][c][bank][l] += x[r][at + l] * w[c][at + l];
                 }
             }
         }
@@ -679,20 +702,48 @@ fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out:
     finish_dot_tile(&x, &w, &acc, body, out);
 }
 
-/// Adds up the partial sums of a tile in order and the tail after `body`.
+/// Whether the CPU has AVX-512F (with AVX2 and FMA): sixteen-lane registers,
+/// thirty-two of them, which the few-row products use for both banks at once
+/// and for taller tiles.
+pub(crate) fn wide_registers() -> bool {
+    #[cfg(test)]
+    if AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Tests set this to run the AVX2 kernels where AVX-512 is available too
+/// (every kernel gives the same bits, so tests running meanwhile are unaffected).
+#[cfg(test)]
+pub(crate) static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Adds up the banks of partial sums of a tile in [`BANKS`]' order, then
+/// the tail after `body`.
 #[inline(always)]
 fn finish_dot_tile<const R: usize, const C: usize>(
     x: &[&[f32]; R],
     w: &[&[f32]; C],
-    acc: &[[[f32; LANES]; C]; R],
+    acc: &[[[[f32; LANES]; BANKS]; C]; R],
     body: usize,
     out: &mut [[f32; C]; R],
 ) {
     for r in 0..R {
         for c in 0..C {
             let mut total = 0.0f32;
-            for v in acc[r][c] {
-                total += v;
+            for l in 0..LANES {
+                total += acc[r][c][0][l] + acc[r][c][1][l];
             }
             for i in body..w[c].len() {
                 total += x[r][i] * w[c][i];
@@ -702,49 +753,119 @@ fn finish_dot_tile<const R: usize, const C: usize>(
     }
 }
 
-/// [`dot_tile`] with AVX2 registers as the partial sums.
+/// [`dot_tile`] with AVX2 registers as the partial sums, one per bank.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
     use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
-    const { assert!(LANES == 8) };
+    const { assert!(LANES == 8 && BANKS == 2) };
     let inner = w[0].len();
     let body = inner - inner % LANES;
-    let mut acc: [[__m256; C]; R] = [[_mm256_setzero_ps(); C]; R];
+    let mut acc: [[[__m256; BANKS]; C]; R] = [[[_mm256_setzero_ps(); BANKS]; C]; R];
     let mut at = 0;
     while at < body {
-        let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
+        for bank in 0..BANKS {
+            let chunk = at + bank * LANES;
+            if chunk >= body {
+                break;
+            }
+            let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                // SAFETY: chunk + LANES <= body <= w[c].len().
+                wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(chunk)) };
+            }
+            for r in 0..R {
+                // SAFETY: every x[r] is as long as the weight rows.
+                let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(chunk)) };
+                for c in 0..C {
+                    acc[r][c][bank] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][bank]);
+                }
+            }
+        }
+        at += BANKS * LANES;
+    }
+    let mut lanes = [[[[0.0f32; LANES]; BANKS]; C]; R];
+    for r in 0..R {
         for c in 0..C {
-            // SAFETY: at + LANES <= body <= w[c].len().
-            wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(at)) };
+            for bank in 0..BANKS {
+                // SAFETY: lanes[r][c][bank] holds LANES f32.
+                unsafe { _mm256_storeu_ps(lanes[r][c][bank].as_mut_ptr(), acc[r][c][bank]) };
+            }
+        }
+    }
+    finish_dot_tile(&x, &w, &lanes, body, out);
+}
+
+/// [`dot_tile`] with AVX-512 registers as the partial sums: lanes 0-7 of
+/// each are bank 0, lanes 8-15 bank 1, so one multiply-add takes two chunks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn dot_tile_avx512<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    const { assert!(LANES == 8 && BANKS == 2) };
+    let inner = w[0].len();
+    let body = inner - inner % LANES;
+    let pairs = body - body % (BANKS * LANES);
+    let mut acc: [[__m512; C]; R] = [[_mm512_setzero_ps(); C]; R];
+    let mut at = 0;
+    while at < pairs {
+        let mut wv: [__m512; C] = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            // SAFETY: at + 16 <= pairs <= w[c].len().
+            wv[c] = unsafe { _mm512_loadu_ps(w[c].as_ptr().add(at)) };
         }
         for r in 0..R {
             // SAFETY: every x[r] is as long as the weight rows.
-            let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(at)) };
+            let xv = unsafe { _mm512_loadu_ps(x[r].as_ptr().add(at)) };
             for c in 0..C {
-                acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
             }
         }
-        at += LANES;
+        at += BANKS * LANES;
     }
-    let mut lanes = [[[0.0f32; LANES]; C]; R];
+    if at < body {
+        // One chunk left: bank 0 (the low lanes) only.
+        for c in 0..C {
+            // SAFETY: the load reads the eight values at + 0..8 < body only.
+            let wv = unsafe { _mm512_maskz_loadu_ps(0xFF, w[c].as_ptr().add(at)) };
+            for r in 0..R {
+                // SAFETY: as above, for a row as long as the weight rows.
+                let xv = unsafe { _mm512_maskz_loadu_ps(0xFF, x[r].as_ptr().add(at)) };
+                acc[r][c] = _mm512_mask3_fmadd_ps(xv, wv, acc[r][c], 0xFF);
+            }
+        }
+    }
+    let mut lanes = [[[[0.0f32; LANES]; BANKS]; C]; R];
     for r in 0..R {
         for c in 0..C {
-            // SAFETY: lanes[r][c] holds LANES f32.
-            unsafe { _mm256_storeu_ps(lanes[r][c].as_mut_ptr(), acc[r][c]) };
+            // SAFETY: lanes[r][c] holds BANKS * LANES = 16 contiguous f32.
+            unsafe { _mm512_storeu_ps(lanes[r][c].as_mut_ptr() as *mut f32, acc[r][c]) };
         }
     }
     finish_dot_tile(&x, &w, &lanes, body, out);
 }
 
 /// [`small_matmul`] of the weight rows in `w` into columns `first..first +
-/// w.len() / inner` of `out`, whose rows are `stride` long.
+/// w.len() / inner` of `out`, whose rows are `stride` long: tiles of two rows
+/// and four weight rows where the CPU has AVX-512's 32 registers, two and two
+/// otherwise (sixteen registers hold a bank per product of four; the tiling
+/// changes no bit).
 pub(crate) fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f32], stride: usize, first: usize) {
-    const C: usize = 4;
+    if wide_registers() {
+        small_matmul_tiles::<4>(x, rows, w, out, stride, first)
+    } else {
+        small_matmul_tiles::<2>(x, rows, w, out, stride, first)
+    }
+}
+
+/// [`small_matmul_block`] in tiles of up to two rows and `C` weight rows.
+fn small_matmul_tiles<const C: usize>(x: &[f32], rows: usize, w: &[f32], out: &mut [f32], stride: usize, first: usize) {
     let inner = x.len() / rows;
     let width = w.len() / inner;
     let x_row = |r: usize| &x[r * inner..(r + 1) * inner];
-    let w_row = |c: usize| &w[c * inner..(c + 1) * inner];
+    let w_rows = |c0: usize| -> [&[f32]; C] { std::array::from_fn(|c| &w[(c0 + c) * inner..(c0 + c + 1) * inner]) };
     let at = |r: usize, c: usize| r * stride + first + c;
     let mut c0 = 0;
     while c0 < width {
@@ -753,20 +874,20 @@ pub(crate) fn small_matmul_block(x: &[f32], rows: usize, w: &[f32], out: &mut [f
         while r0 < rows {
             if cols == C && rows - r0 >= 2 {
                 let mut tile = [[0.0f32; C]; 2];
-                dot_tile([x_row(r0), x_row(r0 + 1)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
+                dot_tile([x_row(r0), x_row(r0 + 1)], w_rows(c0), &mut tile);
                 for (r, tile) in tile.iter().enumerate() {
                     out[at(r0 + r, c0)..at(r0 + r, c0 + C)].copy_from_slice(tile);
                 }
                 r0 += 2;
             } else if cols == C {
                 let mut tile = [[0.0f32; C]; 1];
-                dot_tile([x_row(r0)], [w_row(c0), w_row(c0 + 1), w_row(c0 + 2), w_row(c0 + 3)], &mut tile);
+                dot_tile([x_row(r0)], w_rows(c0), &mut tile);
                 out[at(r0, c0)..at(r0, c0 + C)].copy_from_slice(&tile[0]);
                 r0 += 1;
             } else {
                 for c in c0..c0 + cols {
                     let mut tile = [[0.0f32; 1]; 1];
-                    dot_tile([x_row(r0)], [w_row(c)], &mut tile);
+                    dot_tile([x_row(r0)], [&w[c * inner..(c + 1) * inner]], &mut tile);
                     out[at(r0, c)] = tile[0][0];
                 }
                 r0 += 1;
@@ -985,6 +1106,74 @@ mod tests {
         }
         let three = small_matmul(&x[..3 * inner], 3, &w, cols);
         assert_eq!(three, all[..3 * cols]);
+    }
+
+    /// A dot product summed as [`BANKS`] documents, with `banks` banks
+    /// (fused multiply-adds where `fused`), from the definition.
+    fn dot_in_banks(x: &[f32], w: &[f32], banks: usize, fused: bool) -> f32 {
+        let body = x.len() - x.len() % LANES;
+        let mut acc = vec![[0.0f32; LANES]; banks];
+        for (chunk, at) in (0..body).step_by(LANES).enumerate() {
+            for l in 0..LANES {
+                let a = &mut acc[chunk % banks][l];
+                *a = if fused { x[at + l].mul_add(w[at + l], *a) } else { *a + x[at + l] * w[at + l] };
+            }
+        }
+        let mut total = 0.0f32;
+        for l in 0..LANES {
+            total += acc.iter().skip(1).fold(acc[0][l], |sum, bank| sum + bank[l]);
+        }
+        for i in body..x.len() {
+            total += x[i] * w[i];
+        }
+        total
+    }
+
+    #[test]
+    fn few_row_products_are_summed_in_two_banks_bit_for_bit() {
+        // Lengths with no whole chunk, an odd and an even number of chunks,
+        // with and without a tail; values of mixed sign and magnitude so that
+        // the order of the additions shows in the last bits.
+        let mut rng = crate::rng::Rng::new(11);
+        let mut order_matters = false;
+        for inner in [5usize, 8, 16, 24, 37, 40, 64, 83, 4096] {
+            let cols = 9;
+            let w: Vec<f32> = (0..cols * inner).map(|_| (rng.next_f32() - 0.5) * 2f32.powi((rng.next_f32() * 12.0) as i32)).collect();
+            for rows in [1usize, 2, 3] {
+                let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
+                let fused = cfg!(target_arch = "x86_64")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma");
+                for avx2_only in [false, true] {
+                    AVX2_ONLY.store(avx2_only, std::sync::atomic::Ordering::Relaxed);
+                    let got = small_matmul(&x, rows, &w, cols);
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let (xr, wc) = (&x[r * inner..(r + 1) * inner], &w[c * inner..(c + 1) * inner]);
+                            let want = dot_in_banks(xr, wc, BANKS, fused);
+                            assert_eq!(
+                                got[r * cols + c].to_bits(),
+                                want.to_bits(),
+                                "inner {inner}, row {r}, col {c}, AVX2 only: {avx2_only}"
+                            );
+                            order_matters |= dot_in_banks(xr, wc, 1, fused).to_bits() != want.to_bits();
+                        }
+                    }
+                }
+                AVX2_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+                // The portable kernel, which the CPUs without AVX2 and FMA run.
+                for r in 0..rows {
+                    let mut tile = [[0.0f32; 1]; 1];
+                    dot_tile_portable([&x[r * inner..(r + 1) * inner]], [&w[..inner]], &mut tile);
+                    assert_eq!(
+                        tile[0][0].to_bits(),
+                        dot_in_banks(&x[r * inner..(r + 1) * inner], &w[..inner], BANKS, false).to_bits(),
+                        "portable, inner {inner}"
+                    );
+                }
+            }
+        }
+        assert!(order_matters, "no product told two banks from one: the test could not see a wrong order");
     }
 
     #[test]
