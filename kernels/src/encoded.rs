@@ -609,9 +609,9 @@ mod avx2 {
             match encoding {
                 Encoding::Packed(PackedValues::F16) if avx512::chosen() => avx512::task::<false>(x, rows, weight, first, out),
                 Encoding::Packed(PackedValues::BF16) if avx512::chosen() => avx512::task::<true>(x, rows, weight, first, out),
-                Encoding::Packed(PackedValues::F32) => task::<Packed<PackedF32>, false>(x, rows, weight, first, out),
-                Encoding::Packed(PackedValues::F16) => task::<Packed<PackedF16>, false>(x, rows, weight, first, out),
-                Encoding::Packed(PackedValues::BF16) => task::<Packed<PackedBF16>, false>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F32) => narrow_task::<Packed<PackedF32>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::F16) => narrow_task::<Packed<PackedF16>>(x, rows, weight, first, out),
+                Encoding::Packed(PackedValues::BF16) => narrow_task::<Packed<PackedBF16>>(x, rows, weight, first, out),
                 _ => with_format!(encoding, blocks_task(x, rows, weight, first, out)),
             }
         }
@@ -620,10 +620,18 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,popcnt")]
     fn blocks_task<F: Format>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
         if crate::rows::wide_registers() {
-            task::<Blocks<F, true>, true>(x, rows, weight, first, out)
+            // SAFETY: the CPU has AVX-512 F and VL (`wide_registers`).
+            unsafe { avx512::wide_task::<Blocks<F>>(x, rows, weight, first, out) }
         } else {
-            task::<Blocks<F, false>, false>(x, rows, weight, first, out)
+            narrow_task::<Blocks<F>>(x, rows, weight, first, out)
         }
+    }
+
+    /// [`task`] compiled with AVX2's sixteen registers.
+    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+    fn narrow_task<T: RowTile>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+        // SAFETY: this function runs only with AVX2, FMA, F16C and POPCNT.
+        unsafe { task::<T, false>(x, rows, weight, first, out) }
     }
 
     /// Dot products of a tile of `R` rows with `C` stored weight rows, for
@@ -638,29 +646,27 @@ mod avx2 {
         unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R];
     }
 
-    /// Rows stored as whole blocks of format `F`, multiplied in AVX-512's
-    /// sixteen-lane registers (`WIDE`) or AVX2's eight-lane ones.
-    struct Blocks<F, const WIDE: bool>(std::marker::PhantomData<F>);
+    /// Rows stored as whole blocks of format `F`.
+    struct Blocks<F>(std::marker::PhantomData<F>);
 
-    impl<F: Format, const WIDE: bool> RowTile for Blocks<F, WIDE> {
+    impl<F: Format> RowTile for Blocks<F> {
         fn check((bytes, keep): StoredRow<'_>, inner: usize, index: usize) {
             assert_eq!(bytes.len(), inner / F::VALUES * F::BYTES, "weight row {index} is not {inner} values in its encoding");
             assert!(keep.is_none_or(|keep| keep.len() * 8 >= inner), "the keep bits of weight row {index} are too short");
         }
 
-        #[inline]
+        #[inline(always)]
         unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
             // Rows with and without keep bits take separate loops, so that the
             // unmasked ones test nothing per value ([`Products::tiles`] never
             // mixes them in one tile).
             let masked = w.iter().any(|(_, keep)| keep.is_some());
-            // SAFETY: the caller's CPU has what the tiles need (AVX-512 F and VL for `WIDE`, see `blocks_task`).
+            // SAFETY: the caller's CPU has AVX2, FMA and F16C.
             unsafe {
-                match (WIDE, masked) {
-                    (true, false) => avx512::blocks_tile::<F, false, R, C>(x, w),
-                    (true, true) => avx512::blocks_tile::<F, true, R, C>(x, w),
-                    (false, false) => tile_with::<F, false, R, C>(x, w),
-                    (false, true) => tile_with::<F, true, R, C>(x, w),
+                if masked {
+                    tile_banks::<F, true, R, C>(x, w)
+                } else {
+                    tile_banks::<F, false, R, C>(x, w)
                 }
             }
         }
@@ -674,7 +680,7 @@ mod avx2 {
             assert!(keep.is_some_and(|keep| keep.len() * 8 >= inner), "packed weight row {index} has no keep bits for its {inner} values");
         }
 
-        #[inline]
+        #[inline(always)]
         unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
             // SAFETY: the caller's CPU has what `packed_tile` needs.
             unsafe { packed_tile::<V, R, C>(x, w) }
@@ -685,8 +691,13 @@ mod avx2 {
     /// rows`, in tiles that fit sixteen registers with one per bank of each
     /// product, or (`WIDE`) twice as many products, for the AVX-512 tiles,
     /// which hold both banks of a product in one of their 32 registers.
-    #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-    fn task<T: RowTile, const WIDE: bool>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+    /// Compiled into each caller with its features ([`narrow_task`],
+    /// `avx512::wide_task`, `avx512::task`), tiles included.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C and POPCNT, and AVX-512 F and VL where `WIDE`.
+    #[inline(always)]
+    unsafe fn task<T: RowTile, const WIDE: bool>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
         let inner = x.len() / rows;
         let width = out.len() / rows;
         let mut stored = Vec::with_capacity(width);
@@ -703,7 +714,7 @@ mod avx2 {
             let columns = 4.min(width - c0);
             let mut r0 = 0;
             while r0 < rows {
-                // SAFETY (every call): this function runs only with AVX2, FMA, F16C and POPCNT.
+                // SAFETY (every call): the CPU has AVX2, FMA, F16C and POPCNT (the caller's promise).
                 r0 += unsafe {
                     match rows - r0 {
                         left if left >= 4 && WIDE => products.tiles::<T, 4, 2>(r0, c0, columns, out),
@@ -736,8 +747,7 @@ mod avx2 {
         ///
         /// # Safety
         /// The CPU must have AVX2, FMA, F16C and POPCNT.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+        #[inline(always)]
         unsafe fn tiles<T: RowTile, const R: usize, const C: usize>(&self, r0: usize, c0: usize, columns: usize, out: &mut [f32]) -> usize {
             let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[(r0 + r) * self.inner..(r0 + r + 1) * self.inner]);
             let mut c = c0;
@@ -995,9 +1005,7 @@ mod avx2 {
         use std::arch::x86_64::*;
         use std::sync::OnceLock;
 
-        use super::{
-            lane_totals, masked_group, prefetch_distance, Format, Readable, RowTile, StoredRow, StoredWeight, BANKS, PREFETCH_ROWS,
-        };
+        use super::{lane_totals, prefetch_distance, Readable, RowTile, StoredRow, StoredWeight, BANKS, PREFETCH_ROWS};
 
         /// Whether the CPU has AVX-512 F, VL, BW, DQ and VBMI2 (checked once).
         pub(in super::super) fn available() -> bool {
@@ -1028,7 +1036,7 @@ mod avx2 {
                 );
             }
 
-            #[inline]
+            #[inline(always)]
             unsafe fn tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
                 // SAFETY: the caller's CPU has what `tile` needs (checked by `available`).
                 unsafe { tile::<BF16, R, C>(x, w) }
@@ -1047,99 +1055,19 @@ mod avx2 {
             first: usize,
             out: &mut [f32],
         ) {
-            super::task::<Packed16<BF16>, true>(x, rows, weight, first, out)
+            // SAFETY: the caller's promise, a superset of what `task` needs.
+            unsafe { super::task::<Packed16<BF16>, true>(x, rows, weight, first, out) }
         }
 
-        /// `super::tile_with` with a sixteen-lane register per product: lanes
-        /// 0-7 are bank 0 and lanes 8-15 bank 1 (see `crate::BANKS`), so that
-        /// one multiply-add takes two chunks (two blocks of eight values, or
-        /// two vectors of a longer block's group, side by side).
+        /// [`super::task`] compiled with AVX-512's 32 registers, for tiles
+        /// of twice the products.
         ///
         /// # Safety
-        /// The CPU must have AVX2, FMA, F16C and AVX-512 F, VL and DQ.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq")]
-        pub(super) unsafe fn blocks_tile<F: Format, const MASKED: bool, const R: usize, const C: usize>(
-            x: [&[f32]; R],
-            w: [StoredRow<'_>; C],
-        ) -> [[f32; C]; R] {
-            let inner = x[0].len();
-            let blocks = inner / F::VALUES;
-            assert!(x.iter().all(|x| x.len() == inner), "the rows of a tile differ in length");
-            for (bytes, keep) in w {
-                assert!(bytes.len() >= blocks * F::BYTES, "a weight row is shorter than {blocks} blocks");
-                assert!(!MASKED || keep.is_some_and(|keep| keep.len() * 8 >= blocks * F::VALUES), "a weight row's keep bits are too short");
-            }
-            const { assert!(F::VALUES == 8 || F::VECTORS % 2 == 0, "a group's vectors must pair up into the banks") };
-            let xs: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
-            let keeps: [&[u8]; C] = std::array::from_fn(|c| w[c].1.unwrap_or_default());
-            // The sixteen values of `x` from value `at` of every row.
-            // SAFETY (every call): `at + 16` is at most `blocks * F::VALUES <= inner`.
-            let x16 = |r: usize, at: usize| unsafe { _mm512_loadu_ps(xs[r].add(at)) };
-            let pair = |low: __m256, high: __m256| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(low), high);
-            let prefetch = |c: usize, block: usize| {
-                // As `super::block_products` does.
-                _mm_prefetch::<_MM_HINT_T0>(w[c].0.as_ptr().wrapping_add(block * F::BYTES + PREFETCH_ROWS * w[c].0.len()) as *const i8)
-            };
-            let mut acc = [[_mm512_setzero_ps(); C]; R];
-            if F::VALUES == 8 {
-                // Blocks of one vector: two blocks per multiply-add, bank 0 the even one.
-                let mut block = 0;
-                while block + 2 <= blocks {
-                    for c in 0..C {
-                        prefetch(c, block);
-                        let bytes = &w[c].0[block * F::BYTES..(block + 2) * F::BYTES];
-                        // SAFETY: this function's features; the keep bits cover every block (asserted above).
-                        let (low, high) = unsafe {
-                            (
-                                masked_group::<F, MASKED>(&bytes[..F::BYTES], 0, keeps[c], block * 8)[0],
-                                masked_group::<F, MASKED>(&bytes[F::BYTES..], 0, keeps[c], block * 8 + 8)[0],
-                            )
-                        };
-                        let v = pair(low, high);
-                        for r in 0..R {
-                            acc[r][c] = _mm512_fmadd_ps(x16(r, block * 8), v, acc[r][c]);
-                        }
-                    }
-                    block += 2;
-                }
-                if block < blocks {
-                    // The last of an odd number of blocks: bank 0, the low lanes, only.
-                    for c in 0..C {
-                        // SAFETY: as above.
-                        let low = unsafe {
-                            masked_group::<F, MASKED>(&w[c].0[block * F::BYTES..(block + 1) * F::BYTES], 0, keeps[c], block * 8)[0]
-                        };
-                        for r in 0..R {
-                            let xs8 = super::x_at(x[r], block);
-                            acc[r][c] = _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(xs8), _mm512_castps256_ps512(low), acc[r][c], 0xFF);
-                        }
-                    }
-                }
-            } else {
-                let groups = F::VALUES / (8 * F::VECTORS);
-                for block in 0..blocks {
-                    for c in 0..C {
-                        prefetch(c, block);
-                        let bytes = &w[c].0[block * F::BYTES..(block + 1) * F::BYTES];
-                        for g in 0..groups {
-                            let at = block * F::VALUES + g * 8 * F::VECTORS;
-                            // SAFETY: as above.
-                            let values = unsafe { masked_group::<F, MASKED>(bytes, g, keeps[c], at) };
-                            for k in (0..F::VECTORS).step_by(2) {
-                                let v = pair(values[k], values[k + 1]);
-                                for r in 0..R {
-                                    acc[r][c] = _mm512_fmadd_ps(x16(r, at + 8 * k), v, acc[r][c]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let banks: [[[__m256; BANKS]; C]; R] = std::array::from_fn(|r| {
-                std::array::from_fn(|c| [_mm512_castps512_ps256(acc[r][c]), _mm512_extractf32x8_ps::<1>(acc[r][c])])
-            });
-            lane_totals(&banks)
+        /// Only where `crate::rows::wide_registers()` is true.
+        #[target_feature(enable = "avx2,fma,f16c,popcnt,avx512f,avx512vl")]
+        pub(super) unsafe fn wide_task<T: RowTile>(x: &[f32], rows: usize, weight: &dyn StoredWeight, first: usize, out: &mut [f32]) {
+            // SAFETY: the caller's promise, a superset of what `task` needs.
+            unsafe { super::task::<T, true>(x, rows, weight, first, out) }
         }
 
         /// The 16 values of `words` as f32.
@@ -1257,10 +1185,19 @@ mod avx2 {
 
     /// Dot products of `R` rows with `C` stored weight rows, summed in
     /// `crate::BANKS`' order as `dot_tile` sums f32 rows, with the keep bits
-    /// of every row applied (`MASKED`) or none: a register per bank.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile_with<F: Format, const MASKED: bool, const R: usize, const C: usize>(x: [&[f32]; R], w: [StoredRow<'_>; C]) -> [[f32; C]; R] {
+    /// of every row applied (`MASKED`) or none: a register of eight lanes
+    /// per bank. Compiled into each [`task`] with its caller's features:
+    /// with AVX-512's 32 registers, tiles of twice the products, still of
+    /// eight-lane vectors (512-bit instructions would take a port from the
+    /// decoding, which costs quantized blocks more than wider multiply-adds save).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[inline(always)]
+    unsafe fn tile_banks<F: Format, const MASKED: bool, const R: usize, const C: usize>(
+        x: [&[f32]; R],
+        w: [StoredRow<'_>; C],
+    ) -> [[f32; C]; R] {
         let inner = x[0].len();
         let blocks = inner / F::VALUES;
         assert!(x.iter().all(|x| x.len() == inner), "the rows of a tile differ in length");
@@ -1270,21 +1207,22 @@ mod avx2 {
         }
         let xs: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
         let keeps: [&[u8]; C] = std::array::from_fn(|c| w[c].1.unwrap_or_default());
-        let mut acc = [[[_mm256_setzero_ps(); BANKS]; C]; R];
+        // SAFETY (this and the calls below): the CPU has AVX2, FMA and F16C (the caller's promise).
+        let mut acc = [[[unsafe { _mm256_setzero_ps() }; BANKS]; C]; R];
         // A block of one vector (eight values) is one chunk, so blocks
         // alternate between the banks; a longer block is an even number of
         // chunks, so its vectors alternate within it.
         const { assert!(F::VALUES == 8 || F::VECTORS % 2 == 0, "a block's vectors must alternate between the banks") };
         let mut block = 0;
         while block < blocks {
-            block_products::<F, MASKED, R, C, 0>(&xs, &w, &keeps, block, &mut acc);
+            unsafe { block_products::<F, MASKED, R, C, 0>(&xs, &w, &keeps, block, &mut acc) };
             if F::VALUES == 8 && block + 1 < blocks {
-                block_products::<F, MASKED, R, C, 1>(&xs, &w, &keeps, block + 1, &mut acc);
+                unsafe { block_products::<F, MASKED, R, C, 1>(&xs, &w, &keeps, block + 1, &mut acc) };
                 block += 1;
             }
             block += 1;
         }
-        lane_totals(&acc)
+        unsafe { lane_totals(&acc) }
     }
 
     /// Group `g` of block `bytes`, whose first value is value `at` of its
@@ -1292,15 +1230,14 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C; where `MASKED`, `keep` must cover the group.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn masked_group<F: Format, const MASKED: bool>(bytes: &[u8], g: usize, keep: &[u8], at: usize) -> Group {
-        // SAFETY: this function runs only with AVX2, FMA and F16C.
+        // SAFETY: the CPU has AVX2, FMA and F16C (the caller's promise).
         let mut values = unsafe { F::group(bytes, g) };
         if MASKED {
             for (k, v) in values.iter_mut().enumerate().take(F::VECTORS) {
-                // SAFETY: the keep bits cover the group (the caller's promise).
-                *v = keep_lanes(*v, unsafe { *keep.get_unchecked(at / 8 + k) });
+                // SAFETY: the keep bits cover the group, and the CPU has AVX2 (the caller's promises).
+                *v = unsafe { keep_lanes(*v, *keep.get_unchecked(at / 8 + k)) };
             }
         }
         values
@@ -1309,9 +1246,11 @@ mod avx2 {
     /// Adds the products of block `block` of the weight rows `w` (masked by
     /// `keeps` where `MASKED`) with the rows at `xs` into the banks `acc`:
     /// vector `k` of a block into bank `(FIRST_BANK + k) % 2`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn block_products<F: Format, const MASKED: bool, const R: usize, const C: usize, const FIRST_BANK: usize>(
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; where `MASKED`, the keep bits must cover the block.
+    #[inline(always)]
+    unsafe fn block_products<F: Format, const MASKED: bool, const R: usize, const C: usize, const FIRST_BANK: usize>(
         xs: &[*const f32; R],
         w: &[StoredRow<'_>; C],
         keeps: &[&[u8]; C],
@@ -1324,18 +1263,18 @@ mod avx2 {
             // The weight streams from memory: ask for what the tile after
             // next reads here (rows lie one after another), so that more
             // loads are in flight than the decoding alone would issue.
-            _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(PREFETCH_ROWS * w[c].0.len()) as *const i8);
+            // SAFETY: a prefetch reads nothing; the CPU has SSE (the caller's promise of AVX2).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(PREFETCH_ROWS * w[c].0.len()) as *const i8) };
             for g in 0..groups {
                 let at = block * F::VALUES + g * 8 * F::VECTORS;
-                // SAFETY: this function runs only with AVX2, FMA and F16C; the keep bits cover every block (asserted by the caller).
+                // SAFETY: the CPU has AVX2, FMA and F16C, and the keep bits cover every block (the caller's promises).
                 let values = unsafe { masked_group::<F, MASKED>(bytes, g, keeps[c], at) };
                 for (k, v) in values.iter().enumerate().take(F::VECTORS) {
                     // Groups hold an even number of vectors where a block holds several.
                     let bank = (FIRST_BANK + k) % BANKS;
                     for r in 0..R {
-                        // SAFETY: `at + 8 * k + 8 <= blocks * F::VALUES <= inner`, the length of every row of `x`.
-                        let xv = unsafe { _mm256_loadu_ps(xs[r].add(at + 8 * k)) };
-                        acc[r][c][bank] = _mm256_fmadd_ps(xv, *v, acc[r][c][bank]);
+                        // SAFETY: `at + 8 * k + 8 <= blocks * F::VALUES <= inner`, the length of every row of `x`; the CPU has AVX2 and FMA.
+                        acc[r][c][bank] = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(xs[r].add(at + 8 * k)), *v, acc[r][c][bank]) };
                     }
                 }
             }

@@ -660,8 +660,9 @@ const COLUMNS_PER_TASK: usize = 32;
 /// multiply-add where the CPU has FMA, a multiply and an add otherwise).
 /// The banks are then added lane by lane (bank 0 plus bank 1), the lanes
 /// added in order from zero, and last the values past the last whole chunk.
-/// Two banks of eight are one AVX-512 register of sixteen, so a kernel with
-/// AVX-512 takes two chunks per multiply-add; with AVX2, a register per bank.
+/// Two banks of eight are one AVX-512 register of sixteen, so the sparse
+/// kernel, whose AVX-512 expansions fill such registers, takes two chunks
+/// per multiply-add; the others hold a register of eight per bank.
 pub const BANKS: usize = 2;
 
 /// Dot products of rows `x[r]` with weight rows `w[c]` (each `inner` long)
@@ -671,7 +672,7 @@ fn dot_tile<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out:
     #[cfg(target_arch = "x86_64")]
     {
         if wide_registers() {
-            // SAFETY: the CPU was just found to support AVX-512F, AVX2 and FMA.
+            // SAFETY: the CPU was just found to support AVX-512F and VL, AVX2 and FMA.
             unsafe { dot_tile_avx512(x, w, out) };
             return;
         }
@@ -757,11 +758,34 @@ fn finish_dot_tile<const R: usize, const C: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
+    // SAFETY: this function runs only with AVX2 and FMA.
+    unsafe { dot_tile_banks(x, w, out) }
+}
+
+/// [`dot_tile_avx2`] compiled with AVX-512's 32 registers, for tiles of
+/// twice the products (still of eight-lane vectors: the products are
+/// memory-bound, and 512-bit instructions would cost the decoding that
+/// feeds [`small_matmul_block`] a port).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn dot_tile_avx512<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
+    // SAFETY: this function runs only with AVX2 and FMA (and more).
+    unsafe { dot_tile_banks(x, w, out) }
+}
+
+/// The body of [`dot_tile_avx2`] and [`dot_tile_avx512`], compiled into each.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_tile_banks<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
     use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
     const { assert!(LANES == 8 && BANKS == 2) };
     let inner = w[0].len();
     let body = inner - inner % LANES;
-    let mut acc: [[[__m256; BANKS]; C]; R] = [[[_mm256_setzero_ps(); BANKS]; C]; R];
+    // SAFETY (every intrinsic below): the CPU has AVX2 and FMA (the caller's promise).
+    let mut acc: [[[__m256; BANKS]; C]; R] = [[[unsafe { _mm256_setzero_ps() }; BANKS]; C]; R];
     let mut at = 0;
     while at < body {
         for bank in 0..BANKS {
@@ -769,16 +793,13 @@ unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f3
             if chunk >= body {
                 break;
             }
-            let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
-            for c in 0..C {
-                // SAFETY: chunk + LANES <= body <= w[c].len().
-                wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(chunk)) };
-            }
+            // SAFETY: chunk + LANES <= body <= w[c].len().
+            let wv: [__m256; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(w[c].as_ptr().add(chunk)) });
             for r in 0..R {
                 // SAFETY: every x[r] is as long as the weight rows.
                 let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(chunk)) };
                 for c in 0..C {
-                    acc[r][c][bank] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][bank]);
+                    acc[r][c][bank] = unsafe { _mm256_fmadd_ps(xv, wv[c], acc[r][c][bank]) };
                 }
             }
         }
@@ -791,57 +812,6 @@ unsafe fn dot_tile_avx2<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f3
                 // SAFETY: lanes[r][c][bank] holds LANES f32.
                 unsafe { _mm256_storeu_ps(lanes[r][c][bank].as_mut_ptr(), acc[r][c][bank]) };
             }
-        }
-    }
-    finish_dot_tile(&x, &w, &lanes, body, out);
-}
-
-/// [`dot_tile`] with AVX-512 registers as the partial sums: lanes 0-7 of
-/// each are bank 0, lanes 8-15 bank 1, so one multiply-add takes two chunks.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn dot_tile_avx512<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32]; C], out: &mut [[f32; C]; R]) {
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask3_fmadd_ps, _mm512_maskz_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps,
-    };
-    const { assert!(LANES == 8 && BANKS == 2) };
-    let inner = w[0].len();
-    let body = inner - inner % LANES;
-    let pairs = body - body % (BANKS * LANES);
-    let mut acc: [[__m512; C]; R] = [[_mm512_setzero_ps(); C]; R];
-    let mut at = 0;
-    while at < pairs {
-        let mut wv: [__m512; C] = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            // SAFETY: at + 16 <= pairs <= w[c].len().
-            wv[c] = unsafe { _mm512_loadu_ps(w[c].as_ptr().add(at)) };
-        }
-        for r in 0..R {
-            // SAFETY: every x[r] is as long as the weight rows.
-            let xv = unsafe { _mm512_loadu_ps(x[r].as_ptr().add(at)) };
-            for c in 0..C {
-                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-            }
-        }
-        at += BANKS * LANES;
-    }
-    if at < body {
-        // One chunk left: bank 0 (the low lanes) only.
-        for c in 0..C {
-            // SAFETY: the load reads the eight values at + 0..8 < body only.
-            let wv = unsafe { _mm512_maskz_loadu_ps(0xFF, w[c].as_ptr().add(at)) };
-            for r in 0..R {
-                // SAFETY: as above, for a row as long as the weight rows.
-                let xv = unsafe { _mm512_maskz_loadu_ps(0xFF, x[r].as_ptr().add(at)) };
-                acc[r][c] = _mm512_mask3_fmadd_ps(xv, wv, acc[r][c], 0xFF);
-            }
-        }
-    }
-    let mut lanes = [[[[0.0f32; LANES]; BANKS]; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            // SAFETY: lanes[r][c] holds BANKS * LANES = 16 contiguous f32.
-            unsafe { _mm512_storeu_ps(lanes[r][c].as_mut_ptr() as *mut f32, acc[r][c]) };
         }
     }
     finish_dot_tile(&x, &w, &lanes, body, out);
