@@ -121,9 +121,9 @@ pub trait StoredWeight: Sync {
 
 /// Most rows whose products [`small_matmul_stored`] takes with weights in
 /// `encoding` decoded in registers. A tile of up to four rows decodes each
-/// weight value once (AVX-512's registers hold the accumulators, both banks
-/// in one, of four rows and two weight rows; AVX2's sixteen, a register per
-/// bank, of four rows and one weight row); where decoding is a widening and at most
+/// weight value once (AVX-512's 32 registers hold the accumulators, a
+/// register per bank, of four rows and two weight rows; AVX2's sixteen, of
+/// four rows and one weight row); where decoding is a widening and at most
 /// a multiply, decoding again for a second tile costs less than writing the
 /// values to the buffer and reading them back, and the weight rows are
 /// still in the level-1 cache. On the 2-core Xeon, at 5-8 rows, a second
@@ -688,10 +688,9 @@ mod avx2 {
     }
 
     /// The products of rows `x` with weight rows `first..first + out.len() /
-    /// rows`, in tiles that fit sixteen registers with one per bank of each
-    /// product, or (`WIDE`) twice as many products, for the AVX-512 tiles,
-    /// which hold both banks of a product in one of their 32 registers.
-    /// Compiled into each caller with its features ([`narrow_task`],
+    /// rows`, in tiles whose accumulators, a register per bank of each
+    /// product, fit AVX2's sixteen registers, or (`WIDE`) twice as many
+    /// products in AVX-512's 32. Compiled into each caller with its features ([`narrow_task`],
     /// `avx512::wide_task`, `avx512::task`), tiles included.
     ///
     /// # Safety

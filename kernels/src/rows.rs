@@ -703,9 +703,9 @@ fn dot_tile_portable<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f32];
     finish_dot_tile(&x, &w, &acc, body, out);
 }
 
-/// Whether the CPU has AVX-512F (with AVX2 and FMA): sixteen-lane registers,
-/// thirty-two of them, which the few-row products use for both banks at once
-/// and for taller tiles.
+/// Whether the CPU has AVX-512 F and VL (with AVX2 and FMA): thirty-two
+/// vector registers, which the few-row products use for taller tiles (and
+/// the sparse kernel's sixteen lanes for both banks at once).
 pub(crate) fn wide_registers() -> bool {
     #[cfg(test)]
     if AVX2_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
@@ -793,8 +793,11 @@ unsafe fn dot_tile_banks<const R: usize, const C: usize>(x: [&[f32]; R], w: [&[f
             if chunk >= body {
                 break;
             }
-            // SAFETY: chunk + LANES <= body <= w[c].len().
-            let wv: [__m256; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(w[c].as_ptr().add(chunk)) });
+            let mut wv: [__m256; C] = [unsafe { _mm256_setzero_ps() }; C];
+            for c in 0..C {
+                // SAFETY: chunk + LANES <= body <= w[c].len().
+                wv[c] = unsafe { _mm256_loadu_ps(w[c].as_ptr().add(chunk)) };
+            }
             for r in 0..R {
                 // SAFETY: every x[r] is as long as the weight rows.
                 let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(chunk)) };
@@ -1111,9 +1114,10 @@ mod tests {
             let w: Vec<f32> = (0..cols * inner).map(|_| (rng.next_f32() - 0.5) * 2f32.powi((rng.next_f32() * 12.0) as i32)).collect();
             for rows in [1usize, 2, 3] {
                 let x: Vec<f32> = (0..rows * inner).map(|_| rng.next_f32() - 0.5).collect();
-                let fused = cfg!(target_arch = "x86_64")
-                    && std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma");
+                #[cfg(target_arch = "x86_64")]
+                let fused = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+                #[cfg(not(target_arch = "x86_64"))]
+                let fused = false;
                 for avx2_only in [false, true] {
                     AVX2_ONLY.store(avx2_only, std::sync::atomic::Ordering::Relaxed);
                     let got = small_matmul(&x, rows, &w, cols);
