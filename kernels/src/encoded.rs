@@ -143,11 +143,6 @@ fn register_rows(encoding: Encoding) -> usize {
 /// being written and being read.
 const DECODED_BYTES: usize = 16 << 10;
 
-thread_local! {
-    /// Each thread's buffer of decoded weight rows for the fallback of [`small_matmul_stored`].
-    static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// `x w^T` for a few rows `x` ([rows, inner]) and a weight `w` kept in its
 /// stored form, [cols, inner]: bit for bit [`crate::small_matmul`] of the
 /// decoded (and masked) f32 weight, without ever holding it in f32.
@@ -166,8 +161,7 @@ pub fn small_matmul_stored(x: &[f32], rows: usize, cols: usize, weight: &dyn Sto
             avx2::small_matmul_task(encoding, x, rows, weight, first, out);
             return;
         }
-        crate::scratch::with_thread_buffer(&DECODED, |decoded| {
-            decoded.resize(step.min(count) * inner, 0.0);
+        crate::scratch::with_decoded_rows(step.min(count) * inner, |decoded| {
             for at in (0..count).step_by(step) {
                 let n = step.min(count - at);
                 let w = &mut decoded[..n * inner];

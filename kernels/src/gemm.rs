@@ -99,9 +99,7 @@ impl PackedRhs {
         self.values.par_chunks_mut(k * STRIP).enumerate().for_each(|(strip, out)| {
             let first = strip * STRIP;
             let width = STRIP.min(n - first);
-            crate::scratch::with_thread_buffer(&DECODED_ROWS, |rows| {
-                rows.resize(STRIP * k, 0.0);
-                let rows = &mut rows[..width * k];
+            crate::scratch::with_decoded_rows(width * k, |rows| {
                 decode(first, rows);
                 transpose_into_strip(rows, width, k, out, fast);
             });
@@ -128,8 +126,6 @@ impl PackedRhs {
 }
 
 thread_local! {
-    /// Each thread's buffer for the decoded rows of one strip ([`PackedRhs::pack_decoded`]).
-    static DECODED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each thread's packed chunk for [`matmul_decoded`], kept between
     /// products so that no product allocates (and faults in) megabytes.
     static PACKED_CHUNK: std::cell::RefCell<PackedRhs> = const { std::cell::RefCell::new(PackedRhs::empty()) };

@@ -95,10 +95,9 @@ impl SparseRhs {
     /// held whole in f32.
     pub fn from_decoded(n: usize, k: usize, decode: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Self {
         Self::list(n, k, &|first, count, use_rows| {
-            crate::scratch::with_thread_buffer(&DECODED_ROWS, |rows| {
-                rows.resize(LISTED_ROWS * k, 0.0);
-                decode(first, &mut rows[..count * k]);
-                use_rows(&rows[..count * k]);
+            crate::scratch::with_decoded_rows(count * k, |rows| {
+                decode(first, rows);
+                use_rows(rows);
             })
         })
     }
@@ -180,11 +179,6 @@ impl SparseRhs {
 
 /// Weight rows that [`SparseRhs::from_decoded`] decodes (and one parallel task lists) at a time.
 const LISTED_ROWS: usize = 32;
-
-thread_local! {
-    /// Each thread's buffer of decoded weight rows ([`SparseRhs::from_decoded`]).
-    static DECODED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// The uninitialized entries of a [`SparseRhs`] being listed, written by
 /// columns in parallel at disjoint positions.

@@ -378,7 +378,6 @@ impl DecoderLayer {
     /// without, packed straight from it ([`Linear::packed_from_stored`]).
     fn build(spec: &DecoderSpec, weights: &dyn Weights, layer: usize, device: &Device, stored: bool) -> Result<Self, ModelError> {
         spec.check_device_buffers(device)?;
-        let host = crate::device::is_host_memory(device);
         let p = format!("model.layers.{layer}");
         let arch = &spec.architecture;
         let norm = |name: &str, width: usize| -> Result<RmsNorm, ModelError> {
@@ -389,16 +388,10 @@ impl DecoderLayer {
         // one group of f32 weights is held beside the built ones.
         let modules = spec.linear_modules(layer);
         let linear = |range: std::ops::Range<usize>| -> Result<Linear, ModelError> {
-            let rows: Option<Vec<StoredRows>> = if host {
-                modules[range.clone()]
-                    .iter()
-                    .map(|(name, out_f, in_f)| {
-                        weights.stored_rows(&format!("{name}.weight")).filter(|r| (r.rows(), r.cols()) == (*out_f, *in_f))
-                    })
-                    .collect()
-            } else {
-                None
-            };
+            let rows: Option<Vec<StoredRows>> = modules[range.clone()]
+                .iter()
+                .map(|(name, out_f, in_f)| stored_rows_on(device, weights, &format!("{name}.weight"), [*out_f, *in_f]))
+                .collect();
             if let Some(rows) = rows {
                 let mut biases = Vec::new();
                 for (name, out_f, _) in &modules[range.clone()] {
@@ -590,7 +583,7 @@ impl Decoder {
         self.spec.check_device_buffers(&self.device)?;
         let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
         let name = "model.embed_tokens.weight";
-        self.embed_tokens = Some(match self.stored_rows(weights, name, [v, h]) {
+        self.embed_tokens = Some(match stored_rows_on(&self.device, weights, name, [v, h]) {
             // Rows are decoded as tokens look them up: the table is never decoded whole.
             Some(rows) => Embedding::Stored(rows),
             None => {
@@ -599,15 +592,6 @@ impl Decoder {
             }
         });
         Ok(())
-    }
-
-    /// The stored rows of matrix `name` of `shape`, on a host-memory device
-    /// where the weights have a file behind them.
-    fn stored_rows(&self, weights: &dyn Weights, name: &str, [rows, cols]: [usize; 2]) -> Option<StoredRows> {
-        if !crate::device::is_host_memory(&self.device) {
-            return None;
-        }
-        weights.stored_rows(name).filter(|r| (r.rows(), r.cols()) == (rows, cols))
     }
 
     /// Loads (or reloads, e.g. after pruning it) decoder layer `layer`.
@@ -628,7 +612,7 @@ impl Decoder {
         self.spec.check_device_buffers(&self.device)?;
         let (v, h) = (self.spec.vocab_size, self.spec.hidden_size);
         let name = if self.spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let lm_head = match self.stored_rows(weights, name, [v, h]) {
+        let lm_head = match stored_rows_on(&self.device, weights, name, [v, h]) {
             Some(rows) if stored => Linear::from_stored(vec![rows], None, &self.device),
             Some(rows) => Linear::packed_from_stored(vec![rows], None, &self.device),
             None => Linear::from_host(&*weights.tensor(name, &[v, h], &self.spec.architecture)?, None, &self.device),
@@ -898,6 +882,15 @@ impl Decoder {
         let last = hidden.reshape([batch, seq, h]).narrow(1, seq - 1, 1).reshape([batch, h]);
         Ok(self.head(last))
     }
+}
+
+/// The stored rows of matrix `name`, of shape [rows, cols], where `device`
+/// is host memory and the weights have a file behind them.
+fn stored_rows_on(device: &Device, weights: &dyn Weights, name: &str, [rows, cols]: [usize; 2]) -> Option<StoredRows> {
+    if !crate::device::is_host_memory(device) {
+        return None;
+    }
+    weights.stored_rows(name).filter(|r| (r.rows(), r.cols()) == (rows, cols))
 }
 
 /// Runs `work` on a thread of rayon's pool (at once where this is one)

@@ -68,10 +68,7 @@ fn layers_packed_straight_from_the_file_equal_layers_built_from_decoded_tensors(
         }
         // The same values, decoded tensor by tensor into memory, where no
         // stored rows exist: the layers are built from f32 tensors.
-        let mut decoded = model::WeightMap::new(path);
-        for name in loaded.weights.names().cloned().collect::<Vec<_>>() {
-            decoded.insert(name.clone(), loaded.weights.load(&name).unwrap());
-        }
+        let decoded = loaded.weights.load_prefixed("").unwrap();
         let spec = loaded.config.spec();
         let from_file = Decoder::from_weights(spec, &loaded.weights, &cpu()).unwrap();
         let from_tensors = Decoder::from_weights(spec, &decoded, &cpu()).unwrap();
@@ -154,10 +151,7 @@ fn masks_applied_as_weights_are_read_zero_exactly_the_pruned_weights() {
         "bits of the wrong length are refused"
     );
     // A layer built from the masked stored rows equals one built from the masked tensors, bit for bit.
-    let mut in_memory = model::WeightMap::new(dir.path());
-    for name in loaded.weights.names() {
-        in_memory.insert(name.clone(), loaded.weights.load(name).unwrap());
-    }
+    let in_memory = loaded.weights.load_prefixed("").unwrap();
     let masked_in_memory = MaskedWeights::new(&in_memory, BTreeMap::from([(name.to_string(), bits.clone())]));
     let spec = loaded.config.spec();
     let (a, b) = (Decoder::from_weights(spec, &masked, &cpu()).unwrap(), Decoder::from_weights(spec, &masked_in_memory, &cpu()).unwrap());
